@@ -1,0 +1,116 @@
+//! Commands the router sends to a storage node: typed, validated, and
+//! postcard-encoded on the wire (and in the node's command log).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::slot::SlotScope;
+use crate::tensor::{Tensor, TensorFormat};
+
+/// When a key expires, as the client gave it. Relative times are turned into
+/// absolute ones by the node with the timestamp of the log entry that applies
+/// them, so every replica computes the same deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Milliseconds from now (may be <= 0: already expired).
+    In(i64),
+    /// Unix time in milliseconds.
+    At(i64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetCond {
+    Always,
+    /// NX
+    IfAbsent,
+    /// XX
+    IfPresent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCond {
+    Always,
+    Nx,
+    Xx,
+    Gt,
+    Lt,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NodeCommand {
+    Get { key: Bytes },
+    Set { key: Bytes, value: Bytes, expire: Option<Expiry>, keep_ttl: bool, cond: SetCond, get: bool },
+    MGet { keys: Vec<Bytes> },
+    MSet { pairs: Vec<(Bytes, Bytes)> },
+    Del { keys: Vec<Bytes> },
+    Exists { keys: Vec<Bytes> },
+    Type { key: Bytes },
+    Expire { key: Bytes, at: Expiry, cond: ExpireCond },
+    Ttl { key: Bytes, millis: bool },
+    Persist { key: Bytes },
+    IncrBy { key: Bytes, delta: i64 },
+    TensorSet { key: Bytes, tensor: Tensor },
+    TensorGet { key: Bytes, format: TensorFormat },
+    /// Keys of this shard matching `pattern` within `scope`.
+    Keys { pattern: Bytes, scope: SlotScope },
+    /// Keys of whole slots starting at slot `cursor`, while this shard owns them
+    /// contiguously, until at least `count` keys were seen. Replies
+    /// `[next_slot, [keys]]` where `next_slot` is 16384 when done.
+    Scan { cursor: u16, count: usize, pattern: Option<Bytes>, kind: Option<Bytes>, scope: SlotScope },
+    DbSize { scope: SlotScope },
+    RandomKey { scope: SlotScope },
+    Flush { scope: SlotScope },
+    CountKeysInSlot { slot: u16 },
+    GetKeysInSlot { slot: u16, count: usize },
+}
+
+impl NodeCommand {
+    /// Whether this command changes state (goes through the command log).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            NodeCommand::Set { .. }
+                | NodeCommand::MSet { .. }
+                | NodeCommand::Del { .. }
+                | NodeCommand::Expire { .. }
+                | NodeCommand::Persist { .. }
+                | NodeCommand::IncrBy { .. }
+                | NodeCommand::TensorSet { .. }
+                | NodeCommand::Flush { .. }
+        )
+    }
+
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeCommand::Get { .. } => "get",
+            NodeCommand::Set { .. } => "set",
+            NodeCommand::MGet { .. } => "mget",
+            NodeCommand::MSet { .. } => "mset",
+            NodeCommand::Del { .. } => "del",
+            NodeCommand::Exists { .. } => "exists",
+            NodeCommand::Type { .. } => "type",
+            NodeCommand::Expire { .. } => "expire",
+            NodeCommand::Ttl { .. } => "ttl",
+            NodeCommand::Persist { .. } => "persist",
+            NodeCommand::IncrBy { .. } => "incrby",
+            NodeCommand::TensorSet { .. } => "ai.tensorset",
+            NodeCommand::TensorGet { .. } => "ai.tensorget",
+            NodeCommand::Keys { .. } => "keys",
+            NodeCommand::Scan { .. } => "scan",
+            NodeCommand::DbSize { .. } => "dbsize",
+            NodeCommand::RandomKey { .. } => "randomkey",
+            NodeCommand::Flush { .. } => "flush",
+            NodeCommand::CountKeysInSlot { .. } => "cluster|countkeysinslot",
+            NodeCommand::GetKeysInSlot { .. } => "cluster|getkeysinslot",
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("commands always serialize")
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<NodeCommand, postcard::Error> {
+        postcard::from_bytes(b)
+    }
+}
