@@ -1,0 +1,169 @@
+//! The `tessera.node.v1.Node` gRPC service: decodes each request, checks that
+//! this node owns the slot (and that every key hashes there), runs it on the
+//! shard and answers with the encoded reply.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tessera_common::command::NodeCommand;
+use tessera_common::error::code_of;
+use tessera_common::reply::Reply;
+use tessera_common::slot::{key_slot, SLOTS};
+use tessera_proto::v1::node_server::Node;
+use tessera_proto::v1::{request, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse, SlotRange};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::shard::Shard;
+
+/// The shards of this node and the slot → shard table.
+pub struct NodeState {
+    pub node_id: String,
+    pub shards: Vec<Arc<Shard>>,
+    by_slot: Vec<Option<usize>>,
+    by_id: HashMap<u32, usize>,
+}
+
+const NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
+
+impl NodeState {
+    pub fn new(node_id: String, shards: Vec<Arc<Shard>>) -> Self {
+        let mut by_slot = vec![None; usize::from(SLOTS)];
+        let mut by_id = HashMap::new();
+        for (i, s) in shards.iter().enumerate() {
+            by_id.insert(s.id, i);
+            for r in &s.ranges {
+                for slot in r.start..=r.end {
+                    by_slot[usize::from(slot)] = Some(i);
+                }
+            }
+        }
+        Self { node_id, shards, by_slot, by_id }
+    }
+
+    /// Runs one request; never panics on its input.
+    pub fn handle(&self, target: Option<request::Target>, command: &[u8]) -> Reply {
+        let cmd = match NodeCommand::from_bytes(command) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("tessera_node_decode_errors_total").increment(1);
+                return Reply::err(format!("ERR node could not decode command: {e}"));
+            }
+        };
+        let shard = match target {
+            Some(request::Target::Slot(slot)) => self.by_slot.get(slot as usize).copied().flatten(),
+            Some(request::Target::Shard(id)) => self.by_id.get(&id).copied(),
+            None => None,
+        };
+        let Some(shard) = shard.map(|i| &self.shards[i]) else {
+            return Reply::err(NOT_SERVED);
+        };
+        // The state machine's ownership check: a stale router can never make
+        // this shard store a key it does not own.
+        if !keys_of(&cmd).all(|k| shard.owns(key_slot(k))) {
+            return Reply::err(NOT_SERVED);
+        }
+        let name = cmd.name();
+        let start = Instant::now();
+        let reply = shard.execute(cmd);
+        let code = match &reply {
+            Reply::Error(e) => code_of(e),
+            _ => "ok",
+        };
+        metrics::counter!("tessera_node_commands_total", "cmd" => name, "code" => code).increment(1);
+        metrics::histogram!("tessera_node_command_duration_seconds", "cmd" => name)
+            .record(start.elapsed().as_secs_f64());
+        reply
+    }
+}
+
+fn keys_of(cmd: &NodeCommand) -> Box<dyn Iterator<Item = &bytes::Bytes> + '_> {
+    use NodeCommand as C;
+    match cmd {
+        C::Get { key }
+        | C::Set { key, .. }
+        | C::Type { key }
+        | C::Expire { key, .. }
+        | C::Ttl { key, .. }
+        | C::Persist { key }
+        | C::IncrBy { key, .. }
+        | C::TensorSet { key, .. }
+        | C::TensorGet { key, .. } => Box::new(std::iter::once(key)),
+        C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
+        C::MSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
+        C::Keys { .. }
+        | C::Scan { .. }
+        | C::DbSize { .. }
+        | C::RandomKey { .. }
+        | C::Flush { .. }
+        | C::CountKeysInSlot { .. }
+        | C::GetKeysInSlot { .. } => Box::new(std::iter::empty()),
+    }
+}
+
+pub struct NodeService {
+    pub state: Arc<NodeState>,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    type SessionStream = ResponseStream;
+
+    async fn session(&self, req: Request<Streaming<RequestBatch>>) -> Result<Response<ResponseStream>, Status> {
+        let peer = req.remote_addr();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let state = self.state.clone();
+        debug!(?peer, "session opened");
+        metrics::gauge!("tessera_node_sessions").increment(1.0);
+        tokio::spawn(async move {
+            // Requests of one session run in arrival order, so a client's
+            // pipelined writes and reads to one shard keep their order.
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        metrics::counter!("tessera_node_grpc_errors_total").increment(1);
+                        warn!(?peer, error = %e, "session stream failed");
+                        break;
+                    }
+                };
+                let responses = batch
+                    .requests
+                    .into_iter()
+                    .map(|r| tessera_proto::v1::Response {
+                        id: r.id,
+                        reply: state.handle(r.target, &r.command).to_bytes().into(),
+                    })
+                    .collect();
+                if tx.send(Ok(ResponseBatch { responses })).await.is_err() {
+                    break;
+                }
+            }
+            metrics::gauge!("tessera_node_sessions").decrement(1.0);
+            debug!(?peer, "session closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
+        let shards = self
+            .state
+            .shards
+            .iter()
+            .map(|s| ShardInfo {
+                id: s.id,
+                slots: s.ranges.iter().map(|r| SlotRange { start: r.start.into(), end: r.end.into() }).collect(),
+            })
+            .collect();
+        Ok(Response::new(ShardsResponse { node_id: self.state.node_id.clone(), shards }))
+    }
+}
