@@ -68,11 +68,22 @@ impl Error {
 /// metrics label never carries client data.
 pub fn code_of(text: &str) -> &'static str {
     const CODES: &[&str] = &[
-        "ERR", "WRONGTYPE", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "NOPROTO", "MOVED",
+        "ERR",
+        "WRONGTYPE",
+        "CROSSSLOT",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "BUSY",
+        "NOPROTO",
+        "MOVED",
         "ASK",
     ];
     let first = text.split(' ').next().unwrap_or("");
-    CODES.iter().find(|c| **c == first).copied().unwrap_or("ERR")
+    CODES
+        .iter()
+        .find(|c| **c == first)
+        .copied()
+        .unwrap_or("ERR")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

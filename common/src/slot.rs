@@ -14,7 +14,11 @@ const fn crc16_table() -> [u16; 256] {
         let mut crc = (i as u16) << 8;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
             bit += 1;
         }
         table[i] = crc;
@@ -170,7 +174,12 @@ mod tests {
             (b"{t}a", 15891),
         ];
         for (key, slot) in vectors {
-            assert_eq!(key_slot(key), *slot, "slot of {:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                key_slot(key),
+                *slot,
+                "slot of {:?}",
+                String::from_utf8_lossy(key)
+            );
         }
         assert_eq!(crc16(b"123456789"), 0x31C3);
     }

@@ -23,7 +23,12 @@ pub struct Args {
     pub node_id: String,
     /// A shard this node hosts: `ID:RANGES`, ranges as `a-b` or `s`, comma
     /// separated (e.g. `0:0-5460`). Repeat for each shard.
-    #[arg(long = "shard", env = "TESSERA_NODE_SHARDS", value_delimiter = ';', required = true)]
+    #[arg(
+        long = "shard",
+        env = "TESSERA_NODE_SHARDS",
+        value_delimiter = ';',
+        required = true
+    )]
     pub shards: Vec<String>,
     /// Folder for this node's files.
     #[arg(long, env = "TESSERA_NODE_DATA_DIR", default_value = "./data")]
@@ -54,11 +59,18 @@ impl Args {
         let mut shards = Vec::new();
         let mut owner = vec![None; usize::from(SLOTS)];
         for s in &self.shards {
-            let (id, ranges) = s.split_once(':').with_context(|| format!("shard '{s}' is not ID:RANGES"))?;
-            let id: u32 = id.trim().parse().with_context(|| format!("shard id in '{s}'"))?;
+            let (id, ranges) = s
+                .split_once(':')
+                .with_context(|| format!("shard '{s}' is not ID:RANGES"))?;
+            let id: u32 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("shard id in '{s}'"))?;
             let ranges = ranges
                 .split(',')
-                .map(|r| SlotRange::parse(r.trim()).with_context(|| format!("slot range '{r}' in '{s}'")))
+                .map(|r| {
+                    SlotRange::parse(r.trim()).with_context(|| format!("slot range '{r}' in '{s}'"))
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             for r in &ranges {
                 for slot in r.start..=r.end {
@@ -72,6 +84,10 @@ impl Args {
         if self.node_id.trim().is_empty() {
             bail!("--node-id must not be empty");
         }
-        Ok(Config { node_id: self.node_id.clone(), shards, data_dir: self.data_dir.clone() })
+        Ok(Config {
+            node_id: self.node_id.clone(),
+            shards,
+            data_dir: self.data_dir.clone(),
+        })
     }
 }

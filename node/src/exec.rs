@@ -66,7 +66,14 @@ pub fn apply(ks: &mut Keyspace, entry: &LogEntry) -> Reply {
         LogOp::Command(c) => c,
     };
     match cmd {
-        NodeCommand::Set { key, value, expire, keep_ttl, cond, get } => {
+        NodeCommand::Set {
+            key,
+            value,
+            expire,
+            keep_ttl,
+            cond,
+            get,
+        } => {
             let old = ks.get(key, ts);
             let old_value = match old.map(|e| &e.value) {
                 Some(Value::Str(s)) => Reply::Bulk(s.clone()),
@@ -85,7 +92,13 @@ pub fn apply(ks: &mut Keyspace, entry: &LogEntry) -> Reply {
                     None if *keep_ttl => old.and_then(|e| e.expire_at),
                     None => None,
                 };
-                ks.insert(key.clone(), Entry { value: Value::Str(value.clone()), expire_at });
+                ks.insert(
+                    key.clone(),
+                    Entry {
+                        value: Value::Str(value.clone()),
+                        expire_at,
+                    },
+                );
             }
             match (get, proceed) {
                 (true, _) => old_value,
@@ -95,16 +108,27 @@ pub fn apply(ks: &mut Keyspace, entry: &LogEntry) -> Reply {
         }
         NodeCommand::MSet { pairs } => {
             for (k, v) in pairs {
-                ks.insert(k.clone(), Entry { value: Value::Str(v.clone()), expire_at: None });
+                ks.insert(
+                    k.clone(),
+                    Entry {
+                        value: Value::Str(v.clone()),
+                        expire_at: None,
+                    },
+                );
             }
             Reply::ok()
         }
         NodeCommand::Del { keys } => {
-            let n = keys.iter().filter(|k| ks.get(k, ts).is_some() && ks.remove(k).is_some()).count();
+            let n = keys
+                .iter()
+                .filter(|k| ks.get(k, ts).is_some() && ks.remove(k).is_some())
+                .count();
             Reply::Int(n as i64)
         }
         NodeCommand::Expire { key, at, cond } => {
-            let Some(e) = ks.get(key, ts) else { return Reply::Int(0) };
+            let Some(e) = ks.get(key, ts) else {
+                return Reply::Int(0);
+            };
             let new = deadline(*at, ts);
             let ok = match (cond, e.expire_at) {
                 (ExpireCond::Always, _) => true,
@@ -130,22 +154,40 @@ pub fn apply(ks: &mut Keyspace, entry: &LogEntry) -> Reply {
         NodeCommand::IncrBy { key, delta } => {
             let (cur, expire_at) = match ks.get(key, ts) {
                 None => (0, None),
-                Some(Entry { value: Value::Tensor(_), .. }) => return wrongtype(),
-                Some(Entry { value: Value::Str(s), expire_at }) => match parse_int(s) {
+                Some(Entry {
+                    value: Value::Tensor(_),
+                    ..
+                }) => return wrongtype(),
+                Some(Entry {
+                    value: Value::Str(s),
+                    expire_at,
+                }) => match parse_int(s) {
                     Some(v) => (v, *expire_at),
                     None => return Error::NotInteger.to_reply(),
                 },
             };
-            let Some(new) = cur.checked_add(*delta) else { return Error::Overflow.to_reply() };
+            let Some(new) = cur.checked_add(*delta) else {
+                return Error::Overflow.to_reply();
+            };
             let value = Value::Str(Bytes::from(new.to_string()));
             ks.insert(key.clone(), Entry { value, expire_at });
             Reply::Int(new)
         }
         NodeCommand::TensorSet { key, tensor } => {
-            if let Some(Entry { value: Value::Str(_), .. }) = ks.get(key, ts) {
+            if let Some(Entry {
+                value: Value::Str(_),
+                ..
+            }) = ks.get(key, ts)
+            {
                 return wrongtype();
             }
-            ks.insert(key.clone(), Entry { value: Value::Tensor(tensor.clone()), expire_at: None });
+            ks.insert(
+                key.clone(),
+                Entry {
+                    value: Value::Tensor(tensor.clone()),
+                    expire_at: None,
+                },
+            );
             Reply::ok()
         }
         NodeCommand::Flush { scope } => {
@@ -172,14 +214,22 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
                 })
                 .collect(),
         ),
-        NodeCommand::Exists { keys } => Reply::Int(keys.iter().filter(|k| ks.get(k, now).is_some()).count() as i64),
-        NodeCommand::Type { key } => {
-            Reply::Simple(ks.get(key, now).map_or("none", |e| e.value.type_name()).to_owned())
+        NodeCommand::Exists { keys } => {
+            Reply::Int(keys.iter().filter(|k| ks.get(k, now).is_some()).count() as i64)
         }
+        NodeCommand::Type { key } => Reply::Simple(
+            ks.get(key, now)
+                .map_or("none", |e| e.value.type_name())
+                .to_owned(),
+        ),
         NodeCommand::Ttl { key, millis } => match ks.get(key, now) {
             None => Reply::Int(-2),
-            Some(Entry { expire_at: None, .. }) => Reply::Int(-1),
-            Some(Entry { expire_at: Some(t), .. }) => {
+            Some(Entry {
+                expire_at: None, ..
+            }) => Reply::Int(-1),
+            Some(Entry {
+                expire_at: Some(t), ..
+            }) => {
                 let left = (t - now).max(0);
                 Reply::Int(if *millis { left } else { (left + 500) / 1000 })
             }
@@ -201,7 +251,13 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             }
             Reply::Array(out)
         }
-        NodeCommand::Scan { cursor, count, pattern, kind, scope } => {
+        NodeCommand::Scan {
+            cursor,
+            count,
+            pattern,
+            kind,
+            scope,
+        } => {
             // Whole slots at a time, from `cursor` upward. The router only sends
             // a cursor inside a range this shard owns; `owned` stops the walk
             // at the end of that range.
@@ -211,7 +267,9 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             while slot < SLOTS && scope.contains(slot) && seen < *count {
                 for (k, e) in ks.slot_keys(slot, now) {
                     seen += 1;
-                    let type_ok = kind.as_ref().is_none_or(|t| t.eq_ignore_ascii_case(e.value.type_name().as_bytes()));
+                    let type_ok = kind
+                        .as_ref()
+                        .is_none_or(|t| t.eq_ignore_ascii_case(e.value.type_name().as_bytes()));
                     if type_ok && pattern.as_ref().is_none_or(|p| glob::matches(p, k)) {
                         keys.push(Reply::Bulk(k.clone()));
                     }
@@ -224,7 +282,9 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             let n = if scope.is_all() {
                 ks.len()
             } else {
-                ks.occupied_slots(scope).map(|s| ks.count_in_slot(s, i64::MIN)).sum()
+                ks.occupied_slots(scope)
+                    .map(|s| ks.count_in_slot(s, i64::MIN))
+                    .sum()
             };
             Reply::Int(n as i64)
         }
@@ -241,9 +301,12 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             Reply::Null
         }
         NodeCommand::CountKeysInSlot { slot } => Reply::Int(ks.count_in_slot(*slot, now) as i64),
-        NodeCommand::GetKeysInSlot { slot, count } => {
-            Reply::Array(ks.slot_keys(*slot, now).take(*count).map(|(k, _)| Reply::Bulk(k.clone())).collect())
-        }
+        NodeCommand::GetKeysInSlot { slot, count } => Reply::Array(
+            ks.slot_keys(*slot, now)
+                .take(*count)
+                .map(|(k, _)| Reply::Bulk(k.clone()))
+                .collect(),
+        ),
         write => {
             // Writes never take this path: `Shard::execute` sends them to `apply`.
             Reply::err(format!("ERR internal: {} is a write", write.name()))

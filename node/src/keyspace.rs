@@ -66,7 +66,12 @@ impl Default for Keyspace {
 
 impl Keyspace {
     pub fn new() -> Self {
-        Self { slots: (0..SLOTS).map(|_| None).collect(), len: 0, value_bytes: 0, expiries: BTreeSet::new() }
+        Self {
+            slots: (0..SLOTS).map(|_| None).collect(),
+            len: 0,
+            value_bytes: 0,
+            expiries: BTreeSet::new(),
+        }
     }
 
     /// Number of stored keys, including expired ones not yet purged.
@@ -105,7 +110,9 @@ impl Keyspace {
         let map = self.slots[slot].get_or_insert_with(Default::default);
         match map.insert(key.clone(), entry) {
             Some(old) => {
-                self.value_bytes = self.value_bytes.saturating_sub(old.value.size() + key.len());
+                self.value_bytes = self
+                    .value_bytes
+                    .saturating_sub(old.value.size() + key.len());
                 if let Some(t) = old.expire_at.filter(|t| Some(*t) != new_deadline) {
                     self.expiries.remove(&(t, key.clone()));
                 }
@@ -132,7 +139,9 @@ impl Keyspace {
 
     /// Accounting for an entry that left the map.
     fn forget(&mut self, old: &Entry, key: &Bytes) {
-        self.value_bytes = self.value_bytes.saturating_sub(old.value.size() + key.len());
+        self.value_bytes = self
+            .value_bytes
+            .saturating_sub(old.value.size() + key.len());
         if let Some(t) = old.expire_at {
             self.expiries.remove(&(t, key.clone()));
         }
@@ -140,7 +149,9 @@ impl Keyspace {
 
     /// Changes the TTL of an existing live key.
     pub fn set_expiry(&mut self, key: &[u8], expire_at: Option<i64>, now: i64) -> bool {
-        let Some(entry) = self.get_mut(key, now) else { return false };
+        let Some(entry) = self.get_mut(key, now) else {
+            return false;
+        };
         let old = std::mem::replace(&mut entry.expire_at, expire_at);
         let k = Bytes::copy_from_slice(key);
         if let Some(t) = old {
@@ -178,7 +189,9 @@ impl Keyspace {
 
     /// Live keys of one slot.
     pub fn slot_keys(&self, slot: u16, now: i64) -> impl Iterator<Item = (&Bytes, &Entry)> {
-        self.slots[usize::from(slot)].iter().flat_map(move |m| m.iter().filter(move |(_, e)| e.live(now)))
+        self.slots[usize::from(slot)]
+            .iter()
+            .flat_map(move |m| m.iter().filter(move |(_, e)| e.live(now)))
     }
 
     pub fn count_in_slot(&self, slot: u16, now: i64) -> usize {
@@ -217,7 +230,10 @@ mod tests {
     use super::*;
 
     fn s(v: &str) -> Entry {
-        Entry { value: Value::Str(Bytes::copy_from_slice(v.as_bytes())), expire_at: None }
+        Entry {
+            value: Value::Str(Bytes::copy_from_slice(v.as_bytes())),
+            expire_at: None,
+        }
     }
 
     #[test]
@@ -235,7 +251,13 @@ mod tests {
     #[test]
     fn expiry_is_decided_by_the_given_clock() {
         let mut ks = Keyspace::new();
-        ks.insert(Bytes::from_static(b"k"), Entry { expire_at: Some(100), ..s("v") });
+        ks.insert(
+            Bytes::from_static(b"k"),
+            Entry {
+                expire_at: Some(100),
+                ..s("v")
+            },
+        );
         ks.insert(Bytes::from_static(b"p"), s("v"));
         assert!(ks.get(b"k", 99).is_some());
         assert!(ks.get(b"k", 100).is_none());
@@ -244,7 +266,13 @@ mod tests {
         assert_eq!(ks.len(), 1);
         assert_eq!(ks.volatile(), 0);
         // Overwriting a volatile key with a persistent one clears its index entry.
-        ks.insert(Bytes::from_static(b"x"), Entry { expire_at: Some(5), ..s("v") });
+        ks.insert(
+            Bytes::from_static(b"x"),
+            Entry {
+                expire_at: Some(5),
+                ..s("v")
+            },
+        );
         ks.insert(Bytes::from_static(b"x"), s("w"));
         assert_eq!(ks.purge_expired(10), 0);
         assert!(ks.get(b"x", 10).is_some());

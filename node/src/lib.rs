@@ -40,7 +40,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let shards: Vec<Arc<Shard>> = config.shards.iter().map(|s| Shard::new(s.id, s.ranges.clone())).collect();
+    let shards: Vec<Arc<Shard>> = config
+        .shards
+        .iter()
+        .map(|s| Shard::new(s.id, s.ranges.clone()))
+        .collect();
     let state = Arc::new(NodeState::new(config.node_id.clone(), shards));
     info!(node = %config.node_id, addr = %listener.local_addr()?, shards = state.shards.len(), "node serving");
 
@@ -84,7 +88,8 @@ async fn publish_gauges(state: Arc<NodeState>) {
             let s = shard.stats();
             let id = shard.id.to_string();
             metrics::gauge!("tessera_node_keys", "shard" => id.clone()).set(s.keys as f64);
-            metrics::gauge!("tessera_node_value_bytes", "shard" => id.clone()).set(s.value_bytes as f64);
+            metrics::gauge!("tessera_node_value_bytes", "shard" => id.clone())
+                .set(s.value_bytes as f64);
             metrics::gauge!("tessera_node_log_index", "shard" => id).set(s.log_index as f64);
         }
     }

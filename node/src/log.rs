@@ -49,7 +49,13 @@ pub struct MemLog {
 
 impl MemLog {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
-        Self { tail: VecDeque::new(), tail_bytes: 0, last: 0, max_entries, max_bytes }
+        Self {
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            last: 0,
+            max_entries,
+            max_bytes,
+        }
     }
 
     pub fn retained(&self) -> impl Iterator<Item = &Arc<LogEntry>> {
@@ -61,7 +67,9 @@ fn payload_size(op: &LogOp) -> usize {
     match op {
         LogOp::Command(NodeCommand::TensorSet { tensor, .. }) => tensor.data.len(),
         LogOp::Command(NodeCommand::Set { value, .. }) => value.len(),
-        LogOp::Command(NodeCommand::MSet { pairs }) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        LogOp::Command(NodeCommand::MSet { pairs }) => {
+            pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
+        }
         _ => 64,
     }
 }
@@ -70,10 +78,16 @@ impl CommandLog for MemLog {
     fn append(&mut self, ts: i64, op: LogOp) -> Arc<LogEntry> {
         self.last += 1;
         let size = payload_size(&op);
-        let entry = Arc::new(LogEntry { index: self.last, ts, op });
+        let entry = Arc::new(LogEntry {
+            index: self.last,
+            ts,
+            op,
+        });
         self.tail.push_back((entry.clone(), size));
         self.tail_bytes += size;
-        while self.tail.len() > self.max_entries || (self.tail_bytes > self.max_bytes && self.tail.len() > 1) {
+        while self.tail.len() > self.max_entries
+            || (self.tail_bytes > self.max_bytes && self.tail.len() > 1)
+        {
             if let Some((_, s)) = self.tail.pop_front() {
                 self.tail_bytes -= s;
             }

@@ -10,14 +10,23 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
     if args.print_ready {
-        println!("READY {} {}", listener.local_addr()?, metrics_listener.local_addr()?);
+        println!(
+            "READY {} {}",
+            listener.local_addr()?,
+            metrics_listener.local_addr()?
+        );
     }
-    tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, std::future::pending()));
+    tokio::spawn(tessera_telemetry::serve_metrics(
+        metrics_listener,
+        metrics,
+        std::future::pending(),
+    ));
     tessera_node::run(config, listener, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

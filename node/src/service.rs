@@ -13,7 +13,9 @@ use tessera_common::error::code_of;
 use tessera_common::reply::Reply;
 use tessera_common::slot::{key_slot, SLOTS};
 use tessera_proto::v1::node_server::Node;
-use tessera_proto::v1::{request, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse, SlotRange};
+use tessera_proto::v1::{
+    request, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse, SlotRange,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -43,7 +45,12 @@ impl NodeState {
                 }
             }
         }
-        Self { node_id, shards, by_slot, by_id }
+        Self {
+            node_id,
+            shards,
+            by_slot,
+            by_id,
+        }
     }
 
     /// Runs one request; never panics on its input.
@@ -75,7 +82,8 @@ impl NodeState {
             Reply::Error(e) => code_of(e),
             _ => "ok",
         };
-        metrics::counter!("tessera_node_commands_total", "cmd" => name, "code" => code).increment(1);
+        metrics::counter!("tessera_node_commands_total", "cmd" => name, "code" => code)
+            .increment(1);
         metrics::histogram!("tessera_node_command_duration_seconds", "cmd" => name)
             .record(start.elapsed().as_secs_f64());
         reply
@@ -116,7 +124,10 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseBatch, Status>> +
 impl Node for NodeService {
     type SessionStream = ResponseStream;
 
-    async fn session(&self, req: Request<Streaming<RequestBatch>>) -> Result<Response<ResponseStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<RequestBatch>>,
+    ) -> Result<Response<ResponseStream>, Status> {
         let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(256);
@@ -154,16 +165,29 @@ impl Node for NodeService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
+    async fn shards(
+        &self,
+        _req: Request<ShardsRequest>,
+    ) -> Result<Response<ShardsResponse>, Status> {
         let shards = self
             .state
             .shards
             .iter()
             .map(|s| ShardInfo {
                 id: s.id,
-                slots: s.ranges.iter().map(|r| SlotRange { start: r.start.into(), end: r.end.into() }).collect(),
+                slots: s
+                    .ranges
+                    .iter()
+                    .map(|r| SlotRange {
+                        start: r.start.into(),
+                        end: r.end.into(),
+                    })
+                    .collect(),
             })
             .collect();
-        Ok(Response::new(ShardsResponse { node_id: self.state.node_id.clone(), shards }))
+        Ok(Response::new(ShardsResponse {
+            node_id: self.state.node_id.clone(),
+            shards,
+        }))
     }
 }

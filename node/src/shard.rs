@@ -17,7 +17,10 @@ use crate::keyspace::Keyspace;
 use crate::log::{CommandLog, LogOp, MemLog};
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub struct Shard {
@@ -47,7 +50,15 @@ pub struct ShardStats {
 impl Shard {
     pub fn new(id: u32, ranges: Vec<SlotRange>) -> Arc<Shard> {
         let log = Box::new(MemLog::new(1024, 64 << 20));
-        Arc::new(Shard { id, ranges, state: Mutex::new(State { ks: Keyspace::new(), log, last_ts: 0 }) })
+        Arc::new(Shard {
+            id,
+            ranges,
+            state: Mutex::new(State {
+                ks: Keyspace::new(),
+                log,
+                last_ts: 0,
+            }),
+        })
     }
 
     pub fn owns(&self, slot: u16) -> bool {
@@ -122,10 +133,18 @@ mod tests {
     fn writes_are_logged_reads_are_not() {
         let shard = Shard::new(0, vec![SlotRange::new(0, 16383)]);
         assert_eq!(shard.execute(set("a", None)), Reply::ok());
-        assert_eq!(shard.execute(NodeCommand::Get { key: Bytes::from_static(b"a") }), Reply::bulk_str("v"));
+        assert_eq!(
+            shard.execute(NodeCommand::Get {
+                key: Bytes::from_static(b"a")
+            }),
+            Reply::bulk_str("v")
+        );
         assert_eq!(shard.stats().log_index, 1);
         // A write that can only fail never reaches the log.
-        let incr = NodeCommand::IncrBy { key: Bytes::from_static(b"a"), delta: 1 };
+        let incr = NodeCommand::IncrBy {
+            key: Bytes::from_static(b"a"),
+            delta: 1,
+        };
         assert!(shard.execute(incr).is_error());
         assert_eq!(shard.stats().log_index, 1);
     }
@@ -134,7 +153,12 @@ mod tests {
     fn expired_keys_are_purged_through_the_log() {
         let shard = Shard::new(0, vec![SlotRange::new(0, 16383)]);
         shard.execute(set("t", Some(-1)));
-        assert_eq!(shard.execute(NodeCommand::Exists { keys: vec![Bytes::from_static(b"t")] }), Reply::Int(0));
+        assert_eq!(
+            shard.execute(NodeCommand::Exists {
+                keys: vec![Bytes::from_static(b"t")]
+            }),
+            Reply::Int(0)
+        );
         assert_eq!(shard.stats().keys, 1);
         assert_eq!(shard.purge_expired(), 1);
         assert_eq!(shard.stats().keys, 0);

@@ -1,1 +1,46 @@
-fn main(){}
+use clap::Parser;
+use tessera_router::config::Args;
+use tessera_router::Listeners;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tessera_telemetry::init_tracing(args.log_format);
+    let config = args.config()?;
+    let metrics = tessera_telemetry::install_metrics()?;
+    let plain = TcpListener::bind(args.listen).await?;
+    let mut cluster = Vec::new();
+    for a in &args.cluster_listen {
+        cluster.push(TcpListener::bind(a).await?);
+    }
+    let metrics_listener = TcpListener::bind(args.metrics_listen).await?;
+    if args.print_ready {
+        let addrs: Vec<String> = cluster
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        println!(
+            "READY plain={} cluster={} metrics={}",
+            plain.local_addr()?,
+            addrs.join(","),
+            metrics_listener.local_addr()?
+        );
+    }
+    tokio::spawn(tessera_telemetry::serve_metrics(
+        metrics_listener,
+        metrics,
+        std::future::pending(),
+    ));
+    tessera_router::run(config, Listeners { plain, cluster }, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -25,7 +25,9 @@ pub enum LogFormat {
 /// Installs the global subscriber; later calls are no-ops (tests start many servers).
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -88,12 +90,13 @@ pub async fn serve_metrics(
             }
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = if head.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                handle.run_upkeep();
-                ("200 OK", "text/plain; version=0.0.4", handle.render())
-            } else {
-                ("404 Not Found", "text/plain", "not found\n".to_string())
-            };
+            let (status, ctype, body) =
+                if head.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                    handle.run_upkeep();
+                    ("200 OK", "text/plain; version=0.0.4", handle.render())
+                } else {
+                    ("404 Not Found", "text/plain", "not found\n".to_string())
+                };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()

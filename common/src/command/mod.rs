@@ -30,7 +30,9 @@ pub struct ParseLimits {
 
 impl Default for ParseLimits {
     fn default() -> Self {
-        Self { max_value_bytes: 512 * 1024 * 1024 }
+        Self {
+            max_value_bytes: 512 * 1024 * 1024,
+        }
     }
 }
 
@@ -48,8 +50,15 @@ pub enum Command {
 /// Keyspace-wide commands, before the router scopes them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fanout {
-    Keys { pattern: Bytes },
-    Scan { cursor: u64, pattern: Option<Bytes>, count: usize, kind: Option<Bytes> },
+    Keys {
+        pattern: Bytes,
+    },
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        kind: Option<Bytes>,
+    },
     DbSize,
     RandomKey,
     Flush,
@@ -79,9 +88,9 @@ pub fn parse(argv: Vec<Bytes>, limits: &ParseLimits) -> Result<Command> {
     }
     match spec.name {
         n if n.starts_with("ai.") => ai::parse(spec, argv, limits),
-        "get" | "set" | "mget" | "mset" | "incr" | "incrby" | "decr" | "decrby" | "del" | "unlink"
-        | "exists" | "type" | "expire" | "pexpire" | "expireat" | "pexpireat" | "ttl" | "pttl"
-        | "persist" => keyspace::parse_keyed(spec, argv),
+        "get" | "set" | "mget" | "mset" | "incr" | "incrby" | "decr" | "decrby" | "del"
+        | "unlink" | "exists" | "type" | "expire" | "pexpire" | "expireat" | "pexpireat"
+        | "ttl" | "pttl" | "persist" => keyspace::parse_keyed(spec, argv),
         "keys" | "scan" | "dbsize" | "randomkey" | "flushall" | "flushdb" => {
             keyspace::parse_fanout(spec, argv).map(Command::Fanout)
         }
@@ -111,7 +120,10 @@ pub fn unknown_command(argv: &[Bytes]) -> Error {
         .take(20)
         .map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(128)])))
         .collect();
-    Error::UnknownCommand { name: truncate(&name, 128), args }
+    Error::UnknownCommand {
+        name: truncate(&name, 128),
+        args,
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -122,7 +134,9 @@ fn truncate(s: &str, n: usize) -> String {
 pub fn int_arg(b: &[u8]) -> Result<i64> {
     std::str::from_utf8(b)
         .ok()
-        .filter(|s| !s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')) && !s.starts_with("-0"))
+        .filter(|s| {
+            !s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')) && !s.starts_with("-0")
+        })
         .and_then(|s| s.parse().ok())
         .ok_or(Error::NotInteger)
 }
@@ -132,7 +146,9 @@ mod tests {
     use super::*;
 
     pub(crate) fn argv(s: &str) -> Vec<Bytes> {
-        s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
+        s.split(' ')
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect()
     }
 
     fn p(s: &str) -> Result<Command> {
@@ -152,8 +168,14 @@ mod tests {
 
     #[test]
     fn arity_and_unknown() {
-        assert_eq!(p("GET").unwrap_err().to_string(), "ERR wrong number of arguments for 'get' command");
-        assert_eq!(p("get a b").unwrap_err().to_string(), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(
+            p("GET").unwrap_err().to_string(),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            p("get a b").unwrap_err().to_string(),
+            "ERR wrong number of arguments for 'get' command"
+        );
         assert_eq!(
             p("AI.TENSORGET").unwrap_err().to_string(),
             "ERR wrong number of arguments for 'AI.TENSORGET' command"

@@ -38,30 +38,87 @@ pub enum ExpireCond {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum NodeCommand {
-    Get { key: Bytes },
-    Set { key: Bytes, value: Bytes, expire: Option<Expiry>, keep_ttl: bool, cond: SetCond, get: bool },
-    MGet { keys: Vec<Bytes> },
-    MSet { pairs: Vec<(Bytes, Bytes)> },
-    Del { keys: Vec<Bytes> },
-    Exists { keys: Vec<Bytes> },
-    Type { key: Bytes },
-    Expire { key: Bytes, at: Expiry, cond: ExpireCond },
-    Ttl { key: Bytes, millis: bool },
-    Persist { key: Bytes },
-    IncrBy { key: Bytes, delta: i64 },
-    TensorSet { key: Bytes, tensor: Tensor },
-    TensorGet { key: Bytes, format: TensorFormat },
+    Get {
+        key: Bytes,
+    },
+    Set {
+        key: Bytes,
+        value: Bytes,
+        expire: Option<Expiry>,
+        keep_ttl: bool,
+        cond: SetCond,
+        get: bool,
+    },
+    MGet {
+        keys: Vec<Bytes>,
+    },
+    MSet {
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    Del {
+        keys: Vec<Bytes>,
+    },
+    Exists {
+        keys: Vec<Bytes>,
+    },
+    Type {
+        key: Bytes,
+    },
+    Expire {
+        key: Bytes,
+        at: Expiry,
+        cond: ExpireCond,
+    },
+    Ttl {
+        key: Bytes,
+        millis: bool,
+    },
+    Persist {
+        key: Bytes,
+    },
+    IncrBy {
+        key: Bytes,
+        delta: i64,
+    },
+    TensorSet {
+        key: Bytes,
+        tensor: Tensor,
+    },
+    TensorGet {
+        key: Bytes,
+        format: TensorFormat,
+    },
     /// Keys of this shard matching `pattern` within `scope`.
-    Keys { pattern: Bytes, scope: SlotScope },
+    Keys {
+        pattern: Bytes,
+        scope: SlotScope,
+    },
     /// Keys of whole slots starting at slot `cursor`, while this shard owns them
     /// contiguously, until at least `count` keys were seen. Replies
     /// `[next_slot, [keys]]` where `next_slot` is 16384 when done.
-    Scan { cursor: u16, count: usize, pattern: Option<Bytes>, kind: Option<Bytes>, scope: SlotScope },
-    DbSize { scope: SlotScope },
-    RandomKey { scope: SlotScope },
-    Flush { scope: SlotScope },
-    CountKeysInSlot { slot: u16 },
-    GetKeysInSlot { slot: u16, count: usize },
+    Scan {
+        cursor: u16,
+        count: usize,
+        pattern: Option<Bytes>,
+        kind: Option<Bytes>,
+        scope: SlotScope,
+    },
+    DbSize {
+        scope: SlotScope,
+    },
+    RandomKey {
+        scope: SlotScope,
+    },
+    Flush {
+        scope: SlotScope,
+    },
+    CountKeysInSlot {
+        slot: u16,
+    },
+    GetKeysInSlot {
+        slot: u16,
+        count: usize,
+    },
 }
 
 impl NodeCommand {

@@ -13,7 +13,10 @@ use crate::slot::{key_slot, SLOTS};
 pub enum Local {
     Ping(Option<Bytes>),
     Echo(Bytes),
-    Hello { proto: Option<i64>, setname: Option<Bytes> },
+    Hello {
+        proto: Option<i64>,
+        setname: Option<Bytes>,
+    },
     Client(ClientCmd),
     Select(i64),
     Quit,
@@ -63,11 +66,17 @@ pub enum ClusterCmd {
 }
 
 fn sub_arity(cmd: &str, sub: &[u8]) -> Error {
-    Error::Arity(format!("{cmd}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase()))
+    Error::Arity(format!(
+        "{cmd}|{}",
+        String::from_utf8_lossy(sub).to_ascii_lowercase()
+    ))
 }
 
 fn unknown_sub(cmd: &str, sub: &[u8]) -> Error {
-    Error::UnknownSubcommand { cmd: cmd.to_ascii_uppercase(), sub: String::from_utf8_lossy(sub).into_owned() }
+    Error::UnknownSubcommand {
+        cmd: cmd.to_ascii_uppercase(),
+        sub: String::from_utf8_lossy(sub).into_owned(),
+    }
 }
 
 pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, _limits: &ParseLimits) -> Result<Command> {
@@ -85,7 +94,12 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, _limits: &ParseLimits) -> Res
         "readonly" => Local::ReadOnly,
         "readwrite" => Local::ReadWrite,
         "asking" => Local::Asking,
-        "info" => Local::Info(argv[1..].iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect()),
+        "info" => Local::Info(
+            argv[1..]
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+                .collect(),
+        ),
         "config" => {
             let sub = argv[1].to_ascii_uppercase();
             match sub.as_slice() {
@@ -107,7 +121,9 @@ fn parse_hello(argv: &[Bytes]) -> Result<Local> {
     let mut setname = None;
     let mut i = 1;
     if let Some(v) = argv.get(1) {
-        let n = int_arg(v).map_err(|_| Error::Verbatim("ERR Protocol version is not an integer or out of range".into()))?;
+        let n = int_arg(v).map_err(|_| {
+            Error::Verbatim("ERR Protocol version is not an integer or out of range".into())
+        })?;
         if !(2..=3).contains(&n) {
             return Err(Error::NoProto);
         }
@@ -147,7 +163,8 @@ fn parse_client(argv: &[Bytes]) -> Result<Local> {
         b"SETNAME" if n == 3 => {
             if argv[2].iter().any(|c| *c <= b' ' || *c > b'~') {
                 return Err(Error::Verbatim(
-                    "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+                    "ERR Client names cannot contain spaces, newlines or special characters."
+                        .into(),
                 ));
             }
             ClientCmd::SetName(argv[2].clone())
@@ -167,15 +184,24 @@ fn parse_client(argv: &[Bytes]) -> Result<Local> {
             ClientCmd::Ack
         }
         b"MAINT_NOTIFICATIONS" | b"NO-EVICT" | b"NO-TOUCH" | b"REPLY" if n >= 3 => ClientCmd::Ack,
-        b"SETNAME" | b"GETNAME" | b"ID" | b"INFO" | b"SETINFO" | b"MAINT_NOTIFICATIONS" | b"NO-EVICT"
-        | b"NO-TOUCH" | b"REPLY" => return Err(sub_arity("client", &argv[1])),
+        b"SETNAME"
+        | b"GETNAME"
+        | b"ID"
+        | b"INFO"
+        | b"SETINFO"
+        | b"MAINT_NOTIFICATIONS"
+        | b"NO-EVICT"
+        | b"NO-TOUCH"
+        | b"REPLY" => return Err(sub_arity("client", &argv[1])),
         _ => return Err(unknown_sub("client", &argv[1])),
     };
     Ok(Local::Client(cmd))
 }
 
 fn parse_command(argv: &[Bytes]) -> Result<CommandCmd> {
-    let Some(sub) = argv.get(1) else { return Ok(CommandCmd::All) };
+    let Some(sub) = argv.get(1) else {
+        return Ok(CommandCmd::All);
+    };
     Ok(match sub.to_ascii_uppercase().as_slice() {
         b"COUNT" => CommandCmd::Count,
         b"LIST" => CommandCmd::List,
@@ -202,7 +228,10 @@ fn parse_cluster(argv: &[Bytes]) -> Result<Command> {
         b"KEYSLOT" if n == 3 => local(ClusterCmd::KeySlot(argv[2].clone())),
         b"COUNTKEYSINSLOT" if n == 3 => {
             let slot = slot_arg(&argv[2], "ERR Invalid slot")?;
-            Ok(Command::Keyed { slot, cmd: NodeCommand::CountKeysInSlot { slot } })
+            Ok(Command::Keyed {
+                slot,
+                cmd: NodeCommand::CountKeysInSlot { slot },
+            })
         }
         b"GETKEYSINSLOT" if n == 4 => {
             let slot = int_arg(&argv[2])?;
@@ -212,10 +241,13 @@ fn parse_cluster(argv: &[Bytes]) -> Result<Command> {
             }
             let slot = slot as u16;
             let count = usize::try_from(count).unwrap_or(usize::MAX);
-            Ok(Command::Keyed { slot, cmd: NodeCommand::GetKeysInSlot { slot, count } })
+            Ok(Command::Keyed {
+                slot,
+                cmd: NodeCommand::GetKeysInSlot { slot, count },
+            })
         }
-        b"SLOTS" | b"SHARDS" | b"NODES" | b"MYID" | b"MYSHARDID" | b"INFO" | b"HELP" | b"KEYSLOT"
-        | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" => Err(sub_arity("cluster", &argv[1])),
+        b"SLOTS" | b"SHARDS" | b"NODES" | b"MYID" | b"MYSHARDID" | b"INFO" | b"HELP"
+        | b"KEYSLOT" | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" => Err(sub_arity("cluster", &argv[1])),
         _ => Err(unknown_sub("cluster", &argv[1])),
     }
 }
@@ -245,12 +277,18 @@ mod tests {
 
     #[test]
     fn cluster_subcommands() {
-        assert_eq!(p("cluster slots").unwrap(), Command::Local(Local::Cluster(ClusterCmd::Slots)));
+        assert_eq!(
+            p("cluster slots").unwrap(),
+            Command::Local(Local::Cluster(ClusterCmd::Slots))
+        );
         assert_eq!(
             p("CLUSTER KEYSLOT").unwrap_err().to_string(),
             "ERR wrong number of arguments for 'cluster|keyslot' command"
         );
-        assert_eq!(p("CLUSTER COUNTKEYSINSLOT 16384").unwrap_err().to_string(), "ERR Invalid slot");
+        assert_eq!(
+            p("CLUSTER COUNTKEYSINSLOT 16384").unwrap_err().to_string(),
+            "ERR Invalid slot"
+        );
         assert_eq!(
             p("CLUSTER COUNTKEYSINSLOT abc").unwrap_err().to_string(),
             "ERR value is not an integer or out of range"
@@ -259,15 +297,24 @@ mod tests {
             p("CLUSTER GETKEYSINSLOT 0 -1").unwrap_err().to_string(),
             "ERR Invalid slot or number of keys"
         );
-        assert_eq!(p("CLUSTER FOO").unwrap_err().to_string(), "ERR unknown subcommand 'FOO'. Try CLUSTER HELP.");
+        assert_eq!(
+            p("CLUSTER FOO").unwrap_err().to_string(),
+            "ERR unknown subcommand 'FOO'. Try CLUSTER HELP."
+        );
     }
 
     #[test]
     fn hello_versions() {
-        assert_eq!(p("HELLO 4").unwrap_err().to_string(), "NOPROTO unsupported protocol version");
+        assert_eq!(
+            p("HELLO 4").unwrap_err().to_string(),
+            "NOPROTO unsupported protocol version"
+        );
         assert_eq!(
             p("HELLO 3 SETNAME app").unwrap(),
-            Command::Local(Local::Hello { proto: Some(3), setname: Some(Bytes::from_static(b"app")) })
+            Command::Local(Local::Hello {
+                proto: Some(3),
+                setname: Some(Bytes::from_static(b"app"))
+            })
         );
         assert!(p("HELLO 3 AUTH default pw").is_ok());
     }

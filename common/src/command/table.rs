@@ -12,7 +12,11 @@ use crate::reply::Reply;
 pub enum KeySpec {
     None,
     /// Redis's first/last/step (last may be negative: counted from the end).
-    Range { first: i64, last: i64, step: i64 },
+    Range {
+        first: i64,
+        last: i64,
+        step: i64,
+    },
     /// Found by a function over argv (`movablekeys`).
     Movable(fn(&[Bytes]) -> Option<Vec<usize>>),
 }
@@ -43,9 +47,22 @@ const fn spec(
     let kind = if keys.0 == 0 {
         KeySpec::None
     } else {
-        KeySpec::Range { first: keys.0, last: keys.1, step: keys.2 }
+        KeySpec::Range {
+            first: keys.0,
+            last: keys.1,
+            step: keys.2,
+        }
     };
-    CommandSpec { name, arity, flags, acl, keys: kind, reported: keys, group, summary }
+    CommandSpec {
+        name,
+        arity,
+        flags,
+        acl,
+        keys: kind,
+        reported: keys,
+        group,
+        summary,
+    }
 }
 
 const fn movable(
@@ -79,68 +96,532 @@ const AI_RM: &[&str] = &["readonly", "module", "movablekeys"];
 /// Every command, in `COMMAND` order.
 pub static COMMANDS: &[CommandSpec] = &[
     // keyspace / strings
-    spec("get", 2, R, &["@read", "@string", "@fast"], (1, 1, 1), "string", "Returns the string value of a key."),
-    spec("set", -3, W, &["@write", "@string", "@slow"], (1, 1, 1), "string", "Sets the string value of a key, ignoring its type."),
-    spec("mget", -2, R, &["@read", "@string", "@fast"], (1, -1, 1), "string", "Atomically returns the string values of one or more keys."),
-    spec("mset", -3, W, &["@write", "@string", "@slow"], (1, -1, 2), "string", "Atomically creates or modifies the string values of one or more keys."),
-    spec("incr", 2, WDF, &["@write", "@string", "@fast"], (1, 1, 1), "string", "Increments the integer value of a key by one."),
-    spec("incrby", 3, WDF, &["@write", "@string", "@fast"], (1, 1, 1), "string", "Increments the integer value of a key by a number."),
-    spec("decr", 2, WDF, &["@write", "@string", "@fast"], (1, 1, 1), "string", "Decrements the integer value of a key by one."),
-    spec("decrby", 3, WDF, &["@write", "@string", "@fast"], (1, 1, 1), "string", "Decrements a number from the integer value of a key."),
-    spec("del", -2, &["write"], &["@keyspace", "@write", "@slow"], (1, -1, 1), "generic", "Deletes one or more keys."),
-    spec("unlink", -2, WF, &["@keyspace", "@write", "@fast"], (1, -1, 1), "generic", "Asynchronously deletes one or more keys."),
-    spec("exists", -2, R, &["@keyspace", "@read", "@fast"], (1, -1, 1), "generic", "Determines whether one or more keys exist."),
-    spec("type", 2, R, &["@keyspace", "@read", "@fast"], (1, 1, 1), "generic", "Determines the type of value stored at a key."),
-    spec("expire", -3, WF, &["@keyspace", "@write", "@fast"], (1, 1, 1), "generic", "Sets the expiration time of a key in seconds."),
-    spec("pexpire", -3, WF, &["@keyspace", "@write", "@fast"], (1, 1, 1), "generic", "Sets the expiration time of a key in milliseconds."),
-    spec("expireat", -3, WF, &["@keyspace", "@write", "@fast"], (1, 1, 1), "generic", "Sets the expiration time of a key to a Unix timestamp."),
-    spec("pexpireat", -3, WF, &["@keyspace", "@write", "@fast"], (1, 1, 1), "generic", "Sets the expiration time of a key to a Unix milliseconds timestamp."),
-    spec("ttl", 2, R, &["@keyspace", "@read", "@fast"], (1, 1, 1), "generic", "Returns the expiration time in seconds of a key."),
-    spec("pttl", 2, R, &["@keyspace", "@read", "@fast"], (1, 1, 1), "generic", "Returns the expiration time in milliseconds of a key."),
-    spec("persist", 2, WF, &["@keyspace", "@write", "@fast"], (1, 1, 1), "generic", "Removes the expiration time of a key."),
-    spec("keys", 2, &["readonly"], &["@keyspace", "@read", "@slow", "@dangerous"], (0, 0, 0), "generic", "Returns all key names that match a pattern."),
-    spec("scan", -2, &["readonly"], &["@keyspace", "@read", "@slow"], (0, 0, 0), "generic", "Iterates over the key names in the database."),
-    spec("dbsize", 1, R, &["@keyspace", "@read", "@fast"], (0, 0, 0), "server", "Returns the number of keys in the database."),
-    spec("randomkey", 1, &["readonly"], &["@keyspace", "@read", "@slow"], (0, 0, 0), "generic", "Returns a random key name from the database."),
-    spec("flushall", -1, &["write"], &["@keyspace", "@write", "@slow", "@dangerous"], (0, 0, 0), "server", "Removes all keys from all databases."),
-    spec("flushdb", -1, &["write"], &["@keyspace", "@write", "@slow", "@dangerous"], (0, 0, 0), "server", "Remove all keys from the current database."),
+    spec(
+        "get",
+        2,
+        R,
+        &["@read", "@string", "@fast"],
+        (1, 1, 1),
+        "string",
+        "Returns the string value of a key.",
+    ),
+    spec(
+        "set",
+        -3,
+        W,
+        &["@write", "@string", "@slow"],
+        (1, 1, 1),
+        "string",
+        "Sets the string value of a key, ignoring its type.",
+    ),
+    spec(
+        "mget",
+        -2,
+        R,
+        &["@read", "@string", "@fast"],
+        (1, -1, 1),
+        "string",
+        "Atomically returns the string values of one or more keys.",
+    ),
+    spec(
+        "mset",
+        -3,
+        W,
+        &["@write", "@string", "@slow"],
+        (1, -1, 2),
+        "string",
+        "Atomically creates or modifies the string values of one or more keys.",
+    ),
+    spec(
+        "incr",
+        2,
+        WDF,
+        &["@write", "@string", "@fast"],
+        (1, 1, 1),
+        "string",
+        "Increments the integer value of a key by one.",
+    ),
+    spec(
+        "incrby",
+        3,
+        WDF,
+        &["@write", "@string", "@fast"],
+        (1, 1, 1),
+        "string",
+        "Increments the integer value of a key by a number.",
+    ),
+    spec(
+        "decr",
+        2,
+        WDF,
+        &["@write", "@string", "@fast"],
+        (1, 1, 1),
+        "string",
+        "Decrements the integer value of a key by one.",
+    ),
+    spec(
+        "decrby",
+        3,
+        WDF,
+        &["@write", "@string", "@fast"],
+        (1, 1, 1),
+        "string",
+        "Decrements a number from the integer value of a key.",
+    ),
+    spec(
+        "del",
+        -2,
+        &["write"],
+        &["@keyspace", "@write", "@slow"],
+        (1, -1, 1),
+        "generic",
+        "Deletes one or more keys.",
+    ),
+    spec(
+        "unlink",
+        -2,
+        WF,
+        &["@keyspace", "@write", "@fast"],
+        (1, -1, 1),
+        "generic",
+        "Asynchronously deletes one or more keys.",
+    ),
+    spec(
+        "exists",
+        -2,
+        R,
+        &["@keyspace", "@read", "@fast"],
+        (1, -1, 1),
+        "generic",
+        "Determines whether one or more keys exist.",
+    ),
+    spec(
+        "type",
+        2,
+        R,
+        &["@keyspace", "@read", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Determines the type of value stored at a key.",
+    ),
+    spec(
+        "expire",
+        -3,
+        WF,
+        &["@keyspace", "@write", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Sets the expiration time of a key in seconds.",
+    ),
+    spec(
+        "pexpire",
+        -3,
+        WF,
+        &["@keyspace", "@write", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Sets the expiration time of a key in milliseconds.",
+    ),
+    spec(
+        "expireat",
+        -3,
+        WF,
+        &["@keyspace", "@write", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Sets the expiration time of a key to a Unix timestamp.",
+    ),
+    spec(
+        "pexpireat",
+        -3,
+        WF,
+        &["@keyspace", "@write", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Sets the expiration time of a key to a Unix milliseconds timestamp.",
+    ),
+    spec(
+        "ttl",
+        2,
+        R,
+        &["@keyspace", "@read", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Returns the expiration time in seconds of a key.",
+    ),
+    spec(
+        "pttl",
+        2,
+        R,
+        &["@keyspace", "@read", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Returns the expiration time in milliseconds of a key.",
+    ),
+    spec(
+        "persist",
+        2,
+        WF,
+        &["@keyspace", "@write", "@fast"],
+        (1, 1, 1),
+        "generic",
+        "Removes the expiration time of a key.",
+    ),
+    spec(
+        "keys",
+        2,
+        &["readonly"],
+        &["@keyspace", "@read", "@slow", "@dangerous"],
+        (0, 0, 0),
+        "generic",
+        "Returns all key names that match a pattern.",
+    ),
+    spec(
+        "scan",
+        -2,
+        &["readonly"],
+        &["@keyspace", "@read", "@slow"],
+        (0, 0, 0),
+        "generic",
+        "Iterates over the key names in the database.",
+    ),
+    spec(
+        "dbsize",
+        1,
+        R,
+        &["@keyspace", "@read", "@fast"],
+        (0, 0, 0),
+        "server",
+        "Returns the number of keys in the database.",
+    ),
+    spec(
+        "randomkey",
+        1,
+        &["readonly"],
+        &["@keyspace", "@read", "@slow"],
+        (0, 0, 0),
+        "generic",
+        "Returns a random key name from the database.",
+    ),
+    spec(
+        "flushall",
+        -1,
+        &["write"],
+        &["@keyspace", "@write", "@slow", "@dangerous"],
+        (0, 0, 0),
+        "server",
+        "Removes all keys from all databases.",
+    ),
+    spec(
+        "flushdb",
+        -1,
+        &["write"],
+        &["@keyspace", "@write", "@slow", "@dangerous"],
+        (0, 0, 0),
+        "server",
+        "Remove all keys from the current database.",
+    ),
     // connection / server / cluster
-    spec("ping", -1, &["fast"], &["@fast", "@connection"], (0, 0, 0), "connection", "Returns the server's liveliness response."),
-    spec("echo", 2, &["fast"], &["@fast", "@connection"], (0, 0, 0), "connection", "Returns the given string."),
-    spec("hello", -1, &["noscript", "loading", "stale", "fast", "no_auth"], &["@fast", "@connection"], (0, 0, 0), "connection", "Handshakes with the Redis server."),
-    spec("client", -2, &[], &["@slow"], (0, 0, 0), "connection", "A container for client connection commands."),
-    spec("select", 2, &["loading", "stale", "fast"], &["@fast", "@connection"], (0, 0, 0), "connection", "Changes the selected database."),
-    spec("quit", -1, &["noscript", "loading", "stale", "fast", "no_auth"], &["@fast", "@connection"], (0, 0, 0), "connection", "Closes the connection."),
-    spec("readonly", 1, &["loading", "stale", "fast"], &["@fast", "@connection"], (0, 0, 0), "cluster", "Enables read-only queries for a connection to a Redis Cluster replica node."),
-    spec("readwrite", 1, &["loading", "stale", "fast"], &["@fast", "@connection"], (0, 0, 0), "cluster", "Enables read-write queries for a connection to a Reids Cluster replica node."),
-    spec("asking", 1, &["fast"], &["@fast", "@connection"], (0, 0, 0), "cluster", "Signals that a cluster client is following an -ASK redirect."),
-    spec("cluster", -2, &[], &["@slow"], (0, 0, 0), "cluster", "A container for Redis Cluster commands."),
-    spec("command", -1, &["loading", "stale"], &["@slow", "@connection"], (0, 0, 0), "server", "Returns detailed information about all commands."),
-    spec("info", -1, &["loading", "stale"], &["@slow", "@dangerous"], (0, 0, 0), "server", "Returns information and statistics about the server."),
-    spec("config", -2, &[], &["@slow"], (0, 0, 0), "server", "A container for server configuration commands."),
+    spec(
+        "ping",
+        -1,
+        &["fast"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "connection",
+        "Returns the server's liveliness response.",
+    ),
+    spec(
+        "echo",
+        2,
+        &["fast"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "connection",
+        "Returns the given string.",
+    ),
+    spec(
+        "hello",
+        -1,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "connection",
+        "Handshakes with the Redis server.",
+    ),
+    spec(
+        "client",
+        -2,
+        &[],
+        &["@slow"],
+        (0, 0, 0),
+        "connection",
+        "A container for client connection commands.",
+    ),
+    spec(
+        "select",
+        2,
+        &["loading", "stale", "fast"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "connection",
+        "Changes the selected database.",
+    ),
+    spec(
+        "quit",
+        -1,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "connection",
+        "Closes the connection.",
+    ),
+    spec(
+        "readonly",
+        1,
+        &["loading", "stale", "fast"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "cluster",
+        "Enables read-only queries for a connection to a Redis Cluster replica node.",
+    ),
+    spec(
+        "readwrite",
+        1,
+        &["loading", "stale", "fast"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "cluster",
+        "Enables read-write queries for a connection to a Reids Cluster replica node.",
+    ),
+    spec(
+        "asking",
+        1,
+        &["fast"],
+        &["@fast", "@connection"],
+        (0, 0, 0),
+        "cluster",
+        "Signals that a cluster client is following an -ASK redirect.",
+    ),
+    spec(
+        "cluster",
+        -2,
+        &[],
+        &["@slow"],
+        (0, 0, 0),
+        "cluster",
+        "A container for Redis Cluster commands.",
+    ),
+    spec(
+        "command",
+        -1,
+        &["loading", "stale"],
+        &["@slow", "@connection"],
+        (0, 0, 0),
+        "server",
+        "Returns detailed information about all commands.",
+    ),
+    spec(
+        "info",
+        -1,
+        &["loading", "stale"],
+        &["@slow", "@dangerous"],
+        (0, 0, 0),
+        "server",
+        "Returns information and statistics about the server.",
+    ),
+    spec(
+        "config",
+        -2,
+        &[],
+        &["@slow"],
+        (0, 0, 0),
+        "server",
+        "A container for server configuration commands.",
+    ),
     // RedisAI (module commands report arity -1, as RedisModule_CreateCommand does)
-    spec("ai.tensorset", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a tensor."),
-    spec("ai.tensorget", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns a tensor."),
-    spec("ai.modelstore", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a model."),
-    spec("ai.modelset", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a model (deprecated)."),
-    spec("ai.modelget", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns a model's metadata and blob."),
-    spec("ai.modeldel", -1, &["write", "module"], &["@redisai"], (1, 1, 1), "module", "Deletes a model."),
-    movable("ai.modelexecute", AI_WM, (4, 4, 1), keys_modelexecute, "Runs a model."),
-    movable("ai.modelrun", AI_WM, (3, 3, 1), keys_modelrun, "Runs a model (deprecated)."),
-    spec("ai._modelscan", -1, AI_R, &["@redisai"], (0, 0, 0), "module", "Lists models (experimental)."),
-    spec("ai.scriptstore", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a TorchScript script."),
-    spec("ai.scriptset", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a TorchScript script (deprecated)."),
-    spec("ai.scriptget", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns a script's metadata and source."),
-    spec("ai.scriptdel", -1, &["write", "module"], &["@redisai"], (1, 1, 1), "module", "Deletes a script."),
-    movable("ai.scriptexecute", AI_WM, (5, 5, 1), keys_scriptexecute, "Runs a script function."),
-    movable("ai.scriptrun", AI_WM, (4, 4, 1), keys_scriptrun, "Runs a script function (deprecated)."),
-    spec("ai._scriptscan", -1, AI_R, &["@redisai"], (0, 0, 0), "module", "Lists scripts (experimental)."),
-    spec("ai.info", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns run statistics of a model or script."),
-    spec("ai.config", -1, &["write", "module"], &["@redisai"], (0, 0, 0), "module", "Configures the backends."),
-    movable("ai.dagexecute", AI_WM, (3, 3, 1), keys_dag, "Runs a DAG of tensor, model and script operations."),
-    movable("ai.dagexecute_ro", AI_RM, (3, 3, 1), keys_dag, "Runs a read-only DAG."),
-    movable("ai.dagrun", AI_WM, (3, 3, 1), keys_dag, "Runs a DAG (deprecated)."),
-    movable("ai.dagrun_ro", AI_RM, (3, 3, 1), keys_dag, "Runs a read-only DAG (deprecated)."),
+    spec(
+        "ai.tensorset",
+        -1,
+        AI_W,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Stores a tensor.",
+    ),
+    spec(
+        "ai.tensorget",
+        -1,
+        AI_R,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Returns a tensor.",
+    ),
+    spec(
+        "ai.modelstore",
+        -1,
+        AI_W,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Stores a model.",
+    ),
+    spec(
+        "ai.modelset",
+        -1,
+        AI_W,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Stores a model (deprecated).",
+    ),
+    spec(
+        "ai.modelget",
+        -1,
+        AI_R,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Returns a model's metadata and blob.",
+    ),
+    spec(
+        "ai.modeldel",
+        -1,
+        &["write", "module"],
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Deletes a model.",
+    ),
+    movable(
+        "ai.modelexecute",
+        AI_WM,
+        (4, 4, 1),
+        keys_modelexecute,
+        "Runs a model.",
+    ),
+    movable(
+        "ai.modelrun",
+        AI_WM,
+        (3, 3, 1),
+        keys_modelrun,
+        "Runs a model (deprecated).",
+    ),
+    spec(
+        "ai._modelscan",
+        -1,
+        AI_R,
+        &["@redisai"],
+        (0, 0, 0),
+        "module",
+        "Lists models (experimental).",
+    ),
+    spec(
+        "ai.scriptstore",
+        -1,
+        AI_W,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Stores a TorchScript script.",
+    ),
+    spec(
+        "ai.scriptset",
+        -1,
+        AI_W,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Stores a TorchScript script (deprecated).",
+    ),
+    spec(
+        "ai.scriptget",
+        -1,
+        AI_R,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Returns a script's metadata and source.",
+    ),
+    spec(
+        "ai.scriptdel",
+        -1,
+        &["write", "module"],
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Deletes a script.",
+    ),
+    movable(
+        "ai.scriptexecute",
+        AI_WM,
+        (5, 5, 1),
+        keys_scriptexecute,
+        "Runs a script function.",
+    ),
+    movable(
+        "ai.scriptrun",
+        AI_WM,
+        (4, 4, 1),
+        keys_scriptrun,
+        "Runs a script function (deprecated).",
+    ),
+    spec(
+        "ai._scriptscan",
+        -1,
+        AI_R,
+        &["@redisai"],
+        (0, 0, 0),
+        "module",
+        "Lists scripts (experimental).",
+    ),
+    spec(
+        "ai.info",
+        -1,
+        AI_R,
+        &["@redisai"],
+        (1, 1, 1),
+        "module",
+        "Returns run statistics of a model or script.",
+    ),
+    spec(
+        "ai.config",
+        -1,
+        &["write", "module"],
+        &["@redisai"],
+        (0, 0, 0),
+        "module",
+        "Configures the backends.",
+    ),
+    movable(
+        "ai.dagexecute",
+        AI_WM,
+        (3, 3, 1),
+        keys_dag,
+        "Runs a DAG of tensor, model and script operations.",
+    ),
+    movable(
+        "ai.dagexecute_ro",
+        AI_RM,
+        (3, 3, 1),
+        keys_dag,
+        "Runs a read-only DAG.",
+    ),
+    movable(
+        "ai.dagrun",
+        AI_WM,
+        (3, 3, 1),
+        keys_dag,
+        "Runs a DAG (deprecated).",
+    ),
+    movable(
+        "ai.dagrun_ro",
+        AI_RM,
+        (3, 3, 1),
+        keys_dag,
+        "Runs a read-only DAG (deprecated).",
+    ),
 ];
 
 /// Looks a command up by name, case-insensitively.
@@ -149,7 +630,9 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
         return None;
     }
     let lower = name.to_ascii_lowercase();
-    COMMANDS.iter().find(|c| c.name.as_bytes() == lower.as_slice())
+    COMMANDS
+        .iter()
+        .find(|c| c.name.as_bytes() == lower.as_slice())
 }
 
 impl CommandSpec {
@@ -176,9 +659,18 @@ impl CommandSpec {
                 let argc = argv.len() as i64;
                 let last = if last < 0 { argc + last } else { last };
                 if first >= argc || last >= argc || last < first {
-                    return if first >= argc { None } else { Some(Vec::new()) };
+                    return if first >= argc {
+                        None
+                    } else {
+                        Some(Vec::new())
+                    };
                 }
-                Some((first..=last).step_by(step as usize).map(|i| i as usize).collect())
+                Some(
+                    (first..=last)
+                        .step_by(step as usize)
+                        .map(|i| i as usize)
+                        .collect(),
+                )
             }
             KeySpec::Movable(f) => f(argv),
         }
@@ -186,8 +678,18 @@ impl CommandSpec {
 
     /// The `COMMAND` / `COMMAND INFO` entry (Redis 7 layout, 10 fields).
     pub fn info_reply(&self) -> Reply {
-        let flags = Reply::Set(self.flags.iter().map(|f| Reply::Simple((*f).into())).collect());
-        let acl = Reply::Set(self.acl.iter().map(|f| Reply::Simple((*f).into())).collect());
+        let flags = Reply::Set(
+            self.flags
+                .iter()
+                .map(|f| Reply::Simple((*f).into()))
+                .collect(),
+        );
+        let acl = Reply::Set(
+            self.acl
+                .iter()
+                .map(|f| Reply::Simple((*f).into()))
+                .collect(),
+        );
         let (first, last, step) = self.reported;
         Reply::Array(vec![
             Reply::bulk_str(self.name),
@@ -326,7 +828,10 @@ fn keys_dag(argv: &[Bytes]) -> Option<Vec<usize>> {
             i += 2;
             continue;
         }
-        if (eq(a, "AI.MODELEXECUTE") || eq(a, "AI.SCRIPTEXECUTE") || eq(a, "AI.MODELRUN") || eq(a, "AI.SCRIPTRUN"))
+        if (eq(a, "AI.MODELEXECUTE")
+            || eq(a, "AI.SCRIPTEXECUTE")
+            || eq(a, "AI.MODELRUN")
+            || eq(a, "AI.SCRIPTRUN"))
             && i + 1 < argv.len()
         {
             keys.push(i + 1);
@@ -343,13 +848,19 @@ mod tests {
     use super::*;
 
     fn argv(s: &str) -> Vec<Bytes> {
-        s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
+        s.split(' ')
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect()
     }
 
     fn keys(s: &str) -> Vec<String> {
         let a = argv(s);
         let spec = lookup(&a[0]).unwrap();
-        spec.key_indexes(&a).unwrap().iter().map(|i| String::from_utf8_lossy(&a[*i]).into_owned()).collect()
+        spec.key_indexes(&a)
+            .unwrap()
+            .iter()
+            .map(|i| String::from_utf8_lossy(&a[*i]).into_owned())
+            .collect()
     }
 
     #[test]
@@ -358,24 +869,57 @@ mod tests {
         assert_eq!(keys("MSET a 1 b 2"), ["a", "b"]);
         assert_eq!(keys("DEL a b c"), ["a", "b", "c"]);
         assert_eq!(keys("AI.TENSORSET t FLOAT 1"), ["t"]);
-        assert_eq!(keys("AI.MODELEXECUTE m{1} INPUTS 2 a{1} b{1} OUTPUTS 1 c{1} TIMEOUT 5"), ["m{1}", "a{1}", "b{1}", "c{1}"]);
-        assert_eq!(keys("AI.MODELRUN m INPUTS a b OUTPUTS c"), ["m", "a", "b", "c"]);
-        assert_eq!(keys("AI.SCRIPTEXECUTE s fn KEYS 1 k INPUTS 1 i ARGS 2 x y OUTPUTS 1 o"), ["s", "k", "i", "o"]);
-        assert_eq!(keys("AI.SCRIPTRUN s fn INPUTS a $ b OUTPUTS c"), ["s", "a", "b", "c"]);
+        assert_eq!(
+            keys("AI.MODELEXECUTE m{1} INPUTS 2 a{1} b{1} OUTPUTS 1 c{1} TIMEOUT 5"),
+            ["m{1}", "a{1}", "b{1}", "c{1}"]
+        );
+        assert_eq!(
+            keys("AI.MODELRUN m INPUTS a b OUTPUTS c"),
+            ["m", "a", "b", "c"]
+        );
+        assert_eq!(
+            keys("AI.SCRIPTEXECUTE s fn KEYS 1 k INPUTS 1 i ARGS 2 x y OUTPUTS 1 o"),
+            ["s", "k", "i", "o"]
+        );
+        assert_eq!(
+            keys("AI.SCRIPTRUN s fn INPUTS a $ b OUTPUTS c"),
+            ["s", "a", "b", "c"]
+        );
         assert_eq!(
             keys("AI.DAGEXECUTE LOAD 1 a PERSIST 1 b ROUTING r |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b"),
             ["a", "b", "r", "m"]
         );
-        assert!(lookup(b"AI.MODELEXECUTE").unwrap().key_indexes(&argv("AI.MODELEXECUTE m INPUTS 5 a")).is_none());
+        assert!(lookup(b"AI.MODELEXECUTE")
+            .unwrap()
+            .key_indexes(&argv("AI.MODELEXECUTE m INPUTS 5 a"))
+            .is_none());
     }
 
     #[test]
     fn every_ai_command_is_listed() {
         for name in [
-            "ai.tensorset", "ai.tensorget", "ai.modelstore", "ai.modelset", "ai.modelget", "ai.modeldel",
-            "ai.modelexecute", "ai.modelrun", "ai.scriptstore", "ai.scriptset", "ai.scriptget",
-            "ai.scriptdel", "ai.scriptexecute", "ai.scriptrun", "ai.info", "ai.config", "ai.dagexecute",
-            "ai.dagexecute_ro", "ai.dagrun", "ai.dagrun_ro", "ai._modelscan", "ai._scriptscan",
+            "ai.tensorset",
+            "ai.tensorget",
+            "ai.modelstore",
+            "ai.modelset",
+            "ai.modelget",
+            "ai.modeldel",
+            "ai.modelexecute",
+            "ai.modelrun",
+            "ai.scriptstore",
+            "ai.scriptset",
+            "ai.scriptget",
+            "ai.scriptdel",
+            "ai.scriptexecute",
+            "ai.scriptrun",
+            "ai.info",
+            "ai.config",
+            "ai.dagexecute",
+            "ai.dagexecute_ro",
+            "ai.dagrun",
+            "ai.dagrun_ro",
+            "ai._modelscan",
+            "ai._scriptscan",
         ] {
             assert!(lookup(name.as_bytes()).is_some(), "{name} missing");
         }

@@ -1,0 +1,319 @@
+//! Connections to storage nodes and the slot → shard → node map.
+//!
+//! Each [`NodeClient`] owns one long-lived HTTP/2 connection and one
+//! bidirectional `Session` stream to its node. Callers hand it a request and
+//! get a oneshot for the reply; a writer task batches every request queued
+//! since it last woke into one message, a reader task completes replies by
+//! id. If the stream breaks, in-flight requests fail with `TRYAGAIN` (their
+//! outcome is unknown) and the client reconnects with backoff.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tessera_common::reply::Reply;
+use tessera_common::slot::{SlotRange, SLOTS};
+use tessera_proto::v1::node_client::NodeClient as GrpcClient;
+use tessera_proto::v1::{request, Request, RequestBatch, ShardsRequest};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+/// Largest gRPC message (a 512 MB value plus framing).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Most requests, and bytes, one batch carries.
+const BATCH_MAX_REQUESTS: usize = 512;
+const BATCH_MAX_BYTES: usize = 4 << 20;
+
+struct Queued {
+    target: request::Target,
+    command: Bytes,
+    reply: oneshot::Sender<Reply>,
+}
+
+type InFlight = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+pub struct NodeClient {
+    pub addr: String,
+    tx: mpsc::Sender<Queued>,
+    connected: Arc<AtomicBool>,
+}
+
+fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .initial_connection_window_size(Some(16 << 20))
+        .initial_stream_window_size(Some(16 << 20)))
+}
+
+fn grpc(channel: Channel) -> GrpcClient<Channel> {
+    GrpcClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+impl NodeClient {
+    /// Starts the client's connection task.
+    pub fn spawn(addr: String) -> Arc<NodeClient> {
+        let (tx, rx) = mpsc::channel(8192);
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(connection_loop(addr.clone(), rx, connected.clone()));
+        Arc::new(NodeClient {
+            addr,
+            tx,
+            connected,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Sends one command; the returned receiver yields its reply.
+    pub fn call(&self, target: request::Target, command: Bytes) -> oneshot::Receiver<Reply> {
+        let (reply, rx) = oneshot::channel();
+        if !self.is_connected() {
+            let _ = reply.send(Reply::err(format!(
+                "CLUSTERDOWN node {} is unreachable",
+                self.addr
+            )));
+            return rx;
+        }
+        if let Err(e) = self.tx.try_send(Queued {
+            target,
+            command,
+            reply,
+        }) {
+            let q = match e {
+                mpsc::error::TrySendError::Full(q) => {
+                    let _ = q
+                        .reply
+                        .send(Reply::err("BUSY router queue to the node is full, retry"));
+                    return rx;
+                }
+                mpsc::error::TrySendError::Closed(q) => q,
+            };
+            let _ = q.reply.send(Reply::err(format!(
+                "CLUSTERDOWN node {} is unreachable",
+                self.addr
+            )));
+        }
+        rx
+    }
+}
+
+async fn connection_loop(addr: String, mut rx: mpsc::Receiver<Queued>, connected: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match session(&addr, &mut rx, &connected).await {
+            Ok(()) => return, // every sender is gone: the router is shutting down
+            Err(e) => {
+                connected.store(false, Ordering::Relaxed);
+                metrics::counter!("tessera_router_grpc_errors_total", "node" => addr.clone())
+                    .increment(1);
+                warn!(node = %addr, error = %e, "node session down; reconnecting");
+                // Requests queued while down fail fast instead of waiting.
+                while let Ok(q) = rx.try_recv() {
+                    let _ = q.reply.send(Reply::err(format!(
+                        "CLUSTERDOWN node {addr} is unreachable"
+                    )));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn session(
+    addr: &str,
+    rx: &mut mpsc::Receiver<Queued>,
+    connected: &AtomicBool,
+) -> anyhow::Result<()> {
+    let channel = endpoint(addr)?.connect().await?;
+    let (out_tx, out_rx) = mpsc::channel::<RequestBatch>(64);
+    let mut inbound = grpc(channel)
+        .session(ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    connected.store(true, Ordering::Relaxed);
+    info!(node = %addr, "node session up");
+
+    let in_flight: InFlight = Arc::default();
+    let reader_map = in_flight.clone();
+    let mut reader = tokio::spawn(async move {
+        loop {
+            let batch = match inbound.message().await {
+                Ok(Some(b)) => b,
+                Ok(None) => return anyhow::Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut map = reader_map.lock();
+            for r in batch.responses {
+                if let Some(tx) = map.remove(&r.id) {
+                    let reply = Reply::from_bytes(&r.reply).unwrap_or_else(|e| {
+                        Reply::err(format!("ERR router could not decode node reply: {e}"))
+                    });
+                    let _ = tx.send(reply);
+                }
+            }
+        }
+    });
+
+    let mut next_id: u64 = 0;
+    let result = loop {
+        let first = tokio::select! {
+            q = rx.recv() => q,
+            r = &mut reader => break match r {
+                Ok(Ok(())) => Err(anyhow::anyhow!("node closed the session")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.into()),
+            },
+        };
+        let Some(first) = first else { break Ok(()) };
+        let mut requests = Vec::with_capacity(16);
+        let mut bytes = 0;
+        let mut next = Some(first);
+        {
+            let mut map = in_flight.lock();
+            while let Some(q) = next.take() {
+                next_id += 1;
+                bytes += q.command.len();
+                map.insert(next_id, q.reply);
+                requests.push(Request {
+                    id: next_id,
+                    target: Some(q.target),
+                    command: q.command,
+                });
+                if requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+        }
+        if out_tx.send(RequestBatch { requests }).await.is_err() {
+            break Err(anyhow::anyhow!("session request stream closed"));
+        }
+    };
+    reader.abort();
+    // Whatever was sent but not answered has an unknown outcome.
+    for (_, tx) in in_flight.lock().drain() {
+        let _ = tx.send(Reply::err(format!(
+            "TRYAGAIN connection to node {addr} lost; the command may or may not have run"
+        )));
+    }
+    result
+}
+
+/// Where each slot lives: shard ranges and the node hosting each shard.
+pub struct ShardMap {
+    pub nodes: Vec<Arc<NodeClient>>,
+    pub shards: Vec<ShardEntry>,
+    /// slot → index into `shards`.
+    by_slot: Vec<Option<u32>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardEntry {
+    pub id: u32,
+    pub node: usize,
+    pub ranges: Vec<SlotRange>,
+}
+
+impl ShardMap {
+    /// Asks every node which shards it hosts, retrying until `deadline`.
+    pub async fn discover(addrs: &[String], deadline: Duration) -> anyhow::Result<ShardMap> {
+        let start = tokio::time::Instant::now();
+        let mut shards = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let resp = loop {
+                let attempt = async {
+                    let ch = endpoint(addr)?.connect().await?;
+                    anyhow::Ok(grpc(ch).shards(ShardsRequest {}).await?.into_inner())
+                };
+                match attempt.await {
+                    Ok(r) => break r,
+                    Err(e) if start.elapsed() < deadline => {
+                        tracing::debug!(node = %addr, error = %e, "node not ready");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => anyhow::bail!("node {addr} did not answer within {deadline:?}: {e}"),
+                }
+            };
+            for s in resp.shards {
+                let ranges = s
+                    .slots
+                    .iter()
+                    .filter(|r| r.start <= r.end && r.end < u32::from(SLOTS))
+                    .map(|r| SlotRange::new(r.start as u16, r.end as u16))
+                    .collect();
+                shards.push(ShardEntry {
+                    id: s.id,
+                    node: i,
+                    ranges,
+                });
+            }
+        }
+        let nodes = addrs.iter().map(|a| NodeClient::spawn(a.clone())).collect();
+        Ok(Self::new(nodes, shards))
+    }
+
+    pub fn new(nodes: Vec<Arc<NodeClient>>, mut shards: Vec<ShardEntry>) -> ShardMap {
+        shards.sort_by_key(|s| s.ranges.first().map(|r| r.start));
+        let mut by_slot = vec![None; usize::from(SLOTS)];
+        for (i, s) in shards.iter().enumerate() {
+            for r in &s.ranges {
+                for slot in r.start..=r.end {
+                    by_slot[usize::from(slot)] = Some(i as u32);
+                }
+            }
+        }
+        ShardMap {
+            nodes,
+            shards,
+            by_slot,
+        }
+    }
+
+    pub fn unserved_slots(&self) -> usize {
+        self.by_slot.iter().filter(|s| s.is_none()).count()
+    }
+
+    pub fn shard_of(&self, slot: u16) -> Option<&ShardEntry> {
+        self.by_slot
+            .get(usize::from(slot))
+            .copied()
+            .flatten()
+            .map(|i| &self.shards[i as usize])
+    }
+
+    /// Sends a keyed command to the node owning `slot`.
+    pub fn call_slot(&self, slot: u16, command: Bytes) -> oneshot::Receiver<Reply> {
+        match self.shard_of(slot) {
+            Some(s) => self.nodes[s.node].call(request::Target::Slot(u32::from(slot)), command),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Reply::err("CLUSTERDOWN Hash slot not served"));
+                rx
+            }
+        }
+    }
+
+    /// Sends a command to one shard.
+    pub fn call_shard(&self, shard: &ShardEntry, command: Bytes) -> oneshot::Receiver<Reply> {
+        self.nodes[shard.node].call(request::Target::Shard(shard.id), command)
+    }
+}
+
+/// Awaits a reply, mapping a dropped sender to an honest error.
+pub async fn reply_of(rx: oneshot::Receiver<Reply>) -> Reply {
+    rx.await.unwrap_or_else(|_| {
+        Reply::err("TRYAGAIN node request was dropped; the command may or may not have run")
+    })
+}

@@ -1,0 +1,240 @@
+//! One client connection: read → frame → parse → dispatch, with pipelining.
+//!
+//! Commands are dispatched as soon as their frame is complete, so a pipeline
+//! of N commands has up to `max_pipeline` of them in flight at the nodes at
+//! once; replies are written strictly in request order, each encoded in the
+//! protocol that was in force when its command was read (so `HELLO 3` answers
+//! in RESP3 and everything after it too). Protocol errors are answered and
+//! then the connection is closed; every other error keeps it open.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use tessera_common::command::{self, table};
+use tessera_common::error::code_of;
+use tessera_common::reply::{Protocol, Reply};
+use tessera_common::slot::SlotScope;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, debug_span, Instrument};
+
+use crate::codec::FrameScanner;
+use crate::dispatch::{dispatch, After, Pending};
+use crate::Router;
+
+/// Per-connection state that commands can change.
+pub struct ConnState {
+    pub id: u64,
+    pub proto: Protocol,
+    pub name: Option<Bytes>,
+    /// The advertised virtual node this connection reached (None: plain port).
+    pub vnode: Option<usize>,
+    /// Slots that keyspace-wide commands cover on this connection.
+    pub scope: SlotScope,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub created: Instant,
+}
+
+impl ConnState {
+    pub fn info_line(&self) -> String {
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=client user=default redir=-1 resp={}\n",
+            self.id,
+            self.peer,
+            self.local,
+            self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default(),
+            self.created.elapsed().as_secs(),
+            if self.proto == Protocol::Resp3 { 3 } else { 2 },
+        )
+    }
+}
+
+/// A pending reply with what is needed to write and account for it.
+struct Tagged {
+    pending: Pending,
+    proto: Protocol,
+    after: After,
+    cmd: &'static str,
+    start: Instant,
+}
+
+struct Done {
+    reply: Reply,
+    proto: Protocol,
+    after: After,
+    cmd: &'static str,
+    start: Instant,
+}
+
+impl Future for Tagged {
+    type Output = Done;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        let this = &mut *self;
+        Pin::new(&mut this.pending).poll(cx).map(|reply| Done {
+            reply,
+            proto: this.proto,
+            after: this.after,
+            cmd: this.cmd,
+            start: this.start,
+        })
+    }
+}
+
+pub async fn serve(
+    router: Arc<Router>,
+    sock: TcpStream,
+    vnode: Option<usize>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
+        return;
+    };
+    let _ = sock.set_nodelay(true);
+    let id = router.next_client_id();
+    let mut conn = ConnState {
+        id,
+        proto: Protocol::Resp2,
+        name: None,
+        vnode,
+        scope: router.topology.scope_of(vnode),
+        peer,
+        local,
+        created: Instant::now(),
+    };
+    router.stats.connection_opened();
+    router.update_client(&conn);
+    let span = debug_span!("conn", id, %peer);
+    let result = session(&router, &mut conn, sock, &mut shutdown)
+        .instrument(span)
+        .await;
+    if let Err(e) = result {
+        debug!(id, %peer, error = %e, "connection ended with an error");
+    }
+    router.remove_client(id);
+    router.stats.connection_closed();
+}
+
+async fn session(
+    router: &Arc<Router>,
+    conn: &mut ConnState,
+    sock: TcpStream,
+    shutdown: &mut watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let (mut rd, mut wr) = sock.into_split();
+    let limits = router.config.limits.clone();
+    let max_pipeline = router.config.max_pipeline;
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = FrameScanner::default();
+    let mut pending: FuturesOrdered<Tagged> = FuturesOrdered::new();
+    let mut closing = false;
+    let mut close_after_write = false;
+
+    loop {
+        // Dispatch every complete command in the buffer.
+        while !closing && pending.len() < max_pipeline {
+            let argv = match scanner.next(&mut rbuf, &limits) {
+                Ok(Some(argv)) if argv.is_empty() => continue,
+                Ok(Some(argv)) => argv,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "protocol error; closing");
+                    pending.push_back(tagged(
+                        Pending::ready(Reply::err(e.to_string())),
+                        conn.proto,
+                        After::Close,
+                        "protocol",
+                    ));
+                    closing = true;
+                    break;
+                }
+            };
+            let t = handle(router, conn, argv);
+            if t.after == After::Close {
+                closing = true;
+            }
+            pending.push_back(t);
+        }
+
+        // Write every reply that is already available, in order.
+        while let Some(Some(done)) = pending.next().now_or_never() {
+            close_after_write |= finish(router, done, &mut wbuf);
+        }
+        if !wbuf.is_empty() {
+            wr.write_all(&wbuf).await?;
+            router.stats.bytes_out(wbuf.len());
+            wbuf.clear();
+            if wbuf.capacity() > 1 << 20 {
+                wbuf = BytesMut::with_capacity(16 * 1024);
+            }
+        }
+        if close_after_write || (closing && pending.is_empty()) {
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+
+        tokio::select! {
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                close_after_write |= finish(router, done, &mut wbuf);
+            }
+            r = rd.read_buf(&mut rbuf), if !closing && pending.len() < max_pipeline => {
+                match r? {
+                    0 => return Ok(()),
+                    n => router.stats.bytes_in(n),
+                }
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+            }
+        }
+    }
+}
+
+fn tagged(pending: Pending, proto: Protocol, after: After, cmd: &'static str) -> Tagged {
+    Tagged {
+        pending,
+        proto,
+        after,
+        cmd,
+        start: Instant::now(),
+    }
+}
+
+/// Parses and dispatches one command.
+fn handle(router: &Arc<Router>, conn: &mut ConnState, argv: Vec<Bytes>) -> Tagged {
+    let name = table::lookup(&argv[0]).map_or("unknown", |s| s.name);
+    let parsed = command::parse(argv, &router.parse_limits);
+    let proto_before = conn.proto;
+    let (pending, after) = match parsed {
+        Ok(cmd) => dispatch(router, conn, cmd),
+        Err(e) => (Pending::ready(e.to_reply()), After::Continue),
+    };
+    // HELLO answers in the protocol it negotiates.
+    let proto = if name == "hello" {
+        conn.proto
+    } else {
+        proto_before
+    };
+    tagged(pending, proto, after, name)
+}
+
+/// Encodes a finished reply and records it; true when the connection must close.
+fn finish(router: &Router, done: Done, wbuf: &mut BytesMut) -> bool {
+    let code = match &done.reply {
+        Reply::Error(e) => code_of(e),
+        _ => "ok",
+    };
+    router.stats.command(done.cmd, code, done.start.elapsed());
+    done.reply.encode(done.proto, wbuf);
+    done.after == After::Close
+}

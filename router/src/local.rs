@@ -1,0 +1,318 @@
+//! Commands the router answers itself: connection handshake, CLIENT, INFO,
+//! CONFIG GET, COMMAND and the CLUSTER introspection of the virtual topology.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tessera_common::command::server::keyslot;
+use tessera_common::command::table::{self, COMMANDS};
+use tessera_common::command::{ClientCmd, ClusterCmd, CommandCmd, Local};
+use tessera_common::error::Error;
+use tessera_common::glob;
+use tessera_common::reply::{Protocol, Reply};
+
+use crate::conn::ConnState;
+use crate::dispatch::{dbsize, After, Pending};
+use crate::stats::Stats;
+use crate::Router;
+
+/// The Redis version Tessera reports to clients (the command surface it follows).
+pub const REDIS_VERSION: &str = "7.2.0";
+
+pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, After) {
+    let ready = |r: Reply| (Pending::ready(r), After::Continue);
+    match cmd {
+        Local::Ping(None) => ready(Reply::Simple("PONG".into())),
+        Local::Ping(Some(m)) | Local::Echo(m) => ready(Reply::Bulk(m)),
+        Local::Hello { proto, setname } => {
+            if let Some(p) = proto {
+                conn.proto = if p == 3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            }
+            if let Some(n) = setname {
+                conn.name = Some(n);
+            }
+            router.update_client(conn);
+            ready(hello_reply(conn))
+        }
+        Local::Client(c) => ready(client(router, conn, c)),
+        Local::Select(0) => ready(Reply::ok()),
+        Local::Select(_) => ready(Error::SelectNotAllowed.to_reply()),
+        Local::Quit => (Pending::ready(Reply::ok()), After::Close),
+        Local::ReadOnly | Local::ReadWrite | Local::Asking => ready(Reply::ok()),
+        Local::Info(sections) => {
+            let router = router.clone();
+            let scope = conn.scope.clone();
+            let clients = router.stats.connected.load(Ordering::Relaxed);
+            (
+                Pending::Fut(Box::pin(async move {
+                    let want = |s: &str| {
+                        sections.is_empty()
+                            || sections.iter().any(|w| w == s || w == "all" || w == "everything" || w == "default")
+                    };
+                    let mut text = router.info_text(&want, clients);
+                    if want("keyspace") {
+                        text.push_str("# Keyspace\r\n");
+                        match dbsize(&router.shards, &scope).await {
+                            Ok(0) => {}
+                            Ok(n) => text.push_str(&format!("db0:keys={n},expires=0,avg_ttl=0\r\n")),
+                            Err(e) => return e,
+                        }
+                    }
+                    Reply::Verbatim(text)
+                })),
+                After::Continue,
+            )
+        }
+        Local::ConfigGet(patterns) => ready(config_get(router, &patterns)),
+        Local::ConfigResetStat => {
+            for c in [&router.stats.commands, &router.stats.errors, &router.stats.connections_total, &router.stats.rejected] {
+                c.store(0, Ordering::Relaxed);
+            }
+            ready(Reply::ok())
+        }
+        Local::Command(c) => ready(command(c)),
+        Local::Cluster(c) => ready(cluster(router, conn, c)),
+        Local::NotAvailable(name) => ready(Reply::err(format!(
+            "ERR {} is not available yet in this Tessera build: models, scripts and DAGs arrive with the backends",
+            name.to_ascii_uppercase()
+        ))),
+    }
+}
+
+fn hello_reply(conn: &ConnState) -> Reply {
+    let kv = |k: &str, v: Reply| (Reply::bulk_str(k), v);
+    Reply::Map(vec![
+        kv("server", Reply::bulk_str("redis")),
+        kv("version", Reply::bulk_str(REDIS_VERSION)),
+        kv(
+            "proto",
+            Reply::Int(if conn.proto == Protocol::Resp3 { 3 } else { 2 }),
+        ),
+        kv("id", Reply::Int(conn.id as i64)),
+        kv("mode", Reply::bulk_str("cluster")),
+        kv("role", Reply::bulk_str("master")),
+        kv("modules", Reply::Array(vec![])),
+    ])
+}
+
+fn client(router: &Router, conn: &mut ConnState, c: ClientCmd) -> Reply {
+    match c {
+        ClientCmd::SetName(n) => {
+            conn.name = (!n.is_empty()).then_some(n);
+            router.update_client(conn);
+            Reply::ok()
+        }
+        ClientCmd::GetName => conn.name.clone().map_or(Reply::Null, Reply::Bulk),
+        ClientCmd::Id => Reply::Int(conn.id as i64),
+        ClientCmd::Info => Reply::Verbatim(conn.info_line()),
+        ClientCmd::List => Reply::Verbatim(router.client_list()),
+        ClientCmd::Ack => Reply::ok(),
+    }
+}
+
+fn config_get(router: &Router, patterns: &[Bytes]) -> Reply {
+    let cfg = &router.config;
+    let params: Vec<(&str, String)> = vec![
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        ("appendfsync", "everysec".into()),
+        ("databases", "1".into()),
+        ("cluster-enabled", "yes".into()),
+        ("maxclients", cfg.max_clients.to_string()),
+        ("maxmemory", "0".into()),
+        ("maxmemory-policy", "noeviction".into()),
+        ("proto-max-bulk-len", cfg.limits.max_bulk_len.to_string()),
+        ("timeout", "0".into()),
+        ("tcp-keepalive", "300".into()),
+        ("port", router.plain_addr.port().to_string()),
+        ("bind", router.plain_addr.ip().to_string()),
+    ];
+    let mut out = Vec::new();
+    for (name, value) in params {
+        if patterns
+            .iter()
+            .any(|p| glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
+        {
+            out.push((Reply::bulk_str(name), Reply::bulk_str(&value)));
+        }
+    }
+    Reply::Map(out)
+}
+
+fn command(c: CommandCmd) -> Reply {
+    match c {
+        CommandCmd::All => Reply::Array(COMMANDS.iter().map(|s| s.info_reply()).collect()),
+        CommandCmd::Count => Reply::Int(COMMANDS.len() as i64),
+        CommandCmd::List => {
+            Reply::Array(COMMANDS.iter().map(|s| Reply::bulk_str(s.name)).collect())
+        }
+        CommandCmd::Info(names) if names.is_empty() => {
+            Reply::Array(COMMANDS.iter().map(|s| s.info_reply()).collect())
+        }
+        CommandCmd::Info(names) => Reply::Array(
+            names
+                .iter()
+                .map(|n| table::lookup(n).map_or(Reply::NullArray, |s| s.info_reply()))
+                .collect(),
+        ),
+        CommandCmd::Docs(names) => {
+            let specs: Vec<_> = if names.is_empty() {
+                COMMANDS.iter().collect()
+            } else {
+                names.iter().filter_map(|n| table::lookup(n)).collect()
+            };
+            Reply::Map(
+                specs
+                    .into_iter()
+                    .map(|s| (Reply::bulk_str(s.name), s.docs_reply()))
+                    .collect(),
+            )
+        }
+        CommandCmd::GetKeys(argv) => {
+            let Some(spec) = table::lookup(&argv[0]) else {
+                return Reply::err("ERR Invalid command specified");
+            };
+            if !spec.arity_ok(argv.len()) {
+                return Reply::err("ERR Invalid number of arguments specified for command");
+            }
+            match spec.key_indexes(&argv) {
+                Some(idx) if idx.is_empty() => Reply::err("ERR The command has no key arguments"),
+                Some(idx) => {
+                    Reply::Array(idx.iter().map(|i| Reply::Bulk(argv[*i].clone())).collect())
+                }
+                None => Reply::err("ERR Invalid arguments specified for command"),
+            }
+        }
+    }
+}
+
+fn cluster(router: &Router, conn: &ConnState, c: ClusterCmd) -> Reply {
+    let topo = &router.topology;
+    match c {
+        ClusterCmd::Slots => topo.slots_reply(),
+        ClusterCmd::Shards => topo.shards_reply(),
+        ClusterCmd::Nodes => Reply::Verbatim(topo.nodes_text(conn.vnode)),
+        ClusterCmd::MyId | ClusterCmd::MyShardId => {
+            Reply::bulk_str(&topo.nodes[conn.vnode.unwrap_or(0)].id)
+        }
+        ClusterCmd::Info => {
+            Reply::Verbatim(topo.info_text(conn.vnode, 16384 - router.shards.unserved_slots()))
+        }
+        ClusterCmd::KeySlot(k) => Reply::Int(keyslot(&k)),
+        ClusterCmd::Help => Reply::Array(
+            [
+                "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "COUNTKEYSINSLOT <slot>",
+                "GETKEYSINSLOT <slot> <count>",
+                "INFO",
+                "KEYSLOT <key>",
+                "MYID",
+                "MYSHARDID",
+                "NODES",
+                "SHARDS",
+                "SLOTS",
+            ]
+            .iter()
+            .map(|l| Reply::Simple((*l).into()))
+            .collect(),
+        ),
+    }
+}
+
+impl Router {
+    /// INFO text for every wanted section but `keyspace` (which needs the nodes).
+    pub fn info_text(&self, want: &dyn Fn(&str) -> bool, clients: u64) -> String {
+        let s = &self.stats;
+        let mut out = String::new();
+        let mut section = |name: &str, title: &str, lines: Vec<String>| {
+            if want(name) {
+                out.push_str(&format!("# {title}\r\n"));
+                for l in lines {
+                    out.push_str(&l);
+                    out.push_str("\r\n");
+                }
+                out.push_str("\r\n");
+            }
+        };
+        section(
+            "server",
+            "Server",
+            vec![
+                format!("redis_version:{REDIS_VERSION}"),
+                format!("tessera_version:{}", env!("CARGO_PKG_VERSION")),
+                "redis_mode:cluster".into(),
+                format!("os:{} {}", std::env::consts::OS, std::env::consts::ARCH),
+                "arch_bits:64".into(),
+                format!("process_id:{}", std::process::id()),
+                format!("run_id:{}", self.run_id),
+                format!("tcp_port:{}", self.plain_addr.port()),
+                format!("uptime_in_seconds:{}", self.started.elapsed().as_secs()),
+                format!(
+                    "uptime_in_days:{}",
+                    self.started.elapsed().as_secs() / 86400
+                ),
+            ],
+        );
+        section(
+            "clients",
+            "Clients",
+            vec![
+                format!("connected_clients:{clients}"),
+                format!("maxclients:{}", self.config.max_clients),
+                "blocked_clients:0".into(),
+            ],
+        );
+        section(
+            "persistence",
+            "Persistence",
+            vec![
+                "loading:0".into(),
+                "aof_enabled:0".into(),
+                "rdb_changes_since_last_save:0".into(),
+            ],
+        );
+        section(
+            "stats",
+            "Stats",
+            vec![
+                format!(
+                    "total_connections_received:{}",
+                    Stats::get(&s.connections_total)
+                ),
+                format!("total_commands_processed:{}", Stats::get(&s.commands)),
+                format!("total_error_replies:{}", Stats::get(&s.errors)),
+                format!("total_net_input_bytes:{}", Stats::get(&s.bytes_in)),
+                format!("total_net_output_bytes:{}", Stats::get(&s.bytes_out)),
+                format!("rejected_connections:{}", Stats::get(&s.rejected)),
+            ],
+        );
+        section(
+            "replication",
+            "Replication",
+            vec![
+                "role:master".into(),
+                "connected_slaves:0".into(),
+                "master_repl_offset:0".into(),
+            ],
+        );
+        let connected = self
+            .shards
+            .nodes
+            .iter()
+            .filter(|n| n.is_connected())
+            .count();
+        section(
+            "cluster",
+            "Cluster",
+            vec![
+                "cluster_enabled:1".into(),
+                format!("tessera_nodes:{}", self.shards.nodes.len()),
+                format!("tessera_nodes_connected:{connected}"),
+                format!("tessera_shards:{}", self.shards.shards.len()),
+                format!("tessera_advertised_nodes:{}", self.topology.nodes.len()),
+            ],
+        );
+        out
+    }
+}

@@ -1,0 +1,61 @@
+//! Router counters. Each event is counted once here, both in the atomics that
+//! `INFO` reads and in the `metrics` facade that `/metrics` exports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Stats {
+    pub connections_total: AtomicU64,
+    pub connected: AtomicU64,
+    pub rejected: AtomicU64,
+    pub commands: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Stats {
+    pub fn connection_opened(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tessera_router_connections_total").increment(1);
+        metrics::gauge!("tessera_router_connections").increment(1.0);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("tessera_router_connections").decrement(1.0);
+    }
+
+    pub fn connection_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tessera_router_rejected_connections_total").increment(1);
+    }
+
+    /// One command finished with `code` (`ok` or an error code) after `took`.
+    pub fn command(&self, cmd: &'static str, code: &'static str, took: Duration) {
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        if code != "ok" {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics::counter!("tessera_router_commands_total", "cmd" => cmd, "code" => code)
+            .increment(1);
+        metrics::histogram!("tessera_router_command_duration_seconds", "cmd" => cmd)
+            .record(took.as_secs_f64());
+    }
+
+    pub fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("tessera_router_net_input_bytes_total").increment(n as u64);
+    }
+
+    pub fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("tessera_router_net_output_bytes_total").increment(n as u64);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}

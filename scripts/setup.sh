@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything Tessera's run and test commands need on a
+# fresh Debian machine: redis-cli/redis-server/redis-benchmark (apt), and a
+# Python venv with the client libraries the tests use (PyPI). Safe to re-run.
+set -euo pipefail
+
+CACHE="${TESSERA_CACHE:-$HOME/.cache/tessera}"
+VENV="$CACHE/venv"
+mkdir -p "$CACHE"
+
+need_apt=()
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} from apt"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The package starts a system redis-server on 6379; the project never uses it.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+  $SUDO pkill -x redis-server >/dev/null 2>&1 || true
+fi
+
+REQS="redis==8.1.0 redisai==1.3.0 pytest==9.2.0 numpy"
+STAMP="$VENV/.tessera-reqs"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
+  echo "setup: creating Python venv at $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  # redisai-py pins an old redis-py range; install it without deps and give it
+  # the current redis-py (its API use is covered by the tests).
+  "$VENV/bin/pip" install -q redis==8.1.0 pytest==9.2.0 numpy hiredis
+  "$VENV/bin/pip" install -q --no-deps redisai==1.3.0
+  "$VENV/bin/pip" install -q Deprecated six
+  echo "$REQS" > "$STAMP"
+fi
+echo "setup: ok (venv $VENV)"
