@@ -84,10 +84,10 @@ async fn redis_rs_cluster_client_covers_every_slot_with_strings_and_tensors() {
     );
 }
 
-/// Joins futures without pulling in the futures crate.
-async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+/// Runs the futures as tasks and collects their outputs in order.
+async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.map(tokio::spawn).collect();

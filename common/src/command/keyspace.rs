@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// Commands on named keys.
 pub fn parse_keyed(spec: &CommandSpec, argv: Vec<Bytes>) -> Result<Command> {
-    if spec.name == "mset" && argv.len() % 2 == 0 {
+    if spec.name == "mset" && argv.len().is_multiple_of(2) {
         return Err(Error::Arity("mset".into()));
     }
     let idx = spec.key_indexes(&argv).ok_or(Error::Syntax)?;

@@ -135,7 +135,7 @@ pub fn int_arg(b: &[u8]) -> Result<i64> {
     std::str::from_utf8(b)
         .ok()
         .filter(|s| {
-            !s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')) && !s.starts_with("-0")
+            !(s.starts_with('+') || s.starts_with("-0") || (s.len() > 1 && s.starts_with('0')))
         })
         .and_then(|s| s.parse().ok())
         .ok_or(Error::NotInteger)

@@ -1,0 +1,87 @@
+"""Side-by-side throughput: redis-benchmark against a local redis-server and
+against a Tessera router (3 nodes x 2 shards, release build) in the same run.
+
+Workloads (50 clients, -P 1 and -P 16): PING, SET/GET of 1 KiB, and
+AI.TENSORSET/AI.TENSORGET of a 256-float tensor (1 KiB BLOB). redis-server has
+no RedisAI, so tensor commands are compared with SET/GET of the same 1 KiB
+payload on redis-server. Prints requests/s and the router/redis ratio."""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
+from tessera_cluster import LocalCluster  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench(port, n, pipeline, args, stdin=None):
+    cmd = ["redis-benchmark", "-p", str(port), "-c", "50", "-n", str(n), "-P", str(pipeline), "--csv"] + args
+    out = subprocess.run(cmd, input=stdin, capture_output=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stdout!r} {out.stderr!r}")
+    rows = [l for l in out.stdout.decode().splitlines() if l.startswith('"') and not l.startswith('"test"')]
+    return float(rows[-1].split(",")[1].strip('"'))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="few requests (CI smoke run)")
+    ap.add_argument("--bin-dir", default=os.path.expanduser("~/.cache/tessera/target/release"))
+    a = ap.parse_args()
+    n1, n16 = (20_000, 100_000) if a.quick else (200_000, 1_000_000)
+
+    rport = free_port()
+    rdir = tempfile.mkdtemp(prefix="tessera-bench-redis-")
+    redis_srv = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", rdir], stdout=subprocess.DEVNULL)
+    cluster = LocalCluster(bin_dir=a.bin_dir)
+    try:
+        for _ in range(100):
+            if subprocess.run(["redis-cli", "-p", str(rport), "PING"], capture_output=True).stdout.strip() == b"PONG":
+                break
+            time.sleep(0.05)
+        # 1 KiB = 256 float32 (no NUL or newline bytes: redis-benchmark -x reads text)
+        blob = b"\x41" * 1024
+        tport = cluster.plain_port
+        subprocess.run(["redis-cli", "-p", str(tport), "-x", "AI.TENSORSET", "bench:t", "FLOAT", "256", "BLOB"],
+                       input=blob, capture_output=True, check=True)
+        subprocess.run(["redis-cli", "-p", str(rport), "-x", "SET", "bench:t"], input=blob,
+                       capture_output=True, check=True)
+        rows = []
+        for p, n in ((1, n1), (16, n16)):
+            cases = [
+                ("PING", ["-t", "ping_mbulk"], ["-t", "ping_mbulk"], None),
+                ("SET 1KiB", ["-t", "set", "-d", "1024"], ["-t", "set", "-d", "1024"], None),
+                ("GET 1KiB", ["-t", "get", "-d", "1024"], ["-t", "get", "-d", "1024"], None),
+                ("TENSORSET 256f (vs SET)", ["-x", "AI.TENSORSET", "bench:t", "FLOAT", "256", "BLOB"],
+                 ["-x", "SET", "bench:t"], blob),
+                ("TENSORGET 256f BLOB (vs GET)", ["AI.TENSORGET", "bench:t", "BLOB"], ["GET", "bench:t"], None),
+            ]
+            for name, targs, rargs, stdin in cases:
+                r = bench(rport, n, p, rargs, stdin)
+                t = bench(tport, n, p, targs, stdin)
+                rows.append((name, p, t, r))
+                print(f"{name:30s} P={p:<3d} tessera {t:>10.0f} rps   redis {r:>10.0f} rps   ratio {t / r:5.2f}",
+                      flush=True)
+        print()
+        for p, target in ((1, 0.5), (16, 0.3)):
+            ratios = [t / r for (_, pp, t, r) in rows if pp == p]
+            print(f"P={p}: min ratio {min(ratios):.2f}, mean {sum(ratios) / len(ratios):.2f} (target >= {target})")
+    finally:
+        cluster.stop()
+        redis_srv.terminate()
+        redis_srv.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Benchmarks Tessera's router against redis-server in the same run (release
+# build). --quick for a short smoke run (what CI does).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}"
+./scripts/setup.sh >/dev/null
+cargo build --release -q -p tessera-node -p tessera-router
+exec "$HOME/.cache/tessera/venv/bin/python" scripts/bench.py --bin-dir "$CARGO_TARGET_DIR/release" "$@"

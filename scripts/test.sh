@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, formatting and lints, Rust unit and
+# integration tests (real processes, real sockets, redis-rs), Python client
+# tests (redis-py RedisCluster, redisai-py, redis-cli -c, redis-benchmark),
+# and a short benchmark smoke run (pass --no-bench to skip it).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+BENCH=1
+for a in "$@"; do
+  case "$a" in
+    --no-bench) BENCH=0 ;;
+    *) echo "unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}"
+export CARGO_TERM_COLOR=never
+./scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy -q --workspace --all-targets -- -D warnings
+echo "== build binaries"
+cargo build -q -p tessera-node -p tessera-router
+echo "== cargo test"
+TESSERA_BIN_DIR="$CARGO_TARGET_DIR/debug" cargo test -q --workspace 2>&1 | grep -vE '^\s*$|^running 0 tests|0 passed; 0 failed; 0 ignored; 0 measured'
+echo "== pytest (real clients)"
+TESSERA_BIN_DIR="$CARGO_TARGET_DIR/debug" "$HOME/.cache/tessera/venv/bin/python" -m pytest -q tests/python
+if [ $BENCH = 1 ]; then
+  echo "== benchmark smoke run (short; full: scripts/bench.sh)"
+  ./scripts/bench.sh --quick
+fi

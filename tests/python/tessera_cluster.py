@@ -1,0 +1,84 @@
+"""A local Tessera cluster on ephemeral ports (3 nodes x S shards + 1 router),
+started from built binaries; used by the Python tests and scripts/bench.py."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import redis
+
+
+def _split_even(n):
+    per = 16384 / n
+    out = []
+    for i in range(n):
+        start = int(round(i * per + 1e-9))
+        end = 16383 if i == n - 1 else int(round((i + 1) * per + 1e-9)) - 1
+        out.append((start, end))
+    return out
+
+
+def _ready(proc, timeout=30):
+    deadline = time.time() + timeout
+    line = proc.stdout.readline().decode()
+    if not line.startswith("READY") or time.time() > deadline:
+        raise RuntimeError(f"process not ready: {line!r}")
+    return line.split()
+
+
+class LocalCluster:
+    def __init__(self, nodes=3, shards_per_node=2, bin_dir=None):
+        self.bin = bin_dir or os.environ.get("TESSERA_BIN_DIR",
+                                             os.path.expanduser("~/.cache/tessera/target/debug"))
+        self.dir = tempfile.mkdtemp(prefix="tessera-py-")
+        self.procs = []
+        ranges = _split_even(nodes * shards_per_node)
+        addrs = []
+        for n in range(nodes):
+            shards = ";".join(f"{s}:{a}-{b}" for s, (a, b) in enumerate(ranges) if s % nodes == n)
+            p = self._spawn(f"node-{n}", [f"{self.bin}/tessera-node", "--node-id", f"node-{n}",
+                                         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                                         "--print-ready", "--shard", shards,
+                                         "--data-dir", os.path.join(self.dir, f"node-{n}")])
+            addrs.append(_ready(p)[1])
+        p = self._spawn("router", [f"{self.bin}/tessera-router", "--listen", "127.0.0.1:0",
+                                   "--cluster-listen", "127.0.0.1:0,127.0.0.1:0",
+                                   "--metrics-listen", "127.0.0.1:0", "--print-ready",
+                                   "--node", ",".join(addrs)])
+        fields = dict(f.split("=", 1) for f in _ready(p)[1:])
+        self.plain = fields["plain"]
+        self.cluster = fields["cluster"].split(",")
+        self.plain_port = int(self.plain.rsplit(":", 1)[1])
+        self.cluster_ports = [int(a.rsplit(":", 1)[1]) for a in self.cluster]
+        deadline = time.time() + 30
+        while True:
+            try:
+                redis.Redis(port=self.plain_port).dbsize()
+                break
+            except redis.RedisError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _spawn(self, name, argv):
+        log = open(os.path.join(self.dir, f"{name}.log"), "wb")
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
+        self.procs.append((name, p, log))
+        return p
+
+    def logs(self):
+        out = []
+        for name, _, log in self.procs:
+            log.flush()
+            with open(log.name, "rb") as f:
+                out.append(f"----- {name} -----\n" + f.read().decode(errors="replace"))
+        return "\n".join(out)
+
+    def stop(self):
+        for _, p, log in self.procs:
+            p.kill()
+            p.wait()
+            log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
