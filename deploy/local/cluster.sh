@@ -91,7 +91,7 @@ NODE_ADDRS=()
 for ((n = 0; n < NODES; n++)); do
   port=$((7101 + n))
   mkdir -p "$STATE/node-$n"
-  "$BIN/tessera-node" --node-id "node-$n" --listen "127.0.0.1:$port" \
+  "$BIN/tessera-node" --node-id "node-$n" --listen "127.0.0.1:$port" --worker-threads 1 \
     --metrics-listen "127.0.0.1:$((9101 + n))" --shard "${NODE_SHARDS[$n]}" \
     --data-dir "$STATE/node-$n" >"$STATE/logs/node-$n.log" 2>&1 &
   echo $! >"$STATE/pids/node-$n.pid"

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tessera_proto::v1::node_server::NodeServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::config::Config;
@@ -58,7 +58,12 @@ pub async fn run(
         .initial_connection_window_size(Some(16 << 20))
         .initial_stream_window_size(Some(16 << 20))
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // A caller-supplied listener does not get the builder's TCP options:
+        // set TCP_NODELAY on it here, or small replies wait for delayed ACKs.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     sweeper.abort();
     stats.abort();

@@ -16,8 +16,6 @@ use tessera_proto::v1::node_server::Node;
 use tessera_proto::v1::{
     request, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse, SlotRange,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
@@ -114,6 +112,20 @@ fn keys_of(cmd: &NodeCommand) -> Box<dyn Iterator<Item = &bytes::Bytes> + '_> {
     }
 }
 
+/// One session's inbound stream; counts open sessions while it lives.
+struct SessionGuard {
+    inbound: Streaming<RequestBatch>,
+    state: Arc<NodeState>,
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("tessera_node_sessions").decrement(1.0);
+        debug!(peer = ?self.peer, "session closed");
+    }
+}
+
 pub struct NodeService {
     pub state: Arc<NodeState>,
 }
@@ -129,40 +141,38 @@ impl Node for NodeService {
         req: Request<Streaming<RequestBatch>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let peer = req.remote_addr();
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(256);
-        let state = self.state.clone();
         debug!(?peer, "session opened");
+        let session = SessionGuard {
+            inbound: req.into_inner(),
+            state: self.state.clone(),
+            peer,
+        };
         metrics::gauge!("tessera_node_sessions").increment(1.0);
-        tokio::spawn(async move {
-            // Requests of one session run in arrival order, so a client's
-            // pipelined writes and reads to one shard keep their order.
-            loop {
-                let batch = match inbound.message().await {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(e) => {
-                        metrics::counter!("tessera_node_grpc_errors_total").increment(1);
-                        warn!(?peer, error = %e, "session stream failed");
-                        break;
-                    }
-                };
-                let responses = batch
-                    .requests
-                    .into_iter()
-                    .map(|r| tessera_proto::v1::Response {
-                        id: r.id,
-                        reply: state.handle(r.target, &r.command).to_bytes().into(),
-                    })
-                    .collect();
-                if tx.send(Ok(ResponseBatch { responses })).await.is_err() {
-                    break;
+        // The response stream *is* the processing loop: each poll takes the
+        // next request batch and answers it, on the connection's own task.
+        // Requests of one session run in arrival order, so a client's
+        // pipelined writes and reads to one shard keep their order.
+        let responses = futures::stream::unfold(session, |mut s| async move {
+            let batch = match s.inbound.message().await {
+                Ok(Some(b)) => b,
+                Ok(None) => return None,
+                Err(e) => {
+                    metrics::counter!("tessera_node_grpc_errors_total").increment(1);
+                    warn!(peer = ?s.peer, error = %e, "session stream failed");
+                    return None;
                 }
-            }
-            metrics::gauge!("tessera_node_sessions").decrement(1.0);
-            debug!(?peer, "session closed");
+            };
+            let responses = batch
+                .requests
+                .into_iter()
+                .map(|r| tessera_proto::v1::Response {
+                    id: r.id,
+                    reply: s.state.handle(r.target, &r.command).to_bytes().into(),
+                })
+                .collect();
+            Some((Ok(ResponseBatch { responses }), s))
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn shards(

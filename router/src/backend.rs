@@ -2,24 +2,26 @@
 //!
 //! Each [`NodeClient`] owns one long-lived HTTP/2 connection and one
 //! bidirectional `Session` stream to its node. Callers hand it a request and
-//! get a oneshot for the reply; a writer task batches every request queued
-//! since it last woke into one message, a reader task completes replies by
-//! id. If the stream breaks, in-flight requests fail with `TRYAGAIN` (their
+//! get a oneshot for the reply; the request stream batches every request
+//! queued since it was last polled into one message, and the connection task
+//! completes replies by id. If the stream breaks, in-flight requests fail with `TRYAGAIN` (their
 //! outcome is unknown) and the client reconnects with backoff.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::Stream;
 use parking_lot::Mutex;
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SLOTS};
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
 use tessera_proto::v1::{request, Request, RequestBatch, ShardsRequest};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
@@ -109,53 +111,89 @@ impl NodeClient {
     }
 }
 
-async fn connection_loop(addr: String, mut rx: mpsc::Receiver<Queued>, connected: Arc<AtomicBool>) {
+type Queue = Arc<Mutex<mpsc::Receiver<Queued>>>;
+
+async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Arc<AtomicBool>) {
+    let rx: Queue = Arc::new(Mutex::new(rx));
     let mut backoff = Duration::from_millis(50);
     loop {
-        match session(&addr, &mut rx, &connected).await {
-            Ok(()) => return, // every sender is gone: the router is shutting down
-            Err(e) => {
-                connected.store(false, Ordering::Relaxed);
-                metrics::counter!("tessera_router_grpc_errors_total", "node" => addr.clone())
-                    .increment(1);
-                warn!(node = %addr, error = %e, "node session down; reconnecting");
-                // Requests queued while down fail fast instead of waiting.
-                while let Ok(q) = rx.try_recv() {
-                    let _ = q.reply.send(Reply::err(format!(
-                        "CLUSTERDOWN node {addr} is unreachable"
-                    )));
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
+        let Err(e) = session(&addr, &rx, &connected).await;
+        connected.store(false, Ordering::Relaxed);
+        metrics::counter!("tessera_router_grpc_errors_total", "node" => addr.clone()).increment(1);
+        warn!(node = %addr, error = %e, "node session down; reconnecting");
+        // Requests queued while down fail fast instead of waiting.
+        while let Ok(q) = rx.lock().try_recv() {
+            let _ = q.reply.send(Reply::err(format!(
+                "CLUSTERDOWN node {addr} is unreachable"
+            )));
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
+/// The request side of a session: each poll drains everything queued into
+/// one batch, registering each request's reply slot under a fresh id. It is
+/// polled by the HTTP/2 connection itself, so no task sits in between.
+struct BatchStream {
+    rx: Queue,
+    in_flight: InFlight,
+    next_id: u64,
+}
+
+impl Stream for BatchStream {
+    type Item = RequestBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RequestBatch>> {
+        let this = self.get_mut();
+        let mut rx = this.rx.lock();
+        let mut next = match rx.poll_recv(cx) {
+            Poll::Ready(Some(q)) => Some(q),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let mut requests = Vec::with_capacity(16);
+        let mut bytes = 0;
+        let mut map = this.in_flight.lock();
+        while let Some(q) = next.take() {
+            this.next_id += 1;
+            bytes += q.command.len();
+            map.insert(this.next_id, q.reply);
+            requests.push(Request {
+                id: this.next_id,
+                target: Some(q.target),
+                command: q.command,
+            });
+            if requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        Poll::Ready(Some(RequestBatch { requests }))
+    }
+}
+
+/// Runs one session until it fails; the error says why.
 async fn session(
     addr: &str,
-    rx: &mut mpsc::Receiver<Queued>,
+    rx: &Queue,
     connected: &AtomicBool,
-) -> anyhow::Result<()> {
+) -> Result<std::convert::Infallible, anyhow::Error> {
     let channel = endpoint(addr)?.connect().await?;
-    let (out_tx, out_rx) = mpsc::channel::<RequestBatch>(64);
-    let mut inbound = grpc(channel)
-        .session(ReceiverStream::new(out_rx))
-        .await?
-        .into_inner();
-    connected.store(true, Ordering::Relaxed);
-    info!(node = %addr, "node session up");
-
     let in_flight: InFlight = Arc::default();
-    let reader_map = in_flight.clone();
-    let mut reader = tokio::spawn(async move {
+    let outbound = BatchStream {
+        rx: rx.clone(),
+        in_flight: in_flight.clone(),
+        next_id: 0,
+    };
+    let result = async {
+        let mut inbound = grpc(channel).session(outbound).await?.into_inner();
+        connected.store(true, Ordering::Relaxed);
+        info!(node = %addr, "node session up");
         loop {
-            let batch = match inbound.message().await {
-                Ok(Some(b)) => b,
-                Ok(None) => return anyhow::Ok(()),
-                Err(e) => return Err(e.into()),
+            let Some(batch) = inbound.message().await? else {
+                anyhow::bail!("node closed the session");
             };
-            let mut map = reader_map.lock();
+            let mut map = in_flight.lock();
             for r in batch.responses {
                 if let Some(tx) = map.remove(&r.id) {
                     let reply = Reply::from_bytes(&r.reply).unwrap_or_else(|e| {
@@ -165,43 +203,8 @@ async fn session(
                 }
             }
         }
-    });
-
-    let mut next_id: u64 = 0;
-    let result = loop {
-        let first = tokio::select! {
-            q = rx.recv() => q,
-            r = &mut reader => break match r {
-                Ok(Ok(())) => Err(anyhow::anyhow!("node closed the session")),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.into()),
-            },
-        };
-        let Some(first) = first else { break Ok(()) };
-        let mut requests = Vec::with_capacity(16);
-        let mut bytes = 0;
-        let mut next = Some(first);
-        {
-            let mut map = in_flight.lock();
-            while let Some(q) = next.take() {
-                next_id += 1;
-                bytes += q.command.len();
-                map.insert(next_id, q.reply);
-                requests.push(Request {
-                    id: next_id,
-                    target: Some(q.target),
-                    command: q.command,
-                });
-                if requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
-                    next = rx.try_recv().ok();
-                }
-            }
-        }
-        if out_tx.send(RequestBatch { requests }).await.is_err() {
-            break Err(anyhow::anyhow!("session request stream closed"));
-        }
-    };
-    reader.abort();
+    }
+    .await;
     // Whatever was sent but not answered has an unknown outcome.
     for (_, tx) in in_flight.lock().drain() {
         let _ = tx.send(Reply::err(format!(
@@ -279,6 +282,18 @@ impl ShardMap {
             shards,
             by_slot,
         }
+    }
+
+    /// Waits until every node session is up (or `deadline` passes).
+    pub async fn wait_connected(&self, deadline: Duration) -> anyhow::Result<()> {
+        let start = tokio::time::Instant::now();
+        while let Some(n) = self.nodes.iter().find(|n| !n.is_connected()) {
+            if start.elapsed() > deadline {
+                anyhow::bail!("no session to node {} within {deadline:?}", n.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     pub fn unserved_slots(&self) -> usize {

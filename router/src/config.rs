@@ -60,6 +60,9 @@ pub struct Args {
     pub node_wait_secs: u64,
     #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// Async runtime worker threads (default: one per CPU).
+    #[arg(long, env = "TESSERA_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Print `READY plain=<addr> cluster=<a,b> metrics=<addr>` on stdout once listening.
     #[arg(long)]
     pub print_ready: bool,

@@ -90,6 +90,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shards = ShardMap::discover(&config.nodes, config.node_wait).await?;
+    shards.wait_connected(config.node_wait).await?;
     if shards.unserved_slots() > 0 {
         warn!(
             unserved = shards.unserved_slots(),

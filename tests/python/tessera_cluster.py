@@ -40,7 +40,7 @@ class LocalCluster:
             shards = ";".join(f"{s}:{a}-{b}" for s, (a, b) in enumerate(ranges) if s % nodes == n)
             p = self._spawn(f"node-{n}", [f"{self.bin}/tessera-node", "--node-id", f"node-{n}",
                                          "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                                         "--print-ready", "--shard", shards,
+                                         "--print-ready", "--worker-threads", "1", "--shard", shards,
                                          "--data-dir", os.path.join(self.dir, f"node-{n}")])
             addrs.append(_ready(p)[1])
         p = self._spawn("router", [f"{self.bin}/tessera-router", "--listen", "127.0.0.1:0",
