@@ -79,11 +79,7 @@ pub fn code_of(text: &str) -> &'static str {
         "ASK",
     ];
     let first = text.split(' ').next().unwrap_or("");
-    CODES
-        .iter()
-        .find(|c| **c == first)
-        .copied()
-        .unwrap_or("ERR")
+    CODES.iter().find(|c| **c == first).copied().unwrap_or("ERR")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

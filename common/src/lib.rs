@@ -19,3 +19,24 @@ pub mod tensor;
 
 pub use error::{Error, Result};
 pub use reply::{Protocol, Reply};
+
+/// Postcard-encodes `value` into a vector allocated once with `capacity`.
+pub(crate) fn encode<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8> {
+    struct Presized(Vec<u8>);
+    impl postcard::ser_flavors::Flavor for Presized {
+        type Output = Vec<u8>;
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.0.push(data);
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<Vec<u8>> {
+            Ok(self.0)
+        }
+    }
+    postcard::serialize_with_flavor(value, Presized(Vec::with_capacity(capacity)))
+        .expect("serializing into a vector cannot fail")
+}

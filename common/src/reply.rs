@@ -65,7 +65,11 @@ impl Reply {
 
     /// Compact binary form used between node and router.
     pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("replies always serialize")
+        let hint = match self {
+            Reply::Bulk(b) => b.len() + 8,
+            _ => 64,
+        };
+        crate::encode(self, hint)
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Reply, postcard::Error> {
@@ -196,11 +200,7 @@ pub fn format_double(d: f64) -> String {
         return if d > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if d == 0.0 {
-        return if d.is_sign_negative() {
-            "-0".into()
-        } else {
-            "0".into()
-        };
+        return if d.is_sign_negative() { "-0".into() } else { "0".into() };
     }
     const P: i32 = 17;
     let sci = format!("{:.*e}", (P - 1) as usize, d);
@@ -255,24 +255,14 @@ mod tests {
         assert_eq!(enc(&Reply::Null, Protocol::Resp3), "_\r\n");
         assert_eq!(enc(&Reply::Double(1.0), Protocol::Resp2), "$1\r\n1\r\n");
         assert_eq!(enc(&Reply::Double(1.0), Protocol::Resp3), ",1\r\n");
-        assert_eq!(
-            enc(&Reply::Verbatim("a".into()), Protocol::Resp3),
-            "=5\r\ntxt:a\r\n"
-        );
+        assert_eq!(enc(&Reply::Verbatim("a".into()), Protocol::Resp3), "=5\r\ntxt:a\r\n");
         assert_eq!(enc(&Reply::Int(-42), Protocol::Resp2), ":-42\r\n");
-        assert_eq!(
-            enc(&Reply::err("ERR a\r\nb"), Protocol::Resp2),
-            "-ERR a  b\r\n"
-        );
+        assert_eq!(enc(&Reply::err("ERR a\r\nb"), Protocol::Resp2), "-ERR a  b\r\n");
     }
 
     #[test]
     fn replies_roundtrip_through_bytes() {
-        let r = Reply::Array(vec![
-            Reply::ok(),
-            Reply::Bulk(Bytes::from_static(b"\0x")),
-            Reply::Null,
-        ]);
+        let r = Reply::Array(vec![Reply::ok(), Reply::Bulk(Bytes::from_static(b"\0x")), Reply::Null]);
         assert_eq!(Reply::from_bytes(&r.to_bytes()).unwrap(), r);
     }
 }

@@ -174,12 +174,7 @@ mod tests {
             (b"{t}a", 15891),
         ];
         for (key, slot) in vectors {
-            assert_eq!(
-                key_slot(key),
-                *slot,
-                "slot of {:?}",
-                String::from_utf8_lossy(key)
-            );
+            assert_eq!(key_slot(key), *slot, "slot of {:?}", String::from_utf8_lossy(key));
         }
         assert_eq!(crc16(b"123456789"), 0x31C3);
     }

@@ -113,9 +113,7 @@ impl Tensor {
     /// `max_bytes` bounds the tensor's size so that a tiny `VALUES`-less
     /// request cannot ask for a huge zero tensor.
     pub fn parse_set(args: &[Bytes], max_bytes: usize) -> Result<Tensor> {
-        let (dtype_arg, rest) = args
-            .split_first()
-            .ok_or_else(|| Error::Arity("AI.TENSORSET".into()))?;
+        let (dtype_arg, rest) = args.split_first().ok_or_else(|| Error::Arity("AI.TENSORSET".into()))?;
         let dtype = DType::parse(dtype_arg)?;
         let mut shape = Vec::new();
         let mut i = 0;
@@ -130,8 +128,8 @@ impl Tensor {
             shape.push(dim);
             i += 1;
         }
-        let count = element_count(&shape)
-            .ok_or_else(|| Error::ai("ERR invalid or negative value found in tensor shape"))?;
+        let count =
+            element_count(&shape).ok_or_else(|| Error::ai("ERR invalid or negative value found in tensor shape"))?;
         let too_big = || Error::ValueTooLarge;
         let data = match rest.get(i) {
             None => {
@@ -194,11 +192,7 @@ impl Tensor {
         Ok(match self.dtype {
             DType::Float => d
                 .chunks_exact(4)
-                .map(|c| {
-                    Reply::Double(f64::from(f32::from_le_bytes(
-                        c.try_into().unwrap_or([0; 4]),
-                    )))
-                })
+                .map(|c| Reply::Double(f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))))
                 .collect(),
             DType::Double => d
                 .chunks_exact(8)
@@ -216,11 +210,7 @@ impl Tensor {
                 .collect(),
             DType::Int32 => d
                 .chunks_exact(4)
-                .map(|c| {
-                    Reply::Int(i64::from(i32::from_le_bytes(
-                        c.try_into().unwrap_or([0; 4]),
-                    )))
-                })
+                .map(|c| Reply::Int(i64::from(i32::from_le_bytes(c.try_into().unwrap_or([0; 4])))))
                 .collect(),
             DType::Int64 => d
                 .chunks_exact(8)
@@ -287,9 +277,7 @@ fn validate_blob(dtype: DType, count: usize, blob: &[u8]) -> Result<()> {
     match dtype.size() {
         Some(sz) => {
             if Some(blob.len()) != count.checked_mul(sz) {
-                return Err(Error::ai(
-                    "ERR data length does not match tensor shape and type",
-                ));
+                return Err(Error::ai("ERR data length does not match tensor shape and type"));
             }
             // RedisAI skips the last byte (a bug); every byte is checked here.
             if dtype == DType::Bool && blob.iter().any(|b| *b > 1) {
@@ -335,22 +323,13 @@ fn encode_values(dtype: DType, values: &[Bytes]) -> Result<Bytes> {
                 // Negative values are accepted within range (RedisAI rejects every
                 // negative signed value: a bug, see README compatibility notes).
                 match dtype {
-                    DType::Int8 => out
-                        .extend_from_slice(&i8::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
-                    DType::Int16 => out
-                        .extend_from_slice(&i16::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
-                    DType::Int32 => out
-                        .extend_from_slice(&i32::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
+                    DType::Int8 => out.extend_from_slice(&i8::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
+                    DType::Int16 => out.extend_from_slice(&i16::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
+                    DType::Int32 => out.extend_from_slice(&i32::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
                     DType::Int64 => out.extend_from_slice(&n.to_le_bytes()),
                     DType::Uint8 => out.push(u8::try_from(n).map_err(|_| invalid())?),
-                    DType::Uint16 => out
-                        .extend_from_slice(&u16::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
-                    DType::Bool => out.push(
-                        u8::try_from(n)
-                            .ok()
-                            .filter(|b| *b <= 1)
-                            .ok_or_else(invalid)?,
-                    ),
+                    DType::Uint16 => out.extend_from_slice(&u16::try_from(n).map_err(|_| invalid())?.to_le_bytes()),
+                    DType::Bool => out.push(u8::try_from(n).ok().filter(|b| *b <= 1).ok_or_else(invalid)?),
                     DType::Float | DType::Double | DType::String => unreachable!("handled above"),
                 }
             }
@@ -379,9 +358,7 @@ mod tests {
     use super::*;
 
     fn args(s: &[&str]) -> Vec<Bytes> {
-        s.iter()
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
+        s.iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
     }
 
     fn set(s: &[&str]) -> Result<Tensor> {
@@ -395,14 +372,9 @@ mod tests {
     #[test]
     fn values_and_blob_agree() {
         let a = set(&["FLOAT", "2", "2", "VALUES", "1", "2", "3", "4"]).unwrap();
-        assert_eq!(
-            &a.data[..],
-            b"\x00\x00\x80?\x00\x00\x00@\x00\x00@@\x00\x00\x80@"
-        );
+        assert_eq!(&a.data[..], b"\x00\x00\x80?\x00\x00\x00@\x00\x00@@\x00\x00\x80@");
         let mut blob_args = args(&["float", "2", "2", "BLOB"]);
-        blob_args.push(Bytes::from_static(
-            b"\x00\x00\x80?\x00\x00\x00@\x00\x00@@\x00\x00\x80@",
-        ));
+        blob_args.push(Bytes::from_static(b"\x00\x00\x80?\x00\x00\x00@\x00\x00@@\x00\x00\x80@"));
         let blob = Tensor::parse_set(&blob_args, 1 << 20).unwrap();
         assert_eq!(a, blob);
     }
@@ -426,11 +398,7 @@ mod tests {
                 data: DataFormat::Values,
             };
             let got = t.reply(fmt).unwrap();
-            let want = Reply::Array(
-                vals.iter()
-                    .map(|v| Reply::Int(v.parse().unwrap()))
-                    .collect(),
-            );
+            let want = Reply::Array(vals.iter().map(|v| Reply::Int(v.parse().unwrap())).collect());
             assert_eq!(got, want, "{dt}");
         }
         let t = set(&["DOUBLE", "1", "VALUES", "0.5"]).unwrap();
@@ -538,10 +506,7 @@ mod tests {
             f(&["BLOB", "VALUES"]).unwrap_err().to_string(),
             "ERR both BLOB and VALUES specified"
         );
-        assert_eq!(
-            f(&["JSON"]).unwrap_err().to_string(),
-            "ERR unsupported data format"
-        );
+        assert_eq!(f(&["JSON"]).unwrap_err().to_string(), "ERR unsupported data format");
         let t = set(&["FLOAT", "2", "VALUES", "2", "3"]).unwrap();
         let meta_values = t.reply(f(&["META", "VALUES"]).unwrap()).unwrap();
         assert_eq!(

@@ -23,12 +23,7 @@ pub struct Args {
     pub node_id: String,
     /// A shard this node hosts: `ID:RANGES`, ranges as `a-b` or `s`, comma
     /// separated (e.g. `0:0-5460`). Repeat for each shard.
-    #[arg(
-        long = "shard",
-        env = "TESSERA_NODE_SHARDS",
-        value_delimiter = ';',
-        required = true
-    )]
+    #[arg(long = "shard", env = "TESSERA_NODE_SHARDS", value_delimiter = ';', required = true)]
     pub shards: Vec<String>,
     /// Folder for this node's files.
     #[arg(long, env = "TESSERA_NODE_DATA_DIR", default_value = "./data")]
@@ -65,15 +60,10 @@ impl Args {
             let (id, ranges) = s
                 .split_once(':')
                 .with_context(|| format!("shard '{s}' is not ID:RANGES"))?;
-            let id: u32 = id
-                .trim()
-                .parse()
-                .with_context(|| format!("shard id in '{s}'"))?;
+            let id: u32 = id.trim().parse().with_context(|| format!("shard id in '{s}'"))?;
             let ranges = ranges
                 .split(',')
-                .map(|r| {
-                    SlotRange::parse(r.trim()).with_context(|| format!("slot range '{r}' in '{s}'"))
-                })
+                .map(|r| SlotRange::parse(r.trim()).with_context(|| format!("slot range '{r}' in '{s}'")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             for r in &ranges {
                 for slot in r.start..=r.end {

@@ -175,8 +175,7 @@ pub fn apply(ks: &mut Keyspace, entry: &LogEntry) -> Reply {
         }
         NodeCommand::TensorSet { key, tensor } => {
             if let Some(Entry {
-                value: Value::Str(_),
-                ..
+                value: Value::Str(_), ..
             }) = ks.get(key, ts)
             {
                 return wrongtype();
@@ -214,22 +213,12 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
                 })
                 .collect(),
         ),
-        NodeCommand::Exists { keys } => {
-            Reply::Int(keys.iter().filter(|k| ks.get(k, now).is_some()).count() as i64)
-        }
-        NodeCommand::Type { key } => Reply::Simple(
-            ks.get(key, now)
-                .map_or("none", |e| e.value.type_name())
-                .to_owned(),
-        ),
+        NodeCommand::Exists { keys } => Reply::Int(keys.iter().filter(|k| ks.get(k, now).is_some()).count() as i64),
+        NodeCommand::Type { key } => Reply::Simple(ks.get(key, now).map_or("none", |e| e.value.type_name()).to_owned()),
         NodeCommand::Ttl { key, millis } => match ks.get(key, now) {
             None => Reply::Int(-2),
-            Some(Entry {
-                expire_at: None, ..
-            }) => Reply::Int(-1),
-            Some(Entry {
-                expire_at: Some(t), ..
-            }) => {
+            Some(Entry { expire_at: None, .. }) => Reply::Int(-1),
+            Some(Entry { expire_at: Some(t), .. }) => {
                 let left = (t - now).max(0);
                 Reply::Int(if *millis { left } else { (left + 500) / 1000 })
             }
@@ -282,9 +271,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             let n = if scope.is_all() {
                 ks.len()
             } else {
-                ks.occupied_slots(scope)
-                    .map(|s| ks.count_in_slot(s, i64::MIN))
-                    .sum()
+                ks.occupied_slots(scope).map(|s| ks.count_in_slot(s, i64::MIN)).sum()
             };
             Reply::Int(n as i64)
         }

@@ -110,9 +110,7 @@ impl Keyspace {
         let map = self.slots[slot].get_or_insert_with(Default::default);
         match map.insert(key.clone(), entry) {
             Some(old) => {
-                self.value_bytes = self
-                    .value_bytes
-                    .saturating_sub(old.value.size() + key.len());
+                self.value_bytes = self.value_bytes.saturating_sub(old.value.size() + key.len());
                 if let Some(t) = old.expire_at.filter(|t| Some(*t) != new_deadline) {
                     self.expiries.remove(&(t, key.clone()));
                 }
@@ -139,9 +137,7 @@ impl Keyspace {
 
     /// Accounting for an entry that left the map.
     fn forget(&mut self, old: &Entry, key: &Bytes) {
-        self.value_bytes = self
-            .value_bytes
-            .saturating_sub(old.value.size() + key.len());
+        self.value_bytes = self.value_bytes.saturating_sub(old.value.size() + key.len());
         if let Some(t) = old.expire_at {
             self.expiries.remove(&(t, key.clone()));
         }

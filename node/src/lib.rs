@@ -60,10 +60,7 @@ pub async fn run(
         .add_service(svc)
         // A caller-supplied listener does not get the builder's TCP options:
         // set TCP_NODELAY on it here, or small replies wait for delayed ACKs.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     sweeper.abort();
     stats.abort();
@@ -93,8 +90,7 @@ async fn publish_gauges(state: Arc<NodeState>) {
             let s = shard.stats();
             let id = shard.id.to_string();
             metrics::gauge!("tessera_node_keys", "shard" => id.clone()).set(s.keys as f64);
-            metrics::gauge!("tessera_node_value_bytes", "shard" => id.clone())
-                .set(s.value_bytes as f64);
+            metrics::gauge!("tessera_node_value_bytes", "shard" => id.clone()).set(s.value_bytes as f64);
             metrics::gauge!("tessera_node_log_index", "shard" => id).set(s.log_index as f64);
         }
     }

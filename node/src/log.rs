@@ -67,9 +67,7 @@ fn payload_size(op: &LogOp) -> usize {
     match op {
         LogOp::Command(NodeCommand::TensorSet { tensor, .. }) => tensor.data.len(),
         LogOp::Command(NodeCommand::Set { value, .. }) => value.len(),
-        LogOp::Command(NodeCommand::MSet { pairs }) => {
-            pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
-        }
+        LogOp::Command(NodeCommand::MSet { pairs }) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
         _ => 64,
     }
 }
@@ -85,9 +83,7 @@ impl CommandLog for MemLog {
         });
         self.tail.push_back((entry.clone(), size));
         self.tail_bytes += size;
-        while self.tail.len() > self.max_entries
-            || (self.tail_bytes > self.max_bytes && self.tail.len() > 1)
-        {
+        while self.tail.len() > self.max_entries || (self.tail_bytes > self.max_bytes && self.tail.len() > 1) {
             if let Some((_, s)) = self.tail.pop_front() {
                 self.tail_bytes -= s;
             }

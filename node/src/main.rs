@@ -20,11 +20,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
     if args.print_ready {
-        println!(
-            "READY {} {}",
-            listener.local_addr()?,
-            metrics_listener.local_addr()?
-        );
+        println!("READY {} {}", listener.local_addr()?, metrics_listener.local_addr()?);
     }
     tokio::spawn(tessera_telemetry::serve_metrics(
         metrics_listener,
@@ -35,8 +31,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -13,11 +13,9 @@ use tessera_common::error::code_of;
 use tessera_common::reply::Reply;
 use tessera_common::slot::{key_slot, SLOTS};
 use tessera_proto::v1::node_server::Node;
-use tessera_proto::v1::{
-    request, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse, SlotRange,
-};
+use tessera_proto::v1::{request, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse, SlotRange};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::shard::Shard;
 
@@ -74,14 +72,14 @@ impl NodeState {
             return Reply::err(NOT_SERVED);
         }
         let name = cmd.name();
+        trace!(shard = shard.id, cmd = name, write = cmd.is_write(), "command");
         let start = Instant::now();
         let reply = shard.execute(cmd);
         let code = match &reply {
             Reply::Error(e) => code_of(e),
             _ => "ok",
         };
-        metrics::counter!("tessera_node_commands_total", "cmd" => name, "code" => code)
-            .increment(1);
+        metrics::counter!("tessera_node_commands_total", "cmd" => name, "code" => code).increment(1);
         metrics::histogram!("tessera_node_command_duration_seconds", "cmd" => name)
             .record(start.elapsed().as_secs_f64());
         reply
@@ -136,10 +134,7 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseBatch, Status>> +
 impl Node for NodeService {
     type SessionStream = ResponseStream;
 
-    async fn session(
-        &self,
-        req: Request<Streaming<RequestBatch>>,
-    ) -> Result<Response<ResponseStream>, Status> {
+    async fn session(&self, req: Request<Streaming<RequestBatch>>) -> Result<Response<ResponseStream>, Status> {
         let peer = req.remote_addr();
         debug!(?peer, "session opened");
         let session = SessionGuard {
@@ -175,10 +170,7 @@ impl Node for NodeService {
         Ok(Response::new(Box::pin(responses)))
     }
 
-    async fn shards(
-        &self,
-        _req: Request<ShardsRequest>,
-    ) -> Result<Response<ShardsResponse>, Status> {
+    async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
         let shards = self
             .state
             .shards

@@ -67,11 +67,7 @@ impl NodeClient {
         let (tx, rx) = mpsc::channel(8192);
         let connected = Arc::new(AtomicBool::new(false));
         tokio::spawn(connection_loop(addr.clone(), rx, connected.clone()));
-        Arc::new(NodeClient {
-            addr,
-            tx,
-            connected,
-        })
+        Arc::new(NodeClient { addr, tx, connected })
     }
 
     pub fn is_connected(&self) -> bool {
@@ -82,30 +78,20 @@ impl NodeClient {
     pub fn call(&self, target: request::Target, command: Bytes) -> oneshot::Receiver<Reply> {
         let (reply, rx) = oneshot::channel();
         if !self.is_connected() {
-            let _ = reply.send(Reply::err(format!(
-                "CLUSTERDOWN node {} is unreachable",
-                self.addr
-            )));
+            let _ = reply.send(Reply::err(format!("CLUSTERDOWN node {} is unreachable", self.addr)));
             return rx;
         }
-        if let Err(e) = self.tx.try_send(Queued {
-            target,
-            command,
-            reply,
-        }) {
+        if let Err(e) = self.tx.try_send(Queued { target, command, reply }) {
             let q = match e {
                 mpsc::error::TrySendError::Full(q) => {
-                    let _ = q
-                        .reply
-                        .send(Reply::err("BUSY router queue to the node is full, retry"));
+                    let _ = q.reply.send(Reply::err("BUSY router queue to the node is full, retry"));
                     return rx;
                 }
                 mpsc::error::TrySendError::Closed(q) => q,
             };
-            let _ = q.reply.send(Reply::err(format!(
-                "CLUSTERDOWN node {} is unreachable",
-                self.addr
-            )));
+            let _ = q
+                .reply
+                .send(Reply::err(format!("CLUSTERDOWN node {} is unreachable", self.addr)));
         }
         rx
     }
@@ -123,9 +109,9 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
         warn!(node = %addr, error = %e, "node session down; reconnecting");
         // Requests queued while down fail fast instead of waiting.
         while let Ok(q) = rx.lock().try_recv() {
-            let _ = q.reply.send(Reply::err(format!(
-                "CLUSTERDOWN node {addr} is unreachable"
-            )));
+            let _ = q
+                .reply
+                .send(Reply::err(format!("CLUSTERDOWN node {addr} is unreachable")));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -168,16 +154,13 @@ impl Stream for BatchStream {
                 next = rx.try_recv().ok();
             }
         }
+        metrics::histogram!("tessera_router_batch_requests").record(requests.len() as f64);
         Poll::Ready(Some(RequestBatch { requests }))
     }
 }
 
 /// Runs one session until it fails; the error says why.
-async fn session(
-    addr: &str,
-    rx: &Queue,
-    connected: &AtomicBool,
-) -> Result<std::convert::Infallible, anyhow::Error> {
+async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::convert::Infallible, anyhow::Error> {
     let channel = endpoint(addr)?.connect().await?;
     let in_flight: InFlight = Arc::default();
     let outbound = BatchStream {
@@ -196,9 +179,8 @@ async fn session(
             let mut map = in_flight.lock();
             for r in batch.responses {
                 if let Some(tx) = map.remove(&r.id) {
-                    let reply = Reply::from_bytes(&r.reply).unwrap_or_else(|e| {
-                        Reply::err(format!("ERR router could not decode node reply: {e}"))
-                    });
+                    let reply = Reply::from_bytes(&r.reply)
+                        .unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}")));
                     let _ = tx.send(reply);
                 }
             }
@@ -277,11 +259,7 @@ impl ShardMap {
                 }
             }
         }
-        ShardMap {
-            nodes,
-            shards,
-            by_slot,
-        }
+        ShardMap { nodes, shards, by_slot }
     }
 
     /// Waits until every node session is up (or `deadline` passes).
@@ -328,7 +306,6 @@ impl ShardMap {
 
 /// Awaits a reply, mapping a dropped sender to an honest error.
 pub async fn reply_of(rx: oneshot::Receiver<Reply>) -> Reply {
-    rx.await.unwrap_or_else(|_| {
-        Reply::err("TRYAGAIN node request was dropped; the command may or may not have run")
-    })
+    rx.await
+        .unwrap_or_else(|_| Reply::err("TRYAGAIN node request was dropped; the command may or may not have run"))
 }

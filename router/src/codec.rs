@@ -54,10 +54,7 @@ pub struct FrameScanner {
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|i| from + i)
+    buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
 }
 
 fn parse_len(line: &[u8]) -> Option<i64> {
@@ -68,11 +65,7 @@ impl FrameScanner {
     /// Takes the next complete command off `buf`: `Ok(Some(argv))` (possibly
     /// empty for `*0` or a blank inline line), `Ok(None)` when more bytes are
     /// needed, or a protocol error.
-    pub fn next(
-        &mut self,
-        buf: &mut BytesMut,
-        limits: &Limits,
-    ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    pub fn next(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         if buf.is_empty() {
             return Ok(None);
         }
@@ -105,11 +98,7 @@ impl FrameScanner {
     }
 
     /// Returns the frame length once complete (`usize::MAX` for an empty array).
-    fn scan_multibulk(
-        &mut self,
-        buf: &[u8],
-        limits: &Limits,
-    ) -> Result<Option<usize>, ProtocolError> {
+    fn scan_multibulk(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, ProtocolError> {
         if self.remaining.is_none() {
             let Some(eol) = find_crlf(buf, 0) else {
                 if buf.len() > 32 {
@@ -140,8 +129,7 @@ impl FrameScanner {
                 }
                 return Ok(None);
             };
-            let len =
-                parse_len(&buf[self.pos + 1..eol]).ok_or_else(|| perr("invalid bulk length"))?;
+            let len = parse_len(&buf[self.pos + 1..eol]).ok_or_else(|| perr("invalid bulk length"))?;
             if len < 0 || len as u64 > limits.max_bulk_len as u64 {
                 return Err(perr("invalid bulk length"));
             }
@@ -155,11 +143,7 @@ impl FrameScanner {
         Ok(Some(self.pos))
     }
 
-    fn inline(
-        &mut self,
-        buf: &mut BytesMut,
-        limits: &Limits,
-    ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    fn inline(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         let scan_to = buf.len().min(limits.max_inline_len + 1);
         let Some(nl) = buf[..scan_to].iter().position(|b| *b == b'\n') else {
             if buf.len() > limits.max_inline_len {
@@ -169,10 +153,7 @@ impl FrameScanner {
         };
         let line = buf.split_to(nl + 1).freeze();
         let body = line.slice(..nl);
-        let body = body
-            .strip_suffix(b"\r")
-            .map(|b| line.slice_ref(b))
-            .unwrap_or(body);
+        let body = body.strip_suffix(b"\r").map(|b| line.slice_ref(b)).unwrap_or(body);
         split_inline(&body)
             .map(Some)
             .ok_or_else(|| perr("unbalanced quotes in request"))
@@ -287,18 +268,13 @@ mod tests {
     }
 
     fn args(v: &[&str]) -> Vec<Bytes> {
-        v.iter()
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .collect()
+        v.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect()
     }
 
     #[test]
     fn multibulk_in_pieces_and_pipelined() {
         let l = Limits::default();
-        let r = feed(
-            &[b"*2\r\n$3\r\nGET", b"\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n"],
-            &l,
-        );
+        let r = feed(&[b"*2\r\n$3\r\nGET", b"\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n"], &l);
         assert_eq!(r[0], Ok(None));
         assert_eq!(r[1], Ok(Some(args(&["GET", "k"]))));
         assert_eq!(r[2], Ok(Some(args(&["PING"]))));
@@ -321,26 +297,11 @@ mod tests {
             max_array_len: 4,
             max_inline_len: 8,
         };
-        assert_eq!(
-            feed(&[b"*5\r\n"], &l)[0],
-            Err(perr("invalid multibulk length"))
-        );
-        assert_eq!(
-            feed(&[b"*1\r\n$11\r\n"], &l)[0],
-            Err(perr("invalid bulk length"))
-        );
-        assert_eq!(
-            feed(&[b"PINGPINGPING"], &l)[0],
-            Err(perr("too big inline request"))
-        );
-        assert_eq!(
-            feed(&[b"*1\r\n:1\r\n"], &l)[0],
-            Err(perr("expected '$', got ':'"))
-        );
-        assert_eq!(
-            feed(&[b"*x\r\n"], &l)[0],
-            Err(perr("invalid multibulk length"))
-        );
+        assert_eq!(feed(&[b"*5\r\n"], &l)[0], Err(perr("invalid multibulk length")));
+        assert_eq!(feed(&[b"*1\r\n$11\r\n"], &l)[0], Err(perr("invalid bulk length")));
+        assert_eq!(feed(&[b"PINGPINGPING"], &l)[0], Err(perr("too big inline request")));
+        assert_eq!(feed(&[b"*1\r\n:1\r\n"], &l)[0], Err(perr("expected '$', got ':'")));
+        assert_eq!(feed(&[b"*x\r\n"], &l)[0], Err(perr("invalid multibulk length")));
         assert_eq!(feed(&[b"*0\r\n"], &l)[0], Ok(Some(vec![])));
     }
 }

@@ -30,12 +30,7 @@ pub struct Args {
     #[arg(long, env = "TESSERA_ROUTER_ADVERTISE", value_delimiter = ',')]
     pub advertise: Vec<SocketAddr>,
     /// Storage nodes' gRPC addresses.
-    #[arg(
-        long = "node",
-        env = "TESSERA_ROUTER_NODES",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long = "node", env = "TESSERA_ROUTER_NODES", value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
     /// Prometheus /metrics listen address.
     #[arg(long, env = "TESSERA_ROUTER_METRICS", default_value = "127.0.0.1:9121")]

@@ -24,7 +24,7 @@ use tessera_common::slot::SlotScope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, debug_span, Instrument};
+use tracing::{debug, debug_span, trace, Instrument};
 
 use crate::codec::FrameScanner;
 use crate::dispatch::{dispatch, After, Pending};
@@ -90,12 +90,7 @@ impl Future for Tagged {
     }
 }
 
-pub async fn serve(
-    router: Arc<Router>,
-    sock: TcpStream,
-    vnode: Option<usize>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(router: Arc<Router>, sock: TcpStream, vnode: Option<usize>, mut shutdown: watch::Receiver<bool>) {
     let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
         return;
     };
@@ -114,9 +109,7 @@ pub async fn serve(
     router.stats.connection_opened();
     router.update_client(&conn);
     let span = debug_span!("conn", id, %peer);
-    let result = session(&router, &mut conn, sock, &mut shutdown)
-        .instrument(span)
-        .await;
+    let result = session(&router, &mut conn, sock, &mut shutdown).instrument(span).await;
     if let Err(e) = result {
         debug!(id, %peer, error = %e, "connection ended with an error");
     }
@@ -212,19 +205,20 @@ fn tagged(pending: Pending, proto: Protocol, after: After, cmd: &'static str) ->
 
 /// Parses and dispatches one command.
 fn handle(router: &Arc<Router>, conn: &mut ConnState, argv: Vec<Bytes>) -> Tagged {
-    let name = table::lookup(&argv[0]).map_or("unknown", |s| s.name);
-    let parsed = command::parse(argv, &router.parse_limits);
+    let spec = table::lookup(&argv[0]);
+    let name = spec.map_or("unknown", |s| s.name);
+    trace!(conn = conn.id, cmd = name, args = argv.len(), "command");
+    let parsed = match spec {
+        Some(spec) => command::parse_spec(spec, argv, &router.parse_limits),
+        None => Err(command::unknown_command(&argv)),
+    };
     let proto_before = conn.proto;
     let (pending, after) = match parsed {
         Ok(cmd) => dispatch(router, conn, cmd),
         Err(e) => (Pending::ready(e.to_reply()), After::Continue),
     };
     // HELLO answers in the protocol it negotiates.
-    let proto = if name == "hello" {
-        conn.proto
-    } else {
-        proto_before
-    };
+    let proto = if name == "hello" { conn.proto } else { proto_before };
     tagged(pending, proto, after, name)
 }
 

@@ -33,9 +33,7 @@ impl Future for Pending {
             Pending::Ready(r) => Poll::Ready(r.take().unwrap_or(Reply::Null)),
             Pending::Node(rx) => Pin::new(rx).poll(cx).map(|r| {
                 r.unwrap_or_else(|_| {
-                    Reply::err(
-                        "TRYAGAIN node request was dropped; the command may or may not have run",
-                    )
+                    Reply::err("TRYAGAIN node request was dropped; the command may or may not have run")
                 })
             }),
             Pending::Fut(f) => f.as_mut().poll(cx),
@@ -66,9 +64,7 @@ pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pe
             let router = router.clone();
             let scope = conn.scope.clone();
             (
-                Pending::Fut(Box::pin(
-                    async move { fanout(&router.shards, f, scope).await },
-                )),
+                Pending::Fut(Box::pin(async move { fanout(&router.shards, f, scope).await })),
                 After::Continue,
             )
         }
@@ -103,11 +99,7 @@ fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(usize, SlotScope)> {
         .collect()
 }
 
-async fn each_shard(
-    map: &ShardMap,
-    scope: &SlotScope,
-    make: impl Fn(SlotScope) -> NodeCommand,
-) -> Vec<Reply> {
+async fn each_shard(map: &ShardMap, scope: &SlotScope, make: impl Fn(SlotScope) -> NodeCommand) -> Vec<Reply> {
     let calls = shards_in(map, scope)
         .into_iter()
         .map(|(i, s)| reply_of(map.call_shard(&map.shards[i], Bytes::from(make(s).to_bytes()))));
@@ -210,8 +202,7 @@ async fn scan(
         };
         match reply_of(map.call_shard(shard, Bytes::from(cmd.to_bytes()))).await {
             Reply::Array(mut parts) if parts.len() == 2 => {
-                let (Reply::Int(n), Reply::Array(mut k)) = (parts.remove(0), parts.remove(0))
-                else {
+                let (Reply::Int(n), Reply::Array(mut k)) = (parts.remove(0), parts.remove(0)) else {
                     return Reply::err("ERR malformed SCAN reply from node");
                 };
                 keys.append(&mut k);
@@ -228,10 +219,7 @@ async fn scan(
             break;
         }
     }
-    Reply::Array(vec![
-        Reply::Bulk(Bytes::from(next.to_string())),
-        Reply::Array(keys),
-    ])
+    Reply::Array(vec![Reply::Bulk(Bytes::from(next.to_string())), Reply::Array(keys)])
 }
 
 /// The first slot `>= from` inside `scope`, and the end of the run of slots
@@ -252,10 +240,6 @@ fn next_scoped_slot(map: &ShardMap, scope: &SlotScope, from: u64) -> Option<(u16
     }
     let (start, scope_end) = best?;
     let shard = map.shard_of(start)?;
-    let owned_end = shard
-        .ranges
-        .iter()
-        .find(|r| r.contains(start))
-        .map_or(start, |r| r.end);
+    let owned_end = shard.ranges.iter().find(|r| r.contains(start)).map_or(start, |r| r.end);
     Some((start, scope_end.min(owned_end)))
 }

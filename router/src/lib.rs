@@ -144,12 +144,7 @@ pub async fn run(
     )));
     for (l, addr) in listeners.cluster.into_iter().zip(cluster_addrs) {
         let vnode = router.topology.node_at(addr);
-        accept_tasks.push(tokio::spawn(accept_loop(
-            router.clone(),
-            l,
-            vnode,
-            stop_rx.clone(),
-        )));
+        accept_tasks.push(tokio::spawn(accept_loop(router.clone(), l, vnode, stop_rx.clone())));
     }
     shutdown.await;
     info!("router shutting down; draining connections");
@@ -165,12 +160,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(
-    router: Arc<Router>,
-    listener: TcpListener,
-    vnode: Option<usize>,
-    stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(router: Arc<Router>, listener: TcpListener, vnode: Option<usize>, stop: watch::Receiver<bool>) {
     loop {
         let sock = match listener.accept().await {
             Ok((s, _)) => s,
@@ -192,8 +182,6 @@ async fn accept_loop(
 
 async fn reject(mut sock: TcpStream) {
     use tokio::io::AsyncWriteExt;
-    let _ = sock
-        .write_all(b"-ERR max number of clients reached\r\n")
-        .await;
+    let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
     let _ = sock.shutdown().await;
 }

@@ -48,7 +48,9 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
                 Pending::Fut(Box::pin(async move {
                     let want = |s: &str| {
                         sections.is_empty()
-                            || sections.iter().any(|w| w == s || w == "all" || w == "everything" || w == "default")
+                            || sections
+                                .iter()
+                                .any(|w| w == s || w == "all" || w == "everything" || w == "default")
                     };
                     let mut text = router.info_text(&want, clients);
                     if want("keyspace") {
@@ -66,7 +68,12 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         }
         Local::ConfigGet(patterns) => ready(config_get(router, &patterns)),
         Local::ConfigResetStat => {
-            for c in [&router.stats.commands, &router.stats.errors, &router.stats.connections_total, &router.stats.rejected] {
+            for c in [
+                &router.stats.commands,
+                &router.stats.errors,
+                &router.stats.connections_total,
+                &router.stats.rejected,
+            ] {
                 c.store(0, Ordering::Relaxed);
             }
             ready(Reply::ok())
@@ -85,10 +92,7 @@ fn hello_reply(conn: &ConnState) -> Reply {
     Reply::Map(vec![
         kv("server", Reply::bulk_str("redis")),
         kv("version", Reply::bulk_str(REDIS_VERSION)),
-        kv(
-            "proto",
-            Reply::Int(if conn.proto == Protocol::Resp3 { 3 } else { 2 }),
-        ),
+        kv("proto", Reply::Int(if conn.proto == Protocol::Resp3 { 3 } else { 2 })),
         kv("id", Reply::Int(conn.id as i64)),
         kv("mode", Reply::bulk_str("cluster")),
         kv("role", Reply::bulk_str("master")),
@@ -144,12 +148,8 @@ fn command(c: CommandCmd) -> Reply {
     match c {
         CommandCmd::All => Reply::Array(COMMANDS.iter().map(|s| s.info_reply()).collect()),
         CommandCmd::Count => Reply::Int(COMMANDS.len() as i64),
-        CommandCmd::List => {
-            Reply::Array(COMMANDS.iter().map(|s| Reply::bulk_str(s.name)).collect())
-        }
-        CommandCmd::Info(names) if names.is_empty() => {
-            Reply::Array(COMMANDS.iter().map(|s| s.info_reply()).collect())
-        }
+        CommandCmd::List => Reply::Array(COMMANDS.iter().map(|s| Reply::bulk_str(s.name)).collect()),
+        CommandCmd::Info(names) if names.is_empty() => Reply::Array(COMMANDS.iter().map(|s| s.info_reply()).collect()),
         CommandCmd::Info(names) => Reply::Array(
             names
                 .iter()
@@ -178,9 +178,7 @@ fn command(c: CommandCmd) -> Reply {
             }
             match spec.key_indexes(&argv) {
                 Some(idx) if idx.is_empty() => Reply::err("ERR The command has no key arguments"),
-                Some(idx) => {
-                    Reply::Array(idx.iter().map(|i| Reply::Bulk(argv[*i].clone())).collect())
-                }
+                Some(idx) => Reply::Array(idx.iter().map(|i| Reply::Bulk(argv[*i].clone())).collect()),
                 None => Reply::err("ERR Invalid arguments specified for command"),
             }
         }
@@ -193,12 +191,8 @@ fn cluster(router: &Router, conn: &ConnState, c: ClusterCmd) -> Reply {
         ClusterCmd::Slots => topo.slots_reply(),
         ClusterCmd::Shards => topo.shards_reply(),
         ClusterCmd::Nodes => Reply::Verbatim(topo.nodes_text(conn.vnode)),
-        ClusterCmd::MyId | ClusterCmd::MyShardId => {
-            Reply::bulk_str(&topo.nodes[conn.vnode.unwrap_or(0)].id)
-        }
-        ClusterCmd::Info => {
-            Reply::Verbatim(topo.info_text(conn.vnode, 16384 - router.shards.unserved_slots()))
-        }
+        ClusterCmd::MyId | ClusterCmd::MyShardId => Reply::bulk_str(&topo.nodes[conn.vnode.unwrap_or(0)].id),
+        ClusterCmd::Info => Reply::Verbatim(topo.info_text(conn.vnode, 16384 - router.shards.unserved_slots())),
         ClusterCmd::KeySlot(k) => Reply::Int(keyslot(&k)),
         ClusterCmd::Help => Reply::Array(
             [
@@ -248,10 +242,7 @@ impl Router {
                 format!("run_id:{}", self.run_id),
                 format!("tcp_port:{}", self.plain_addr.port()),
                 format!("uptime_in_seconds:{}", self.started.elapsed().as_secs()),
-                format!(
-                    "uptime_in_days:{}",
-                    self.started.elapsed().as_secs() / 86400
-                ),
+                format!("uptime_in_days:{}", self.started.elapsed().as_secs() / 86400),
             ],
         );
         section(
@@ -276,10 +267,7 @@ impl Router {
             "stats",
             "Stats",
             vec![
-                format!(
-                    "total_connections_received:{}",
-                    Stats::get(&s.connections_total)
-                ),
+                format!("total_connections_received:{}", Stats::get(&s.connections_total)),
                 format!("total_commands_processed:{}", Stats::get(&s.commands)),
                 format!("total_error_replies:{}", Stats::get(&s.errors)),
                 format!("total_net_input_bytes:{}", Stats::get(&s.bytes_in)),
@@ -296,12 +284,7 @@ impl Router {
                 "master_repl_offset:0".into(),
             ],
         );
-        let connected = self
-            .shards
-            .nodes
-            .iter()
-            .filter(|n| n.is_connected())
-            .count();
+        let connected = self.shards.nodes.iter().filter(|n| n.is_connected()).count();
         section(
             "cluster",
             "Cluster",

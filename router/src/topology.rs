@@ -171,10 +171,7 @@ impl Topology {
             format!("cluster_known_nodes:{}", self.nodes.len()),
             format!("cluster_size:{}", self.nodes.len()),
             format!("cluster_current_epoch:{}", self.epoch),
-            format!(
-                "cluster_my_epoch:{}",
-                if me.is_some() { self.epoch } else { 0 }
-            ),
+            format!("cluster_my_epoch:{}", if me.is_some() { self.epoch } else { 0 }),
             "cluster_stats_messages_sent:0".to_string(),
             "cluster_stats_messages_received:0".to_string(),
             "total_cluster_links_buffer_limit_exceeded:0".to_string(),
@@ -204,8 +201,6 @@ mod tests {
         let text = t1.nodes_text(Some(1));
         assert!(text.lines().nth(1).unwrap().contains("myself,master"));
         assert!(text.ends_with('\n'));
-        assert!(t1
-            .info_text(Some(0), 16384)
-            .starts_with("cluster_state:ok\r\n"));
+        assert!(t1.info_text(Some(0), 16384).starts_with("cluster_state:ok\r\n"));
     }
 }

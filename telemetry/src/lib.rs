@@ -35,17 +35,29 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
 
-/// Installs the Prometheus recorder for this process.
+/// Installs the Prometheus recorder for this process, with a thread that
+/// folds recorded histogram samples into their buckets every few seconds
+/// (without it, samples would pile up until the next scrape).
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("tessera_router_batch_requests".into()), BATCH_BUCKETS)?
         .install_recorder()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(2));
+            upkeep.run_upkeep();
+        })?;
     Ok(handle)
 }
+
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// Serves `GET /metrics` (Prometheus text format) until `shutdown` resolves.
 pub async fn serve_metrics(
@@ -90,13 +102,12 @@ pub async fn serve_metrics(
             }
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) =
-                if head.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                    handle.run_upkeep();
-                    ("200 OK", "text/plain; version=0.0.4", handle.render())
-                } else {
-                    ("404 Not Found", "text/plain", "not found\n".to_string())
-                };
+            let (status, ctype, body) = if head.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                handle.run_upkeep();
+                ("200 OK", "text/plain; version=0.0.4", handle.render())
+            } else {
+                ("404 Not Found", "text/plain", "not found\n".to_string())
+            };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()

@@ -64,13 +64,8 @@ impl Cluster {
     }
 
     /// Starts the cluster; `router_args` are extra router flags.
-    pub fn start_with(
-        nodes: usize,
-        shards_per_node: usize,
-        router_args: &[&str],
-    ) -> anyhow::Result<Cluster> {
-        let dir =
-            std::env::temp_dir().join(format!("tessera-test-{}-{}", std::process::id(), unique()));
+    pub fn start_with(nodes: usize, shards_per_node: usize, router_args: &[&str]) -> anyhow::Result<Cluster> {
+        let dir = std::env::temp_dir().join(format!("tessera-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
         let bins = bin_dir();
         let total = nodes * shards_per_node;
@@ -106,22 +101,13 @@ impl Cluster {
                 log,
             });
             let ready = ready?;
-            let addr: SocketAddr = ready
-                .split_whitespace()
-                .nth(1)
-                .context("node addr")?
-                .parse()?;
+            let addr: SocketAddr = ready.split_whitespace().nth(1).context("node addr")?.parse()?;
             c.node_addrs.push(addr);
         }
         let nodes_arg: Vec<String> = c.node_addrs.iter().map(|a| a.to_string()).collect();
         let log = dir.join("router.log");
         let mut child = Command::new(bins.join("tessera-router"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cluster-listen",
-                "127.0.0.1:0,127.0.0.1:0",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0,127.0.0.1:0"])
             .args([
                 "--metrics-listen",
                 "127.0.0.1:0",
@@ -144,9 +130,7 @@ impl Cluster {
             let (k, v) = part.split_once('=').context("READY field")?;
             match k {
                 "plain" => c.plain = v.parse()?,
-                "cluster" => {
-                    c.cluster = v.split(',').map(|a| a.parse()).collect::<Result<_, _>>()?
-                }
+                "cluster" => c.cluster = v.split(',').map(|a| a.parse()).collect::<Result<_, _>>()?,
                 "metrics" => c.router_metrics = v.parse()?,
                 _ => {}
             }
@@ -160,10 +144,7 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(mut r) = Resp::connect(self.plain) {
-                if r.cmd(&["DBSIZE"])
-                    .map(|v| v.starts_with(':'))
-                    .unwrap_or(false)
-                {
+                if r.cmd(&["DBSIZE"]).map(|v| v.starts_with(':')).unwrap_or(false) {
                     return Ok(());
                 }
             }
@@ -179,10 +160,7 @@ impl Cluster {
     }
 
     pub fn cluster_urls(&self) -> Vec<String> {
-        self.cluster
-            .iter()
-            .map(|a| format!("redis://{a}/"))
-            .collect()
+        self.cluster.iter().map(|a| format!("redis://{a}/")).collect()
     }
 
     /// Everything the processes logged.
@@ -197,9 +175,7 @@ impl Cluster {
 
     /// Whether every process is still running.
     pub fn all_alive(&mut self) -> bool {
-        self.procs
-            .iter_mut()
-            .all(|p| matches!(p.child.try_wait(), Ok(None)))
+        self.procs.iter_mut().all(|p| matches!(p.child.try_wait(), Ok(None)))
     }
 }
 

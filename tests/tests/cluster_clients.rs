@@ -9,10 +9,7 @@ use tessera_tests::{key_per_slot, Cluster, Resp};
 async fn redis_rs_cluster_client_covers_every_slot_with_strings_and_tensors() {
     let c = Cluster::start(3, 2).expect("cluster starts");
     let client = redis::cluster::ClusterClient::new(c.cluster_urls()).unwrap();
-    let mut con = client
-        .get_async_connection()
-        .await
-        .expect("cluster connection");
+    let mut con = client.get_async_connection().await.expect("cluster connection");
 
     let keys = key_per_slot();
     for chunk in keys.chunks(512) {
@@ -51,37 +48,18 @@ async fn redis_rs_cluster_client_covers_every_slot_with_strings_and_tensors() {
             .await
             .unwrap();
         assert_eq!(v, vec![i as i64, -(i as i64)], "tensor in slot {i}");
-        let ty: String = redis::cmd("TYPE")
-            .arg(&t)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let ty: String = redis::cmd("TYPE").arg(&t).query_async(&mut con).await.unwrap();
         assert_eq!(ty, "AI_TENSOR");
     }
     // redis-rs sends DBSIZE to every advertised master and sums the answers.
     let n: i64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
-    assert_eq!(
-        n,
-        16384 + 1024,
-        "DBSIZE over all masters counts each key once"
-    );
-    let listed: Vec<String> = redis::cmd("KEYS")
-        .arg("key:*")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(
-        listed.len(),
-        16384,
-        "KEYS over all masters lists each key once"
-    );
+    assert_eq!(n, 16384 + 1024, "DBSIZE over all masters counts each key once");
+    let listed: Vec<String> = redis::cmd("KEYS").arg("key:*").query_async(&mut con).await.unwrap();
+    assert_eq!(listed.len(), 16384, "KEYS over all masters lists each key once");
 
     // The plain port sees the whole keyspace from one connection.
     let mut plain = Resp::connect(c.plain).unwrap();
-    assert_eq!(
-        plain.cmd(&["DBSIZE"]).unwrap(),
-        format!(":{}\r\n", 16384 + 1024)
-    );
+    assert_eq!(plain.cmd(&["DBSIZE"]).unwrap(), format!(":{}\r\n", 16384 + 1024));
 }
 
 /// Runs the futures as tasks and collects their outputs in order.
@@ -137,11 +115,7 @@ async fn plain_scan_visits_every_key_exactly_once() {
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let mut cursor = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .query_async(&mut con)
-                .await
-                .unwrap();
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).query_async(&mut con).await.unwrap();
             total += keys.len();
             if next == 0 {
                 break;

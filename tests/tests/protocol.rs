@@ -34,8 +34,7 @@ fn seed_walkthrough_replies_exactly_as_redisai() {
         "*4\r\n$5\r\ndtype\r\n$5\r\nFLOAT\r\n$5\r\nshape\r\n*1\r\n:2\r\n"
     );
     // float32 0.1 prints as %.17g of the widened double.
-    r.cmd(&["AI.TENSORSET", "f", "FLOAT", "1", "VALUES", "0.1"])
-        .unwrap();
+    r.cmd(&["AI.TENSORSET", "f", "FLOAT", "1", "VALUES", "0.1"]).unwrap();
     assert_eq!(
         r.cmd(&["AI.TENSORGET", "f", "VALUES"]).unwrap(),
         "*1\r\n$19\r\n0.10000000149011612\r\n"
@@ -66,10 +65,7 @@ fn resp3_hello_maps_nulls_and_doubles() {
     assert_eq!(r.cmd(&["GET", "nope"]).unwrap(), "_\r\n");
     r.cmd(&["AI.TENSORSET", "d", "DOUBLE", "2", "VALUES", "1.5", "2"])
         .unwrap();
-    assert_eq!(
-        r.cmd(&["AI.TENSORGET", "d", "VALUES"]).unwrap(),
-        "*2\r\n,1.5\r\n,2\r\n"
-    );
+    assert_eq!(r.cmd(&["AI.TENSORGET", "d", "VALUES"]).unwrap(), "*2\r\n,1.5\r\n,2\r\n");
     let info = r.cmd(&["CLUSTER", "INFO"]).unwrap();
     assert!(
         info.starts_with("=") && info.contains("txt:cluster_state:ok\r\n"),
@@ -90,23 +86,13 @@ fn pipelined_replies_come_back_in_order() {
     let mut batch = Vec::new();
     for i in 0..2000 {
         // Alternate keys on different shards so replies race inside the router.
-        let key = if i % 2 == 0 {
-            "{a}counter"
-        } else {
-            "{b}counter"
-        };
-        batch.extend_from_slice(
-            format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()).as_bytes(),
-        );
+        let key = if i % 2 == 0 { "{a}counter" } else { "{b}counter" };
+        batch.extend_from_slice(format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
     }
     batch.extend_from_slice(b"PING\r\n");
     r.send_raw(&batch).unwrap();
     for i in 0..2000 {
-        assert_eq!(
-            r.read().unwrap(),
-            format!(":{}\r\n", i / 2 + 1),
-            "reply {i}"
-        );
+        assert_eq!(r.read().unwrap(), format!(":{}\r\n", i / 2 + 1), "reply {i}");
     }
     assert_eq!(r.read().unwrap(), "+PONG\r\n");
 }
@@ -115,14 +101,10 @@ fn pipelined_replies_come_back_in_order() {
 fn bad_input_gets_redis_errors_and_loses_nothing() {
     let c = cluster();
     let mut r = Resp::connect(c.plain).unwrap();
-    r.cmd(&["AI.TENSORSET", "t", "INT16", "2", "VALUES", "7", "8"])
-        .unwrap();
+    r.cmd(&["AI.TENSORSET", "t", "INT16", "2", "VALUES", "7", "8"]).unwrap();
     r.cmd(&["SET", "s", "v"]).unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (
-            &["GET"],
-            "-ERR wrong number of arguments for 'get' command\r\n",
-        ),
+        (&["GET"], "-ERR wrong number of arguments for 'get' command\r\n"),
         (
             &["NOPE", "x"],
             "-ERR unknown command 'NOPE', with args beginning with: 'x' \r\n",
@@ -131,10 +113,7 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
             &["AI.TENSORSET", "t", "FLOAT"],
             "-ERR wrong number of arguments for 'AI.TENSORSET' command\r\n",
         ),
-        (
-            &["AI.TENSORSET", "t", "FLOAT32", "1"],
-            "-ERR invalid data type\r\n",
-        ),
+        (&["AI.TENSORSET", "t", "FLOAT32", "1"], "-ERR invalid data type\r\n"),
         (
             &["AI.TENSORSET", "t", "FLOAT", "0"],
             "-ERR invalid or negative value found in tensor shape\r\n",
@@ -167,10 +146,7 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
             &["AI.TENSORGET", "s"],
             "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
         ),
-        (
-            &["AI.TENSORGET", "t", "JSON"],
-            "-ERR unsupported data format\r\n",
-        ),
+        (&["AI.TENSORGET", "t", "JSON"], "-ERR unsupported data format\r\n"),
         (
             &["AI.TENSORGET", "t", "BLOB", "VALUES"],
             "-ERR both BLOB and VALUES specified\r\n",
@@ -179,18 +155,12 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
             &["INCR", "t"],
             "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
         ),
-        (
-            &["INCR", "s"],
-            "-ERR value is not an integer or out of range\r\n",
-        ),
+        (&["INCR", "s"], "-ERR value is not an integer or out of range\r\n"),
         (
             &["MGET", "a", "b"],
             "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
         ),
-        (
-            &["SELECT", "1"],
-            "-ERR SELECT is not allowed in cluster mode\r\n",
-        ),
+        (&["SELECT", "1"], "-ERR SELECT is not allowed in cluster mode\r\n"),
         (
             &["SET", "k", "v", "EX", "0"],
             "-ERR invalid expire time in 'set' command\r\n",
@@ -200,10 +170,7 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
         assert_eq!(&r.cmd(args).unwrap(), want, "{args:?}");
     }
     // Nothing stored changed, and the connection still works.
-    assert_eq!(
-        r.cmd(&["AI.TENSORGET", "t", "VALUES"]).unwrap(),
-        "*2\r\n:7\r\n:8\r\n"
-    );
+    assert_eq!(r.cmd(&["AI.TENSORGET", "t", "VALUES"]).unwrap(), "*2\r\n:7\r\n:8\r\n");
     assert_eq!(r.cmd(&["GET", "s"]).unwrap(), "$1\r\nv\r\n");
     assert_eq!(r.cmd(&["SELECT", "0"]).unwrap(), "+OK\r\n");
 }
@@ -214,18 +181,9 @@ fn protocol_errors_close_only_that_connection() {
     let mut other = Resp::connect(c.plain).unwrap();
     other.cmd(&["SET", "keep", "1"]).unwrap();
     for (bad, want) in [
-        (
-            &b"*1\r\n:5\r\n"[..],
-            "-ERR Protocol error: expected '$', got ':'\r\n",
-        ),
-        (
-            &b"*abc\r\n"[..],
-            "-ERR Protocol error: invalid multibulk length\r\n",
-        ),
-        (
-            &b"*1\r\n$-5\r\n"[..],
-            "-ERR Protocol error: invalid bulk length\r\n",
-        ),
+        (&b"*1\r\n:5\r\n"[..], "-ERR Protocol error: expected '$', got ':'\r\n"),
+        (&b"*abc\r\n"[..], "-ERR Protocol error: invalid multibulk length\r\n"),
+        (&b"*1\r\n$-5\r\n"[..], "-ERR Protocol error: invalid bulk length\r\n"),
         // Over the 512 MB default: refused from the header alone.
         (
             &b"*2\r\n$3\r\nSET\r\n$600000000\r\n"[..],
@@ -238,16 +196,8 @@ fn protocol_errors_close_only_that_connection() {
     ] {
         let mut r = Resp::connect(c.plain).unwrap();
         r.send_raw(bad).unwrap();
-        assert_eq!(
-            r.read().unwrap(),
-            want,
-            "{:?}",
-            String::from_utf8_lossy(bad)
-        );
-        assert!(
-            r.is_closed(),
-            "connection must close after a protocol error"
-        );
+        assert_eq!(r.read().unwrap(), want, "{:?}", String::from_utf8_lossy(bad));
+        assert!(r.is_closed(), "connection must close after a protocol error");
     }
     assert_eq!(other.cmd(&["GET", "keep"]).unwrap(), "$1\r\n1\r\n");
 }
@@ -268,24 +218,14 @@ fn configured_limits_refuse_large_frames_before_buffering() {
     )
     .expect("cluster starts");
     let mut r = Resp::connect(c.plain).unwrap();
-    r.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2048\r\n")
-        .unwrap();
-    assert_eq!(
-        r.read().unwrap(),
-        "-ERR Protocol error: invalid bulk length\r\n"
-    );
+    r.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2048\r\n").unwrap();
+    assert_eq!(r.read().unwrap(), "-ERR Protocol error: invalid bulk length\r\n");
     let mut r = Resp::connect(c.plain).unwrap();
     r.send_raw(&[b'A'; 100]).unwrap();
-    assert_eq!(
-        r.read().unwrap(),
-        "-ERR Protocol error: too big inline request\r\n"
-    );
+    assert_eq!(r.read().unwrap(), "-ERR Protocol error: too big inline request\r\n");
     let mut r = Resp::connect(c.plain).unwrap();
     r.send_raw(b"*9\r\n").unwrap();
-    assert_eq!(
-        r.read().unwrap(),
-        "-ERR Protocol error: invalid multibulk length\r\n"
-    );
+    assert_eq!(r.read().unwrap(), "-ERR Protocol error: invalid multibulk length\r\n");
     let mut r = Resp::connect(c.plain).unwrap();
     let big = vec![b'x'; 1024];
     r.send(&[b"SET", b"k", &big]).unwrap();
@@ -334,10 +274,7 @@ fn cluster_introspection_and_command_table() {
     let nodes = r.cmd(&["CLUSTER", "NODES"]).unwrap();
     let lines: Vec<&str> = nodes.lines().skip(1).filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len(), 2, "{nodes}");
-    let me = lines
-        .iter()
-        .find(|l| l.contains("myself,master"))
-        .expect("myself line");
+    let me = lines.iter().find(|l| l.contains("myself,master")).expect("myself line");
     assert!(me.contains(&format!(" {}@", c.cluster[1])), "{me}");
     let slots = r.cmd(&["CLUSTER", "SLOTS"]).unwrap();
     assert!(
@@ -345,32 +282,21 @@ fn cluster_introspection_and_command_table() {
         "{slots}"
     );
     assert_eq!(
-        r.cmd(&["CLUSTER", "KEYSLOT", "{user1000}.following"])
-            .unwrap(),
+        r.cmd(&["CLUSTER", "KEYSLOT", "{user1000}.following"]).unwrap(),
         ":3443\r\n"
     );
     let myid = r.cmd(&["CLUSTER", "MYID"]).unwrap();
-    assert!(
-        me.starts_with(myid.lines().nth(1).unwrap()),
-        "{myid} vs {me}"
-    );
+    assert!(me.starts_with(myid.lines().nth(1).unwrap()), "{myid} vs {me}");
     r.cmd(&["SET", "{user1000}.following", "x"]).unwrap();
-    assert_eq!(
-        r.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "3443"]).unwrap(),
-        ":1\r\n"
-    );
+    assert_eq!(r.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "3443"]).unwrap(), ":1\r\n");
     assert_eq!(
         r.cmd(&["CLUSTER", "GETKEYSINSLOT", "3443", "10"]).unwrap(),
         "*1\r\n$20\r\n{user1000}.following\r\n"
     );
     // COMMAND lists RedisAI commands with their key positions.
-    let info = r
-        .cmd(&["COMMAND", "INFO", "AI.TENSORSET", "ai.modelexecute"])
-        .unwrap();
+    let info = r.cmd(&["COMMAND", "INFO", "AI.TENSORSET", "ai.modelexecute"]).unwrap();
     assert!(
-        info.contains("ai.tensorset")
-            && info.contains("ai.modelexecute")
-            && info.contains("movablekeys"),
+        info.contains("ai.tensorset") && info.contains("ai.modelexecute") && info.contains("movablekeys"),
         "{info}"
     );
     assert_eq!(
@@ -396,17 +322,12 @@ fn cluster_introspection_and_command_table() {
     // The plain port's INFO keyspace covers every slot.
     let info = Resp::connect(c.plain).unwrap().cmd(&["INFO"]).unwrap();
     assert!(
-        info.contains("cluster_enabled:1")
-            && info.contains("loading:0")
-            && info.contains("db0:keys=1,"),
+        info.contains("cluster_enabled:1") && info.contains("loading:0") && info.contains("db0:keys=1,"),
         "{info}"
     );
     assert_eq!(r.cmd(&["CLIENT", "SETNAME", "probe"]).unwrap(), "+OK\r\n");
     assert_eq!(r.cmd(&["CLIENT", "GETNAME"]).unwrap(), "$5\r\nprobe\r\n");
-    assert_eq!(
-        r.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).unwrap(),
-        "+OK\r\n"
-    );
+    assert_eq!(r.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).unwrap(), "+OK\r\n");
     assert!(r.cmd(&["CLIENT", "LIST"]).unwrap().contains("name=probe"));
 }
 
@@ -418,8 +339,7 @@ fn metrics_endpoint_counts_commands() {
     r.cmd(&["SET", "m", "1"]).unwrap();
     r.cmd(&["GET"]).unwrap();
     let mut s = std::net::TcpStream::connect(c.router_metrics).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");

@@ -80,11 +80,7 @@ mod tests {
             e.to_string(),
             "ERR wrong number of arguments for 'AI.TENSORSET' command"
         );
-        let e = parse(
-            argv("ai.tensorget t META BLOB VALUES"),
-            &ParseLimits::default(),
-        )
-        .unwrap_err();
+        let e = parse(argv("ai.tensorget t META BLOB VALUES"), &ParseLimits::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "ERR wrong number of arguments for 'ai.tensorget' command"

@@ -73,10 +73,7 @@ fn parse_set(key: Bytes, argv: &[Bytes]) -> Result<NodeCommand> {
                 if n <= 0 {
                     return Err(Error::InvalidExpire("set".into()));
                 }
-                let ms = |n: i64| {
-                    n.checked_mul(1000)
-                        .ok_or_else(|| Error::InvalidExpire("set".into()))
-                };
+                let ms = |n: i64| n.checked_mul(1000).ok_or_else(|| Error::InvalidExpire("set".into()));
                 expire = Some(match opt.as_slice() {
                     b"EX" => Expiry::In(ms(n)?),
                     b"PX" => Expiry::In(n),
@@ -142,9 +139,7 @@ pub fn parse_fanout(spec: &CommandSpec, argv: Vec<Bytes>) -> Result<Fanout> {
         "randomkey" => Fanout::RandomKey,
         "flushall" | "flushdb" => {
             for a in &argv[1..] {
-                if !(a.eq_ignore_ascii_case(b"ASYNC") || a.eq_ignore_ascii_case(b"SYNC"))
-                    || argv.len() > 2
-                {
+                if !(a.eq_ignore_ascii_case(b"ASYNC") || a.eq_ignore_ascii_case(b"SYNC")) || argv.len() > 2 {
                     return Err(Error::Syntax);
                 }
             }
@@ -200,9 +195,7 @@ mod tests {
     #[test]
     fn set_options() {
         match node("SET k v EX 10 NX GET").unwrap() {
-            NodeCommand::Set {
-                expire, cond, get, ..
-            } => {
+            NodeCommand::Set { expire, cond, get, .. } => {
                 assert_eq!(expire, Some(Expiry::In(10_000)));
                 assert_eq!(cond, SetCond::IfAbsent);
                 assert!(get);
@@ -230,10 +223,7 @@ mod tests {
             }
         );
         assert_eq!(node("INCRBY k x").unwrap_err(), Error::NotInteger);
-        assert_eq!(
-            node("DECRBY k -9223372036854775808").unwrap_err(),
-            Error::Overflow
-        );
+        assert_eq!(node("DECRBY k -9223372036854775808").unwrap_err(), Error::Overflow);
         assert_eq!(
             node("MSET a 1 b").unwrap_err().to_string(),
             "ERR wrong number of arguments for 'mset' command"

@@ -83,14 +83,20 @@ pub fn parse(argv: Vec<Bytes>, limits: &ParseLimits) -> Result<Command> {
     let Some(spec) = table::lookup(name) else {
         return Err(unknown_command(&argv));
     };
+    parse_spec(spec, argv, limits)
+}
+
+/// Parses one command whose table entry the caller already looked up.
+pub fn parse_spec(spec: &'static table::CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Result<Command> {
     if !spec.arity_ok(argv.len()) {
-        return Err(Error::Arity(arity_name(name)));
+        return Err(Error::Arity(arity_name(&argv[0])));
     }
     match spec.name {
         n if n.starts_with("ai.") => ai::parse(spec, argv, limits),
-        "get" | "set" | "mget" | "mset" | "incr" | "incrby" | "decr" | "decrby" | "del"
-        | "unlink" | "exists" | "type" | "expire" | "pexpire" | "expireat" | "pexpireat"
-        | "ttl" | "pttl" | "persist" => keyspace::parse_keyed(spec, argv),
+        "get" | "set" | "mget" | "mset" | "incr" | "incrby" | "decr" | "decrby" | "del" | "unlink" | "exists"
+        | "type" | "expire" | "pexpire" | "expireat" | "pexpireat" | "ttl" | "pttl" | "persist" => {
+            keyspace::parse_keyed(spec, argv)
+        }
         "keys" | "scan" | "dbsize" | "randomkey" | "flushall" | "flushdb" => {
             keyspace::parse_fanout(spec, argv).map(Command::Fanout)
         }
@@ -134,9 +140,7 @@ fn truncate(s: &str, n: usize) -> String {
 pub fn int_arg(b: &[u8]) -> Result<i64> {
     std::str::from_utf8(b)
         .ok()
-        .filter(|s| {
-            !(s.starts_with('+') || s.starts_with("-0") || (s.len() > 1 && s.starts_with('0')))
-        })
+        .filter(|s| !(s.starts_with('+') || s.starts_with("-0") || (s.len() > 1 && s.starts_with('0'))))
         .and_then(|s| s.parse().ok())
         .ok_or(Error::NotInteger)
 }
@@ -146,9 +150,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn argv(s: &str) -> Vec<Bytes> {
-        s.split(' ')
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
+        s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
     }
 
     fn p(s: &str) -> Result<Command> {

@@ -164,7 +164,20 @@ impl NodeCommand {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("commands always serialize")
+        crate::encode(self, self.size_hint())
+    }
+
+    /// Roughly the encoded size, so encoding allocates once.
+    fn size_hint(&self) -> usize {
+        32 + match self {
+            NodeCommand::Set { key, value, .. } => key.len() + value.len(),
+            NodeCommand::TensorSet { key, tensor, .. } => key.len() + tensor.data.len() + 8 * tensor.shape.len(),
+            NodeCommand::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum(),
+            NodeCommand::MGet { keys } | NodeCommand::Del { keys } | NodeCommand::Exists { keys } => {
+                keys.iter().map(|k| k.len() + 2).sum()
+            }
+            _ => 64,
+        }
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<NodeCommand, postcard::Error> {

@@ -66,10 +66,7 @@ pub enum ClusterCmd {
 }
 
 fn sub_arity(cmd: &str, sub: &[u8]) -> Error {
-    Error::Arity(format!(
-        "{cmd}|{}",
-        String::from_utf8_lossy(sub).to_ascii_lowercase()
-    ))
+    Error::Arity(format!("{cmd}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase()))
 }
 
 fn unknown_sub(cmd: &str, sub: &[u8]) -> Error {
@@ -121,9 +118,8 @@ fn parse_hello(argv: &[Bytes]) -> Result<Local> {
     let mut setname = None;
     let mut i = 1;
     if let Some(v) = argv.get(1) {
-        let n = int_arg(v).map_err(|_| {
-            Error::Verbatim("ERR Protocol version is not an integer or out of range".into())
-        })?;
+        let n =
+            int_arg(v).map_err(|_| Error::Verbatim("ERR Protocol version is not an integer or out of range".into()))?;
         if !(2..=3).contains(&n) {
             return Err(Error::NoProto);
         }
@@ -163,8 +159,7 @@ fn parse_client(argv: &[Bytes]) -> Result<Local> {
         b"SETNAME" if n == 3 => {
             if argv[2].iter().any(|c| *c <= b' ' || *c > b'~') {
                 return Err(Error::Verbatim(
-                    "ERR Client names cannot contain spaces, newlines or special characters."
-                        .into(),
+                    "ERR Client names cannot contain spaces, newlines or special characters.".into(),
                 ));
             }
             ClientCmd::SetName(argv[2].clone())
@@ -246,8 +241,8 @@ fn parse_cluster(argv: &[Bytes]) -> Result<Command> {
                 cmd: NodeCommand::GetKeysInSlot { slot, count },
             })
         }
-        b"SLOTS" | b"SHARDS" | b"NODES" | b"MYID" | b"MYSHARDID" | b"INFO" | b"HELP"
-        | b"KEYSLOT" | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" => Err(sub_arity("cluster", &argv[1])),
+        b"SLOTS" | b"SHARDS" | b"NODES" | b"MYID" | b"MYSHARDID" | b"INFO" | b"HELP" | b"KEYSLOT"
+        | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" => Err(sub_arity("cluster", &argv[1])),
         _ => Err(unknown_sub("cluster", &argv[1])),
     }
 }

@@ -494,13 +494,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "module",
         "Deletes a model.",
     ),
-    movable(
-        "ai.modelexecute",
-        AI_WM,
-        (4, 4, 1),
-        keys_modelexecute,
-        "Runs a model.",
-    ),
+    movable("ai.modelexecute", AI_WM, (4, 4, 1), keys_modelexecute, "Runs a model."),
     movable(
         "ai.modelrun",
         AI_WM,
@@ -601,20 +595,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         keys_dag,
         "Runs a DAG of tensor, model and script operations.",
     ),
-    movable(
-        "ai.dagexecute_ro",
-        AI_RM,
-        (3, 3, 1),
-        keys_dag,
-        "Runs a read-only DAG.",
-    ),
-    movable(
-        "ai.dagrun",
-        AI_WM,
-        (3, 3, 1),
-        keys_dag,
-        "Runs a DAG (deprecated).",
-    ),
+    movable("ai.dagexecute_ro", AI_RM, (3, 3, 1), keys_dag, "Runs a read-only DAG."),
+    movable("ai.dagrun", AI_WM, (3, 3, 1), keys_dag, "Runs a DAG (deprecated)."),
     movable(
         "ai.dagrun_ro",
         AI_RM,
@@ -624,15 +606,17 @@ pub static COMMANDS: &[CommandSpec] = &[
     ),
 ];
 
-/// Looks a command up by name, case-insensitively.
+/// Looks a command up by name, case-insensitively (a hash lookup on a
+/// lower-cased copy kept on the stack; this runs for every command).
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    if name.len() > 32 {
-        return None;
-    }
-    let lower = name.to_ascii_lowercase();
-    COMMANDS
-        .iter()
-        .find(|c| c.name.as_bytes() == lower.as_slice())
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static [u8], &'static CommandSpec>> =
+        std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| COMMANDS.iter().map(|c| (c.name.as_bytes(), c)).collect());
+    let mut buf = [0u8; 32];
+    let lower = buf.get_mut(..name.len())?;
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    index.get(&*lower).copied()
 }
 
 impl CommandSpec {
@@ -659,18 +643,9 @@ impl CommandSpec {
                 let argc = argv.len() as i64;
                 let last = if last < 0 { argc + last } else { last };
                 if first >= argc || last >= argc || last < first {
-                    return if first >= argc {
-                        None
-                    } else {
-                        Some(Vec::new())
-                    };
+                    return if first >= argc { None } else { Some(Vec::new()) };
                 }
-                Some(
-                    (first..=last)
-                        .step_by(step as usize)
-                        .map(|i| i as usize)
-                        .collect(),
-                )
+                Some((first..=last).step_by(step as usize).map(|i| i as usize).collect())
             }
             KeySpec::Movable(f) => f(argv),
         }
@@ -678,18 +653,8 @@ impl CommandSpec {
 
     /// The `COMMAND` / `COMMAND INFO` entry (Redis 7 layout, 10 fields).
     pub fn info_reply(&self) -> Reply {
-        let flags = Reply::Set(
-            self.flags
-                .iter()
-                .map(|f| Reply::Simple((*f).into()))
-                .collect(),
-        );
-        let acl = Reply::Set(
-            self.acl
-                .iter()
-                .map(|f| Reply::Simple((*f).into()))
-                .collect(),
-        );
+        let flags = Reply::Set(self.flags.iter().map(|f| Reply::Simple((*f).into())).collect());
+        let acl = Reply::Set(self.acl.iter().map(|f| Reply::Simple((*f).into())).collect());
         let (first, last, step) = self.reported;
         Reply::Array(vec![
             Reply::bulk_str(self.name),
@@ -828,10 +793,7 @@ fn keys_dag(argv: &[Bytes]) -> Option<Vec<usize>> {
             i += 2;
             continue;
         }
-        if (eq(a, "AI.MODELEXECUTE")
-            || eq(a, "AI.SCRIPTEXECUTE")
-            || eq(a, "AI.MODELRUN")
-            || eq(a, "AI.SCRIPTRUN"))
+        if (eq(a, "AI.MODELEXECUTE") || eq(a, "AI.SCRIPTEXECUTE") || eq(a, "AI.MODELRUN") || eq(a, "AI.SCRIPTRUN"))
             && i + 1 < argv.len()
         {
             keys.push(i + 1);
@@ -848,9 +810,7 @@ mod tests {
     use super::*;
 
     fn argv(s: &str) -> Vec<Bytes> {
-        s.split(' ')
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
+        s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
     }
 
     fn keys(s: &str) -> Vec<String> {
@@ -873,18 +833,12 @@ mod tests {
             keys("AI.MODELEXECUTE m{1} INPUTS 2 a{1} b{1} OUTPUTS 1 c{1} TIMEOUT 5"),
             ["m{1}", "a{1}", "b{1}", "c{1}"]
         );
-        assert_eq!(
-            keys("AI.MODELRUN m INPUTS a b OUTPUTS c"),
-            ["m", "a", "b", "c"]
-        );
+        assert_eq!(keys("AI.MODELRUN m INPUTS a b OUTPUTS c"), ["m", "a", "b", "c"]);
         assert_eq!(
             keys("AI.SCRIPTEXECUTE s fn KEYS 1 k INPUTS 1 i ARGS 2 x y OUTPUTS 1 o"),
             ["s", "k", "i", "o"]
         );
-        assert_eq!(
-            keys("AI.SCRIPTRUN s fn INPUTS a $ b OUTPUTS c"),
-            ["s", "a", "b", "c"]
-        );
+        assert_eq!(keys("AI.SCRIPTRUN s fn INPUTS a $ b OUTPUTS c"), ["s", "a", "b", "c"]);
         assert_eq!(
             keys("AI.DAGEXECUTE LOAD 1 a PERSIST 1 b ROUTING r |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b"),
             ["a", "b", "r", "m"]
