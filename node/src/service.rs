@@ -79,9 +79,7 @@ impl NodeState {
             Reply::Error(e) => code_of(e),
             _ => "ok",
         };
-        metrics::counter!("tessera_node_commands_total", "cmd" => name, "code" => code).increment(1);
-        metrics::histogram!("tessera_node_command_duration_seconds", "cmd" => name)
-            .record(start.elapsed().as_secs_f64());
+        tessera_telemetry::record_command("tessera_node", name, code, start.elapsed());
         reply
     }
 }

@@ -1,20 +1,8 @@
 //! Router counters. Each event is counted once here, both in the atomics that
 //! `INFO` reads and in the `metrics` facade that `/metrics` exports.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-#[derive(Default)]
-struct Handles {
-    counters: HashMap<(&'static str, &'static str), metrics::Counter>,
-    histograms: HashMap<&'static str, metrics::Histogram>,
-}
-
-thread_local! {
-    static HANDLES: RefCell<Handles> = RefCell::default();
-}
 
 #[derive(Default)]
 pub struct Stats {
@@ -51,19 +39,7 @@ impl Stats {
         if code != "ok" {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        // Registry lookups hash and clone labels; each thread keeps the
-        // handles it has used (the label sets are few and static).
-        HANDLES.with(|h| {
-            let mut h = h.borrow_mut();
-            h.counters
-                .entry((cmd, code))
-                .or_insert_with(|| metrics::counter!("tessera_router_commands_total", "cmd" => cmd, "code" => code))
-                .increment(1);
-            h.histograms
-                .entry(cmd)
-                .or_insert_with(|| metrics::histogram!("tessera_router_command_duration_seconds", "cmd" => cmd))
-                .record(took.as_secs_f64());
-        });
+        tessera_telemetry::record_command("tessera_router", cmd, code, took);
     }
 
     pub fn bytes_in(&self, n: usize) {

@@ -4,10 +4,14 @@
 //!   filtered by `RUST_LOG` (default `info`);
 //! * [`install_metrics`] — the process-wide Prometheus recorder behind the
 //!   `metrics` facade, with latency buckets suited to a cache;
-//! * [`serve_metrics`] — a minimal HTTP/1.1 endpoint answering `GET /metrics`.
+//! * [`serve_metrics`] — a minimal HTTP/1.1 endpoint answering `GET /metrics`;
+//! * [`record_command`] — the per-command counter and latency histogram,
+//!   through handles cached per thread (it runs for every command).
 
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -116,4 +120,30 @@ pub async fn serve_metrics(
             let _ = sock.shutdown().await;
         });
     }
+}
+
+type CommandKey = (&'static str, &'static str, &'static str);
+
+thread_local! {
+    static COUNTERS: RefCell<HashMap<CommandKey, metrics::Counter>> = RefCell::default();
+    static HISTOGRAMS: RefCell<HashMap<(&'static str, &'static str), metrics::Histogram>> = RefCell::default();
+}
+
+/// Counts one command in `<prefix>_commands_total{cmd,code}` and records its
+/// latency in `<prefix>_command_duration_seconds{cmd}`. Registry lookups hash
+/// and clone labels, so each thread keeps the handles it has used (label sets
+/// are few and static).
+pub fn record_command(prefix: &'static str, cmd: &'static str, code: &'static str, took: Duration) {
+    COUNTERS.with(|c| {
+        c.borrow_mut()
+            .entry((prefix, cmd, code))
+            .or_insert_with(|| metrics::counter!(format!("{prefix}_commands_total"), "cmd" => cmd, "code" => code))
+            .increment(1)
+    });
+    HISTOGRAMS.with(|h| {
+        h.borrow_mut()
+            .entry((prefix, cmd))
+            .or_insert_with(|| metrics::histogram!(format!("{prefix}_command_duration_seconds"), "cmd" => cmd))
+            .record(took.as_secs_f64())
+    });
 }
