@@ -68,7 +68,7 @@ impl NodeState {
         };
         // The state machine's ownership check: a stale router can never make
         // this shard store a key it does not own.
-        if !keys_of(&cmd).all(|k| shard.owns(key_slot(k))) {
+        if !cmd.keys().all(|k| shard.owns(key_slot(k))) {
             return Reply::err(NOT_SERVED);
         }
         let name = cmd.name();
@@ -81,30 +81,6 @@ impl NodeState {
         };
         tessera_telemetry::record_command("tessera_node", name, code, start.elapsed());
         reply
-    }
-}
-
-fn keys_of(cmd: &NodeCommand) -> Box<dyn Iterator<Item = &bytes::Bytes> + '_> {
-    use NodeCommand as C;
-    match cmd {
-        C::Get { key }
-        | C::Set { key, .. }
-        | C::Type { key }
-        | C::Expire { key, .. }
-        | C::Ttl { key, .. }
-        | C::Persist { key }
-        | C::IncrBy { key, .. }
-        | C::TensorSet { key, .. }
-        | C::TensorGet { key, .. } => Box::new(std::iter::once(key)),
-        C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
-        C::MSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
-        C::Keys { .. }
-        | C::Scan { .. }
-        | C::DbSize { .. }
-        | C::RandomKey { .. }
-        | C::Flush { .. }
-        | C::CountKeysInSlot { .. }
-        | C::GetKeysInSlot { .. } => Box::new(std::iter::empty()),
     }
 }
 

@@ -137,6 +137,31 @@ impl NodeCommand {
         )
     }
 
+    /// The keys this command names (the node checks it owns each one).
+    pub fn keys(&self) -> Box<dyn Iterator<Item = &Bytes> + '_> {
+        use NodeCommand as C;
+        match self {
+            C::Get { key }
+            | C::Set { key, .. }
+            | C::Type { key }
+            | C::Expire { key, .. }
+            | C::Ttl { key, .. }
+            | C::Persist { key }
+            | C::IncrBy { key, .. }
+            | C::TensorSet { key, .. }
+            | C::TensorGet { key, .. } => Box::new(std::iter::once(key)),
+            C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
+            C::MSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
+            C::Keys { .. }
+            | C::Scan { .. }
+            | C::DbSize { .. }
+            | C::RandomKey { .. }
+            | C::Flush { .. }
+            | C::CountKeysInSlot { .. }
+            | C::GetKeysInSlot { .. } => Box::new(std::iter::empty()),
+        }
+    }
+
     /// Short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
