@@ -1,12 +1,14 @@
 //! `tessera-node` configuration: clap flags with env fallbacks, validated
 //! into [`Config`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tessera_common::slot::{SlotRange, SLOTS};
+use tessera_common::slot::SlotRange;
 use tessera_telemetry::LogFormat;
 
 #[derive(Parser, Debug, Clone)]
@@ -18,13 +20,28 @@ pub struct Args {
     /// Prometheus /metrics listen address.
     #[arg(long, env = "TESSERA_NODE_METRICS", default_value = "127.0.0.1:9100")]
     pub metrics_listen: SocketAddr,
-    /// Stable node id (40 hex characters are generated from it).
+    /// This node's id (a positive integer, never reused for another node).
     #[arg(long, env = "TESSERA_NODE_ID")]
-    pub node_id: String,
-    /// A shard this node hosts: `ID:RANGES`, ranges as `a-b` or `s`, comma
-    /// separated (e.g. `0:0-5460`). Repeat for each shard.
-    #[arg(long = "shard", env = "TESSERA_NODE_SHARDS", value_delimiter = ';', required = true)]
-    pub shards: Vec<String>,
+    pub node_id: u64,
+    /// Every storage node of the cluster as `ID=HOST:PORT` (this one included),
+    /// comma separated; StatefulSet DNS names work as hosts.
+    #[arg(long = "peer", env = "TESSERA_NODE_PEERS", value_delimiter = ',', required = true)]
+    pub peers: Vec<String>,
+    /// Number of shards the 16384 slots are split into.
+    #[arg(long, env = "TESSERA_SHARDS", default_value_t = 6)]
+    pub shards: u32,
+    /// Replicas per shard (Raft voters), at most the number of nodes.
+    #[arg(long, env = "TESSERA_REPLICAS", default_value_t = 3)]
+    pub replicas: usize,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "TESSERA_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (lower bound; the upper bound is twice it), ms.
+    #[arg(long, env = "TESSERA_ELECTION_TIMEOUT_MS", default_value_t = 400)]
+    pub election_timeout_ms: u64,
+    /// Log entries between snapshots.
+    #[arg(long, env = "TESSERA_SNAPSHOT_LOGS", default_value_t = 20_000)]
+    pub snapshot_logs: u64,
     /// Folder for this node's files.
     #[arg(long, env = "TESSERA_NODE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -39,48 +56,96 @@ pub struct Args {
     pub print_ready: bool,
 }
 
+/// A shard: its slots and the nodes holding its replicas (the first one
+/// forms the group on first start, which spreads initial leaders evenly).
 #[derive(Debug, Clone)]
 pub struct ShardSpec {
     pub id: u32,
     pub ranges: Vec<SlotRange>,
+    pub replicas: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub node_id: String,
+    pub node_id: u64,
+    pub peers: BTreeMap<u64, String>,
+    /// Every shard of the cluster (this node hosts those listing it).
     pub shards: Vec<ShardSpec>,
     pub data_dir: PathBuf,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_logs: u64,
+}
+
+impl Config {
+    /// The shards with a replica on this node.
+    pub fn hosted(&self) -> impl Iterator<Item = &ShardSpec> {
+        self.shards.iter().filter(|s| s.replicas.contains(&self.node_id))
+    }
+}
+
+/// Deterministic placement: shard `s` on `replicas` consecutive nodes
+/// starting at node `s mod n` (in id order).
+pub fn place(shards: u32, node_ids: &[u64], replicas: usize) -> Vec<ShardSpec> {
+    let ranges = SlotRange::split_even(shards as usize);
+    let n = node_ids.len();
+    (0..shards)
+        .map(|s| ShardSpec {
+            id: s,
+            ranges: vec![ranges[s as usize]],
+            replicas: (0..replicas.min(n)).map(|k| node_ids[(s as usize + k) % n]).collect(),
+        })
+        .collect()
 }
 
 impl Args {
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut shards = Vec::new();
-        let mut owner = vec![None; usize::from(SLOTS)];
-        for s in &self.shards {
-            let (id, ranges) = s
-                .split_once(':')
-                .with_context(|| format!("shard '{s}' is not ID:RANGES"))?;
-            let id: u32 = id.trim().parse().with_context(|| format!("shard id in '{s}'"))?;
-            let ranges = ranges
-                .split(',')
-                .map(|r| SlotRange::parse(r.trim()).with_context(|| format!("slot range '{r}' in '{s}'")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            for r in &ranges {
-                for slot in r.start..=r.end {
-                    if let Some(other) = owner[usize::from(slot)].replace(id) {
-                        bail!("slot {slot} is given to shard {other} and shard {id}");
-                    }
-                }
+        if self.node_id == 0 {
+            bail!("--node-id must be a positive integer");
+        }
+        let mut peers = BTreeMap::new();
+        for p in &self.peers {
+            let (id, addr) = p.split_once('=').with_context(|| format!("peer '{p}' is not ID=HOST:PORT"))?;
+            let id: u64 = id.trim().parse().with_context(|| format!("peer id in '{p}'"))?;
+            if id == 0 || peers.insert(id, addr.trim().to_string()).is_some() {
+                bail!("peer id {id} is zero or given twice");
             }
-            shards.push(ShardSpec { id, ranges });
         }
-        if self.node_id.trim().is_empty() {
-            bail!("--node-id must not be empty");
+        if !peers.contains_key(&self.node_id) {
+            bail!("--peer must list this node ({}) too", self.node_id);
         }
+        if self.shards == 0 || self.shards > 16384 || self.replicas == 0 {
+            bail!("--shards must be 1..=16384 and --replicas positive");
+        }
+        if self.election_timeout_ms <= self.heartbeat_ms {
+            bail!("--election-timeout-ms must exceed --heartbeat-ms");
+        }
+        let ids: Vec<u64> = peers.keys().copied().collect();
         Ok(Config {
-            node_id: self.node_id.clone(),
-            shards,
+            node_id: self.node_id,
+            shards: place(self.shards, &ids, self.replicas),
+            peers,
             data_dir: self.data_dir.clone(),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            snapshot_logs: self.snapshot_logs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_replicas_and_first_replicas() {
+        let p = place(6, &[1, 2, 3], 3);
+        assert_eq!(p[0].replicas, [1, 2, 3]);
+        assert_eq!(p[1].replicas, [2, 3, 1]);
+        let firsts: Vec<u64> = p.iter().map(|s| s.replicas[0]).collect();
+        assert_eq!(firsts, [1, 2, 3, 1, 2, 3]);
+        let p = place(4, &[1, 2, 3, 4, 5], 3);
+        assert_eq!(p[3].replicas, [4, 5, 1]);
+        assert_eq!(place(2, &[7], 3)[1].replicas, [7]);
     }
 }

@@ -14,7 +14,7 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::SLOTS;
 
 use crate::keyspace::{Entry, Keyspace, Value};
-use crate::log::{LogEntry, LogOp};
+use crate::raft::LogOp;
 
 const EMPTY_TENSOR: &str = "ERR tensor key is empty or in a different shard";
 
@@ -58,10 +58,10 @@ fn parse_int(s: &[u8]) -> Option<i64> {
     tessera_common::command::int_arg(s).ok()
 }
 
-/// Applies one log entry. Deterministic: depends only on `ks` and `entry`.
-pub fn apply(ks: &mut Keyspace, entry: &LogEntry) -> Reply {
-    let ts = entry.ts;
-    let cmd = match &entry.op {
+/// Applies one logged operation at time `ts` (the entry's timestamp).
+/// Deterministic: depends only on `ks`, `ts` and `op`.
+pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
+    let cmd = match op {
         LogOp::PurgeExpired => return Reply::Int(ks.purge_expired(ts) as i64),
         LogOp::Command(c) => c,
     };

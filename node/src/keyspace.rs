@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tessera_common::slot::{key_slot, SlotScope, SLOTS};
 use tessera_common::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     Str(Bytes),
     Tensor(Tensor),
@@ -221,6 +221,54 @@ impl Keyspace {
     }
 }
 
+/// One key in a snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DumpedKey {
+    key: Bytes,
+    value: Value,
+    expire_at: Option<i64>,
+}
+
+impl Keyspace {
+    /// A compact binary dump of every key (the shard's "RDB"): postcard-encoded
+    /// records, each prefixed by its length.
+    pub fn dump(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.value_bytes + 32 * self.len);
+        out.extend_from_slice(&(self.len as u64).to_le_bytes());
+        for map in self.slots.iter().flatten() {
+            for (k, e) in map.iter() {
+                let rec = DumpedKey { key: k.clone(), value: e.value.clone(), expire_at: e.expire_at };
+                let bytes = postcard::to_stdvec(&rec).expect("keys always serialize");
+                out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                out.extend_from_slice(&bytes);
+            }
+        }
+        out
+    }
+
+    /// Rebuilds a keyspace from [`Keyspace::dump`] output.
+    pub fn load(data: &[u8]) -> Result<Keyspace, String> {
+        let mut ks = Keyspace::new();
+        let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
+            let end = pos.checked_add(n).filter(|e| *e <= data.len()).ok_or("snapshot is truncated")?;
+            let s = &data[*pos..end];
+            *pos = end;
+            Ok(s)
+        };
+        let mut pos = 0;
+        let count = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes"));
+        for _ in 0..count {
+            let len = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes")) as usize;
+            let rec: DumpedKey = postcard::from_bytes(take(&mut pos, len)?).map_err(|e| format!("bad key record: {e}"))?;
+            ks.insert(rec.key, Entry { value: rec.value, expire_at: rec.expire_at });
+        }
+        if pos != data.len() {
+            return Err("trailing bytes after the last key".into());
+        }
+        Ok(ks)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +320,18 @@ mod tests {
         ks.insert(Bytes::from_static(b"x"), s("w"));
         assert_eq!(ks.purge_expired(10), 0);
         assert!(ks.get(b"x", 10).is_some());
+    }
+
+    #[test]
+    fn dump_and_load_roundtrip() {
+        let mut ks = Keyspace::new();
+        ks.insert(Bytes::from_static(b"a"), s("1"));
+        ks.insert(Bytes::from_static(b"b"), Entry { expire_at: Some(77), ..s("2") });
+        let back = Keyspace::load(&ks.dump()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.get(b"b", 0).unwrap().expire_at, Some(77));
+        assert_eq!(back.volatile(), 1);
+        assert!(Keyspace::load(&ks.dump()[..10]).is_err());
     }
 
     #[test]

@@ -1,167 +1,203 @@
-//! A shard: the slots it owns, its keyspace and its command log.
+//! One shard replica on this node: the slots it owns, its Raft group and the
+//! state machine's data.
 //!
-//! State lives behind one `parking_lot::Mutex` that is never held across an
-//! `.await`: every command runs to completion under the lock, which makes the
-//! order of log appends the order of applies.
+//! Writes: precheck against the current state → propose (with the leader's
+//! timestamp) → committed on a quorum (fsync'd logs) → applied → reply.
+//! Reads: the leader confirms it still leads (read-index) and waits until its
+//! state machine has applied everything committed before the read arrived,
+//! then reads locally. A replica that is not the leader answers
+//! [`Outcome::Redirect`] and executes nothing.
 
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::{ReadPolicy, ServerState};
 use parking_lot::Mutex;
 use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
 
-use crate::exec::{apply, precheck, read};
-use crate::keyspace::Keyspace;
-use crate::log::{CommandLog, LogOp, MemLog};
+use crate::exec::{precheck, read};
+use crate::raft::network::{NetworkFactory, Peers};
+use crate::raft::sm::{ShardData, StateMachine};
+use crate::raft::store::LogStore;
+use crate::raft::{LogOp, NodeAddr, Proposal, Raft, RaftConfig, C};
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What a replica answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Reply(Reply),
+    /// Not the leader: `(leader id, leader address)` when one is known.
+    Redirect(Option<(u64, String)>),
+}
+
+/// A write that was handed to Raft (in submission order) and is in flight.
+pub enum Submitted {
+    Done(Outcome),
+    Waiting(openraft::type_config::alias::OneshotReceiverOf<C, openraft::raft::ClientWriteResult<C>>),
 }
 
 pub struct Shard {
     pub id: u32,
     pub ranges: Vec<SlotRange>,
-    state: Mutex<State>,
+    pub raft: Raft,
+    data: Arc<Mutex<ShardData>>,
+    /// Highest timestamp handed to a proposal.
+    last_ts: AtomicI64,
 }
 
-struct State {
-    ks: Keyspace,
-    log: Box<dyn CommandLog>,
-    /// Timestamps handed to log entries never go backwards, even if the wall
-    /// clock does.
-    last_ts: i64,
-}
-
-/// A point-in-time view for INFO and metrics.
+/// A point-in-time view for INFO, `Shards` and metrics.
 #[derive(Clone, Debug, Default)]
-pub struct ShardStats {
+pub struct ShardStatus {
     pub keys: usize,
-    pub volatile: usize,
     pub value_bytes: usize,
-    pub log_index: u64,
-    pub log_kind: &'static str,
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub members: BTreeMap<u64, String>,
+}
+
+fn forward(f: &ForwardToLeader<C>) -> Outcome {
+    Outcome::Redirect(f.leader_id.map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default())))
 }
 
 impl Shard {
-    pub fn new(id: u32, ranges: Vec<SlotRange>) -> Arc<Shard> {
-        let log = Box::new(MemLog::new(1024, 64 << 20));
-        Arc::new(Shard {
-            id,
-            ranges,
-            state: Mutex::new(State {
-                ks: Keyspace::new(),
-                log,
-                last_ts: 0,
-            }),
-        })
+    /// Opens the replica's log and state machine under `dir` and starts its Raft.
+    pub async fn open(
+        id: u32,
+        ranges: Vec<SlotRange>,
+        node_id: u64,
+        dir: &Path,
+        config: Arc<RaftConfig>,
+        peers: Peers,
+    ) -> io::Result<Arc<Shard>> {
+        let store = LogStore::open(dir, id)?;
+        let sm = StateMachine::open(dir)?;
+        let data = sm.data.clone();
+        let last_ts = data.lock().last_ts;
+        let raft = Raft::new(node_id, config, NetworkFactory { group: id, peers }, store, sm)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(Arc::new(Shard { id, ranges, raft, data, last_ts: AtomicI64::new(last_ts) }))
     }
 
     pub fn owns(&self, slot: u16) -> bool {
         self.ranges.iter().any(|r| r.contains(slot))
     }
 
-    /// Runs one command: reads at the local clock; writes through
-    /// validate → append → apply → reply.
-    pub fn execute(&self, cmd: NodeCommand) -> Reply {
-        let now = now_ms();
-        let mut st = self.state.lock();
-        if !cmd.is_write() {
-            return read(&st.ks, &cmd, now);
+    /// Forms the group with `members` if it has never been initialized.
+    pub async fn bootstrap(&self, members: BTreeMap<u64, NodeAddr>) -> io::Result<()> {
+        if self.raft.is_initialized().await.map_err(io::Error::other)? {
+            return Ok(());
         }
-        if let Some(rejected) = precheck(&st.ks, &cmd, now) {
-            return rejected;
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(shard = self.id, error = %e, "group already initialized");
+                Ok(())
+            }
+            Err(e) => Err(io::Error::other(e)),
         }
-        self.append_and_apply(&mut st, now, LogOp::Command(cmd))
     }
 
-    fn append_and_apply(&self, st: &mut State, now: i64, op: LogOp) -> Reply {
-        let ts = now.max(st.last_ts);
-        st.last_ts = ts;
-        let entry = st.log.append(ts, op);
-        apply(&mut st.ks, &entry)
+    fn next_ts(&self) -> i64 {
+        let now = now_ms();
+        let prev = self.last_ts.fetch_max(now, Ordering::Relaxed);
+        prev.max(now)
     }
 
-    /// Logs a purge of expired keys if any deadline has passed; returns how
-    /// many keys it removed.
-    pub fn purge_expired(&self) -> usize {
-        let now = now_ms();
-        let mut st = self.state.lock();
-        match st.ks.next_expiry() {
-            Some(t) if t <= now => match self.append_and_apply(&mut st, now, LogOp::PurgeExpired) {
-                Reply::Int(n) => n as usize,
-                _ => 0,
+    /// Hands a write to Raft. Returns once it is queued in the group, so
+    /// writes submitted one after another are logged in that order.
+    pub async fn submit(&self, cmd: NodeCommand) -> Submitted {
+        if let Some(rejected) = precheck(&self.data.lock().ks, &cmd, now_ms()) {
+            return Submitted::Done(Outcome::Reply(rejected));
+        }
+        self.propose(LogOp::Command(cmd)).await
+    }
+
+    async fn propose(&self, op: LogOp) -> Submitted {
+        let (responder, rx) = ProgressResponder::complete_only();
+        let proposal = Proposal { ts: self.next_ts(), op };
+        match self.raft.write(proposal).responder(responder).await {
+            Ok(()) => Submitted::Waiting(rx),
+            Err(fatal) => Submitted::Done(Outcome::Reply(Reply::err(format!(
+                "CLUSTERDOWN shard {} replica stopped: {fatal}",
+                self.id
+            )))),
+        }
+    }
+
+    /// The outcome of a submitted write.
+    pub async fn finish(&self, s: Submitted) -> Outcome {
+        match s {
+            Submitted::Done(o) => o,
+            Submitted::Waiting(rx) => match rx.await {
+                Ok(Ok(resp)) => Outcome::Reply(resp.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => forward(&f),
+                Ok(Err(e)) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
+                Err(_) => Outcome::Reply(Reply::err(format!(
+                    "TRYAGAIN shard {} lost leadership; the write may or may not have been applied",
+                    self.id
+                ))),
             },
-            _ => 0,
         }
     }
 
-    pub fn stats(&self) -> ShardStats {
-        let st = self.state.lock();
-        ShardStats {
-            keys: st.ks.len(),
-            volatile: st.ks.volatile(),
-            value_bytes: st.ks.value_bytes(),
-            log_index: st.log.last_index(),
-            log_kind: st.log.kind(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use tessera_common::command::node::{Expiry, SetCond};
-
-    fn set(key: &str, ttl: Option<i64>) -> NodeCommand {
-        NodeCommand::Set {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::from_static(b"v"),
-            expire: ttl.map(Expiry::In),
-            keep_ttl: false,
-            cond: SetCond::Always,
-            get: false,
+    /// A linearizable read.
+    pub async fn read(&self, cmd: &NodeCommand) -> Outcome {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms())),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => forward(&f),
+            Err(e) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
         }
     }
 
-    #[test]
-    fn writes_are_logged_reads_are_not() {
-        let shard = Shard::new(0, vec![SlotRange::new(0, 16383)]);
-        assert_eq!(shard.execute(set("a", None)), Reply::ok());
-        assert_eq!(
-            shard.execute(NodeCommand::Get {
-                key: Bytes::from_static(b"a")
-            }),
-            Reply::bulk_str("v")
-        );
-        assert_eq!(shard.stats().log_index, 1);
-        // A write that can only fail never reaches the log.
-        let incr = NodeCommand::IncrBy {
-            key: Bytes::from_static(b"a"),
-            delta: 1,
-        };
-        assert!(shard.execute(incr).is_error());
-        assert_eq!(shard.stats().log_index, 1);
+    /// On the leader, logs a purge of expired keys once a deadline has passed.
+    pub async fn purge_expired(&self) {
+        let due = self.data.lock().ks.next_expiry().is_some_and(|t| t <= now_ms());
+        if due && self.raft.metrics().borrow_watched().state == ServerState::Leader {
+            let s = self.propose(LogOp::PurgeExpired).await;
+            if let Outcome::Reply(Reply::Int(n)) = self.finish(s).await {
+                metrics::counter!("tessera_node_expired_keys_total").increment(n as u64);
+            }
+        }
     }
 
-    #[test]
-    fn expired_keys_are_purged_through_the_log() {
-        let shard = Shard::new(0, vec![SlotRange::new(0, 16383)]);
-        shard.execute(set("t", Some(-1)));
-        assert_eq!(
-            shard.execute(NodeCommand::Exists {
-                keys: vec![Bytes::from_static(b"t")]
-            }),
-            Reply::Int(0)
-        );
-        assert_eq!(shard.stats().keys, 1);
-        assert_eq!(shard.purge_expired(), 1);
-        assert_eq!(shard.stats().keys, 0);
-        assert_eq!(shard.stats().log_index, 2);
+    pub fn status(&self) -> ShardStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let d = self.data.lock();
+        ShardStatus {
+            keys: d.ks.len(),
+            value_bytes: d.ks.value_bytes(),
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed: m.local_committed.map_or(0, |l| l.index),
+            applied: m.last_applied.map_or(0, |l| l.index),
+            members: m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+        }
+    }
+
+    /// The leader this replica knows of, with its address.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.nodes().find(|(n, _)| **n == id).map(|(_, a)| a.addr.clone())?;
+        Some((id, addr))
     }
 }

@@ -1,0 +1,76 @@
+//! Everything openraft (`=0.10.0-alpha.37`) touches lives in this module: the
+//! type configuration, our durable log store ([`store`]), the state machine
+//! over a shard's keyspace ([`sm`]), and the node-to-node network
+//! ([`network`]: client; [`transport`]: server). Nothing outside this module
+//! names an openraft type.
+
+pub mod logfile;
+pub mod network;
+pub mod sm;
+pub mod store;
+pub mod transport;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tessera_common::command::NodeCommand;
+use tessera_common::reply::Reply;
+
+/// What a log entry asks the state machine to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LogOp {
+    Command(NodeCommand),
+    /// Remove every key whose deadline is at or before the entry's timestamp.
+    PurgeExpired,
+}
+
+/// One proposal: an operation and the leader-assigned timestamp (Unix ms)
+/// that is the state machine's only clock while applying it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub ts: i64,
+    pub op: LogOp,
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.op {
+            LogOp::Command(c) => write!(f, "{}@{}", c.name(), self.ts),
+            LogOp::PurgeExpired => write!(f, "purge-expired@{}", self.ts),
+        }
+    }
+}
+
+/// A node as Raft members know it: its gRPC address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub addr: String,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Proposal,
+        R = Reply,
+        NodeId = u64,
+        Node = NodeAddr,
+);
+
+pub type C = TypeConfig;
+pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub type Raft = openraft::Raft<C, sm::StateMachine>;
+pub use openraft::Config as RaftConfig;
+
+/// Encodes an openraft message for the wire.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("raft messages always serialize")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> std::io::Result<T> {
+    postcard::from_bytes(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
