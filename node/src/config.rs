@@ -105,7 +105,9 @@ impl Args {
         }
         let mut peers = BTreeMap::new();
         for p in &self.peers {
-            let (id, addr) = p.split_once('=').with_context(|| format!("peer '{p}' is not ID=HOST:PORT"))?;
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("peer '{p}' is not ID=HOST:PORT"))?;
             let id: u64 = id.trim().parse().with_context(|| format!("peer id in '{p}'"))?;
             if id == 0 || peers.insert(id, addr.trim().to_string()).is_some() {
                 bail!("peer id {id} is zero or given twice");

@@ -237,7 +237,11 @@ impl Keyspace {
         out.extend_from_slice(&(self.len as u64).to_le_bytes());
         for map in self.slots.iter().flatten() {
             for (k, e) in map.iter() {
-                let rec = DumpedKey { key: k.clone(), value: e.value.clone(), expire_at: e.expire_at };
+                let rec = DumpedKey {
+                    key: k.clone(),
+                    value: e.value.clone(),
+                    expire_at: e.expire_at,
+                };
                 let bytes = postcard::to_stdvec(&rec).expect("keys always serialize");
                 out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
                 out.extend_from_slice(&bytes);
@@ -250,7 +254,10 @@ impl Keyspace {
     pub fn load(data: &[u8]) -> Result<Keyspace, String> {
         let mut ks = Keyspace::new();
         let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
-            let end = pos.checked_add(n).filter(|e| *e <= data.len()).ok_or("snapshot is truncated")?;
+            let end = pos
+                .checked_add(n)
+                .filter(|e| *e <= data.len())
+                .ok_or("snapshot is truncated")?;
             let s = &data[*pos..end];
             *pos = end;
             Ok(s)
@@ -259,8 +266,15 @@ impl Keyspace {
         let count = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes"));
         for _ in 0..count {
             let len = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes")) as usize;
-            let rec: DumpedKey = postcard::from_bytes(take(&mut pos, len)?).map_err(|e| format!("bad key record: {e}"))?;
-            ks.insert(rec.key, Entry { value: rec.value, expire_at: rec.expire_at });
+            let rec: DumpedKey =
+                postcard::from_bytes(take(&mut pos, len)?).map_err(|e| format!("bad key record: {e}"))?;
+            ks.insert(
+                rec.key,
+                Entry {
+                    value: rec.value,
+                    expire_at: rec.expire_at,
+                },
+            );
         }
         if pos != data.len() {
             return Err("trailing bytes after the last key".into());
@@ -326,7 +340,13 @@ mod tests {
     fn dump_and_load_roundtrip() {
         let mut ks = Keyspace::new();
         ks.insert(Bytes::from_static(b"a"), s("1"));
-        ks.insert(Bytes::from_static(b"b"), Entry { expire_at: Some(77), ..s("2") });
+        ks.insert(
+            Bytes::from_static(b"b"),
+            Entry {
+                expire_at: Some(77),
+                ..s("2")
+            },
+        );
         let back = Keyspace::load(&ks.dump()).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back.get(b"b", 0).unwrap().expire_at, Some(77));

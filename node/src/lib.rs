@@ -85,9 +85,16 @@ pub async fn run(
     let mut shards = Vec::new();
     for spec in config.hosted() {
         let dir = config.data_dir.join(format!("shard-{}", spec.id));
-        let shard = Shard::open(spec.id, spec.ranges.clone(), config.node_id, &dir, raft_config.clone(), peers.clone())
-            .await
-            .with_context(|| format!("opening shard {} at {}", spec.id, dir.display()))?;
+        let shard = Shard::open(
+            spec.id,
+            spec.ranges.clone(),
+            config.node_id,
+            &dir,
+            raft_config.clone(),
+            peers.clone(),
+        )
+        .await
+        .with_context(|| format!("opening shard {} at {}", spec.id, dir.display()))?;
         shards.push(shard);
     }
     let groups: HashMap<u32, raft::Raft> = shards.iter().map(|s| (s.id, s.raft.clone())).collect();
@@ -95,10 +102,24 @@ pub async fn run(
     info!(node = config.node_id, addr = %listener.local_addr()?, shards = state.shards.len(), "node serving");
 
     let members = |ids: &[u64]| -> BTreeMap<u64, NodeAddr> {
-        ids.iter().map(|id| (*id, NodeAddr { addr: config.peers[id].clone() })).collect()
+        ids.iter()
+            .map(|id| {
+                (
+                    *id,
+                    NodeAddr {
+                        addr: config.peers[id].clone(),
+                    },
+                )
+            })
+            .collect()
     };
     for spec in config.hosted().filter(|s| s.replicas[0] == config.node_id) {
-        let shard = state.shards.iter().find(|s| s.id == spec.id).expect("hosted shard is open").clone();
+        let shard = state
+            .shards
+            .iter()
+            .find(|s| s.id == spec.id)
+            .expect("hosted shard is open")
+            .clone();
         let m = members(&spec.replicas);
         tokio::spawn(async move {
             if let Err(e) = shard.bootstrap(m).await {
@@ -112,9 +133,11 @@ pub async fn run(
     let node_svc = NodeServer::new(NodeService { state: state.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let raft_svc = RaftTransportServer::new(TransportService { groups: Arc::new(groups) })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft_svc = RaftTransportServer::new(TransportService {
+        groups: Arc::new(groups),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -150,7 +173,9 @@ async fn hand_off_leadership(state: &NodeState) {
         if !st.is_leader {
             continue;
         }
-        let Some(to) = st.members.keys().copied().find(|id| *id != state.node_id) else { continue };
+        let Some(to) = st.members.keys().copied().find(|id| *id != state.node_id) else {
+            continue;
+        };
         let _ = s.raft.trigger().transfer_leader(to).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while s.status().is_leader && tokio::time::Instant::now() < deadline {

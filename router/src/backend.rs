@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SLOTS};
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
-use tessera_proto::v1::{request, Request, RequestBatch, ShardsRequest};
+use tessera_proto::v1::{request, response, Request, RequestBatch, ShardsRequest};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -31,13 +31,24 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 const BATCH_MAX_REQUESTS: usize = 512;
 const BATCH_MAX_BYTES: usize = 4 << 20;
 
+/// What a node answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeReply {
+    Reply(Reply),
+    /// The node's replica is not the shard's leader; nothing ran there.
+    /// Carries the leader's id and address when the node knows them.
+    Redirect(Option<(u64, String)>),
+    /// The request never reached the node (no session): safe to send elsewhere.
+    Unreachable(String),
+}
+
 struct Queued {
     target: request::Target,
     command: Bytes,
-    reply: oneshot::Sender<Reply>,
+    reply: oneshot::Sender<NodeReply>,
 }
 
-type InFlight = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+type InFlight = Arc<Mutex<HashMap<u64, oneshot::Sender<NodeReply>>>>;
 
 pub struct NodeClient {
     pub addr: String,
@@ -75,23 +86,25 @@ impl NodeClient {
     }
 
     /// Sends one command; the returned receiver yields its reply.
-    pub fn call(&self, target: request::Target, command: Bytes) -> oneshot::Receiver<Reply> {
+    pub fn call(&self, target: request::Target, command: Bytes) -> oneshot::Receiver<NodeReply> {
         let (reply, rx) = oneshot::channel();
         if !self.is_connected() {
-            let _ = reply.send(Reply::err(format!("CLUSTERDOWN node {} is unreachable", self.addr)));
+            let _ = reply.send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
             return rx;
         }
         if let Err(e) = self.tx.try_send(Queued { target, command, reply }) {
             let q = match e {
                 mpsc::error::TrySendError::Full(q) => {
-                    let _ = q.reply.send(Reply::err("BUSY router queue to the node is full, retry"));
+                    let _ = q.reply.send(NodeReply::Reply(Reply::err(
+                        "BUSY router queue to the node is full, retry",
+                    )));
                     return rx;
                 }
                 mpsc::error::TrySendError::Closed(q) => q,
             };
             let _ = q
                 .reply
-                .send(Reply::err(format!("CLUSTERDOWN node {} is unreachable", self.addr)));
+                .send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
         }
         rx
     }
@@ -111,7 +124,7 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
         while let Ok(q) = rx.lock().try_recv() {
             let _ = q
                 .reply
-                .send(Reply::err(format!("CLUSTERDOWN node {addr} is unreachable")));
+                .send(NodeReply::Unreachable(format!("node {addr} is unreachable")));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -179,8 +192,16 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
             let mut map = in_flight.lock();
             for r in batch.responses {
                 if let Some(tx) = map.remove(&r.id) {
-                    let reply = Reply::from_bytes(&r.reply)
-                        .unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}")));
+                    let reply = match r.result {
+                        Some(response::Result::Reply(b)) => NodeReply::Reply(
+                            Reply::from_bytes(&b)
+                                .unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}"))),
+                        ),
+                        Some(response::Result::Redirect(rd)) => {
+                            NodeReply::Redirect((rd.leader_id != 0).then_some((rd.leader_id, rd.leader_addr)))
+                        }
+                        None => NodeReply::Reply(Reply::err("ERR empty reply from node")),
+                    };
                     let _ = tx.send(reply);
                 }
             }
@@ -189,14 +210,15 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
     .await;
     // Whatever was sent but not answered has an unknown outcome.
     for (_, tx) in in_flight.lock().drain() {
-        let _ = tx.send(Reply::err(format!(
+        let _ = tx.send(NodeReply::Reply(Reply::err(format!(
             "TRYAGAIN connection to node {addr} lost; the command may or may not have run"
-        )));
+        ))));
     }
     result
 }
 
-/// Where each slot lives: shard ranges and the node hosting each shard.
+/// Where each slot lives: shard ranges, the nodes holding each shard's
+/// replicas and the leader last seen for it.
 pub struct ShardMap {
     pub nodes: Vec<Arc<NodeClient>>,
     pub shards: Vec<ShardEntry>,
@@ -204,48 +226,87 @@ pub struct ShardMap {
     by_slot: Vec<Option<u32>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ShardEntry {
     pub id: u32,
-    pub node: usize,
     pub ranges: Vec<SlotRange>,
+    /// Indexes into `ShardMap::nodes` of the replicas.
+    pub replicas: Vec<usize>,
+    /// Index into `ShardMap::nodes` of the leader last seen (a hint).
+    pub leader: AtomicUsize,
 }
 
+/// How many times one command follows redirects or tries another replica,
+/// and the pause between tries while a shard has no leader (an election).
+const MAX_TRIES: usize = 40;
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
+
 impl ShardMap {
-    /// Asks every node which shards it hosts, retrying until `deadline`.
+    /// Asks every node which shards it hosts (retrying until `deadline`) and
+    /// starts a session to each.
     pub async fn discover(addrs: &[String], deadline: Duration) -> anyhow::Result<ShardMap> {
         let start = tokio::time::Instant::now();
-        let mut shards = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
+        let mut answers = Vec::new();
+        for addr in addrs {
             let resp = loop {
                 let attempt = async {
                     let ch = endpoint(addr)?.connect().await?;
                     anyhow::Ok(grpc(ch).shards(ShardsRequest {}).await?.into_inner())
                 };
                 match attempt.await {
-                    Ok(r) => break r,
+                    Ok(r) => break Some(r),
                     Err(e) if start.elapsed() < deadline => {
                         tracing::debug!(node = %addr, error = %e, "node not ready");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Err(e) => anyhow::bail!("node {addr} did not answer within {deadline:?}: {e}"),
+                    Err(e) => {
+                        warn!(node = %addr, error = %e, "node did not answer; continuing without it for now");
+                        break None;
+                    }
                 }
             };
-            for s in resp.shards {
+            answers.extend(resp.map(|r| (addr.clone(), r)));
+        }
+        if answers.is_empty() {
+            anyhow::bail!("no storage node answered within {deadline:?}");
+        }
+        let mut nodes: Vec<Arc<NodeClient>> = addrs.iter().map(|a| NodeClient::spawn(a.clone())).collect();
+        let index = |nodes: &mut Vec<Arc<NodeClient>>, addr: &str| -> usize {
+            nodes.iter().position(|n| n.addr == addr).unwrap_or_else(|| {
+                nodes.push(NodeClient::spawn(addr.to_owned()));
+                nodes.len() - 1
+            })
+        };
+        let mut shards: Vec<ShardEntry> = Vec::new();
+        for (addr, resp) in &answers {
+            let me = index(&mut nodes, addr);
+            for s in &resp.shards {
+                if shards.iter().any(|e| e.id == s.id) {
+                    continue;
+                }
                 let ranges = s
                     .slots
                     .iter()
                     .filter(|r| r.start <= r.end && r.end < u32::from(SLOTS))
                     .map(|r| SlotRange::new(r.start as u16, r.end as u16))
                     .collect();
+                let mut replicas: Vec<usize> = s.members.iter().map(|m| index(&mut nodes, &m.addr)).collect();
+                if replicas.is_empty() {
+                    replicas.push(me);
+                }
+                let leader = s
+                    .members
+                    .iter()
+                    .find(|m| m.id == s.leader_id)
+                    .map_or(me, |m| index(&mut nodes, &m.addr));
                 shards.push(ShardEntry {
                     id: s.id,
-                    node: i,
                     ranges,
+                    replicas,
+                    leader: AtomicUsize::new(leader),
                 });
             }
         }
-        let nodes = addrs.iter().map(|a| NodeClient::spawn(a.clone())).collect();
         Ok(Self::new(nodes, shards))
     }
 
@@ -262,12 +323,17 @@ impl ShardMap {
         ShardMap { nodes, shards, by_slot }
     }
 
-    /// Waits until every node session is up (or `deadline` passes).
+    /// Waits until at least one replica of every shard has a session (or
+    /// `deadline` passes).
     pub async fn wait_connected(&self, deadline: Duration) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
-        while let Some(n) = self.nodes.iter().find(|n| !n.is_connected()) {
+        while let Some(s) = self
+            .shards
+            .iter()
+            .find(|s| !s.replicas.iter().any(|r| self.nodes[*r].is_connected()))
+        {
             if start.elapsed() > deadline {
-                anyhow::bail!("no session to node {} within {deadline:?}", n.addr);
+                anyhow::bail!("no session to any replica of shard {} within {deadline:?}", s.id);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -286,26 +352,61 @@ impl ShardMap {
             .map(|i| &self.shards[i as usize])
     }
 
-    /// Sends a keyed command to the node owning `slot`.
-    pub fn call_slot(&self, slot: u16, command: Bytes) -> oneshot::Receiver<Reply> {
+    fn node_index(&self, addr: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr == addr)
+    }
+
+    /// Sends a keyed command to the leader of the shard owning `slot`.
+    pub async fn call_slot(&self, slot: u16, command: Bytes) -> Reply {
         match self.shard_of(slot) {
-            Some(s) => self.nodes[s.node].call(request::Target::Slot(u32::from(slot)), command),
-            None => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Reply::err("CLUSTERDOWN Hash slot not served"));
-                rx
-            }
+            Some(s) => self.call(s, request::Target::Slot(u32::from(slot)), command).await,
+            None => Reply::err("CLUSTERDOWN Hash slot not served"),
         }
     }
 
-    /// Sends a command to one shard.
-    pub fn call_shard(&self, shard: &ShardEntry, command: Bytes) -> oneshot::Receiver<Reply> {
-        self.nodes[shard.node].call(request::Target::Shard(shard.id), command)
+    /// Sends a command to one shard's leader.
+    pub async fn call_shard(&self, shard: &ShardEntry, command: Bytes) -> Reply {
+        self.call(shard, request::Target::Shard(shard.id), command).await
     }
-}
 
-/// Awaits a reply, mapping a dropped sender to an honest error.
-pub async fn reply_of(rx: oneshot::Receiver<Reply>) -> Reply {
-    rx.await
-        .unwrap_or_else(|_| Reply::err("TRYAGAIN node request was dropped; the command may or may not have run"))
+    /// Sends to the cached leader, following redirects and moving to another
+    /// replica when a node is unreachable, a bounded number of times. Only
+    /// requests that provably did not run are sent again.
+    async fn call(&self, shard: &ShardEntry, target: request::Target, command: Bytes) -> Reply {
+        let mut node = shard.leader.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for attempt in 0..MAX_TRIES {
+            let rx = self.nodes[node].call(target, command.clone());
+            let reply = rx.await.unwrap_or_else(|_| {
+                NodeReply::Reply(Reply::err(
+                    "TRYAGAIN node request was dropped; the command may or may not have run",
+                ))
+            });
+            match reply {
+                NodeReply::Reply(r) => {
+                    shard.leader.store(node, Ordering::Relaxed);
+                    return r;
+                }
+                NodeReply::Redirect(Some((_, addr))) if self.node_index(&addr).is_some_and(|i| i != node) => {
+                    node = self.node_index(&addr).expect("checked");
+                    metrics::counter!("tessera_router_redirects_total").increment(1);
+                    last = format!("redirected to {addr}");
+                }
+                NodeReply::Redirect(_) | NodeReply::Unreachable(_) => {
+                    // No leader known (an election) or the node is down: try
+                    // the next replica after a short pause.
+                    last = "no leader".into();
+                    let pos = shard.replicas.iter().position(|r| *r == node).unwrap_or(0);
+                    node = shard.replicas[(pos + 1) % shard.replicas.len()];
+                    if attempt % shard.replicas.len().max(1) == shard.replicas.len().max(1) - 1 {
+                        tokio::time::sleep(NO_LEADER_PAUSE).await;
+                    }
+                }
+            }
+        }
+        Reply::err(format!(
+            "CLUSTERDOWN shard {} has no reachable leader ({last})",
+            shard.id
+        ))
+    }
 }

@@ -12,16 +12,14 @@ use futures::future::{join_all, BoxFuture};
 use tessera_common::command::{Command, Fanout, NodeCommand};
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SlotScope, SLOTS};
-use tokio::sync::oneshot;
 
-use crate::backend::{reply_of, ShardMap};
+use crate::backend::ShardMap;
 use crate::conn::ConnState;
 use crate::Router;
 
 /// A reply that may not have arrived yet.
 pub enum Pending {
     Ready(Option<Reply>),
-    Node(oneshot::Receiver<Reply>),
     Fut(BoxFuture<'static, Reply>),
 }
 
@@ -31,11 +29,6 @@ impl Future for Pending {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
         match self.get_mut() {
             Pending::Ready(r) => Poll::Ready(r.take().unwrap_or(Reply::Null)),
-            Pending::Node(rx) => Pin::new(rx).poll(cx).map(|r| {
-                r.unwrap_or_else(|_| {
-                    Reply::err("TRYAGAIN node request was dropped; the command may or may not have run")
-                })
-            }),
             Pending::Fut(f) => f.as_mut().poll(cx),
         }
     }
@@ -57,8 +50,12 @@ pub enum After {
 pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pending, After) {
     match cmd {
         Command::Keyed { slot, cmd } => {
-            let rx = router.shards.call_slot(slot, Bytes::from(cmd.to_bytes()));
-            (Pending::Node(rx), After::Continue)
+            let router = router.clone();
+            let bytes = Bytes::from(cmd.to_bytes());
+            (
+                Pending::Fut(Box::pin(async move { router.shards.call_slot(slot, bytes).await })),
+                After::Continue,
+            )
         }
         Command::Fanout(f) => {
             let router = router.clone();
@@ -102,7 +99,7 @@ fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(usize, SlotScope)> {
 async fn each_shard(map: &ShardMap, scope: &SlotScope, make: impl Fn(SlotScope) -> NodeCommand) -> Vec<Reply> {
     let calls = shards_in(map, scope)
         .into_iter()
-        .map(|(i, s)| reply_of(map.call_shard(&map.shards[i], Bytes::from(make(s).to_bytes()))));
+        .map(|(i, s)| map.call_shard(&map.shards[i], Bytes::from(make(s).to_bytes())));
     join_all(calls).await
 }
 
@@ -200,7 +197,7 @@ async fn scan(
             kind: kind.clone(),
             scope: SlotScope(vec![SlotRange::new(slot, end)]),
         };
-        match reply_of(map.call_shard(shard, Bytes::from(cmd.to_bytes()))).await {
+        match map.call_shard(shard, Bytes::from(cmd.to_bytes())).await {
             Reply::Array(mut parts) if parts.len() == 2 => {
                 let (Reply::Int(n), Reply::Array(mut k)) = (parts.remove(0), parts.remove(0)) else {
                     return Reply::err("ERR malformed SCAN reply from node");

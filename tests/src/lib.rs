@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tessera_common::slot::SlotRange;
 
 /// Where the workspace's binaries are: `TESSERA_BIN_DIR`, else next to the
 /// test executable (`target/<profile>/`).
@@ -27,11 +26,29 @@ pub fn bin_dir() -> PathBuf {
 
 struct Proc {
     name: String,
-    child: Child,
+    child: Option<Child>,
     log: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    bin: PathBuf,
 }
 
-/// A running cluster: N nodes with S shards each and one router.
+impl Proc {
+    fn spawn(&mut self) -> anyhow::Result<String> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", self.bin.display()))?;
+        let ready = read_ready(&mut child, Duration::from_secs(30));
+        self.child = Some(child);
+        ready
+    }
+}
+
+/// A running cluster: N nodes (ids 1..=N) with every shard replicated on 3
+/// of them, and one router.
 pub struct Cluster {
     procs: Vec<Proc>,
     pub dir: PathBuf,
@@ -58,6 +75,15 @@ fn read_ready(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
     Ok(line.trim().to_string())
 }
 
+/// A port the OS reports free now. Nodes must know each other's addresses
+/// before they start, so the harness reserves ports this way (not port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 impl Cluster {
     pub fn start(nodes: usize, shards_per_node: usize) -> anyhow::Result<Cluster> {
         Self::start_with(nodes, shards_per_node, &[])
@@ -69,63 +95,76 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         let bins = bin_dir();
         let total = nodes * shards_per_node;
-        let ranges = SlotRange::split_even(total);
+        let node_addrs: Vec<SocketAddr> = (0..nodes)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let peers: Vec<String> = node_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
         let mut c = Cluster {
             procs: Vec::new(),
             dir: dir.clone(),
             plain: "0.0.0.0:0".parse()?,
             cluster: Vec::new(),
             router_metrics: "0.0.0.0:0".parse()?,
-            node_addrs: Vec::new(),
+            node_addrs: node_addrs.clone(),
         };
-        for n in 0..nodes {
-            let shards: Vec<String> = (0..total)
-                .filter(|s| s % nodes == n)
-                .map(|s| format!("{s}:{}-{}", ranges[s].start, ranges[s].end))
-                .collect();
-            let log = dir.join(format!("node-{n}.log"));
-            let mut child = Command::new(bins.join("tessera-node"))
-                .args(["--node-id", &format!("node-{n}"), "--listen", "127.0.0.1:0"])
-                .args(["--metrics-listen", "127.0.0.1:0", "--print-ready"])
-                .args(["--shard", &shards.join(";")])
-                .arg("--data-dir")
-                .arg(dir.join(format!("node-{n}")))
-                .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .with_context(|| format!("spawn {}", bins.join("tessera-node").display()))?;
-            let ready = read_ready(&mut child, Duration::from_secs(30));
+        for (n, addr) in node_addrs.iter().enumerate() {
+            let args: Vec<std::ffi::OsString> = vec![
+                "--node-id".into(),
+                (n + 1).to_string().into(),
+                "--listen".into(),
+                addr.to_string().into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:0".into(),
+                "--print-ready".into(),
+                "--worker-threads".into(),
+                "1".into(),
+                "--peer".into(),
+                peers.join(",").into(),
+                "--shards".into(),
+                total.to_string().into(),
+                "--heartbeat-ms".into(),
+                "50".into(),
+                "--election-timeout-ms".into(),
+                "300".into(),
+                "--data-dir".into(),
+                dir.join(format!("node-{}", n + 1)).into(),
+            ];
+            let log = dir.join(format!("node-{}.log", n + 1));
             c.procs.push(Proc {
-                name: format!("node-{n}"),
-                child,
+                name: format!("node-{}", n + 1),
+                child: None,
                 log,
+                args,
+                bin: bins.join("tessera-node"),
             });
-            let ready = ready?;
-            let addr: SocketAddr = ready.split_whitespace().nth(1).context("node addr")?.parse()?;
-            c.node_addrs.push(addr);
+            c.procs.last_mut().expect("pushed").spawn()?;
         }
         let nodes_arg: Vec<String> = c.node_addrs.iter().map(|a| a.to_string()).collect();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cluster-listen".into(),
+            "127.0.0.1:0,127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--print-ready".into(),
+            "--node".into(),
+            nodes_arg.join(",").into(),
+        ];
+        args.extend(router_args.iter().map(|a| a.into()));
         let log = dir.join("router.log");
-        let mut child = Command::new(bins.join("tessera-router"))
-            .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0,127.0.0.1:0"])
-            .args([
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--print-ready",
-                "--node",
-                &nodes_arg.join(","),
-            ])
-            .args(router_args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let ready = read_ready(&mut child, Duration::from_secs(30));
         c.procs.push(Proc {
             name: "router".into(),
-            child,
+            child: None,
             log,
+            args,
+            bin: bins.join("tessera-router"),
         });
-        let ready = ready?;
+        let ready = c.procs.last_mut().expect("pushed").spawn()?;
         for part in ready.split_whitespace().skip(1) {
             let (k, v) = part.split_once('=').context("READY field")?;
             match k {
@@ -137,6 +176,37 @@ impl Cluster {
         }
         c.wait_serving(Duration::from_secs(30))?;
         Ok(c)
+    }
+
+    /// SIGKILLs node `id` (1-based).
+    pub fn kill_node(&mut self, id: usize) {
+        if let Some(mut child) = self.procs[id - 1].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops node `id` gracefully (SIGTERM), waiting for it to exit.
+    pub fn stop_node(&mut self, id: usize) {
+        if let Some(mut child) = self.procs[id - 1].child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `id` again with the same flags and data folder.
+    pub fn restart_node(&mut self, id: usize) -> anyhow::Result<()> {
+        self.procs[id - 1].spawn().map(|_| ())
+    }
+
+    /// Sends SIGSTOP / SIGCONT to node `id`.
+    pub fn signal_node(&mut self, id: usize, sig: &str) {
+        if let Some(child) = &self.procs[id - 1].child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
+        }
     }
 
     /// Polls until the router answers a keyed command (its node sessions are up).
@@ -173,9 +243,11 @@ impl Cluster {
         out
     }
 
-    /// Whether every process is still running.
+    /// Whether every started process is still running.
     pub fn all_alive(&mut self) -> bool {
-        self.procs.iter_mut().all(|p| matches!(p.child.try_wait(), Ok(None)))
+        self.procs
+            .iter_mut()
+            .all(|p| p.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None))))
     }
 }
 
@@ -185,8 +257,10 @@ impl Drop for Cluster {
             eprintln!("{}", self.logs());
         }
         for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

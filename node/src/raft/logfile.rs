@@ -66,7 +66,10 @@ impl LogFile {
             let mut payload = vec![0u8; len];
             reader.read_exact(&mut payload)?;
             if checksum(index, &payload) != crc {
-                return Err(corrupt(path, format!("checksum mismatch in record {index} at offset {pos}")));
+                return Err(corrupt(
+                    path,
+                    format!("checksum mismatch in record {index} at offset {pos}"),
+                ));
             }
             if let Some((prev, _)) = offsets.last() {
                 if index != prev + 1 {
@@ -83,7 +86,15 @@ impl LogFile {
             file.set_len(pos)?;
             file.sync_all()?;
         }
-        Ok((LogFile { path: path.to_path_buf(), file, offsets, len: pos }, records))
+        Ok((
+            LogFile {
+                path: path.to_path_buf(),
+                file,
+                offsets,
+                len: pos,
+            },
+            records,
+        ))
     }
 
     /// Appends records (consecutive indexes) and fsyncs once for all of them.

@@ -65,7 +65,11 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> PeerClient {
-        PeerClient { group: self.group, target, client: self.peers.client(target, &node.addr) }
+        PeerClient {
+            group: self.group,
+            target,
+            client: self.peers.client(target, &node.addr),
+        }
     }
 }
 
@@ -82,8 +86,15 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<C>> {
-        let client = self.client.as_mut().map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.clone())))?;
-        let msg = RaftMessage { group: self.group, kind: kind as i32, payload: encode(req).into() };
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.clone())))?;
+        let msg = RaftMessage {
+            group: self.group,
+            kind: kind as i32,
+            payload: encode(req).into(),
+        };
         let resp = match tokio::time::timeout(timeout, client.call(msg)).await {
             Err(_) => {
                 return Err(RPCError::Network(NetworkError::from_string(format!(

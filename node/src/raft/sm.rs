@@ -85,7 +85,11 @@ impl StateMachine {
             };
             current = Some((file.meta, Arc::new(file.data)));
         }
-        Ok(StateMachine { data: Arc::new(Mutex::new(data)), dir: dir.to_path_buf(), current: Arc::new(Mutex::new(current)) })
+        Ok(StateMachine {
+            data: Arc::new(Mutex::new(data)),
+            dir: dir.to_path_buf(),
+            current: Arc::new(Mutex::new(current)),
+        })
     }
 
     async fn persist(&self, meta: &SnapshotMetaOf<C>, data: Arc<Vec<u8>>) -> io::Result<()> {
@@ -108,13 +112,19 @@ impl RaftSnapshotBuilder<C> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         let (meta, bytes) = {
             let d = self.data.lock();
-            let meta = SnapshotMeta { last_log_id: d.last_applied, last_membership: d.last_membership.clone() };
+            let meta = SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.last_membership.clone(),
+            };
             (meta, Arc::new(snapshot_bytes(&d)))
         };
         self.persist(&meta, bytes.clone()).await?;
         *self.current.lock() = Some((meta.clone(), bytes.clone()));
         metrics::counter!("tessera_raft_snapshots_built_total").increment(1);
-        Ok(Snapshot { meta, snapshot: Cursor::new(bytes.to_vec()) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Cursor::new(bytes.to_vec()),
+        })
     }
 }
 
@@ -167,7 +177,12 @@ impl RaftStateMachine<C> for StateMachine {
         self.persist(meta, bytes.clone()).await?;
         {
             let mut d = self.data.lock();
-            *d = ShardData { ks, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone(), last_ts: ts };
+            *d = ShardData {
+                ks,
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
+                last_ts: ts,
+            };
         }
         *self.current.lock() = Some((meta.clone(), bytes));
         metrics::counter!("tessera_raft_snapshots_installed_total").increment(1);
@@ -175,6 +190,9 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        Ok(self.current.lock().clone().map(|(meta, b)| Snapshot { meta, snapshot: Cursor::new(b.to_vec()) }))
+        Ok(self.current.lock().clone().map(|(meta, b)| Snapshot {
+            meta,
+            snapshot: Cursor::new(b.to_vec()),
+        }))
     }
 }

@@ -59,7 +59,10 @@ impl LogStore {
         for (index, bytes) in records.into_iter().filter(|(i, _)| *i >= purged) {
             let entry: EntryOf<C> = decode(&bytes)?;
             if entry.log_id.index != index {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("record {index} holds entry {}", entry.log_id.index)));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("record {index} holds entry {}", entry.log_id.index),
+                ));
             }
             mem.entries.insert(index, entry);
         }
@@ -67,16 +70,24 @@ impl LogStore {
         std::thread::Builder::new()
             .name(format!("raft-log-{group}"))
             .spawn(move || writer_loop(file, rx))?;
-        Ok(LogStore { dir: dir.to_path_buf(), mem: Arc::new(Mutex::new(mem)), writer: tx })
+        Ok(LogStore {
+            dir: dir.to_path_buf(),
+            mem: Arc::new(Mutex::new(mem)),
+            writer: tx,
+        })
     }
 
     fn send(&self, cmd: WriterCmd) -> io::Result<()> {
-        self.writer.send(cmd).map_err(|_| io::Error::other("raft log writer thread is gone"))
+        self.writer
+            .send(cmd)
+            .map_err(|_| io::Error::other("raft log writer thread is gone"))
     }
 
     async fn persist_small(&self, name: &'static str, data: Vec<u8>) -> io::Result<()> {
         let path = self.dir.join(name);
-        tokio::task::spawn_blocking(move || write_atomic(&path, &data)).await.map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 
@@ -92,7 +103,11 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>) {
             let res = file.append(batch.iter().map(|(i, b)| (*i, b.as_slice())));
             metrics::counter!("tessera_raft_log_fsyncs_total").increment(u64::from(!batch.is_empty()));
             for cb in callbacks.drain(..) {
-                cb.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                cb.io_completed(
+                    res.as_ref()
+                        .map(|_| ())
+                        .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                );
             }
             batch.clear();
         };
@@ -135,7 +150,10 @@ impl RaftLogStorage<C> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let m = self.mem.lock();
         let last = m.entries.values().next_back().map(|e| e.log_id).or(m.last_purged);
-        Ok(LogState { last_purged_log_id: m.last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: m.last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -197,9 +215,9 @@ impl RaftLogStorage<C> for LogStore {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{ErrorSubject, ErrorVerb};
     use openraft::testing::log::{StoreBuilder, Suite};
     use openraft::StorageError;
+    use openraft::{ErrorSubject, ErrorVerb};
 
     use super::*;
     use crate::raft::sm::StateMachine;
@@ -219,8 +237,11 @@ mod tests {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<C>> {
             use std::sync::atomic::{AtomicU64, Ordering};
             static N: AtomicU64 = AtomicU64::new(0);
-            let dir = std::env::temp_dir()
-                .join(format!("tessera-raft-suite-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            let dir = std::env::temp_dir().join(format!(
+                "tessera-raft-suite-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
             let _ = std::fs::remove_dir_all(&dir);
             let io = |e| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Read, e);
             let log = LogStore::open(&dir.join("log"), 0).map_err(io)?;
