@@ -67,17 +67,8 @@ impl Error {
 /// The error code of an error text, limited to the codes Tessera sends so a
 /// metrics label never carries client data.
 pub fn code_of(text: &str) -> &'static str {
-    const CODES: &[&str] = &[
-        "ERR",
-        "WRONGTYPE",
-        "CROSSSLOT",
-        "CLUSTERDOWN",
-        "TRYAGAIN",
-        "BUSY",
-        "NOPROTO",
-        "MOVED",
-        "ASK",
-    ];
+    const CODES: &[&str] =
+        &["ERR", "WRONGTYPE", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "NOPROTO", "MOVED", "ASK"];
     let first = text.split(' ').next().unwrap_or("");
     CODES.iter().find(|c| **c == first).copied().unwrap_or("ERR")
 }

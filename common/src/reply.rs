@@ -82,10 +82,7 @@ impl Reply {
             Reply::Simple(s) => line(out, b'+', s.as_bytes()),
             Reply::Error(s) => {
                 // Never let an error text break the framing.
-                let clean: Vec<u8> = s
-                    .bytes()
-                    .map(|c| if c == b'\r' || c == b'\n' { b' ' } else { c })
-                    .collect();
+                let clean: Vec<u8> = s.bytes().map(|c| if c == b'\r' || c == b'\n' { b' ' } else { c }).collect();
                 line(out, b'-', &clean)
             }
             Reply::Int(i) => int_line(out, b':', *i),

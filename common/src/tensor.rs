@@ -194,36 +194,30 @@ impl Tensor {
                 .chunks_exact(4)
                 .map(|c| Reply::Double(f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))))
                 .collect(),
-            DType::Double => d
-                .chunks_exact(8)
-                .map(|c| Reply::Double(f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
-                .collect(),
+            DType::Double => {
+                d.chunks_exact(8).map(|c| Reply::Double(f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect()
+            }
             DType::Int8 => d.iter().map(|b| Reply::Int(i64::from(*b as i8))).collect(),
             DType::Uint8 | DType::Bool => d.iter().map(|b| Reply::Int(i64::from(*b))).collect(),
-            DType::Int16 => d
-                .chunks_exact(2)
-                .map(|c| Reply::Int(i64::from(i16::from_le_bytes([c[0], c[1]]))))
-                .collect(),
-            DType::Uint16 => d
-                .chunks_exact(2)
-                .map(|c| Reply::Int(i64::from(u16::from_le_bytes([c[0], c[1]]))))
-                .collect(),
+            DType::Int16 => {
+                d.chunks_exact(2).map(|c| Reply::Int(i64::from(i16::from_le_bytes([c[0], c[1]])))).collect()
+            }
+            DType::Uint16 => {
+                d.chunks_exact(2).map(|c| Reply::Int(i64::from(u16::from_le_bytes([c[0], c[1]])))).collect()
+            }
             DType::Int32 => d
                 .chunks_exact(4)
                 .map(|c| Reply::Int(i64::from(i32::from_le_bytes(c.try_into().unwrap_or([0; 4])))))
                 .collect(),
-            DType::Int64 => d
-                .chunks_exact(8)
-                .map(|c| Reply::Int(i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
-                .collect(),
+            DType::Int64 => {
+                d.chunks_exact(8).map(|c| Reply::Int(i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect()
+            }
             DType::String => {
                 let body = d.strip_suffix(b"\0").unwrap_or(d);
                 if d.is_empty() {
                     Vec::new()
                 } else {
-                    body.split(|b| *b == 0)
-                        .map(|s| Reply::Bulk(self.data.slice_ref(s)))
-                        .collect()
+                    body.split(|b| *b == 0).map(|s| Reply::Bulk(self.data.slice_ref(s))).collect()
                 }
             }
         })
@@ -233,10 +227,7 @@ impl Tensor {
 /// Parses the AI.TENSORGET format tokens (arguments after the key).
 pub fn parse_get_format(args: &[Bytes]) -> Result<TensorFormat> {
     if args.is_empty() {
-        return Ok(TensorFormat {
-            meta: true,
-            data: DataFormat::Blob,
-        });
+        return Ok(TensorFormat { meta: true, data: DataFormat::Blob });
     }
     let (mut meta, mut blob, mut values) = (false, false, false);
     for a in args {
@@ -264,9 +255,7 @@ pub fn parse_get_format(args: &[Bytes]) -> Result<TensorFormat> {
 }
 
 fn element_count(shape: &[i64]) -> Option<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, d| acc.checked_mul(usize::try_from(*d).ok()?))
+    shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(usize::try_from(*d).ok()?))
 }
 
 fn parse_i64(b: &[u8]) -> Option<i64> {
@@ -287,9 +276,7 @@ fn validate_blob(dtype: DType, count: usize, blob: &[u8]) -> Result<()> {
         None => {
             let strings = blob.iter().filter(|b| **b == 0).count();
             if blob.last() != Some(&0) || strings != count {
-                return Err(Error::ai(
-                    "ERR Number of string elements in data blob does not match tensor length",
-                ));
+                return Err(Error::ai("ERR Number of string elements in data blob does not match tensor length"));
             }
         }
     }
@@ -393,10 +380,7 @@ mod tests {
             let mut a = vec![dt, "2", "VALUES"];
             a.extend(vals.iter());
             let t = set(&a).unwrap();
-            let fmt = TensorFormat {
-                meta: false,
-                data: DataFormat::Values,
-            };
+            let fmt = TensorFormat { meta: false, data: DataFormat::Values };
             let got = t.reply(fmt).unwrap();
             let want = Reply::Array(vals.iter().map(|v| Reply::Int(v.parse().unwrap())).collect());
             assert_eq!(got, want, "{dt}");
@@ -409,37 +393,19 @@ mod tests {
     fn errors_are_redisai_verbatim() {
         assert_eq!(err(&["FLOAT32", "1"]), "ERR invalid data type");
         assert_eq!(err(&["INT08", "1"]), "ERR invalid data type");
-        assert_eq!(
-            err(&["FLOAT", "0"]),
-            "ERR invalid or negative value found in tensor shape"
-        );
-        assert_eq!(
-            err(&["FLOAT", "-1"]),
-            "ERR invalid or negative value found in tensor shape"
-        );
-        assert_eq!(
-            err(&["FLOAT", "x"]),
-            "ERR invalid or negative value found in tensor shape"
-        );
+        assert_eq!(err(&["FLOAT", "0"]), "ERR invalid or negative value found in tensor shape");
+        assert_eq!(err(&["FLOAT", "-1"]), "ERR invalid or negative value found in tensor shape");
+        assert_eq!(err(&["FLOAT", "x"]), "ERR invalid or negative value found in tensor shape");
         assert_eq!(err(&["FLOAT", "2", "VALUES", "1"]), MSG_VALUES_COUNT);
         assert_eq!(err(&["FLOAT", "2", "BLOB"]), MSG_SINGLE_BLOB);
         assert_eq!(err(&["FLOAT", "2", "BLOB", "a", "b"]), MSG_SINGLE_BLOB);
-        assert_eq!(
-            err(&["FLOAT", "2", "BLOB", "abc"]),
-            "ERR data length does not match tensor shape and type"
-        );
+        assert_eq!(err(&["FLOAT", "2", "BLOB", "abc"]), "ERR data length does not match tensor shape and type");
         assert_eq!(err(&["FLOAT", "1", "VALUES", "abc"]), "ERR invalid value");
         assert_eq!(err(&["INT8", "1", "VALUES", "128"]), "ERR invalid value");
         assert_eq!(err(&["UINT8", "1", "VALUES", "-1"]), "ERR invalid value");
         assert_eq!(err(&["BOOL", "1", "VALUES", "2"]), "ERR invalid value");
-        assert_eq!(
-            err(&["BOOL", "2", "BLOB", "\x02\x01"]),
-            "ERR BOOL tensor elements must be 0 or 1"
-        );
-        assert_eq!(
-            err(&["BOOL", "2", "BLOB", "\x01\x02"]),
-            "ERR BOOL tensor elements must be 0 or 1"
-        );
+        assert_eq!(err(&["BOOL", "2", "BLOB", "\x02\x01"]), "ERR BOOL tensor elements must be 0 or 1");
+        assert_eq!(err(&["BOOL", "2", "BLOB", "\x01\x02"]), "ERR BOOL tensor elements must be 0 or 1");
         assert_eq!(
             err(&["STRING", "2", "BLOB", "a\0"]),
             "ERR Number of string elements in data blob does not match tensor length"
@@ -448,26 +414,15 @@ mod tests {
             err(&["STRING", "1", "BLOB", "a"]),
             "ERR Number of string elements in data blob does not match tensor length"
         );
-        assert_eq!(
-            err(&["STRING", "1", "VALUES", "a\0b"]),
-            "ERR C-string value contains null character"
-        );
+        assert_eq!(err(&["STRING", "1", "VALUES", "a\0b"]), "ERR C-string value contains null character");
     }
 
     #[test]
     fn strings_scalars_and_zeros() {
         let t = set(&["STRING", "2", "VALUES", "first", "second\0"]).unwrap();
         assert_eq!(&t.data[..], b"first\0second\0");
-        let v = t
-            .reply(TensorFormat {
-                meta: false,
-                data: DataFormat::Values,
-            })
-            .unwrap();
-        assert_eq!(
-            v,
-            Reply::Array(vec![Reply::bulk_str("first"), Reply::bulk_str("second")])
-        );
+        let v = t.reply(TensorFormat { meta: false, data: DataFormat::Values }).unwrap();
+        assert_eq!(v, Reply::Array(vec![Reply::bulk_str("first"), Reply::bulk_str("second")]));
         let empty = set(&["STRING", "2", "BLOB", "\0\0"]).unwrap();
         assert_eq!(empty.len(), 2);
         let scalar = set(&["FLOAT", "VALUES", "1"]).unwrap();
@@ -481,31 +436,10 @@ mod tests {
     #[test]
     fn get_formats() {
         let f = |s: &[&str]| parse_get_format(&args(s));
-        assert_eq!(
-            f(&[]).unwrap(),
-            TensorFormat {
-                meta: true,
-                data: DataFormat::Blob
-            }
-        );
-        assert_eq!(
-            f(&["META"]).unwrap(),
-            TensorFormat {
-                meta: true,
-                data: DataFormat::None
-            }
-        );
-        assert_eq!(
-            f(&["values", "meta"]).unwrap(),
-            TensorFormat {
-                meta: true,
-                data: DataFormat::Values
-            }
-        );
-        assert_eq!(
-            f(&["BLOB", "VALUES"]).unwrap_err().to_string(),
-            "ERR both BLOB and VALUES specified"
-        );
+        assert_eq!(f(&[]).unwrap(), TensorFormat { meta: true, data: DataFormat::Blob });
+        assert_eq!(f(&["META"]).unwrap(), TensorFormat { meta: true, data: DataFormat::None });
+        assert_eq!(f(&["values", "meta"]).unwrap(), TensorFormat { meta: true, data: DataFormat::Values });
+        assert_eq!(f(&["BLOB", "VALUES"]).unwrap_err().to_string(), "ERR both BLOB and VALUES specified");
         assert_eq!(f(&["JSON"]).unwrap_err().to_string(), "ERR unsupported data format");
         let t = set(&["FLOAT", "2", "VALUES", "2", "3"]).unwrap();
         let meta_values = t.reply(f(&["META", "VALUES"]).unwrap()).unwrap();

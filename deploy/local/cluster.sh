@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Local Tessera cluster on loopback: 3 storage nodes hosting S shards each and
-# one router. Data, logs and pids live under .tessera/ in the repository.
+# Local Tessera cluster on loopback: 3 storage nodes, 3*S shards each
+# replicated on all three (one Raft group per shard), and one router. Data, logs and pids live under .tessera/ in the repository.
 #
-#   deploy/local/cluster.sh up [--shards-per-node S] [--no-demo] [--debug]
+#   deploy/local/cluster.sh up [--shards-per-node S] [--no-demo] [--debug] [--fresh]
 #   deploy/local/cluster.sh down
 #   deploy/local/cluster.sh status
 #
@@ -15,6 +15,7 @@ STATE="${TESSERA_LOCAL_DIR:-$ROOT/.tessera}"
 NODES=3
 SPN=2
 DEMO=1
+FRESH=0
 PROFILE=release
 CMD="${1:-up}"; shift || true
 while [ $# -gt 0 ]; do
@@ -22,6 +23,7 @@ while [ $# -gt 0 ]; do
     --shards-per-node) SPN="$2"; shift 2 ;;
     --no-demo) DEMO=0; shift ;;
     --debug) PROFILE=debug; shift ;;
+    --fresh) FRESH=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -76,38 +78,32 @@ else
 fi
 
 stop_all
+[ $FRESH = 1 ] && rm -rf "$STATE"
 mkdir -p "$STATE/pids" "$STATE/logs"
 SHARDS=$((NODES * SPN))
-declare -a NODE_SHARDS
-for ((s = 0; s < SHARDS; s++)); do
-  start=$(( (2 * s * 16384 + SHARDS) / (2 * SHARDS) ))
-  end=$(( (2 * (s + 1) * 16384 + SHARDS) / (2 * SHARDS) - 1 ))
-  [ $s -eq $((SHARDS - 1)) ] && end=16383
-  n=$((s % NODES))
-  NODE_SHARDS[$n]="${NODE_SHARDS[$n]:+${NODE_SHARDS[$n]};}$s:$start-$end"
-done
-
+PEERS=""
+for ((n = 1; n <= NODES; n++)); do PEERS="${PEERS:+$PEERS,}$n=127.0.0.1:$((7100 + n))"; done
 NODE_ADDRS=()
-for ((n = 0; n < NODES; n++)); do
-  port=$((7101 + n))
+for ((n = 1; n <= NODES; n++)); do
+  port=$((7100 + n))
   mkdir -p "$STATE/node-$n"
-  "$BIN/tessera-node" --node-id "node-$n" --listen "127.0.0.1:$port" --worker-threads 1 \
-    --metrics-listen "127.0.0.1:$((9101 + n))" --shard "${NODE_SHARDS[$n]}" \
-    --data-dir "$STATE/node-$n" >"$STATE/logs/node-$n.log" 2>&1 &
+  "$BIN/tessera-node" --node-id "$n" --listen "127.0.0.1:$port" --worker-threads 1 \
+    --metrics-listen "127.0.0.1:$((9100 + n))" --peer "$PEERS" --shards "$SHARDS" \
+    --data-dir "$STATE/node-$n" >>"$STATE/logs/node-$n.log" 2>&1 &
   echo $! >"$STATE/pids/node-$n.pid"
   NODE_ADDRS+=("127.0.0.1:$port")
-  echo "node-$n  127.0.0.1:$port  shards ${NODE_SHARDS[$n]}"
 done
+echo "nodes: $PEERS ($SHARDS shards, each replicated on 3 nodes)"
 "$BIN/tessera-router" --listen 127.0.0.1:7000 --cluster-listen 127.0.0.1:7001,127.0.0.1:7002 \
   --metrics-listen 127.0.0.1:9121 --node "$(IFS=,; echo "${NODE_ADDRS[*]}")" \
-  >"$STATE/logs/router.log" 2>&1 &
+  >>"$STATE/logs/router.log" 2>&1 &
 echo $! >"$STATE/pids/router.pid"
 
-for _ in $(seq 150); do
-  redis-cli -p 7000 PING >/dev/null 2>&1 && break
+for _ in $(seq 300); do
+  [ "$(redis-cli -p 7000 DBSIZE 2>/dev/null)" -ge 0 ] 2>/dev/null && break
   sleep 0.1
 done
-if ! redis-cli -p 7000 PING >/dev/null 2>&1; then
+if ! [ "$(redis-cli -p 7000 DBSIZE 2>/dev/null)" -ge 0 ] 2>/dev/null; then
   echo "router did not come up; see $STATE/logs/router.log" >&2
   tail -20 "$STATE/logs/router.log" >&2
   exit 1
@@ -115,7 +111,8 @@ fi
 
 cat <<MSG
 
-Tessera is running: $NODES nodes x $SPN shards, 1 router.
+Tessera is running: $NODES nodes, $SHARDS shards (3 replicas each, Raft), 1 router.
+Data survives restarts: it lives under $STATE/node-*/ (delete it for a fresh cluster).
   cluster clients:  redis-cli -c -p 7001      (advertised masters 127.0.0.1:7001, 127.0.0.1:7002)
   plain clients:    redis-cli -p 7000          (one big Redis; KEYS/SCAN/DBSIZE cover every slot)
   metrics:          curl -s 127.0.0.1:9121/metrics   (nodes: 9101-9103)

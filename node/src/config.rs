@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, env = "TESSERA_ELECTION_TIMEOUT_MS", default_value_t = 400)]
     pub election_timeout_ms: u64,
     /// Log entries between snapshots.
-    #[arg(long, env = "TESSERA_SNAPSHOT_LOGS", default_value_t = 20_000)]
+    #[arg(long, env = "TESSERA_SNAPSHOT_LOGS", default_value_t = 100_000)]
     pub snapshot_logs: u64,
     /// Folder for this node's files.
     #[arg(long, env = "TESSERA_NODE_DATA_DIR", default_value = "./data")]
@@ -105,9 +105,7 @@ impl Args {
         }
         let mut peers = BTreeMap::new();
         for p in &self.peers {
-            let (id, addr) = p
-                .split_once('=')
-                .with_context(|| format!("peer '{p}' is not ID=HOST:PORT"))?;
+            let (id, addr) = p.split_once('=').with_context(|| format!("peer '{p}' is not ID=HOST:PORT"))?;
             let id: u64 = id.trim().parse().with_context(|| format!("peer id in '{p}'"))?;
             if id == 0 || peers.insert(id, addr.trim().to_string()).is_some() {
                 bail!("peer id {id} is zero or given twice");

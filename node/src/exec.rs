@@ -66,14 +66,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
         LogOp::Command(c) => c,
     };
     match cmd {
-        NodeCommand::Set {
-            key,
-            value,
-            expire,
-            keep_ttl,
-            cond,
-            get,
-        } => {
+        NodeCommand::Set { key, value, expire, keep_ttl, cond, get } => {
             let old = ks.get(key, ts);
             let old_value = match old.map(|e| &e.value) {
                 Some(Value::Str(s)) => Reply::Bulk(s.clone()),
@@ -92,13 +85,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
                     None if *keep_ttl => old.and_then(|e| e.expire_at),
                     None => None,
                 };
-                ks.insert(
-                    key.clone(),
-                    Entry {
-                        value: Value::Str(value.clone()),
-                        expire_at,
-                    },
-                );
+                ks.insert(key.clone(), Entry { value: Value::Str(value.clone()), expire_at });
             }
             match (get, proceed) {
                 (true, _) => old_value,
@@ -108,21 +95,12 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
         }
         NodeCommand::MSet { pairs } => {
             for (k, v) in pairs {
-                ks.insert(
-                    k.clone(),
-                    Entry {
-                        value: Value::Str(v.clone()),
-                        expire_at: None,
-                    },
-                );
+                ks.insert(k.clone(), Entry { value: Value::Str(v.clone()), expire_at: None });
             }
             Reply::ok()
         }
         NodeCommand::Del { keys } => {
-            let n = keys
-                .iter()
-                .filter(|k| ks.get(k, ts).is_some() && ks.remove(k).is_some())
-                .count();
+            let n = keys.iter().filter(|k| ks.get(k, ts).is_some() && ks.remove(k).is_some()).count();
             Reply::Int(n as i64)
         }
         NodeCommand::Expire { key, at, cond } => {
@@ -154,14 +132,8 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
         NodeCommand::IncrBy { key, delta } => {
             let (cur, expire_at) = match ks.get(key, ts) {
                 None => (0, None),
-                Some(Entry {
-                    value: Value::Tensor(_),
-                    ..
-                }) => return wrongtype(),
-                Some(Entry {
-                    value: Value::Str(s),
-                    expire_at,
-                }) => match parse_int(s) {
+                Some(Entry { value: Value::Tensor(_), .. }) => return wrongtype(),
+                Some(Entry { value: Value::Str(s), expire_at }) => match parse_int(s) {
                     Some(v) => (v, *expire_at),
                     None => return Error::NotInteger.to_reply(),
                 },
@@ -174,19 +146,10 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
             Reply::Int(new)
         }
         NodeCommand::TensorSet { key, tensor } => {
-            if let Some(Entry {
-                value: Value::Str(_), ..
-            }) = ks.get(key, ts)
-            {
+            if let Some(Entry { value: Value::Str(_), .. }) = ks.get(key, ts) {
                 return wrongtype();
             }
-            ks.insert(
-                key.clone(),
-                Entry {
-                    value: Value::Tensor(tensor.clone()),
-                    expire_at: None,
-                },
-            );
+            ks.insert(key.clone(), Entry { value: Value::Tensor(tensor.clone()), expire_at: None });
             Reply::ok()
         }
         NodeCommand::Flush { scope } => {
@@ -240,13 +203,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             }
             Reply::Array(out)
         }
-        NodeCommand::Scan {
-            cursor,
-            count,
-            pattern,
-            kind,
-            scope,
-        } => {
+        NodeCommand::Scan { cursor, count, pattern, kind, scope } => {
             // Whole slots at a time, from `cursor` upward. The router only sends
             // a cursor inside a range this shard owns; `owned` stops the walk
             // at the end of that range.
@@ -256,9 +213,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             while slot < SLOTS && scope.contains(slot) && seen < *count {
                 for (k, e) in ks.slot_keys(slot, now) {
                     seen += 1;
-                    let type_ok = kind
-                        .as_ref()
-                        .is_none_or(|t| t.eq_ignore_ascii_case(e.value.type_name().as_bytes()));
+                    let type_ok = kind.as_ref().is_none_or(|t| t.eq_ignore_ascii_case(e.value.type_name().as_bytes()));
                     if type_ok && pattern.as_ref().is_none_or(|p| glob::matches(p, k)) {
                         keys.push(Reply::Bulk(k.clone()));
                     }
@@ -288,12 +243,9 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             Reply::Null
         }
         NodeCommand::CountKeysInSlot { slot } => Reply::Int(ks.count_in_slot(*slot, now) as i64),
-        NodeCommand::GetKeysInSlot { slot, count } => Reply::Array(
-            ks.slot_keys(*slot, now)
-                .take(*count)
-                .map(|(k, _)| Reply::Bulk(k.clone()))
-                .collect(),
-        ),
+        NodeCommand::GetKeysInSlot { slot, count } => {
+            Reply::Array(ks.slot_keys(*slot, now).take(*count).map(|(k, _)| Reply::Bulk(k.clone())).collect())
+        }
         write => {
             // Writes never take this path: `Shard::execute` sends them to `apply`.
             Reply::err(format!("ERR internal: {} is a write", write.name()))

@@ -66,12 +66,7 @@ impl Default for Keyspace {
 
 impl Keyspace {
     pub fn new() -> Self {
-        Self {
-            slots: (0..SLOTS).map(|_| None).collect(),
-            len: 0,
-            value_bytes: 0,
-            expiries: BTreeSet::new(),
-        }
+        Self { slots: (0..SLOTS).map(|_| None).collect(), len: 0, value_bytes: 0, expiries: BTreeSet::new() }
     }
 
     /// Number of stored keys, including expired ones not yet purged.
@@ -185,9 +180,7 @@ impl Keyspace {
 
     /// Live keys of one slot.
     pub fn slot_keys(&self, slot: u16, now: i64) -> impl Iterator<Item = (&Bytes, &Entry)> {
-        self.slots[usize::from(slot)]
-            .iter()
-            .flat_map(move |m| m.iter().filter(move |(_, e)| e.live(now)))
+        self.slots[usize::from(slot)].iter().flat_map(move |m| m.iter().filter(move |(_, e)| e.live(now)))
     }
 
     pub fn count_in_slot(&self, slot: u16, now: i64) -> usize {
@@ -237,11 +230,7 @@ impl Keyspace {
         out.extend_from_slice(&(self.len as u64).to_le_bytes());
         for map in self.slots.iter().flatten() {
             for (k, e) in map.iter() {
-                let rec = DumpedKey {
-                    key: k.clone(),
-                    value: e.value.clone(),
-                    expire_at: e.expire_at,
-                };
+                let rec = DumpedKey { key: k.clone(), value: e.value.clone(), expire_at: e.expire_at };
                 let bytes = postcard::to_stdvec(&rec).expect("keys always serialize");
                 out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
                 out.extend_from_slice(&bytes);
@@ -254,10 +243,7 @@ impl Keyspace {
     pub fn load(data: &[u8]) -> Result<Keyspace, String> {
         let mut ks = Keyspace::new();
         let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
-            let end = pos
-                .checked_add(n)
-                .filter(|e| *e <= data.len())
-                .ok_or("snapshot is truncated")?;
+            let end = pos.checked_add(n).filter(|e| *e <= data.len()).ok_or("snapshot is truncated")?;
             let s = &data[*pos..end];
             *pos = end;
             Ok(s)
@@ -268,13 +254,7 @@ impl Keyspace {
             let len = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes")) as usize;
             let rec: DumpedKey =
                 postcard::from_bytes(take(&mut pos, len)?).map_err(|e| format!("bad key record: {e}"))?;
-            ks.insert(
-                rec.key,
-                Entry {
-                    value: rec.value,
-                    expire_at: rec.expire_at,
-                },
-            );
+            ks.insert(rec.key, Entry { value: rec.value, expire_at: rec.expire_at });
         }
         if pos != data.len() {
             return Err("trailing bytes after the last key".into());
@@ -288,10 +268,7 @@ mod tests {
     use super::*;
 
     fn s(v: &str) -> Entry {
-        Entry {
-            value: Value::Str(Bytes::copy_from_slice(v.as_bytes())),
-            expire_at: None,
-        }
+        Entry { value: Value::Str(Bytes::copy_from_slice(v.as_bytes())), expire_at: None }
     }
 
     #[test]
@@ -309,13 +286,7 @@ mod tests {
     #[test]
     fn expiry_is_decided_by_the_given_clock() {
         let mut ks = Keyspace::new();
-        ks.insert(
-            Bytes::from_static(b"k"),
-            Entry {
-                expire_at: Some(100),
-                ..s("v")
-            },
-        );
+        ks.insert(Bytes::from_static(b"k"), Entry { expire_at: Some(100), ..s("v") });
         ks.insert(Bytes::from_static(b"p"), s("v"));
         assert!(ks.get(b"k", 99).is_some());
         assert!(ks.get(b"k", 100).is_none());
@@ -324,13 +295,7 @@ mod tests {
         assert_eq!(ks.len(), 1);
         assert_eq!(ks.volatile(), 0);
         // Overwriting a volatile key with a persistent one clears its index entry.
-        ks.insert(
-            Bytes::from_static(b"x"),
-            Entry {
-                expire_at: Some(5),
-                ..s("v")
-            },
-        );
+        ks.insert(Bytes::from_static(b"x"), Entry { expire_at: Some(5), ..s("v") });
         ks.insert(Bytes::from_static(b"x"), s("w"));
         assert_eq!(ks.purge_expired(10), 0);
         assert!(ks.get(b"x", 10).is_some());
@@ -340,13 +305,7 @@ mod tests {
     fn dump_and_load_roundtrip() {
         let mut ks = Keyspace::new();
         ks.insert(Bytes::from_static(b"a"), s("1"));
-        ks.insert(
-            Bytes::from_static(b"b"),
-            Entry {
-                expire_at: Some(77),
-                ..s("2")
-            },
-        );
+        ks.insert(Bytes::from_static(b"b"), Entry { expire_at: Some(77), ..s("2") });
         let back = Keyspace::load(&ks.dump()).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back.get(b"b", 0).unwrap().expire_at, Some(77));

@@ -85,9 +85,11 @@ pub async fn run(
     let mut shards = Vec::new();
     for spec in config.hosted() {
         let dir = config.data_dir.join(format!("shard-{}", spec.id));
+        let placement = spec.replicas.iter().map(|id| (*id, config.peers[id].clone())).collect();
         let shard = Shard::open(
             spec.id,
             spec.ranges.clone(),
+            placement,
             config.node_id,
             &dir,
             raft_config.clone(),
@@ -102,24 +104,10 @@ pub async fn run(
     info!(node = config.node_id, addr = %listener.local_addr()?, shards = state.shards.len(), "node serving");
 
     let members = |ids: &[u64]| -> BTreeMap<u64, NodeAddr> {
-        ids.iter()
-            .map(|id| {
-                (
-                    *id,
-                    NodeAddr {
-                        addr: config.peers[id].clone(),
-                    },
-                )
-            })
-            .collect()
+        ids.iter().map(|id| (*id, NodeAddr { addr: config.peers[id].clone() })).collect()
     };
     for spec in config.hosted().filter(|s| s.replicas[0] == config.node_id) {
-        let shard = state
-            .shards
-            .iter()
-            .find(|s| s.id == spec.id)
-            .expect("hosted shard is open")
-            .clone();
+        let shard = state.shards.iter().find(|s| s.id == spec.id).expect("hosted shard is open").clone();
         let m = members(&spec.replicas);
         tokio::spawn(async move {
             if let Err(e) = shard.bootstrap(m).await {
@@ -133,11 +121,9 @@ pub async fn run(
     let node_svc = NodeServer::new(NodeService { state: state.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let raft_svc = RaftTransportServer::new(TransportService {
-        groups: Arc::new(groups),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft_svc = RaftTransportServer::new(TransportService { groups: Arc::new(groups) })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -155,7 +141,11 @@ pub async fn run(
     info!("node shutting down: handing leadership to other replicas");
     hand_off_leadership(&state).await;
     let _ = stop_tx.send(());
-    let _ = server.await;
+    // Routers hold long-lived session streams open: give in-flight requests a
+    // moment, then close whatever is left.
+    if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+        info!("closing remaining sessions");
+    }
     sweeper.abort();
     stats.abort();
     for s in &state.shards {

@@ -22,11 +22,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if args.print_ready {
         println!("READY {} {}", listener.local_addr()?, metrics_listener.local_addr()?);
     }
-    tokio::spawn(tessera_telemetry::serve_metrics(
-        metrics_listener,
-        metrics,
-        std::future::pending(),
-    ));
+    tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, std::future::pending()));
     tessera_node::run(config, listener, shutdown_signal()).await
 }
 

@@ -54,12 +54,7 @@ impl NodeState {
                 }
             }
         }
-        Self {
-            node_id,
-            shards,
-            by_slot,
-            by_id,
-        }
+        Self { node_id, shards, by_slot, by_id }
     }
 
     /// Decodes a request and finds its shard; an error reply otherwise.
@@ -73,9 +68,7 @@ impl NodeState {
             Some(request::Target::Shard(id)) => self.by_id.get(&id).copied(),
             None => None,
         };
-        let shard = shard
-            .map(|i| self.shards[i].clone())
-            .ok_or_else(|| Reply::err(NOT_SERVED))?;
+        let shard = shard.map(|i| self.shards[i].clone()).ok_or_else(|| Reply::err(NOT_SERVED))?;
         // A stale router can never make this shard store a key it does not own
         // (the state machine of each replica holds only its shard's slots).
         if !cmd.keys().all(|k| shard.owns(key_slot(k))) {
@@ -90,17 +83,10 @@ fn response(id: u64, shard: u32, out: Outcome) -> tessera_proto::v1::Response {
         Outcome::Reply(r) => response::Result::Reply(r.to_bytes().into()),
         Outcome::Redirect(leader) => {
             let (leader_id, leader_addr) = leader.unwrap_or_default();
-            response::Result::Redirect(Redirect {
-                shard,
-                leader_id,
-                leader_addr,
-            })
+            response::Result::Redirect(Redirect { shard, leader_id, leader_addr })
         }
     };
-    tessera_proto::v1::Response {
-        id,
-        result: Some(result),
-    }
+    tessera_proto::v1::Response { id, result: Some(result) }
 }
 
 fn record(name: &'static str, out: &Outcome, start: Instant) {
@@ -263,10 +249,7 @@ impl Node for NodeService {
         metrics::gauge!("tessera_node_sessions").increment(1.0);
         let (tx, rx) = mpsc::channel(8192);
         tokio::spawn(read_session(self.state.clone(), req.into_inner(), tx, peer));
-        Ok(Response::new(Box::pin(ResponseStream {
-            rx,
-            _guard: SessionGuard { peer },
-        })))
+        Ok(Response::new(Box::pin(ResponseStream { rx, _guard: SessionGuard { peer } })))
     }
 
     async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
@@ -278,14 +261,7 @@ impl Node for NodeService {
                 let st = s.status();
                 ShardInfo {
                     id: s.id,
-                    slots: s
-                        .ranges
-                        .iter()
-                        .map(|r| SlotRange {
-                            start: r.start.into(),
-                            end: r.end.into(),
-                        })
-                        .collect(),
+                    slots: s.ranges.iter().map(|r| SlotRange { start: r.start.into(), end: r.end.into() }).collect(),
                     members: st.members.into_iter().map(|(id, addr)| Member { id, addr }).collect(),
                     leader_id: st.leader.unwrap_or(0),
                     term: st.term,
@@ -294,9 +270,6 @@ impl Node for NodeService {
                 }
             })
             .collect();
-        Ok(Response::new(ShardsResponse {
-            node_id: self.state.node_id,
-            shards,
-        }))
+        Ok(Response::new(ShardsResponse { node_id: self.state.node_id, shards }))
     }
 }

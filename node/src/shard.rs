@@ -31,10 +31,7 @@ use crate::raft::store::LogStore;
 use crate::raft::{LogOp, NodeAddr, Proposal, Raft, RaftConfig, C};
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// What a replica answers.
@@ -54,6 +51,9 @@ pub enum Submitted {
 pub struct Shard {
     pub id: u32,
     pub ranges: Vec<SlotRange>,
+    /// The replica set the cluster layout assigns (reported until the group's
+    /// own membership is known).
+    pub placement: BTreeMap<u64, String>,
     pub raft: Raft,
     data: Arc<Mutex<ShardData>>,
     /// Highest timestamp handed to a proposal.
@@ -75,10 +75,7 @@ pub struct ShardStatus {
 }
 
 fn forward(f: &ForwardToLeader<C>) -> Outcome {
-    Outcome::Redirect(
-        f.leader_id
-            .map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default())),
-    )
+    Outcome::Redirect(f.leader_id.map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default())))
 }
 
 impl Shard {
@@ -86,6 +83,7 @@ impl Shard {
     pub async fn open(
         id: u32,
         ranges: Vec<SlotRange>,
+        placement: BTreeMap<u64, String>,
         node_id: u64,
         dir: &Path,
         config: Arc<RaftConfig>,
@@ -98,13 +96,7 @@ impl Shard {
         let raft = Raft::new(node_id, config, NetworkFactory { group: id, peers }, store, sm)
             .await
             .map_err(io::Error::other)?;
-        Ok(Arc::new(Shard {
-            id,
-            ranges,
-            raft,
-            data,
-            last_ts: AtomicI64::new(last_ts),
-        }))
+        Ok(Arc::new(Shard { id, ranges, placement, raft, data, last_ts: AtomicI64::new(last_ts) }))
     }
 
     pub fn owns(&self, slot: u16) -> bool {
@@ -201,11 +193,7 @@ impl Shard {
             last_log_index: m.last_log_index.unwrap_or(0),
             committed: m.local_committed.map_or(0, |l| l.index),
             applied: m.last_applied.map_or(0, |l| l.index),
-            members: m
-                .membership_config
-                .nodes()
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect(),
+            members: m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
         }
     }
 
@@ -213,11 +201,7 @@ impl Shard {
     pub fn leader(&self) -> Option<(u64, String)> {
         let m = self.raft.metrics().borrow_watched().clone();
         let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .nodes()
-            .find(|(n, _)| **n == id)
-            .map(|(_, a)| a.addr.clone())?;
+        let addr = m.membership_config.nodes().find(|(n, _)| **n == id).map(|(_, a)| a.addr.clone())?;
         Some((id, addr))
     }
 }

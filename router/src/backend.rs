@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SLOTS};
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
@@ -67,9 +67,7 @@ fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
 }
 
 fn grpc(channel: Channel) -> GrpcClient<Channel> {
-    GrpcClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    GrpcClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 impl NodeClient {
@@ -95,16 +93,12 @@ impl NodeClient {
         if let Err(e) = self.tx.try_send(Queued { target, command, reply }) {
             let q = match e {
                 mpsc::error::TrySendError::Full(q) => {
-                    let _ = q.reply.send(NodeReply::Reply(Reply::err(
-                        "BUSY router queue to the node is full, retry",
-                    )));
+                    let _ = q.reply.send(NodeReply::Reply(Reply::err("BUSY router queue to the node is full, retry")));
                     return rx;
                 }
                 mpsc::error::TrySendError::Closed(q) => q,
             };
-            let _ = q
-                .reply
-                .send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
+            let _ = q.reply.send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
         }
         rx
     }
@@ -122,9 +116,7 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
         warn!(node = %addr, error = %e, "node session down; reconnecting");
         // Requests queued while down fail fast instead of waiting.
         while let Ok(q) = rx.lock().try_recv() {
-            let _ = q
-                .reply
-                .send(NodeReply::Unreachable(format!("node {addr} is unreachable")));
+            let _ = q.reply.send(NodeReply::Unreachable(format!("node {addr} is unreachable")));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -158,11 +150,7 @@ impl Stream for BatchStream {
             this.next_id += 1;
             bytes += q.command.len();
             map.insert(this.next_id, q.reply);
-            requests.push(Request {
-                id: this.next_id,
-                target: Some(q.target),
-                command: q.command,
-            });
+            requests.push(Request { id: this.next_id, target: Some(q.target), command: q.command });
             if requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
                 next = rx.try_recv().ok();
             }
@@ -176,11 +164,7 @@ impl Stream for BatchStream {
 async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::convert::Infallible, anyhow::Error> {
     let channel = endpoint(addr)?.connect().await?;
     let in_flight: InFlight = Arc::default();
-    let outbound = BatchStream {
-        rx: rx.clone(),
-        in_flight: in_flight.clone(),
-        next_id: 0,
-    };
+    let outbound = BatchStream { rx: rx.clone(), in_flight: in_flight.clone(), next_id: 0 };
     let result = async {
         let mut inbound = grpc(channel).session(outbound).await?.into_inner();
         connected.store(true, Ordering::Relaxed);
@@ -230,16 +214,20 @@ pub struct ShardMap {
 pub struct ShardEntry {
     pub id: u32,
     pub ranges: Vec<SlotRange>,
-    /// Indexes into `ShardMap::nodes` of the replicas.
-    pub replicas: Vec<usize>,
+    /// Indexes into `ShardMap::nodes` of the replicas (refreshed from the nodes).
+    pub replicas: RwLock<Vec<usize>>,
     /// Index into `ShardMap::nodes` of the leader last seen (a hint).
     pub leader: AtomicUsize,
 }
 
-/// How many times one command follows redirects or tries another replica,
-/// and the pause between tries while a shard has no leader (an election).
-const MAX_TRIES: usize = 40;
+/// How long one command keeps following redirects and trying other replicas
+/// (longer than an election), and the pause between rounds while a shard has
+/// no leader.
+const RETRY_BUDGET: Duration = Duration::from_secs(6);
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
+/// How long a node may take to answer one request before the router gives
+/// up on it (a paused or partitioned node never answers).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ShardMap {
     /// Asks every node which shards it hosts (retrying until `deadline`) and
@@ -294,15 +282,11 @@ impl ShardMap {
                 if replicas.is_empty() {
                     replicas.push(me);
                 }
-                let leader = s
-                    .members
-                    .iter()
-                    .find(|m| m.id == s.leader_id)
-                    .map_or(me, |m| index(&mut nodes, &m.addr));
+                let leader = s.members.iter().find(|m| m.id == s.leader_id).map_or(me, |m| index(&mut nodes, &m.addr));
                 shards.push(ShardEntry {
                     id: s.id,
                     ranges,
-                    replicas,
+                    replicas: RwLock::new(replicas),
                     leader: AtomicUsize::new(leader),
                 });
             }
@@ -327,10 +311,8 @@ impl ShardMap {
     /// `deadline` passes).
     pub async fn wait_connected(&self, deadline: Duration) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
-        while let Some(s) = self
-            .shards
-            .iter()
-            .find(|s| !s.replicas.iter().any(|r| self.nodes[*r].is_connected()))
+        while let Some(s) =
+            self.shards.iter().find(|s| !s.replicas.read().iter().any(|r| self.nodes[*r].is_connected()))
         {
             if start.elapsed() > deadline {
                 anyhow::bail!("no session to any replica of shard {} within {deadline:?}", s.id);
@@ -340,16 +322,43 @@ impl ShardMap {
         Ok(())
     }
 
+    /// Refreshes replica sets and leader hints from the nodes, forever.
+    pub async fn refresh_loop(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            for node in 0..self.nodes.len() {
+                let addr = self.nodes[node].addr.clone();
+                let answer = async {
+                    let ch = endpoint(&addr)?.connect().await?;
+                    anyhow::Ok(grpc(ch).shards(ShardsRequest {}).await?.into_inner())
+                };
+                let Ok(Ok(resp)) = tokio::time::timeout(every, answer).await else {
+                    continue;
+                };
+                for s in resp.shards {
+                    let Some(entry) = self.shards.iter().find(|e| e.id == s.id) else {
+                        continue;
+                    };
+                    let replicas: Vec<usize> = s.members.iter().filter_map(|m| self.node_index(&m.addr)).collect();
+                    if !replicas.is_empty() && s.members.len() == replicas.len() {
+                        *entry.replicas.write() = replicas;
+                    }
+                    if let Some(leader) = s.members.iter().find(|m| m.id == s.leader_id) {
+                        if let Some(i) = self.node_index(&leader.addr) {
+                            entry.leader.store(i, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     pub fn unserved_slots(&self) -> usize {
         self.by_slot.iter().filter(|s| s.is_none()).count()
     }
 
     pub fn shard_of(&self, slot: u16) -> Option<&ShardEntry> {
-        self.by_slot
-            .get(usize::from(slot))
-            .copied()
-            .flatten()
-            .map(|i| &self.shards[i as usize])
+        self.by_slot.get(usize::from(slot)).copied().flatten().map(|i| &self.shards[i as usize])
     }
 
     fn node_index(&self, addr: &str) -> Option<usize> {
@@ -357,31 +366,57 @@ impl ShardMap {
     }
 
     /// Sends a keyed command to the leader of the shard owning `slot`.
-    pub async fn call_slot(&self, slot: u16, command: Bytes) -> Reply {
+    /// `read_only` commands are retried on another replica after a timeout;
+    /// writes are not (their outcome is unknown).
+    pub async fn call_slot(&self, slot: u16, command: Bytes, read_only: bool) -> Reply {
         match self.shard_of(slot) {
-            Some(s) => self.call(s, request::Target::Slot(u32::from(slot)), command).await,
+            Some(s) => self.call(s, request::Target::Slot(u32::from(slot)), command, read_only).await,
             None => Reply::err("CLUSTERDOWN Hash slot not served"),
         }
     }
 
     /// Sends a command to one shard's leader.
-    pub async fn call_shard(&self, shard: &ShardEntry, command: Bytes) -> Reply {
-        self.call(shard, request::Target::Shard(shard.id), command).await
+    pub async fn call_shard(&self, shard: &ShardEntry, command: Bytes, read_only: bool) -> Reply {
+        self.call(shard, request::Target::Shard(shard.id), command, read_only).await
     }
 
     /// Sends to the cached leader, following redirects and moving to another
-    /// replica when a node is unreachable, a bounded number of times. Only
-    /// requests that provably did not run are sent again.
-    async fn call(&self, shard: &ShardEntry, target: request::Target, command: Bytes) -> Reply {
+    /// replica when a node is unreachable, for a bounded time. Only requests
+    /// that provably did not run (or reads) are sent again.
+    async fn call(&self, shard: &ShardEntry, target: request::Target, command: Bytes, read_only: bool) -> Reply {
+        let start = tokio::time::Instant::now();
         let mut node = shard.leader.load(Ordering::Relaxed);
         let mut last = String::new();
-        for attempt in 0..MAX_TRIES {
+        let mut tries = 0usize;
+        let replicas = shard.replicas.read().clone();
+        let next_replica = |node: usize| {
+            let pos = replicas.iter().position(|r| *r == node).unwrap_or(0);
+            replicas[(pos + 1) % replicas.len()]
+        };
+        while start.elapsed() < RETRY_BUDGET {
+            tries += 1;
             let rx = self.nodes[node].call(target, command.clone());
-            let reply = rx.await.unwrap_or_else(|_| {
-                NodeReply::Reply(Reply::err(
-                    "TRYAGAIN node request was dropped; the command may or may not have run",
-                ))
-            });
+            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+                Ok(r) => r.unwrap_or_else(|_| {
+                    NodeReply::Reply(Reply::err(
+                        "TRYAGAIN node request was dropped; the command may or may not have run",
+                    ))
+                }),
+                Err(_) => {
+                    // The node is paused or cut off; look elsewhere next time.
+                    metrics::counter!("tessera_router_node_timeouts_total").increment(1);
+                    let addr = self.nodes[node].addr.clone();
+                    node = next_replica(node);
+                    shard.leader.store(node, Ordering::Relaxed);
+                    if !read_only {
+                        return Reply::err(format!(
+                            "TRYAGAIN node {addr} did not answer in {REQUEST_TIMEOUT:?}; the command may or may not have run"
+                        ));
+                    }
+                    last = format!("node {addr} timed out");
+                    continue;
+                }
+            };
             match reply {
                 NodeReply::Reply(r) => {
                     shard.leader.store(node, Ordering::Relaxed);
@@ -394,19 +429,15 @@ impl ShardMap {
                 }
                 NodeReply::Redirect(_) | NodeReply::Unreachable(_) => {
                     // No leader known (an election) or the node is down: try
-                    // the next replica after a short pause.
+                    // the next replica, pausing after each full round.
                     last = "no leader".into();
-                    let pos = shard.replicas.iter().position(|r| *r == node).unwrap_or(0);
-                    node = shard.replicas[(pos + 1) % shard.replicas.len()];
-                    if attempt % shard.replicas.len().max(1) == shard.replicas.len().max(1) - 1 {
+                    node = next_replica(node);
+                    if tries % replicas.len().max(1) == 0 {
                         tokio::time::sleep(NO_LEADER_PAUSE).await;
                     }
                 }
             }
         }
-        Reply::err(format!(
-            "CLUSTERDOWN shard {} has no reachable leader ({last})",
-            shard.id
-        ))
+        Reply::err(format!("CLUSTERDOWN shard {} has no reachable leader ({last})", shard.id))
     }
 }

@@ -21,11 +21,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_bulk_len: 512 * 1024 * 1024,
-            max_array_len: 16 * 1024 * 1024,
-            max_inline_len: 64 * 1024,
-        }
+        Self { max_bulk_len: 512 * 1024 * 1024, max_array_len: 16 * 1024 * 1024, max_inline_len: 64 * 1024 }
     }
 }
 
@@ -154,9 +150,7 @@ impl FrameScanner {
         let line = buf.split_to(nl + 1).freeze();
         let body = line.slice(..nl);
         let body = body.strip_suffix(b"\r").map(|b| line.slice_ref(b)).unwrap_or(body);
-        split_inline(&body)
-            .map(Some)
-            .ok_or_else(|| perr("unbalanced quotes in request"))
+        split_inline(&body).map(Some).ok_or_else(|| perr("unbalanced quotes in request"))
     }
 }
 
@@ -292,11 +286,7 @@ mod tests {
 
     #[test]
     fn limits_reject_before_buffering() {
-        let l = Limits {
-            max_bulk_len: 10,
-            max_array_len: 4,
-            max_inline_len: 8,
-        };
+        let l = Limits { max_bulk_len: 10, max_array_len: 4, max_inline_len: 8 };
         assert_eq!(feed(&[b"*5\r\n"], &l)[0], Err(perr("invalid multibulk length")));
         assert_eq!(feed(&[b"*1\r\n$11\r\n"], &l)[0], Err(perr("invalid bulk length")));
         assert_eq!(feed(&[b"PINGPINGPING"], &l)[0], Err(perr("too big inline request")));

@@ -10,11 +10,7 @@ use tessera_telemetry::LogFormat;
 use crate::codec::Limits;
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "tessera-router",
-    version,
-    about = "Tessera router (RESP2/RESP3, Redis Cluster protocol)"
-)]
+#[command(name = "tessera-router", version, about = "Tessera router (RESP2/RESP3, Redis Cluster protocol)")]
 pub struct Args {
     /// Plain port: clients that do not speak the cluster protocol see one big
     /// Redis here (KEYS/SCAN/DBSIZE cover every slot).

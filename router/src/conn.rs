@@ -194,13 +194,7 @@ async fn session(
 }
 
 fn tagged(pending: Pending, proto: Protocol, after: After, cmd: &'static str) -> Tagged {
-    Tagged {
-        pending,
-        proto,
-        after,
-        cmd,
-        start: Instant::now(),
-    }
+    Tagged { pending, proto, after, cmd, start: Instant::now() }
 }
 
 /// Parses and dispatches one command.

@@ -52,18 +52,14 @@ pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pe
         Command::Keyed { slot, cmd } => {
             let router = router.clone();
             let bytes = Bytes::from(cmd.to_bytes());
-            (
-                Pending::Fut(Box::pin(async move { router.shards.call_slot(slot, bytes).await })),
-                After::Continue,
-            )
+            let read_only = !cmd.is_write();
+            let call = async move { router.shards.call_slot(slot, bytes, read_only).await };
+            (Pending::Fut(Box::pin(call)), After::Continue)
         }
         Command::Fanout(f) => {
             let router = router.clone();
             let scope = conn.scope.clone();
-            (
-                Pending::Fut(Box::pin(async move { fanout(&router.shards, f, scope).await })),
-                After::Continue,
-            )
+            (Pending::Fut(Box::pin(async move { fanout(&router.shards, f, scope).await })), After::Continue)
         }
         Command::Local(l) => crate::local::run(router, conn, l),
     }
@@ -80,11 +76,7 @@ fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(usize, SlotScope)> {
                 .iter()
                 .flat_map(|r| {
                     let whole = [SlotRange::new(0, SLOTS - 1)];
-                    let scope_ranges: Vec<SlotRange> = if scope.is_all() {
-                        whole.to_vec()
-                    } else {
-                        scope.0.clone()
-                    };
+                    let scope_ranges: Vec<SlotRange> = if scope.is_all() { whole.to_vec() } else { scope.0.clone() };
                     scope_ranges.into_iter().filter_map(move |q| {
                         let (a, b) = (r.start.max(q.start), r.end.min(q.end));
                         (a <= b).then(|| SlotRange::new(a, b))
@@ -97,9 +89,10 @@ fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(usize, SlotScope)> {
 }
 
 async fn each_shard(map: &ShardMap, scope: &SlotScope, make: impl Fn(SlotScope) -> NodeCommand) -> Vec<Reply> {
-    let calls = shards_in(map, scope)
-        .into_iter()
-        .map(|(i, s)| map.call_shard(&map.shards[i], Bytes::from(make(s).to_bytes())));
+    let calls = shards_in(map, scope).into_iter().map(|(i, s)| {
+        let cmd = make(s);
+        map.call_shard(&map.shards[i], Bytes::from(cmd.to_bytes()), !cmd.is_write())
+    });
     join_all(calls).await
 }
 
@@ -107,12 +100,7 @@ pub async fn fanout(map: &ShardMap, f: Fanout, scope: SlotScope) -> Reply {
     match f {
         Fanout::Keys { pattern } => {
             let mut keys = Vec::new();
-            for r in each_shard(map, &scope, |scope| NodeCommand::Keys {
-                pattern: pattern.clone(),
-                scope,
-            })
-            .await
-            {
+            for r in each_shard(map, &scope, |scope| NodeCommand::Keys { pattern: pattern.clone(), scope }).await {
                 match r {
                     Reply::Array(mut k) => keys.append(&mut k),
                     err => return err,
@@ -148,12 +136,7 @@ pub async fn fanout(map: &ShardMap, f: Fanout, scope: SlotScope) -> Reply {
             }
             Reply::ok()
         }
-        Fanout::Scan {
-            cursor,
-            pattern,
-            count,
-            kind,
-        } => scan(map, &scope, cursor, pattern, count, kind).await,
+        Fanout::Scan { cursor, pattern, count, kind } => scan(map, &scope, cursor, pattern, count, kind).await,
     }
 }
 
@@ -197,7 +180,7 @@ async fn scan(
             kind: kind.clone(),
             scope: SlotScope(vec![SlotRange::new(slot, end)]),
         };
-        match map.call_shard(shard, Bytes::from(cmd.to_bytes())).await {
+        match map.call_shard(shard, Bytes::from(cmd.to_bytes()), true).await {
             Reply::Array(mut parts) if parts.len() == 2 => {
                 let (Reply::Int(n), Reply::Array(mut k)) = (parts.remove(0), parts.remove(0)) else {
                     return Reply::err("ERR malformed SCAN reply from node");
@@ -223,11 +206,8 @@ async fn scan(
 /// after it that are both in scope and owned by the same shard.
 fn next_scoped_slot(map: &ShardMap, scope: &SlotScope, from: u64) -> Option<(u16, u16)> {
     let from = u16::try_from(from).ok().filter(|f| *f < SLOTS)?;
-    let scope_ranges: Vec<SlotRange> = if scope.is_all() {
-        vec![SlotRange::new(0, SLOTS - 1)]
-    } else {
-        scope.0.clone()
-    };
+    let scope_ranges: Vec<SlotRange> =
+        if scope.is_all() { vec![SlotRange::new(0, SLOTS - 1)] } else { scope.0.clone() };
     let mut best: Option<(u16, u16)> = None;
     for q in scope_ranges.iter().filter(|q| q.end >= from) {
         let start = q.start.max(from);

@@ -46,7 +46,7 @@ pub struct Router {
     pub config: Config,
     pub parse_limits: ParseLimits,
     pub topology: Topology,
-    pub shards: ShardMap,
+    pub shards: Arc<ShardMap>,
     pub stats: Stats,
     pub started: Instant,
     pub plain_addr: SocketAddr,
@@ -89,24 +89,14 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let shards = ShardMap::discover(&config.nodes, config.node_wait).await?;
+    let shards = Arc::new(ShardMap::discover(&config.nodes, config.node_wait).await?);
     shards.wait_connected(config.node_wait).await?;
+    let refresher = tokio::spawn(shards.clone().refresh_loop(Duration::from_secs(1)));
     if shards.unserved_slots() > 0 {
-        warn!(
-            unserved = shards.unserved_slots(),
-            "some slots have no shard; they answer CLUSTERDOWN"
-        );
+        warn!(unserved = shards.unserved_slots(), "some slots have no shard; they answer CLUSTERDOWN");
     }
-    let cluster_addrs: Vec<SocketAddr> = listeners
-        .cluster
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<Result<_, _>>()?;
-    let advertised = if config.advertise.is_empty() {
-        cluster_addrs.clone()
-    } else {
-        config.advertise.clone()
-    };
+    let cluster_addrs: Vec<SocketAddr> = listeners.cluster.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let advertised = if config.advertise.is_empty() { cluster_addrs.clone() } else { config.advertise.clone() };
     if advertised.is_empty() {
         anyhow::bail!("no advertised endpoint: give --cluster-listen or --advertise");
     }
@@ -119,9 +109,7 @@ pub async fn run(
     let plain_addr = listeners.plain.local_addr()?;
     let run_id = topology::node_id(&plain_addr);
     let router = Arc::new(Router {
-        parse_limits: ParseLimits {
-            max_value_bytes: config.limits.max_bulk_len,
-        },
+        parse_limits: ParseLimits { max_value_bytes: config.limits.max_bulk_len },
         config,
         topology,
         shards,
@@ -136,12 +124,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = Vec::new();
-    accept_tasks.push(tokio::spawn(accept_loop(
-        router.clone(),
-        listeners.plain,
-        None,
-        stop_rx.clone(),
-    )));
+    accept_tasks.push(tokio::spawn(accept_loop(router.clone(), listeners.plain, None, stop_rx.clone())));
     for (l, addr) in listeners.cluster.into_iter().zip(cluster_addrs) {
         let vnode = router.topology.node_at(addr);
         accept_tasks.push(tokio::spawn(accept_loop(router.clone(), l, vnode, stop_rx.clone())));
@@ -152,6 +135,7 @@ pub async fn run(
     for t in &accept_tasks {
         t.abort();
     }
+    refresher.abort();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Stats::get(&router.stats.connected) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -48,9 +48,7 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
                 Pending::Fut(Box::pin(async move {
                     let want = |s: &str| {
                         sections.is_empty()
-                            || sections
-                                .iter()
-                                .any(|w| w == s || w == "all" || w == "everything" || w == "default")
+                            || sections.iter().any(|w| w == s || w == "all" || w == "everything" || w == "default")
                     };
                     let mut text = router.info_text(&want, clients);
                     if want("keyspace") {
@@ -68,12 +66,9 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         }
         Local::ConfigGet(patterns) => ready(config_get(router, &patterns)),
         Local::ConfigResetStat => {
-            for c in [
-                &router.stats.commands,
-                &router.stats.errors,
-                &router.stats.connections_total,
-                &router.stats.rejected,
-            ] {
+            for c in
+                [&router.stats.commands, &router.stats.errors, &router.stats.connections_total, &router.stats.rejected]
+            {
                 c.store(0, Ordering::Relaxed);
             }
             ready(Reply::ok())
@@ -134,10 +129,7 @@ fn config_get(router: &Router, patterns: &[Bytes]) -> Reply {
     ];
     let mut out = Vec::new();
     for (name, value) in params {
-        if patterns
-            .iter()
-            .any(|p| glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
-        {
+        if patterns.iter().any(|p| glob::matches(&p.to_ascii_lowercase(), name.as_bytes())) {
             out.push((Reply::bulk_str(name), Reply::bulk_str(&value)));
         }
     }
@@ -150,24 +142,16 @@ fn command(c: CommandCmd) -> Reply {
         CommandCmd::Count => Reply::Int(COMMANDS.len() as i64),
         CommandCmd::List => Reply::Array(COMMANDS.iter().map(|s| Reply::bulk_str(s.name)).collect()),
         CommandCmd::Info(names) if names.is_empty() => Reply::Array(COMMANDS.iter().map(|s| s.info_reply()).collect()),
-        CommandCmd::Info(names) => Reply::Array(
-            names
-                .iter()
-                .map(|n| table::lookup(n).map_or(Reply::NullArray, |s| s.info_reply()))
-                .collect(),
-        ),
+        CommandCmd::Info(names) => {
+            Reply::Array(names.iter().map(|n| table::lookup(n).map_or(Reply::NullArray, |s| s.info_reply())).collect())
+        }
         CommandCmd::Docs(names) => {
             let specs: Vec<_> = if names.is_empty() {
                 COMMANDS.iter().collect()
             } else {
                 names.iter().filter_map(|n| table::lookup(n)).collect()
             };
-            Reply::Map(
-                specs
-                    .into_iter()
-                    .map(|s| (Reply::bulk_str(s.name), s.docs_reply()))
-                    .collect(),
-            )
+            Reply::Map(specs.into_iter().map(|s| (Reply::bulk_str(s.name), s.docs_reply())).collect())
         }
         CommandCmd::GetKeys(argv) => {
             let Some(spec) = table::lookup(&argv[0]) else {
@@ -257,11 +241,7 @@ impl Router {
         section(
             "persistence",
             "Persistence",
-            vec![
-                "loading:0".into(),
-                "aof_enabled:0".into(),
-                "rdb_changes_since_last_save:0".into(),
-            ],
+            vec!["loading:0".into(), "aof_enabled:0".into(), "rdb_changes_since_last_save:0".into()],
         );
         section(
             "stats",
@@ -278,11 +258,7 @@ impl Router {
         section(
             "replication",
             "Replication",
-            vec![
-                "role:master".into(),
-                "connected_slaves:0".into(),
-                "master_repl_offset:0".into(),
-            ],
+            vec!["role:master".into(), "connected_slaves:0".into(), "master_repl_offset:0".into()],
         );
         let connected = self.shards.nodes.iter().filter(|n| n.is_connected()).count();
         section(

@@ -26,11 +26,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let metrics_listener = TcpListener::bind(args.metrics_listen).await?;
     if args.print_ready {
-        let addrs: Vec<String> = cluster
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .map(|a| a.to_string())
-            .collect();
+        let addrs: Vec<String> = cluster.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
         println!(
             "READY plain={} cluster={} metrics={}",
             plain.local_addr()?,
@@ -38,11 +34,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             metrics_listener.local_addr()?
         );
     }
-    tokio::spawn(tessera_telemetry::serve_metrics(
-        metrics_listener,
-        metrics,
-        std::future::pending(),
-    ));
+    tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, std::future::pending()));
     tessera_router::run(config, Listeners { plain, cluster }, shutdown_signal()).await
 }
 

@@ -51,11 +51,7 @@ impl Topology {
         let nodes = advertised
             .into_iter()
             .zip(ranges)
-            .map(|(addr, slots)| VirtualNode {
-                id: node_id(&addr),
-                addr,
-                slots,
-            })
+            .map(|(addr, slots)| VirtualNode { id: node_id(&addr), addr, slots })
             .collect();
         Topology { nodes, epoch: 1 }
     }
@@ -64,13 +60,8 @@ impl Topology {
     pub fn node_at(&self, local: SocketAddr) -> Option<usize> {
         self.nodes.iter().position(|n| n.addr == local).or_else(|| {
             // Bound to 0.0.0.0 or reached through another local address: match by port.
-            let by_port: Vec<usize> = self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.addr.port() == local.port())
-                .map(|(i, _)| i)
-                .collect();
+            let by_port: Vec<usize> =
+                self.nodes.iter().enumerate().filter(|(_, n)| n.addr.port() == local.port()).map(|(i, _)| i).collect();
             (by_port.len() == 1).then(|| by_port[0])
         })
     }

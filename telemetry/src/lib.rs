@@ -29,9 +29,7 @@ pub enum LogFormat {
 /// Installs the global subscriber; later calls are no-ops (tests start many servers).
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -52,12 +50,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full("tessera_router_batch_requests".into()), BATCH_BUCKETS)?
         .install_recorder()?;
     let upkeep = handle.clone();
-    std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(2));
-            upkeep.run_upkeep();
-        })?;
+    std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(2));
+        upkeep.run_upkeep();
+    })?;
     Ok(handle)
 }
 

@@ -3,6 +3,7 @@ started from built binaries; used by the Python tests and scripts/bench.py."""
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -10,14 +11,10 @@ import time
 import redis
 
 
-def _split_even(n):
-    per = 16384 / n
-    out = []
-    for i in range(n):
-        start = int(round(i * per + 1e-9))
-        end = 16383 if i == n - 1 else int(round((i + 1) * per + 1e-9)) - 1
-        out.append((start, end))
-    return out
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _ready(proc, timeout=30):
@@ -34,15 +31,17 @@ class LocalCluster:
                                              os.path.expanduser("~/.cache/tessera/target/debug"))
         self.dir = tempfile.mkdtemp(prefix="tessera-py-")
         self.procs = []
-        ranges = _split_even(nodes * shards_per_node)
-        addrs = []
-        for n in range(nodes):
-            shards = ";".join(f"{s}:{a}-{b}" for s, (a, b) in enumerate(ranges) if s % nodes == n)
-            p = self._spawn(f"node-{n}", [f"{self.bin}/tessera-node", "--node-id", f"node-{n}",
-                                         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                                         "--print-ready", "--worker-threads", "1", "--shard", shards,
-                                         "--data-dir", os.path.join(self.dir, f"node-{n}")])
-            addrs.append(_ready(p)[1])
+        # Nodes must know each other's addresses before they start, so ports
+        # are reserved up front rather than taken with port 0.
+        addrs = [f"127.0.0.1:{_free_port()}" for _ in range(nodes)]
+        peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(addrs))
+        for n, addr in enumerate(addrs):
+            p = self._spawn(f"node-{n + 1}", [f"{self.bin}/tessera-node", "--node-id", str(n + 1),
+                                             "--listen", addr, "--metrics-listen", "127.0.0.1:0",
+                                             "--print-ready", "--worker-threads", "1", "--peer", peers,
+                                             "--shards", str(nodes * shards_per_node),
+                                             "--data-dir", os.path.join(self.dir, f"node-{n + 1}")])
+            _ready(p)
         p = self._spawn("router", [f"{self.bin}/tessera-router", "--listen", "127.0.0.1:0",
                                    "--cluster-listen", "127.0.0.1:0,127.0.0.1:0",
                                    "--metrics-listen", "127.0.0.1:0", "--print-ready",

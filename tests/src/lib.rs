@@ -18,10 +18,7 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
 struct Proc {
@@ -66,9 +63,7 @@ fn read_ready(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx
-        .recv_timeout(timeout)
-        .context("process did not print READY in time")?;
+    let line = rx.recv_timeout(timeout).context("process did not print READY in time")?;
     if !line.starts_with("READY") {
         bail!("unexpected first line: {line:?}");
     }
@@ -78,10 +73,7 @@ fn read_ready(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
 /// A port the OS reports free now. Nodes must know each other's addresses
 /// before they start, so the harness reserves ports this way (not port 0).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 impl Cluster {
@@ -95,14 +87,8 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         let bins = bin_dir();
         let total = nodes * shards_per_node;
-        let node_addrs: Vec<SocketAddr> = (0..nodes)
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-            .collect();
-        let peers: Vec<String> = node_addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
+        let node_addrs: Vec<SocketAddr> = (0..nodes).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+        let peers: Vec<String> = node_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
         let mut c = Cluster {
             procs: Vec::new(),
             dir: dir.clone(),
@@ -157,13 +143,7 @@ impl Cluster {
         ];
         args.extend(router_args.iter().map(|a| a.into()));
         let log = dir.join("router.log");
-        c.procs.push(Proc {
-            name: "router".into(),
-            child: None,
-            log,
-            args,
-            bin: bins.join("tessera-router"),
-        });
+        c.procs.push(Proc { name: "router".into(), child: None, log, args, bin: bins.join("tessera-router") });
         let ready = c.procs.last_mut().expect("pushed").spawn()?;
         for part in ready.split_whitespace().skip(1) {
             let (k, v) = part.split_once('=').context("READY field")?;
@@ -186,11 +166,18 @@ impl Cluster {
         }
     }
 
-    /// Stops node `id` gracefully (SIGTERM), waiting for it to exit.
+    /// Stops node `id` gracefully (SIGTERM), waiting (bounded) for it to exit.
     pub fn stop_node(&mut self, id: usize) {
         if let Some(mut child) = self.procs[id - 1].child.take() {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("node {id} did not exit within 15 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
@@ -202,10 +189,7 @@ impl Cluster {
     /// Sends SIGSTOP / SIGCONT to node `id`.
     pub fn signal_node(&mut self, id: usize, sig: &str) {
         if let Some(child) = &self.procs[id - 1].child {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
         }
     }
 
@@ -245,9 +229,7 @@ impl Cluster {
 
     /// Whether every started process is still running.
     pub fn all_alive(&mut self) -> bool {
-        self.procs
-            .iter_mut()
-            .all(|p| p.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None))))
+        self.procs.iter_mut().all(|p| p.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None))))
     }
 }
 
@@ -282,9 +264,7 @@ impl Resp {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_nodelay(true)?;
-        Ok(Resp {
-            stream: BufReader::new(s),
-        })
+        Ok(Resp { stream: BufReader::new(s) })
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {

@@ -41,12 +41,7 @@ async fn redis_rs_cluster_client_covers_every_slot_with_strings_and_tensors() {
     }
     for (i, k) in keys.iter().enumerate().step_by(16) {
         let t = format!("{{{k}}}:t");
-        let v: Vec<i64> = redis::cmd("AI.TENSORGET")
-            .arg(&t)
-            .arg("VALUES")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let v: Vec<i64> = redis::cmd("AI.TENSORGET").arg(&t).arg("VALUES").query_async(&mut con).await.unwrap();
         assert_eq!(v, vec![i as i64, -(i as i64)], "tensor in slot {i}");
         let ty: String = redis::cmd("TYPE").arg(&t).query_async(&mut con).await.unwrap();
         assert_eq!(ty, "AI_TENSOR");

@@ -14,41 +14,24 @@ fn cluster() -> Cluster {
 fn seed_walkthrough_replies_exactly_as_redisai() {
     let c = cluster();
     let mut r = Resp::connect(c.cluster[0]).unwrap();
-    assert_eq!(
-        r.cmd(&["AI.TENSORSET", "tA", "FLOAT", "2", "VALUES", "2", "3"])
-            .unwrap(),
-        "+OK\r\n"
-    );
+    assert_eq!(r.cmd(&["AI.TENSORSET", "tA", "FLOAT", "2", "VALUES", "2", "3"]).unwrap(), "+OK\r\n");
     assert_eq!(r.cmd(&["EXISTS", "tA"]).unwrap(), ":1\r\n");
     assert_eq!(r.cmd(&["TYPE", "tA"]).unwrap(), "+AI_TENSOR\r\n");
     assert_eq!(
         r.cmd(&["AI.TENSORGET", "tA", "META", "VALUES"]).unwrap(),
         "*6\r\n$5\r\ndtype\r\n$5\r\nFLOAT\r\n$5\r\nshape\r\n*1\r\n:2\r\n$6\r\nvalues\r\n*2\r\n$1\r\n2\r\n$1\r\n3\r\n"
     );
-    assert_eq!(
-        r.cmd(&["AI.TENSORGET", "tA", "BLOB"]).unwrap(),
-        "$8\r\n\0\0\0@\0\0@@\r\n"
-    );
+    assert_eq!(r.cmd(&["AI.TENSORGET", "tA", "BLOB"]).unwrap(), "$8\r\n\0\0\0@\0\0@@\r\n");
     assert_eq!(
         r.cmd(&["AI.TENSORGET", "tA", "META"]).unwrap(),
         "*4\r\n$5\r\ndtype\r\n$5\r\nFLOAT\r\n$5\r\nshape\r\n*1\r\n:2\r\n"
     );
     // float32 0.1 prints as %.17g of the widened double.
     r.cmd(&["AI.TENSORSET", "f", "FLOAT", "1", "VALUES", "0.1"]).unwrap();
-    assert_eq!(
-        r.cmd(&["AI.TENSORGET", "f", "VALUES"]).unwrap(),
-        "*1\r\n$19\r\n0.10000000149011612\r\n"
-    );
+    assert_eq!(r.cmd(&["AI.TENSORGET", "f", "VALUES"]).unwrap(), "*1\r\n$19\r\n0.10000000149011612\r\n");
     // Negative VALUES are accepted (RedisAI 1.2.7 rejects them: a bug).
-    assert_eq!(
-        r.cmd(&["AI.TENSORSET", "n", "INT8", "2", "VALUES", "-1", "-128"])
-            .unwrap(),
-        "+OK\r\n"
-    );
-    assert_eq!(
-        r.cmd(&["AI.TENSORGET", "n", "VALUES"]).unwrap(),
-        "*2\r\n:-1\r\n:-128\r\n"
-    );
+    assert_eq!(r.cmd(&["AI.TENSORSET", "n", "INT8", "2", "VALUES", "-1", "-128"]).unwrap(), "+OK\r\n");
+    assert_eq!(r.cmd(&["AI.TENSORGET", "n", "VALUES"]).unwrap(), "*2\r\n:-1\r\n:-128\r\n");
     assert_eq!(
         r.cmd(&["AI.TENSORGET", "missing", "META"]).unwrap(),
         "-ERR tensor key is empty or in a different shard\r\n"
@@ -63,20 +46,13 @@ fn resp3_hello_maps_nulls_and_doubles() {
     assert!(hello.starts_with("%7\r\n$6\r\nserver\r\n"), "{hello}");
     assert!(hello.contains("$5\r\nproto\r\n:3\r\n"), "{hello}");
     assert_eq!(r.cmd(&["GET", "nope"]).unwrap(), "_\r\n");
-    r.cmd(&["AI.TENSORSET", "d", "DOUBLE", "2", "VALUES", "1.5", "2"])
-        .unwrap();
+    r.cmd(&["AI.TENSORSET", "d", "DOUBLE", "2", "VALUES", "1.5", "2"]).unwrap();
     assert_eq!(r.cmd(&["AI.TENSORGET", "d", "VALUES"]).unwrap(), "*2\r\n,1.5\r\n,2\r\n");
     let info = r.cmd(&["CLUSTER", "INFO"]).unwrap();
-    assert!(
-        info.starts_with("=") && info.contains("txt:cluster_state:ok\r\n"),
-        "{info}"
-    );
+    assert!(info.starts_with("=") && info.contains("txt:cluster_state:ok\r\n"), "{info}");
     assert_eq!(r.cmd(&["HELLO", "2"]).unwrap().lines().next(), Some("*14"));
     assert_eq!(r.cmd(&["GET", "nope"]).unwrap(), "$-1\r\n");
-    assert_eq!(
-        r.cmd(&["HELLO", "4"]).unwrap(),
-        "-NOPROTO unsupported protocol version\r\n"
-    );
+    assert_eq!(r.cmd(&["HELLO", "4"]).unwrap(), "-NOPROTO unsupported protocol version\r\n");
 }
 
 #[test]
@@ -105,27 +81,12 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
     r.cmd(&["SET", "s", "v"]).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["GET"], "-ERR wrong number of arguments for 'get' command\r\n"),
-        (
-            &["NOPE", "x"],
-            "-ERR unknown command 'NOPE', with args beginning with: 'x' \r\n",
-        ),
-        (
-            &["AI.TENSORSET", "t", "FLOAT"],
-            "-ERR wrong number of arguments for 'AI.TENSORSET' command\r\n",
-        ),
+        (&["NOPE", "x"], "-ERR unknown command 'NOPE', with args beginning with: 'x' \r\n"),
+        (&["AI.TENSORSET", "t", "FLOAT"], "-ERR wrong number of arguments for 'AI.TENSORSET' command\r\n"),
         (&["AI.TENSORSET", "t", "FLOAT32", "1"], "-ERR invalid data type\r\n"),
-        (
-            &["AI.TENSORSET", "t", "FLOAT", "0"],
-            "-ERR invalid or negative value found in tensor shape\r\n",
-        ),
-        (
-            &["AI.TENSORSET", "t", "FLOAT", "-2"],
-            "-ERR invalid or negative value found in tensor shape\r\n",
-        ),
-        (
-            &["AI.TENSORSET", "t", "FLOAT", "two"],
-            "-ERR invalid or negative value found in tensor shape\r\n",
-        ),
+        (&["AI.TENSORSET", "t", "FLOAT", "0"], "-ERR invalid or negative value found in tensor shape\r\n"),
+        (&["AI.TENSORSET", "t", "FLOAT", "-2"], "-ERR invalid or negative value found in tensor shape\r\n"),
+        (&["AI.TENSORSET", "t", "FLOAT", "two"], "-ERR invalid or negative value found in tensor shape\r\n"),
         (
             &["AI.TENSORSET", "t", "FLOAT", "2", "BLOB", "abc"],
             "-ERR data length does not match tensor shape and type\r\n",
@@ -134,37 +95,19 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
             &["AI.TENSORSET", "t", "FLOAT", "2", "VALUES", "1"],
             "-ERR wrong number of values was given in 'AI.TENSORSET' command\r\n",
         ),
-        (
-            &["AI.TENSORSET", "t", "INT8", "1", "VALUES", "300"],
-            "-ERR invalid value\r\n",
-        ),
+        (&["AI.TENSORSET", "t", "INT8", "1", "VALUES", "300"], "-ERR invalid value\r\n"),
         (
             &["AI.TENSORSET", "s", "FLOAT", "1"],
             "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
         ),
-        (
-            &["AI.TENSORGET", "s"],
-            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
-        ),
+        (&["AI.TENSORGET", "s"], "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
         (&["AI.TENSORGET", "t", "JSON"], "-ERR unsupported data format\r\n"),
-        (
-            &["AI.TENSORGET", "t", "BLOB", "VALUES"],
-            "-ERR both BLOB and VALUES specified\r\n",
-        ),
-        (
-            &["INCR", "t"],
-            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
-        ),
+        (&["AI.TENSORGET", "t", "BLOB", "VALUES"], "-ERR both BLOB and VALUES specified\r\n"),
+        (&["INCR", "t"], "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
         (&["INCR", "s"], "-ERR value is not an integer or out of range\r\n"),
-        (
-            &["MGET", "a", "b"],
-            "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
-        ),
+        (&["MGET", "a", "b"], "-CROSSSLOT Keys in request don't hash to the same slot\r\n"),
         (&["SELECT", "1"], "-ERR SELECT is not allowed in cluster mode\r\n"),
-        (
-            &["SET", "k", "v", "EX", "0"],
-            "-ERR invalid expire time in 'set' command\r\n",
-        ),
+        (&["SET", "k", "v", "EX", "0"], "-ERR invalid expire time in 'set' command\r\n"),
     ];
     for (args, want) in cases {
         assert_eq!(&r.cmd(args).unwrap(), want, "{args:?}");
@@ -185,14 +128,8 @@ fn protocol_errors_close_only_that_connection() {
         (&b"*abc\r\n"[..], "-ERR Protocol error: invalid multibulk length\r\n"),
         (&b"*1\r\n$-5\r\n"[..], "-ERR Protocol error: invalid bulk length\r\n"),
         // Over the 512 MB default: refused from the header alone.
-        (
-            &b"*2\r\n$3\r\nSET\r\n$600000000\r\n"[..],
-            "-ERR Protocol error: invalid bulk length\r\n",
-        ),
-        (
-            &b"SET \"unbalanced\r\n"[..],
-            "-ERR Protocol error: unbalanced quotes in request\r\n",
-        ),
+        (&b"*2\r\n$3\r\nSET\r\n$600000000\r\n"[..], "-ERR Protocol error: invalid bulk length\r\n"),
+        (&b"SET \"unbalanced\r\n"[..], "-ERR Protocol error: unbalanced quotes in request\r\n"),
     ] {
         let mut r = Resp::connect(c.plain).unwrap();
         r.send_raw(bad).unwrap();
@@ -204,19 +141,8 @@ fn protocol_errors_close_only_that_connection() {
 
 #[test]
 fn configured_limits_refuse_large_frames_before_buffering() {
-    let c = Cluster::start_with(
-        1,
-        1,
-        &[
-            "--max-bulk-len",
-            "1024",
-            "--max-inline-len",
-            "64",
-            "--max-array-len",
-            "8",
-        ],
-    )
-    .expect("cluster starts");
+    let c = Cluster::start_with(1, 1, &["--max-bulk-len", "1024", "--max-inline-len", "64", "--max-array-len", "8"])
+        .expect("cluster starts");
     let mut r = Resp::connect(c.plain).unwrap();
     r.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2048\r\n").unwrap();
     assert_eq!(r.read().unwrap(), "-ERR Protocol error: invalid bulk length\r\n");
@@ -237,13 +163,7 @@ fn keys_expire_deterministically_and_are_purged() {
     let c = cluster();
     let mut r = Resp::connect(c.plain).unwrap();
     assert_eq!(r.cmd(&["SET", "e", "v", "PX", "150"]).unwrap(), "+OK\r\n");
-    let pttl: i64 = r
-        .cmd(&["PTTL", "e"])
-        .unwrap()
-        .trim_start_matches(':')
-        .trim()
-        .parse()
-        .unwrap();
+    let pttl: i64 = r.cmd(&["PTTL", "e"]).unwrap().trim_start_matches(':').trim().parse().unwrap();
     assert!((1..=150).contains(&pttl), "pttl {pttl}");
     assert_eq!(r.cmd(&["TTL", "nokey"]).unwrap(), ":-2\r\n");
     r.cmd(&["SET", "p", "v"]).unwrap();
@@ -277,22 +197,13 @@ fn cluster_introspection_and_command_table() {
     let me = lines.iter().find(|l| l.contains("myself,master")).expect("myself line");
     assert!(me.contains(&format!(" {}@", c.cluster[1])), "{me}");
     let slots = r.cmd(&["CLUSTER", "SLOTS"]).unwrap();
-    assert!(
-        slots.starts_with("*2\r\n*3\r\n:0\r\n:8191\r\n*4\r\n$9\r\n127.0.0.1\r\n"),
-        "{slots}"
-    );
-    assert_eq!(
-        r.cmd(&["CLUSTER", "KEYSLOT", "{user1000}.following"]).unwrap(),
-        ":3443\r\n"
-    );
+    assert!(slots.starts_with("*2\r\n*3\r\n:0\r\n:8191\r\n*4\r\n$9\r\n127.0.0.1\r\n"), "{slots}");
+    assert_eq!(r.cmd(&["CLUSTER", "KEYSLOT", "{user1000}.following"]).unwrap(), ":3443\r\n");
     let myid = r.cmd(&["CLUSTER", "MYID"]).unwrap();
     assert!(me.starts_with(myid.lines().nth(1).unwrap()), "{myid} vs {me}");
     r.cmd(&["SET", "{user1000}.following", "x"]).unwrap();
     assert_eq!(r.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "3443"]).unwrap(), ":1\r\n");
-    assert_eq!(
-        r.cmd(&["CLUSTER", "GETKEYSINSLOT", "3443", "10"]).unwrap(),
-        "*1\r\n$20\r\n{user1000}.following\r\n"
-    );
+    assert_eq!(r.cmd(&["CLUSTER", "GETKEYSINSLOT", "3443", "10"]).unwrap(), "*1\r\n$20\r\n{user1000}.following\r\n");
     // COMMAND lists RedisAI commands with their key positions.
     let info = r.cmd(&["COMMAND", "INFO", "AI.TENSORSET", "ai.modelexecute"]).unwrap();
     assert!(
@@ -300,31 +211,14 @@ fn cluster_introspection_and_command_table() {
         "{info}"
     );
     assert_eq!(
-        r.cmd(&[
-            "COMMAND",
-            "GETKEYS",
-            "AI.MODELEXECUTE",
-            "m{1}",
-            "INPUTS",
-            "1",
-            "a{1}",
-            "OUTPUTS",
-            "1",
-            "b{1}"
-        ])
-        .unwrap(),
+        r.cmd(&["COMMAND", "GETKEYS", "AI.MODELEXECUTE", "m{1}", "INPUTS", "1", "a{1}", "OUTPUTS", "1", "b{1}"])
+            .unwrap(),
         "*3\r\n$4\r\nm{1}\r\n$4\r\na{1}\r\n$4\r\nb{1}\r\n"
     );
-    assert!(r
-        .cmd(&["CONFIG", "GET", "save"])
-        .unwrap()
-        .starts_with("*2\r\n$4\r\nsave\r\n"));
+    assert!(r.cmd(&["CONFIG", "GET", "save"]).unwrap().starts_with("*2\r\n$4\r\nsave\r\n"));
     // The plain port's INFO keyspace covers every slot.
     let info = Resp::connect(c.plain).unwrap().cmd(&["INFO"]).unwrap();
-    assert!(
-        info.contains("cluster_enabled:1") && info.contains("loading:0") && info.contains("db0:keys=1,"),
-        "{info}"
-    );
+    assert!(info.contains("cluster_enabled:1") && info.contains("loading:0") && info.contains("db0:keys=1,"), "{info}");
     assert_eq!(r.cmd(&["CLIENT", "SETNAME", "probe"]).unwrap(), "+OK\r\n");
     assert_eq!(r.cmd(&["CLIENT", "GETNAME"]).unwrap(), "$5\r\nprobe\r\n");
     assert_eq!(r.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).unwrap(), "+OK\r\n");
@@ -343,16 +237,7 @@ fn metrics_endpoint_counts_commands() {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    assert!(
-        body.contains("tessera_router_commands_total{cmd=\"set\",code=\"ok\"} 1"),
-        "{body}"
-    );
-    assert!(
-        body.contains("tessera_router_commands_total{cmd=\"get\",code=\"ERR\"} 1"),
-        "{body}"
-    );
-    assert!(
-        body.contains("tessera_router_command_duration_seconds_bucket"),
-        "{body}"
-    );
+    assert!(body.contains("tessera_router_commands_total{cmd=\"set\",code=\"ok\"} 1"), "{body}");
+    assert!(body.contains("tessera_router_commands_total{cmd=\"get\",code=\"ERR\"} 1"), "{body}");
+    assert!(body.contains("tessera_router_command_duration_seconds_bucket"), "{body}");
 }

@@ -19,13 +19,7 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             }
             let slot = common_slot(&argv, &[1])?.unwrap_or(0);
             let tensor = Tensor::parse_set(&argv[2..], limits.max_value_bytes)?;
-            Ok(Command::Keyed {
-                slot,
-                cmd: NodeCommand::TensorSet {
-                    key: argv[1].clone(),
-                    tensor,
-                },
-            })
+            Ok(Command::Keyed { slot, cmd: NodeCommand::TensorSet { key: argv[1].clone(), tensor } })
         }
         "ai.tensorget" => {
             if !(2..=4).contains(&argv.len()) {
@@ -33,13 +27,7 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             }
             let slot = common_slot(&argv, &[1])?.unwrap_or(0);
             let format = parse_get_format(&argv[2..])?;
-            Ok(Command::Keyed {
-                slot,
-                cmd: NodeCommand::TensorGet {
-                    key: argv[1].clone(),
-                    format,
-                },
-            })
+            Ok(Command::Keyed { slot, cmd: NodeCommand::TensorGet { key: argv[1].clone(), format } })
         }
         _ => {
             // Still enforce cluster rules, so clients see CROSSSLOT exactly as
@@ -60,35 +48,19 @@ mod tests {
 
     #[test]
     fn tensor_commands_route_by_key() {
-        let c = parse(
-            argv("AI.TENSORSET mytensor FLOAT 2 VALUES 2 3"),
-            &ParseLimits::default(),
-        )
-        .unwrap();
+        let c = parse(argv("AI.TENSORSET mytensor FLOAT 2 VALUES 2 3"), &ParseLimits::default()).unwrap();
         match c {
-            Command::Keyed {
-                slot,
-                cmd: NodeCommand::TensorSet { tensor, .. },
-            } => {
+            Command::Keyed { slot, cmd: NodeCommand::TensorSet { tensor, .. } } => {
                 assert_eq!(slot, 13014);
                 assert_eq!(tensor.shape, vec![2]);
             }
             other => panic!("{other:?}"),
         }
         let e = parse(argv("AI.TENSORSET t FLOAT"), &ParseLimits::default()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "ERR wrong number of arguments for 'AI.TENSORSET' command"
-        );
+        assert_eq!(e.to_string(), "ERR wrong number of arguments for 'AI.TENSORSET' command");
         let e = parse(argv("ai.tensorget t META BLOB VALUES"), &ParseLimits::default()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "ERR wrong number of arguments for 'ai.tensorget' command"
-        );
-        let e = parse(
-            argv("AI.MODELEXECUTE m{1} INPUTS 1 a{2} OUTPUTS 1 b{1}"),
-            &ParseLimits::default(),
-        );
+        assert_eq!(e.to_string(), "ERR wrong number of arguments for 'ai.tensorget' command");
+        let e = parse(argv("AI.MODELEXECUTE m{1} INPUTS 1 a{2} OUTPUTS 1 b{1}"), &ParseLimits::default());
         assert_eq!(e.unwrap_err(), Error::CrossSlot);
     }
 }

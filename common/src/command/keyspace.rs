@@ -18,34 +18,19 @@ pub fn parse_keyed(spec: &CommandSpec, argv: Vec<Bytes>) -> Result<Command> {
     let cmd = match spec.name {
         "get" => NodeCommand::Get { key },
         "set" => parse_set(key, &argv)?,
-        "mget" => NodeCommand::MGet {
-            keys: argv[1..].to_vec(),
-        },
-        "mset" => NodeCommand::MSet {
-            pairs: argv[1..]
-                .chunks_exact(2)
-                .map(|p| (p[0].clone(), p[1].clone()))
-                .collect(),
-        },
+        "mget" => NodeCommand::MGet { keys: argv[1..].to_vec() },
+        "mset" => {
+            NodeCommand::MSet { pairs: argv[1..].chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect() }
+        }
         "incr" => NodeCommand::IncrBy { key, delta: 1 },
         "decr" => NodeCommand::IncrBy { key, delta: -1 },
-        "incrby" => NodeCommand::IncrBy {
-            key,
-            delta: int_arg(&argv[2])?,
-        },
+        "incrby" => NodeCommand::IncrBy { key, delta: int_arg(&argv[2])? },
         "decrby" => {
             let d = int_arg(&argv[2])?;
-            NodeCommand::IncrBy {
-                key,
-                delta: d.checked_neg().ok_or(Error::Overflow)?,
-            }
+            NodeCommand::IncrBy { key, delta: d.checked_neg().ok_or(Error::Overflow)? }
         }
-        "del" | "unlink" => NodeCommand::Del {
-            keys: argv[1..].to_vec(),
-        },
-        "exists" => NodeCommand::Exists {
-            keys: argv[1..].to_vec(),
-        },
+        "del" | "unlink" => NodeCommand::Del { keys: argv[1..].to_vec() },
+        "exists" => NodeCommand::Exists { keys: argv[1..].to_vec() },
         "type" => NodeCommand::Type { key },
         "expire" | "pexpire" | "expireat" | "pexpireat" => parse_expire(spec.name, key, &argv)?,
         "ttl" => NodeCommand::Ttl { key, millis: false },
@@ -86,14 +71,7 @@ fn parse_set(key: Bytes, argv: &[Bytes]) -> Result<NodeCommand> {
         }
         i += 1;
     }
-    Ok(NodeCommand::Set {
-        key,
-        value,
-        expire,
-        keep_ttl,
-        cond,
-        get,
-    })
+    Ok(NodeCommand::Set { key, value, expire, keep_ttl, cond, get })
 }
 
 fn parse_expire(name: &str, key: Bytes, argv: &[Bytes]) -> Result<NodeCommand> {
@@ -112,17 +90,10 @@ fn parse_expire(name: &str, key: Bytes, argv: &[Bytes]) -> Result<NodeCommand> {
             b"XX" => ExpireCond::Xx,
             b"GT" => ExpireCond::Gt,
             b"LT" => ExpireCond::Lt,
-            _ => {
-                return Err(Error::Verbatim(format!(
-                    "ERR Unsupported option {}",
-                    String::from_utf8_lossy(opt)
-                )))
-            }
+            _ => return Err(Error::Verbatim(format!("ERR Unsupported option {}", String::from_utf8_lossy(opt)))),
         };
         if cond != ExpireCond::Always && cond != c {
-            return Err(Error::Verbatim(
-                "ERR NX and XX, GT or LT options at the same time are not compatible".into(),
-            ));
+            return Err(Error::Verbatim("ERR NX and XX, GT or LT options at the same time are not compatible".into()));
         }
         cond = c;
     }
@@ -132,9 +103,7 @@ fn parse_expire(name: &str, key: Bytes, argv: &[Bytes]) -> Result<NodeCommand> {
 /// KEYS, SCAN, DBSIZE, RANDOMKEY, FLUSHALL, FLUSHDB.
 pub fn parse_fanout(spec: &CommandSpec, argv: Vec<Bytes>) -> Result<Fanout> {
     Ok(match spec.name {
-        "keys" => Fanout::Keys {
-            pattern: argv[1].clone(),
-        },
+        "keys" => Fanout::Keys { pattern: argv[1].clone() },
         "dbsize" => Fanout::DbSize,
         "randomkey" => Fanout::RandomKey,
         "flushall" | "flushdb" => {
@@ -168,12 +137,7 @@ pub fn parse_fanout(spec: &CommandSpec, argv: Vec<Bytes>) -> Result<Fanout> {
                 }
                 i += 2;
             }
-            Fanout::Scan {
-                cursor,
-                pattern,
-                count,
-                kind,
-            }
+            Fanout::Scan { cursor, pattern, count, kind }
         }
         other => unreachable!("{other} is not a fan-out command"),
     })
@@ -203,10 +167,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(node("SET k v NX XX").unwrap_err(), Error::Syntax);
-        assert_eq!(
-            node("SET k v EX 0").unwrap_err().to_string(),
-            "ERR invalid expire time in 'set' command"
-        );
+        assert_eq!(node("SET k v EX 0").unwrap_err().to_string(), "ERR invalid expire time in 'set' command");
         assert_eq!(node("SET k v EX x").unwrap_err(), Error::NotInteger);
         assert_eq!(node("SET k v EX").unwrap_err(), Error::Syntax);
         assert_eq!(node("SET k v KEEPTTL PX 5").unwrap_err(), Error::Syntax);
@@ -216,18 +177,11 @@ mod tests {
     fn expire_and_incr() {
         assert_eq!(
             node("EXPIRE k 5 GT").unwrap(),
-            NodeCommand::Expire {
-                key: Bytes::from_static(b"k"),
-                at: Expiry::In(5000),
-                cond: ExpireCond::Gt
-            }
+            NodeCommand::Expire { key: Bytes::from_static(b"k"), at: Expiry::In(5000), cond: ExpireCond::Gt }
         );
         assert_eq!(node("INCRBY k x").unwrap_err(), Error::NotInteger);
         assert_eq!(node("DECRBY k -9223372036854775808").unwrap_err(), Error::Overflow);
-        assert_eq!(
-            node("MSET a 1 b").unwrap_err().to_string(),
-            "ERR wrong number of arguments for 'mset' command"
-        );
+        assert_eq!(node("MSET a 1 b").unwrap_err().to_string(), "ERR wrong number of arguments for 'mset' command");
     }
 
     #[test]
@@ -239,12 +193,7 @@ mod tests {
         };
         assert_eq!(
             f("SCAN 0 MATCH a* COUNT 5").unwrap(),
-            Fanout::Scan {
-                cursor: 0,
-                pattern: Some(Bytes::from_static(b"a*")),
-                count: 5,
-                kind: None
-            }
+            Fanout::Scan { cursor: 0, pattern: Some(Bytes::from_static(b"a*")), count: 5, kind: None }
         );
         assert_eq!(f("SCAN x").unwrap_err().to_string(), "ERR invalid cursor");
         assert_eq!(f("SCAN 0 COUNT 0").unwrap_err(), Error::Syntax);

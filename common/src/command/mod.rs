@@ -30,9 +30,7 @@ pub struct ParseLimits {
 
 impl Default for ParseLimits {
     fn default() -> Self {
-        Self {
-            max_value_bytes: 512 * 1024 * 1024,
-        }
+        Self { max_value_bytes: 512 * 1024 * 1024 }
     }
 }
 
@@ -50,15 +48,8 @@ pub enum Command {
 /// Keyspace-wide commands, before the router scopes them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fanout {
-    Keys {
-        pattern: Bytes,
-    },
-    Scan {
-        cursor: u64,
-        pattern: Option<Bytes>,
-        count: usize,
-        kind: Option<Bytes>,
-    },
+    Keys { pattern: Bytes },
+    Scan { cursor: u64, pattern: Option<Bytes>, count: usize, kind: Option<Bytes> },
     DbSize,
     RandomKey,
     Flush,
@@ -126,10 +117,7 @@ pub fn unknown_command(argv: &[Bytes]) -> Error {
         .take(20)
         .map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(128)])))
         .collect();
-    Error::UnknownCommand {
-        name: truncate(&name, 128),
-        args,
-    }
+    Error::UnknownCommand { name: truncate(&name, 128), args }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -170,22 +158,13 @@ mod tests {
 
     #[test]
     fn arity_and_unknown() {
-        assert_eq!(
-            p("GET").unwrap_err().to_string(),
-            "ERR wrong number of arguments for 'get' command"
-        );
-        assert_eq!(
-            p("get a b").unwrap_err().to_string(),
-            "ERR wrong number of arguments for 'get' command"
-        );
+        assert_eq!(p("GET").unwrap_err().to_string(), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(p("get a b").unwrap_err().to_string(), "ERR wrong number of arguments for 'get' command");
         assert_eq!(
             p("AI.TENSORGET").unwrap_err().to_string(),
             "ERR wrong number of arguments for 'AI.TENSORGET' command"
         );
-        assert_eq!(
-            p("NOPE x").unwrap_err().to_string(),
-            "ERR unknown command 'NOPE', with args beginning with: 'x' "
-        );
+        assert_eq!(p("NOPE x").unwrap_err().to_string(), "ERR unknown command 'NOPE', with args beginning with: 'x' ");
         assert_eq!(int_arg(b"12").unwrap(), 12);
         assert!(int_arg(b"012").is_err());
         assert!(int_arg(b"1.5").is_err());

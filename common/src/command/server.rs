@@ -70,10 +70,7 @@ fn sub_arity(cmd: &str, sub: &[u8]) -> Error {
 }
 
 fn unknown_sub(cmd: &str, sub: &[u8]) -> Error {
-    Error::UnknownSubcommand {
-        cmd: cmd.to_ascii_uppercase(),
-        sub: String::from_utf8_lossy(sub).into_owned(),
-    }
+    Error::UnknownSubcommand { cmd: cmd.to_ascii_uppercase(), sub: String::from_utf8_lossy(sub).into_owned() }
 }
 
 pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, _limits: &ParseLimits) -> Result<Command> {
@@ -91,12 +88,7 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, _limits: &ParseLimits) -> Res
         "readonly" => Local::ReadOnly,
         "readwrite" => Local::ReadWrite,
         "asking" => Local::Asking,
-        "info" => Local::Info(
-            argv[1..]
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
-                .collect(),
-        ),
+        "info" => Local::Info(argv[1..].iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect()),
         "config" => {
             let sub = argv[1].to_ascii_uppercase();
             match sub.as_slice() {
@@ -223,10 +215,7 @@ fn parse_cluster(argv: &[Bytes]) -> Result<Command> {
         b"KEYSLOT" if n == 3 => local(ClusterCmd::KeySlot(argv[2].clone())),
         b"COUNTKEYSINSLOT" if n == 3 => {
             let slot = slot_arg(&argv[2], "ERR Invalid slot")?;
-            Ok(Command::Keyed {
-                slot,
-                cmd: NodeCommand::CountKeysInSlot { slot },
-            })
+            Ok(Command::Keyed { slot, cmd: NodeCommand::CountKeysInSlot { slot } })
         }
         b"GETKEYSINSLOT" if n == 4 => {
             let slot = int_arg(&argv[2])?;
@@ -236,10 +225,7 @@ fn parse_cluster(argv: &[Bytes]) -> Result<Command> {
             }
             let slot = slot as u16;
             let count = usize::try_from(count).unwrap_or(usize::MAX);
-            Ok(Command::Keyed {
-                slot,
-                cmd: NodeCommand::GetKeysInSlot { slot, count },
-            })
+            Ok(Command::Keyed { slot, cmd: NodeCommand::GetKeysInSlot { slot, count } })
         }
         b"SLOTS" | b"SHARDS" | b"NODES" | b"MYID" | b"MYSHARDID" | b"INFO" | b"HELP" | b"KEYSLOT"
         | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" => Err(sub_arity("cluster", &argv[1])),
@@ -272,44 +258,26 @@ mod tests {
 
     #[test]
     fn cluster_subcommands() {
-        assert_eq!(
-            p("cluster slots").unwrap(),
-            Command::Local(Local::Cluster(ClusterCmd::Slots))
-        );
+        assert_eq!(p("cluster slots").unwrap(), Command::Local(Local::Cluster(ClusterCmd::Slots)));
         assert_eq!(
             p("CLUSTER KEYSLOT").unwrap_err().to_string(),
             "ERR wrong number of arguments for 'cluster|keyslot' command"
         );
-        assert_eq!(
-            p("CLUSTER COUNTKEYSINSLOT 16384").unwrap_err().to_string(),
-            "ERR Invalid slot"
-        );
+        assert_eq!(p("CLUSTER COUNTKEYSINSLOT 16384").unwrap_err().to_string(), "ERR Invalid slot");
         assert_eq!(
             p("CLUSTER COUNTKEYSINSLOT abc").unwrap_err().to_string(),
             "ERR value is not an integer or out of range"
         );
-        assert_eq!(
-            p("CLUSTER GETKEYSINSLOT 0 -1").unwrap_err().to_string(),
-            "ERR Invalid slot or number of keys"
-        );
-        assert_eq!(
-            p("CLUSTER FOO").unwrap_err().to_string(),
-            "ERR unknown subcommand 'FOO'. Try CLUSTER HELP."
-        );
+        assert_eq!(p("CLUSTER GETKEYSINSLOT 0 -1").unwrap_err().to_string(), "ERR Invalid slot or number of keys");
+        assert_eq!(p("CLUSTER FOO").unwrap_err().to_string(), "ERR unknown subcommand 'FOO'. Try CLUSTER HELP.");
     }
 
     #[test]
     fn hello_versions() {
-        assert_eq!(
-            p("HELLO 4").unwrap_err().to_string(),
-            "NOPROTO unsupported protocol version"
-        );
+        assert_eq!(p("HELLO 4").unwrap_err().to_string(), "NOPROTO unsupported protocol version");
         assert_eq!(
             p("HELLO 3 SETNAME app").unwrap(),
-            Command::Local(Local::Hello {
-                proto: Some(3),
-                setname: Some(Bytes::from_static(b"app"))
-            })
+            Command::Local(Local::Hello { proto: Some(3), setname: Some(Bytes::from_static(b"app")) })
         );
         assert!(p("HELLO 3 AUTH default pw").is_ok());
     }

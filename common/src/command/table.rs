@@ -44,25 +44,8 @@ const fn spec(
     group: &'static str,
     summary: &'static str,
 ) -> CommandSpec {
-    let kind = if keys.0 == 0 {
-        KeySpec::None
-    } else {
-        KeySpec::Range {
-            first: keys.0,
-            last: keys.1,
-            step: keys.2,
-        }
-    };
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        acl,
-        keys: kind,
-        reported: keys,
-        group,
-        summary,
-    }
+    let kind = if keys.0 == 0 { KeySpec::None } else { KeySpec::Range { first: keys.0, last: keys.1, step: keys.2 } };
+    CommandSpec { name, arity, flags, acl, keys: kind, reported: keys, group, summary }
 }
 
 const fn movable(
@@ -96,15 +79,7 @@ const AI_RM: &[&str] = &["readonly", "module", "movablekeys"];
 /// Every command, in `COMMAND` order.
 pub static COMMANDS: &[CommandSpec] = &[
     // keyspace / strings
-    spec(
-        "get",
-        2,
-        R,
-        &["@read", "@string", "@fast"],
-        (1, 1, 1),
-        "string",
-        "Returns the string value of a key.",
-    ),
+    spec("get", 2, R, &["@read", "@string", "@fast"], (1, 1, 1), "string", "Returns the string value of a key."),
     spec(
         "set",
         -3,
@@ -168,15 +143,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "string",
         "Decrements a number from the integer value of a key.",
     ),
-    spec(
-        "del",
-        -2,
-        &["write"],
-        &["@keyspace", "@write", "@slow"],
-        (1, -1, 1),
-        "generic",
-        "Deletes one or more keys.",
-    ),
+    spec("del", -2, &["write"], &["@keyspace", "@write", "@slow"], (1, -1, 1), "generic", "Deletes one or more keys."),
     spec(
         "unlink",
         -2,
@@ -331,15 +298,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "connection",
         "Returns the server's liveliness response.",
     ),
-    spec(
-        "echo",
-        2,
-        &["fast"],
-        &["@fast", "@connection"],
-        (0, 0, 0),
-        "connection",
-        "Returns the given string.",
-    ),
+    spec("echo", 2, &["fast"], &["@fast", "@connection"], (0, 0, 0), "connection", "Returns the given string."),
     spec(
         "hello",
         -1,
@@ -349,15 +308,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "connection",
         "Handshakes with the Redis server.",
     ),
-    spec(
-        "client",
-        -2,
-        &[],
-        &["@slow"],
-        (0, 0, 0),
-        "connection",
-        "A container for client connection commands.",
-    ),
+    spec("client", -2, &[], &["@slow"], (0, 0, 0), "connection", "A container for client connection commands."),
     spec(
         "select",
         2,
@@ -403,15 +354,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "cluster",
         "Signals that a cluster client is following an -ASK redirect.",
     ),
-    spec(
-        "cluster",
-        -2,
-        &[],
-        &["@slow"],
-        (0, 0, 0),
-        "cluster",
-        "A container for Redis Cluster commands.",
-    ),
+    spec("cluster", -2, &[], &["@slow"], (0, 0, 0), "cluster", "A container for Redis Cluster commands."),
     spec(
         "command",
         -1,
@@ -430,180 +373,30 @@ pub static COMMANDS: &[CommandSpec] = &[
         "server",
         "Returns information and statistics about the server.",
     ),
-    spec(
-        "config",
-        -2,
-        &[],
-        &["@slow"],
-        (0, 0, 0),
-        "server",
-        "A container for server configuration commands.",
-    ),
+    spec("config", -2, &[], &["@slow"], (0, 0, 0), "server", "A container for server configuration commands."),
     // RedisAI (module commands report arity -1, as RedisModule_CreateCommand does)
-    spec(
-        "ai.tensorset",
-        -1,
-        AI_W,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Stores a tensor.",
-    ),
-    spec(
-        "ai.tensorget",
-        -1,
-        AI_R,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Returns a tensor.",
-    ),
-    spec(
-        "ai.modelstore",
-        -1,
-        AI_W,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Stores a model.",
-    ),
-    spec(
-        "ai.modelset",
-        -1,
-        AI_W,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Stores a model (deprecated).",
-    ),
-    spec(
-        "ai.modelget",
-        -1,
-        AI_R,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Returns a model's metadata and blob.",
-    ),
-    spec(
-        "ai.modeldel",
-        -1,
-        &["write", "module"],
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Deletes a model.",
-    ),
+    spec("ai.tensorset", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a tensor."),
+    spec("ai.tensorget", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns a tensor."),
+    spec("ai.modelstore", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a model."),
+    spec("ai.modelset", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a model (deprecated)."),
+    spec("ai.modelget", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns a model's metadata and blob."),
+    spec("ai.modeldel", -1, &["write", "module"], &["@redisai"], (1, 1, 1), "module", "Deletes a model."),
     movable("ai.modelexecute", AI_WM, (4, 4, 1), keys_modelexecute, "Runs a model."),
-    movable(
-        "ai.modelrun",
-        AI_WM,
-        (3, 3, 1),
-        keys_modelrun,
-        "Runs a model (deprecated).",
-    ),
-    spec(
-        "ai._modelscan",
-        -1,
-        AI_R,
-        &["@redisai"],
-        (0, 0, 0),
-        "module",
-        "Lists models (experimental).",
-    ),
-    spec(
-        "ai.scriptstore",
-        -1,
-        AI_W,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Stores a TorchScript script.",
-    ),
-    spec(
-        "ai.scriptset",
-        -1,
-        AI_W,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Stores a TorchScript script (deprecated).",
-    ),
-    spec(
-        "ai.scriptget",
-        -1,
-        AI_R,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Returns a script's metadata and source.",
-    ),
-    spec(
-        "ai.scriptdel",
-        -1,
-        &["write", "module"],
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Deletes a script.",
-    ),
-    movable(
-        "ai.scriptexecute",
-        AI_WM,
-        (5, 5, 1),
-        keys_scriptexecute,
-        "Runs a script function.",
-    ),
-    movable(
-        "ai.scriptrun",
-        AI_WM,
-        (4, 4, 1),
-        keys_scriptrun,
-        "Runs a script function (deprecated).",
-    ),
-    spec(
-        "ai._scriptscan",
-        -1,
-        AI_R,
-        &["@redisai"],
-        (0, 0, 0),
-        "module",
-        "Lists scripts (experimental).",
-    ),
-    spec(
-        "ai.info",
-        -1,
-        AI_R,
-        &["@redisai"],
-        (1, 1, 1),
-        "module",
-        "Returns run statistics of a model or script.",
-    ),
-    spec(
-        "ai.config",
-        -1,
-        &["write", "module"],
-        &["@redisai"],
-        (0, 0, 0),
-        "module",
-        "Configures the backends.",
-    ),
-    movable(
-        "ai.dagexecute",
-        AI_WM,
-        (3, 3, 1),
-        keys_dag,
-        "Runs a DAG of tensor, model and script operations.",
-    ),
+    movable("ai.modelrun", AI_WM, (3, 3, 1), keys_modelrun, "Runs a model (deprecated)."),
+    spec("ai._modelscan", -1, AI_R, &["@redisai"], (0, 0, 0), "module", "Lists models (experimental)."),
+    spec("ai.scriptstore", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a TorchScript script."),
+    spec("ai.scriptset", -1, AI_W, &["@redisai"], (1, 1, 1), "module", "Stores a TorchScript script (deprecated)."),
+    spec("ai.scriptget", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns a script's metadata and source."),
+    spec("ai.scriptdel", -1, &["write", "module"], &["@redisai"], (1, 1, 1), "module", "Deletes a script."),
+    movable("ai.scriptexecute", AI_WM, (5, 5, 1), keys_scriptexecute, "Runs a script function."),
+    movable("ai.scriptrun", AI_WM, (4, 4, 1), keys_scriptrun, "Runs a script function (deprecated)."),
+    spec("ai._scriptscan", -1, AI_R, &["@redisai"], (0, 0, 0), "module", "Lists scripts (experimental)."),
+    spec("ai.info", -1, AI_R, &["@redisai"], (1, 1, 1), "module", "Returns run statistics of a model or script."),
+    spec("ai.config", -1, &["write", "module"], &["@redisai"], (0, 0, 0), "module", "Configures the backends."),
+    movable("ai.dagexecute", AI_WM, (3, 3, 1), keys_dag, "Runs a DAG of tensor, model and script operations."),
     movable("ai.dagexecute_ro", AI_RM, (3, 3, 1), keys_dag, "Runs a read-only DAG."),
     movable("ai.dagrun", AI_WM, (3, 3, 1), keys_dag, "Runs a DAG (deprecated)."),
-    movable(
-        "ai.dagrun_ro",
-        AI_RM,
-        (3, 3, 1),
-        keys_dag,
-        "Runs a read-only DAG (deprecated).",
-    ),
+    movable("ai.dagrun_ro", AI_RM, (3, 3, 1), keys_dag, "Runs a read-only DAG (deprecated)."),
 ];
 
 /// Looks a command up by name, case-insensitively (a hash lookup on a
@@ -816,11 +609,7 @@ mod tests {
     fn keys(s: &str) -> Vec<String> {
         let a = argv(s);
         let spec = lookup(&a[0]).unwrap();
-        spec.key_indexes(&a)
-            .unwrap()
-            .iter()
-            .map(|i| String::from_utf8_lossy(&a[*i]).into_owned())
-            .collect()
+        spec.key_indexes(&a).unwrap().iter().map(|i| String::from_utf8_lossy(&a[*i]).into_owned()).collect()
     }
 
     #[test]
@@ -834,19 +623,13 @@ mod tests {
             ["m{1}", "a{1}", "b{1}", "c{1}"]
         );
         assert_eq!(keys("AI.MODELRUN m INPUTS a b OUTPUTS c"), ["m", "a", "b", "c"]);
-        assert_eq!(
-            keys("AI.SCRIPTEXECUTE s fn KEYS 1 k INPUTS 1 i ARGS 2 x y OUTPUTS 1 o"),
-            ["s", "k", "i", "o"]
-        );
+        assert_eq!(keys("AI.SCRIPTEXECUTE s fn KEYS 1 k INPUTS 1 i ARGS 2 x y OUTPUTS 1 o"), ["s", "k", "i", "o"]);
         assert_eq!(keys("AI.SCRIPTRUN s fn INPUTS a $ b OUTPUTS c"), ["s", "a", "b", "c"]);
         assert_eq!(
             keys("AI.DAGEXECUTE LOAD 1 a PERSIST 1 b ROUTING r |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b"),
             ["a", "b", "r", "m"]
         );
-        assert!(lookup(b"AI.MODELEXECUTE")
-            .unwrap()
-            .key_indexes(&argv("AI.MODELEXECUTE m INPUTS 5 a"))
-            .is_none());
+        assert!(lookup(b"AI.MODELEXECUTE").unwrap().key_indexes(&argv("AI.MODELEXECUTE m INPUTS 5 a")).is_none());
     }
 
     #[test]

@@ -66,10 +66,7 @@ impl LogFile {
             let mut payload = vec![0u8; len];
             reader.read_exact(&mut payload)?;
             if checksum(index, &payload) != crc {
-                return Err(corrupt(
-                    path,
-                    format!("checksum mismatch in record {index} at offset {pos}"),
-                ));
+                return Err(corrupt(path, format!("checksum mismatch in record {index} at offset {pos}")));
             }
             if let Some((prev, _)) = offsets.last() {
                 if index != prev + 1 {
@@ -86,15 +83,7 @@ impl LogFile {
             file.set_len(pos)?;
             file.sync_all()?;
         }
-        Ok((
-            LogFile {
-                path: path.to_path_buf(),
-                file,
-                offsets,
-                len: pos,
-            },
-            records,
-        ))
+        Ok((LogFile { path: path.to_path_buf(), file, offsets, len: pos }, records))
     }
 
     /// Appends records (consecutive indexes) and fsyncs once for all of them.
@@ -105,10 +94,7 @@ impl LogFile {
         for (index, payload) in records {
             if let Some((prev, _)) = new_offsets.last().or(self.offsets.last()) {
                 if index != prev + 1 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("append of {index} after {prev}"),
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("append of {index} after {prev}")));
                 }
             }
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());

@@ -65,11 +65,7 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> PeerClient {
-        PeerClient {
-            group: self.group,
-            target,
-            client: self.peers.client(target, &node.addr),
-        }
+        PeerClient { group: self.group, target, client: self.peers.client(target, &node.addr) }
     }
 }
 
@@ -86,15 +82,8 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<C>> {
-        let client = self
-            .client
-            .as_mut()
-            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.clone())))?;
-        let msg = RaftMessage {
-            group: self.group,
-            kind: kind as i32,
-            payload: encode(req).into(),
-        };
+        let client = self.client.as_mut().map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.clone())))?;
+        let msg = RaftMessage { group: self.group, kind: kind as i32, payload: encode(req).into() };
         let resp = match tokio::time::timeout(timeout, client.call(msg)).await {
             Err(_) => {
                 return Err(RPCError::Network(NetworkError::from_string(format!(
@@ -121,13 +110,17 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let r: Result<AppendEntriesResponse<C>, RaftError<C>> =
-            self.call(RaftKind::Append, &rpc, option.soft_ttl()).await?;
+        // openraft's soft TTL is sized for heartbeats; a batch of entries
+        // also waits for the follower's fsync and may carry megabytes.
+        let bytes: usize = rpc.entries.len() * 64;
+        let timeout = option.soft_ttl().max(Duration::from_secs(2)) + Duration::from_millis(bytes as u64 / 50_000);
+        let r: Result<AppendEntriesResponse<C>, RaftError<C>> = self.call(RaftKind::Append, &rpc, timeout).await?;
         r.map_err(remote)
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        let r: Result<VoteResponse<C>, RaftError<C>> = self.call(RaftKind::Vote, &rpc, option.soft_ttl()).await?;
+        let timeout = option.soft_ttl().max(Duration::from_millis(500));
+        let r: Result<VoteResponse<C>, RaftError<C>> = self.call(RaftKind::Vote, &rpc, timeout).await?;
         r.map_err(remote)
     }
 

@@ -112,19 +112,13 @@ impl RaftSnapshotBuilder<C> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         let (meta, bytes) = {
             let d = self.data.lock();
-            let meta = SnapshotMeta {
-                last_log_id: d.last_applied,
-                last_membership: d.last_membership.clone(),
-            };
+            let meta = SnapshotMeta { last_log_id: d.last_applied, last_membership: d.last_membership.clone() };
             (meta, Arc::new(snapshot_bytes(&d)))
         };
         self.persist(&meta, bytes.clone()).await?;
         *self.current.lock() = Some((meta.clone(), bytes.clone()));
         metrics::counter!("tessera_raft_snapshots_built_total").increment(1);
-        Ok(Snapshot {
-            meta,
-            snapshot: Cursor::new(bytes.to_vec()),
-        })
+        Ok(Snapshot { meta, snapshot: Cursor::new(bytes.to_vec()) })
     }
 }
 
@@ -190,9 +184,6 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        Ok(self.current.lock().clone().map(|(meta, b)| Snapshot {
-            meta,
-            snapshot: Cursor::new(b.to_vec()),
-        }))
+        Ok(self.current.lock().clone().map(|(meta, b)| Snapshot { meta, snapshot: Cursor::new(b.to_vec()) }))
     }
 }

@@ -33,6 +33,8 @@ struct Mem {
 
 enum WriterCmd {
     Append(Vec<(u64, Vec<u8>)>, IOFlushed<C>),
+    /// The newest committed log id, encoded.
+    Committed(Vec<u8>),
     Truncate(u64, oneshot::Sender<io::Result<()>>),
     Purge(u64, oneshot::Sender<io::Result<()>>),
 }
@@ -67,47 +69,37 @@ impl LogStore {
             mem.entries.insert(index, entry);
         }
         let (tx, rx) = std_mpsc::channel();
-        std::thread::Builder::new()
-            .name(format!("raft-log-{group}"))
-            .spawn(move || writer_loop(file, rx))?;
-        Ok(LogStore {
-            dir: dir.to_path_buf(),
-            mem: Arc::new(Mutex::new(mem)),
-            writer: tx,
-        })
+        std::thread::Builder::new().name(format!("raft-log-{group}")).spawn({
+            let committed_path = dir.join("committed");
+            move || writer_loop(file, rx, committed_path)
+        })?;
+        Ok(LogStore { dir: dir.to_path_buf(), mem: Arc::new(Mutex::new(mem)), writer: tx })
     }
 
     fn send(&self, cmd: WriterCmd) -> io::Result<()> {
-        self.writer
-            .send(cmd)
-            .map_err(|_| io::Error::other("raft log writer thread is gone"))
+        self.writer.send(cmd).map_err(|_| io::Error::other("raft log writer thread is gone"))
     }
 
     async fn persist_small(&self, name: &'static str, data: Vec<u8>) -> io::Result<()> {
         let path = self.dir.join(name);
-        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
-            .await
-            .map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data)).await.map_err(io::Error::other)?
     }
 }
 
-fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>) {
+fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_path: PathBuf) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
         let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut committed: Option<Vec<u8>> = None;
         let mut callbacks: Vec<IOFlushed<C>> = Vec::new();
         let flush = |file: &mut LogFile, batch: &mut Vec<(u64, Vec<u8>)>, callbacks: &mut Vec<IOFlushed<C>>| {
             let res = file.append(batch.iter().map(|(i, b)| (*i, b.as_slice())));
             metrics::counter!("tessera_raft_log_fsyncs_total").increment(u64::from(!batch.is_empty()));
             for cb in callbacks.drain(..) {
-                cb.io_completed(
-                    res.as_ref()
-                        .map(|_| ())
-                        .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-                );
+                cb.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
             }
             batch.clear();
         };
@@ -117,6 +109,7 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>) {
                     batch.extend(records);
                     callbacks.push(cb);
                 }
+                WriterCmd::Committed(c) => committed = Some(c),
                 WriterCmd::Truncate(from, done) => {
                     flush(&mut file, &mut batch, &mut callbacks);
                     let _ = done.send(file.truncate_from(from));
@@ -128,7 +121,24 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>) {
             }
         }
         flush(&mut file, &mut batch, &mut callbacks);
+        if let Some(c) = committed {
+            // Only the newest value of the batch, and off openraft's path:
+            // the committed index is a recovery hint (a restarted node
+            // re-learns commitment from the leader), so it is written but
+            // not fsync'd on its own.
+            if let Err(e) = write_hint(&committed_path, &c) {
+                tracing::warn!(error = %e, "could not record the committed index");
+            }
+        }
     }
+}
+
+fn write_hint(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut bytes = crc32fast::hash(data).to_le_bytes().to_vec();
+    bytes.extend_from_slice(data);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 impl RaftLogReader<C> for LogStore {
@@ -150,10 +160,7 @@ impl RaftLogStorage<C> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let m = self.mem.lock();
         let last = m.entries.values().next_back().map(|e| e.log_id).or(m.last_purged);
-        Ok(LogState {
-            last_purged_log_id: m.last_purged,
-            last_log_id: last,
-        })
+        Ok(LogState { last_purged_log_id: m.last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -167,9 +174,8 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        self.persist_small("committed", encode(&committed)).await?;
         self.mem.lock().committed = committed;
-        Ok(())
+        self.send(WriterCmd::Committed(encode(&committed)))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {

@@ -26,10 +26,7 @@ impl RaftTransport for TransportService {
     async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
         let Some(raft) = self.groups.get(&m.group) else {
-            return Err(Status::not_found(format!(
-                "this node hosts no replica of group {}",
-                m.group
-            )));
+            return Err(Status::not_found(format!("this node hosts no replica of group {}", m.group)));
         };
         let kind = RaftKind::try_from(m.kind).map_err(|_| Status::invalid_argument("unknown raft message kind"))?;
         let payload = match kind {
@@ -37,19 +34,12 @@ impl RaftTransport for TransportService {
             RaftKind::Vote => encode(&raft.vote(decode(&m.payload).map_err(bad)?).await),
             RaftKind::Snapshot => {
                 let (vote, meta, bytes): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = decode(&m.payload).map_err(bad)?;
-                let snapshot = Snapshot {
-                    meta,
-                    snapshot: Cursor::new(bytes),
-                };
+                let snapshot = Snapshot { meta, snapshot: Cursor::new(bytes) };
                 encode(&raft.install_full_snapshot(vote, snapshot).await)
             }
             RaftKind::TransferLeader => encode(&raft.handle_transfer_leader(decode(&m.payload).map_err(bad)?).await),
             RaftKind::Unspecified => return Err(Status::invalid_argument("raft message kind missing")),
         };
-        Ok(Response::new(RaftMessage {
-            group: m.group,
-            kind: m.kind,
-            payload: payload.into(),
-        }))
+        Ok(Response::new(RaftMessage { group: m.group, kind: m.kind, payload: payload.into() }))
     }
 }
