@@ -388,6 +388,7 @@ impl ShardMap {
         let mut node = shard.leader.load(Ordering::Relaxed);
         let mut last = String::new();
         let mut tries = 0usize;
+        let mut down: Vec<usize> = Vec::new();
         let replicas = shard.replicas.read().clone();
         let next_replica = |node: usize| {
             let pos = replicas.iter().position(|r| *r == node).unwrap_or(0);
@@ -417,22 +418,30 @@ impl ShardMap {
                     continue;
                 }
             };
-            match reply {
+            match &reply {
                 NodeReply::Reply(r) => {
+                    let r = r.clone();
                     shard.leader.store(node, Ordering::Relaxed);
                     return r;
                 }
-                NodeReply::Redirect(Some((_, addr))) if self.node_index(&addr).is_some_and(|i| i != node) => {
-                    node = self.node_index(&addr).expect("checked");
+                // A redirect to a node that was just unreachable names a
+                // leader that is gone: the replicas have yet to elect another.
+                NodeReply::Redirect(Some((_, addr)))
+                    if self.node_index(addr).is_some_and(|i| i != node && !down.contains(&i)) =>
+                {
+                    node = self.node_index(addr).expect("checked");
                     metrics::counter!("tessera_router_redirects_total").increment(1);
                     last = format!("redirected to {addr}");
                 }
                 NodeReply::Redirect(_) | NodeReply::Unreachable(_) => {
                     // No leader known (an election) or the node is down: try
                     // the next replica, pausing after each full round.
+                    if matches!(reply, NodeReply::Unreachable(_)) && !down.contains(&node) {
+                        down.push(node);
+                    }
                     last = "no leader".into();
                     node = next_replica(node);
-                    if tries % replicas.len().max(1) == 0 {
+                    if tries.is_multiple_of(replicas.len().max(1)) {
                         tokio::time::sleep(NO_LEADER_PAUSE).await;
                     }
                 }
