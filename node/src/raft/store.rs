@@ -51,8 +51,18 @@ impl LogStore {
     pub fn open(dir: &Path, group: u32) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let (file, records) = LogFile::open(&dir.join("raft.log"))?;
+        let vote: Option<VoteOf<C>> = read_atomic(&dir.join("vote"))?.map(|b| decode(&b)).transpose()?;
         let mut mem = Mem {
-            vote: read_atomic(&dir.join("vote"))?.map(|b| decode(&b)).transpose()?,
+            // A restarted leader must not resume its old leadership: with a
+            // committed vote openraft would lead again in the same term
+            // without a fresh no-op, and its read index would be its stale
+            // committed index (a stale read). Reloaded as an uncommitted vote
+            // it still never votes twice in that term, and leads again only
+            // through an election in a higher term.
+            vote: vote.map(|mut v| {
+                v.committed = false;
+                v
+            }),
             committed: read_atomic(&dir.join("committed"))?.map(|b| decode(&b)).transpose()?,
             last_purged: read_atomic(&dir.join("purged"))?.map(|b| decode(&b)).transpose()?,
             ..Mem::default()
