@@ -4,7 +4,9 @@ against a Tessera router (3 nodes x 2 shards, release build) in the same run.
 Workloads (50 clients, -P 1 and -P 16): PING, SET/GET of 1 KiB, and
 AI.TENSORSET/AI.TENSORGET of a 256-float tensor (1 KiB BLOB). redis-server has
 no RedisAI, so tensor commands are compared with SET/GET of the same 1 KiB
-payload on redis-server. Prints requests/s and the router/redis ratio."""
+payload on redis-server. Then durable writes: SET 1 KiB with 1 and 50 clients
+against redis-server with `appendfsync always`. Prints requests/s and ratios.
+Tessera's writes are always replicated to 3 fsync'd Raft logs."""
 
 import argparse
 import os
@@ -25,7 +27,8 @@ def free_port():
 
 
 def bench(port, n, pipeline, args, stdin=None):
-    cmd = ["redis-benchmark", "-p", str(port), "-c", "50", "-n", str(n), "-P", str(pipeline), "--csv"] + args
+    clients = [] if "-c" in args else ["-c", "50"]
+    cmd = ["redis-benchmark", "-p", str(port)] + clients + ["-n", str(n), "-P", str(pipeline), "--csv"] + args
     out = subprocess.run(cmd, input=stdin, capture_output=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {out.stdout!r} {out.stderr!r}")
@@ -77,6 +80,30 @@ def main():
         for p, target in ((1, 0.5), (16, 0.3)):
             ratios = [t / r for (_, pp, t, r) in rows if pp == p]
             print(f"P={p}: min ratio {min(ratios):.2f}, mean {sum(ratios) / len(ratios):.2f} (target >= {target})")
+
+        # Durable writes: Tessera replicates every write to 3 fsync'd Raft
+        # logs before it answers; the fair Redis is one with an fsync'd AOF.
+        aport = free_port()
+        adir = tempfile.mkdtemp(prefix="tessera-bench-aof-")
+        aof = subprocess.Popen(["redis-server", "--port", str(aport), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "yes", "--appendfsync", "always", "--dir", adir],
+                               stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                if subprocess.run(["redis-cli", "-p", str(aport), "PING"], capture_output=True).stdout.strip() == b"PONG":
+                    break
+                time.sleep(0.05)
+            print()
+            for clients in (1, 50):
+                n = (500 if clients == 1 else 5000) if a.quick else (5000 if clients == 1 else 50000)
+                args = ["-c", str(clients), "-t", "set", "-d", "1024", "-r", "100000"]
+                r = bench(aport, n, 1, args)
+                t = bench(tport, n, 1, args)
+                print(f"durable SET 1KiB c={clients:<3d} tessera(3 replicas, fsync) {t:>8.0f} rps   "
+                      f"redis(appendfsync always) {r:>8.0f} rps   ratio {t / r:5.2f}", flush=True)
+        finally:
+            aof.terminate()
+            aof.wait()
     finally:
         cluster.stop()
         redis_srv.terminate()
