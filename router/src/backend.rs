@@ -269,7 +269,12 @@ impl ShardMap {
         for (addr, resp) in &answers {
             let me = index(&mut nodes, addr);
             for s in &resp.shards {
-                if shards.iter().any(|e| e.id == s.id) {
+                if let Some(known) = shards.iter().find(|e| e.id == s.id) {
+                    // Keep the widest view of the replica set any node gave.
+                    let replicas: Vec<usize> = s.members.iter().map(|m| index(&mut nodes, &m.addr)).collect();
+                    if replicas.len() > known.replicas.read().len() {
+                        *known.replicas.write() = replicas;
+                    }
                     continue;
                 }
                 let ranges = s
@@ -389,8 +394,10 @@ impl ShardMap {
         let mut last = String::new();
         let mut tries = 0usize;
         let mut down: Vec<usize> = Vec::new();
-        let replicas = shard.replicas.read().clone();
+        // The replica set is re-read on every try: the refresher may learn it
+        // (or a change of it) while this command is waiting out an election.
         let next_replica = |node: usize| {
+            let replicas = shard.replicas.read();
             let pos = replicas.iter().position(|r| *r == node).unwrap_or(0);
             replicas[(pos + 1) % replicas.len()]
         };
@@ -418,6 +425,7 @@ impl ShardMap {
                     continue;
                 }
             };
+            tracing::debug!(shard = shard.id, node = %self.nodes[node].addr, ?reply, tries, "node answer");
             match &reply {
                 NodeReply::Reply(r) => {
                     let r = r.clone();
@@ -441,7 +449,7 @@ impl ShardMap {
                     }
                     last = "no leader".into();
                     node = next_replica(node);
-                    if tries.is_multiple_of(replicas.len().max(1)) {
+                    if tries.is_multiple_of(shard.replicas.read().len().max(1)) {
                         tokio::time::sleep(NO_LEADER_PAUSE).await;
                     }
                 }

@@ -34,6 +34,7 @@ impl Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut child = Command::new(&self.bin)
             .args(&self.args)
+            .env("RUST_LOG", std::env::var("TESSERA_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -235,7 +236,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("TESSERA_TEST_LOGS").is_some() {
             eprintln!("{}", self.logs());
         }
         for p in &mut self.procs {
