@@ -218,6 +218,17 @@ pub struct ShardEntry {
     pub replicas: RwLock<Vec<usize>>,
     /// Index into `ShardMap::nodes` of the leader last seen (a hint).
     pub leader: AtomicUsize,
+    /// What each replica last reported (for `INFO replication`), by node index.
+    pub reports: Mutex<HashMap<usize, ReplicaReport>>,
+}
+
+/// One replica's view of its group, as the refresher last saw it.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaReport {
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
 }
 
 /// How long one command keeps following redirects and trying other replicas
@@ -293,6 +304,7 @@ impl ShardMap {
                     ranges,
                     replicas: RwLock::new(replicas),
                     leader: AtomicUsize::new(leader),
+                    reports: Mutex::default(),
                 });
             }
         }
@@ -344,6 +356,15 @@ impl ShardMap {
                     let Some(entry) = self.shards.iter().find(|e| e.id == s.id) else {
                         continue;
                     };
+                    entry.reports.lock().insert(
+                        node,
+                        ReplicaReport {
+                            leader_id: s.leader_id,
+                            term: s.term,
+                            commit_index: s.commit_index,
+                            applied_index: s.applied_index,
+                        },
+                    );
                     let replicas: Vec<usize> = s.members.iter().filter_map(|m| self.node_index(&m.addr)).collect();
                     if !replicas.is_empty() && s.members.len() == replicas.len() {
                         *entry.replicas.write() = replicas;

@@ -199,6 +199,42 @@ fn cluster(router: &Router, conn: &ConnState, c: ClusterCmd) -> Reply {
 }
 
 impl Router {
+    /// `INFO replication`: the Redis fields clients read, then one line per
+    /// shard with its leader and term, and per replica its applied index and
+    /// lag behind the highest commit index any replica reported.
+    fn replication_lines(&self) -> Vec<String> {
+        let mut lines = vec!["role:master".to_string(), "connected_slaves:0".into(), "master_repl_offset:0".into()];
+        for s in &self.shards.shards {
+            let reports = s.reports.lock().clone();
+            let commit = reports.values().map(|r| r.commit_index).max().unwrap_or(0);
+            let best = reports.values().max_by_key(|r| (r.term, r.commit_index)).cloned().unwrap_or_default();
+            let replicas: Vec<String> = s
+                .replicas
+                .read()
+                .iter()
+                .map(|n| {
+                    let addr = &self.shards.nodes[*n].addr;
+                    match reports.get(n) {
+                        Some(r) => {
+                            format!("{addr}/applied={}/lag={}", r.applied_index, commit.saturating_sub(r.applied_index))
+                        }
+                        None => format!("{addr}/unreachable"),
+                    }
+                })
+                .collect();
+            lines.push(format!(
+                "shard{}:slots={},leader_id={},term={},commit={},replicas={}",
+                s.id,
+                s.ranges.iter().map(|r| format!("{}-{}", r.start, r.end)).collect::<Vec<_>>().join("|"),
+                best.leader_id,
+                best.term,
+                commit,
+                replicas.join(",")
+            ));
+        }
+        lines
+    }
+
     /// INFO text for every wanted section but `keyspace` (which needs the nodes).
     pub fn info_text(&self, want: &dyn Fn(&str) -> bool, clients: u64) -> String {
         let s = &self.stats;
@@ -255,11 +291,7 @@ impl Router {
                 format!("rejected_connections:{}", Stats::get(&s.rejected)),
             ],
         );
-        section(
-            "replication",
-            "Replication",
-            vec!["role:master".into(), "connected_slaves:0".into(), "master_repl_offset:0".into()],
-        );
+        section("replication", "Replication", self.replication_lines());
         let connected = self.shards.nodes.iter().filter(|n| n.is_connected()).count();
         section(
             "cluster",

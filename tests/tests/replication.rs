@@ -188,3 +188,23 @@ fn graceful_stop_hands_leadership_over_without_errors() {
         assert_eq!(r.cmd(&["GET", &format!("g:{i}")]).unwrap(), "$1\r\n2\r\n");
     }
 }
+
+#[test]
+fn info_replication_reports_every_shard_and_replica() {
+    let c = Cluster::start(3, 1).expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    r.cmd(&["SET", "x", "1"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = r.cmd(&["INFO", "replication"]).unwrap();
+        let shards: Vec<&str> = info.lines().filter(|l| l.starts_with("shard")).collect();
+        let complete = shards.len() == 3
+            && shards.iter().all(|l| !l.contains("leader_id=0,") && l.matches("/applied=").count() == 3);
+        if complete {
+            assert!(info.contains("role:master"), "{info}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "INFO replication never showed all shards and replicas:\n{info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
