@@ -1,12 +1,13 @@
 //! Observability shared by `tessera-router` and `tessera-node`:
 //!
 //! * [`init_tracing`] — a `tracing` subscriber printing human or JSON lines,
-//!   filtered by `RUST_LOG` (default `info`);
+//!   filtered by `RUST_LOG` (default `info,openraft=warn`: openraft logs every vote at info);
 //! * [`install_metrics`] — the process-wide Prometheus recorder behind the
 //!   `metrics` facade, with latency buckets suited to a cache;
 //! * [`serve_metrics`] — a minimal HTTP/1.1 endpoint answering `GET /metrics`;
 //! * [`record_command`] — the per-command counter and latency histogram,
-//!   through handles cached per thread (it runs for every command).
+//!   through handles cached per thread (it runs for every command);
+//! * [`runtime`], [`shutdown_signal`] — process plumbing both binaries share.
 
 #![forbid(unsafe_code)]
 
@@ -28,7 +29,7 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; later calls are no-ops (tests start many servers).
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -142,4 +143,30 @@ pub fn record_command(prefix: &'static str, cmd: &'static str, code: &'static st
             .or_insert_with(|| metrics::histogram!(format!("{prefix}_command_duration_seconds"), "cmd" => cmd))
             .record(took.as_secs_f64())
     });
+}
+
+/// The binaries' async runtime: multi-threaded, `worker_threads` workers
+/// (default: one per CPU).
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    rt.enable_all().build()
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

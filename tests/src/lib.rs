@@ -34,7 +34,7 @@ impl Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut child = Command::new(&self.bin)
             .args(&self.args)
-            .env("RUST_LOG", std::env::var("TESSERA_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", std::env::var("TESSERA_TEST_RUST_LOG").unwrap_or_else(|_| "info,openraft=info".into()))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

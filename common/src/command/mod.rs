@@ -1,6 +1,7 @@
 //! Parsing client argv into typed commands, once.
 //!
-//! * [`table`] — the command table (`COMMAND`, key positions, flags);
+//! * [`table`] — the command table (`COMMAND`, key positions, flags), with
+//!   `keys` finding the keys of RedisAI's movable-keys commands;
 //! * [`node`] — [`NodeCommand`], what a storage node executes;
 //! * [`keyspace`], [`ai`], [`server`] — one parser per command family.
 //!
@@ -9,6 +10,7 @@
 //! state. Nothing downstream re-checks raw argv.
 
 pub mod ai;
+mod keys;
 pub mod keyspace;
 pub mod node;
 pub mod server;

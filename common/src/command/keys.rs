@@ -1,0 +1,130 @@
+//! Key extraction for RedisAI's commands with movable keys (`getkeys-api`
+//! in RedisAI): which argv positions name keys, for routing, CROSSSLOT checks
+//! and `COMMAND GETKEYS`. Returns `None` when argv is too malformed to tell.
+
+use bytes::Bytes;
+
+fn eq(a: &Bytes, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn count_at(argv: &[Bytes], i: usize) -> Option<usize> {
+    std::str::from_utf8(argv.get(i)?).ok()?.parse().ok()
+}
+
+/// `AI.MODELEXECUTE key INPUTS n k.. OUTPUTS m k.. [TIMEOUT t]`: model, inputs, outputs.
+pub(super) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
+    let mut keys = vec![1];
+    if argv.len() < 2 {
+        return None;
+    }
+    let mut i = 2;
+    while i < argv.len() {
+        if eq(&argv[i], "INPUTS") || eq(&argv[i], "OUTPUTS") {
+            let n = count_at(argv, i + 1)?;
+            let end = (i + 2).checked_add(n)?;
+            if end > argv.len() {
+                return None;
+            }
+            keys.extend(i + 2..end);
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    Some(keys)
+}
+
+/// `AI.MODELRUN key INPUTS k.. OUTPUTS k..`: the model and every argument
+/// after INPUTS except the word OUTPUTS.
+pub(super) fn keys_modelrun(argv: &[Bytes]) -> Option<Vec<usize>> {
+    if argv.len() < 2 {
+        return None;
+    }
+    let mut keys = vec![1];
+    let start = argv.iter().position(|a| eq(a, "INPUTS"))?;
+    keys.extend((start + 1..argv.len()).filter(|i| !eq(&argv[*i], "OUTPUTS")));
+    Some(keys)
+}
+
+/// `AI.SCRIPTEXECUTE key fn [KEYS n ..] [INPUTS n ..] [ARGS n ..] [OUTPUTS n ..] [TIMEOUT t]`:
+/// the script and every KEYS, INPUTS and OUTPUTS key (not ARGS).
+pub(super) fn keys_scriptexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
+    if argv.len() < 3 {
+        return None;
+    }
+    let mut keys = vec![1];
+    let mut i = 3;
+    while i < argv.len() {
+        let scope = &argv[i];
+        if eq(scope, "KEYS") || eq(scope, "INPUTS") || eq(scope, "OUTPUTS") || eq(scope, "ARGS") {
+            let n = count_at(argv, i + 1)?;
+            let end = (i + 2).checked_add(n)?;
+            if end > argv.len() {
+                return None;
+            }
+            if !eq(scope, "ARGS") {
+                keys.extend(i + 2..end);
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    Some(keys)
+}
+
+/// `AI.SCRIPTRUN key fn INPUTS k.. [$ ..] OUTPUTS k..`: the script and every
+/// input/output (skipping `OUTPUTS` and `$`).
+pub(super) fn keys_scriptrun(argv: &[Bytes]) -> Option<Vec<usize>> {
+    if argv.len() < 3 {
+        return None;
+    }
+    let mut keys = vec![1];
+    let mut in_scope = false;
+    for (i, a) in argv.iter().enumerate().skip(3) {
+        if eq(a, "INPUTS") || eq(a, "OUTPUTS") {
+            in_scope = true;
+        } else if eq(a, "TIMEOUT") {
+            in_scope = false;
+        } else if in_scope && a.as_ref() != b"$" {
+            keys.push(i);
+        }
+    }
+    Some(keys)
+}
+
+/// DAG commands: LOAD and PERSIST keys, the ROUTING value, and the key after
+/// every `AI.MODELEXECUTE`/`AI.SCRIPTEXECUTE` (and deprecated RUN) token.
+pub(super) fn keys_dag(argv: &[Bytes]) -> Option<Vec<usize>> {
+    let mut keys = Vec::new();
+    let mut i = 1;
+    while i < argv.len() {
+        let a = &argv[i];
+        if eq(a, "LOAD") || eq(a, "PERSIST") {
+            let n = count_at(argv, i + 1)?;
+            let end = (i + 2).checked_add(n)?;
+            if end > argv.len() {
+                return None;
+            }
+            keys.extend(i + 2..end);
+            i = end;
+            continue;
+        }
+        if eq(a, "ROUTING") {
+            argv.get(i + 1)?;
+            keys.push(i + 1);
+            i += 2;
+            continue;
+        }
+        if (eq(a, "AI.MODELEXECUTE") || eq(a, "AI.SCRIPTEXECUTE") || eq(a, "AI.MODELRUN") || eq(a, "AI.SCRIPTRUN"))
+            && i + 1 < argv.len()
+        {
+            keys.push(i + 1);
+            i += 2;
+            continue;
+        }
+        i += 1;
+    }
+    Some(keys)
+}
