@@ -74,8 +74,10 @@ pub async fn run(
             election_timeout_min: config.election_timeout.as_millis() as u64,
             election_timeout_max: 2 * config.election_timeout.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-            max_in_snapshot_log_to_keep: 1000,
-            purge_batch_size: 256,
+            // Entries kept behind a snapshot so a briefly lagging replica catches
+            // up from the log; further behind, it gets the snapshot.
+            max_in_snapshot_log_to_keep: (config.snapshot_logs / 10).min(1000),
+            purge_batch_size: (config.snapshot_logs / 10).clamp(1, 256),
             ..Default::default()
         }
         .validate()

@@ -54,6 +54,8 @@ pub struct Cluster {
     pub cluster: Vec<SocketAddr>,
     pub router_metrics: SocketAddr,
     pub node_addrs: Vec<SocketAddr>,
+    /// Each node's /metrics address (updated when a node restarts).
+    pub node_metrics: Vec<SocketAddr>,
 }
 
 fn read_ready(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
@@ -84,6 +86,16 @@ impl Cluster {
 
     /// Starts the cluster; `router_args` are extra router flags.
     pub fn start_with(nodes: usize, shards_per_node: usize, router_args: &[&str]) -> anyhow::Result<Cluster> {
+        Self::start_full(nodes, shards_per_node, router_args, &[])
+    }
+
+    /// Starts the cluster with extra router and node flags.
+    pub fn start_full(
+        nodes: usize,
+        shards_per_node: usize,
+        router_args: &[&str],
+        node_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let dir = std::env::temp_dir().join(format!("tessera-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
         let bins = bin_dir();
@@ -97,9 +109,10 @@ impl Cluster {
             cluster: Vec::new(),
             router_metrics: "0.0.0.0:0".parse()?,
             node_addrs: node_addrs.clone(),
+            node_metrics: Vec::new(),
         };
         for (n, addr) in node_addrs.iter().enumerate() {
-            let args: Vec<std::ffi::OsString> = vec![
+            let mut args: Vec<std::ffi::OsString> = vec![
                 "--node-id".into(),
                 (n + 1).to_string().into(),
                 "--listen".into(),
@@ -120,6 +133,7 @@ impl Cluster {
                 "--data-dir".into(),
                 dir.join(format!("node-{}", n + 1)).into(),
             ];
+            args.extend(node_args.iter().map(|a| a.into()));
             let log = dir.join(format!("node-{}.log", n + 1));
             c.procs.push(Proc {
                 name: format!("node-{}", n + 1),
@@ -128,7 +142,8 @@ impl Cluster {
                 args,
                 bin: bins.join("tessera-node"),
             });
-            c.procs.last_mut().expect("pushed").spawn()?;
+            let ready = c.procs.last_mut().expect("pushed").spawn()?;
+            c.node_metrics.push(ready.split_whitespace().nth(2).context("node metrics addr")?.parse()?);
         }
         let nodes_arg: Vec<String> = c.node_addrs.iter().map(|a| a.to_string()).collect();
         let mut args: Vec<std::ffi::OsString> = vec![
@@ -184,7 +199,14 @@ impl Cluster {
 
     /// Starts node `id` again with the same flags and data folder.
     pub fn restart_node(&mut self, id: usize) -> anyhow::Result<()> {
-        self.procs[id - 1].spawn().map(|_| ())
+        let ready = self.procs[id - 1].spawn()?;
+        self.node_metrics[id - 1] = ready.split_whitespace().nth(2).context("node metrics addr")?.parse()?;
+        Ok(())
+    }
+
+    /// The Prometheus text of node `id`.
+    pub fn node_metrics_text(&self, id: usize) -> anyhow::Result<String> {
+        http_get(self.node_metrics[id - 1], "/metrics")
     }
 
     /// Sends SIGSTOP / SIGCONT to node `id`.
@@ -247,6 +269,16 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A minimal HTTP GET (the metrics endpoints speak HTTP/1.1 and close).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 fn unique() -> u64 {

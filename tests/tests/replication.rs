@@ -208,3 +208,66 @@ fn info_replication_reports_every_shard_and_replica() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn lagging_replica_catches_up_by_snapshot_after_100mb() {
+    // Snapshots every 20 entries, so the leaders purge the log the stopped
+    // replica would need and must send it a snapshot instead.
+    let mut c = Cluster::start_full(3, 1, &[], &["--snapshot-logs", "20"]).expect("cluster starts");
+    c.kill_node(3);
+    let mut r = Resp::connect(c.plain).unwrap();
+    let blob: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    let n = 110;
+    for i in 0..n {
+        let key = format!("big:{i}");
+        let reply = (0..100)
+            .map(|_| {
+                r.send(&[b"AI.TENSORSET", key.as_bytes(), b"UINT8", b"1048576", b"BLOB", &blob]).unwrap();
+                r.read().unwrap()
+            })
+            .find(|reply| !reply.starts_with("-TRYAGAIN"))
+            .unwrap();
+        assert_eq!(reply, "+OK\r\n", "tensor {i}");
+    }
+    c.restart_node(3).expect("node 3 restarts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = r.cmd(&["INFO", "replication"]).unwrap();
+        let node3 = c.node_addrs[2].to_string();
+        let caught_up = info.lines().filter(|l| l.starts_with("shard")).all(|l| {
+            l.contains(&format!("{node3}/applied=")) && !l.contains("/unreachable") && l.ends_with("lag=0") || {
+                // lag of node 3 specifically
+                l.split(',').filter(|p| p.contains(&node3)).all(|p| p.ends_with("lag=0"))
+            }
+        });
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 did not catch up:\n{info}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = c.node_metrics_text(3).unwrap();
+    let installed: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tessera_raft_snapshots_installed_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(installed >= 1.0, "node 3 caught up without installing a snapshot:\n{metrics}");
+    // Node 3 holds everything: with node 1 gone it forms the quorum with node 2.
+    c.kill_node(1);
+    let mut r = Resp::connect(c.plain).unwrap();
+    for i in (0..n).step_by(11) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let reply = r.cmd(&["AI.TENSORGET", &format!("big:{i}"), "META"]).unwrap();
+            if reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN") {
+                assert!(Instant::now() < deadline, "no leader after node 1 died: {reply}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            assert!(reply.contains("UINT8") && reply.contains(":1048576"), "tensor {i}: {reply}");
+            break;
+        }
+    }
+}

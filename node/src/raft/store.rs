@@ -78,6 +78,18 @@ impl LogStore {
             }
             mem.entries.insert(index, entry);
         }
+        // The committed index is only a hint; never let it point past what
+        // this replica has on disk (openraft would try to apply entries it
+        // cannot read).
+        let last = mem.entries.values().next_back().map(|e| e.log_id).or(mem.last_purged);
+        if let (Some(c), Some(l)) = (mem.committed, last) {
+            if c.index > l.index {
+                tracing::warn!(group, committed = c.index, last = l.index, "committed hint ahead of the log; clamped");
+                mem.committed = Some(l);
+            }
+        } else if mem.committed.is_some() && last.is_none() {
+            mem.committed = None;
+        }
         let (tx, rx) = std_mpsc::channel();
         std::thread::Builder::new().name(format!("raft-log-{group}")).spawn({
             let committed_path = dir.join("committed");
@@ -105,8 +117,13 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
         let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut committed: Option<Vec<u8>> = None;
         let mut callbacks: Vec<IOFlushed<C>> = Vec::new();
-        let flush = |file: &mut LogFile, batch: &mut Vec<(u64, Vec<u8>)>, callbacks: &mut Vec<IOFlushed<C>>| {
+        let mut failed = false;
+        let mut flush = |file: &mut LogFile, batch: &mut Vec<(u64, Vec<u8>)>, callbacks: &mut Vec<IOFlushed<C>>| {
             let res = file.append(batch.iter().map(|(i, b)| (*i, b.as_slice())));
+            if let Err(e) = &res {
+                tracing::error!(error = %e, "raft log append failed");
+                failed = true;
+            }
             metrics::counter!("tessera_raft_log_fsyncs_total").increment(u64::from(!batch.is_empty()));
             for cb in callbacks.drain(..) {
                 cb.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
@@ -131,7 +148,7 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
             }
         }
         flush(&mut file, &mut batch, &mut callbacks);
-        if let Some(c) = committed {
+        if let Some(c) = committed.filter(|_| !failed) {
             // Only the newest value of the batch, and off openraft's path:
             // the committed index is a recovery hint (a restarted node
             // re-learns commitment from the leader), so it is written but
