@@ -193,7 +193,13 @@ impl Shard {
             last_log_index: m.last_log_index.unwrap_or(0),
             committed: m.local_committed.map_or(0, |l| l.index),
             applied: m.last_applied.map_or(0, |l| l.index),
-            members: m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+            // Until the group's membership comes from its log, report the
+            // layout's replica set (an unformed group lists only itself).
+            members: if m.membership_config.log_id().is_none() {
+                self.placement.clone()
+            } else {
+                m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+            },
         }
     }
 

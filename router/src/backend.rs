@@ -341,8 +341,11 @@ impl ShardMap {
 
     /// Refreshes replica sets and leader hints from the nodes, forever.
     pub async fn refresh_loop(self: Arc<Self>, every: Duration) {
+        let mut first = true;
         loop {
-            tokio::time::sleep(every).await;
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(every).await;
+            }
             for node in 0..self.nodes.len() {
                 let addr = self.nodes[node].addr.clone();
                 let answer = async {

@@ -218,7 +218,7 @@ impl Router {
                         Some(r) => {
                             format!("{addr}/applied={}/lag={}", r.applied_index, commit.saturating_sub(r.applied_index))
                         }
-                        None => format!("{addr}/unreachable"),
+                        None => format!("{addr}/no-report"),
                     }
                 })
                 .collect();

@@ -235,7 +235,7 @@ fn lagging_replica_catches_up_by_snapshot_after_100mb() {
         let info = r.cmd(&["INFO", "replication"]).unwrap();
         let node3 = c.node_addrs[2].to_string();
         let caught_up = info.lines().filter(|l| l.starts_with("shard")).all(|l| {
-            l.contains(&format!("{node3}/applied=")) && !l.contains("/unreachable") && l.ends_with("lag=0") || {
+            l.contains(&format!("{node3}/applied=")) && !l.contains("/no-report") && l.ends_with("lag=0") || {
                 // lag of node 3 specifically
                 l.split(',').filter(|p| p.contains(&node3)).all(|p| p.ends_with("lag=0"))
             }
