@@ -271,3 +271,32 @@ fn lagging_replica_catches_up_by_snapshot_after_100mb() {
         }
     }
 }
+
+#[test]
+fn a_minority_cannot_acknowledge_writes() {
+    let mut c = Cluster::start(3, 1).expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    assert_eq!(r.cmd(&["SET", "m", "before"]).unwrap(), "+OK\r\n");
+    // Only node 1 keeps running: no shard has a quorum.
+    c.signal_node(2, "STOP");
+    c.signal_node(3, "STOP");
+    for i in 0..3 {
+        let reply = r.cmd(&["SET", &format!("m{i}"), "during"]).unwrap();
+        assert!(
+            reply.starts_with("-TRYAGAIN") || reply.starts_with("-CLUSTERDOWN"),
+            "a write was acknowledged without a quorum: {reply}"
+        );
+    }
+    c.signal_node(2, "CONT");
+    c.signal_node(3, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = r.cmd(&["SET", "m", "after"]).unwrap();
+        if reply == "+OK\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster did not recover after the pause: {reply}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(r.cmd(&["GET", "m"]).unwrap(), "$5\r\nafter\r\n");
+}
