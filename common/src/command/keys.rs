@@ -8,8 +8,11 @@ fn eq(a: &Bytes, b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-fn count_at(argv: &[Bytes], i: usize) -> Option<usize> {
-    std::str::from_utf8(argv.get(i)?).ok()?.parse().ok()
+/// The `<count> <item>...` list whose count is at `i`: the item indexes.
+fn counted(argv: &[Bytes], i: usize) -> Option<std::ops::Range<usize>> {
+    let n: usize = std::str::from_utf8(argv.get(i)?).ok()?.parse().ok()?;
+    let end = (i + 1).checked_add(n)?;
+    (end <= argv.len()).then_some(i + 1..end)
 }
 
 /// `AI.MODELEXECUTE key INPUTS n k.. OUTPUTS m k.. [TIMEOUT t]`: model, inputs, outputs.
@@ -21,13 +24,9 @@ pub(super) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
     let mut i = 2;
     while i < argv.len() {
         if eq(&argv[i], "INPUTS") || eq(&argv[i], "OUTPUTS") {
-            let n = count_at(argv, i + 1)?;
-            let end = (i + 2).checked_add(n)?;
-            if end > argv.len() {
-                return None;
-            }
-            keys.extend(i + 2..end);
-            i = end;
+            let items = counted(argv, i + 1)?;
+            i = items.end;
+            keys.extend(items);
         } else {
             i += 1;
         }
@@ -58,15 +57,11 @@ pub(super) fn keys_scriptexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
     while i < argv.len() {
         let scope = &argv[i];
         if eq(scope, "KEYS") || eq(scope, "INPUTS") || eq(scope, "OUTPUTS") || eq(scope, "ARGS") {
-            let n = count_at(argv, i + 1)?;
-            let end = (i + 2).checked_add(n)?;
-            if end > argv.len() {
-                return None;
-            }
+            let items = counted(argv, i + 1)?;
+            i = items.end;
             if !eq(scope, "ARGS") {
-                keys.extend(i + 2..end);
+                keys.extend(items);
             }
-            i = end;
         } else {
             i += 1;
         }
@@ -102,13 +97,9 @@ pub(super) fn keys_dag(argv: &[Bytes]) -> Option<Vec<usize>> {
     while i < argv.len() {
         let a = &argv[i];
         if eq(a, "LOAD") || eq(a, "PERSIST") {
-            let n = count_at(argv, i + 1)?;
-            let end = (i + 2).checked_add(n)?;
-            if end > argv.len() {
-                return None;
-            }
-            keys.extend(i + 2..end);
-            i = end;
+            let items = counted(argv, i + 1)?;
+            i = items.end;
+            keys.extend(items);
             continue;
         }
         if eq(a, "ROUTING") {
