@@ -39,6 +39,12 @@ pub struct Args {
     /// Raft election timeout (lower bound; the upper bound is twice it), ms.
     #[arg(long, env = "TESSERA_ELECTION_TIMEOUT_MS", default_value_t = 400)]
     pub election_timeout_ms: u64,
+    /// How reads are made linearizable: `read-index` (the leader confirms its
+    /// leadership with a quorum for every batch of reads; no clock
+    /// assumption) or `lease` (no round trip while the leader's lease holds;
+    /// assumes clock drift well below the election timeout).
+    #[arg(long, env = "TESSERA_READ_POLICY", value_enum, default_value = "read-index")]
+    pub read_policy: ReadMode,
     /// Log entries between snapshots.
     #[arg(long, env = "TESSERA_SNAPSHOT_LOGS", default_value_t = 100_000)]
     pub snapshot_logs: u64,
@@ -54,6 +60,12 @@ pub struct Args {
     /// Print `READY <grpc-addr> <metrics-addr>` on stdout once listening.
     #[arg(long)]
     pub print_ready: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadMode {
+    ReadIndex,
+    Lease,
 }
 
 /// A shard: its slots and the nodes holding its replicas (the first one
@@ -75,6 +87,7 @@ pub struct Config {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
+    pub read_mode: ReadMode,
 }
 
 impl Config {
@@ -129,6 +142,7 @@ impl Args {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_logs: self.snapshot_logs,
+            read_mode: self.read_policy,
         })
     }
 }

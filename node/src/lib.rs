@@ -86,19 +86,9 @@ pub async fn run(
     let peers = Peers::default();
     let mut shards = Vec::new();
     for spec in config.hosted() {
-        let dir = config.data_dir.join(format!("shard-{}", spec.id));
-        let placement = spec.replicas.iter().map(|id| (*id, config.peers[id].clone())).collect();
-        let shard = Shard::open(
-            spec.id,
-            spec.ranges.clone(),
-            placement,
-            config.node_id,
-            &dir,
-            raft_config.clone(),
-            peers.clone(),
-        )
-        .await
-        .with_context(|| format!("opening shard {} at {}", spec.id, dir.display()))?;
+        let shard = Shard::open(spec, &config, raft_config.clone(), peers.clone())
+            .await
+            .with_context(|| format!("opening shard {} in {}", spec.id, config.data_dir.display()))?;
         shards.push(shard);
     }
     let groups: HashMap<u32, raft::Raft> = shards.iter().map(|s| (s.id, s.raft.clone())).collect();

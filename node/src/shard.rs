@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,6 +23,7 @@ use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
 
+use crate::config::{Config, ReadMode, ShardSpec};
 use crate::exec::{precheck, read};
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::sm::{ShardData, StateMachine};
@@ -58,6 +58,7 @@ pub struct Shard {
     data: Arc<Mutex<ShardData>>,
     /// Highest timestamp handed to a proposal.
     last_ts: AtomicI64,
+    read_policy: ReadPolicy,
 }
 
 /// A point-in-time view for INFO, `Shards` and metrics.
@@ -79,24 +80,28 @@ fn forward(f: &ForwardToLeader<C>) -> Outcome {
 }
 
 impl Shard {
-    /// Opens the replica's log and state machine under `dir` and starts its Raft.
-    pub async fn open(
-        id: u32,
-        ranges: Vec<SlotRange>,
-        placement: BTreeMap<u64, String>,
-        node_id: u64,
-        dir: &Path,
-        config: Arc<RaftConfig>,
-        peers: Peers,
-    ) -> io::Result<Arc<Shard>> {
-        let store = LogStore::open(dir, id)?;
-        let sm = StateMachine::open(dir)?;
+    /// Opens this node's replica of `spec` (log and state machine under
+    /// `<data dir>/shard-<id>`) and starts its Raft.
+    pub async fn open(spec: &ShardSpec, node: &Config, raft: Arc<RaftConfig>, peers: Peers) -> io::Result<Arc<Shard>> {
+        let dir = node.data_dir.join(format!("shard-{}", spec.id));
+        let store = LogStore::open(&dir, spec.id)?;
+        let sm = StateMachine::open(&dir)?;
         let data = sm.data.clone();
         let last_ts = data.lock().last_ts;
-        let raft = Raft::new(node_id, config, NetworkFactory { group: id, peers }, store, sm)
-            .await
-            .map_err(io::Error::other)?;
-        Ok(Arc::new(Shard { id, ranges, placement, raft, data, last_ts: AtomicI64::new(last_ts) }))
+        let network = NetworkFactory { group: spec.id, peers };
+        let raft = Raft::new(node.node_id, raft, network, store, sm).await.map_err(io::Error::other)?;
+        Ok(Arc::new(Shard {
+            id: spec.id,
+            ranges: spec.ranges.clone(),
+            placement: spec.replicas.iter().map(|id| (*id, node.peers[id].clone())).collect(),
+            raft,
+            data,
+            last_ts: AtomicI64::new(last_ts),
+            read_policy: match node.read_mode {
+                ReadMode::ReadIndex => ReadPolicy::ReadIndex,
+                ReadMode::Lease => ReadPolicy::LeaseRead,
+            },
+        }))
     }
 
     pub fn owns(&self, slot: u16) -> bool {
@@ -163,7 +168,7 @@ impl Shard {
 
     /// A linearizable read.
     pub async fn read(&self, cmd: &NodeCommand) -> Outcome {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        match self.raft.ensure_linearizable(self.read_policy.clone()).await {
             Ok(_) => Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms())),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => forward(&f),
             Err(e) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
