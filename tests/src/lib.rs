@@ -209,10 +209,24 @@ impl Cluster {
         http_get(self.node_metrics[id - 1], "/metrics")
     }
 
-    /// Sends SIGSTOP / SIGCONT to node `id`.
+    /// Sends SIGSTOP / SIGCONT to node `id` and waits (bounded) until the
+    /// kernel reports the process stopped / running again.
     pub fn signal_node(&mut self, id: usize, sig: &str) {
-        if let Some(child) = &self.procs[id - 1].child {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+        let Some(child) = &self.procs[id - 1].child else { return };
+        let pid = child.id();
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{sig} {pid} failed");
+        let want_stopped = sig == "STOP";
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // /proc/<pid>/stat: "pid (comm) S ..." — state T means stopped.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("");
+            if (state == "T") == want_stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not reach state after SIG{sig}: {state:?}");
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
