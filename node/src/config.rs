@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use tessera_common::slot::SlotRange;
-use tessera_telemetry::LogFormat;
+use tessera_telemetry::ProcessArgs;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tessera-node", version, about = "Tessera storage node")]
@@ -51,15 +51,8 @@ pub struct Args {
     /// Folder for this node's files.
     #[arg(long, env = "TESSERA_NODE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Log line format.
-    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value = "human")]
-    pub log_format: LogFormat,
-    /// Async runtime worker threads (default: one per CPU).
-    #[arg(long, env = "TESSERA_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
-    /// Print `READY <grpc-addr> <metrics-addr>` on stdout once listening.
-    #[arg(long)]
-    pub print_ready: bool,
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

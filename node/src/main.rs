@@ -6,16 +6,16 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tessera_telemetry::runtime(args.worker_threads)?.block_on(serve(args))
+    tessera_telemetry::runtime(args.process.worker_threads)?.block_on(serve(args))
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    tessera_telemetry::init_tracing(args.log_format);
+    tessera_telemetry::init_tracing(args.process.log_format);
     let config = args.config()?;
     let metrics = tessera_telemetry::install_metrics()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    if args.print_ready {
+    if args.process.print_ready {
         println!("READY {} {}", listener.local_addr()?, metrics_listener.local_addr()?);
     }
     tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, std::future::pending()));

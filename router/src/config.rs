@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tessera_telemetry::LogFormat;
+use tessera_telemetry::ProcessArgs;
 
 use crate::codec::Limits;
 
@@ -49,14 +49,8 @@ pub struct Args {
     /// How long to wait for every node at start-up, in seconds.
     #[arg(long, env = "TESSERA_NODE_WAIT_SECS", default_value_t = 30)]
     pub node_wait_secs: u64,
-    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value = "human")]
-    pub log_format: LogFormat,
-    /// Async runtime worker threads (default: one per CPU).
-    #[arg(long, env = "TESSERA_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
-    /// Print `READY plain=<addr> cluster=<a,b> metrics=<addr>` on stdout once listening.
-    #[arg(long)]
-    pub print_ready: bool,
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 #[derive(Clone, Debug)]

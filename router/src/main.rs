@@ -8,11 +8,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tessera_telemetry::runtime(args.worker_threads)?.block_on(serve(args))
+    tessera_telemetry::runtime(args.process.worker_threads)?.block_on(serve(args))
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    tessera_telemetry::init_tracing(args.log_format);
+    tessera_telemetry::init_tracing(args.process.log_format);
     let config = args.config()?;
     let metrics = tessera_telemetry::install_metrics()?;
     let plain = TcpListener::bind(args.listen).await?;
@@ -21,7 +21,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         cluster.push(TcpListener::bind(a).await?);
     }
     let metrics_listener = TcpListener::bind(args.metrics_listen).await?;
-    if args.print_ready {
+    if args.process.print_ready {
         let addrs: Vec<String> = cluster.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
         println!(
             "READY plain={} cluster={} metrics={}",

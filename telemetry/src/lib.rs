@@ -27,6 +27,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Process flags both binaries take (flattened into their `Args`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProcessArgs {
+    /// Log line format.
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Async runtime worker threads (default: one per CPU).
+    #[arg(long, env = "TESSERA_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Print one `READY ...` line with the bound addresses on stdout once
+    /// listening (node: `READY <grpc> <metrics>`; router:
+    /// `READY plain=<addr> cluster=<a,b> metrics=<addr>`).
+    #[arg(long)]
+    pub print_ready: bool,
+}
+
 /// Installs the global subscriber; later calls are no-ops (tests start many servers).
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));

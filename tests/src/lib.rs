@@ -263,11 +263,6 @@ impl Cluster {
         }
         out
     }
-
-    /// Whether every started process is still running.
-    pub fn all_alive(&mut self) -> bool {
-        self.procs.iter_mut().all(|p| p.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None))))
-    }
 }
 
 impl Drop for Cluster {
