@@ -219,13 +219,14 @@ impl Cluster {
         let want_stopped = sig == "STOP";
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            // /proc/<pid>/stat: "pid (comm) S ..." — state T means stopped.
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("");
-            if (state == "T") == want_stopped {
+            // A group stop reaches each thread on its own: the process is
+            // stopped only once every thread reports state T (a worker thread
+            // still running could finish a replication round trip).
+            let states = thread_states(pid);
+            if !states.is_empty() && states.iter().all(|s| (s == "T") == want_stopped) {
                 return;
             }
-            assert!(Instant::now() < deadline, "node {id} did not reach state after SIG{sig}: {state:?}");
+            assert!(Instant::now() < deadline, "node {id} did not reach state after SIG{sig}: {states:?}");
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -387,4 +388,14 @@ pub fn key_per_slot() -> Vec<String> {
         i += 1;
     }
     keys
+}
+
+/// The scheduler state of every thread of `pid` ("R", "S", "T", ...), from
+/// `/proc/<pid>/task/*/stat` ("tid (comm) S ...").
+fn thread_states(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string()))
+        .collect()
 }
