@@ -23,10 +23,17 @@ pub struct Args {
     /// This node's id (a positive integer, never reused for another node).
     #[arg(long, env = "TESSERA_NODE_ID")]
     pub node_id: u64,
-    /// Every storage node of the cluster as `ID=HOST:PORT` (this one included),
-    /// comma separated; StatefulSet DNS names work as hosts.
+    /// The storage nodes the cluster is formed with, as `ID=HOST:PORT`, comma
+    /// separated (StatefulSet DNS names work as hosts). The first three host
+    /// the meta group. A node started later and not listed registers itself
+    /// (see `--advertise`) and hosts what the cluster map gives it.
     #[arg(long = "peer", env = "TESSERA_NODE_PEERS", value_delimiter = ',', required = true)]
     pub peers: Vec<String>,
+    /// The address other nodes and routers reach this node at, when it is
+    /// not in the `--peer` list (a node joining a running cluster); defaults
+    /// to the listen address.
+    #[arg(long, env = "TESSERA_NODE_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Number of shards the 16384 slots are split into.
     #[arg(long, env = "TESSERA_SHARDS", default_value_t = 6)]
     pub shards: u32,
@@ -73,6 +80,8 @@ pub struct ShardSpec {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_id: u64,
+    /// This node's address as other nodes and routers reach it.
+    pub advertise: String,
     pub peers: BTreeMap<u64, String>,
     /// Every shard of the cluster (this node hosts those listing it).
     pub shards: Vec<ShardSpec>,
@@ -81,13 +90,6 @@ pub struct Config {
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
     pub read_mode: ReadMode,
-}
-
-impl Config {
-    /// The shards with a replica on this node.
-    pub fn hosted(&self) -> impl Iterator<Item = &ShardSpec> {
-        self.shards.iter().filter(|s| s.replicas.contains(&self.node_id))
-    }
 }
 
 /// Deterministic placement: shard `s` on `replicas` consecutive nodes
@@ -117,9 +119,14 @@ impl Args {
                 bail!("peer id {id} is zero or given twice");
             }
         }
-        if !peers.contains_key(&self.node_id) {
-            bail!("--peer must list this node ({}) too", self.node_id);
-        }
+        let advertise = match (peers.get(&self.node_id), &self.advertise) {
+            (Some(listed), Some(a)) if listed != a => {
+                bail!("--advertise {a} differs from this node's --peer entry {listed}")
+            }
+            (Some(listed), _) => listed.clone(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => self.listen.to_string(),
+        };
         if self.shards == 0 || self.shards > 16384 || self.replicas == 0 {
             bail!("--shards must be 1..=16384 and --replicas positive");
         }
@@ -129,6 +136,7 @@ impl Args {
         let ids: Vec<u64> = peers.keys().copied().collect();
         Ok(Config {
             node_id: self.node_id,
+            advertise,
             shards: place(self.shards, &ids, self.replicas),
             peers,
             data_dir: self.data_dir.clone(),

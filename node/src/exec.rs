@@ -64,6 +64,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
     let cmd = match op {
         LogOp::PurgeExpired => return Reply::Int(ks.purge_expired(ts) as i64),
         LogOp::Command(c) => c,
+        LogOp::Meta(_) => return Reply::err("ERR cluster map change sent to a shard"),
     };
     match cmd {
         NodeCommand::Set { key, value, expire, keep_ttl, cond, get } => {

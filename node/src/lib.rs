@@ -12,52 +12,81 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod exec;
 pub mod keyspace;
+pub mod meta;
 pub mod raft;
 pub mod service;
 pub mod shard;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tessera_proto::v1::admin_server::AdminServer;
 use tessera_proto::v1::node_server::NodeServer;
 use tessera_proto::v1::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::admin::{AdminClients, AdminService};
 use crate::config::Config;
+use crate::meta::{meta_seeds, META};
 use crate::raft::network::Peers;
 use crate::raft::transport::TransportService;
 use crate::raft::{NodeAddr, RaftConfig};
 use crate::service::{NodeService, NodeState};
-use crate::shard::Shard;
 
 /// Largest gRPC message either side accepts (a 512 MB value plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
-/// Checks (or records, on first start) which node id owns `data_dir`.
-fn claim_identity(config: &Config) -> anyhow::Result<()> {
+/// Whether `data_dir` holds a node's state; an error if another node's.
+fn has_identity(config: &Config) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let path = config.data_dir.join("node-id");
-    match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim() == config.node_id.to_string() => Ok(()),
+    match std::fs::read_to_string(config.data_dir.join("node-id")) {
+        Ok(s) if s.trim() == config.node_id.to_string() => Ok(true),
         Ok(s) => anyhow::bail!(
             "{} belongs to node {}, not {}: refusing to start",
             config.data_dir.display(),
             s.trim(),
             config.node_id
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, config.node_id.to_string())?;
-            Ok(())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Records that `data_dir` belongs to this node (from now on, an empty data
+/// dir means a lost disk).
+pub fn write_identity(config: &Config) -> std::io::Result<()> {
+    raft::logfile::write_atomic(&config.data_dir.join("node-id"), config.node_id.to_string().as_bytes())
+}
+
+/// Opens every replica found in the data dir (a restart serves at once,
+/// before the cluster map is read).
+async fn open_local_groups(state: &NodeState) -> anyhow::Result<()> {
+    let _changing = state.changing.lock().await;
+    for entry in std::fs::read_dir(&state.config.data_dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let id = match name.as_str() {
+            "meta" => META,
+            n => match n.strip_prefix("shard-").and_then(|i| i.parse::<u32>().ok()) {
+                Some(id) => id,
+                None => continue,
+            },
+        };
+        let Some(ranges) = service::read_ranges(&state.config.data_dir.join(&name))? else {
+            warn!(group = id, "replica folder without a ranges file: left for the cluster map to decide");
+            continue;
+        };
+        state.open_group(id, ranges, BTreeMap::new()).await.with_context(|| format!("opening {name}"))?;
+    }
+    Ok(())
 }
 
 /// Serves the node on `listener` until `shutdown` resolves.
@@ -66,7 +95,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    claim_identity(&config)?;
+    let known = has_identity(&config)?;
     let raft_config = Arc::new(
         RaftConfig {
             cluster_name: "tessera".into(),
@@ -83,37 +112,21 @@ pub async fn run(
         .validate()
         .context("raft config")?,
     );
-    let peers = Peers::default();
-    let mut shards = Vec::new();
-    for spec in config.hosted() {
-        let shard = Shard::open(spec, &config, raft_config.clone(), peers.clone())
-            .await
-            .with_context(|| format!("opening shard {} in {}", spec.id, config.data_dir.display()))?;
-        shards.push(shard);
+    let state = Arc::new(NodeState::new(config.clone(), raft_config, Peers::default()));
+    let clients = AdminClients::default();
+    if known {
+        state.has_state.store(true, Ordering::Relaxed);
+        open_local_groups(&state).await?;
     }
-    let groups: HashMap<u32, raft::Raft> = shards.iter().map(|s| (s.id, s.raft.clone())).collect();
-    let state = Arc::new(NodeState::new(config.node_id, shards));
-    info!(node = config.node_id, addr = %listener.local_addr()?, shards = state.shards.len(), "node serving");
+    info!(node = config.node_id, addr = %listener.local_addr()?, groups = state.hosted().all().count(), "node serving");
 
-    let members = |ids: &[u64]| -> BTreeMap<u64, NodeAddr> {
-        ids.iter().map(|id| (*id, NodeAddr { addr: config.peers[id].clone() })).collect()
-    };
-    for spec in config.hosted().filter(|s| s.replicas[0] == config.node_id) {
-        let shard = state.shards.iter().find(|s| s.id == spec.id).expect("hosted shard is open").clone();
-        let m = members(&spec.replicas);
-        tokio::spawn(async move {
-            if let Err(e) = shard.bootstrap(m).await {
-                warn!(shard = shard.id, error = %e, "could not form the group");
-            }
-        });
-    }
-
-    let sweeper = tokio::spawn(expiry_sweeper(state.clone()));
-    let stats = tokio::spawn(publish_gauges(state.clone()));
     let node_svc = NodeServer::new(NodeService { state: state.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let raft_svc = RaftTransportServer::new(TransportService { groups: Arc::new(groups) })
+    let raft_svc = RaftTransportServer::new(TransportService { state: state.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin_svc = AdminServer::new(AdminService { state: state.clone(), clients: clients.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -123,13 +136,45 @@ pub async fn run(
             .initial_stream_window_size(Some(16 << 20))
             .add_service(node_svc)
             .add_service(raft_svc)
+            .add_service(admin_svc)
             // A caller-supplied listener does not get the builder's TCP options:
             // set TCP_NODELAY on it here, or small replies wait for delayed ACKs.
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
                 let _ = stop_rx.await;
             }),
     );
-    shutdown.await;
+
+    let start = {
+        let state = state.clone();
+        let clients = clients.clone();
+        async move {
+            if !known {
+                start_fresh(&state, &clients).await?;
+            } else if meta_seeds(&state.config).first() == Some(&state.node_id) {
+                bootstrap_meta(&state).await;
+            }
+            tokio::spawn(admin::reconcile_loop(state, clients));
+            anyhow::Ok(())
+        }
+    };
+    let shutdown = async move {
+        tokio::pin!(start);
+        tokio::pin!(shutdown);
+        tokio::select! {
+            r = &mut start => {
+                r?;
+                shutdown.await;
+            }
+            _ = &mut shutdown => {}
+        }
+        anyhow::Ok(())
+    };
+    let sweeper = tokio::spawn(expiry_sweeper(state.clone()));
+    let stats = tokio::spawn(publish_gauges(state.clone()));
+    let result = shutdown.await;
+    sweeper.abort();
+    stats.abort();
+    result?;
     info!("node shutting down: handing leadership to other replicas");
     hand_off_leadership(&state).await;
     let _ = stop_tx.send(());
@@ -138,19 +183,60 @@ pub async fn run(
     if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
         info!("closing remaining sessions");
     }
-    sweeper.abort();
-    stats.abort();
-    for s in &state.shards {
+    for s in state.hosted().all() {
         let _ = s.raft.shutdown().await;
     }
     info!("node stopped");
     Ok(())
 }
 
+/// First start on an empty data dir: either a new node (record the identity;
+/// seeds open the meta group, the first seed forms it) or a node that lost
+/// its disk (rebuild through membership changes).
+async fn start_fresh(state: &Arc<NodeState>, clients: &AdminClients) -> anyhow::Result<()> {
+    if admin::lost_its_disk(state, clients).await {
+        // Nothing of the old replicas may be used: start from an empty folder.
+        for entry in std::fs::read_dir(&state.config.data_dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        state.rebuilding.store(true, Ordering::Relaxed);
+        tokio::spawn(admin::rejoin(state.clone(), clients.clone()));
+        return Ok(());
+    }
+    write_identity(&state.config)?;
+    state.has_state.store(true, Ordering::Relaxed);
+    let seeds = meta_seeds(&state.config);
+    if seeds.contains(&state.node_id) {
+        let placement = seeds.iter().map(|id| (*id, state.config.peers[id].clone())).collect();
+        let _changing = state.changing.lock().await;
+        state.open_group(META, Vec::new(), placement).await.context("opening the meta group")?;
+        drop(_changing);
+        if seeds.first() == Some(&state.node_id) {
+            bootstrap_meta(state).await;
+        }
+    }
+    Ok(())
+}
+
+/// The first seed forms the meta group (once: a group with any log is formed).
+async fn bootstrap_meta(state: &NodeState) {
+    let Some(meta) = state.group(META) else { return };
+    let members = meta_seeds(&state.config)
+        .into_iter()
+        .map(|id| (id, NodeAddr { addr: state.config.peers[&id].clone() }))
+        .collect();
+    if let Err(e) = meta.bootstrap(members).await {
+        warn!(error = %e, "could not form the meta group");
+    }
+}
+
 /// Before a graceful stop: transfer every group this node leads to another
 /// replica, waiting (bounded) until it has taken over.
 async fn hand_off_leadership(state: &NodeState) {
-    for s in &state.shards {
+    for s in state.hosted().all() {
         let st = s.status();
         if !st.is_leader {
             continue;
@@ -171,7 +257,7 @@ async fn expiry_sweeper(state: Arc<NodeState>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        for shard in &state.shards {
+        for shard in &state.hosted().shards {
             shard.purge_expired().await;
         }
     }
@@ -181,7 +267,7 @@ async fn publish_gauges(state: Arc<NodeState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for shard in &state.shards {
+        for shard in state.hosted().all() {
             let s = shard.status();
             let id = shard.id.to_string();
             metrics::gauge!("tessera_node_keys", "shard" => id.clone()).set(s.keys as f64);

@@ -8,8 +8,9 @@
 //! reads before it — so a client never misses its own write nor sees a later
 //! one. Responses go back as they complete, batched, matched by id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -20,30 +21,56 @@ use futures::{FutureExt, Stream, StreamExt};
 use tessera_common::command::NodeCommand;
 use tessera_common::error::code_of;
 use tessera_common::reply::Reply;
-use tessera_common::slot::{key_slot, SLOTS};
+use parking_lot::RwLock;
+use tessera_common::slot::{key_slot, SlotRange, SLOTS};
 use tessera_proto::v1::node_server::Node;
 use tessera_proto::v1::{
     request, response, Member, Redirect, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse,
-    SlotRange,
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
+use crate::config::Config;
+use crate::raft::logfile::{read_atomic, write_atomic};
+use crate::meta::{ClusterMap, META};
+use crate::raft::network::Peers;
+use crate::raft::RaftConfig;
 use crate::shard::{Outcome, Shard};
 
-/// The shards of this node and the slot → shard table.
-pub struct NodeState {
-    pub node_id: u64,
+/// The slots a replica folder was created for.
+pub fn read_ranges(dir: &std::path::Path) -> std::io::Result<Option<Vec<SlotRange>>> {
+    match read_atomic(&dir.join("ranges"))? {
+        None => Ok(None),
+        Some(b) => postcard::from_bytes(&b)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+    }
+}
+
+/// A group's folder under the data dir.
+pub fn group_dir(id: u32) -> String {
+    if id == META {
+        "meta".into()
+    } else {
+        format!("shard-{id}")
+    }
+}
+
+/// The groups this node hosts right now and the slot → shard table; replaced
+/// whole (copy on write) when a replica is opened or closed.
+#[derive(Default)]
+pub struct Hosted {
     pub shards: Vec<Arc<Shard>>,
+    /// This node's replica of the meta group, if it hosts one.
+    pub meta: Option<Arc<Shard>>,
     by_slot: Vec<Option<usize>>,
     by_id: HashMap<u32, usize>,
 }
 
-const NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
-
-impl NodeState {
-    pub fn new(node_id: u64, shards: Vec<Arc<Shard>>) -> Self {
+impl Hosted {
+    pub fn new(mut shards: Vec<Arc<Shard>>, meta: Option<Arc<Shard>>) -> Self {
+        shards.sort_by_key(|s| s.id);
         let mut by_slot = vec![None; usize::from(SLOTS)];
         let mut by_id = HashMap::new();
         for (i, s) in shards.iter().enumerate() {
@@ -54,7 +81,122 @@ impl NodeState {
                 }
             }
         }
-        Self { node_id, shards, by_slot, by_id }
+        Self { shards, meta, by_slot, by_id }
+    }
+
+    /// Every replica, the meta group's included.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Shard>> {
+        self.shards.iter().chain(self.meta.iter())
+    }
+
+    pub fn group(&self, id: u32) -> Option<&Arc<Shard>> {
+        if id == META {
+            return self.meta.as_ref();
+        }
+        self.by_id.get(&id).map(|i| &self.shards[*i])
+    }
+}
+
+/// This node: its hosted groups and the last cluster map it has seen.
+pub struct NodeState {
+    pub node_id: u64,
+    pub config: Config,
+    pub raft_config: Arc<RaftConfig>,
+    pub peers: Peers,
+    hosted: RwLock<Arc<Hosted>>,
+    /// The newest cluster map read from the meta group (linearizably).
+    pub map: RwLock<Arc<ClusterMap>>,
+    /// Serializes opening and closing replicas.
+    pub changing: tokio::sync::Mutex<()>,
+    /// Set while a node that lost its disk is being rebuilt: it must not act
+    /// as the voter it was, only host replicas the map lists it as learner of.
+    pub rebuilding: AtomicBool,
+    /// This node has state (answers wiped-disk probes of other nodes).
+    pub has_state: AtomicBool,
+    /// One membership operation at a time.
+    pub admin_lock: tokio::sync::Mutex<()>,
+}
+
+const NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
+
+impl NodeState {
+    pub fn new(config: Config, raft_config: Arc<RaftConfig>, peers: Peers) -> Self {
+        Self {
+            node_id: config.node_id,
+            config,
+            raft_config,
+            peers,
+            hosted: RwLock::new(Arc::new(Hosted::default())),
+            map: RwLock::default(),
+            changing: tokio::sync::Mutex::new(()),
+            rebuilding: AtomicBool::new(false),
+            has_state: AtomicBool::new(false),
+            admin_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn hosted(&self) -> Arc<Hosted> {
+        self.hosted.read().clone()
+    }
+
+    pub fn group(&self, id: u32) -> Option<Arc<Shard>> {
+        self.hosted.read().group(id).cloned()
+    }
+
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.read().clone()
+    }
+
+    /// Opens this node's replica of group `id` (creating it if new) and
+    /// starts serving it. Call with `changing` held.
+    pub async fn open_group(
+        &self,
+        id: u32,
+        ranges: Vec<SlotRange>,
+        placement: BTreeMap<u64, String>,
+    ) -> std::io::Result<Arc<Shard>> {
+        if let Some(s) = self.group(id) {
+            return Ok(s);
+        }
+        let dir = self.config.data_dir.join(group_dir(id));
+        std::fs::create_dir_all(&dir)?;
+        if read_ranges(&dir)?.is_none() {
+            write_atomic(&dir.join("ranges"), &postcard::to_stdvec(&ranges).map_err(std::io::Error::other)?)?;
+        }
+        let shard =
+            Shard::open(id, ranges, placement, &self.config, self.raft_config.clone(), self.peers.clone()).await?;
+        let cur = self.hosted();
+        let mut shards = cur.shards.clone();
+        let mut meta = cur.meta.clone();
+        if id == META {
+            meta = Some(shard.clone());
+        } else {
+            shards.push(shard.clone());
+        }
+        *self.hosted.write() = Arc::new(Hosted::new(shards, meta));
+        debug!(group = id, "replica opened");
+        Ok(shard)
+    }
+
+    /// Stops this node's replica of group `id` and deletes its files (the
+    /// map no longer lists this node for it). Call with `changing` held.
+    pub async fn close_group(&self, id: u32) -> std::io::Result<()> {
+        let Some(shard) = self.group(id) else { return Ok(()) };
+        let cur = self.hosted();
+        let shards = cur.shards.iter().filter(|s| s.id != id).cloned().collect();
+        let meta = if id == META { None } else { cur.meta.clone() };
+        *self.hosted.write() = Arc::new(Hosted::new(shards, meta));
+        let _ = shard.raft.shutdown().await;
+        let dir = self.config.data_dir.join(group_dir(id));
+        if dir.exists() {
+            // Rename first so a crash mid-delete leaves no half replica behind.
+            let trash = self.config.data_dir.join(format!("{}.removed", group_dir(id)));
+            let _ = std::fs::remove_dir_all(&trash);
+            std::fs::rename(&dir, &trash)?;
+            std::fs::remove_dir_all(&trash)?;
+        }
+        info!(group = id, "replica closed and its files deleted");
+        Ok(())
     }
 
     /// Decodes a request and finds its shard; an error reply otherwise.
@@ -63,12 +205,13 @@ impl NodeState {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
             Reply::err(format!("ERR node could not decode command: {e}"))
         })?;
+        let hosted = self.hosted.read().clone();
         let shard = match target {
-            Some(request::Target::Slot(slot)) => self.by_slot.get(slot as usize).copied().flatten(),
-            Some(request::Target::Shard(id)) => self.by_id.get(&id).copied(),
+            Some(request::Target::Slot(slot)) => hosted.by_slot.get(slot as usize).copied().flatten(),
+            Some(request::Target::Shard(id)) => hosted.by_id.get(&id).copied(),
             None => None,
         };
-        let shard = shard.map(|i| self.shards[i].clone()).ok_or_else(|| Reply::err(NOT_SERVED))?;
+        let shard = shard.map(|i| hosted.shards[i].clone()).ok_or_else(|| Reply::err(NOT_SERVED))?;
         // A stale router can never make this shard store a key it does not own
         // (the state machine of each replica holds only its shard's slots).
         if !cmd.keys().all(|k| shard.owns(key_slot(k))) {
@@ -253,15 +396,15 @@ impl Node for NodeService {
     }
 
     async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
-        let shards = self
-            .state
+        let hosted = self.state.hosted();
+        let shards = hosted
             .shards
             .iter()
             .map(|s| {
                 let st = s.status();
                 ShardInfo {
                     id: s.id,
-                    slots: s.ranges.iter().map(|r| SlotRange { start: r.start.into(), end: r.end.into() }).collect(),
+                    slots: s.ranges.iter().map(|r| tessera_proto::v1::SlotRange { start: r.start.into(), end: r.end.into() }).collect(),
                     members: st.members.into_iter().map(|(id, addr)| Member { id, addr }).collect(),
                     leader_id: st.leader.unwrap_or(0),
                     term: st.term,

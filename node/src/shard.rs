@@ -23,7 +23,9 @@ use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
 
-use crate::config::{Config, ReadMode, ShardSpec};
+use crate::config::{Config, ReadMode};
+use crate::meta::ClusterMap;
+use crate::service::group_dir;
 use crate::exec::{precheck, read};
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::sm::{ShardData, StateMachine};
@@ -80,20 +82,29 @@ fn forward(f: &ForwardToLeader<C>) -> Outcome {
 }
 
 impl Shard {
-    /// Opens this node's replica of `spec` (log and state machine under
-    /// `<data dir>/shard-<id>`) and starts its Raft.
-    pub async fn open(spec: &ShardSpec, node: &Config, raft: Arc<RaftConfig>, peers: Peers) -> io::Result<Arc<Shard>> {
-        let dir = node.data_dir.join(format!("shard-{}", spec.id));
-        let store = LogStore::open(&dir, spec.id)?;
+    /// Opens this node's replica of group `id` (log and state machine under
+    /// `<data dir>/shard-<id>`, or `meta`) and starts its Raft. `placement` is
+    /// the replica set the map assigns (reported until the group's own
+    /// membership is known).
+    pub async fn open(
+        id: u32,
+        ranges: Vec<SlotRange>,
+        placement: BTreeMap<u64, String>,
+        node: &Config,
+        raft: Arc<RaftConfig>,
+        peers: Peers,
+    ) -> io::Result<Arc<Shard>> {
+        let dir = node.data_dir.join(group_dir(id));
+        let store = LogStore::open(&dir, id)?;
         let sm = StateMachine::open(&dir)?;
         let data = sm.data.clone();
         let last_ts = data.lock().last_ts;
-        let network = NetworkFactory { group: spec.id, peers };
+        let network = NetworkFactory { group: id, peers };
         let raft = Raft::new(node.node_id, raft, network, store, sm).await.map_err(io::Error::other)?;
         Ok(Arc::new(Shard {
-            id: spec.id,
-            ranges: spec.ranges.clone(),
-            placement: spec.replicas.iter().map(|id| (*id, node.peers[id].clone())).collect(),
+            id,
+            ranges,
+            placement,
             raft,
             data,
             last_ts: AtomicI64::new(last_ts),
@@ -136,6 +147,12 @@ impl Shard {
             return Submitted::Done(Outcome::Reply(rejected));
         }
         self.propose(LogOp::Command(cmd)).await
+    }
+
+    /// Proposes `op` and waits for its outcome.
+    pub async fn write_op(&self, op: LogOp) -> Outcome {
+        let s = self.propose(op).await;
+        self.finish(s).await
     }
 
     async fn propose(&self, op: LogOp) -> Submitted {
@@ -206,6 +223,49 @@ impl Shard {
                 m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
             },
         }
+    }
+
+    /// The cluster map as this replica has applied it (meta group only);
+    /// linearizable when `fresh` (a read-index round on the leader).
+    pub async fn map(&self, fresh: bool) -> Result<ClusterMap, Outcome> {
+        if fresh {
+            match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(_) => {}
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => return Err(forward(&f)),
+                Err(e) => return Err(Outcome::Reply(Reply::err(format!("TRYAGAIN meta group: {e}")))),
+            }
+        }
+        Ok(self.data.lock().map.clone())
+    }
+
+    /// The cluster map as applied here (meta group only; may lag the leader).
+    pub fn data_map(&self) -> ClusterMap {
+        self.data.lock().map.clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Voters and learners of the group's current membership (as this replica knows it).
+    pub fn membership(&self) -> (Vec<u64>, Vec<u64>) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let mc = m.membership_config.membership();
+        let voters: Vec<u64> = mc.voter_ids().collect();
+        let learners = mc.learner_ids().collect();
+        (voters, learners)
+    }
+
+    /// On the leader: adds `id` as a learner and waits until it has caught up.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), String> {
+        self.raft.add_learner(id, NodeAddr { addr }, true).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// On the leader: makes `voters` the voter set (joint consensus inside);
+    /// voters left out are removed from the group entirely.
+    pub async fn set_voters(&self, voters: Vec<u64>) -> Result<(), String> {
+        let set: std::collections::BTreeSet<u64> = voters.into_iter().collect();
+        self.raft.change_membership(set, false).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// The leader this replica knows of, with its address.

@@ -204,7 +204,9 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
 /// Where each slot lives: shard ranges, the nodes holding each shard's
 /// replicas and the leader last seen for it.
 pub struct ShardMap {
-    pub nodes: Vec<Arc<NodeClient>>,
+    /// Every node seen so far (append-only: indexes stay valid). Nodes
+    /// added to the cluster later are learned from the replica sets.
+    nodes: RwLock<Vec<Arc<NodeClient>>>,
     pub shards: Vec<ShardEntry>,
     /// slot → index into `shards`.
     by_slot: Vec<Option<u32>>,
@@ -244,6 +246,20 @@ impl ShardMap {
     /// Asks every node which shards it hosts (retrying until `deadline`) and
     /// starts a session to each.
     pub async fn discover(addrs: &[String], deadline: Duration) -> anyhow::Result<ShardMap> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let map = Self::discover_once(addrs, deadline.saturating_sub(start.elapsed())).await?;
+            // Nodes open their replicas once the cluster map is formed: a
+            // cluster starting up may not serve every slot yet.
+            if map.unserved_slots() == 0 || start.elapsed() >= deadline {
+                return Ok(map);
+            }
+            tracing::debug!(unserved = map.unserved_slots(), "waiting for every slot to be served");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn discover_once(addrs: &[String], deadline: Duration) -> anyhow::Result<ShardMap> {
         let start = tokio::time::Instant::now();
         let mut answers = Vec::new();
         for addr in addrs {
@@ -321,7 +337,7 @@ impl ShardMap {
                 }
             }
         }
-        ShardMap { nodes, shards, by_slot }
+        ShardMap { nodes: RwLock::new(nodes), shards, by_slot }
     }
 
     /// Waits until at least one replica of every shard has a session (or
@@ -329,7 +345,7 @@ impl ShardMap {
     pub async fn wait_connected(&self, deadline: Duration) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         while let Some(s) =
-            self.shards.iter().find(|s| !s.replicas.read().iter().any(|r| self.nodes[*r].is_connected()))
+            self.shards.iter().find(|s| !s.replicas.read().iter().any(|r| self.node(*r).is_connected()))
         {
             if start.elapsed() > deadline {
                 anyhow::bail!("no session to any replica of shard {} within {deadline:?}", s.id);
@@ -346,13 +362,19 @@ impl ShardMap {
             if !std::mem::take(&mut first) {
                 tokio::time::sleep(every).await;
             }
-            for node in 0..self.nodes.len() {
-                let addr = self.nodes[node].addr.clone();
-                let answer = async {
-                    let ch = endpoint(&addr)?.connect().await?;
-                    anyhow::Ok(grpc(ch).shards(ShardsRequest {}).await?.into_inner())
-                };
-                let Ok(Ok(resp)) = tokio::time::timeout(every, answer).await else {
+            // Ask every node at once: a dead one costs one timeout, not one each.
+            let asks = (0..self.node_count()).map(|node| {
+                let addr = self.node(node).addr.clone();
+                async move {
+                    let answer = async {
+                        let ch = endpoint(&addr)?.connect().await?;
+                        anyhow::Ok(grpc(ch).shards(ShardsRequest {}).await?.into_inner())
+                    };
+                    (node, tokio::time::timeout(every, answer).await)
+                }
+            });
+            for (node, answer) in futures::future::join_all(asks).await {
+                let Ok(Ok(resp)) = answer else {
                     continue;
                 };
                 for s in resp.shards {
@@ -368,7 +390,12 @@ impl ShardMap {
                             applied_index: s.applied_index,
                         },
                     );
-                    let replicas: Vec<usize> = s.members.iter().filter_map(|m| self.node_index(&m.addr)).collect();
+                    let replicas: Vec<usize> = s
+                        .members
+                        .iter()
+                        .filter(|m| !m.addr.is_empty())
+                        .map(|m| self.node_index_or_add(&m.addr))
+                        .collect();
                     if !replicas.is_empty() && s.members.len() == replicas.len() {
                         *entry.replicas.write() = replicas;
                     }
@@ -391,7 +418,33 @@ impl ShardMap {
     }
 
     fn node_index(&self, addr: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.addr == addr)
+        self.nodes.read().iter().position(|n| n.addr == addr)
+    }
+
+    /// The index of the node at `addr`, connecting to it if it is new.
+    fn node_index_or_add(&self, addr: &str) -> usize {
+        if let Some(i) = self.node_index(addr) {
+            return i;
+        }
+        let mut nodes = self.nodes.write();
+        if let Some(i) = nodes.iter().position(|n| n.addr == addr) {
+            return i;
+        }
+        info!(node = %addr, "new storage node");
+        nodes.push(NodeClient::spawn(addr.to_owned()));
+        nodes.len() - 1
+    }
+
+    pub fn node(&self, i: usize) -> Arc<NodeClient> {
+        self.nodes.read()[i].clone()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.read().len()
+    }
+
+    pub fn nodes(&self) -> Vec<Arc<NodeClient>> {
+        self.nodes.read().clone()
     }
 
     /// Sends a keyed command to the leader of the shard owning `slot`.
@@ -427,7 +480,7 @@ impl ShardMap {
         };
         while start.elapsed() < RETRY_BUDGET {
             tries += 1;
-            let rx = self.nodes[node].call(target, command.clone());
+            let rx = self.node(node).call(target, command.clone());
             let reply = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
                 Ok(r) => r.unwrap_or_else(|_| {
                     NodeReply::Reply(Reply::err(
@@ -437,7 +490,7 @@ impl ShardMap {
                 Err(_) => {
                     // The node is paused or cut off; look elsewhere next time.
                     metrics::counter!("tessera_router_node_timeouts_total").increment(1);
-                    let addr = self.nodes[node].addr.clone();
+                    let addr = self.node(node).addr.clone();
                     node = next_replica(node);
                     shard.leader.store(node, Ordering::Relaxed);
                     if !read_only {
@@ -449,7 +502,7 @@ impl ShardMap {
                     continue;
                 }
             };
-            tracing::debug!(shard = shard.id, node = %self.nodes[node].addr, ?reply, tries, "node answer");
+            tracing::debug!(shard = shard.id, node = %self.node(node).addr, ?reply, tries, "node answer");
             match &reply {
                 NodeReply::Reply(r) => {
                     let r = r.clone();

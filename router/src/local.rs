@@ -213,7 +213,8 @@ impl Router {
                 .read()
                 .iter()
                 .map(|n| {
-                    let addr = &self.shards.nodes[*n].addr;
+                    let node = self.shards.node(*n);
+                    let addr = &node.addr;
                     match reports.get(n) {
                         Some(r) => {
                             format!("{addr}/applied={}/lag={}", r.applied_index, commit.saturating_sub(r.applied_index))
@@ -292,13 +293,14 @@ impl Router {
             ],
         );
         section("replication", "Replication", self.replication_lines());
-        let connected = self.shards.nodes.iter().filter(|n| n.is_connected()).count();
+        let nodes = self.shards.nodes();
+        let connected = nodes.iter().filter(|n| n.is_connected()).count();
         section(
             "cluster",
             "Cluster",
             vec![
                 "cluster_enabled:1".into(),
-                format!("tessera_nodes:{}", self.shards.nodes.len()),
+                format!("tessera_nodes:{}", nodes.len()),
                 format!("tessera_nodes_connected:{connected}"),
                 format!("tessera_shards:{}", self.shards.shards.len()),
                 format!("tessera_advertised_nodes:{}", self.topology.nodes.len()),

@@ -22,6 +22,8 @@ pub enum LogOp {
     Command(NodeCommand),
     /// Remove every key whose deadline is at or before the entry's timestamp.
     PurgeExpired,
+    /// A change to the cluster map (meta group only).
+    Meta(crate::meta::MetaOp),
 }
 
 /// One proposal: an operation and the leader-assigned timestamp (Unix ms)
@@ -37,6 +39,7 @@ impl fmt::Display for Proposal {
         match &self.op {
             LogOp::Command(c) => write!(f, "{}@{}", c.name(), self.ts),
             LogOp::PurgeExpired => write!(f, "purge-expired@{}", self.ts),
+            LogOp::Meta(op) => write!(f, "meta {op:?}@{}", self.ts),
         }
     }
 }

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use tessera_common::reply::Reply;
 
 use super::logfile::{read_atomic, write_atomic};
-use super::{decode, encode, SnapshotData, C};
+use super::{decode, encode, LogOp, SnapshotData, C};
 use crate::exec;
 use crate::keyspace::Keyspace;
+use crate::meta::ClusterMap;
 
 /// A shard's applied state, shared with the shard handle that serves reads.
 pub struct ShardData {
@@ -26,6 +27,8 @@ pub struct ShardData {
     pub last_membership: StoredMembershipOf<C>,
     /// Timestamp of the last applied proposal: new proposals never go below it.
     pub last_ts: i64,
+    /// The cluster map (meta group only; empty in shards).
+    pub map: ClusterMap,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,19 +51,27 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-/// Snapshot payload: `last_ts` then the keyspace dump.
+/// Snapshot payload: `last_ts`, the length of the encoded cluster map, the
+/// map, then the keyspace dump.
 fn snapshot_bytes(d: &ShardData) -> Vec<u8> {
+    let map = encode(&d.map);
     let mut out = d.last_ts.to_le_bytes().to_vec();
+    out.extend_from_slice(&(map.len() as u64).to_le_bytes());
+    out.extend_from_slice(&map);
     out.extend_from_slice(&d.ks.dump());
     out
 }
 
-fn load_snapshot_bytes(b: &[u8]) -> io::Result<(i64, Keyspace)> {
-    if b.len() < 8 {
-        return Err(invalid("snapshot is truncated"));
-    }
-    let ts = i64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-    Ok((ts, Keyspace::load(&b[8..]).map_err(invalid)?))
+fn load_snapshot_bytes(b: &[u8]) -> io::Result<(i64, ClusterMap, Keyspace)> {
+    let word = |at: usize| -> io::Result<u64> {
+        let bytes = b.get(at..at + 8).ok_or_else(|| invalid("snapshot is truncated"))?;
+        Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+    };
+    let ts = word(0)? as i64;
+    let map_len = usize::try_from(word(8)?).map_err(invalid)?;
+    let map_bytes = b.get(16..16usize.saturating_add(map_len)).ok_or_else(|| invalid("snapshot is truncated"))?;
+    let map = decode(map_bytes)?;
+    Ok((ts, map, Keyspace::load(&b[16 + map_len..]).map_err(invalid)?))
 }
 
 impl StateMachine {
@@ -72,16 +83,18 @@ impl StateMachine {
             last_applied: None,
             last_membership: StoredMembership::default(),
             last_ts: 0,
+            map: ClusterMap::default(),
         };
         let mut current = None;
         if let Some(bytes) = read_atomic(&dir.join("snapshot"))? {
             let file: SnapshotFile = decode(&bytes)?;
-            let (ts, ks) = load_snapshot_bytes(&file.data)?;
+            let (ts, map, ks) = load_snapshot_bytes(&file.data)?;
             data = ShardData {
                 ks,
                 last_applied: file.meta.last_log_id,
                 last_membership: file.meta.last_membership.clone(),
                 last_ts: ts,
+                map,
             };
             current = Some((file.meta, Arc::new(file.data)));
         }
@@ -146,7 +159,10 @@ impl RaftStateMachine<C> for StateMachine {
                         // whatever order concurrent proposals were logged in.
                         let ts = p.ts.max(d.last_ts);
                         d.last_ts = ts;
-                        exec::apply(&mut d.ks, ts, &p.op)
+                        match &p.op {
+                            LogOp::Meta(op) => d.map.apply(op),
+                            op => exec::apply(&mut d.ks, ts, op),
+                        }
                     }
                     EntryPayload::Membership(m) => {
                         d.last_membership = StoredMembership::new(Some(entry.log_id), m);
@@ -167,7 +183,7 @@ impl RaftStateMachine<C> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: SnapshotData) -> Result<(), io::Error> {
         let bytes = Arc::new(snapshot.into_inner());
-        let (ts, ks) = load_snapshot_bytes(&bytes)?;
+        let (ts, map, ks) = load_snapshot_bytes(&bytes)?;
         self.persist(meta, bytes.clone()).await?;
         {
             let mut d = self.data.lock();
@@ -176,6 +192,7 @@ impl RaftStateMachine<C> for StateMachine {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
                 last_ts: ts,
+                map,
             };
         }
         *self.current.lock() = Some((meta.clone(), bytes));

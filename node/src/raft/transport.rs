@@ -1,7 +1,6 @@
 //! The Raft network, server side: `RaftTransport.Call` hands each message to
 //! the group it names.
 
-use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -11,10 +10,11 @@ use tessera_proto::v1::raft_transport_server::RaftTransport;
 use tessera_proto::v1::{RaftKind, RaftMessage};
 use tonic::{Request, Response, Status};
 
-use super::{decode, encode, Raft, C};
+use super::{decode, encode, C};
+use crate::service::NodeState;
 
 pub struct TransportService {
-    pub groups: Arc<HashMap<u32, Raft>>,
+    pub state: Arc<NodeState>,
 }
 
 fn bad(e: std::io::Error) -> Status {
@@ -25,9 +25,10 @@ fn bad(e: std::io::Error) -> Status {
 impl RaftTransport for TransportService {
     async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
-        let Some(raft) = self.groups.get(&m.group) else {
+        let Some(shard) = self.state.group(m.group) else {
             return Err(Status::not_found(format!("this node hosts no replica of group {}", m.group)));
         };
+        let raft = &shard.raft;
         let kind = RaftKind::try_from(m.kind).map_err(|_| Status::invalid_argument("unknown raft message kind"))?;
         let payload = match kind {
             RaftKind::Append => encode(&raft.append_entries(decode(&m.payload).map_err(bad)?).await),
