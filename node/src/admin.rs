@@ -533,7 +533,7 @@ pub async fn lost_its_disk(state: &NodeState, clients: &AdminClients) -> bool {
         let others: Vec<String> =
             state.config.peers.iter().filter(|(id, _)| **id != me).map(|(_, a)| a.clone()).collect();
         if let Ok(AdminResponse::Map(map)) =
-            clients.ask_leader(&others, &AdminRequest::Map, Duration::from_secs(2)).await
+            clients.ask_leader(&others, &AdminRequest::Map, Duration::from_millis(300)).await
         {
             if map.epoch > 0 {
                 return map.nodes.get(&me).is_some_and(|n| n.status == NodeStatus::Joined);

@@ -64,7 +64,11 @@ fn has_identity(config: &Config) -> anyhow::Result<bool> {
 /// Records that `data_dir` belongs to this node (from now on, an empty data
 /// dir means a lost disk).
 pub fn write_identity(config: &Config) -> std::io::Result<()> {
-    raft::logfile::write_atomic(&config.data_dir.join("node-id"), config.node_id.to_string().as_bytes())
+    let tmp = config.data_dir.join("node-id.tmp");
+    std::fs::write(&tmp, config.node_id.to_string())?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, config.data_dir.join("node-id"))?;
+    std::fs::File::open(&config.data_dir)?.sync_all()
 }
 
 /// Opens every replica found in the data dir (a restart serves at once,

@@ -100,6 +100,8 @@ impl Shard {
         let data = sm.data.clone();
         let last_ts = data.lock().last_ts;
         let network = NetworkFactory { group: id, peers };
+        // Named after the group, so openraft's log lines say which group speaks.
+        let raft = Arc::new(RaftConfig { cluster_name: group_dir(id), ..(*raft).clone() });
         let raft = Raft::new(node.node_id, raft, network, store, sm).await.map_err(io::Error::other)?;
         Ok(Arc::new(Shard {
             id,

@@ -63,8 +63,8 @@ impl LogStore {
                 v.committed = false;
                 v
             }),
-            committed: read_atomic(&dir.join("committed"))?.map(|b| decode(&b)).transpose()?,
-            last_purged: read_atomic(&dir.join("purged"))?.map(|b| decode(&b)).transpose()?,
+            committed: read_log_id(&dir.join("committed"))?,
+            last_purged: read_log_id(&dir.join("purged"))?,
             ..Mem::default()
         };
         let purged = mem.last_purged.map_or(0, |l| l.index + 1);
@@ -160,6 +160,16 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
     }
 }
 
+/// The `committed` and `purged` files hold an encoded `Option<LogId>`; these
+/// two are the only way they are written and read.
+fn encode_log_id(id: Option<LogIdOf<C>>) -> Vec<u8> {
+    encode(&id)
+}
+
+fn read_log_id(path: &Path) -> io::Result<Option<LogIdOf<C>>> {
+    Ok(read_atomic(path)?.map(|b| decode::<Option<LogIdOf<C>>>(&b)).transpose()?.flatten())
+}
+
 fn write_hint(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut bytes = crc32fast::hash(data).to_le_bytes().to_vec();
@@ -202,7 +212,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         self.mem.lock().committed = committed;
-        self.send(WriterCmd::Committed(encode(&committed)))
+        self.send(WriterCmd::Committed(encode_log_id(committed)))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
@@ -235,7 +245,7 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
-        self.persist_small("purged", encode(&Some(log_id))).await?;
+        self.persist_small("purged", encode_log_id(Some(log_id))).await?;
         let (tx, rx) = oneshot::channel();
         self.send(WriterCmd::Purge(log_id.index, tx))?;
         rx.await.map_err(io::Error::other)??;
@@ -254,6 +264,25 @@ mod tests {
 
     use super::*;
     use crate::raft::sm::StateMachine;
+
+    /// Regression: these files were written as `Option<LogId>` but read as
+    /// `LogId`, so a restarted replica took a garbage committed index (and a
+    /// wrong purge point) — caught by openraft's assertion when a restarted
+    /// follower met a log id at that index from another term.
+    #[test]
+    fn committed_and_purged_hints_read_back_what_was_written() {
+        let dir = std::env::temp_dir().join(format!("tessera-hints-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = openraft::LogId::new(openraft::vote::leader_id_adv::LeaderId { term: 2, node_id: 1 }, 5);
+        write_hint(&dir.join("committed"), &encode_log_id(Some(id))).unwrap();
+        assert_eq!(read_log_id(&dir.join("committed")).unwrap(), Some(id));
+        write_atomic(&dir.join("purged"), &encode_log_id(Some(id))).unwrap();
+        assert_eq!(read_log_id(&dir.join("purged")).unwrap(), Some(id));
+        write_hint(&dir.join("committed"), &encode_log_id(None)).unwrap();
+        assert_eq!(read_log_id(&dir.join("committed")).unwrap(), None);
+        assert_eq!(read_log_id(&dir.join("missing")).unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Removes the test's folder when dropped.
     struct TempDir(PathBuf);
