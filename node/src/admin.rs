@@ -43,15 +43,34 @@ pub enum AdminRequest {
     Map,
     /// Whether this node has any state (wiped-disk detection at start).
     Probe,
-    AddNode { id: u64, addr: String },
-    RemoveNode { id: u64 },
-    MoveReplica { group: u32, from: u64, to: u64 },
-    TransferLeader { group: u32, to: u64 },
+    AddNode {
+        id: u64,
+        addr: String,
+    },
+    RemoveNode {
+        id: u64,
+    },
+    MoveReplica {
+        group: u32,
+        from: u64,
+        to: u64,
+    },
+    TransferLeader {
+        group: u32,
+        to: u64,
+    },
     /// Rebuild node `id`'s replicas after it lost its disk.
-    Rejoin { id: u64 },
-    Joined { id: u64 },
+    Rejoin {
+        id: u64,
+    },
+    Joined {
+        id: u64,
+    },
     /// One step, run by the leader of `group`.
-    Group { group: u32, op: GroupOp },
+    Group {
+        group: u32,
+        op: GroupOp,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,9 +84,14 @@ pub enum GroupOp {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AdminResponse {
     Map(ClusterMap),
-    Probe { has_state: bool },
+    Probe {
+        has_state: bool,
+    },
     Done(String),
-    Membership { voters: Vec<u64>, learners: Vec<u64> },
+    Membership {
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
     /// Not the leader for this: ask these instead (the leader first when known).
     NotLeader(Vec<String>),
     Error(String),
@@ -309,7 +333,9 @@ impl Op {
         };
         match r {
             AdminResponse::Error(e) => Err(e),
-            AdminResponse::NotLeader(_) => Err(format!("group {group} has no leader right now; run the command again")),
+            AdminResponse::NotLeader(_) => {
+                Err(format!("TRYAGAIN group {group} has no leader right now; run the command again"))
+            }
             r => Ok(r),
         }
     }
@@ -364,6 +390,13 @@ impl Op {
         if plan.voters.contains(&to) {
             return Err(format!("node {to} already holds a replica of group {group}"));
         }
+        if group == META && from == self.state.node_id {
+            // The meta leader cannot finish an operation that removes it:
+            // hand the leadership over first; the caller runs it again there.
+            let to_leader = plan.voters.iter().copied().find(|v| *v != from).ok_or("the meta group has one voter")?;
+            self.step(META, GroupOp::TransferLeader { to: to_leader }).await?;
+            return Err(format!("TRYAGAIN meta leadership handed to node {to_leader}; run the command again"));
+        }
         self.add_learner(group, to).await?;
         let voters: Vec<u64> = plan.voters.iter().map(|v| if *v == from { to } else { *v }).collect();
         self.step(group, GroupOp::SetVoters { voters: voters.clone() }).await?;
@@ -387,9 +420,10 @@ impl Op {
             let target = map
                 .nodes
                 .iter()
-                .filter(|(n, info)| **n != id && info.status != NodeStatus::Removed && !plan.hosts(**n))
+                .filter(|(n, info)| **n != id && info.status != NodeStatus::Removed && !plan.voters.contains(n))
                 .map(|(n, _)| *n)
-                .min_by_key(|n| (load(*n), *n))
+                // A node already catching up (an interrupted run) first.
+                .min_by_key(|n| (!plan.learners.contains(n), load(*n), *n))
                 .ok_or(format!("no node can take node {id}'s replica of group {group}"))?;
             self.move_replica(*group, id, target).await?;
         }
@@ -509,8 +543,7 @@ async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Resul
             state.close_group(*gid).await.map_err(|e| format!("closing group {gid}: {e}"))?;
         }
     }
-    let stale: Vec<u32> =
-        state.hosted().all().map(|s| s.id).filter(|id| !map.groups.contains_key(id)).collect();
+    let stale: Vec<u32> = state.hosted().all().map(|s| s.id).filter(|id| !map.groups.contains_key(id)).collect();
     for gid in stale {
         state.close_group(gid).await.map_err(|e| format!("closing group {gid}: {e}"))?;
     }

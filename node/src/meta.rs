@@ -71,10 +71,21 @@ pub struct ClusterMap {
 pub enum MetaOp {
     /// Forms the map; ignored once it exists.
     Init(ClusterMap),
-    AddNode { id: u64, addr: String },
-    Joined { id: u64 },
-    RemoveNode { id: u64 },
-    SetGroup { group: u32, voters: Vec<u64>, learners: Vec<u64> },
+    AddNode {
+        id: u64,
+        addr: String,
+    },
+    Joined {
+        id: u64,
+    },
+    RemoveNode {
+        id: u64,
+    },
+    SetGroup {
+        group: u32,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
 }
 
 impl ClusterMap {
@@ -86,7 +97,10 @@ impl ClusterMap {
             .shards
             .iter()
             .map(|s| {
-                (s.id, GroupPlan { ranges: s.ranges.clone(), voters: s.replicas.clone(), learners: vec![], generation: 0 })
+                (
+                    s.id,
+                    GroupPlan { ranges: s.ranges.clone(), voters: s.replicas.clone(), learners: vec![], generation: 0 },
+                )
             })
             .collect();
         groups.insert(META, GroupPlan { ranges: vec![], voters: meta_seeds(config), learners: vec![], generation: 0 });

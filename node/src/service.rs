@@ -18,10 +18,10 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
+use parking_lot::RwLock;
 use tessera_common::command::NodeCommand;
 use tessera_common::error::code_of;
 use tessera_common::reply::Reply;
-use parking_lot::RwLock;
 use tessera_common::slot::{key_slot, SlotRange, SLOTS};
 use tessera_proto::v1::node_server::Node;
 use tessera_proto::v1::{
@@ -32,8 +32,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, trace, warn};
 
 use crate::config::Config;
-use crate::raft::logfile::{read_atomic, write_atomic};
 use crate::meta::{ClusterMap, META};
+use crate::raft::logfile::{read_atomic, write_atomic};
 use crate::raft::network::Peers;
 use crate::raft::RaftConfig;
 use crate::shard::{Outcome, Shard};
@@ -42,9 +42,9 @@ use crate::shard::{Outcome, Shard};
 pub fn read_ranges(dir: &std::path::Path) -> std::io::Result<Option<Vec<SlotRange>>> {
     match read_atomic(&dir.join("ranges"))? {
         None => Ok(None),
-        Some(b) => postcard::from_bytes(&b)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Some(b) => {
+            postcard::from_bytes(&b).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        }
     }
 }
 
@@ -404,7 +404,11 @@ impl Node for NodeService {
                 let st = s.status();
                 ShardInfo {
                     id: s.id,
-                    slots: s.ranges.iter().map(|r| tessera_proto::v1::SlotRange { start: r.start.into(), end: r.end.into() }).collect(),
+                    slots: s
+                        .ranges
+                        .iter()
+                        .map(|r| tessera_proto::v1::SlotRange { start: r.start.into(), end: r.end.into() })
+                        .collect(),
                     members: st.members.into_iter().map(|(id, addr)| Member { id, addr }).collect(),
                     leader_id: st.leader.unwrap_or(0),
                     term: st.term,

@@ -24,13 +24,13 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
 
 use crate::config::{Config, ReadMode};
-use crate::meta::ClusterMap;
-use crate::service::group_dir;
 use crate::exec::{precheck, read};
+use crate::meta::ClusterMap;
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::sm::{ShardData, StateMachine};
 use crate::raft::store::LogStore;
 use crate::raft::{LogOp, NodeAddr, Proposal, Raft, RaftConfig, C};
+use crate::service::group_dir;
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

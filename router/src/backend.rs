@@ -344,8 +344,7 @@ impl ShardMap {
     /// `deadline` passes).
     pub async fn wait_connected(&self, deadline: Duration) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
-        while let Some(s) =
-            self.shards.iter().find(|s| !s.replicas.read().iter().any(|r| self.node(*r).is_connected()))
+        while let Some(s) = self.shards.iter().find(|s| !s.replicas.read().iter().any(|r| self.node(*r).is_connected()))
         {
             if start.elapsed() > deadline {
                 anyhow::bail!("no session to any replica of shard {} within {deadline:?}", s.id);

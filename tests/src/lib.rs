@@ -204,6 +204,55 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts one more node (id = number of nodes + 1) that is not in the
+    /// `--peer` list: it registers itself with the cluster and hosts what the
+    /// cluster map gives it. Returns its id.
+    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let id = self.node_addrs.len() + 1;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut args = self.procs[0].args.clone();
+        let set = |args: &mut Vec<std::ffi::OsString>, flag: &str, value: std::ffi::OsString| {
+            let i = args.iter().position(|a| a == flag).expect("flag present") + 1;
+            args[i] = value;
+        };
+        set(&mut args, "--node-id", id.to_string().into());
+        set(&mut args, "--listen", addr.to_string().into());
+        set(&mut args, "--data-dir", self.dir.join(format!("node-{id}")).into());
+        args.extend(["--advertise".into(), addr.to_string().into()]);
+        let bin = self.procs[0].bin.clone();
+        let log = self.dir.join(format!("node-{id}.log"));
+        self.procs.insert(id - 1, Proc { name: format!("node-{id}"), child: None, log, args, bin });
+        self.node_addrs.push(addr);
+        self.node_metrics.push("0.0.0.0:0".parse()?);
+        self.restart_node(id)?;
+        Ok(id)
+    }
+
+    /// Deletes node `id`'s data folder (the node must be stopped): a lost disk.
+    pub fn wipe_node(&mut self, id: usize) -> anyhow::Result<()> {
+        assert!(self.procs[id - 1].child.is_none(), "wipe a stopped node only");
+        std::fs::remove_dir_all(self.dir.join(format!("node-{id}")))?;
+        Ok(())
+    }
+
+    /// Runs `tessera-admin` against the cluster's nodes; its stdout, or an
+    /// error with its stderr.
+    pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        let nodes: Vec<String> = self.node_addrs.iter().map(|a| a.to_string()).collect();
+        let out = Command::new(bin_dir().join("tessera-admin"))
+            .arg("--node")
+            .arg(nodes.join(","))
+            .arg("--timeout-secs")
+            .arg("120")
+            .args(args)
+            .output()
+            .context("run tessera-admin")?;
+        if !out.status.success() {
+            bail!("tessera-admin {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The Prometheus text of node `id`.
     pub fn node_metrics_text(&self, id: usize) -> anyhow::Result<String> {
         http_get(self.node_metrics[id - 1], "/metrics")

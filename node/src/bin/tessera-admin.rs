@@ -142,7 +142,19 @@ async fn main() -> ExitCode {
             }
         },
     };
-    match clients.ask_leader(&args.nodes, &req, budget).await {
+    // Operations are idempotent: one cut short by a leader change
+    // (`TRYAGAIN ...`) is simply run again, within the time budget.
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut answer = clients.ask_leader(&args.nodes, &req, budget).await;
+    while let Ok(AdminResponse::Error(e)) = &answer {
+        if !e.starts_with("TRYAGAIN") || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        eprintln!("{e}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        answer = clients.ask_leader(&args.nodes, &req, deadline - tokio::time::Instant::now()).await;
+    }
+    match answer {
         Ok(AdminResponse::Done(msg)) => {
             println!("OK {msg}");
             ExitCode::SUCCESS

@@ -1,0 +1,153 @@
+//! Membership changes on a live cluster, through `tessera-admin`: leader
+//! transfer, adding a node and moving replicas to it under write load,
+//! removing a node, and a node that lost its disk rejoining as a fresh
+//! replica. Real processes, disks and sockets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera_tests::{Cluster, Resp};
+
+/// Polls `tessera-admin status` until `pred` holds (bounded).
+fn wait_status(c: &Cluster, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = c.admin(&["status"]).unwrap_or_default();
+        if pred(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}; last status:\n{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The voter ids on a `status` group line ("... voters [1, 2, 3] learners ...").
+fn voters(line: &str) -> Vec<u64> {
+    let rest = line.split("voters [").nth(1).unwrap_or("");
+    rest.split(']').next().unwrap_or("").split(',').filter_map(|v| v.trim().parse().ok()).collect()
+}
+
+/// Writes unique keys until stopped; returns the acknowledged ones.
+fn writer(plain: std::net::SocketAddr, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>, tag: &'static str) {
+    let mut r = Resp::connect(plain).expect("connect");
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("{tag}:{i}");
+        match r.cmd(&["SET", &key, &key]) {
+            Ok(reply) if reply == "+OK\r\n" => acked.lock().unwrap().push(key),
+            Ok(_) => {}
+            Err(_) => r = Resp::connect(plain).expect("reconnect"),
+        }
+        i += 1;
+    }
+}
+
+fn check_all(plain: std::net::SocketAddr, keys: &[String]) {
+    let mut r = Resp::connect(plain).unwrap();
+    for k in keys {
+        let want = format!("${}\r\n{k}\r\n", k.len());
+        assert_eq!(r.cmd(&["GET", k]).unwrap(), want, "acknowledged write {k} lost");
+    }
+}
+
+#[test]
+fn leader_transfer_moves_a_shard_leader() {
+    let c = Cluster::start(3, 1).expect("cluster starts");
+    for to in ["2", "3", "1"] {
+        let out = c.admin(&["transfer-leader", "0", to]).expect("transfer");
+        assert!(out.contains(&format!("led by {to}")), "{out}");
+        wait_status(&c, "leader change", Duration::from_secs(10), |s| {
+            s.contains(&format!("node {to} shard 0: leader {to} "))
+        });
+    }
+    let err = c.admin(&["transfer-leader", "0", "9"]).unwrap_err().to_string();
+    assert!(err.contains("not a voter"), "{err}");
+    let mut r = Resp::connect(c.plain).unwrap();
+    assert_eq!(r.cmd(&["SET", "{0}k", "v"]).unwrap(), "+OK\r\n");
+}
+
+#[test]
+fn add_move_and_remove_a_node_under_load() {
+    let mut c = Cluster::start(3, 1).expect("cluster starts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|tag| {
+            let (stop, acked, plain) = (stop.clone(), acked.clone(), c.plain);
+            std::thread::spawn(move || writer(plain, stop, acked, tag))
+        })
+        .collect();
+
+    let id = c.add_node().expect("node 4 starts");
+    assert_eq!(id, 4);
+    wait_status(&c, "node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
+    let out = c.admin(&["move-replica", "0", "1", "4"]).expect("move replica");
+    assert!(out.contains("moved from node 1 to node 4"), "{out}");
+    wait_status(&c, "node 4 serving shard 0", Duration::from_secs(20), |s| s.contains("node 4 shard 0: leader"));
+
+    // Node 1 leaves entirely: its other replicas (and its meta replica) move.
+    let out = c.admin(&["remove-node", "1"]).expect("remove node");
+    assert!(out.contains("node 1 removed"), "{out}");
+    let status = wait_status(&c, "node 1 hosting nothing", Duration::from_secs(20), |s| {
+        s.contains("node 1 127.0.0.1") && s.contains("Removed") && !s.contains("node 1 shard")
+    });
+    for line in status.lines().filter(|l| l.contains("voters")) {
+        assert!(!voters(line).contains(&1) && voters(line).len() == 3, "{line}");
+    }
+    let before = acked.lock().unwrap().len();
+    c.kill_node(1);
+    // Writes go on without node 1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < before + 50 {
+        assert!(Instant::now() < deadline, "no writes acknowledged after node 1 left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let keys = acked.lock().unwrap().clone();
+    assert!(keys.len() > 100, "too few writes acknowledged: {}", keys.len());
+    check_all(c.plain, &keys);
+    // Ids are never reused.
+    let err = c.admin(&["add-node", "1", "127.0.0.1:1"]).unwrap_err().to_string();
+    assert!(err.contains("never reused"), "{err}");
+}
+
+#[test]
+fn wiped_disk_replica_rejoins_as_a_fresh_replica() {
+    let mut c = Cluster::start(3, 1).expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    let keys: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
+    for k in &keys {
+        assert_eq!(r.cmd(&["SET", k, k]).unwrap(), "+OK\r\n");
+    }
+    c.kill_node(3);
+    c.wipe_node(3).unwrap();
+    c.restart_node(3).expect("node 3 restarts on an empty disk");
+    // It is taken out of each voter set, rebuilt as a learner, promoted.
+    let status = wait_status(&c, "node 3 rebuilt", Duration::from_secs(60), |s| {
+        let groups: Vec<&str> = s.lines().filter(|l| l.contains("voters")).collect();
+        groups.len() == 4
+            && groups.iter().all(|l| voters(l).contains(&3) && l.contains("learners []"))
+            && (0..3).all(|g| s.contains(&format!("node 3 shard {g}: leader")))
+    });
+    // Each group was changed (removed, re-added, promoted): generation > 0.
+    for line in status.lines().filter(|l| l.contains("voters")) {
+        assert!(!line.ends_with("generation 0"), "group not rebuilt through membership changes: {line}");
+    }
+    // Node 3 must now be a full voter holding the data: without node 1,
+    // every shard needs it for a quorum.
+    c.kill_node(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if r.cmd(&["SET", "after", "x"]).map(|v| v == "+OK\r\n").unwrap_or(false) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no quorum with the rebuilt node 3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check_all(c.plain, &keys);
+}
