@@ -480,7 +480,7 @@ fn req_op(req: AdminRequest) -> GroupOp {
 /// gives it, closes (and deletes) those it no longer lists, forms the map
 /// and generation-0 groups, and records this node as joined.
 pub async fn reconcile_loop(state: Arc<NodeState>, clients: AdminClients) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -112,6 +112,10 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
     loop {
         let Err(e) = session(&addr, &rx, &connected).await;
         connected.store(false, Ordering::Relaxed);
+        if rx.lock().is_closed() {
+            // The client was dropped (e.g. a discovery attempt's map): stop.
+            return;
+        }
         metrics::counter!("tessera_router_grpc_errors_total", "node" => addr.clone()).increment(1);
         warn!(node = %addr, error = %e, "node session down; reconnecting");
         // Requests queued while down fail fast instead of waiting.

@@ -304,6 +304,27 @@ impl Cluster {
         self.cluster.iter().map(|a| format!("redis://{a}/")).collect()
     }
 
+    /// Waits (bounded) for node `id` to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, id: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.procs[id - 1].child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.procs[id - 1].child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What node `id` logged.
+    pub fn node_log(&self, id: usize) -> String {
+        std::fs::read_to_string(&self.procs[id - 1].log).unwrap_or_default()
+    }
+
     /// Everything the processes logged.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -304,3 +304,38 @@ fn a_minority_cannot_acknowledge_writes() {
     }
     assert_eq!(r.cmd(&["GET", "m"]).unwrap(), "$5\r\nafter\r\n");
 }
+
+/// A flipped byte in a replica's log or snapshot: the node refuses to start
+/// and says which file is corrupt, rather than serving wrong data; the
+/// other replicas keep serving.
+#[test]
+fn corrupt_log_or_snapshot_refuses_to_start_with_a_clear_error() {
+    // Snapshot every 50 entries, so the second case has a snapshot file.
+    let mut c = Cluster::start_full(3, 1, &[], &["--snapshot-logs", "50"]).expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    for i in 0..300 {
+        assert_eq!(r.cmd(&["SET", &format!("{{0}}c{i}"), "v"]).unwrap(), "+OK\r\n");
+    }
+    for (file, what) in [("raft.log", "checksum mismatch in record"), ("snapshot", "checksum mismatch")] {
+        c.stop_node(2);
+        let path = c.dir.join("node-2").join("shard-0").join(file);
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(bytes.len() > 64, "{} too small to corrupt", path.display());
+        // Inside the first record's payload (past its 16-byte header), or
+        // the middle of the snapshot.
+        let at = if file == "raft.log" { 18 } else { bytes.len() / 2 };
+        bytes[at] ^= 0x5a;
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        c.restart_node(2).expect("process starts");
+        let status = c.wait_exit(2, Duration::from_secs(20)).expect("the node exits on its own");
+        assert!(!status.success(), "{file}: corrupt replica exited successfully");
+        let log = c.node_log(2);
+        assert!(log.contains(what) && log.contains(&path.display().to_string()), "{file}: no clear error:\n{log}");
+        // The shard still has a quorum of healthy replicas.
+        assert_eq!(r.cmd(&["SET", "{0}after", "v"]).unwrap(), "+OK\r\n");
+        // Restore the file: the replica comes back and catches up.
+        std::fs::write(&path, saved).unwrap();
+        c.restart_node(2).expect("restarts");
+    }
+}
