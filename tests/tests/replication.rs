@@ -318,7 +318,8 @@ fn corrupt_log_or_snapshot_refuses_to_start_with_a_clear_error() {
     }
     for (file, what) in [("raft.log", "checksum mismatch in record"), ("snapshot", "checksum mismatch")] {
         c.stop_node(2);
-        let path = c.dir.join("node-2").join("shard-0").join(file);
+        // Slot of "{0}" is 13907: shard 2 of 3.
+        let path = c.dir.join("node-2").join("shard-2").join(file);
         let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(bytes.len() > 64, "{} too small to corrupt", path.display());
         // Inside the first record's payload (past its 16-byte header), or
