@@ -65,6 +65,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
         LogOp::PurgeExpired => return Reply::Int(ks.purge_expired(ts) as i64),
         LogOp::Command(c) => c,
         LogOp::Meta(_) => return Reply::err("ERR cluster map change sent to a shard"),
+        LogOp::Chunk { .. } => return Reply::err("ERR a chunk inside a chunked write"),
     };
     match cmd {
         NodeCommand::Set { key, value, expire, keep_ttl, cond, get } => {

@@ -32,6 +32,9 @@ use crate::raft::store::LogStore;
 use crate::raft::{LogOp, NodeAddr, Proposal, Raft, RaftConfig, C};
 use crate::service::group_dir;
 
+/// Largest log entry a write becomes; larger writes are chunked.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -148,7 +151,26 @@ impl Shard {
         if let Some(rejected) = precheck(&self.data.lock().ks, &cmd, now_ms()) {
             return Submitted::Done(Outcome::Reply(rejected));
         }
-        self.propose(LogOp::Command(cmd)).await
+        let op = LogOp::Command(cmd);
+        if postcard::experimental::serialized_size(&op).unwrap_or(0) <= CHUNK_BYTES {
+            return self.propose(op).await;
+        }
+        // Too large for one entry: log it in bounded parts, in order; the
+        // last part applies the whole, and its outcome is the write's.
+        let whole = bytes::Bytes::from(crate::raft::encode(&op));
+        let parts = whole.len().div_ceil(CHUNK_BYTES) as u32;
+        let id: u64 = rand::random();
+        let mut last = Submitted::Done(Outcome::Reply(Reply::Null));
+        for part in 0..parts {
+            let from = part as usize * CHUNK_BYTES;
+            let data = whole.slice(from..(from + CHUNK_BYTES).min(whole.len()));
+            last = self.propose(LogOp::Chunk { id, part, parts, data }).await;
+            if let Submitted::Done(_) = last {
+                break;
+            }
+        }
+        metrics::counter!("tessera_node_chunked_writes_total").increment(1);
+        last
     }
 
     /// Proposes `op` and waits for its outcome.

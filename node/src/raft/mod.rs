@@ -24,6 +24,15 @@ pub enum LogOp {
     PurgeExpired,
     /// A change to the cluster map (meta group only).
     Meta(crate::meta::MetaOp),
+    /// One part of an operation too large for one entry: the encoded
+    /// operation cut into `parts` pieces, logged in order; the last part
+    /// applies the whole (see [`sm::Chunks`]).
+    Chunk {
+        id: u64,
+        part: u32,
+        parts: u32,
+        data: bytes::Bytes,
+    },
 }
 
 /// One proposal: an operation and the leader-assigned timestamp (Unix ms)
@@ -40,6 +49,9 @@ impl fmt::Display for Proposal {
             LogOp::Command(c) => write!(f, "{}@{}", c.name(), self.ts),
             LogOp::PurgeExpired => write!(f, "purge-expired@{}", self.ts),
             LogOp::Meta(op) => write!(f, "meta {op:?}@{}", self.ts),
+            LogOp::Chunk { id, part, parts, data } => {
+                write!(f, "chunk {id:x} {}/{parts} ({} bytes)@{}", part + 1, data.len(), self.ts)
+            }
         }
     }
 }

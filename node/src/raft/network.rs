@@ -55,6 +55,27 @@ impl Peers {
     }
 }
 
+/// Most bytes of entries one AppendEntries request carries.
+pub const APPEND_MAX_BYTES: usize = 8 << 20;
+
+/// Splits `entries` into consecutive runs of at most `max` encoded bytes
+/// (at least one entry each; an empty list gives one empty run, a heartbeat),
+/// with each run's size.
+fn split_by_bytes<E: Serialize>(entries: Vec<E>, max: usize) -> Vec<(Vec<E>, usize)> {
+    let mut out: Vec<(Vec<E>, usize)> = vec![(Vec::new(), 0)];
+    for e in entries {
+        let size = postcard::experimental::serialized_size(&e).unwrap_or(0);
+        let cur = out.last_mut().expect("never empty");
+        if !cur.0.is_empty() && cur.1 + size > max {
+            out.push((Vec::new(), 0));
+        }
+        let cur = out.last_mut().expect("never empty");
+        cur.0.push(e);
+        cur.1 += size;
+    }
+    out
+}
+
 /// Builds the per-target clients of one group.
 pub struct NetworkFactory {
     pub group: u32,
@@ -105,17 +126,39 @@ fn remote<E: std::error::Error + 'static>(e: E) -> RPCError<C> {
 impl RaftNetworkV2<C> for PeerClient {
     type SnapshotData = SnapshotData;
 
+    /// Sends the entries in requests of at most [`APPEND_MAX_BYTES`] (an
+    /// entry larger than that goes alone), one after another; the first
+    /// answer that is not `Success` is returned as is.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        // openraft's soft TTL is sized for heartbeats; a batch of entries
-        // also waits for the follower's fsync and may carry megabytes.
-        let bytes: usize = rpc.entries.len() * 64;
-        let timeout = option.soft_ttl().max(Duration::from_secs(2)) + Duration::from_millis(bytes as u64 / 50_000);
-        let r: Result<AppendEntriesResponse<C>, RaftError<C>> = self.call(RaftKind::Append, &rpc, timeout).await?;
-        r.map_err(remote)
+        let AppendEntriesRequest { vote, mut prev_log_id, entries, leader_commit } = rpc;
+        let batches = split_by_bytes(entries, APPEND_MAX_BYTES);
+        let last = batches.len().saturating_sub(1);
+        let mut answer = AppendEntriesResponse::Success;
+        for (i, (entries, bytes)) in batches.into_iter().enumerate() {
+            let sub_last = entries.last().map(|e| e.log_id);
+            // Never claim more is committed than this request carries: a
+            // follower could otherwise apply stale entries past it (all of
+            // the leader's entries up to its commit index are committed).
+            let commit = match (i < last, leader_commit, sub_last) {
+                (true, Some(c), Some(l)) if l.index < c.index => Some(l),
+                _ => leader_commit,
+            };
+            let req = AppendEntriesRequest::<C> { vote, prev_log_id, entries, leader_commit: commit };
+            // openraft's soft TTL is sized for heartbeats; a batch of entries
+            // also waits for the follower's fsync and may carry megabytes.
+            let timeout = option.soft_ttl().max(Duration::from_secs(2)) + Duration::from_millis(bytes as u64 / 50_000);
+            let r: Result<AppendEntriesResponse<C>, RaftError<C>> = self.call(RaftKind::Append, &req, timeout).await?;
+            answer = r.map_err(remote)?;
+            if !matches!(answer, AppendEntriesResponse::Success) {
+                return Ok(answer);
+            }
+            prev_log_id = sub_last.or(prev_log_id);
+        }
+        Ok(answer)
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
@@ -151,5 +194,18 @@ impl RaftNetworkV2<C> for PeerClient {
         let r: Result<TransferLeaderResponse<C>, openraft::errors::Fatal<C>> =
             self.call(RaftKind::TransferLeader, &req, option.soft_ttl()).await?;
         r.map_err(remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_bytes;
+
+    #[test]
+    fn appends_are_split_by_bytes() {
+        let v: Vec<Vec<u8>> = vec![vec![0; 10], vec![0; 10], vec![0; 100], vec![0; 5]];
+        let runs: Vec<usize> = split_by_bytes(v, 30).iter().map(|(e, _)| e.len()).collect();
+        assert_eq!(runs, [2, 1, 1], "an oversized entry goes alone");
+        assert_eq!(split_by_bytes(Vec::<Vec<u8>>::new(), 30).len(), 1, "a heartbeat is one empty request");
     }
 }

@@ -29,6 +29,63 @@ pub struct ShardData {
     pub last_ts: i64,
     /// The cluster map (meta group only; empty in shards).
     pub map: ClusterMap,
+    /// Chunked writes whose last part is not applied yet.
+    pub chunks: Chunks,
+}
+
+/// How long the parts of an unfinished chunked write are kept (by entry
+/// timestamps): a leader that died mid-way never logs the rest.
+const CHUNKS_KEPT_MS: i64 = 5 * 60 * 1000;
+
+/// Parts of chunked writes being assembled, by write id. Part of the
+/// snapshot, so a replica that installs one mid-write can finish it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Chunks {
+    pending: std::collections::BTreeMap<u64, Pending>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Pending {
+    parts: u32,
+    started: i64,
+    data: Vec<bytes::Bytes>,
+}
+
+impl Chunks {
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Adds one part (logged at `ts`). The last part yields the whole
+    /// operation; a part out of order drops its write (an error reply).
+    pub fn add(&mut self, id: u64, part: u32, parts: u32, data: bytes::Bytes, ts: i64) -> Option<Result<LogOp, Reply>> {
+        self.pending.retain(|_, p| p.started >= ts - CHUNKS_KEPT_MS);
+        if part == 0 {
+            self.pending.insert(id, Pending { parts, started: ts, data: Vec::new() });
+        }
+        let Some(p) = self.pending.get_mut(&id).filter(|p| p.parts == parts && p.data.len() == part as usize) else {
+            self.pending.remove(&id);
+            return Some(Err(Reply::err("TRYAGAIN chunked write interrupted; the command did not run")));
+        };
+        p.data.push(data);
+        if part + 1 < parts {
+            return None;
+        }
+        let p = self.pending.remove(&id).expect("present");
+        let mut whole = Vec::with_capacity(p.data.iter().map(|d| d.len()).sum());
+        for d in &p.data {
+            whole.extend_from_slice(d);
+        }
+        Some(match decode::<LogOp>(&whole) {
+            Ok(LogOp::Command(c)) => Ok(LogOp::Command(c)),
+            Ok(_) => Err(Reply::err("ERR a chunked write must carry a command")),
+            Err(e) => Err(Reply::err(format!("ERR chunked write does not decode: {e}"))),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,27 +108,35 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-/// Snapshot payload: `last_ts`, the length of the encoded cluster map, the
-/// map, then the keyspace dump.
+/// Snapshot payload: `last_ts`, then the cluster map and the unfinished
+/// chunked writes (each a length and its encoding), then the keyspace dump.
 fn snapshot_bytes(d: &ShardData) -> Vec<u8> {
-    let map = encode(&d.map);
     let mut out = d.last_ts.to_le_bytes().to_vec();
-    out.extend_from_slice(&(map.len() as u64).to_le_bytes());
-    out.extend_from_slice(&map);
+    for part in [encode(&d.map), encode(&d.chunks)] {
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(&part);
+    }
     out.extend_from_slice(&d.ks.dump());
     out
 }
 
-fn load_snapshot_bytes(b: &[u8]) -> io::Result<(i64, ClusterMap, Keyspace)> {
+fn load_snapshot_bytes(b: &[u8]) -> io::Result<(i64, ClusterMap, Chunks, Keyspace)> {
+    let truncated = || invalid("snapshot is truncated");
     let word = |at: usize| -> io::Result<u64> {
-        let bytes = b.get(at..at + 8).ok_or_else(|| invalid("snapshot is truncated"))?;
+        let bytes = b.get(at..at + 8).ok_or_else(truncated)?;
         Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
     };
     let ts = word(0)? as i64;
-    let map_len = usize::try_from(word(8)?).map_err(invalid)?;
-    let map_bytes = b.get(16..16usize.saturating_add(map_len)).ok_or_else(|| invalid("snapshot is truncated"))?;
-    let map = decode(map_bytes)?;
-    Ok((ts, map, Keyspace::load(&b[16 + map_len..]).map_err(invalid)?))
+    let mut at = 8usize;
+    let mut section = || -> io::Result<&[u8]> {
+        let len = usize::try_from(word(at)?).map_err(invalid)?;
+        let s = b.get(at + 8..(at + 8).saturating_add(len)).ok_or_else(truncated)?;
+        at += 8 + len;
+        Ok(s)
+    };
+    let map = decode(section()?)?;
+    let chunks = decode(section()?)?;
+    Ok((ts, map, chunks, Keyspace::load(&b[at..]).map_err(invalid)?))
 }
 
 impl StateMachine {
@@ -84,17 +149,19 @@ impl StateMachine {
             last_membership: StoredMembership::default(),
             last_ts: 0,
             map: ClusterMap::default(),
+            chunks: Chunks::default(),
         };
         let mut current = None;
         if let Some(bytes) = read_atomic(&dir.join("snapshot"))? {
             let file: SnapshotFile = decode(&bytes)?;
-            let (ts, map, ks) = load_snapshot_bytes(&file.data)?;
+            let (ts, map, chunks, ks) = load_snapshot_bytes(&file.data)?;
             data = ShardData {
                 ks,
                 last_applied: file.meta.last_log_id,
                 last_membership: file.meta.last_membership.clone(),
                 last_ts: ts,
                 map,
+                chunks,
             };
             current = Some((file.meta, Arc::new(file.data)));
         }
@@ -159,9 +226,14 @@ impl RaftStateMachine<C> for StateMachine {
                         // whatever order concurrent proposals were logged in.
                         let ts = p.ts.max(d.last_ts);
                         d.last_ts = ts;
-                        match &p.op {
-                            LogOp::Meta(op) => d.map.apply(op),
-                            op => exec::apply(&mut d.ks, ts, op),
+                        match p.op {
+                            LogOp::Meta(op) => d.map.apply(&op),
+                            LogOp::Chunk { id, part, parts, data } => match d.chunks.add(id, part, parts, data, ts) {
+                                None => Reply::Null,
+                                Some(Err(e)) => e,
+                                Some(Ok(op)) => exec::apply(&mut d.ks, ts, &op),
+                            },
+                            op => exec::apply(&mut d.ks, ts, &op),
                         }
                     }
                     EntryPayload::Membership(m) => {
@@ -183,7 +255,7 @@ impl RaftStateMachine<C> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: SnapshotData) -> Result<(), io::Error> {
         let bytes = Arc::new(snapshot.into_inner());
-        let (ts, map, ks) = load_snapshot_bytes(&bytes)?;
+        let (ts, map, chunks, ks) = load_snapshot_bytes(&bytes)?;
         self.persist(meta, bytes.clone()).await?;
         {
             let mut d = self.data.lock();
@@ -193,6 +265,7 @@ impl RaftStateMachine<C> for StateMachine {
                 last_membership: meta.last_membership.clone(),
                 last_ts: ts,
                 map,
+                chunks,
             };
         }
         *self.current.lock() = Some((meta.clone(), bytes));
@@ -202,5 +275,38 @@ impl RaftStateMachine<C> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
         Ok(self.current.lock().clone().map(|(meta, b)| Snapshot { meta, snapshot: Cursor::new(b.to_vec()) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tessera_common::command::NodeCommand;
+
+    use super::*;
+
+    fn parts(op: &LogOp, n: usize) -> Vec<Bytes> {
+        let whole = Bytes::from(encode(op));
+        let size = whole.len().div_ceil(n);
+        (0..n).map(|i| whole.slice(i * size..((i + 1) * size).min(whole.len()))).collect()
+    }
+
+    #[test]
+    fn chunks_assemble_in_order_and_interrupted_writes_are_dropped() {
+        let op = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from("k"); 100] });
+        let p = parts(&op, 3);
+        let mut c = Chunks::default();
+        assert!(c.add(1, 0, 3, p[0].clone(), 10).is_none());
+        assert!(c.add(1, 1, 3, p[1].clone(), 11).is_none());
+        assert_eq!(c.add(1, 2, 3, p[2].clone(), 12).unwrap().unwrap(), op);
+        assert!(c.is_empty());
+        // A part out of order (a new leader's retry) drops the write.
+        assert!(c.add(2, 0, 3, p[0].clone(), 20).is_none());
+        assert!(matches!(c.add(2, 2, 3, p[2].clone(), 21), Some(Err(_))));
+        assert!(c.is_empty());
+        // An abandoned write is forgotten once its parts are old.
+        assert!(c.add(3, 0, 3, p[0].clone(), 30).is_none());
+        assert!(c.add(4, 0, 3, p[0].clone(), 30 + CHUNKS_KEPT_MS + 1).is_none());
+        assert_eq!(c.len(), 1);
     }
 }
