@@ -254,6 +254,14 @@ fn lagging_replica_catches_up_by_snapshot_after_100mb() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(installed >= 1.0, "node 3 caught up without installing a snapshot:\n{metrics}");
+    // It came as a stream of bounded pieces.
+    let streamed: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tessera_raft_snapshot_bytes_received_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(streamed > 100e6, "snapshot bytes received by streaming: {streamed}");
     // Node 3 holds everything: with node 1 gone it forms the quorum with node 2.
     c.kill_node(1);
     let mut r = Resp::connect(c.plain).unwrap();

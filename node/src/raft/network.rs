@@ -28,11 +28,25 @@ use crate::MAX_MESSAGE_BYTES;
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+    /// A second connection per peer, for snapshot streams.
+    snapshot_channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
 }
 
 impl Peers {
     fn client(&self, id: u64, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
-        let mut map = self.channels.lock();
+        Self::client_in(&self.channels, id, addr)
+    }
+
+    fn snapshot_client(&self, id: u64, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+        Self::client_in(&self.snapshot_channels, id, addr)
+    }
+
+    fn client_in(
+        channels: &Mutex<HashMap<u64, (String, Channel)>>,
+        id: u64,
+        addr: &str,
+    ) -> Result<RaftTransportClient<Channel>, String> {
+        let mut map = channels.lock();
         let channel = match map.get(&id) {
             Some((a, ch)) if a == addr => ch.clone(),
             _ => {
@@ -53,6 +67,20 @@ impl Peers {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
+}
+
+/// Bytes of snapshot per streamed piece.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
+
+/// One piece of a streamed snapshot.
+#[derive(Serialize, serde::Deserialize)]
+pub struct SnapshotPiece {
+    pub vote: VoteOf<C>,
+    pub meta: openraft::type_config::alias::SnapshotMetaOf<C>,
+    /// Where `data` starts in the snapshot, and the snapshot's size.
+    pub offset: u64,
+    pub total: u64,
+    pub data: Vec<u8>,
 }
 
 /// Most bytes of entries one AppendEntries request carries.
@@ -86,7 +114,12 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> PeerClient {
-        PeerClient { group: self.group, target, client: self.peers.client(target, &node.addr) }
+        PeerClient {
+            group: self.group,
+            target,
+            client: self.peers.client(target, &node.addr),
+            snapshot_client: self.peers.snapshot_client(target, &node.addr),
+        }
     }
 }
 
@@ -94,6 +127,7 @@ pub struct PeerClient {
     group: u32,
     target: u64,
     client: Result<RaftTransportClient<Channel>, String>,
+    snapshot_client: Result<RaftTransportClient<Channel>, String>,
 }
 
 impl PeerClient {
@@ -174,16 +208,45 @@ impl RaftNetworkV2<C> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        // Streamed in pieces over the peer's snapshot connection (so
+        // appends and heartbeats to it are not stuck behind it), each piece
+        // with its own time-out: any size of state gets through.
         let bytes = snapshot.snapshot.into_inner();
-        // Sized for large state: a minute plus a second per 10 MB.
-        let timeout = Duration::from_secs(60 + bytes.len() as u64 / 10_000_000);
-        let req = (vote, snapshot.meta, bytes);
+        let total = bytes.len() as u64;
+        let mut client =
+            self.snapshot_client.clone().map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
         tokio::pin!(cancel);
-        let r: Result<SnapshotResponse<C>, openraft::errors::Fatal<C>> = tokio::select! {
-            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
-            r = self.call(RaftKind::Snapshot, &req, timeout) => r?,
-        };
-        r.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+            let piece = SnapshotPiece {
+                vote,
+                meta: snapshot.meta.clone(),
+                offset: offset as u64,
+                total,
+                data: bytes[offset..end].to_vec(),
+            };
+            let msg =
+                RaftMessage { group: self.group, kind: RaftKind::SnapshotChunk as i32, payload: encode(&piece).into() };
+            let call = tokio::time::timeout(Duration::from_secs(60), client.call(msg));
+            let resp = tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                r = call => match r {
+                    Err(_) => return Err(StreamingError::Network(NetworkError::from_string(format!(
+                        "snapshot piece at {offset} of {total} bytes to node {} timed out", self.target
+                    )))),
+                    Ok(Err(status)) => return Err(StreamingError::Unreachable(Unreachable::new(&status))),
+                    Ok(Ok(r)) => r.into_inner(),
+                },
+            };
+            metrics::counter!("tessera_raft_snapshot_bytes_sent_total").increment((end - offset) as u64);
+            offset = end;
+            if offset >= bytes.len() {
+                let r: Result<SnapshotResponse<C>, openraft::errors::Fatal<C>> =
+                    decode(&resp.payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+                return r.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)));
+            }
+        }
     }
 
     async fn transfer_leader(
