@@ -21,8 +21,11 @@ pub struct TransportService {
     pub state: Arc<NodeState>,
     /// Snapshots being received, by group: (the snapshot's last log id,
     /// bytes so far).
-    pub incoming: Mutex<HashMap<u32, (Option<LogIdOf<C>>, Vec<u8>)>>,
+    pub incoming: Mutex<HashMap<u32, Incoming>>,
 }
+
+/// A snapshot being received: its last log id and the bytes so far.
+pub type Incoming = (Option<LogIdOf<C>>, Vec<u8>);
 
 type Received = (VoteOf<C>, SnapshotOf<C, SnapshotData>);
 
