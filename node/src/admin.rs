@@ -491,6 +491,21 @@ pub async fn reconcile_loop(state: Arc<NodeState>, clients: AdminClients) {
 }
 
 async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Result<(), String> {
+    if state.stopping.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    {
+        // A replica stopped by a storage error (a full disk, an I/O error)
+        // is reopened from its files: its log is verified again on the way.
+        let _changing = state.changing.lock().await;
+        for shard in state.hosted().all().cloned().collect::<Vec<_>>() {
+            if let Some(why) = shard.stopped().filter(|_| !state.stopping.load(Ordering::Relaxed)) {
+                warn!(group = shard.id, error = %why, "replica stopped; reopening it from its files");
+                metrics::counter!("tessera_node_replica_reopens_total").increment(1);
+                state.reopen_group(shard.id).await.map_err(|e| format!("reopening group {}: {e}", shard.id))?;
+            }
+        }
+    }
     // The meta leader forms the map if it is not formed yet.
     if let Some(meta) = state.group(META).filter(|m| m.is_leader()) {
         if meta.data_map().epoch == 0 {

@@ -52,6 +52,11 @@ pub struct Args {
     /// assumes clock drift well below the election timeout).
     #[arg(long, env = "TESSERA_READ_POLICY", value_enum, default_value = "read-index")]
     pub read_policy: ReadMode,
+    /// Free space (MiB) kept on the data disk: writes that would eat into it
+    /// are refused with `MISCONF disk full ...` until space is freed (0 turns
+    /// the check off).
+    #[arg(long, env = "TESSERA_MIN_FREE_MB", default_value_t = 256)]
+    pub min_free_mb: u64,
     /// Log entries between snapshots.
     #[arg(long, env = "TESSERA_SNAPSHOT_LOGS", default_value_t = 100_000)]
     pub snapshot_logs: u64,
@@ -90,6 +95,7 @@ pub struct Config {
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
     pub read_mode: ReadMode,
+    pub min_free_bytes: u64,
 }
 
 /// Deterministic placement: shard `s` on `replicas` consecutive nodes
@@ -144,6 +150,7 @@ impl Args {
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_logs: self.snapshot_logs,
             read_mode: self.read_policy,
+            min_free_bytes: self.min_free_mb << 20,
         })
     }
 }

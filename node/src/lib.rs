@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod disk;
 pub mod exec;
 pub mod keyspace;
 pub mod meta;
@@ -178,6 +179,7 @@ pub async fn run(
     let result = shutdown.await;
     sweeper.abort();
     stats.abort();
+    state.stopping.store(true, Ordering::Relaxed);
     result?;
     info!("node shutting down: handing leadership to other replicas");
     hand_off_leadership(&state).await;

@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, trace, warn};
 
 use crate::config::Config;
+use crate::disk::DiskGuard;
 use crate::meta::{ClusterMap, META};
 use crate::raft::logfile::{read_atomic, write_atomic};
 use crate::raft::network::Peers;
@@ -115,6 +116,9 @@ pub struct NodeState {
     pub has_state: AtomicBool,
     /// One membership operation at a time.
     pub admin_lock: tokio::sync::Mutex<()>,
+    pub disk: Arc<DiskGuard>,
+    /// Set when the node shuts down (nothing is reopened any more).
+    pub stopping: AtomicBool,
 }
 
 const NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
@@ -123,7 +127,7 @@ impl NodeState {
     pub fn new(config: Config, raft_config: Arc<RaftConfig>, peers: Peers) -> Self {
         Self {
             node_id: config.node_id,
-            config,
+            config: config.clone(),
             raft_config,
             peers,
             hosted: RwLock::new(Arc::new(Hosted::default())),
@@ -132,6 +136,8 @@ impl NodeState {
             rebuilding: AtomicBool::new(false),
             has_state: AtomicBool::new(false),
             admin_lock: tokio::sync::Mutex::new(()),
+            disk: Arc::new(DiskGuard::new(config.data_dir.clone(), config.min_free_bytes)),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -163,29 +169,56 @@ impl NodeState {
         if read_ranges(&dir)?.is_none() {
             write_atomic(&dir.join("ranges"), &postcard::to_stdvec(&ranges).map_err(std::io::Error::other)?)?;
         }
-        let shard =
-            Shard::open(id, ranges, placement, &self.config, self.raft_config.clone(), self.peers.clone()).await?;
+        let shard = Shard::open(id, ranges, placement, &self.config, self.raft_config.clone(), self.peers.clone())
+            .await?
+            .with_disk(self.disk.clone());
+        self.attach(shard.clone());
+        debug!(group = id, "replica opened");
+        Ok(shard)
+    }
+
+    /// Stops and reopens this node's replica of group `id` from its files
+    /// (after a storage error stopped it: e.g. the disk was full). Call with
+    /// `changing` held.
+    pub async fn reopen_group(&self, id: u32) -> std::io::Result<()> {
+        let Some(shard) = self.group(id) else { return Ok(()) };
+        self.detach(id);
+        let _ = shard.raft.shutdown().await;
+        match self.open_group(id, shard.ranges.clone(), shard.placement.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Keep the stopped replica listed, so the next round tries again.
+                self.attach(shard);
+                Err(e)
+            }
+        }
+    }
+
+    fn attach(&self, shard: Arc<Shard>) {
         let cur = self.hosted();
         let mut shards = cur.shards.clone();
         let mut meta = cur.meta.clone();
-        if id == META {
-            meta = Some(shard.clone());
+        if shard.id == META {
+            meta = Some(shard);
         } else {
-            shards.push(shard.clone());
+            shards.push(shard);
         }
         *self.hosted.write() = Arc::new(Hosted::new(shards, meta));
-        debug!(group = id, "replica opened");
-        Ok(shard)
+    }
+
+    /// Removes group `id` from the hosted table (it stops being served).
+    fn detach(&self, id: u32) {
+        let cur = self.hosted();
+        let shards = cur.shards.iter().filter(|s| s.id != id).cloned().collect();
+        let meta = if id == META { None } else { cur.meta.clone() };
+        *self.hosted.write() = Arc::new(Hosted::new(shards, meta));
     }
 
     /// Stops this node's replica of group `id` and deletes its files (the
     /// map no longer lists this node for it). Call with `changing` held.
     pub async fn close_group(&self, id: u32) -> std::io::Result<()> {
         let Some(shard) = self.group(id) else { return Ok(()) };
-        let cur = self.hosted();
-        let shards = cur.shards.iter().filter(|s| s.id != id).cloned().collect();
-        let meta = if id == META { None } else { cur.meta.clone() };
-        *self.hosted.write() = Arc::new(Hosted::new(shards, meta));
+        self.detach(id);
         let _ = shard.raft.shutdown().await;
         let dir = self.config.data_dir.join(group_dir(id));
         if dir.exists() {
@@ -242,6 +275,8 @@ fn record(name: &'static str, out: &Outcome, start: Instant) {
 }
 
 type Done = (u64, Outcome);
+/// The queue into one lane: request id and command.
+type LaneTx = mpsc::Sender<(u64, NodeCommand)>;
 
 /// One shard's share of one session (see the module docs for the ordering rules).
 async fn lane(
@@ -347,7 +382,10 @@ async fn read_session(
     out: mpsc::Sender<tessera_proto::v1::Response>,
     peer: Option<std::net::SocketAddr>,
 ) {
-    let mut lanes: HashMap<u32, mpsc::Sender<(u64, NodeCommand)>> = HashMap::new();
+    // A lane serves one replica object: when the replica is reopened or
+    // replaced, the next request starts a lane on the new one (the old lane
+    // finishes what it has and exits).
+    let mut lanes: HashMap<u32, (Arc<Shard>, LaneTx)> = HashMap::new();
     loop {
         let batch = match inbound.message().await {
             Ok(Some(b)) => b,
@@ -364,11 +402,13 @@ async fn read_session(
                     let _ = out.send(response(r.id, 0, Outcome::Reply(reply))).await;
                 }
                 Ok((shard, cmd)) => {
-                    let tx = lanes.entry(shard.id).or_insert_with(|| {
+                    let current = lanes.get(&shard.id).is_some_and(|(s, _)| Arc::ptr_eq(s, &shard));
+                    if !current {
                         let (tx, rx) = mpsc::channel(4096);
                         tokio::spawn(lane(shard.clone(), rx, out.clone()));
-                        tx
-                    });
+                        lanes.insert(shard.id, (shard.clone(), tx));
+                    }
+                    let (_, tx) = &lanes[&shard.id];
                     if tx.send((r.id, cmd)).await.is_err() {
                         return;
                     }

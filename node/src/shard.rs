@@ -24,6 +24,7 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
 
 use crate::config::{Config, ReadMode};
+use crate::disk::DiskGuard;
 use crate::exec::{precheck, read};
 use crate::meta::ClusterMap;
 use crate::raft::network::{NetworkFactory, Peers};
@@ -64,6 +65,7 @@ pub struct Shard {
     /// Highest timestamp handed to a proposal.
     last_ts: AtomicI64,
     read_policy: ReadPolicy,
+    disk: Option<Arc<DiskGuard>>,
 }
 
 /// A point-in-time view for INFO, `Shards` and metrics.
@@ -117,7 +119,24 @@ impl Shard {
                 ReadMode::ReadIndex => ReadPolicy::ReadIndex,
                 ReadMode::Lease => ReadPolicy::LeaseRead,
             },
+            disk: None,
         }))
+    }
+
+    /// Refuse writes that would fill the data disk (see [`DiskGuard`]).
+    pub fn with_disk(self: Arc<Self>, disk: Arc<DiskGuard>) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut s) => {
+                s.disk = Some(disk);
+                Arc::new(s)
+            }
+            Err(s) => s,
+        }
+    }
+
+    /// Whether a storage error (or shutdown) stopped this replica's Raft.
+    pub fn stopped(&self) -> Option<String> {
+        self.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string())
     }
 
     pub fn owns(&self, slot: u16) -> bool {
@@ -152,7 +171,11 @@ impl Shard {
             return Submitted::Done(Outcome::Reply(rejected));
         }
         let op = LogOp::Command(cmd);
-        if postcard::experimental::serialized_size(&op).unwrap_or(0) <= CHUNK_BYTES {
+        let size = postcard::experimental::serialized_size(&op).unwrap_or(0);
+        if let Some(full) = self.disk.as_ref().and_then(|d| d.check(size)) {
+            return Submitted::Done(Outcome::Reply(full));
+        }
+        if size <= CHUNK_BYTES {
             return self.propose(op).await;
         }
         // Too large for one entry: log it in bounded parts, in order; the

@@ -20,7 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SLOTS};
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
-use tessera_proto::v1::{request, response, Request, RequestBatch, ShardsRequest};
+use tessera_proto::v1::{request, response, Request, RequestBatch, ShardsRequest, ShardsResponse};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -252,18 +252,25 @@ impl ShardMap {
     pub async fn discover(addrs: &[String], deadline: Duration) -> anyhow::Result<ShardMap> {
         let start = tokio::time::Instant::now();
         loop {
-            let map = Self::discover_once(addrs, deadline.saturating_sub(start.elapsed())).await?;
+            let answers = Self::ask_all(addrs, deadline.saturating_sub(start.elapsed())).await?;
             // Nodes open their replicas once the cluster map is formed: a
             // cluster starting up may not serve every slot yet.
-            if map.unserved_slots() == 0 || start.elapsed() >= deadline {
-                return Ok(map);
+            let mut served = vec![false; usize::from(SLOTS)];
+            for r in answers.iter().flat_map(|(_, a)| &a.shards).flat_map(|s| &s.slots) {
+                for slot in r.start..=r.end.min(u32::from(SLOTS) - 1) {
+                    served[slot as usize] = true;
+                }
             }
-            tracing::debug!(unserved = map.unserved_slots(), "waiting for every slot to be served");
+            if served.iter().all(|s| *s) || start.elapsed() >= deadline {
+                return Ok(Self::build(addrs, answers));
+            }
+            tracing::debug!("waiting for every slot to be served");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn discover_once(addrs: &[String], deadline: Duration) -> anyhow::Result<ShardMap> {
+    /// Each node's `Shards` answer (retrying each until `deadline`).
+    async fn ask_all(addrs: &[String], deadline: Duration) -> anyhow::Result<Vec<(String, ShardsResponse)>> {
         let start = tokio::time::Instant::now();
         let mut answers = Vec::new();
         for addr in addrs {
@@ -289,6 +296,11 @@ impl ShardMap {
         if answers.is_empty() {
             anyhow::bail!("no storage node answered within {deadline:?}");
         }
+        Ok(answers)
+    }
+
+    /// The map the nodes' answers describe, with a session to each node.
+    fn build(addrs: &[String], answers: Vec<(String, ShardsResponse)>) -> ShardMap {
         let mut nodes: Vec<Arc<NodeClient>> = addrs.iter().map(|a| NodeClient::spawn(a.clone())).collect();
         let index = |nodes: &mut Vec<Arc<NodeClient>>, addr: &str| -> usize {
             nodes.iter().position(|n| n.addr == addr).unwrap_or_else(|| {
@@ -328,7 +340,7 @@ impl ShardMap {
                 });
             }
         }
-        Ok(Self::new(nodes, shards))
+        Self::new(nodes, shards)
     }
 
     pub fn new(nodes: Vec<Arc<NodeClient>>, mut shards: Vec<ShardEntry>) -> ShardMap {

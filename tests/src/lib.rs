@@ -96,8 +96,21 @@ impl Cluster {
         router_args: &[&str],
         node_args: &[&str],
     ) -> anyhow::Result<Cluster> {
+        Self::start_prepared(nodes, shards_per_node, router_args, node_args, &|_| Ok(()))
+    }
+
+    /// Like [`Cluster::start_full`], calling `prepare` with the cluster's
+    /// folder before any node starts (nodes' data dirs are `node-<id>` in it).
+    pub fn start_prepared(
+        nodes: usize,
+        shards_per_node: usize,
+        router_args: &[&str],
+        node_args: &[&str],
+        prepare: &dyn Fn(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
         let dir = std::env::temp_dir().join(format!("tessera-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
+        prepare(&dir)?;
         let bins = bin_dir();
         let total = nodes * shards_per_node;
         let node_addrs: Vec<SocketAddr> = (0..nodes).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();

@@ -1,0 +1,124 @@
+//! A full data disk: writes fail cleanly (an error, the node stays up,
+//! nothing acknowledged is lost) and succeed again once space is freed.
+//! Each node's data dir is its own small tmpfs (needs root to mount).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tessera_tests::{Cluster, Resp};
+
+const DISK_MB: u64 = 48;
+
+/// Unmounts the nodes' tmpfs when dropped (after the cluster is gone).
+struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+fn mount_disks(dir: &Path) -> anyhow::Result<()> {
+    for n in 1..=3 {
+        let d = dir.join(format!("node-{n}"));
+        std::fs::create_dir_all(&d)?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
+            .arg(&d)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "mount tmpfs on {} failed (needs root)", d.display());
+    }
+    Ok(())
+}
+
+/// Fills node `n`'s disk with a filler file: `leave_mb` MiB left free, or
+/// every byte (the write stops at ENOSPC) when `None`.
+fn fill(c: &Cluster, n: usize, leave_mb: Option<u64>) -> PathBuf {
+    let path = c.dir.join(format!("node-{n}")).join("filler");
+    let target = leave_mb.map_or(DISK_MB << 20, |l| (DISK_MB - l - 2) << 20);
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![7u8; 1 << 20];
+    let mut written = 0u64;
+    while written < target {
+        use std::io::Write;
+        if f.write_all(&block).is_err() {
+            break; // the disk is full
+        }
+        written += block.len() as u64;
+    }
+    path
+}
+
+fn run(reserve_mb: u64) {
+    if !rustix_is_root() {
+        eprintln!("skipped: mounting tmpfs needs root");
+        return;
+    }
+    let dir_holder = std::cell::RefCell::new(None);
+    let prepare = |d: &Path| {
+        mount_disks(d)?;
+        *dir_holder.borrow_mut() = Some(d.to_path_buf());
+        Ok(())
+    };
+    let reserve = reserve_mb.to_string();
+    let c = Cluster::start_prepared(3, 1, &[], &["--min-free-mb", &reserve], &prepare);
+    let d = dir_holder.borrow().clone().expect("prepared");
+    let _mounts = Mounts((1..=3).map(|n| d.join(format!("node-{n}"))).collect());
+    let mut c = c.expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    for i in 0..50 {
+        assert_eq!(r.cmd(&["SET", &format!("k{i}"), "before"]).unwrap(), "+OK\r\n");
+    }
+    // With a reserve the guard refuses first; without one the log append
+    // itself fails (ENOSPC) and the replica stops until it is reopened.
+    let leave = if reserve_mb > 0 { Some(reserve_mb / 2) } else { None };
+    let fillers: Vec<PathBuf> = (1..=3).map(|n| fill(&c, n, leave)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..5 {
+        let reply = r.cmd(&["SET", &format!("full{i}"), &"x".repeat(4096)]).unwrap();
+        eprintln!("full disk reply: {}", reply.trim_end());
+        assert!(reply.starts_with('-'), "a write was acknowledged on a full disk: {reply}");
+        if reserve_mb > 0 {
+            assert!(reply.starts_with("-MISCONF disk full"), "{reply}");
+        }
+    }
+    for n in 1..=3 {
+        assert!(c.wait_exit(n, Duration::from_millis(10)).is_none(), "node {n} exited on a full disk");
+    }
+    for f in &fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = r.cmd(&["SET", "after", "x"]).unwrap();
+        if reply == "+OK\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not recover after space was freed: {reply}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..50 {
+        assert_eq!(r.cmd(&["GET", &format!("k{i}")]).unwrap(), "$6\r\nbefore\r\n", "k{i} lost");
+    }
+    drop(c);
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_full_disk_is_refused_before_it_fills_and_writes_resume_when_space_returns() {
+    run(16);
+}
+
+#[test]
+fn a_disk_filled_to_enospc_stops_writes_without_crashing_and_recovers() {
+    run(0);
+}
