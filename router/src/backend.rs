@@ -388,6 +388,10 @@ impl ShardMap {
                     (node, tokio::time::timeout(every, answer).await)
                 }
             });
+            // Per shard, believe the replica that knows a leader in the
+            // newest term (then the furthest commit): a leader cut off from
+            // its group still claims to lead, in an older term.
+            let mut best: HashMap<u32, tessera_proto::v1::ShardInfo> = HashMap::new();
             for (node, answer) in futures::future::join_all(asks).await {
                 let Ok(Ok(resp)) = answer else {
                     continue;
@@ -405,19 +409,26 @@ impl ShardMap {
                             applied_index: s.applied_index,
                         },
                     );
-                    let replicas: Vec<usize> = s
-                        .members
-                        .iter()
-                        .filter(|m| !m.addr.is_empty())
-                        .map(|m| self.node_index_or_add(&m.addr))
-                        .collect();
-                    if !replicas.is_empty() && s.members.len() == replicas.len() {
-                        *entry.replicas.write() = replicas;
+                    // Only replicas that know a leader count (an isolated
+                    // candidate's term climbs with no leader behind it).
+                    let newer = best.get(&s.id).is_none_or(|b| (s.term, s.commit_index) > (b.term, b.commit_index));
+                    if s.leader_id != 0 && newer {
+                        best.insert(s.id, s);
                     }
-                    if let Some(leader) = s.members.iter().find(|m| m.id == s.leader_id) {
-                        if let Some(i) = self.node_index(&leader.addr) {
-                            entry.leader.store(i, Ordering::Relaxed);
-                        }
+                }
+            }
+            for (id, s) in best {
+                let Some(entry) = self.shards.iter().find(|e| e.id == id) else {
+                    continue;
+                };
+                let replicas: Vec<usize> =
+                    s.members.iter().filter(|m| !m.addr.is_empty()).map(|m| self.node_index_or_add(&m.addr)).collect();
+                if !replicas.is_empty() && s.members.len() == replicas.len() {
+                    *entry.replicas.write() = replicas;
+                }
+                if let Some(leader) = s.members.iter().find(|m| m.id == s.leader_id) {
+                    if let Some(i) = self.node_index(&leader.addr) {
+                        entry.leader.store(i, Ordering::Relaxed);
                     }
                 }
             }

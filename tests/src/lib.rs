@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod netns;
+
 /// Where the workspace's binaries are: `TESSERA_BIN_DIR`, else next to the
 /// test executable (`target/<profile>/`).
 pub fn bin_dir() -> PathBuf {

@@ -1,0 +1,204 @@
+//! A cluster whose nodes each run in their own network namespace, joined by
+//! a bridge, so tests can cut real network links with nftables (root only).
+//! The router runs in the host namespace and reaches every node over the
+//! bridge.
+//!
+//! On machines running dockerd the iptables FORWARD policy is DROP, which
+//! also drops bridged traffic: the cluster adds ACCEPT rules for its bridge
+//! and removes them when dropped, with the namespaces and the bridge.
+
+use super::*;
+
+/// Whether this process may create namespaces (runs as root).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("run {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub struct NetCluster {
+    procs: Vec<Proc>,
+    pub dir: PathBuf,
+    pub plain: SocketAddr,
+    bridge: String,
+    /// Namespace and IP of each node (index = id - 1).
+    nodes: Vec<(String, String)>,
+    veths: Vec<String>,
+    forward_rules: bool,
+}
+
+const NODE_PORT: u16 = 7100;
+
+impl NetCluster {
+    /// Starts `n` nodes (each in its own namespace) with `shards_per_node`
+    /// shards each, and a router in the host namespace.
+    pub fn start(n: usize, shards_per_node: usize) -> anyhow::Result<NetCluster> {
+        let id = std::process::id() % 10_000;
+        let u = unique() % 100;
+        let subnet = format!("10.{}.{}", 200 + (u % 50), id % 250);
+        let dir = std::env::temp_dir().join(format!("tessera-netns-{id}-{u}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = NetCluster {
+            procs: Vec::new(),
+            dir: dir.clone(),
+            plain: "0.0.0.0:0".parse()?,
+            bridge: format!("tsb{id}x{u}"),
+            nodes: Vec::new(),
+            veths: Vec::new(),
+            forward_rules: false,
+        };
+        sh(&["ip", "link", "add", &c.bridge, "type", "bridge"])?;
+        sh(&["ip", "addr", "add", &format!("{subnet}.1/24"), "dev", &c.bridge])?;
+        sh(&["ip", "link", "set", &c.bridge, "up"])?;
+        sh(&["iptables", "-I", "FORWARD", "-i", &c.bridge, "-j", "ACCEPT"])?;
+        sh(&["iptables", "-I", "FORWARD", "-o", &c.bridge, "-j", "ACCEPT"])?;
+        c.forward_rules = true;
+        for k in 1..=n {
+            let ns = format!("tsn{id}x{u}x{k}");
+            let veth = format!("tsv{id}x{u}x{k}");
+            let ip = format!("{subnet}.{}", 10 + k);
+            sh(&["ip", "netns", "add", &ns])?;
+            c.nodes.push((ns.clone(), ip.clone()));
+            sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            c.veths.push(veth.clone());
+            sh(&["ip", "link", "set", &veth, "master", &c.bridge, "up"])?;
+            sh(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        let peers: Vec<String> =
+            c.nodes.iter().enumerate().map(|(i, (_, ip))| format!("{}={ip}:{NODE_PORT}", i + 1)).collect();
+        let bins = bin_dir();
+        for (i, (ns, ip)) in c.nodes.clone().iter().enumerate() {
+            let args: Vec<std::ffi::OsString> = vec![
+                "netns".into(),
+                "exec".into(),
+                ns.into(),
+                bins.join("tessera-node").into(),
+                "--node-id".into(),
+                (i + 1).to_string().into(),
+                "--listen".into(),
+                format!("{ip}:{NODE_PORT}").into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:0".into(),
+                "--print-ready".into(),
+                "--worker-threads".into(),
+                "1".into(),
+                "--peer".into(),
+                peers.join(",").into(),
+                "--shards".into(),
+                (n * shards_per_node).to_string().into(),
+                "--heartbeat-ms".into(),
+                "50".into(),
+                "--election-timeout-ms".into(),
+                "300".into(),
+                "--data-dir".into(),
+                dir.join(format!("node-{}", i + 1)).into(),
+            ];
+            let log = dir.join(format!("node-{}.log", i + 1));
+            c.procs.push(Proc { name: format!("node-{}", i + 1), child: None, log, args, bin: "ip".into() });
+            c.procs.last_mut().expect("pushed").spawn()?;
+        }
+        let nodes_arg: Vec<String> = c.nodes.iter().map(|(_, ip)| format!("{ip}:{NODE_PORT}")).collect();
+        let args: Vec<std::ffi::OsString> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cluster-listen".into(),
+            "127.0.0.1:0,127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--print-ready".into(),
+            "--node".into(),
+            nodes_arg.join(",").into(),
+        ];
+        let log = dir.join("router.log");
+        c.procs.push(Proc { name: "router".into(), child: None, log, args, bin: bins.join("tessera-router") });
+        let ready = c.procs.last_mut().expect("pushed").spawn()?;
+        for part in ready.split_whitespace().skip(1) {
+            if let Some(v) = part.strip_prefix("plain=") {
+                c.plain = v.parse()?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut r) = Resp::connect(c.plain) {
+                if r.cmd(&["DBSIZE"]).map(|v| v.starts_with(':')).unwrap_or(false) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("router did not serve within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(c)
+    }
+
+    /// Cuts node `id` off from the other nodes (both directions); the router
+    /// (on the bridge's host address) still reaches it.
+    pub fn isolate_from_peers(&self, id: usize) -> anyhow::Result<()> {
+        let (ns, _) = &self.nodes[id - 1];
+        let others: Vec<&str> =
+            self.nodes.iter().enumerate().filter(|(i, _)| i + 1 != id).map(|(_, (_, ip))| ip.as_str()).collect();
+        let set = others.join(", ");
+        let rules = format!(
+            "table inet tessera_partition {{\n\
+               chain input {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n\
+               chain output {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n\
+             }}\n"
+        );
+        let path = self.dir.join(format!("partition-{id}.nft"));
+        std::fs::write(&path, rules)?;
+        sh(&["ip", "netns", "exec", ns, "nft", "-f", path.to_str().context("path")?])
+    }
+
+    /// Removes node `id`'s partition rules.
+    pub fn heal(&self, id: usize) -> anyhow::Result<()> {
+        let (ns, _) = &self.nodes[id - 1];
+        sh(&["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tessera_partition"])
+    }
+
+    /// Everything the processes logged.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in &self.procs {
+            out.push_str(&format!("----- {} ({}) -----\n", p.name, p.log.display()));
+            out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
+        }
+        out
+    }
+}
+
+impl Drop for NetCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("TESSERA_TEST_LOGS").is_some() {
+            eprintln!("{}", self.logs());
+        }
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for (ns, _) in &self.nodes {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        for v in &self.veths {
+            let _ = sh(&["ip", "link", "del", v]);
+        }
+        let _ = sh(&["ip", "link", "del", &self.bridge]);
+        if self.forward_rules {
+            let _ = sh(&["iptables", "-D", "FORWARD", "-i", &self.bridge, "-j", "ACCEPT"]);
+            let _ = sh(&["iptables", "-D", "FORWARD", "-o", &self.bridge, "-j", "ACCEPT"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
