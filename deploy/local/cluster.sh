@@ -117,6 +117,7 @@ Data survives restarts: it lives under $STATE/node-*/ (delete it for a fresh clu
   plain clients:    redis-cli -p 7000          (one big Redis; KEYS/SCAN/DBSIZE cover every slot)
   metrics:          curl -s 127.0.0.1:9121/metrics   (nodes: 9101-9103)
   logs:             $STATE/logs/
+  cluster admin:    $BIN/tessera-admin --node 127.0.0.1:7101 status   (also add-node, move-replica, remove-node, transfer-leader)
   stop:             deploy/local/cluster.sh down
 MSG
 
@@ -128,4 +129,7 @@ if [ $DEMO = 1 ]; then
   run EXISTS tA
   run TYPE tA
   run AI.TENSORGET tA META VALUES
+  echo
+  echo "Cluster map and replicas (tessera-admin status):"
+  "$BIN/tessera-admin" --node 127.0.0.1:7101 status
 fi

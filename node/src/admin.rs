@@ -245,9 +245,7 @@ async fn handle(state: &Arc<NodeState>, clients: &AdminClients, req: AdminReques
                 AdminRequest::Joined { id } => op.meta(MetaOp::Joined { id }).await,
                 AdminRequest::RemoveNode { id } => op.remove_node(id).await,
                 AdminRequest::MoveReplica { group, from, to } => op.move_replica(group, from, to).await,
-                AdminRequest::TransferLeader { group, to } => {
-                    op.step(group, GroupOp::TransferLeader { to }).await.map(|_| format!("group {group} led by {to}"))
-                }
+                AdminRequest::TransferLeader { group, to } => op.transfer_leader(group, to).await,
                 AdminRequest::Rejoin { id } => op.rejoin(id).await,
                 AdminRequest::Map | AdminRequest::Probe | AdminRequest::Group { .. } => unreachable!("handled above"),
             };
@@ -406,6 +404,22 @@ impl Op {
         Ok(format!("group {group} replica moved from node {from} to node {to}; voters {voters:?}"))
     }
 
+    /// Makes `to` the group's leader and its preferred leader (first in the
+    /// map's voter list, so leadership returns to it after failovers).
+    async fn transfer_leader(&self, group: u32, to: u64) -> Result<String, String> {
+        let plan = self.map()?.groups.get(&group).cloned().ok_or(format!("no group {group}"))?;
+        if !plan.voters.contains(&to) {
+            return Err(format!("node {to} is not a voter of group {group}"));
+        }
+        self.step(group, GroupOp::TransferLeader { to }).await?;
+        if plan.voters.first() != Some(&to) {
+            let mut voters = vec![to];
+            voters.extend(plan.voters.iter().copied().filter(|v| *v != to));
+            self.set_group(group, voters, plan.learners.clone()).await?;
+        }
+        Ok(format!("group {group} led by {to}"))
+    }
+
     async fn remove_node(&self, id: u64) -> Result<String, String> {
         let map = self.map()?;
         if !map.is_live(id) {
@@ -436,6 +450,7 @@ impl Op {
         self.addr(&map, id)?;
         let groups: Vec<u32> = map.groups.iter().filter(|(_, g)| g.hosts(id)).map(|(g, _)| *g).collect();
         for group in &groups {
+            let original = map.groups[group].voters.clone();
             let (voters, _) = self.membership(*group).await?;
             // 1. the lost replica stops being a voter, so nothing it says as
             //    its old self can count;
@@ -462,7 +477,9 @@ impl Op {
             }
             self.step(*group, GroupOp::SetVoters { voters: voters.clone() }).await?;
             let learners = self.map()?.groups[group].learners.iter().copied().filter(|l| *l != id).collect();
-            self.set_group(*group, voters, learners).await?;
+            // Keep the map's order (its first voter is the preferred leader).
+            let same = original.len() == voters.len() && original.iter().all(|v| voters.contains(v));
+            self.set_group(*group, if same { original } else { voters }, learners).await?;
             info!(group, node = id, "replica rebuilt");
         }
         Ok(format!("node {id} rebuilt its replicas of groups {groups:?}"))
@@ -563,10 +580,46 @@ async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Resul
         state.close_group(gid).await.map_err(|e| format!("closing group {gid}: {e}"))?;
     }
     drop(_changing);
+    give_leadership_back(state, &map).await;
     if map.nodes[&me].status == NodeStatus::New && !rebuilding {
         clients.ask_leader(&meta_candidates(state), &AdminRequest::Joined { id: me }, Duration::from_secs(5)).await?;
     }
     Ok(())
+}
+
+/// How long a group must have been led away from its preferred leader
+/// before leadership is handed back (and the least time between attempts).
+const HAND_BACK_AFTER: Duration = Duration::from_secs(10);
+
+/// Keeps leaders balanced: the map's first voter of each group is its
+/// preferred leader (initial layouts spread them evenly; `transfer-leader`
+/// moves the preference). A leader that is not the preferred one hands the
+/// group back once the preferred voter has caught up, at most once per
+/// [`HAND_BACK_AFTER`] — after a failover and restart leadership returns.
+async fn give_leadership_back(state: &NodeState, map: &ClusterMap) {
+    let me = state.node_id;
+    for (gid, plan) in &map.groups {
+        let Some(&preferred) = plan.voters.first() else { continue };
+        let Some(shard) = state.group(*gid).filter(|s| s.is_leader()) else {
+            state.handed_back.lock().remove(gid);
+            continue;
+        };
+        if preferred == me || !shard.membership().0.contains(&preferred) || !shard.caught_up(preferred) {
+            continue;
+        }
+        {
+            // The first time this node is seen leading away from the
+            // preference starts the clock.
+            let mut seen = state.handed_back.lock();
+            let since = *seen.entry(*gid).or_insert_with(std::time::Instant::now);
+            if since.elapsed() < HAND_BACK_AFTER {
+                continue;
+            }
+            seen.insert(*gid, std::time::Instant::now());
+        }
+        info!(group = gid, to = preferred, "handing leadership back to the preferred leader");
+        let _ = shard.raft.trigger().transfer_leader(preferred).await;
+    }
 }
 
 /// At the first start on an empty data dir: did this node serve before (and

@@ -119,6 +119,8 @@ pub struct NodeState {
     pub disk: Arc<DiskGuard>,
     /// Set when the node shuts down (nothing is reopened any more).
     pub stopping: AtomicBool,
+    /// When this node, as leader, last handed a group to its preferred leader.
+    pub handed_back: parking_lot::Mutex<HashMap<u32, std::time::Instant>>,
 }
 
 const NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
@@ -138,6 +140,7 @@ impl NodeState {
             admin_lock: tokio::sync::Mutex::new(()),
             disk: Arc::new(DiskGuard::new(config.data_dir.clone(), config.min_free_bytes)),
             stopping: AtomicBool::new(false),
+            handed_back: Default::default(),
         }
     }
 

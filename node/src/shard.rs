@@ -290,6 +290,13 @@ impl Shard {
         self.data.lock().map.clone()
     }
 
+    /// On the leader: whether voter `id` holds every entry the leader has.
+    pub fn caught_up(&self, id: u64) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index;
+        m.replication.as_ref().and_then(|r| r.get(&id).cloned()).is_some_and(|matched| matched.map(|l| l.index) == last)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }

@@ -151,3 +151,22 @@ fn wiped_disk_replica_rejoins_as_a_fresh_replica() {
     }
     check_all(c.plain, &keys);
 }
+
+#[test]
+fn leadership_returns_to_the_preferred_leader_after_a_restart() {
+    let mut c = Cluster::start(3, 1).expect("cluster starts");
+    // Node 1 is shard 0's preferred leader (first voter of the layout).
+    wait_status(&c, "node 1 leading shard 0", Duration::from_secs(20), |s| s.contains("node 2 shard 0: leader 1 "));
+    c.kill_node(1);
+    wait_status(&c, "another leader for shard 0", Duration::from_secs(20), |s| {
+        s.contains("node 2 shard 0: leader 2 ") || s.contains("node 2 shard 0: leader 3 ")
+    });
+    c.restart_node(1).expect("node 1 restarts");
+    // Once node 1 has caught up (and a grace period has passed) the group
+    // is handed back to it.
+    wait_status(&c, "leadership handed back to node 1", Duration::from_secs(40), |s| {
+        s.contains("node 2 shard 0: leader 1 ")
+    });
+    let mut r = Resp::connect(c.plain).unwrap();
+    assert_eq!(r.cmd(&["SET", "k", "v"]).unwrap(), "+OK\r\n");
+}
