@@ -2,13 +2,21 @@
 //! client spreads strings and tensors over all 16384 slots; keyspace-wide
 //! commands are scoped per advertised node so fan-out clients count right.
 
+use std::time::Duration;
+
 use redis::AsyncCommands;
 use tessera_tests::{key_per_slot, Cluster, Resp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_rs_cluster_client_covers_every_slot_with_strings_and_tensors() {
     let c = Cluster::start(3, 2).expect("cluster starts");
-    let client = redis::cluster::ClusterClient::new(c.cluster_urls()).unwrap();
+    // redis-rs gives up on a reply after 500 ms by default; a write that
+    // meets a leader change on a loaded 2-core box can take longer (the
+    // router itself retries for up to 6 s).
+    let client = redis::cluster::ClusterClientBuilder::new(c.cluster_urls())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let mut con = client.get_async_connection().await.expect("cluster connection");
 
     let keys = key_per_slot();
@@ -76,6 +84,7 @@ async fn plain_scan_visits_every_key_exactly_once() {
     let c = Cluster::start(3, 2).expect("cluster starts");
     let client = redis::Client::open(c.plain_url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    con.set_response_timeout(Duration::from_secs(10));
     for i in 0..3000 {
         let _: () = con.set(format!("s:{i}"), i).await.unwrap();
     }
@@ -108,6 +117,7 @@ async fn plain_scan_visits_every_key_exactly_once() {
     for addr in &c.cluster {
         let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    con.set_response_timeout(Duration::from_secs(10));
         let mut cursor = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).query_async(&mut con).await.unwrap();
