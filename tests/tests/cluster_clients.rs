@@ -117,7 +117,7 @@ async fn plain_scan_visits_every_key_exactly_once() {
     for addr in &c.cluster {
         let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    con.set_response_timeout(Duration::from_secs(10));
+        con.set_response_timeout(Duration::from_secs(10));
         let mut cursor = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).query_async(&mut con).await.unwrap();
