@@ -242,8 +242,9 @@ pub struct ReplicaReport {
 /// no leader.
 const RETRY_BUDGET: Duration = Duration::from_secs(6);
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
-/// How long a node may take to answer one request before the router gives
-/// up on it (a paused or partitioned node never answers).
+/// How long a node may take to answer one (small) request before the router
+/// gives up on it (a paused or partitioned node never answers); large
+/// requests get more.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ShardMap {
@@ -493,6 +494,8 @@ impl ShardMap {
     /// that provably did not run (or reads) are sent again.
     async fn call(&self, shard: &ShardEntry, target: request::Target, command: Bytes, read_only: bool) -> Reply {
         let start = tokio::time::Instant::now();
+        // Large values take longer to replicate and fsync: 1 s more per 4 MB.
+        let timeout = REQUEST_TIMEOUT + Duration::from_millis(command.len() as u64 / 4_000);
         let mut node = shard.leader.load(Ordering::Relaxed);
         let mut last = String::new();
         let mut tries = 0usize;
@@ -507,7 +510,7 @@ impl ShardMap {
         while start.elapsed() < RETRY_BUDGET {
             tries += 1;
             let rx = self.node(node).call(target, command.clone());
-            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            let reply = match tokio::time::timeout(timeout, rx).await {
                 Ok(r) => r.unwrap_or_else(|_| {
                     NodeReply::Reply(Reply::err(
                         "TRYAGAIN node request was dropped; the command may or may not have run",
@@ -521,7 +524,7 @@ impl ShardMap {
                     shard.leader.store(node, Ordering::Relaxed);
                     if !read_only {
                         return Reply::err(format!(
-                            "TRYAGAIN node {addr} did not answer in {REQUEST_TIMEOUT:?}; the command may or may not have run"
+                            "TRYAGAIN node {addr} did not answer in {timeout:?}; the command may or may not have run"
                         ));
                     }
                     last = format!("node {addr} timed out");
