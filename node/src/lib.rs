@@ -19,6 +19,7 @@ pub mod exec;
 pub mod keyspace;
 pub mod meta;
 pub mod raft;
+pub mod reconcile;
 pub mod service;
 pub mod shard;
 
@@ -158,7 +159,7 @@ pub async fn run(
             } else if meta_seeds(&state.config).first() == Some(&state.node_id) {
                 bootstrap_meta(&state).await;
             }
-            tokio::spawn(admin::reconcile_loop(state, clients));
+            tokio::spawn(reconcile::reconcile_loop(state, clients));
             anyhow::Ok(())
         }
     };
@@ -200,7 +201,7 @@ pub async fn run(
 /// seeds open the meta group, the first seed forms it) or a node that lost
 /// its disk (rebuild through membership changes).
 async fn start_fresh(state: &Arc<NodeState>, clients: &AdminClients) -> anyhow::Result<()> {
-    if admin::lost_its_disk(state, clients).await {
+    if reconcile::lost_its_disk(state, clients).await {
         // Nothing of the old replicas may be used: start from an empty folder.
         for entry in std::fs::read_dir(&state.config.data_dir)? {
             let path = entry?.path();
@@ -209,7 +210,7 @@ async fn start_fresh(state: &Arc<NodeState>, clients: &AdminClients) -> anyhow::
             }
         }
         state.rebuilding.store(true, Ordering::Relaxed);
-        tokio::spawn(admin::rejoin(state.clone(), clients.clone()));
+        tokio::spawn(reconcile::rejoin(state.clone(), clients.clone()));
         return Ok(());
     }
     write_identity(&state.config)?;

@@ -172,9 +172,8 @@ impl NodeState {
         if read_ranges(&dir)?.is_none() {
             write_atomic(&dir.join("ranges"), &postcard::to_stdvec(&ranges).map_err(std::io::Error::other)?)?;
         }
-        let shard = Shard::open(id, ranges, placement, &self.config, self.raft_config.clone(), self.peers.clone())
-            .await?
-            .with_disk(self.disk.clone());
+        let (raft, peers, disk) = (self.raft_config.clone(), self.peers.clone(), self.disk.clone());
+        let shard = Shard::open(id, ranges, placement, &self.config, raft, peers, disk).await?;
         self.attach(shard.clone());
         debug!(group = id, "replica opened");
         Ok(shard)

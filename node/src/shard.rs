@@ -65,7 +65,8 @@ pub struct Shard {
     /// Highest timestamp handed to a proposal.
     last_ts: AtomicI64,
     read_policy: ReadPolicy,
-    disk: Option<Arc<DiskGuard>>,
+    /// Refuses writes that would fill the data disk.
+    disk: Arc<DiskGuard>,
 }
 
 /// A point-in-time view for INFO, `Shards` and metrics.
@@ -98,6 +99,7 @@ impl Shard {
         node: &Config,
         raft: Arc<RaftConfig>,
         peers: Peers,
+        disk: Arc<DiskGuard>,
     ) -> io::Result<Arc<Shard>> {
         let dir = node.data_dir.join(group_dir(id));
         let store = LogStore::open(&dir, id)?;
@@ -119,19 +121,8 @@ impl Shard {
                 ReadMode::ReadIndex => ReadPolicy::ReadIndex,
                 ReadMode::Lease => ReadPolicy::LeaseRead,
             },
-            disk: None,
+            disk,
         }))
-    }
-
-    /// Refuse writes that would fill the data disk (see [`DiskGuard`]).
-    pub fn with_disk(self: Arc<Self>, disk: Arc<DiskGuard>) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut s) => {
-                s.disk = Some(disk);
-                Arc::new(s)
-            }
-            Err(s) => s,
-        }
     }
 
     /// Whether a storage error (or shutdown) stopped this replica's Raft.
@@ -172,7 +163,7 @@ impl Shard {
         }
         let op = LogOp::Command(cmd);
         let size = postcard::experimental::serialized_size(&op).unwrap_or(0);
-        if let Some(full) = self.disk.as_ref().and_then(|d| d.check(size)) {
+        if let Some(full) = self.disk.check(size) {
             return Submitted::Done(Outcome::Reply(full));
         }
         if size <= CHUNK_BYTES {

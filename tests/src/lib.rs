@@ -297,18 +297,7 @@ impl Cluster {
 
     /// Polls until the router answers a keyed command (its node sessions are up).
     fn wait_serving(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(mut r) = Resp::connect(self.plain) {
-                if r.cmd(&["DBSIZE"]).map(|v| v.starts_with(':')).unwrap_or(false) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("router at {} did not serve within {timeout:?}", self.plain);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        wait_serving(self.plain, timeout)
     }
 
     pub fn plain_url(&self) -> String {
@@ -342,28 +331,71 @@ impl Cluster {
 
     /// Everything the processes logged.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for p in &self.procs {
-            out.push_str(&format!("----- {} ({}) -----\n", p.name, p.log.display()));
-            out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
-        }
-        out
+        logs_of(&self.procs)
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("TESSERA_TEST_LOGS").is_some() {
-            eprintln!("{}", self.logs());
-        }
-        for p in &mut self.procs {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
+        stop_all(&mut self.procs, &self.dir);
+    }
+}
+
+/// Polls until the router at `plain` answers a keyed command (bounded).
+fn wait_serving(plain: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut r) = Resp::connect(plain) {
+            if r.cmd(&["DBSIZE"]).map(|v| v.starts_with(':')).unwrap_or(false) {
+                return Ok(());
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if Instant::now() > deadline {
+            bail!("router at {plain} did not serve within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Everything the processes logged.
+fn logs_of(procs: &[Proc]) -> String {
+    let mut out = String::new();
+    for p in procs {
+        out.push_str(&format!("----- {} ({}) -----\n", p.name, p.log.display()));
+        out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
+    }
+    out
+}
+
+/// Prints the logs when a test failed (or `TESSERA_TEST_LOGS` is set), kills
+/// every process and removes the cluster's folder.
+fn stop_all(procs: &mut [Proc], dir: &Path) {
+    if std::thread::panicking() || std::env::var_os("TESSERA_TEST_LOGS").is_some() {
+        eprintln!("{}", logs_of(procs));
+    }
+    for p in procs {
+        if let Some(mut c) = p.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Whether this process runs as root (network namespaces, mounts).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The value of the first sample of metric `name` in Prometheus text (0 if absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A minimal HTTP GET (the metrics endpoints speak HTTP/1.1 and close).

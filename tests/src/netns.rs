@@ -9,12 +9,7 @@
 
 use super::*;
 
-/// Whether this process may create namespaces (runs as root).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
+pub use super::is_root;
 
 fn sh(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("run {args:?}"))?;
@@ -127,18 +122,7 @@ impl NetCluster {
                 c.plain = v.parse()?;
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut r) = Resp::connect(c.plain) {
-                if r.cmd(&["DBSIZE"]).map(|v| v.starts_with(':')).unwrap_or(false) {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("router did not serve within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        wait_serving(c.plain, Duration::from_secs(30))?;
         Ok(c)
     }
 
@@ -168,26 +152,13 @@ impl NetCluster {
 
     /// Everything the processes logged.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for p in &self.procs {
-            out.push_str(&format!("----- {} ({}) -----\n", p.name, p.log.display()));
-            out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
-        }
-        out
+        logs_of(&self.procs)
     }
 }
 
 impl Drop for NetCluster {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("TESSERA_TEST_LOGS").is_some() {
-            eprintln!("{}", self.logs());
-        }
-        for p in &mut self.procs {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        stop_all(&mut self.procs, &self.dir);
         for (ns, _) in &self.nodes {
             let _ = sh(&["ip", "netns", "del", ns]);
         }
@@ -199,6 +170,5 @@ impl Drop for NetCluster {
             let _ = sh(&["iptables", "-D", "FORWARD", "-i", &self.bridge, "-j", "ACCEPT"]);
             let _ = sh(&["iptables", "-D", "FORWARD", "-o", &self.bridge, "-j", "ACCEPT"]);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tessera_tests::{Cluster, Resp};
+use tessera_tests::{is_root, Cluster, Resp};
 
 const DISK_MB: u64 = 48;
 
@@ -54,7 +54,7 @@ fn fill(c: &Cluster, n: usize, leave_mb: Option<u64>) -> PathBuf {
 }
 
 fn run(reserve_mb: u64) {
-    if !rustix_is_root() {
+    if !is_root() {
         eprintln!("skipped: mounting tmpfs needs root");
         return;
     }
@@ -105,12 +105,6 @@ fn run(reserve_mb: u64) {
         assert_eq!(r.cmd(&["GET", &format!("k{i}")]).unwrap(), "$6\r\nbefore\r\n", "k{i} lost");
     }
     drop(c);
-}
-
-fn rustix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_tests::{Cluster, Resp};
+use tessera_tests::{metric, Cluster, Resp};
 
 /// Writes unique keys until `stop`, recording what was acknowledged.
 fn writer(
@@ -262,20 +262,10 @@ fn lagging_replica_catches_up_by_snapshot_after_100mb() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let metrics = c.node_metrics_text(3).unwrap();
-    let installed: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("tessera_raft_snapshots_installed_total"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let installed = metric(&metrics, "tessera_raft_snapshots_installed_total");
     assert!(installed >= 1.0, "node 3 caught up without installing a snapshot:\n{metrics}");
     // It came as a stream of bounded pieces.
-    let streamed: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("tessera_raft_snapshot_bytes_received_total"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let streamed = metric(&metrics, "tessera_raft_snapshot_bytes_received_total");
     assert!(streamed > 100e6, "snapshot bytes received by streaming: {streamed}");
     // Node 3 holds everything: with node 1 gone it forms the quorum with node 2.
     c.kill_node(1);
@@ -377,9 +367,7 @@ fn large_values_are_chunked_and_survive_failover() {
     let chunked = |c: &Cluster| -> f64 {
         (1..=3)
             .filter_map(|n| c.node_metrics_text(n).ok())
-            .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
-            .filter(|l| l.starts_with("tessera_node_chunked_writes_total"))
-            .filter_map(|l| l.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()))
+            .map(|t| metric(&t, "tessera_node_chunked_writes_total"))
             .sum()
     };
     assert!(chunked(&c) >= 1.0, "the write was not chunked");
