@@ -1,0 +1,224 @@
+//! The ONNX backend: ONNX Runtime through `ort`, with the library loaded at
+//! run time (`load-dynamic`) from a path the node is given, so a missing
+//! library is an error a client can read, not a crash.
+//!
+//! `ort` sessions run with `&mut self`, so each model keeps a small pool of
+//! sessions: a run takes an idle one or, when all are busy and the pool is
+//! under its limit, creates another from the model's bytes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{DynValue, TensorElementType, ValueType};
+use parking_lot::Mutex;
+use tessera_backend::{
+    elements, from_elements, from_strings, strings, Backend, BackendError, BackendKind, DType, Device, Element,
+    LoadOptions, Model, Result, Tensor,
+};
+
+/// The ONNX Runtime version the pinned `ort` targets (and setup fetches).
+pub const ORT_VERSION: &str = "1.31.1";
+
+pub struct OnnxBackend {
+    env: ort::environment::Environment,
+    /// Sessions a model may hold at once (= worker threads per queue).
+    max_sessions: usize,
+}
+
+impl OnnxBackend {
+    /// Loads ONNX Runtime from `lib` (`libonnxruntime.so`). Only one library
+    /// can be loaded per process; a second call reuses the first.
+    pub fn load(lib: &Path, max_sessions: usize) -> Result<OnnxBackend> {
+        if !lib.exists() {
+            return Err(BackendError::new(format!("ONNX Runtime library not found at {}", lib.display())));
+        }
+        let env = ort::init_from(lib)
+            .map_err(|e| BackendError::new(format!("loading {}: {e}", lib.display())))?
+            .with_name("tessera")
+            .build()
+            .map_err(|e| BackendError::new(format!("ONNX Runtime environment: {}", e.message())))?;
+        Ok(OnnxBackend { env, max_sessions: max_sessions.max(1) })
+    }
+
+    fn session(&self, blob: &[u8], opts: &LoadOptions) -> Result<Session> {
+        let err = |e: ort::Error<_>| BackendError::new(e.message().to_owned());
+        let mut b = Session::builder(&self.env).map_err(|e| BackendError::new(e.message().to_owned()))?;
+        b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(err)?;
+        if opts.intra_op_threads > 0 {
+            b = b.with_intra_threads(opts.intra_op_threads).map_err(err)?;
+        }
+        if opts.inter_op_threads > 0 {
+            b = b.with_inter_threads(opts.inter_op_threads).map_err(err)?;
+        }
+        b.commit_from_memory(blob).map_err(|e| BackendError::new(e.message().to_owned()))
+    }
+}
+
+impl Backend for OnnxBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Onnx
+    }
+
+    fn version(&self) -> String {
+        ORT_VERSION.into()
+    }
+
+    fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+        match opts.device {
+            Device::Cpu(_) => {}
+            // The library fetched here is ORT's CPU build; its CUDA build
+            // comes from another wheel and is not wired in.
+            Device::Gpu(_) => return Err(BackendError::new("ERR GPU requested but ONNX couldn't find CUDA")),
+            Device::Tpu => return Err(BackendError::new("ERR unsupported device")),
+        }
+        let session = self.session(blob, opts)?;
+        let inputs = session.inputs().iter().map(|o| o.name().to_owned()).collect();
+        let outputs = session.outputs().iter().map(|o| o.name().to_owned()).collect();
+        Ok(Arc::new(OnnxModel {
+            blob: blob.to_vec().into(),
+            opts: opts.clone(),
+            inputs,
+            outputs,
+            idle: Mutex::new(vec![session]),
+            created: Mutex::new(1),
+            max_sessions: self.max_sessions,
+            backend: self.env.clone(),
+        }))
+    }
+}
+
+struct OnnxModel {
+    /// Kept to create more sessions when runs overlap.
+    blob: Arc<[u8]>,
+    opts: LoadOptions,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    idle: Mutex<Vec<Session>>,
+    created: Mutex<usize>,
+    max_sessions: usize,
+    backend: ort::environment::Environment,
+}
+
+impl OnnxModel {
+    fn take_session(&self) -> Result<Session> {
+        if let Some(s) = self.idle.lock().pop() {
+            return Ok(s);
+        }
+        {
+            let mut created = self.created.lock();
+            if *created < self.max_sessions {
+                *created += 1;
+                drop(created);
+                let b = OnnxBackend { env: self.backend.clone(), max_sessions: self.max_sessions };
+                return b.session(&self.blob, &self.opts).inspect_err(|_| *self.created.lock() -= 1);
+            }
+        }
+        // Every session is busy: wait for one.
+        loop {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            if let Some(s) = self.idle.lock().pop() {
+                return Ok(s);
+            }
+        }
+    }
+}
+
+impl Model for OnnxModel {
+    fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        if inputs.len() != self.inputs.len() {
+            return Err(BackendError::new(format!("ERR Expected {} inputs but got {}", self.inputs.len(), inputs.len())));
+        }
+        let values = self
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(name, t)| Ok((name.as_str(), to_ort(t)?)))
+            .collect::<Result<Vec<(&str, DynValue)>>>()?;
+        let mut session = self.take_session()?;
+        let result = (|| {
+            let outputs = session.run(values).map_err(|e| BackendError::new(e.message().to_owned()))?;
+            self.outputs.iter().map(|name| outputs.get(name).map_or(Ok(None), from_ort)).collect()
+        })();
+        self.idle.lock().push(session);
+        result
+    }
+}
+
+fn runtime_err(e: ort::Error) -> BackendError {
+    BackendError::new(e.message().to_owned())
+}
+
+fn typed<T: Element + ort::value::PrimitiveTensorElementType + std::fmt::Debug>(t: &Tensor) -> Result<DynValue> {
+    ort::value::Tensor::from_array((t.shape.clone(), elements::<T>(t))).map(|v| v.into_dyn()).map_err(runtime_err)
+}
+
+/// A tensor as an ORT value (a copy: ORT wants aligned, owned buffers).
+fn to_ort(t: &Tensor) -> Result<DynValue> {
+    match t.dtype {
+        DType::Float => typed::<f32>(t),
+        DType::Double => typed::<f64>(t),
+        DType::Int8 => typed::<i8>(t),
+        DType::Int16 => typed::<i16>(t),
+        DType::Int32 => typed::<i32>(t),
+        DType::Int64 => typed::<i64>(t),
+        DType::Uint8 => typed::<u8>(t),
+        DType::Uint16 => typed::<u16>(t),
+        DType::Bool => {
+            let v: Vec<bool> = t.data.iter().map(|b| *b != 0).collect();
+            ort::value::Tensor::from_array((t.shape.clone(), v)).map(|v| v.into_dyn()).map_err(runtime_err)
+        }
+        DType::String => {
+            let v = strings(t)
+                .into_iter()
+                .map(|s| String::from_utf8(s.to_vec()))
+                .collect::<std::result::Result<Vec<String>, _>>()
+                .map_err(|_| BackendError::new("ERR ONNX string tensors must be valid UTF-8"))?;
+            ort::value::Tensor::from_string_array((t.shape.clone(), &v[..]))
+                .map(|v| v.into_dyn())
+                .map_err(runtime_err)
+        }
+    }
+}
+
+fn extract<T: Element + ort::value::PrimitiveTensorElementType>(v: &DynValue) -> Result<Tensor> {
+    let (shape, data) = v.try_extract_tensor::<T>().map_err(runtime_err)?;
+    Ok(from_elements(shape.iter().copied().collect(), data))
+}
+
+/// An ORT output as a tensor; `None` for maps and sequences (RedisAI
+/// ignores those outputs and writes no key).
+fn from_ort(v: &DynValue) -> Result<Option<Tensor>> {
+    let ValueType::Tensor { ty, .. } = v.dtype() else {
+        return Ok(None);
+    };
+    Ok(Some(match ty {
+        TensorElementType::Float32 => extract::<f32>(v)?,
+        TensorElementType::Float64 => extract::<f64>(v)?,
+        TensorElementType::Int8 => extract::<i8>(v)?,
+        TensorElementType::Int16 => extract::<i16>(v)?,
+        TensorElementType::Int32 => extract::<i32>(v)?,
+        TensorElementType::Int64 => extract::<i64>(v)?,
+        TensorElementType::Uint8 => extract::<u8>(v)?,
+        TensorElementType::Uint16 => extract::<u16>(v)?,
+        TensorElementType::Bool => {
+            let (shape, data) = v.try_extract_tensor::<bool>().map_err(runtime_err)?;
+            let bytes: Vec<u8> = data.iter().map(|b| u8::from(*b)).collect();
+            Tensor { dtype: DType::Bool, shape: shape.iter().copied().collect(), data: bytes.into() }
+        }
+        TensorElementType::String => {
+            let (shape, data) = v.try_extract_strings().map_err(runtime_err)?;
+            from_strings(shape.iter().copied().collect(), &data)
+        }
+        other => return Err(BackendError::new(format!("ERR Unsupported output data type: {other:?}"))),
+    }))
+}
