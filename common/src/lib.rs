@@ -13,6 +13,7 @@
 pub mod command;
 pub mod error;
 pub mod glob;
+pub mod model;
 pub mod reply;
 pub mod slot;
 pub mod tensor;

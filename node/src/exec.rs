@@ -10,13 +10,16 @@ use tessera_common::command::node::{ExpireCond, Expiry, SetCond};
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
 use tessera_common::glob;
+use tessera_common::model::BackendKind;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SLOTS;
 
 use crate::keyspace::{Entry, Keyspace, Value};
+use crate::models::{registry, StoredModel};
 use crate::raft::LogOp;
 
 const EMPTY_TENSOR: &str = "ERR tensor key is empty or in a different shard";
+pub const EMPTY_MODEL: &str = "ERR model key is empty";
 
 fn wrongtype() -> Reply {
     Error::WrongType.to_reply()
@@ -34,11 +37,11 @@ fn deadline(e: Expiry, ts: i64) -> i64 {
 pub fn precheck(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Option<Reply> {
     match cmd {
         NodeCommand::TensorSet { key, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Str(_)) => Some(wrongtype()),
+            Some(Value::Str(_) | Value::Model(_)) => Some(wrongtype()),
             _ => None,
         },
         NodeCommand::IncrBy { key, delta } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Tensor(_)) => Some(wrongtype()),
+            Some(Value::Tensor(_) | Value::Model(_)) => Some(wrongtype()),
             Some(Value::Str(s)) => match parse_int(s) {
                 None => Some(Error::NotInteger.to_reply()),
                 Some(v) if v.checked_add(*delta).is_none() => Some(Error::Overflow.to_reply()),
@@ -47,9 +50,22 @@ pub fn precheck(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Option<Reply> {
             None => None,
         },
         NodeCommand::Set { key, get: true, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Tensor(_)) => Some(wrongtype()),
+            Some(Value::Tensor(_) | Value::Model(_)) => Some(wrongtype()),
             _ => None,
         },
+        NodeCommand::ModelStore { key, .. } => match ks.get(key, now).map(|e| &e.value) {
+            Some(Value::Str(_) | Value::Tensor(_)) => Some(wrongtype()),
+            _ => None,
+        },
+        NodeCommand::ModelDel { key } => match ks.get(key, now).map(|e| &e.value) {
+            None => Some(Reply::err(EMPTY_MODEL)),
+            Some(Value::Str(_) | Value::Tensor(_)) => Some(wrongtype()),
+            Some(Value::Model(_)) => None,
+        },
+        NodeCommand::TensorMSet { pairs } => pairs
+            .iter()
+            .any(|(k, _)| matches!(ks.get(k, now).map(|e| &e.value), Some(Value::Str(_) | Value::Model(_))))
+            .then(wrongtype),
         _ => None,
     }
 }
@@ -72,7 +88,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
             let old = ks.get(key, ts);
             let old_value = match old.map(|e| &e.value) {
                 Some(Value::Str(s)) => Reply::Bulk(s.clone()),
-                Some(Value::Tensor(_)) if *get => return wrongtype(),
+                Some(Value::Tensor(_) | Value::Model(_)) if *get => return wrongtype(),
                 _ => Reply::Null,
             };
             let exists = old.is_some();
@@ -134,7 +150,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
         NodeCommand::IncrBy { key, delta } => {
             let (cur, expire_at) = match ks.get(key, ts) {
                 None => (0, None),
-                Some(Entry { value: Value::Tensor(_), .. }) => return wrongtype(),
+                Some(Entry { value: Value::Tensor(_) | Value::Model(_), .. }) => return wrongtype(),
                 Some(Entry { value: Value::Str(s), expire_at }) => match parse_int(s) {
                     Some(v) => (v, *expire_at),
                     None => return Error::NotInteger.to_reply(),
@@ -148,12 +164,38 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
             Reply::Int(new)
         }
         NodeCommand::TensorSet { key, tensor } => {
-            if let Some(Entry { value: Value::Str(_), .. }) = ks.get(key, ts) {
+            if let Some(Entry { value: Value::Str(_) | Value::Model(_), .. }) = ks.get(key, ts) {
                 return wrongtype();
             }
             ks.insert(key.clone(), Entry { value: Value::Tensor(tensor.clone()), expire_at: None });
             Reply::ok()
         }
+        NodeCommand::TensorMSet { pairs } => {
+            let clash = |k: &Bytes| matches!(ks.get(k, ts).map(|e| &e.value), Some(Value::Str(_) | Value::Model(_)));
+            if pairs.iter().any(|(k, _)| clash(k)) {
+                return wrongtype();
+            }
+            for (k, t) in pairs {
+                ks.insert(k.clone(), Entry { value: Value::Tensor(t.clone()), expire_at: None });
+            }
+            Reply::ok()
+        }
+        NodeCommand::ModelStore { key, model } => {
+            if let Some(Entry { value: Value::Str(_) | Value::Tensor(_), .. }) = ks.get(key, ts) {
+                return wrongtype();
+            }
+            let stored = StoredModel::new(model.clone());
+            ks.insert(key.clone(), Entry { value: Value::Model(stored), expire_at: None });
+            Reply::ok()
+        }
+        NodeCommand::ModelDel { key } => match ks.get(key, ts).map(|e| &e.value) {
+            None => Reply::err(EMPTY_MODEL),
+            Some(Value::Model(_)) => {
+                ks.remove(key);
+                Reply::ok()
+            }
+            Some(_) => wrongtype(),
+        },
         NodeCommand::Flush { scope } => {
             ks.flush(scope);
             Reply::ok()
@@ -168,7 +210,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
         NodeCommand::Get { key } => match ks.get(key, now).map(|e| &e.value) {
             None => Reply::Null,
             Some(Value::Str(s)) => Reply::Bulk(s.clone()),
-            Some(Value::Tensor(_)) => wrongtype(),
+            Some(Value::Tensor(_) | Value::Model(_)) => wrongtype(),
         },
         NodeCommand::MGet { keys } => Reply::Array(
             keys.iter()
@@ -190,8 +232,21 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
         },
         NodeCommand::TensorGet { key, format } => match ks.get(key, now).map(|e| &e.value) {
             None => Reply::err(EMPTY_TENSOR),
-            Some(Value::Str(_)) => wrongtype(),
+            Some(Value::Str(_) | Value::Model(_)) => wrongtype(),
             Some(Value::Tensor(t)) => t.reply(*format).unwrap_or_else(|e| e.to_reply()),
+        },
+        NodeCommand::ModelGet { key, meta, blob } => match ks.get(key, now).map(|e| &e.value) {
+            None => Reply::err(EMPTY_MODEL),
+            Some(Value::Model(m)) => model_reply(m, *meta, *blob),
+            Some(_) => wrongtype(),
+        },
+        NodeCommand::ModelInfo { key, reset } => match ks.get(key, now).map(|e| &e.value) {
+            Some(Value::Model(m)) if *reset => {
+                m.stats.reset();
+                Reply::ok()
+            }
+            Some(Value::Model(m)) => info_reply(key, m),
+            _ => Reply::err("ERR cannot find run info for key"),
         },
         NodeCommand::Keys { pattern, scope } => {
             let all = pattern.as_ref() == b"*";
@@ -253,4 +308,84 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             Reply::err(format!("ERR internal: {} is a write", write.name()))
         }
     }
+}
+
+/// The MODELGET reply: the blob alone, or the labelled array (META and
+/// BLOB, 18 entries; META only, 16). A blob of MODEL_CHUNK_SIZE or more is
+/// an array of chunks (RedisAI's rule, empty last chunk included).
+fn model_reply(m: &StoredModel, meta: bool, blob: bool) -> Reply {
+    let def = &m.def;
+    let chunk = registry().settings().model_chunk_size.max(1) as usize;
+    let blob_reply = || {
+        let b = &def.blob;
+        if b.len() < chunk {
+            Reply::Bulk(b.clone())
+        } else {
+            let n = b.len() / chunk + 1;
+            Reply::Array(
+                (0..n)
+                    .map(|i| Reply::Bulk(b.slice((i * chunk).min(b.len())..((i + 1) * chunk).min(b.len()))))
+                    .collect(),
+            )
+        }
+    };
+    if blob && !meta {
+        return blob_reply();
+    }
+    let names = |v: &[String]| Reply::Array(v.iter().map(|n| Reply::Bulk(Bytes::from(n.clone()))).collect());
+    // TF binds the names given at MODELSTORE; the other runtimes report
+    // their own (empty while the model is still loading on this node).
+    let (inputs, outputs) = match m.try_loaded() {
+        _ if def.backend == BackendKind::Tf => (def.inputs.clone(), def.outputs.clone()),
+        Some(l) => (l.inputs().to_vec(), l.outputs().to_vec()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut out = vec![
+        Reply::bulk_str("backend"),
+        Reply::bulk_str(def.backend.name()),
+        Reply::bulk_str("device"),
+        Reply::Bulk(Bytes::from(def.device_name.clone())),
+        Reply::bulk_str("tag"),
+        Reply::Bulk(def.tag.clone()),
+        Reply::bulk_str("batchsize"),
+        Reply::Int(def.batchsize as i64),
+        Reply::bulk_str("minbatchsize"),
+        Reply::Int(def.minbatchsize as i64),
+        Reply::bulk_str("inputs"),
+        names(&inputs),
+        Reply::bulk_str("outputs"),
+        names(&outputs),
+        Reply::bulk_str("minbatchtimeout"),
+        Reply::Int(def.minbatchtimeout as i64),
+    ];
+    if !meta || blob {
+        out.extend([Reply::bulk_str("blob"), blob_reply()]);
+    }
+    Reply::Array(out)
+}
+
+/// The AI.INFO reply (18 entries, with `tag`).
+fn info_reply(key: &Bytes, m: &StoredModel) -> Reply {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &m.stats;
+    Reply::Array(vec![
+        Reply::bulk_str("key"),
+        Reply::Bulk(key.clone()),
+        Reply::bulk_str("type"),
+        Reply::bulk_str("MODEL"),
+        Reply::bulk_str("backend"),
+        Reply::bulk_str(m.def.backend.name()),
+        Reply::bulk_str("device"),
+        Reply::Bulk(Bytes::from(m.def.device_name.clone())),
+        Reply::bulk_str("tag"),
+        Reply::Bulk(m.def.tag.clone()),
+        Reply::bulk_str("duration"),
+        Reply::Int(s.duration_us.load(Relaxed) as i64),
+        Reply::bulk_str("samples"),
+        Reply::Int(s.samples.load(Relaxed) as i64),
+        Reply::bulk_str("calls"),
+        Reply::Int(s.calls.load(Relaxed) as i64),
+        Reply::bulk_str("errors"),
+        Reply::Int(s.errors.load(Relaxed) as i64),
+    ])
 }

@@ -17,6 +17,7 @@ use tessera_common::tensor::Tensor;
 pub enum Value {
     Str(Bytes),
     Tensor(Tensor),
+    Model(#[serde(with = "crate::models::arc_serde")] std::sync::Arc<crate::models::StoredModel>),
 }
 
 impl Value {
@@ -24,6 +25,7 @@ impl Value {
         match self {
             Value::Str(_) => "string",
             Value::Tensor(_) => "AI_TENSOR",
+            Value::Model(_) => "AI__MODEL",
         }
     }
 
@@ -31,6 +33,7 @@ impl Value {
         match self {
             Value::Str(b) => b.len(),
             Value::Tensor(t) => t.data.len() + 8 * t.shape.len(),
+            Value::Model(m) => m.def.blob.len() + 64,
         }
     }
 }

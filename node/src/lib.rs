@@ -15,9 +15,11 @@
 pub mod admin;
 pub mod config;
 pub mod disk;
+pub mod engine;
 pub mod exec;
 pub mod keyspace;
 pub mod meta;
+pub mod models;
 pub mod raft;
 pub mod reconcile;
 pub mod service;

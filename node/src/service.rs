@@ -2,11 +2,14 @@
 //!
 //! Each router session is served by a reader task that decodes requests,
 //! checks slot ownership and hands each to the *lane* of its shard (one task
-//! per session and shard). A lane keeps the session's order where it matters:
-//! consecutive writes are proposed in order and pipelined; consecutive reads
-//! run together; a read waits for the writes before it and a write for the
-//! reads before it — so a client never misses its own write nor sees a later
-//! one. Responses go back as they complete, batched, matched by id.
+//! per session and shard). A lane keeps the session's order where it matters,
+//! key by key: writes are proposed in arrival order and pipelined; reads run
+//! together; a command waits for earlier unfinished ones that write a key it
+//! touches (or read a key it writes) — so a client never misses its own
+//! write nor sees a later one. Model runs read their inputs, run off the
+//! async runtime and then write their outputs, so they count as both; runs
+//! on disjoint keys overlap, which is what lets the engine batch them.
+//! Responses go back as they complete, batched, matched by id.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
@@ -240,6 +244,11 @@ impl NodeState {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
             Reply::err(format!("ERR node could not decode command: {e}"))
         })?;
+        // A node setting needs no shard: applied here, its reply returned
+        // the way errors are.
+        if let NodeCommand::AiConfig { op } = &cmd {
+            return Err(crate::models::registry().config(op));
+        }
         let hosted = self.hosted.read().clone();
         let shard = match target {
             Some(request::Target::Slot(slot)) => hosted.by_slot.get(slot as usize).copied().flatten(),
@@ -276,60 +285,135 @@ fn record(name: &'static str, out: &Outcome, start: Instant) {
     tessera_telemetry::record_command("tessera_node", name, code, start.elapsed());
 }
 
-type Done = (u64, Outcome);
+/// A finished command: its in-flight slot, request id and outcome.
+type Done = (u64, u64, Outcome);
+
 /// The queue into one lane: request id and command.
 type LaneTx = mpsc::Sender<(u64, NodeCommand)>;
 
-/// One shard's share of one session (see the module docs for the ordering rules).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Read,
+    /// A logged write: writes are proposed in arrival order, so two writes
+    /// never need to wait for each other.
+    Write,
+    /// A model run: reads its model and inputs, later writes its outputs.
+    Exec,
+}
+
+/// What an in-flight command touches.
+#[derive(Debug)]
+struct Access {
+    kind: Kind,
+    /// Keyspace-wide (KEYS, SCAN, FLUSHALL, ...): touches every key.
+    all: bool,
+    reads: Vec<Bytes>,
+    writes: Vec<Bytes>,
+}
+
+impl Access {
+    fn of(cmd: &NodeCommand) -> Access {
+        let kind = if cmd.is_exec() {
+            Kind::Exec
+        } else if cmd.is_write() {
+            Kind::Write
+        } else {
+            Kind::Read
+        };
+        let all = !cmd.has_keys();
+        let keys = || cmd.keys().cloned().collect::<Vec<_>>();
+        let (reads, writes) = match kind {
+            Kind::Read => (keys(), Vec::new()),
+            Kind::Write => (Vec::new(), keys()),
+            Kind::Exec => {
+                let writes: Vec<Bytes> = cmd.written_keys().unwrap_or_default().into_iter().cloned().collect();
+                let reads = keys().into_iter().filter(|k| !writes.contains(k)).collect();
+                (reads, writes)
+            }
+        };
+        Access { kind, all, reads, writes }
+    }
+
+    /// Whether `self` must wait for `other` (in flight) to finish: they
+    /// touch a common key and one of them writes it. Reads never wait for
+    /// reads; writes never wait for writes (the log orders them).
+    fn conflicts(&self, other: &Access) -> bool {
+        match (self.kind, other.kind) {
+            (Kind::Read, Kind::Read) | (Kind::Write, Kind::Write) => return false,
+            _ => {}
+        }
+        if self.all || other.all {
+            return true;
+        }
+        let hit = |a: &[Bytes], b: &[Bytes]| a.iter().any(|k| b.contains(k));
+        hit(&self.writes, &other.reads) || hit(&self.writes, &other.writes) || hit(&other.writes, &self.reads)
+    }
+}
+
+/// One shard's share of one session (see the module docs for the ordering
+/// rules): commands start in arrival order; one that touches a key an
+/// earlier, unfinished command writes (or writes a key it reads) waits, and
+/// so does everything behind it.
 async fn lane(
     shard: Arc<Shard>,
     mut rx: mpsc::Receiver<(u64, NodeCommand)>,
     out: mpsc::Sender<tessera_proto::v1::Response>,
 ) {
     let mut queue: VecDeque<(u64, NodeCommand, Instant)> = VecDeque::new();
-    let mut writes: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
-    let mut reads: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+    let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+    let mut flights: HashMap<u64, Access> = HashMap::new();
+    let mut next_slot = 0u64;
     let mut open = true;
     loop {
         // Start whatever the ordering rules allow, front first.
         while let Some((_, cmd, _)) = queue.front() {
-            let write = cmd.is_write();
-            if (write && !reads.is_empty()) || (!write && !writes.is_empty()) {
+            let access = Access::of(cmd);
+            if flights.values().any(|f| access.conflicts(f)) {
                 break;
             }
             let (id, cmd, start) = queue.pop_front().expect("front exists");
             let name = cmd.name();
-            trace!(shard = shard.id, cmd = name, write, "command");
+            trace!(shard = shard.id, cmd = name, kind = ?access.kind, "command");
+            let slot = next_slot;
+            next_slot += 1;
             let s = shard.clone();
-            if write {
-                let submitted = shard.submit(cmd).await;
-                writes.push(
+            let fut = match access.kind {
+                Kind::Write => {
+                    // Queued in the group before the next command starts, so
+                    // writes are logged in arrival order.
+                    let submitted = shard.submit(cmd).await;
                     async move {
                         let o = s.finish(submitted).await;
                         record(name, &o, start);
-                        (id, o)
+                        (slot, id, o)
                     }
-                    .boxed(),
-                );
-            } else {
-                reads.push(
-                    async move {
-                        let o = s.read(&cmd).await;
-                        record(name, &o, start);
-                        (id, o)
-                    }
-                    .boxed(),
-                );
-            }
+                    .boxed()
+                }
+                Kind::Read => async move {
+                    let o = s.read(&cmd).await;
+                    record(name, &o, start);
+                    (slot, id, o)
+                }
+                .boxed(),
+                Kind::Exec => async move {
+                    let o = match &cmd {
+                        NodeCommand::ModelExecute { argv, deprecated } => s.execute(argv, *deprecated).await,
+                        _ => Outcome::Reply(Reply::err("ERR internal: not a model run")),
+                    };
+                    record(name, &o, start);
+                    (slot, id, o)
+                }
+                .boxed(),
+            };
+            flights.insert(slot, access);
+            running.push(fut);
         }
-        if !open && queue.is_empty() && writes.is_empty() && reads.is_empty() {
+        if !open && queue.is_empty() && running.is_empty() {
             return;
         }
         tokio::select! {
-            Some((id, o)) = writes.next(), if !writes.is_empty() => {
-                if out.send(response(id, shard.id, o)).await.is_err() { return; }
-            }
-            Some((id, o)) = reads.next(), if !reads.is_empty() => {
+            Some((slot, id, o)) = running.next(), if !running.is_empty() => {
+                flights.remove(&slot);
                 if out.send(response(id, shard.id, o)).await.is_err() { return; }
             }
             m = rx.recv(), if open => match m {

@@ -14,19 +14,26 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::{ReadPolicy, ServerState};
 use parking_lot::Mutex;
 use tessera_common::command::NodeCommand;
+use tessera_common::error::Error;
+use tessera_common::model::{parse_modelexecute, parse_modelrun, BackendKind};
 use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
+use tessera_common::tensor::Tensor;
 
 use crate::config::{Config, ReadMode};
 use crate::disk::DiskGuard;
-use crate::exec::{precheck, read};
+use crate::engine::{engine, RunResult};
+use crate::exec::{precheck, read, EMPTY_MODEL};
+use crate::keyspace::Value;
 use crate::meta::ClusterMap;
+use crate::models::registry;
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::sm::{ShardData, StateMachine};
 use crate::raft::store::LogStore;
@@ -158,6 +165,16 @@ impl Shard {
     /// Hands a write to Raft. Returns once it is queued in the group, so
     /// writes submitted one after another are logged in that order.
     pub async fn submit(&self, cmd: NodeCommand) -> Submitted {
+        if let NodeCommand::ModelStore { model, .. } = &cmd {
+            // Garbage never enters the log: the model must load here first.
+            let def = model.clone();
+            let checked = tokio::task::spawn_blocking(move || registry().load(&def)).await;
+            match checked {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Submitted::Done(Outcome::Reply(Reply::err(e))),
+                Err(e) => return Submitted::Done(Outcome::Reply(Reply::err(format!("ERR model load failed: {e}")))),
+            }
+        }
         if let Some(rejected) = precheck(&self.data.lock().ks, &cmd, now_ms()) {
             return Submitted::Done(Outcome::Reply(rejected));
         }
@@ -228,6 +245,77 @@ impl Shard {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => forward(&f),
             Err(e) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
         }
+    }
+
+    /// AI.MODELEXECUTE / AI.MODELRUN: reads the model and its inputs
+    /// (linearizably), runs it on its device's queue, then writes every
+    /// output in one log entry. The session orders it against commands that
+    /// touch the same keys (see `service.rs`).
+    pub async fn execute(&self, argv: &[Bytes], deprecated: bool) -> Outcome {
+        match self.raft.ensure_linearizable(self.read_policy.clone()).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => return forward(&f),
+            Err(e) => return Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
+        }
+        let reply = |r: Reply| Outcome::Reply(r);
+        let model = match self.data.lock().ks.get(&argv[1], now_ms()).map(|e| &e.value) {
+            None => return reply(Reply::err(EMPTY_MODEL)),
+            Some(Value::Model(m)) => m.clone(),
+            Some(_) => return reply(Error::WrongType.to_reply()),
+        };
+        // Input and output counts: TF's are declared; the others' come from
+        // the loaded model (a model still loading on a new leader is waited for).
+        let counts = match model.try_loaded() {
+            _ if model.def.backend == BackendKind::Tf => Ok((model.def.inputs.len(), model.def.outputs.len())),
+            Some(l) => Ok((l.inputs().len(), l.outputs().len())),
+            None => {
+                let m = model.clone();
+                match tokio::task::spawn_blocking(move || m.loaded()).await {
+                    Ok(Ok(l)) => Ok((l.inputs().len(), l.outputs().len())),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(format!("ERR model load failed: {e}")),
+                }
+            }
+        };
+        let (n_in, n_out) = match counts {
+            Ok(c) => c,
+            Err(e) => return reply(Reply::err(e)),
+        };
+        let parsed = if deprecated { parse_modelrun(argv, n_in, n_out) } else { parse_modelexecute(argv, n_in, n_out) };
+        let args = match parsed {
+            Ok(a) => a,
+            Err(e) => return reply(e.to_reply()),
+        };
+        let inputs = {
+            let d = self.data.lock();
+            let now = now_ms();
+            let mut inputs = Vec::with_capacity(args.inputs.len());
+            for k in &args.inputs {
+                match d.ks.get(k, now).map(|e| &e.value) {
+                    Some(Value::Tensor(t)) => inputs.push(t.clone()),
+                    None => return reply(Reply::err("ERR tensor key is empty or in a different shard")),
+                    Some(_) => return reply(Error::WrongType.to_reply()),
+                }
+            }
+            inputs
+        };
+        let threads = registry().settings().threads_per_queue;
+        let timeout = args.timeout_ms.map(std::time::Duration::from_millis);
+        let run = engine().submit(model, inputs, timeout, threads);
+        let outs = match run.await {
+            Ok(RunResult::Done(outs)) => outs,
+            Ok(RunResult::TimedOut) => return reply(Reply::Simple("TIMEDOUT".into())),
+            Ok(RunResult::Failed(e)) => return reply(Reply::err(e)),
+            Err(_) => return reply(Reply::err("ERR model run was dropped")),
+        };
+        // Non-tensor outputs (ONNX maps/sequences) write no key, as in RedisAI.
+        let pairs: Vec<(Bytes, Tensor)> =
+            args.outputs.into_iter().zip(outs).filter_map(|(k, t)| t.map(|t| (k, t))).collect();
+        if pairs.is_empty() {
+            return reply(Reply::ok());
+        }
+        let s = self.submit(NodeCommand::TensorMSet { pairs }).await;
+        self.finish(s).await
     }
 
     /// On the leader, logs a purge of expired keys once a deadline has passed.

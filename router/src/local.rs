@@ -76,9 +76,13 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         Local::Command(c) => ready(command(c)),
         Local::Cluster(c) => ready(cluster(router, conn, c)),
         Local::NotAvailable(name) => ready(Reply::err(format!(
-            "ERR {} is not available yet in this Tessera build: models, scripts and DAGs arrive with the backends",
+            "ERR {} is not available yet in this Tessera build (scripts and DAGs are not implemented)",
             name.to_ascii_uppercase()
         ))),
+        Local::AiConfig(op) => {
+            let router = router.clone();
+            (Pending::Fut(Box::pin(async move { ai_config(&router, op).await })), After::Continue)
+        }
     }
 }
 
@@ -307,5 +311,34 @@ impl Router {
             ],
         );
         out
+    }
+}
+
+/// AI.CONFIG: a setting goes to every reachable storage node (RedisAI
+/// applies it per process, so a cluster user would otherwise have to reach
+/// each one); GET reads it from one node. Like RedisAI's, settings live in
+/// memory: a node that restarts (or was down) has its start-up values.
+async fn ai_config(router: &Router, op: tessera_common::model::AiConfig) -> Reply {
+    use tessera_common::command::NodeCommand;
+    use tessera_proto::v1::request::Target;
+
+    use crate::backend::NodeReply;
+    let get = op.is_get();
+    let cmd = Bytes::from(NodeCommand::AiConfig { op }.to_bytes());
+    let nodes = router.shards.nodes();
+    let mut answered = 0usize;
+    let mut first_error = None;
+    for node in nodes.iter().filter(|n| n.is_connected()) {
+        match node.call(Target::Shard(0), cmd.clone()).await {
+            Ok(NodeReply::Reply(r)) if get => return r,
+            Ok(NodeReply::Reply(r)) if r.is_error() => first_error = first_error.or(Some(r)),
+            Ok(NodeReply::Reply(_)) => answered += 1,
+            _ => {}
+        }
+    }
+    match first_error {
+        Some(e) => e,
+        None if answered == 0 => Reply::err("CLUSTERDOWN no storage node reachable"),
+        None => Reply::ok(),
     }
 }

@@ -93,7 +93,12 @@ fn split_rows(t: &Tensor, row_elems: usize, sizes: &[usize]) -> Result<Vec<Bytes
             let mut byte = 0usize;
             for rows in sizes {
                 let n = rows * row_elems;
-                let len: usize = elems.get(at..at + n).ok_or_else(|| BackendError::new(BAD_BATCH))?.iter().map(|s| s.len() + 1).sum();
+                let len: usize = elems
+                    .get(at..at + n)
+                    .ok_or_else(|| BackendError::new(BAD_BATCH))?
+                    .iter()
+                    .map(|s| s.len() + 1)
+                    .sum();
                 out.push(t.data.slice(byte..byte + len));
                 at += n;
                 byte += len;

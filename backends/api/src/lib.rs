@@ -12,95 +12,8 @@ pub mod mock;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+pub use tessera_common::model::{BackendKind, Device};
 pub use tessera_common::tensor::{DType, Tensor};
-
-/// The four RedisAI backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum BackendKind {
-    Tf,
-    TfLite,
-    Torch,
-    Onnx,
-}
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [BackendKind::Tf, BackendKind::TfLite, BackendKind::Torch, BackendKind::Onnx];
-
-    /// Case-insensitive, as RedisAI.
-    pub fn parse(s: &[u8]) -> Option<BackendKind> {
-        Self::ALL.into_iter().find(|k| s.eq_ignore_ascii_case(k.name().as_bytes()))
-    }
-
-    /// The canonical (reply) spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Tf => "TF",
-            BackendKind::TfLite => "TFLITE",
-            BackendKind::Torch => "TORCH",
-            BackendKind::Onnx => "ONNX",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Where a model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Device {
-    /// `CPU`, or `CPU:<n>` (runs on the CPU, on a run queue of its own).
-    Cpu(Option<u32>),
-    /// `GPU` (the default GPU) or `GPU:<n>`.
-    Gpu(Option<u32>),
-    /// `TPU`, accepted by name only so its error can say it is unsupported.
-    Tpu,
-}
-
-impl Device {
-    /// RedisAI's MODELSTORE rule: `CPU`, `GPU`, or either followed by `:`
-    /// and digits, under 10 characters in all; case-insensitive.
-    pub fn parse(s: &[u8]) -> Option<Device> {
-        if s.len() >= 10 {
-            return None;
-        }
-        let upper = s.to_ascii_uppercase();
-        if upper == b"TPU" {
-            return Some(Device::Tpu);
-        }
-        let (kind, rest) = upper.split_at(upper.len().min(3));
-        let index = match rest {
-            [] => None,
-            [b':', digits @ ..] if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
-                Some(std::str::from_utf8(digits).ok()?.parse().ok()?)
-            }
-            _ => return None,
-        };
-        match kind {
-            b"CPU" => Some(Device::Cpu(index)),
-            b"GPU" => Some(Device::Gpu(index)),
-            _ => None,
-        }
-    }
-
-    pub fn is_gpu(self) -> bool {
-        matches!(self, Device::Gpu(_))
-    }
-
-    /// The run queue's name: the device upper-cased (`CPU`, `CPU:1`, `GPU:0`).
-    pub fn queue_name(self) -> String {
-        match self {
-            Device::Cpu(None) => "CPU".into(),
-            Device::Cpu(Some(n)) => format!("CPU:{n}"),
-            Device::Gpu(None) => "GPU".into(),
-            Device::Gpu(Some(n)) => format!("GPU:{n}"),
-            Device::Tpu => "TPU".into(),
-        }
-    }
-}
 
 /// How a model is loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,25 +155,6 @@ pub fn from_strings<S: AsRef<[u8]>>(shape: Vec<i64>, values: &[S]) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn device_names_follow_redisai() {
-        assert_eq!(Device::parse(b"cpu"), Some(Device::Cpu(None)));
-        assert_eq!(Device::parse(b"GPU:1"), Some(Device::Gpu(Some(1))));
-        assert_eq!(Device::parse(b"CPU:12345"), Some(Device::Cpu(Some(12345))));
-        for bad in ["bad_device", "CPU::", "CPU:1.8", "CPU:123456", "CPU:", "GPUX", ""] {
-            assert_eq!(Device::parse(bad.as_bytes()), None, "{bad}");
-        }
-        assert_eq!(Device::parse(b"tpu"), Some(Device::Tpu));
-        assert_eq!(Device::Cpu(Some(1)).queue_name(), "CPU:1");
-    }
-
-    #[test]
-    fn backend_names_are_case_insensitive() {
-        assert_eq!(BackendKind::parse(b"onnx"), Some(BackendKind::Onnx));
-        assert_eq!(BackendKind::parse(b"TFLite"), Some(BackendKind::TfLite));
-        assert_eq!(BackendKind::parse(b"TENSORFLOW"), None);
-    }
 
     #[test]
     fn element_round_trips() {

@@ -136,7 +136,11 @@ impl Model for OnnxModel {
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         if inputs.len() != self.inputs.len() {
-            return Err(BackendError::new(format!("ERR Expected {} inputs but got {}", self.inputs.len(), inputs.len())));
+            return Err(BackendError::new(format!(
+                "ERR Expected {} inputs but got {}",
+                self.inputs.len(),
+                inputs.len()
+            )));
         }
         let values = self
             .inputs
@@ -183,9 +187,7 @@ fn to_ort(t: &Tensor) -> Result<DynValue> {
                 .map(|s| String::from_utf8(s.to_vec()))
                 .collect::<std::result::Result<Vec<String>, _>>()
                 .map_err(|_| BackendError::new("ERR ONNX string tensors must be valid UTF-8"))?;
-            ort::value::Tensor::from_string_array((t.shape.clone(), &v[..]))
-                .map(|v| v.into_dyn())
-                .map_err(runtime_err)
+            ort::value::Tensor::from_string_array((t.shape.clone(), &v[..])).map(|v| v.into_dyn()).map_err(runtime_err)
         }
     }
 }

@@ -1,6 +1,6 @@
-//! RedisAI commands. Tensors are served now; the model, script and DAG
+//! RedisAI commands. Tensors and models are served; the script and DAG
 //! commands are known to the table (routing, `COMMAND GETKEYS`, CROSSSLOT) but
-//! answer that they are not available until the backends land.
+//! answer that they are not available yet.
 
 use bytes::Bytes;
 
@@ -9,6 +9,7 @@ use super::server::Local;
 use super::table::CommandSpec;
 use super::{arity_name, common_slot, Command, ParseLimits};
 use crate::error::{Error, Result};
+use crate::model::{parse_ai_config, parse_modelset, parse_modelstore};
 use crate::tensor::{parse_get_format, Tensor};
 
 pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Result<Command> {
@@ -29,6 +30,46 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             let format = parse_get_format(&argv[2..])?;
             Ok(Command::Keyed { slot, cmd: NodeCommand::TensorGet { key: argv[1].clone(), format } })
         }
+        "ai.modelstore" | "ai.modelset" => {
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            let model = if spec.name == "ai.modelstore" { parse_modelstore(&argv)? } else { parse_modelset(&argv)? };
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ModelStore { key: argv[1].clone(), model } })
+        }
+        "ai.modelget" => {
+            if !(2..=4).contains(&argv.len()) {
+                return Err(Error::Arity(arity_name(&argv[0])));
+            }
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            let has = |w: &[u8]| argv[2..].iter().any(|a| a.eq_ignore_ascii_case(w));
+            let (meta, blob) = (has(b"META"), has(b"BLOB"));
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ModelGet { key: argv[1].clone(), meta, blob } })
+        }
+        "ai.modeldel" => {
+            if argv.len() != 2 {
+                return Err(Error::Arity(arity_name(&argv[0])));
+            }
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ModelDel { key: argv[1].clone() } })
+        }
+        "ai.modelexecute" | "ai.modelrun" => {
+            let deprecated = spec.name == "ai.modelrun";
+            let (min, name) = if deprecated { (6, "AI.MODELRUN") } else { (8, "AI.MODELEXECUTE") };
+            if argv.len() < min {
+                return Err(Error::Verbatim(format!("ERR wrong number of arguments for '{name}' command")));
+            }
+            let idx = spec.key_indexes(&argv).unwrap_or_else(|| vec![1]);
+            let slot = common_slot(&argv, &idx)?.unwrap_or(0);
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ModelExecute { argv, deprecated } })
+        }
+        "ai.info" => {
+            if !(2..=3).contains(&argv.len()) {
+                return Err(Error::Arity(arity_name(&argv[0])));
+            }
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            let reset = argv.get(2).is_some_and(|a| a.eq_ignore_ascii_case(b"RESETSTAT"));
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ModelInfo { key: argv[1].clone(), reset } })
+        }
+        "ai.config" => Ok(Command::Local(Local::AiConfig(parse_ai_config(&argv)?))),
         _ => {
             // Still enforce cluster rules, so clients see CROSSSLOT exactly as
             // they will once the command runs.

@@ -16,7 +16,7 @@ fn counted(argv: &[Bytes], i: usize) -> Option<std::ops::Range<usize>> {
 }
 
 /// `AI.MODELEXECUTE key INPUTS n k.. OUTPUTS m k.. [TIMEOUT t]`: model, inputs, outputs.
-pub(super) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
+pub(crate) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
     let mut keys = vec![1];
     if argv.len() < 2 {
         return None;
@@ -36,7 +36,7 @@ pub(super) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
 
 /// `AI.MODELRUN key INPUTS k.. OUTPUTS k..`: the model and every argument
 /// after INPUTS except the word OUTPUTS.
-pub(super) fn keys_modelrun(argv: &[Bytes]) -> Option<Vec<usize>> {
+pub(crate) fn keys_modelrun(argv: &[Bytes]) -> Option<Vec<usize>> {
     if argv.len() < 2 {
         return None;
     }
@@ -118,4 +118,22 @@ pub(super) fn keys_dag(argv: &[Bytes]) -> Option<Vec<usize>> {
         i += 1;
     }
     Some(keys)
+}
+
+/// Every key of a model run (model, inputs, outputs); just the model when
+/// argv is too malformed to tell (the node reports the error).
+pub(crate) fn exec_keys(argv: &[Bytes], deprecated: bool) -> Vec<usize> {
+    let k = if deprecated { keys_modelrun(argv) } else { keys_modelexecute(argv) };
+    k.unwrap_or_else(|| if argv.len() > 1 { vec![1] } else { Vec::new() })
+}
+
+/// The output keys of a model run.
+pub(crate) fn exec_output_keys(argv: &[Bytes], deprecated: bool) -> Vec<usize> {
+    let Some(out) = argv.iter().position(|a| eq(a, "OUTPUTS")) else {
+        return Vec::new();
+    };
+    if deprecated {
+        return (out + 1..argv.len()).collect();
+    }
+    counted(argv, out + 1).map(|r| r.collect()).unwrap_or_default()
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::model::{AiConfig, ModelDef};
 use crate::slot::SlotScope;
 use crate::tensor::{Tensor, TensorFormat};
 
@@ -119,6 +120,37 @@ pub enum NodeCommand {
         slot: u16,
         count: usize,
     },
+    ModelStore {
+        key: Bytes,
+        model: ModelDef,
+    },
+    ModelGet {
+        key: Bytes,
+        meta: bool,
+        blob: bool,
+    },
+    ModelDel {
+        key: Bytes,
+    },
+    /// AI.MODELEXECUTE (or deprecated AI.MODELRUN): the whole argv, parsed
+    /// on the node once the model (and so its input/output counts) is known.
+    ModelExecute {
+        argv: Vec<Bytes>,
+        deprecated: bool,
+    },
+    /// AI.INFO on a model: its run statistics (kept by the serving node).
+    ModelInfo {
+        key: Bytes,
+        reset: bool,
+    },
+    /// The outputs of one model run, written as one entry.
+    TensorMSet {
+        pairs: Vec<(Bytes, Tensor)>,
+    },
+    /// A node setting (sent to every node; no shard state).
+    AiConfig {
+        op: AiConfig,
+    },
 }
 
 impl NodeCommand {
@@ -134,6 +166,43 @@ impl NodeCommand {
                 | NodeCommand::IncrBy { .. }
                 | NodeCommand::TensorSet { .. }
                 | NodeCommand::Flush { .. }
+                | NodeCommand::ModelStore { .. }
+                | NodeCommand::ModelDel { .. }
+                | NodeCommand::TensorMSet { .. }
+        )
+    }
+
+    /// Whether this command runs a model: reads its inputs, computes, then
+    /// writes its outputs through the log.
+    pub fn is_exec(&self) -> bool {
+        matches!(self, NodeCommand::ModelExecute { .. })
+    }
+
+    /// The keys this command writes (for ordering inside a session);
+    /// `None` means every key (keyspace-wide commands).
+    pub fn written_keys(&self) -> Option<Vec<&Bytes>> {
+        match self {
+            NodeCommand::ModelExecute { argv, deprecated } => {
+                let idx = super::keys::exec_output_keys(argv, *deprecated);
+                Some(idx.into_iter().map(|i| &argv[i]).collect())
+            }
+            c if c.is_write() && c.has_keys() => Some(c.keys().collect()),
+            c if c.is_write() => None,
+            _ => Some(Vec::new()),
+        }
+    }
+
+    /// Whether the command names its keys (keyspace-wide ones do not).
+    pub fn has_keys(&self) -> bool {
+        !matches!(
+            self,
+            NodeCommand::Keys { .. }
+                | NodeCommand::Scan { .. }
+                | NodeCommand::DbSize { .. }
+                | NodeCommand::RandomKey { .. }
+                | NodeCommand::Flush { .. }
+                | NodeCommand::CountKeysInSlot { .. }
+                | NodeCommand::GetKeysInSlot { .. }
         )
     }
 
@@ -149,7 +218,17 @@ impl NodeCommand {
             | C::Persist { key }
             | C::IncrBy { key, .. }
             | C::TensorSet { key, .. }
-            | C::TensorGet { key, .. } => Box::new(std::iter::once(key)),
+            | C::TensorGet { key, .. }
+            | C::ModelStore { key, .. }
+            | C::ModelGet { key, .. }
+            | C::ModelDel { key }
+            | C::ModelInfo { key, .. } => Box::new(std::iter::once(key)),
+            C::ModelExecute { argv, deprecated } => {
+                let idx = super::keys::exec_keys(argv, *deprecated);
+                Box::new(idx.into_iter().map(move |i| &argv[i]))
+            }
+            C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
+            C::AiConfig { .. } => Box::new(std::iter::empty()),
             C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
             C::MSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
             C::Keys { .. }
@@ -185,6 +264,13 @@ impl NodeCommand {
             NodeCommand::Flush { .. } => "flush",
             NodeCommand::CountKeysInSlot { .. } => "cluster|countkeysinslot",
             NodeCommand::GetKeysInSlot { .. } => "cluster|getkeysinslot",
+            NodeCommand::ModelStore { .. } => "ai.modelstore",
+            NodeCommand::ModelGet { .. } => "ai.modelget",
+            NodeCommand::ModelDel { .. } => "ai.modeldel",
+            NodeCommand::ModelExecute { .. } => "ai.modelexecute",
+            NodeCommand::ModelInfo { .. } => "ai.info",
+            NodeCommand::TensorMSet { .. } => "ai.tensorset",
+            NodeCommand::AiConfig { .. } => "ai.config",
         }
     }
 
@@ -198,6 +284,9 @@ impl NodeCommand {
             NodeCommand::Set { key, value, .. } => key.len() + value.len(),
             NodeCommand::TensorSet { key, tensor, .. } => key.len() + tensor.data.len() + 8 * tensor.shape.len(),
             NodeCommand::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum(),
+            NodeCommand::ModelStore { key, model } => key.len() + model.blob.len() + 256,
+            NodeCommand::ModelExecute { argv, .. } => argv.iter().map(|a| a.len() + 2).sum(),
+            NodeCommand::TensorMSet { pairs } => pairs.iter().map(|(k, t)| k.len() + t.data.len() + 64).sum(),
             NodeCommand::MGet { keys } | NodeCommand::Del { keys } | NodeCommand::Exists { keys } => {
                 keys.iter().map(|k| k.len() + 2).sum()
             }

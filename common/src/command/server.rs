@@ -30,6 +30,8 @@ pub enum Local {
     Cluster(ClusterCmd),
     /// A RedisAI command this build cannot run yet.
     NotAvailable(&'static str),
+    /// AI.CONFIG: a setting sent to every node, or GET from one.
+    AiConfig(crate::model::AiConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,322 @@
+//! Model execution: one FIFO run queue per device (`CPU`, `CPU:1`, `GPU:0`,
+//! ...), each served by its own worker threads — never the async runtime.
+//!
+//! Semantics follow RedisAI 1.2.7 (spec §21): a request whose TIMEOUT passed
+//! before it was picked answers TIMEDOUT; for a model with BATCHSIZE, the
+//! worker gathers queued requests for the same model whose inputs match
+//! past dim 0 until the batch reaches BATCHSIZE, waits for MINBATCHSIZE up to
+//! MINBATCHTIMEOUT, runs the batch once and splits the outputs back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tessera_backend::batch;
+use tessera_backend::Tensor;
+use tokio::sync::oneshot;
+
+use crate::models::StoredModel;
+
+/// What a run answers.
+#[derive(Debug)]
+pub enum RunResult {
+    Done(Vec<Option<Tensor>>),
+    TimedOut,
+    Failed(String),
+}
+
+struct Job {
+    model: Arc<StoredModel>,
+    inputs: Vec<Tensor>,
+    queued: Instant,
+    deadline: Option<Instant>,
+    done: oneshot::Sender<RunResult>,
+}
+
+impl Job {
+    fn timed_out(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    wake: Condvar,
+}
+
+/// The run queues of this node.
+pub struct Engine {
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+}
+
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+pub fn engine() -> &'static Engine {
+    ENGINE.get_or_init(|| Engine { queues: Mutex::new(HashMap::new()) })
+}
+
+impl Engine {
+    /// Queues a run of `model` on its device's queue; the receiver gets the
+    /// outcome. `timeout` counts from now and only applies before the run
+    /// starts (a started run is never interrupted).
+    pub fn submit(
+        &self,
+        model: Arc<StoredModel>,
+        inputs: Vec<Tensor>,
+        timeout: Option<Duration>,
+        threads: usize,
+    ) -> oneshot::Receiver<RunResult> {
+        let (done, rx) = oneshot::channel();
+        let queued = Instant::now();
+        let q = self.queue(&model.def.device.queue_name(), threads);
+        q.jobs.lock().push_back(Job { model, inputs, queued, deadline: timeout.map(|t| queued + t), done });
+        q.wake.notify_one();
+        rx
+    }
+
+    /// Queue depths by device, for INFO and metrics.
+    pub fn depths(&self) -> Vec<(String, usize)> {
+        self.queues.lock().iter().map(|(n, q)| (n.clone(), q.jobs.lock().len())).collect()
+    }
+
+    fn queue(&self, name: &str, threads: usize) -> Arc<Queue> {
+        let mut queues = self.queues.lock();
+        if let Some(q) = queues.get(name) {
+            return q.clone();
+        }
+        let q = Arc::new(Queue { jobs: Mutex::new(VecDeque::new()), wake: Condvar::new() });
+        for i in 0..threads.max(1) {
+            let q = q.clone();
+            let thread_name = format!("run-{name}-{i}");
+            if let Err(e) = std::thread::Builder::new().name(thread_name).spawn(move || worker(&q)) {
+                tracing::error!(queue = name, error = %e, "cannot start a run queue thread");
+            }
+        }
+        queues.insert(name.to_owned(), q.clone());
+        q
+    }
+}
+
+/// What the worker decided for the front of the queue.
+enum Pick {
+    Run(Vec<Job>),
+    /// A batch waiting for MINBATCHSIZE: its jobs went to the back.
+    NotReady,
+    Empty,
+}
+
+fn worker(q: &Queue) {
+    let mut idle_rounds = 0usize;
+    loop {
+        let pick = {
+            let mut jobs = q.jobs.lock();
+            if jobs.is_empty() || idle_rounds > jobs.len() {
+                // Nothing runnable: sleep until a push, or briefly so waiting
+                // batches see their MINBATCHTIMEOUT and TIMEOUT pass.
+                let wait = if jobs.is_empty() { Duration::from_millis(100) } else { Duration::from_millis(1) };
+                q.wake.wait_for(&mut jobs, wait);
+                idle_rounds = 0;
+            }
+            pick(&mut jobs, Instant::now())
+        };
+        match pick {
+            Pick::Empty => {}
+            Pick::NotReady => idle_rounds += 1,
+            Pick::Run(batch) => {
+                idle_rounds = 0;
+                run(batch);
+            }
+        }
+    }
+}
+
+/// Pops the front job and, for a batching model, the jobs that join it.
+fn pick(jobs: &mut VecDeque<Job>, now: Instant) -> Pick {
+    let Some(first) = jobs.pop_front() else {
+        return Pick::Empty;
+    };
+    if first.timed_out(now) {
+        let _ = first.done.send(RunResult::TimedOut);
+        return Pick::NotReady;
+    }
+    let def = &first.model.def;
+    let limit = def.batchsize as usize;
+    let own = batch::batch_size(&first.inputs);
+    if limit == 0 || own == 0 || own >= limit {
+        return Pick::Run(vec![first]);
+    }
+    // Gather matching jobs, front to back, until the batch is full.
+    let mut total = own;
+    let mut picked = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if total >= limit {
+            break;
+        }
+        if Arc::ptr_eq(&j.model, &first.model) && !j.timed_out(now) && batch::batchable(&first.inputs, &j.inputs) {
+            let n = batch::batch_size(&j.inputs);
+            if n > 0 {
+                total += n;
+                picked.push(i);
+            }
+        }
+    }
+    let min = def.minbatchsize as usize;
+    let waited = now.duration_since(first.queued);
+    let min_timeout = Duration::from_millis(def.minbatchtimeout);
+    if min > 0 && total < min && !(def.minbatchtimeout > 0 && waited > min_timeout) {
+        // Not enough yet: everyone goes to the back, in order.
+        jobs.push_back(first);
+        return Pick::NotReady;
+    }
+    let mut batch = vec![first];
+    for i in picked.into_iter().rev() {
+        if let Some(j) = jobs.remove(i) {
+            batch.insert(1, j);
+        }
+    }
+    Pick::Run(batch)
+}
+
+fn run(batch: Vec<Job>) {
+    let model = batch[0].model.clone();
+    let loaded = match model.loaded() {
+        Ok(m) => m,
+        Err(e) => {
+            for j in batch {
+                model.stats.calls.fetch_add(1, Ordering::Relaxed);
+                model.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = j.done.send(RunResult::Failed(e.clone()));
+            }
+            return;
+        }
+    };
+    let start = Instant::now();
+    let result = if batch.len() == 1 {
+        loaded.run(&batch[0].inputs).map(|out| vec![out])
+    } else {
+        let parts: Vec<&[Tensor]> = batch.iter().map(|j| &j.inputs[..]).collect();
+        let sizes: Vec<usize> = batch.iter().map(|j| batch::batch_size(&j.inputs)).collect();
+        let joined = batch::concat(&parts);
+        loaded.run(&joined).and_then(|out| batch::split(out, &sizes))
+    };
+    let took = start.elapsed().as_micros() as u64;
+    metrics::histogram!("tessera_node_model_run_seconds").record(took as f64 / 1e6);
+    metrics::histogram!("tessera_node_model_batch_requests").record(batch.len() as f64);
+    let stats = &model.stats;
+    match result {
+        Ok(outs) => {
+            for (j, out) in batch.into_iter().zip(outs) {
+                stats.calls.fetch_add(1, Ordering::Relaxed);
+                stats.duration_us.fetch_add(took, Ordering::Relaxed);
+                let samples = out.first().and_then(|t| t.as_ref()).and_then(|t| t.shape.first().copied()).unwrap_or(0);
+                stats.samples.fetch_add(samples.max(0) as u64, Ordering::Relaxed);
+                let _ = j.done.send(RunResult::Done(out));
+            }
+        }
+        Err(e) => {
+            for j in batch {
+                stats.calls.fetch_add(1, Ordering::Relaxed);
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.duration_us.fetch_add(took, Ordering::Relaxed);
+                let _ = j.done.send(RunResult::Failed(e.0.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tessera_backend::mock::MockBackend;
+    use tessera_backend::{elements, from_elements, Backend, LoadOptions};
+    use tessera_common::model::{BackendKind, Device, ModelDef};
+
+    use super::*;
+
+    fn mock(op: &str, batchsize: u64, min: u64, min_timeout: u64) -> Arc<StoredModel> {
+        let def = ModelDef {
+            backend: BackendKind::Onnx,
+            device_name: "CPU:7".into(),
+            device: Device::Cpu(Some(7)),
+            tag: Bytes::new(),
+            batchsize,
+            minbatchsize: min,
+            minbatchtimeout: min_timeout,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            blob: Bytes::from(op.to_owned()),
+        };
+        let loaded = MockBackend.load(op.as_bytes(), &LoadOptions::default()).unwrap();
+        StoredModel::with_loaded(def, loaded)
+    }
+
+    fn x(rows: usize, v: f32) -> Vec<Tensor> {
+        vec![from_elements(vec![rows as i64, 2], &vec![v; rows * 2])]
+    }
+
+    fn wait(rx: oneshot::Receiver<RunResult>) -> RunResult {
+        rx.blocking_recv().unwrap()
+    }
+
+    #[test]
+    fn runs_and_counts() {
+        let m = mock("mock:double", 0, 0, 0);
+        let r = wait(engine().submit(m.clone(), x(1, 2.0), None, 1));
+        let RunResult::Done(out) = r else { panic!("{r:?}") };
+        assert_eq!(elements::<f32>(out[0].as_ref().unwrap()), vec![4.0, 4.0]);
+        assert_eq!(m.stats.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(m.stats.samples.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn queued_requests_form_one_batch() {
+        // A slow model occupies the single worker; the requests queued
+        // behind it are then served as one batch of 4 rows.
+        let slow = mock("mock:double:sleep=200", 0, 0, 0);
+        let m = mock("mock:double", 4, 0, 0);
+        let blocker = engine().submit(slow, x(1, 0.0), None, 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let rxs: Vec<_> = (0..4).map(|i| engine().submit(m.clone(), x(1, i as f32), None, 1)).collect();
+        wait(blocker);
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let RunResult::Done(out) = wait(rx) else { panic!() };
+            assert_eq!(out[0].as_ref().unwrap().shape, vec![1, 2]);
+            assert_eq!(elements::<f32>(out[0].as_ref().unwrap())[0], 2.0 * i as f32);
+        }
+        assert_eq!(m.stats.calls.load(Ordering::Relaxed), 4);
+        // One run for all four: every request is charged the batch's time,
+        // so the four durations are equal (4 × one run).
+        assert_eq!(m.stats.duration_us.load(Ordering::Relaxed) % 4, 0);
+    }
+
+    #[test]
+    fn min_batch_waits_then_times_out() {
+        let m = mock("mock:double", 4, 2, 150);
+        let start = Instant::now();
+        let r = wait(engine().submit(m.clone(), x(1, 1.0), None, 1));
+        assert!(matches!(r, RunResult::Done(_)));
+        assert!(start.elapsed() >= Duration::from_millis(150), "ran before MINBATCHTIMEOUT");
+        // Without MINBATCHTIMEOUT a lone request waits until its TIMEOUT.
+        let m = mock("mock:double", 4, 2, 0);
+        let r = wait(engine().submit(m, x(1, 1.0), Some(Duration::from_millis(50)), 1));
+        assert!(matches!(r, RunResult::TimedOut), "{r:?}");
+    }
+
+    #[test]
+    fn bad_batch_fails_every_request() {
+        let slow = mock("mock:double:sleep=100", 0, 0, 0);
+        let m = mock("mock:badbatch", 4, 0, 0);
+        let blocker = engine().submit(slow, x(1, 0.0), None, 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let a = engine().submit(m.clone(), x(1, 1.0), None, 1);
+        let b = engine().submit(m.clone(), x(1, 1.0), None, 1);
+        wait(blocker);
+        for rx in [a, b] {
+            let RunResult::Failed(e) = wait(rx) else { panic!() };
+            assert_eq!(e, batch::BAD_BATCH);
+        }
+        assert_eq!(m.stats.errors.load(Ordering::Relaxed), 2);
+    }
+}

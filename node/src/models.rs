@@ -1,0 +1,292 @@
+//! Models on this node: the backends compiled in (each loaded on first use,
+//! as RedisAI loads its backend libraries lazily), the node's AI settings
+//! (`AI.CONFIG`), and [`StoredModel`] — a model as the keyspace holds it.
+//!
+//! A stored model starts loading in the background the moment a replica
+//! applies it (or restores it from a snapshot), so a replica that becomes
+//! leader serves it at once; a run that arrives mid-load waits for it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tessera_backend::{Backend, BackendKind, Device, LoadOptions, Model};
+use tessera_common::model::{AiConfig, ModelDef};
+use tessera_common::reply::Reply;
+
+/// RedisAI's default MODEL_CHUNK_SIZE (511 MiB).
+pub const DEFAULT_CHUNK: u64 = 511 * 1024 * 1024;
+
+/// The node's AI settings (`AI.CONFIG`, and the node's flags at start).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub backends_path: String,
+    pub model_chunk_size: u64,
+    pub threads_per_queue: usize,
+    pub intra_op: usize,
+    pub inter_op: usize,
+    pub execution_timeout_ms: u64,
+    /// Where ONNX Runtime's library is loaded from on first use.
+    pub onnx_lib: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let cache = std::env::var_os("TESSERA_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/tessera"));
+        Settings {
+            backends_path: cache.to_string_lossy().into_owned(),
+            model_chunk_size: DEFAULT_CHUNK,
+            threads_per_queue: 1,
+            intra_op: 1,
+            inter_op: 1,
+            execution_timeout_ms: 5000,
+            onnx_lib: std::env::var_os("ORT_DYLIB_PATH")
+                .map(PathBuf::from)
+                .unwrap_or(cache.join("ort/libonnxruntime.so")),
+        }
+    }
+}
+
+/// The backends, loaded on first use, and the settings.
+pub struct Registry {
+    settings: RwLock<Settings>,
+    loaded: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
+}
+
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+
+/// The process's registry (one per node process).
+pub fn registry() -> &'static Registry {
+    REGISTRY.get_or_init(|| Registry { settings: RwLock::new(Settings::default()), loaded: Mutex::new(HashMap::new()) })
+}
+
+impl Registry {
+    pub fn settings(&self) -> Settings {
+        self.settings.read().clone()
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut Settings)) {
+        f(&mut self.settings.write());
+    }
+
+    /// The loaded backend of `kind`, loading it now if needed.
+    pub fn backend(&self, kind: BackendKind) -> Result<Arc<dyn Backend>, String> {
+        let mut loaded = self.loaded.lock();
+        if let Some(b) = loaded.get(&kind) {
+            return Ok(b.clone());
+        }
+        let b = self.load_backend(kind, None)?;
+        loaded.insert(kind, b.clone());
+        Ok(b)
+    }
+
+    fn load_backend(&self, kind: BackendKind, path: Option<PathBuf>) -> Result<Arc<dyn Backend>, String> {
+        let s = self.settings();
+        match kind {
+            #[cfg(feature = "onnx")]
+            BackendKind::Onnx => {
+                let lib = path.unwrap_or(s.onnx_lib);
+                let b = tessera_backend_onnx::OnnxBackend::load(&lib, s.threads_per_queue.max(1)).map_err(|e| {
+                    tracing::error!(error = %e, "cannot load the ONNX backend");
+                    "ERR Could not load backend".to_owned()
+                })?;
+                Ok(Arc::new(b))
+            }
+            other => {
+                let _ = (path, s);
+                Err(format!("ERR Backend not loaded: {}", other.name()))
+            }
+        }
+    }
+
+    /// `AI.CONFIG LOADBACKEND`: loads `kind` from `path` (relative paths are
+    /// under BACKENDSPATH). A backend already loaded is an error, as in RedisAI.
+    pub fn load_from(&self, kind: BackendKind, path: &str) -> Result<(), String> {
+        let mut loaded = self.loaded.lock();
+        if loaded.contains_key(&kind) {
+            return Err("ERR error loading backend".into());
+        }
+        let mut p = PathBuf::from(path);
+        if p.is_relative() {
+            p = PathBuf::from(self.settings().backends_path).join(p);
+        }
+        let b = self.load_backend(kind, Some(p)).map_err(|_| "ERR error loading backend".to_owned())?;
+        loaded.insert(kind, b);
+        Ok(())
+    }
+
+    /// Loads `def` in its backend (blocking: call off the async runtime).
+    pub fn load(&self, def: &ModelDef) -> Result<Arc<dyn Model>, String> {
+        if def.device == Device::Tpu {
+            return Err("ERR unsupported device: TPU is not supported by this build".into());
+        }
+        let backend = self.backend(def.backend)?;
+        let s = self.settings();
+        let opts = LoadOptions {
+            device: def.device,
+            inputs: def.inputs.clone(),
+            outputs: def.outputs.clone(),
+            intra_op_threads: s.intra_op,
+            inter_op_threads: s.inter_op,
+        };
+        backend.load(&def.blob, &opts).map_err(|e| e.0)
+    }
+
+    /// Applies an `AI.CONFIG` setting; the reply for a GET.
+    pub fn config(&self, op: &AiConfig) -> Reply {
+        let mut s = self.settings.write();
+        match op {
+            AiConfig::BackendsPath(p) => s.backends_path = p.clone(),
+            AiConfig::LoadBackend(kind, path) => {
+                drop(s);
+                return match self.load_from(*kind, path) {
+                    Ok(()) => Reply::ok(),
+                    Err(e) => Reply::err(e),
+                };
+            }
+            AiConfig::ModelChunkSize(n) => s.model_chunk_size = *n,
+            AiConfig::ThreadsPerQueue(n) => s.threads_per_queue = *n as usize,
+            AiConfig::IntraOpParallelism(n) => s.intra_op = *n as usize,
+            AiConfig::InterOpParallelism(n) => s.inter_op = *n as usize,
+            AiConfig::ModelExecutionTimeout(n) => s.execution_timeout_ms = *n,
+            AiConfig::Get(what) => {
+                return match what.as_str() {
+                    "BACKENDSPATH" => Reply::Bulk(s.backends_path.clone().into()),
+                    "MODEL_CHUNK_SIZE" => Reply::Int(s.model_chunk_size as i64),
+                    "THREADS_PER_QUEUE" => Reply::Int(s.threads_per_queue as i64),
+                    "INTRA_OP_PARALLELISM" => Reply::Int(s.intra_op as i64),
+                    "INTER_OP_PARALLELISM" => Reply::Int(s.inter_op as i64),
+                    "MODEL_EXECUTION_TIMEOUT" => Reply::Int(s.execution_timeout_ms as i64),
+                    _ => Reply::Null,
+                }
+            }
+        }
+        Reply::ok()
+    }
+}
+
+/// Run statistics (AI.INFO), in memory on the node that runs the model.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub duration_us: AtomicU64,
+    pub samples: AtomicU64,
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Stats {
+    pub fn reset(&self) {
+        for a in [&self.duration_us, &self.samples, &self.calls, &self.errors] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+enum LoadState {
+    Loading,
+    Ready(Arc<dyn Model>),
+    Failed(String),
+}
+
+/// A model in the keyspace: its definition (what is replicated and
+/// snapshotted), the loaded instance, and its run statistics.
+pub struct StoredModel {
+    pub def: ModelDef,
+    state: Mutex<LoadState>,
+    ready: Condvar,
+    pub stats: Stats,
+}
+
+impl std::fmt::Debug for StoredModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredModel").field("backend", &self.def.backend).field("bytes", &self.def.blob.len()).finish()
+    }
+}
+
+impl PartialEq for StoredModel {
+    fn eq(&self, other: &Self) -> bool {
+        self.def == other.def
+    }
+}
+
+impl StoredModel {
+    /// A model about to enter the keyspace; loading starts in the background.
+    pub fn new(def: ModelDef) -> Arc<StoredModel> {
+        let m = Arc::new(StoredModel {
+            def,
+            state: Mutex::new(LoadState::Loading),
+            ready: Condvar::new(),
+            stats: Stats::default(),
+        });
+        let bg = m.clone();
+        let spawned = std::thread::Builder::new().name("model-load".into()).spawn(move || {
+            let result = registry().load(&bg.def);
+            if let Err(e) = &result {
+                // The leader checked this model loads before logging it; a
+                // replica that cannot (a backend missing here) says why.
+                tracing::warn!(backend = %bg.def.backend, error = %e, "stored model does not load on this node");
+            }
+            bg.set(result);
+        });
+        if let Err(e) = spawned {
+            m.set(Err(format!("ERR cannot start a model loader: {e}")));
+        }
+        m
+    }
+
+    /// A model already loaded (the leader's validation instance).
+    pub fn with_loaded(def: ModelDef, model: Arc<dyn Model>) -> Arc<StoredModel> {
+        Arc::new(StoredModel {
+            def,
+            state: Mutex::new(LoadState::Ready(model)),
+            ready: Condvar::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    fn set(&self, result: Result<Arc<dyn Model>, String>) {
+        *self.state.lock() = match result {
+            Ok(m) => LoadState::Ready(m),
+            Err(e) => LoadState::Failed(e),
+        };
+        self.ready.notify_all();
+    }
+
+    /// The loaded model if it is ready now.
+    pub fn try_loaded(&self) -> Option<Arc<dyn Model>> {
+        match &*self.state.lock() {
+            LoadState::Ready(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// The loaded model, waiting while it loads (blocking).
+    pub fn loaded(&self) -> Result<Arc<dyn Model>, String> {
+        let mut s = self.state.lock();
+        loop {
+            match &*s {
+                LoadState::Ready(m) => return Ok(m.clone()),
+                LoadState::Failed(e) => return Err(e.clone()),
+                LoadState::Loading => self.ready.wait(&mut s),
+            }
+        }
+    }
+}
+
+/// Serde for `Arc<StoredModel>` in the keyspace: a restored model starts
+/// loading at once.
+pub mod arc_serde {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(m: &Arc<StoredModel>, s: S) -> Result<S::Ok, S::Error> {
+        m.def.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<StoredModel>, D::Error> {
+        Ok(StoredModel::new(ModelDef::deserialize(d)?))
+    }
+}
