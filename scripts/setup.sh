@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything Tessera's run and test commands need on a
-# fresh Debian machine: redis-cli/redis-server/redis-benchmark (apt), and a
-# Python venv with the client libraries the tests use (PyPI). Safe to re-run.
+# fresh Debian machine: redis-cli/redis-server/redis-benchmark (apt), a
+# Python venv with the client libraries the tests use (PyPI), and the model
+# runtimes' native libraries (PyPI wheels, see native/). Safe to re-run.
 set -euo pipefail
 
 CACHE="${TESSERA_CACHE:-$HOME/.cache/tessera}"
@@ -36,4 +37,6 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; 
   "$VENV/bin/pip" install -q Deprecated six
   echo "$REQS" > "$STAMP"
 fi
-echo "setup: ok (venv $VENV)"
+# Model runtimes (native libraries from PyPI wheels, cached outside the clone).
+ORT_LIB=$("$(dirname "$0")/../native/setup_ort.sh")
+echo "setup: ok (venv $VENV, ONNX Runtime $ORT_LIB)"

@@ -67,6 +67,37 @@ def test_redisai_py_tensors(cluster, plain):
         con.execute_command("AI.TENSORSET", "rai:bad", "FLOAT64", 1)
 
 
+TESTDATA = __import__("pathlib").Path(
+    os.environ.get("TESSERA_TESTDATA") or __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "testdata"
+) / "redisai"
+
+
+def test_redisai_py_models(cluster, plain):
+    """redisai-py's model API against RedisAI's own mnist model."""
+    import redisai
+
+    con = redisai.Client(host="127.0.0.1", port=cluster.plain_port)
+    blob = (TESTDATA / "mnist.onnx").read_bytes()
+    assert con.modelstore("py:m{1}", "ONNX", "CPU", blob, tag="v7") == "OK"
+    meta = con.modelget("py:m{1}", meta_only=True)
+    assert meta["backend"] == "ONNX" and meta["tag"] == "v7" and len(meta["inputs"]) == 1
+    assert con.modelget("py:m{1}")["blob"] == blob
+    one = np.frombuffer((TESTDATA / "one.raw").read_bytes(), dtype=np.float32).reshape(1, 1, 28, 28)
+    con.tensorset("py:a{1}", one)
+    assert con.modelexecute("py:m{1}", inputs=["py:a{1}"], outputs=["py:b{1}"]) == "OK"
+    scores = con.tensorget("py:b{1}")
+    assert scores.shape == (1, 10) and int(np.argmax(scores)) == 1
+    info = con.infoget("py:m{1}")
+    assert info["calls"] == 1 and info["type"] == "MODEL"
+    assert con.inforeset("py:m{1}") == "OK"
+    assert con.config("MODEL_CHUNK_SIZE") == 535822336
+    with pytest.raises(redis.exceptions.ResponseError, match="does not match model definition"):
+        con.modelexecute("py:m{1}", inputs=["py:a{1}", "py:a{1}"], outputs=["py:b{1}"])
+    assert con.modeldel("py:m{1}") == "OK"
+    with pytest.raises(redis.exceptions.ResponseError, match="model key is empty"):
+        con.modelget("py:m{1}")
+
+
 def run_cli(*args):
     return subprocess.run(["redis-cli", *args], capture_output=True, text=True, timeout=30)
 

@@ -10,7 +10,10 @@ use redis::{Connection, RedisResult, Value};
 use tessera_tests::Cluster;
 
 fn testdata(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/redisai").join(name);
+    let root = std::env::var_os("TESSERA_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
+    let p = root.join("redisai").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
