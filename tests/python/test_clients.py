@@ -1,6 +1,7 @@
 """Unmodified Redis clients against Tessera: redis-py RedisCluster (RESP3 and
 RESP2), redisai-py, redis-cli -c and redis-benchmark --cluster."""
 
+import os
 import subprocess
 
 import numpy as np
