@@ -96,6 +96,10 @@ impl Registry {
                 })?;
                 Ok(Arc::new(b))
             }
+            #[cfg(feature = "tract")]
+            BackendKind::Tf => Ok(Arc::new(tessera_backend_tract::TfBackend)),
+            #[cfg(feature = "tract")]
+            BackendKind::TfLite => Ok(Arc::new(tessera_backend_tract::TfLiteBackend)),
             other => {
                 let _ = (path, s);
                 Err(format!("ERR Backend not loaded: {}", other.name()))

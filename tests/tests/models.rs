@@ -369,3 +369,55 @@ fn a_stored_model_runs_on_the_new_leader_after_a_kill() {
         }
     }
 }
+
+#[test]
+fn tf_graph_through_the_router() {
+    let c = Cluster::start(3, 1).expect("cluster starts");
+    let mut con = connect(&c);
+    let graph = testdata("graph.pb");
+    ok(redis::cmd("AI.MODELSTORE")
+        .arg("tf{1}")
+        .arg("TF")
+        .arg("CPU")
+        .arg("INPUTS")
+        .arg(2)
+        .arg("a")
+        .arg("b")
+        .arg("OUTPUTS")
+        .arg(1)
+        .arg("mul")
+        .arg("BLOB")
+        .arg(&graph[..])
+        .query(&mut con));
+    let meta = pairs(redis::cmd("AI.MODELGET").arg("tf{1}").arg("META").query(&mut con).unwrap());
+    assert_eq!(field(&meta, "backend"), &Value::BulkString(b"TF".to_vec()));
+    assert_eq!(
+        field(&meta, "inputs"),
+        &Value::Array(vec![Value::BulkString(b"a".to_vec()), Value::BulkString(b"b".to_vec())])
+    );
+    assert_eq!(field(&meta, "outputs"), &Value::Array(vec![Value::BulkString(b"mul".to_vec())]));
+    ok(exec(&mut con, &["AI.TENSORSET", "a{1}", "FLOAT", "2", "VALUES", "2", "3"]));
+    ok(exec(&mut con, &["AI.TENSORSET", "b{1}", "FLOAT", "2", "VALUES", "2", "3"]));
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "tf{1}", "INPUTS", "2", "a{1}", "b{1}", "OUTPUTS", "1", "c{1}"]));
+    let v: Vec<String> = redis::cmd("AI.TENSORGET").arg("c{1}").arg("VALUES").query(&mut con).unwrap();
+    assert_eq!(v, ["4", "9"]);
+    let e = err_text(
+        redis::cmd("AI.MODELSTORE")
+            .arg("tf{1}")
+            .arg("TF")
+            .arg("CPU")
+            .arg("INPUTS")
+            .arg(2)
+            .arg("bad_input")
+            .arg("b")
+            .arg("OUTPUTS")
+            .arg(1)
+            .arg("mul")
+            .arg("BLOB")
+            .arg(&graph[..])
+            .query(&mut con),
+    );
+    assert_eq!(e, "ERR Input node named \"bad_input\" not found in TF graph.");
+    // The good model is still there and still runs.
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "tf{1}", "INPUTS", "2", "a{1}", "b{1}", "OUTPUTS", "1", "c{1}"]));
+}
