@@ -55,13 +55,23 @@ impl Default for Settings {
 pub struct Registry {
     settings: RwLock<Settings>,
     loaded: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
+    /// Models the leader loaded to validate them, waiting for their log
+    /// entry to apply here (so the leader does not load them twice).
+    prepared: Mutex<Vec<(ModelDef, Arc<dyn Model>)>>,
 }
+
+/// Validated models kept for their apply; older ones are dropped.
+const PREPARED_KEPT: usize = 4;
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
 /// The process's registry (one per node process).
 pub fn registry() -> &'static Registry {
-    REGISTRY.get_or_init(|| Registry { settings: RwLock::new(Settings::default()), loaded: Mutex::new(HashMap::new()) })
+    REGISTRY.get_or_init(|| Registry {
+        settings: RwLock::new(Settings::default()),
+        loaded: Mutex::new(HashMap::new()),
+        prepared: Mutex::new(Vec::new()),
+    })
 }
 
 impl Registry {
@@ -138,6 +148,22 @@ impl Registry {
             inter_op_threads: s.inter_op,
         };
         backend.load(&def.blob, &opts).map_err(|e| e.0)
+    }
+
+    /// Keeps a model loaded for validation until its entry applies here.
+    pub fn prepare(&self, def: ModelDef, model: Arc<dyn Model>) {
+        let mut p = self.prepared.lock();
+        if p.len() >= PREPARED_KEPT {
+            p.remove(0);
+        }
+        p.push((def, model));
+    }
+
+    /// The validation instance of `def`, if this node loaded one.
+    fn take_prepared(&self, def: &ModelDef) -> Option<Arc<dyn Model>> {
+        let mut p = self.prepared.lock();
+        let i = p.iter().position(|(d, _)| d.blob.len() == def.blob.len() && d == def)?;
+        Some(p.remove(i).1)
     }
 
     /// Applies an `AI.CONFIG` setting; the reply for a GET.
@@ -220,6 +246,9 @@ impl PartialEq for StoredModel {
 impl StoredModel {
     /// A model about to enter the keyspace; loading starts in the background.
     pub fn new(def: ModelDef) -> Arc<StoredModel> {
+        if let Some(loaded) = registry().take_prepared(&def) {
+            return StoredModel::with_loaded(def, loaded);
+        }
         let m = Arc::new(StoredModel {
             def,
             state: Mutex::new(LoadState::Loading),

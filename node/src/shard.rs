@@ -170,7 +170,7 @@ impl Shard {
             let def = model.clone();
             let checked = tokio::task::spawn_blocking(move || registry().load(&def)).await;
             match checked {
-                Ok(Ok(_)) => {}
+                Ok(Ok(loaded)) => registry().prepare(model.clone(), loaded),
                 Ok(Err(e)) => return Submitted::Done(Outcome::Reply(Reply::err(e))),
                 Err(e) => return Submitted::Done(Outcome::Reply(Reply::err(format!("ERR model load failed: {e}")))),
             }

@@ -189,6 +189,11 @@ impl Cluster {
         Ok(c)
     }
 
+    /// The OS process id of node `id` (1-based), while it runs.
+    pub fn node_pid(&self, id: usize) -> Option<u32> {
+        self.procs[id - 1].child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILLs node `id` (1-based).
     pub fn kill_node(&mut self, id: usize) {
         if let Some(mut child) = self.procs[id - 1].child.take() {
