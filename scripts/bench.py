@@ -6,7 +6,10 @@ AI.TENSORSET/AI.TENSORGET of a 256-float tensor (1 KiB BLOB). redis-server has
 no RedisAI, so tensor commands are compared with SET/GET of the same 1 KiB
 payload on redis-server. Then durable writes: SET 1 KiB with 1 and 50 clients
 against redis-server with `appendfsync always`. Prints requests/s and ratios.
-Tessera's writes are always replicated to 3 fsync'd Raft logs."""
+Tessera's writes are always replicated to 3 fsync'd Raft logs. Last, models:
+`tessera-model-bench` (TENSORSET -> MODELEXECUTE -> TENSORGET through the
+router vs ONNX Runtime in-process; latency at 1 client, throughput at 64
+with and without BATCHSIZE)."""
 
 import argparse
 import os
@@ -16,7 +19,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
 from tessera_cluster import LocalCluster  # noqa: E402
 
 
@@ -104,6 +108,16 @@ def main():
         finally:
             aof.terminate()
             aof.wait()
+
+        # Models: RedisAI-style runs through the router against ONNX Runtime
+        # in-process (same library, same thread settings), in this run.
+        print(flush=True)
+        testdata = os.environ.get("TESSERA_TESTDATA") or os.path.join(ROOT, "..", "shared", "testdata")
+        mb = [os.path.join(a.bin_dir, "tessera-model-bench"), "--router", f"127.0.0.1:{tport}",
+              "--testdata", os.path.join(testdata, "redisai")]
+        mb += ["--requests", "300", "--clients", "64", "--seconds", "3"] if a.quick else \
+              ["--requests", "3000", "--clients", "64", "--seconds", "15"]
+        subprocess.run(mb, check=True, timeout=900)
     finally:
         cluster.stop()
         redis_srv.terminate()
