@@ -240,7 +240,9 @@ impl NodeState {
 
     /// Decodes a request and finds its shard; an error reply otherwise.
     fn route(&self, target: Option<request::Target>, command: &[u8]) -> Result<(Arc<Shard>, NodeCommand), Reply> {
-        let cmd = NodeCommand::from_bytes(command).map_err(|e| {
+        let decode = || NodeCommand::from_bytes(command);
+        let decoded = if command.len() > crate::raft::HEAVY_BYTES { crate::raft::heavy(decode) } else { decode() };
+        let cmd = decoded.map_err(|e| {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
             Reply::err(format!("ERR node could not decode command: {e}"))
         })?;

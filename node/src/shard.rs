@@ -188,7 +188,8 @@ impl Shard {
         }
         // Too large for one entry: log it in bounded parts, in order; the
         // last part applies the whole, and its outcome is the write's.
-        let whole = bytes::Bytes::from(crate::raft::encode(&op));
+        let whole = bytes::Bytes::from(crate::raft::heavy(|| crate::raft::encode(&op)));
+        drop(op);
         let parts = whole.len().div_ceil(CHUNK_BYTES) as u32;
         let id: u64 = rand::random();
         let mut last = Submitted::Done(Outcome::Reply(Reply::Null));

@@ -507,7 +507,9 @@ impl ShardMap {
             let pos = replicas.iter().position(|r| *r == node).unwrap_or(0);
             replicas[(pos + 1) % replicas.len()]
         };
-        while start.elapsed() < RETRY_BUDGET {
+        // Large commands also get longer to find a leader: 1 s more per 8 MB.
+        let budget = RETRY_BUDGET + Duration::from_millis(command.len() as u64 / 8_000);
+        while start.elapsed() < budget {
             tries += 1;
             let rx = self.node(node).call(target, command.clone());
             let reply = match tokio::time::timeout(timeout, rx).await {

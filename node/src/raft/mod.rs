@@ -82,6 +82,20 @@ pub type Raft = openraft::Raft<C, sm::StateMachine>;
 pub use openraft::Config as RaftConfig;
 
 /// Encodes an openraft message for the wire.
+/// Runs `f`, which may take a while (copying or decoding hundreds of MB),
+/// without stalling the other tasks of this runtime worker: on the
+/// multi-threaded runtime they move to another worker meanwhile, so
+/// heartbeats keep flowing while a large model is decoded.
+pub fn heavy<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Sizes above which [`heavy`] is worth its cost.
+pub const HEAVY_BYTES: usize = 4 << 20;
+
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("raft messages always serialize")
 }

@@ -76,11 +76,15 @@ impl Chunks {
             return None;
         }
         let p = self.pending.remove(&id).expect("present");
-        let mut whole = Vec::with_capacity(p.data.iter().map(|d| d.len()).sum());
-        for d in &p.data {
-            whole.extend_from_slice(d);
-        }
-        Some(match decode::<LogOp>(&whole) {
+        let decoded = super::heavy(move || {
+            let mut whole = Vec::with_capacity(p.data.iter().map(|d| d.len()).sum());
+            for d in &p.data {
+                whole.extend_from_slice(d);
+            }
+            drop(p);
+            decode::<LogOp>(&whole)
+        });
+        Some(match decoded {
             Ok(LogOp::Command(c)) => Ok(LogOp::Command(c)),
             Ok(_) => Err(Reply::err("ERR a chunked write must carry a command")),
             Err(e) => Err(Reply::err(format!("ERR chunked write does not decode: {e}"))),
@@ -92,6 +96,13 @@ impl Chunks {
 struct SnapshotFile {
     meta: SnapshotMetaOf<C>,
     data: Vec<u8>,
+}
+
+/// [`SnapshotFile`] borrowed: the same encoding.
+#[derive(Serialize)]
+struct SnapshotFileRef<'a> {
+    meta: &'a SnapshotMetaOf<C>,
+    data: &'a [u8],
 }
 
 /// The latest snapshot: its metadata and payload.
@@ -177,7 +188,8 @@ impl StateMachine {
         let meta = meta.clone();
         let d = data.clone();
         tokio::task::spawn_blocking(move || {
-            let file = SnapshotFile { meta, data: d.to_vec() };
+            // Encodes exactly as `SnapshotFile`, without copying the data first.
+            let file = SnapshotFileRef { meta: &meta, data: &d };
             write_atomic(&path, &encode(&file))
         })
         .await
@@ -193,7 +205,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
         let (meta, bytes) = {
             let d = self.data.lock();
             let meta = SnapshotMeta { last_log_id: d.last_applied, last_membership: d.last_membership.clone() };
-            (meta, Arc::new(snapshot_bytes(&d)))
+            (meta, Arc::new(super::heavy(|| snapshot_bytes(&d))))
         };
         self.persist(&meta, bytes.clone()).await?;
         *self.current.lock() = Some((meta.clone(), bytes.clone()));
@@ -255,7 +267,7 @@ impl RaftStateMachine<C> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: SnapshotData) -> Result<(), io::Error> {
         let bytes = Arc::new(snapshot.into_inner());
-        let (ts, map, chunks, ks) = load_snapshot_bytes(&bytes)?;
+        let (ts, map, chunks, ks) = super::heavy(|| load_snapshot_bytes(&bytes))?;
         self.persist(meta, bytes.clone()).await?;
         {
             let mut d = self.data.lock();
