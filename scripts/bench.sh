@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}"
+. "$ROOT/scripts/env.sh"
 ./scripts/setup.sh >/dev/null
 cargo build --release -q -p tessera-node -p tessera-router -p tessera-bench
 exec "$HOME/.cache/tessera/venv/bin/python" scripts/bench.py --bin-dir "$CARGO_TARGET_DIR/release" "$@"

@@ -39,4 +39,5 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; 
 fi
 # Model runtimes (native libraries from PyPI wheels, cached outside the clone).
 ORT_LIB=$("$(dirname "$0")/../native/setup_ort.sh")
-echo "setup: ok (venv $VENV, ONNX Runtime $ORT_LIB)"
+"$(dirname "$0")/../native/fetch_libtorch.sh" "$CACHE/libtorch"
+echo "setup: ok (venv $VENV, ONNX Runtime $ORT_LIB, libtorch $CACHE/libtorch)"

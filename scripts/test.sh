@@ -14,7 +14,7 @@ for a in "$@"; do
   esac
 done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}"
+. "$ROOT/scripts/env.sh"
 export CARGO_TERM_COLOR=never
 ./scripts/setup.sh
 

@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera/target}"
+. "$(cd "$(dirname "$0")/../.." && pwd)/scripts/env.sh"
 BIN="$CARGO_TARGET_DIR/$PROFILE"
 
 stop_all() {

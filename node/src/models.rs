@@ -106,10 +106,14 @@ impl Registry {
                 })?;
                 Ok(Arc::new(b))
             }
+            #[cfg(feature = "torch")]
+            BackendKind::Torch => Ok(Arc::new(tessera_backend_torch::TorchBackend)),
             #[cfg(feature = "tract")]
             BackendKind::Tf => Ok(Arc::new(tessera_backend_tract::TfBackend)),
             #[cfg(feature = "tract")]
             BackendKind::TfLite => Ok(Arc::new(tessera_backend_tract::TfLiteBackend)),
+            // Reached only when a backend's feature is off.
+            #[allow(unreachable_patterns)]
             other => {
                 let _ = (path, s);
                 Err(format!("ERR Backend not loaded: {}", other.name()))

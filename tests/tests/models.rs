@@ -589,3 +589,29 @@ fn big_model_in_chunks_survives_a_full_restart() {
     let peaks: Vec<f64> = (1..=3).map(|id| peak_rss_mb(c.node_pid(id).unwrap())).collect();
     println!("after restart: peak RSS per node {:?} MB", peaks.iter().map(|p| p.round()).collect::<Vec<_>>());
 }
+
+#[test]
+fn torchscript_model_through_the_router() {
+    let c = Cluster::start(3, 1).expect("cluster starts");
+    let mut con = connect(&c);
+    let pt = testdata("pt-minimal.pt");
+    // Chunked upload, as RedisAI's own test does with this model.
+    let (a, b) = pt.split_at(pt.len() / 2);
+    ok(redis::cmd("AI.MODELSTORE").arg("pt{1}").arg("TORCH").arg("CPU").arg("BLOB").arg(a).arg(b).query(&mut con));
+    let meta = pairs(redis::cmd("AI.MODELGET").arg("pt{1}").arg("META").query(&mut con).unwrap());
+    assert_eq!(field(&meta, "backend"), &Value::BulkString(b"TORCH".to_vec()));
+    assert_eq!(
+        field(&meta, "inputs"),
+        &Value::Array(vec![Value::BulkString(b"a".to_vec()), Value::BulkString(b"b".to_vec())])
+    );
+    assert_eq!(field(&meta, "outputs"), &Value::Array(vec![Value::BulkString(Vec::new())]));
+    ok(exec(&mut con, &["AI.TENSORSET", "a{1}", "FLOAT", "2", "2", "VALUES", "2", "3", "2", "3"]));
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "pt{1}", "INPUTS", "2", "a{1}", "a{1}", "OUTPUTS", "1", "c{1}"]));
+    let v: Vec<String> = redis::cmd("AI.TENSORGET").arg("c{1}").arg("VALUES").query(&mut con).unwrap();
+    assert_eq!(v, ["4", "6", "4", "6"]);
+    let e = err_text(
+        redis::cmd("AI.MODELSTORE").arg("pt{1}").arg("TORCH").arg("CPU").arg("BLOB").arg("junk").query(&mut con),
+    );
+    assert!(e.contains("PytorchStreamReader") || e.contains("istream reader failed"), "{e}");
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "pt{1}", "INPUTS", "2", "a{1}", "a{1}", "OUTPUTS", "1", "c{1}"]));
+}

@@ -1,0 +1,57 @@
+//! The TORCH backend against libtorch and RedisAI's TorchScript test model.
+
+use std::path::PathBuf;
+
+use tessera_backend::{elements, from_elements, Backend, Device, LoadOptions};
+use tessera_backend_torch::TorchBackend;
+
+fn testdata(name: &str) -> Vec<u8> {
+    let root = std::env::var_os("TESSERA_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"));
+    let p = root.join("redisai").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn pt_minimal_adds() {
+    // RedisAI's pt-minimal.pt (saved by libtorch 1.x): forward(a, b) = a + b.
+    let m = TorchBackend.load(&testdata("pt-minimal.pt"), &LoadOptions::default()).unwrap();
+    assert_eq!(m.inputs(), ["a", "b"]);
+    assert_eq!(m.outputs(), [""]);
+    let a = from_elements(vec![2, 2], &[2f32, 3.0, 2.0, 3.0]);
+    let out = m.run(&[a.clone(), a.clone()]).unwrap();
+    let y = out[0].as_ref().unwrap();
+    assert_eq!(y.shape, vec![2, 2]);
+    assert_eq!(elements::<f32>(y), vec![4.0, 6.0, 4.0, 6.0]);
+    // Concurrent runs share the module.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..20 {
+                    assert!(m.run(&[a.clone(), a.clone()]).is_ok());
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn torch_errors_are_clear() {
+    let e = TorchBackend.load(b"not a zip", &LoadOptions::default()).err().unwrap();
+    assert!(e.0.contains("PytorchStreamReader") || e.0.contains("zip"), "{e}");
+    assert!(!e.0.contains('\n'));
+    let gpu = LoadOptions { device: Device::Gpu(None), ..Default::default() };
+    assert_eq!(
+        TorchBackend.load(&testdata("pt-minimal.pt"), &gpu).err().unwrap().0,
+        "GPU requested but Torch couldn't find CUDA"
+    );
+    let m = TorchBackend.load(&testdata("pt-minimal.pt"), &LoadOptions::default()).unwrap();
+    let a = from_elements(vec![2], &[1f32, 2.0]);
+    let b = from_elements(vec![3], &[1f32, 2.0, 3.0]);
+    let e = m.run(&[a.clone(), b]).unwrap_err();
+    assert!(e.0.contains("size of tensor"), "{e}");
+    let u16s = tessera_backend::from_elements(vec![2], &[1u16, 2]);
+    assert_eq!(m.run(&[u16s, a.clone()]).unwrap_err().0, "Unsupported kUInt bits 16");
+    assert!(m.run(&[a.clone(), a]).is_ok());
+}

@@ -1,0 +1,8 @@
+//! With the `torch` feature, binaries get an rpath to libtorch (the torch
+//! backend crate reports where it is), so they run without LD_LIBRARY_PATH.
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TESSERA_TORCH_LIBTORCH_LIB");
+    if let Ok(lib) = std::env::var("DEP_TESSERA_TORCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{lib}");
+    }
+}
