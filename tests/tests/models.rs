@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisResult, Value};
 use tessera_tests::Cluster;
 
+/// One cluster at a time: these tests load real runtimes and move large
+/// models; seven debug clusters starting at once on a 2-core box can take
+/// longer than the harness waits for a first election.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn testdata(name: &str) -> Vec<u8> {
     let root = std::env::var_os("TESSERA_TESTDATA")
         .map(PathBuf::from)
@@ -97,6 +106,7 @@ fn field<'a>(p: &'a [(String, Value)], name: &str) -> &'a Value {
 
 #[test]
 fn onnx_mnist_store_get_execute_info_delete() {
+    let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
     let mut con = connect(&c);
     let mnist = testdata("mnist.onnx");
@@ -150,6 +160,7 @@ fn onnx_mnist_store_get_execute_info_delete() {
 
 #[test]
 fn bad_models_and_bad_runs_are_refused_and_change_nothing() {
+    let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
     let mut con = connect(&c);
     let mnist = testdata("mnist.onnx");
@@ -260,6 +271,7 @@ fn bad_models_and_bad_runs_are_refused_and_change_nothing() {
 
 #[test]
 fn concurrent_clients_are_batched() {
+    let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
     let mut con = connect(&c);
     let mnist = testdata("mnist_batched.onnx");
@@ -331,6 +343,7 @@ fn concurrent_clients_are_batched() {
 
 #[test]
 fn a_stored_model_runs_on_the_new_leader_after_a_kill() {
+    let _serial = serial();
     let mut c = Cluster::start(3, 1).expect("cluster starts");
     let mut con = connect(&c);
     let mnist = testdata("mnist.onnx");
@@ -372,6 +385,7 @@ fn a_stored_model_runs_on_the_new_leader_after_a_kill() {
 
 #[test]
 fn tf_graph_through_the_router() {
+    let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
     let mut con = connect(&c);
     let graph = testdata("graph.pb");
@@ -531,6 +545,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 /// peak RSS against the model's size.
 #[test]
 fn big_model_in_chunks_survives_a_full_restart() {
+    let _serial = serial();
     let mb: usize = std::env::var("TESSERA_BIG_MODEL_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
     let model = big_onnx(mb * 1024 * 1024 / 4);
     let size_mb = model.len() as f64 / (1024.0 * 1024.0);
@@ -592,6 +607,7 @@ fn big_model_in_chunks_survives_a_full_restart() {
 
 #[test]
 fn torchscript_model_through_the_router() {
+    let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
     let mut con = connect(&c);
     let pt = testdata("pt-minimal.pt");
