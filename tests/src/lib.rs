@@ -41,7 +41,7 @@ impl Proc {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;
-        let ready = read_ready(&mut child, Duration::from_secs(30));
+        let ready = read_ready(&mut child, start_wait());
         self.child = Some(child);
         ready
     }
@@ -73,6 +73,14 @@ fn read_ready(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
         bail!("unexpected first line: {line:?}");
     }
     Ok(line.trim().to_string())
+}
+
+/// How long a cluster may take to start: the routers' own start-up wait
+/// (`TESSERA_NODE_WAIT_SECS`, which the test script raises on loaded
+/// machines) plus a margin.
+pub fn start_wait() -> Duration {
+    let secs: u64 = std::env::var("TESSERA_NODE_WAIT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    Duration::from_secs(secs.max(30) + 15)
 }
 
 /// A port the OS reports free now. Nodes must know each other's addresses
@@ -185,7 +193,7 @@ impl Cluster {
                 _ => {}
             }
         }
-        c.wait_serving(Duration::from_secs(30))?;
+        c.wait_serving(start_wait())?;
         Ok(c)
     }
 

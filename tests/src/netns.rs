@@ -122,7 +122,7 @@ impl NetCluster {
                 c.plain = v.parse()?;
             }
         }
-        wait_serving(c.plain, Duration::from_secs(30))?;
+        wait_serving(c.plain, crate::start_wait())?;
         Ok(c)
     }
 
