@@ -157,7 +157,7 @@ pub async fn lost_its_disk(state: &NodeState, clients: &AdminClients) -> bool {
         let others: Vec<String> =
             state.config.peers.iter().filter(|(id, _)| **id != me).map(|(_, a)| a.clone()).collect();
         if let Ok(AdminResponse::Map(map)) =
-            clients.ask_leader(&others, &AdminRequest::Map, Duration::from_millis(300)).await
+            clients.ask_leader(&others, &AdminRequest::Map, Duration::from_secs(2)).await
         {
             if map.epoch > 0 {
                 return map.nodes.get(&me).is_some_and(|n| n.status == NodeStatus::Joined);
@@ -167,7 +167,7 @@ pub async fn lost_its_disk(state: &NodeState, clients: &AdminClients) -> bool {
         for id in seeds.iter().filter(|id| **id != me) {
             let addr = &state.config.peers[id];
             if let Ok(AdminResponse::Probe { has_state: false }) =
-                clients.ask(addr, &AdminRequest::Probe, Duration::from_millis(500)).await
+                clients.ask(addr, &AdminRequest::Probe, Duration::from_secs(2)).await
             {
                 empty += 1;
             }
