@@ -26,10 +26,11 @@ echo "== build binaries"
 cargo build -q -p tessera-node -p tessera-router
 echo "== cargo test"
 # Every end-to-end test starts its own cluster of debug nodes (each loading
-# libtorch, ORT and tract); on 2 cores, two test threads at a time keep a
-# first election inside the routers' start-up wait, given 90 s here.
+# libtorch, ORT and tract at start). On this 2-core box, clusters forming
+# while others run under load missed the routers' start-up wait, so the
+# tests run one at a time, and routers wait up to 90 s.
 export TESSERA_NODE_WAIT_SECS="${TESSERA_NODE_WAIT_SECS:-90}"
-TESSERA_BIN_DIR="$CARGO_TARGET_DIR/debug" cargo test -q --workspace -- --test-threads=2 2>&1 | grep -vE '^\s*$|^running 0 tests|0 passed; 0 failed; 0 ignored; 0 measured'
+TESSERA_BIN_DIR="$CARGO_TARGET_DIR/debug" cargo test -q --workspace -- --test-threads=1 2>&1 | grep -vE '^\s*$|^running 0 tests|0 passed; 0 failed; 0 ignored; 0 measured'
 echo "== pytest (real clients)"
 TESSERA_BIN_DIR="$CARGO_TARGET_DIR/debug" "$HOME/.cache/tessera/venv/bin/python" -m pytest -q tests/python
 if [ $BENCH = 1 ]; then
