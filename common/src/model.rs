@@ -354,42 +354,45 @@ fn timeout(b: Option<&Bytes>) -> Result<u64> {
         .ok_or_else(|| err("ERR Invalid value for TIMEOUT"))
 }
 
+#[derive(Clone, Copy)]
+enum Section {
+    Inputs,
+    Outputs,
+}
+
+/// One `INPUTS n k..` / `OUTPUTS n k..` section of MODELEXECUTE starting at
+/// `i`, checked against the model's `expected` count: its keys and the
+/// index after it.
+fn exec_section(argv: &[Bytes], i: usize, section: Section, expected: usize) -> Result<(Vec<Bytes>, usize)> {
+    let (word, lower, upper) = match section {
+        Section::Inputs => ("INPUTS", "input", "Input"),
+        Section::Outputs => ("OUTPUTS", "output", "Output"),
+    };
+    if !argv.get(i).is_some_and(|a| eq(a, word)) {
+        return Err(Error::Verbatim(format!("ERR {word} not specified")));
+    }
+    let n = count(
+        argv.get(i + 1),
+        &format!("ERR Invalid argument for {lower}_count"),
+        &format!("ERR {upper} count must be a positive integer"),
+    )?;
+    if n != expected {
+        return Err(Error::Verbatim(format!("Number of keys given as {word} here does not match model definition")));
+    }
+    let start = i + 2;
+    if argv.len() < start + n {
+        return Err(Error::Verbatim(format!(
+            "ERR number of {lower} keys to AI.MODELEXECUTE command does not match the number of given arguments"
+        )));
+    }
+    Ok((argv[start..start + n].to_vec(), start + n))
+}
+
 /// `AI.MODELEXECUTE key INPUTS n .. OUTPUTS m .. [TIMEOUT t]` against a
 /// model with `n_in` inputs and `n_out` outputs (argv[0] is the command).
 pub fn parse_modelexecute(argv: &[Bytes], n_in: usize, n_out: usize) -> Result<ExecArgs> {
-    let mut i = 2;
-    if !argv.get(i).is_some_and(|a| eq(a, "INPUTS")) {
-        return Err(err("ERR INPUTS not specified"));
-    }
-    let n =
-        count(argv.get(i + 1), "ERR Invalid argument for input_count", "ERR Input count must be a positive integer")?;
-    if n != n_in {
-        return Err(err("Number of keys given as INPUTS here does not match model definition"));
-    }
-    i += 2;
-    if argv.len() < i + n {
-        return Err(err(
-            "ERR number of input keys to AI.MODELEXECUTE command does not match the number of given arguments",
-        ));
-    }
-    let inputs = argv[i..i + n].to_vec();
-    i += n;
-    if !argv.get(i).is_some_and(|a| eq(a, "OUTPUTS")) {
-        return Err(err("ERR OUTPUTS not specified"));
-    }
-    let n =
-        count(argv.get(i + 1), "ERR Invalid argument for output_count", "ERR Output count must be a positive integer")?;
-    if n != n_out {
-        return Err(err("Number of keys given as OUTPUTS here does not match model definition"));
-    }
-    i += 2;
-    if argv.len() < i + n {
-        return Err(err(
-            "ERR number of output keys to AI.MODELEXECUTE command does not match the number of given arguments",
-        ));
-    }
-    let outputs = argv[i..i + n].to_vec();
-    i += n;
+    let (inputs, i) = exec_section(argv, 2, Section::Inputs, n_in)?;
+    let (outputs, i) = exec_section(argv, i, Section::Outputs, n_out)?;
     let mut timeout_ms = None;
     if let Some(tok) = argv.get(i) {
         if !eq(tok, "TIMEOUT") {
