@@ -45,6 +45,36 @@ impl Proc {
         self.child = Some(child);
         ready
     }
+
+    /// SIGKILLs the process (if running) and reaps it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGSTOP / SIGCONT and waits (bounded) until the kernel reports
+    /// every thread stopped / running again.
+    fn signal(&self, sig: &str) {
+        let Some(child) = &self.child else { return };
+        let pid = child.id();
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{sig} {pid} failed");
+        let want_stopped = sig == "STOP";
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // A group stop reaches each thread on its own: the process is
+            // stopped only once every thread reports state T (a worker thread
+            // still running could finish a replication round trip).
+            let states = thread_states(pid);
+            if !states.is_empty() && states.iter().all(|s| (s == "T") == want_stopped) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not reach state after SIG{sig}: {states:?}", self.name);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 /// A running cluster: N nodes (ids 1..=N) with every shard replicated on 3
@@ -204,10 +234,7 @@ impl Cluster {
 
     /// SIGKILLs node `id` (1-based).
     pub fn kill_node(&mut self, id: usize) {
-        if let Some(mut child) = self.procs[id - 1].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.procs[id - 1].kill();
     }
 
     /// Stops node `id` gracefully (SIGTERM), waiting (bounded) for it to exit.
@@ -267,18 +294,7 @@ impl Cluster {
     /// error with its stderr.
     pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
         let nodes: Vec<String> = self.node_addrs.iter().map(|a| a.to_string()).collect();
-        let out = Command::new(bin_dir().join("tessera-admin"))
-            .arg("--node")
-            .arg(nodes.join(","))
-            .arg("--timeout-secs")
-            .arg("120")
-            .args(args)
-            .output()
-            .context("run tessera-admin")?;
-        if !out.status.success() {
-            bail!("tessera-admin {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        admin(&nodes, 120, args)
     }
 
     /// The Prometheus text of node `id`.
@@ -289,23 +305,7 @@ impl Cluster {
     /// Sends SIGSTOP / SIGCONT to node `id` and waits (bounded) until the
     /// kernel reports the process stopped / running again.
     pub fn signal_node(&mut self, id: usize, sig: &str) {
-        let Some(child) = &self.procs[id - 1].child else { return };
-        let pid = child.id();
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{sig} {pid} failed");
-        let want_stopped = sig == "STOP";
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            // A group stop reaches each thread on its own: the process is
-            // stopped only once every thread reports state T (a worker thread
-            // still running could finish a replication round trip).
-            let states = thread_states(pid);
-            if !states.is_empty() && states.iter().all(|s| (s == "T") == want_stopped) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "node {id} did not reach state after SIG{sig}: {states:?}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.procs[id - 1].signal(sig);
     }
 
     /// Polls until the router answers a keyed command (its node sessions are up).
@@ -352,6 +352,23 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         stop_all(&mut self.procs, &self.dir);
     }
+}
+
+/// Runs `tessera-admin --node <nodes> --timeout-secs <timeout> <args>`; its
+/// stdout, or an error with its stderr.
+pub fn admin(nodes: &[String], timeout_secs: u64, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin_dir().join("tessera-admin"))
+        .arg("--node")
+        .arg(nodes.join(","))
+        .arg("--timeout-secs")
+        .arg(timeout_secs.to_string())
+        .args(args)
+        .output()
+        .context("run tessera-admin")?;
+    if !out.status.success() {
+        bail!("tessera-admin {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls until the router at `plain` answers a keyed command (bounded).

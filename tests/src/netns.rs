@@ -36,6 +36,11 @@ impl NetCluster {
     /// Starts `n` nodes (each in its own namespace) with `shards_per_node`
     /// shards each, and a router in the host namespace.
     pub fn start(n: usize, shards_per_node: usize) -> anyhow::Result<NetCluster> {
+        Self::start_with(n, shards_per_node, &[])
+    }
+
+    /// Like [`NetCluster::start`], with extra node flags (later ones win).
+    pub fn start_with(n: usize, shards_per_node: usize, node_args: &[&str]) -> anyhow::Result<NetCluster> {
         let id = std::process::id() % 10_000;
         let u = unique() % 100;
         let subnet = format!("10.{}.{}", 200 + (u % 50), id % 250);
@@ -73,7 +78,7 @@ impl NetCluster {
             c.nodes.iter().enumerate().map(|(i, (_, ip))| format!("{}={ip}:{NODE_PORT}", i + 1)).collect();
         let bins = bin_dir();
         for (i, (ns, ip)) in c.nodes.clone().iter().enumerate() {
-            let args: Vec<std::ffi::OsString> = vec![
+            let mut args: Vec<std::ffi::OsString> = vec![
                 "netns".into(),
                 "exec".into(),
                 ns.into(),
@@ -98,6 +103,7 @@ impl NetCluster {
                 "--data-dir".into(),
                 dir.join(format!("node-{}", i + 1)).into(),
             ];
+            args.extend(node_args.iter().map(|a| a.into()));
             let log = dir.join(format!("node-{}.log", i + 1));
             c.procs.push(Proc { name: format!("node-{}", i + 1), child: None, log, args, bin: "ip".into() });
             c.procs.last_mut().expect("pushed").spawn()?;
@@ -129,25 +135,97 @@ impl NetCluster {
     /// Cuts node `id` off from the other nodes (both directions); the router
     /// (on the bridge's host address) still reaches it.
     pub fn isolate_from_peers(&self, id: usize) -> anyhow::Result<()> {
-        let (ns, _) = &self.nodes[id - 1];
-        let others: Vec<&str> =
-            self.nodes.iter().enumerate().filter(|(i, _)| i + 1 != id).map(|(_, (_, ip))| ip.as_str()).collect();
-        let set = others.join(", ");
-        let rules = format!(
-            "table inet tessera_partition {{\n\
-               chain input {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n\
-               chain output {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n\
-             }}\n"
-        );
-        let path = self.dir.join(format!("partition-{id}.nft"));
-        std::fs::write(&path, rules)?;
-        sh(&["ip", "netns", "exec", ns, "nft", "-f", path.to_str().context("path")?])
+        let pairs: Vec<(usize, usize)> = (1..=self.nodes.len()).filter(|&o| o != id).map(|o| (id, o)).collect();
+        self.partition(&pairs, 0)
+    }
+
+    /// Replaces every node's fault rules: traffic between each pair of nodes
+    /// in `cut` is dropped (both ways), and, when `loss_percent` > 0, that
+    /// share of the remaining packets between nodes is dropped at random.
+    /// The router (the bridge's host address) always gets through.
+    pub fn partition(&self, cut: &[(usize, usize)], loss_percent: u32) -> anyhow::Result<()> {
+        for id in 1..=self.nodes.len() {
+            let blocked: Vec<&str> = cut
+                .iter()
+                .filter_map(|&(a, b)| match (a == id, b == id) {
+                    (true, false) => Some(self.nodes[b - 1].1.as_str()),
+                    (false, true) => Some(self.nodes[a - 1].1.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let peers: Vec<&str> =
+                self.nodes.iter().enumerate().filter(|(i, _)| i + 1 != id).map(|(_, (_, ip))| ip.as_str()).collect();
+            let mut input = String::new();
+            let mut output = String::new();
+            if !blocked.is_empty() {
+                let set = blocked.join(", ");
+                input.push_str(&format!(" ip saddr {{ {set} }} drop;"));
+                output.push_str(&format!(" ip daddr {{ {set} }} drop;"));
+            }
+            if loss_percent > 0 && !peers.is_empty() {
+                let set = peers.join(", ");
+                input.push_str(&format!(" ip saddr {{ {set} }} numgen random mod 100 < {loss_percent} drop;"));
+                output.push_str(&format!(" ip daddr {{ {set} }} numgen random mod 100 < {loss_percent} drop;"));
+            }
+            // Adding, deleting and re-creating the table in one transaction
+            // replaces the node's rules atomically, whether it had any or not.
+            let mut rules = String::from("add table inet tessera_partition\ndelete table inet tessera_partition\n");
+            if !input.is_empty() {
+                rules.push_str(&format!(
+                    "table inet tessera_partition {{\n\
+                       chain input {{ type filter hook input priority 0;{input} }}\n\
+                       chain output {{ type filter hook output priority 0;{output} }}\n\
+                     }}\n"
+                ));
+            }
+            let path = self.dir.join(format!("faults-{id}.nft"));
+            std::fs::write(&path, rules)?;
+            sh(&["ip", "netns", "exec", &self.nodes[id - 1].0, "nft", "-f", path.to_str().context("path")?])?;
+        }
+        Ok(())
     }
 
     /// Removes node `id`'s partition rules.
     pub fn heal(&self, id: usize) -> anyhow::Result<()> {
         let (ns, _) = &self.nodes[id - 1];
         sh(&["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tessera_partition"])
+    }
+
+    /// Removes every node's fault rules.
+    pub fn heal_all(&self) -> anyhow::Result<()> {
+        self.partition(&[], 0)
+    }
+
+    /// The nodes' gRPC addresses (reachable from the host namespace).
+    pub fn node_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|(_, ip)| format!("{ip}:{NODE_PORT}")).collect()
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill_node(&mut self, id: usize) {
+        self.procs[id - 1].kill();
+    }
+
+    /// Starts node `id` again with the same flags and data folder.
+    pub fn restart_node(&mut self, id: usize) -> anyhow::Result<()> {
+        self.procs[id - 1].spawn().map(|_| ())
+    }
+
+    /// SIGSTOP / SIGCONT to node `id`, waiting until every thread is there.
+    pub fn signal_node(&mut self, id: usize, sig: &str) {
+        self.procs[id - 1].signal(sig);
+    }
+
+    /// Deletes node `id`'s data folder (the node must be stopped).
+    pub fn wipe_node(&mut self, id: usize) -> anyhow::Result<()> {
+        assert!(self.procs[id - 1].child.is_none(), "wipe a stopped node only");
+        std::fs::remove_dir_all(self.dir.join(format!("node-{id}")))?;
+        Ok(())
+    }
+
+    /// What node `id` logged.
+    pub fn node_log(&self, id: usize) -> String {
+        std::fs::read_to_string(&self.procs[id - 1].log).unwrap_or_default()
     }
 
     /// Everything the processes logged.
