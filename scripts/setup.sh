@@ -13,6 +13,12 @@ need_apt=()
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
+# Partitions in the tests and the chaos harness (network namespaces,
+# nftables), and a font for the chaos timeline's text.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from apt"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -2,14 +2,18 @@
 # The whole test suite: set-up, formatting and lints, Rust unit and
 # integration tests (real processes, real sockets, redis-rs), Python client
 # tests (redis-py RedisCluster, redisai-py, redis-cli -c, redis-benchmark),
-# and a short benchmark smoke run (pass --no-bench to skip it).
+# a short benchmark smoke run (pass --no-bench to skip it), and a short
+# seeded chaos run with the proof that the checker catches a broken build
+# (pass --no-chaos to skip it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 BENCH=1
+CHAOS=1
 for a in "$@"; do
   case "$a" in
     --no-bench) BENCH=0 ;;
+    --no-chaos) CHAOS=0 ;;
     *) echo "unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -36,4 +40,8 @@ TESSERA_BIN_DIR="$CARGO_TARGET_DIR/debug" "$HOME/.cache/tessera/venv/bin/python"
 if [ $BENCH = 1 ]; then
   echo "== benchmark smoke run (short; full: scripts/bench.sh)"
   ./scripts/bench.sh --quick
+fi
+if [ $CHAOS = 1 ]; then
+  echo "== chaos: short seeded run + broken-build proof (long runs: scripts/chaos.sh --soak 30)"
+  ./scripts/chaos.sh --quick
 fi

@@ -120,13 +120,20 @@ async fn tensorset(con: &mut redis::aio::MultiplexedConnection, key: &str, t: &T
     Ok(())
 }
 
+/// Connections wait up to 60 s for a reply: at 64 clients on a loaded box a
+/// durable round can take longer than redis-rs's 500 ms default, and a
+/// benchmark should measure slowness, not fail on it.
+fn config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)))
+}
+
 /// Runs per second with `clients` connections, each looping set/run/get.
 async fn router_throughput(url: &str, model: &str, input: &Tensor, clients: usize, secs: f64) -> Result<f64> {
     let client = redis::Client::open(url)?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let mut con = client.get_multiplexed_async_connection().await?;
+        let mut con = client.get_multiplexed_async_connection_with_config(&config()).await?;
         let (model, input) = (model.to_owned(), input.clone());
         // The model key's tag puts every client's tensors on its shard.
         let tag = model.split('{').nth(1).unwrap_or("}").trim_end_matches('}').to_owned();
@@ -185,7 +192,7 @@ async fn main() -> Result<()> {
     ];
     let url = format!("redis://{}/", a.router);
     let client = redis::Client::open(url.as_str())?;
-    let mut con = client.get_multiplexed_async_connection().await?;
+    let mut con = client.get_multiplexed_async_connection_with_config(&config()).await?;
 
     println!("== (a) latency, concurrency 1, {} runs each (router: TENSORSET + MODELEXECUTE + TENSORGET)", a.requests);
     for (i, c) in cases.iter().enumerate() {

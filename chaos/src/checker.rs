@@ -297,7 +297,8 @@ fn check_set(key: &str, ops: &[&Op]) -> Vec<Violation> {
             if r1.ret >= r2.call {
                 continue;
             }
-            let (OpKind::SetRead { present: p1, .. }, OpKind::SetRead { asked: a2, present: p2 }) = (&r1.kind, &r2.kind)
+            let (OpKind::SetRead { present: p1, .. }, OpKind::SetRead { asked: a2, present: p2 }) =
+                (&r1.kind, &r2.kind)
             else {
                 continue;
             };

@@ -263,7 +263,7 @@ impl Nemesis {
             eprintln!("[{:>7.1}s] fault {} {}", event.start as f64 / 1e9, event.name, event.detail);
             let hold = self.rng.random_range(self.hold.0..=self.hold.1);
             std::thread::sleep(Duration::from_millis(hold));
-            self.heal(ctl, &mut active, &mut event)?;
+            self.heal(ctl, &mut active, &mut event);
             event.end = self.now();
             self.events.push(event);
             self.wait_healthy(ctl, &active)?;
@@ -296,8 +296,7 @@ impl Nemesis {
         let n = ctl.node_count();
         match kind {
             Kind::Kill | Kind::KillLeader => {
-                let (node, led) =
-                    if kind == Kind::Kill { self.pick(topo, n) } else { self.pick_leader(topo, n) };
+                let (node, led) = if kind == Kind::Kill { self.pick(topo, n) } else { self.pick_leader(topo, n) };
                 ctl.kill(node);
                 active.killed.push(node);
                 event.nodes = vec![node];
@@ -305,8 +304,7 @@ impl Nemesis {
                 event.detail = format!("node {node}");
             }
             Kind::Pause | Kind::PauseLeader => {
-                let (node, led) =
-                    if kind == Kind::Pause { self.pick(topo, n) } else { self.pick_leader(topo, n) };
+                let (node, led) = if kind == Kind::Pause { self.pick(topo, n) } else { self.pick_leader(topo, n) };
                 ctl.pause(node, true);
                 active.paused.push(node);
                 event.nodes = vec![node];
@@ -364,8 +362,11 @@ impl Nemesis {
                     .collect();
                 ctl.kill(node);
                 ctl.wipe(node)?;
-                ctl.restart(node)?;
                 active.wiped = Some((node, generations));
+                if let Err(e) = ctl.restart(node) {
+                    self.unhealthy.push(format!("node {node} did not start with an empty disk: {e:#}"));
+                    active.killed.push(node);
+                }
                 event.nodes = vec![node];
                 event.led_shards = led;
                 event.detail = format!("node {node} lost its disk and restarted empty");
@@ -383,9 +384,8 @@ impl Nemesis {
                 let victim = *others.choose(&mut self.rng).expect("n >= 5");
                 let addrs = ctl.node_addrs();
                 let (s, f, t) = (shard.to_string(), from.to_string(), to.to_string());
-                active.mover = Some(std::thread::spawn(move || {
-                    tessera_tests::admin(&addrs, 120, &["move-replica", &s, &f, &t])
-                }));
+                active.mover =
+                    Some(std::thread::spawn(move || tessera_tests::admin(&addrs, 120, &["move-replica", &s, &f, &t])));
                 std::thread::sleep(Duration::from_millis(self.rng.random_range(0..1_000)));
                 ctl.kill(victim);
                 active.killed.push(victim);
@@ -403,15 +403,21 @@ impl Nemesis {
         (node, topo.led_by(node))
     }
 
-    fn heal(&mut self, ctl: &mut dyn Control, active: &mut Active, event: &mut FaultEvent) -> anyhow::Result<()> {
+    /// Lifts every fault in `active`. A node that does not come back is a
+    /// finding (a liveness violation), not a harness error.
+    fn heal(&mut self, ctl: &mut dyn Control, active: &mut Active, event: &mut FaultEvent) {
         if active.network {
-            ctl.network(&[], 0)?;
+            if let Err(e) = ctl.network(&[], 0) {
+                self.unhealthy.push(format!("could not heal the network: {e:#}"));
+            }
         }
         for id in active.paused.drain(..) {
             ctl.pause(id, false);
         }
         for id in active.killed.drain(..) {
-            ctl.restart(id)?;
+            if let Err(e) = ctl.restart(id) {
+                self.unhealthy.push(format!("node {id} did not restart after {}: {e:#}", event.name));
+            }
         }
         if let Some(mover) = active.mover.take() {
             match mover.join() {
@@ -420,7 +426,6 @@ impl Nemesis {
                 Err(_) => event.detail.push_str(": move thread panicked"),
             }
         }
-        Ok(())
     }
 
     /// Waits (bounded) until the cluster is healthy again: every node
@@ -433,7 +438,9 @@ impl Nemesis {
             let topo = Topology::read(ctl).unwrap_or_default();
             let rebuilt = match &active.wiped {
                 None => true,
-                Some((_, before)) => before.iter().all(|(id, gen)| topo.shards.get(id).is_some_and(|g| g.generation > *gen)),
+                Some((_, before)) => {
+                    before.iter().all(|(id, gen)| topo.shards.get(id).is_some_and(|g| g.generation > *gen))
+                }
             };
             if topo.healthy() && rebuilt {
                 self.recoveries.push(started.elapsed().as_secs_f64());

@@ -95,7 +95,13 @@ impl Summary<'_> {
             e.1 += usize::from(o.ok());
         }
         let total_ok: usize = per.values().map(|v| v.1).sum();
-        let _ = writeln!(s, "operations: {} ({} acknowledged, {} unknown)", self.history.len(), total_ok, self.history.len() - total_ok);
+        let _ = writeln!(
+            s,
+            "operations: {} ({} acknowledged, {} unknown)",
+            self.history.len(),
+            total_ok,
+            self.history.len() - total_ok
+        );
         for (w, (n, ok)) in &per {
             let _ = writeln!(s, "  {w:<7} {n:>8} ops, {ok:>8} ok, {:>6} unknown", n - ok);
         }

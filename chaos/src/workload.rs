@@ -94,7 +94,8 @@ impl Client {
     fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, String> {
         if self.con.is_none() {
             let client = redis::Client::open(format!("redis://{}/", self.addr)).map_err(|e| e.to_string())?;
-            let con = client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+            let con =
+                client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
             con.set_read_timeout(Some(OP_TIMEOUT)).map_err(|e| e.to_string())?;
             con.set_write_timeout(Some(OP_TIMEOUT)).map_err(|e| e.to_string())?;
             self.con = Some(con);
@@ -328,7 +329,8 @@ pub fn model_reader(sh: Arc<Shared>, worker: usize, seed: u64) {
             continue;
         }
         let call = sh.rec.now();
-        let ran = c.query(redis::cmd("AI.MODELEXECUTE").arg(&key).arg("INPUTS").arg(1).arg(&x).arg("OUTPUTS").arg(1).arg(&y));
+        let ran =
+            c.query(redis::cmd("AI.MODELEXECUTE").arg(&key).arg("INPUTS").arg(1).arg(&x).arg("OUTPUTS").arg(1).arg(&y));
         let ret = sh.rec.now();
         if ran.is_err() {
             // The model may not exist yet, or the run is unknown: a read
@@ -342,11 +344,8 @@ pub fn model_reader(sh: Arc<Shared>, worker: usize, seed: u64) {
         let version = out - input;
         // An output from another run (or garbage) reads as a version that
         // was never written, which the checker reports.
-        let seen = if version >= 0.0 && version.fract() == 0.0 && version < NONCE_SCALE {
-            version as u64
-        } else {
-            u64::MAX
-        };
+        let seen =
+            if version >= 0.0 && version.fract() == 0.0 && version < NONCE_SCALE { version as u64 } else { u64::MAX };
         sh.rec.push(Op {
             workload: "model".into(),
             worker,

@@ -239,17 +239,22 @@ impl NodeState {
     }
 
     /// Decodes a request and finds its shard; an error reply otherwise.
-    fn route(&self, target: Option<request::Target>, command: &[u8]) -> Result<(Arc<Shard>, NodeCommand), Reply> {
+    ///
+    /// A shard this node does not host (yet, or any more: a restarted node
+    /// with a wiped disk, a replica moved away) answers as a replica with no
+    /// leader to name, so the router tries the shard's other replicas
+    /// instead of handing the client `CLUSTERDOWN`.
+    fn route(&self, target: Option<request::Target>, command: &[u8]) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
         let decode = || NodeCommand::from_bytes(command);
         let decoded = if command.len() > crate::raft::HEAVY_BYTES { crate::raft::heavy(decode) } else { decode() };
         let cmd = decoded.map_err(|e| {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
-            Reply::err(format!("ERR node could not decode command: {e}"))
+            Outcome::Reply(Reply::err(format!("ERR node could not decode command: {e}")))
         })?;
         // A node setting needs no shard: applied here, its reply returned
         // the way errors are.
         if let NodeCommand::AiConfig { op } = &cmd {
-            return Err(crate::models::registry().config(op));
+            return Err(Outcome::Reply(crate::models::registry().config(op)));
         }
         let hosted = self.hosted.read().clone();
         let shard = match target {
@@ -257,11 +262,15 @@ impl NodeState {
             Some(request::Target::Shard(id)) => hosted.by_id.get(&id).copied(),
             None => None,
         };
-        let shard = shard.map(|i| hosted.shards[i].clone()).ok_or_else(|| Reply::err(NOT_SERVED))?;
+        let shard = match (shard, target) {
+            (Some(i), _) => hosted.shards[i].clone(),
+            (None, None) => return Err(Outcome::Reply(Reply::err(NOT_SERVED))),
+            (None, Some(_)) => return Err(Outcome::Redirect(None)),
+        };
         // A stale router can never make this shard store a key it does not own
         // (the state machine of each replica holds only its shard's slots).
         if !cmd.keys().all(|k| shard.owns(key_slot(k))) {
-            return Err(Reply::err(NOT_SERVED));
+            return Err(Outcome::Reply(Reply::err(NOT_SERVED)));
         }
         Ok((shard, cmd))
     }
@@ -486,8 +495,8 @@ async fn read_session(
         };
         for r in batch.requests {
             match state.route(r.target, &r.command) {
-                Err(reply) => {
-                    let _ = out.send(response(r.id, 0, Outcome::Reply(reply))).await;
+                Err(outcome) => {
+                    let _ = out.send(response(r.id, 0, outcome)).await;
                 }
                 Ok((shard, cmd)) => {
                     let current = lanes.get(&shard.id).is_some_and(|(s, _)| Arc::ptr_eq(s, &shard));

@@ -227,6 +227,15 @@ impl Shard {
     pub async fn finish(&self, s: Submitted) -> Outcome {
         match s {
             Submitted::Done(o) => o,
+            // A deliberately broken build for the chaos harness to catch:
+            // the write is acknowledged once it is queued, before Raft has
+            // committed (or even logged) it. Never in a default build.
+            #[cfg(feature = "chaos-early-ack")]
+            Submitted::Waiting(rx) => {
+                tokio::spawn(rx);
+                Outcome::Reply(Reply::ok())
+            }
+            #[cfg(not(feature = "chaos-early-ack"))]
             Submitted::Waiting(rx) => match rx.await {
                 Ok(Ok(resp)) => Outcome::Reply(resp.data),
                 Ok(Err(ClientWriteError::ForwardToLeader(f))) => forward(&f),
