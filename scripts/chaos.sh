@@ -37,9 +37,11 @@ mkdir -p "$OUT"
 REL="$CARGO_TARGET_DIR/release"
 DBG="$CARGO_TARGET_DIR/debug"
 
+# The same package set as bench.sh, so cargo's feature unification matches
+# and neither script rebuilds what the other built.
+echo "== chaos: building release binaries"
+cargo build -q --release -p tessera-node -p tessera-router -p tessera-bench -p tessera-chaos
 if [ $BROKEN = 0 ]; then
-  echo "== chaos: building release binaries"
-  cargo build -q --release -p tessera-node -p tessera-router -p tessera-chaos
   args=(--bin-dir "$REL" --out "$OUT/run")
   [ -n "$SEED" ] && args+=(--seed "$SEED")
   if [ -n "$SOAK" ]; then args+=(--soak "$SOAK"); else args+=(--secs "$SECS"); fi
@@ -49,17 +51,17 @@ fi
 
 if [ $BROKEN = 1 ] || [ $QUICK = 1 ]; then
   # The proof that the harness can fail: a node that acknowledges writes
-  # before they commit must be caught. Debug build, in its own folder (the
-  # feature only changes tessera-node; cargo keeps both builds cached).
+  # before they commit must be caught. A debug build, copied to its own
+  # folder. It uses test.sh's package set, so only tessera-node is rebuilt,
+  # and cargo keeps both variants cached.
   echo "== chaos: the broken build (chaos-early-ack) must be caught"
   BROKEN_DIR="$CARGO_TARGET_DIR/chaos-early-ack"
   mkdir -p "$BROKEN_DIR"
-  cargo build -q -p tessera-node --features chaos-early-ack
-  cp "$DBG/tessera-node" "$BROKEN_DIR/tessera-node"
-  cargo build -q -p tessera-node -p tessera-router -p tessera-chaos
-  cp "$DBG/tessera-router" "$DBG/tessera-admin" "$BROKEN_DIR/"
+  cargo build -q -p tessera-node -p tessera-router --features tessera-node/chaos-early-ack
+  cp "$DBG/tessera-node" "$DBG/tessera-router" "$DBG/tessera-admin" "$BROKEN_DIR/"
+  cargo build -q -p tessera-node -p tessera-router
   set +e
-  "$DBG/tessera-chaos" --bin-dir "$BROKEN_DIR" --out "$OUT/broken" --seed "${SEED:-1}" --nodes 3 --secs 40 \
+  "$REL/tessera-chaos" --bin-dir "$BROKEN_DIR" --out "$OUT/broken" --seed "${SEED:-1}" --nodes 3 --secs 40 \
     --nemesis kill-leader,pause-leader,kill
   rc=$?
   set -e

@@ -16,6 +16,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::history::{Op, OpKind};
 
+/// The value a model reader records when the output it read back was not
+/// computed from the input it wrote.
+pub const FOREIGN: u64 = u64::MAX;
+
 /// Search steps after which a key's history is reported as undecided.
 const STEP_LIMIT: u64 = 20_000_000;
 
@@ -92,7 +96,12 @@ fn check_register(ops: &[&Op]) -> Verdict {
         .collect();
     // A value nobody wrote can never be read.
     if let Some(bad) = ops.iter().find(|o| o.ok() && matches!(o.kind, OpKind::Read(Some(v)) if !written.contains(&v))) {
-        return Verdict::Violation("read a value that was never written".into(), vec![(*bad).clone()]);
+        let what = if bad.kind == OpKind::Read(Some(FOREIGN)) {
+            "a model run's output does not belong to the input it was given (a stale input or output tensor)"
+        } else {
+            "read a value that was never written"
+        };
+        return Verdict::Violation(what.into(), vec![(*bad).clone()]);
     }
     let mut r = Vec::new();
     for (i, o) in ops.iter().enumerate() {
@@ -278,17 +287,29 @@ fn check_set(key: &str, ops: &[&Op]) -> Vec<Violation> {
                 });
             }
         }
-        // Every add acknowledged before this read began must be in it.
-        for a in &acked {
-            let OpKind::Add(e) = a.kind else { continue };
-            if a.ret < r.call && asked.contains(&e) && !present.contains(&e) {
-                let what = if r.workload == "final" {
-                    format!("lost write: acknowledged add of {e} is missing from the final read after healing")
-                } else {
-                    format!("stale read: add of {e} was acknowledged before the read began, but the read misses it")
-                };
-                out.push(Violation { key: key.into(), what, history: vec![(*a).clone(), (*r).clone()] });
-            }
+        // Every add acknowledged before this read began must be in it (one
+        // violation per read, naming the first missing add and the count).
+        let missing: Vec<&&Op> = acked
+            .iter()
+            .filter(
+                |a| matches!(a.kind, OpKind::Add(e) if a.ret < r.call && asked.contains(&e) && !present.contains(&e)),
+            )
+            .collect();
+        if let Some(a) = missing.first() {
+            let OpKind::Add(e) = a.kind else { unreachable!("filtered on Add") };
+            let n = missing.len();
+            let what = if r.workload == "final" {
+                format!(
+                    "lost write: acknowledged add of {e} (and {} more) missing from the final read after healing",
+                    n - 1
+                )
+            } else {
+                format!(
+                    "stale read: add of {e} (and {} more) acknowledged before the read began, missing from it",
+                    n - 1
+                )
+            };
+            out.push(Violation { key: key.into(), what, history: vec![(**a).clone(), (*r).clone()] });
         }
     }
     // A later read never loses an element an earlier (completed) read saw.
@@ -468,7 +489,7 @@ mod tests {
         let lost = vec![add(1, 0, 10, true), add(2, 5, 15, true), read(&[1, 2], &[1], 40, 50, "final")];
         let c = check(&lost);
         assert_eq!(c.violations.len(), 1);
-        assert!(c.violations[0].what.starts_with("lost write"));
+        assert!(c.violations[0].what.starts_with("lost write"), "{}", c.violations[0].what);
         let flicker = vec![add(1, 0, 10, false), read(&[1], &[1], 20, 30, "set"), read(&[1], &[], 40, 50, "set")];
         assert_eq!(check(&flicker).violations.len(), 1);
     }

@@ -37,6 +37,25 @@ pub trait Control {
     fn logs(&self) -> String;
 }
 
+/// The process faults, the same for every driver whose cluster type has
+/// `kill_node`, `restart_node`, `signal_node` and `wipe_node`.
+macro_rules! process_faults {
+    () => {
+        fn kill(&mut self, id: usize) {
+            self.0.kill_node(id)
+        }
+        fn restart(&mut self, id: usize) -> anyhow::Result<()> {
+            self.0.restart_node(id)
+        }
+        fn pause(&mut self, id: usize, stop: bool) {
+            self.0.signal_node(id, if stop { "STOP" } else { "CONT" })
+        }
+        fn wipe(&mut self, id: usize) -> anyhow::Result<()> {
+            self.0.wipe_node(id)
+        }
+    };
+}
+
 pub struct Netns(pub NetCluster);
 
 impl Control for Netns {
@@ -52,18 +71,7 @@ impl Control for Netns {
     fn node_addrs(&self) -> Vec<String> {
         self.0.node_addrs()
     }
-    fn kill(&mut self, id: usize) {
-        self.0.kill_node(id)
-    }
-    fn restart(&mut self, id: usize) -> anyhow::Result<()> {
-        self.0.restart_node(id)
-    }
-    fn pause(&mut self, id: usize, stop: bool) {
-        self.0.signal_node(id, if stop { "STOP" } else { "CONT" })
-    }
-    fn wipe(&mut self, id: usize) -> anyhow::Result<()> {
-        self.0.wipe_node(id)
-    }
+    process_faults!();
     fn can_partition(&self) -> bool {
         true
     }
@@ -90,18 +98,7 @@ impl Control for Loopback {
     fn node_addrs(&self) -> Vec<String> {
         self.0.node_addrs.iter().map(|a| a.to_string()).collect()
     }
-    fn kill(&mut self, id: usize) {
-        self.0.kill_node(id)
-    }
-    fn restart(&mut self, id: usize) -> anyhow::Result<()> {
-        self.0.restart_node(id)
-    }
-    fn pause(&mut self, id: usize, stop: bool) {
-        self.0.signal_node(id, if stop { "STOP" } else { "CONT" })
-    }
-    fn wipe(&mut self, id: usize) -> anyhow::Result<()> {
-        self.0.wipe_node(id)
-    }
+    process_faults!();
     fn can_partition(&self) -> bool {
         false
     }

@@ -222,7 +222,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
 fn probe_every_shard(router: std::net::SocketAddr, topo: &Topology, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     let mut keys: Vec<(u32, String)> = Vec::new();
-    for (&shard, _) in &topo.shards {
+    for &shard in topo.shards.keys() {
         let key = (0..)
             .map(|i| format!("chaos:probe:{i}"))
             .find(|k| topo.shard_of(report::slot_of(k)) == Some(shard))

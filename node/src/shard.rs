@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
+#[cfg_attr(feature = "chaos-early-ack", allow(unused_imports))]
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::{ReadPolicy, ServerState};
