@@ -16,7 +16,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
-#[cfg_attr(feature = "chaos-early-ack", allow(unused_imports))]
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::{ReadPolicy, ServerState};
@@ -402,14 +401,28 @@ impl Shard {
 
     /// On the leader: adds `id` as a learner and waits until it has caught up.
     pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), String> {
-        self.raft.add_learner(id, NodeAddr { addr }, true).await.map(|_| ()).map_err(|e| e.to_string())
+        self.raft.add_learner(id, NodeAddr { addr }, true).await.map(|_| ()).map_err(|e| self.membership_error(e))
+    }
+
+    /// A membership change cut short by a leadership change is worth
+    /// retrying (`TRYAGAIN`: the admin operations are idempotent); before,
+    /// openraft's "has to forward request to: None, None" ended a
+    /// `move-replica` half done (the chaos harness found it).
+    fn membership_error(&self, e: RaftError<C, ClientWriteError<C>>) -> String {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => format!(
+                "TRYAGAIN group {} changed leader ({:?}) during a membership change; run the command again",
+                self.id, f.leader_id
+            ),
+            e => e.to_string(),
+        }
     }
 
     /// On the leader: makes `voters` the voter set (joint consensus inside);
     /// voters left out are removed from the group entirely.
     pub async fn set_voters(&self, voters: Vec<u64>) -> Result<(), String> {
         let set: std::collections::BTreeSet<u64> = voters.into_iter().collect();
-        self.raft.change_membership(set, false).await.map(|_| ()).map_err(|e| e.to_string())
+        self.raft.change_membership(set, false).await.map(|_| ()).map_err(|e| self.membership_error(e))
     }
 
     /// The leader this replica knows of, with its address.
