@@ -451,6 +451,10 @@ impl Op {
         let groups: Vec<u32> = map.groups.iter().filter(|(_, g)| g.hosts(id)).map(|(g, _)| *g).collect();
         for group in &groups {
             let original = map.groups[group].voters.clone();
+            // A node the map lists only as a learner (a move cut short) is
+            // rebuilt as a learner: promoting it would add a voter the map
+            // never planned (the chaos soak saw a 4-voter group this way).
+            let was_voter = original.contains(&id);
             let (voters, _) = self.membership(*group).await?;
             // 1. the lost replica stops being a voter, so nothing it says as
             //    its old self can count;
@@ -470,6 +474,10 @@ impl Op {
             let without: Vec<u64> = plan.voters.iter().copied().filter(|v| *v != id).collect();
             self.set_group(*group, without, learners).await?;
             self.add_learner(*group, id).await?;
+            if !was_voter {
+                info!(group, node = id, "learner rebuilt");
+                continue;
+            }
             // 3. and is promoted again.
             let (mut voters, _) = self.membership(*group).await?;
             if !voters.contains(&id) {
