@@ -155,6 +155,24 @@ fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
+/// A write that answers `+OK`: `kind` when it did, unknown otherwise.
+fn expect_ok(c: &mut Client, cmd: &redis::Cmd, kind: OpKind) -> Result<OpKind, (OpKind, String)> {
+    match c.query(cmd) {
+        Ok(Value::Okay) => Ok(kind),
+        Ok(other) => Err((kind, format!("unexpected {other:?}"))),
+        Err(e) => Err((kind, e)),
+    }
+}
+
+/// GET of a register: nil is "no key".
+fn get_read(c: &mut Client, key: &str) -> Result<OpKind, (OpKind, String)> {
+    match c.query(redis::cmd("GET").arg(key)) {
+        Ok(Value::Nil) => Ok(OpKind::Read(None)),
+        Ok(v) => as_u64(&v).map(|n| OpKind::Read(Some(n))).ok_or((OpKind::Read(None), format!("unexpected {v:?}"))),
+        Err(e) => Err((OpKind::Read(None), e)),
+    }
+}
+
 fn register_key(rng: &mut StdRng, counter: &AtomicU64, prefix: &str) -> String {
     let i = counter.fetch_add(1, Ordering::Relaxed);
     let gen = i / (LIVE_KEYS * OPS_PER_KEY);
@@ -170,21 +188,10 @@ pub fn reg_worker(sh: Arc<Shared>, worker: usize, seed: u64) {
         if rng.random_bool(0.5) {
             let v = sh.unique();
             let cmd = redis::cmd("SET").arg(&key).arg(v).clone();
-            record(&sh, "reg", worker, key, || match c.query(&cmd) {
-                Ok(Value::Okay) => Ok(OpKind::Write(v)),
-                Ok(other) => Err((OpKind::Write(v), format!("unexpected {other:?}"))),
-                Err(e) => Err((OpKind::Write(v), e)),
-            });
+            record(&sh, "reg", worker, key, || expect_ok(&mut c, &cmd, OpKind::Write(v)));
         } else {
-            let cmd = redis::cmd("GET").arg(&key).clone();
-            record(&sh, "reg", worker, key, || match c.query(&cmd) {
-                Ok(Value::Nil) => Ok(OpKind::Read(None)),
-                Ok(v) => match as_u64(&v) {
-                    Some(n) => Ok(OpKind::Read(Some(n))),
-                    None => Err((OpKind::Read(None), format!("unexpected {v:?}"))),
-                },
-                Err(e) => Err((OpKind::Read(None), e)),
-            });
+            let k = key.clone();
+            record(&sh, "reg", worker, key, || get_read(&mut c, &k));
         }
         std::thread::sleep(sh.think);
     }
@@ -211,11 +218,7 @@ pub fn tensor_worker(sh: Arc<Shared>, worker: usize, seed: u64) {
         if rng.random_bool(0.5) {
             let v = sh.unique();
             let cmd = redis::cmd("AI.TENSORSET").arg(&key).arg("INT64").arg(1).arg("VALUES").arg(v).clone();
-            record(&sh, "tensor", worker, key, || match c.query(&cmd) {
-                Ok(Value::Okay) => Ok(OpKind::Write(v)),
-                Ok(other) => Err((OpKind::Write(v), format!("unexpected {other:?}"))),
-                Err(e) => Err((OpKind::Write(v), e)),
-            });
+            record(&sh, "tensor", worker, key, || expect_ok(&mut c, &cmd, OpKind::Write(v)));
         } else {
             let k = key.clone();
             record(&sh, "tensor", worker, key, || tensor_read(&mut c, &k));
@@ -260,11 +263,7 @@ pub fn set_worker(sh: Arc<Shared>, worker: usize, seed: u64) {
             let e = sh.unique();
             sh.sets.lock().expect("sets").entry(gen).or_default().push(e);
             let cmd = redis::cmd("SET").arg(set_element_key(gen, e)).arg(1).clone();
-            record(&sh, "set", worker, set_key(gen), || match c.query(&cmd) {
-                Ok(Value::Okay) => Ok(OpKind::Add(e)),
-                Ok(other) => Err((OpKind::Add(e), format!("unexpected {other:?}"))),
-                Err(err) => Err((OpKind::Add(e), err)),
-            });
+            record(&sh, "set", worker, set_key(gen), || expect_ok(&mut c, &cmd, OpKind::Add(e)));
         } else {
             let gen = sh.set_ops.load(Ordering::Relaxed) / ADDS_PER_SET;
             let asked = sh.sets.lock().expect("sets").get(&gen).cloned().unwrap_or_default();
@@ -302,11 +301,7 @@ pub fn model_writer(sh: Arc<Shared>, m: u64, seed: u64) {
             .arg("BLOB")
             .arg(blob)
             .clone();
-        record(&sh, "model", 1000 + m as usize, hist_key, || match c.query(&cmd) {
-            Ok(Value::Okay) => Ok(OpKind::Write(version)),
-            Ok(other) => Err((OpKind::Write(version), format!("unexpected {other:?}"))),
-            Err(e) => Err((OpKind::Write(version), e)),
-        });
+        record(&sh, "model", 1000 + m as usize, hist_key, || expect_ok(&mut c, &cmd, OpKind::Write(version)));
         std::thread::sleep(sh.think * 8 + Duration::from_millis(rng.random_range(0..50)));
     }
 }
@@ -376,11 +371,7 @@ pub fn final_reads(sh: &Shared, history: &[Op]) -> usize {
     for (workload, key) in keys {
         let k = key.clone();
         let kind = if workload == "reg" {
-            record(sh, "final", 0, key, || match c.query(redis::cmd("GET").arg(&k)) {
-                Ok(Value::Nil) => Ok(OpKind::Read(None)),
-                Ok(v) => as_u64(&v).map(|n| OpKind::Read(Some(n))).ok_or((OpKind::Read(None), format!("{v:?}"))),
-                Err(e) => Err((OpKind::Read(None), e)),
-            })
+            record(sh, "final", 0, key, || get_read(&mut c, &k))
         } else {
             record(sh, "final", 0, key, || tensor_read(&mut c, &k))
         };

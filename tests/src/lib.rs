@@ -113,6 +113,17 @@ pub fn start_wait() -> Duration {
     Duration::from_secs(secs.max(30) + 15)
 }
 
+/// A file of RedisAI's test data (`redisai/<name>`), from `TESSERA_TESTDATA`
+/// or `../shared/testdata` beside the checkout. Panics with the path when it
+/// cannot be read.
+pub fn testdata(name: &str) -> Vec<u8> {
+    let root = std::env::var_os("TESSERA_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
+    let p = root.join("redisai").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 /// A port the OS reports free now. Nodes must know each other's addresses
 /// before they start, so the harness reserves ports this way (not port 0).
 pub fn free_port() -> u16 {

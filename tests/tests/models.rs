@@ -3,11 +3,10 @@
 //! RedisAI's replies and errors; auto-batching with concurrent clients; a
 //! stored model surviving the loss of its leader.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Value};
-use tessera_tests::Cluster;
+use tessera_tests::{testdata, Cluster};
 
 /// One cluster at a time: these tests load real runtimes and move large
 /// models; seven debug clusters starting at once on a 2-core box can take
@@ -16,14 +15,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn testdata(name: &str) -> Vec<u8> {
-    let root = std::env::var_os("TESSERA_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
-    let p = root.join("redisai").join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn connect(c: &Cluster) -> Connection {

@@ -7,14 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use tessera_backend::{elements, from_elements, from_strings, Backend, Device, LoadOptions, Tensor};
 use tessera_backend_onnx::OnnxBackend;
-
-fn testdata(name: &str) -> Vec<u8> {
-    let root = std::env::var_os("TESSERA_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"));
-    let p = root.join("redisai").join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use tessera_tests::testdata;
 
 pub fn ort_lib() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {

@@ -1,17 +1,8 @@
 //! The tract backends against RedisAI's TF and TFLite test models.
 
-use std::path::PathBuf;
-
 use tessera_backend::{elements, from_elements, Backend, DType, Device, LoadOptions};
 use tessera_backend_tract::{TfBackend, TfLiteBackend};
-
-fn testdata(name: &str) -> Vec<u8> {
-    let root = std::env::var_os("TESSERA_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"));
-    let p = root.join("redisai").join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use tessera_tests::testdata;
 
 fn tf_opts(inputs: &[&str], outputs: &[&str]) -> LoadOptions {
     LoadOptions {
