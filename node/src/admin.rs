@@ -77,6 +77,7 @@ pub enum AdminRequest {
 pub enum GroupOp {
     AddLearner { id: u64, addr: String },
     SetVoters { voters: Vec<u64> },
+    RemoveLearner { id: u64 },
     TransferLeader { to: u64 },
     Membership,
 }
@@ -91,6 +92,9 @@ pub enum AdminResponse {
     Membership {
         voters: Vec<u64>,
         learners: Vec<u64>,
+        /// Set while a joint configuration is in force: the voters it is
+        /// moving to.
+        pending: Option<Vec<u64>>,
     },
     /// Not the leader for this: ask these instead (the leader first when known).
     NotLeader(Vec<String>),
@@ -265,10 +269,11 @@ async fn group_step(state: &NodeState, group: u32, op: GroupOp) -> AdminResponse
     let result = match op {
         GroupOp::Membership => {
             let (voters, learners) = shard.membership();
-            return AdminResponse::Membership { voters, learners };
+            return AdminResponse::Membership { voters, learners, pending: shard.pending_voters() };
         }
         GroupOp::AddLearner { id, addr } => shard.add_learner(id, addr).await.map(|_| format!("{id} caught up")),
         GroupOp::SetVoters { voters } => shard.set_voters(voters.clone()).await.map(|_| format!("voters {voters:?}")),
+        GroupOp::RemoveLearner { id } => shard.remove_learners(vec![id]).await.map(|_| format!("learner {id} removed")),
         GroupOp::TransferLeader { to } => {
             if !shard.membership().0.contains(&to) {
                 return AdminResponse::Error(format!("node {to} is not a voter of group {group}"));
@@ -293,13 +298,13 @@ async fn group_step(state: &NodeState, group: u32, op: GroupOp) -> AdminResponse
 }
 
 /// One membership operation, run on the meta leader.
-struct Op {
-    state: Arc<NodeState>,
-    clients: AdminClients,
+pub(crate) struct Op {
+    pub(crate) state: Arc<NodeState>,
+    pub(crate) clients: AdminClients,
 }
 
 impl Op {
-    fn map(&self) -> Result<ClusterMap, String> {
+    pub(crate) fn map(&self) -> Result<ClusterMap, String> {
         let meta = self.state.group(META).ok_or("this node no longer hosts the meta group")?;
         Ok(meta.data_map())
     }
@@ -315,7 +320,7 @@ impl Op {
     }
 
     /// Runs `op` on the leader of `group`, wherever it is.
-    async fn step(&self, group: u32, op: GroupOp) -> Result<AdminResponse, String> {
+    pub(crate) async fn step(&self, group: u32, op: GroupOp) -> Result<AdminResponse, String> {
         // This node when it leads the group (the meta group always: this is
         // its leader), else the group's replicas as the map lists them.
         let r = if group == META || self.state.group(group).is_some_and(|s| s.is_leader()) {
@@ -340,7 +345,7 @@ impl Op {
 
     async fn membership(&self, group: u32) -> Result<(Vec<u64>, Vec<u64>), String> {
         match self.step(group, GroupOp::Membership).await? {
-            AdminResponse::Membership { voters, learners } => Ok((voters, learners)),
+            AdminResponse::Membership { voters, learners, .. } => Ok((voters, learners)),
             r => Err(format!("unexpected answer {r:?}")),
         }
     }
@@ -352,13 +357,13 @@ impl Op {
         }
     }
 
-    async fn set_group(&self, group: u32, voters: Vec<u64>, learners: Vec<u64>) -> Result<String, String> {
+    pub(crate) async fn set_group(&self, group: u32, voters: Vec<u64>, learners: Vec<u64>) -> Result<String, String> {
         self.meta(MetaOp::SetGroup { group, voters, learners }).await
     }
 
     /// Adds `to` to `group` as a learner (map first, so `to` opens its
     /// replica), then waits for it to catch up.
-    async fn add_learner(&self, group: u32, to: u64) -> Result<(), String> {
+    pub(crate) async fn add_learner(&self, group: u32, to: u64) -> Result<(), String> {
         let map = self.map()?;
         let plan = map.groups.get(&group).ok_or(format!("no group {group}"))?.clone();
         let addr = self.addr(&map, to)?;

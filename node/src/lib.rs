@@ -22,6 +22,7 @@ pub mod meta;
 pub mod models;
 pub mod raft;
 pub mod reconcile;
+pub mod repair;
 pub mod service;
 pub mod shard;
 
@@ -161,6 +162,7 @@ pub async fn run(
             } else if meta_seeds(&state.config).first() == Some(&state.node_id) {
                 bootstrap_meta(&state).await;
             }
+            tokio::spawn(repair::repair_loop(state.clone(), clients.clone()));
             tokio::spawn(reconcile::reconcile_loop(state, clients));
             anyhow::Ok(())
         }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
-use openraft::{ReadPolicy, ServerState};
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use parking_lot::Mutex;
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
@@ -42,6 +42,10 @@ use crate::service::group_dir;
 
 /// Largest log entry a write becomes; larger writes are chunked.
 pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// How long adding a learner waits for it to catch up (within the admin
+/// step budget).
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -399,9 +403,54 @@ impl Shard {
         (voters, learners)
     }
 
-    /// On the leader: adds `id` as a learner and waits until it has caught up.
+    /// While a joint configuration is in force (a membership change cut
+    /// short between its two steps): the voters it is moving to.
+    pub fn pending_voters(&self) -> Option<Vec<u64>> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let joint = m.membership_config.membership().get_joint_config();
+        (joint.len() > 1).then(|| joint.last().map(|c| c.iter().copied().collect()).unwrap_or_default())
+    }
+
+    /// On the leader: removes learners `ids` from the group.
+    pub async fn remove_learners(&self, ids: Vec<u64>) -> Result<(), String> {
+        let set = ids.into_iter().collect();
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(set), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.membership_error(e))
+    }
+
+    /// On the leader: adds `id` as a learner and waits (at most
+    /// [`CATCH_UP_WAIT`]) until it holds every entry the leader had once the
+    /// learner was added. openraft's own blocking wait is not enough: it
+    /// counts a learner within `replication_lag_threshold` (5000) entries as
+    /// caught up, even one that never answered, and a move would then promote
+    /// an empty, dead node to voter.
     pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), String> {
-        self.raft.add_learner(id, NodeAddr { addr }, true).await.map(|_| ()).map_err(|e| self.membership_error(e))
+        let added = self.raft.add_learner(id, NodeAddr { addr }, false).await.map_err(|e| self.membership_error(e))?;
+        let want = added.log_id.index;
+        let matched = |m: &openraft::RaftMetrics<C>| {
+            m.replication.as_ref().and_then(|r| r.get(&id).cloned()).flatten().map_or(0, |l| l.index)
+        };
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            let m = self.raft.metrics().borrow_watched().clone();
+            if m.state != ServerState::Leader {
+                return Err(format!("TRYAGAIN group {} changed leader while node {id} was catching up", self.id));
+            }
+            let have = matched(&m);
+            if have >= want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "TRYAGAIN node {id} has not caught up with group {} in {CATCH_UP_WAIT:?} (it holds entry {have} of {want})",
+                    self.id
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// A membership change cut short by a leadership change is worth

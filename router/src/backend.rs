@@ -211,9 +211,39 @@ pub struct ShardMap {
     /// Every node seen so far (append-only: indexes stay valid). Nodes
     /// added to the cluster later are learned from the replica sets.
     nodes: RwLock<Vec<Arc<NodeClient>>>,
-    pub shards: Vec<ShardEntry>,
+    /// Replaced whole when the refresher learns a shard (a router started
+    /// before the cluster formed serves its slots once it has).
+    layout: RwLock<Arc<Layout>>,
+}
+
+/// The shards known so far and which of them owns each slot.
+pub struct Layout {
+    pub shards: Vec<Arc<ShardEntry>>,
     /// slot → index into `shards`.
     by_slot: Vec<Option<u32>>,
+}
+
+impl Layout {
+    fn new(mut shards: Vec<Arc<ShardEntry>>) -> Layout {
+        shards.sort_by_key(|s| s.ranges.first().map(|r| r.start));
+        let mut by_slot = vec![None; usize::from(SLOTS)];
+        for (i, s) in shards.iter().enumerate() {
+            for r in &s.ranges {
+                for slot in r.start..=r.end {
+                    by_slot[usize::from(slot)] = Some(i as u32);
+                }
+            }
+        }
+        Layout { shards, by_slot }
+    }
+
+    pub fn shard_of(&self, slot: u16) -> Option<&Arc<ShardEntry>> {
+        self.by_slot.get(usize::from(slot)).copied().flatten().map(|i| &self.shards[i as usize])
+    }
+
+    pub fn unserved_slots(&self) -> usize {
+        self.by_slot.iter().filter(|s| s.is_none()).count()
+    }
 }
 
 #[derive(Debug)]
@@ -226,6 +256,28 @@ pub struct ShardEntry {
     pub leader: AtomicUsize,
     /// What each replica last reported (for `INFO replication`), by node index.
     pub reports: Mutex<HashMap<usize, ReplicaReport>>,
+}
+
+impl ShardEntry {
+    /// An entry for shard `s` as one node (`reporter`) described it.
+    fn new(s: &tessera_proto::v1::ShardInfo, mut replicas: Vec<usize>, reporter: usize, leader: usize) -> ShardEntry {
+        let ranges = s
+            .slots
+            .iter()
+            .filter(|r| r.start <= r.end && r.end < u32::from(SLOTS))
+            .map(|r| SlotRange::new(r.start as u16, r.end as u16))
+            .collect();
+        if replicas.is_empty() {
+            replicas.push(reporter);
+        }
+        ShardEntry {
+            id: s.id,
+            ranges,
+            replicas: RwLock::new(replicas),
+            leader: AtomicUsize::new(leader),
+            reports: Mutex::default(),
+        }
+    }
 }
 
 /// One replica's view of its group, as the refresher last saw it.
@@ -309,59 +361,67 @@ impl ShardMap {
                 nodes.len() - 1
             })
         };
-        let mut shards: Vec<ShardEntry> = Vec::new();
+        let mut shards: Vec<Arc<ShardEntry>> = Vec::new();
         for (addr, resp) in &answers {
             let me = index(&mut nodes, addr);
             for s in &resp.shards {
+                let replicas: Vec<usize> = s.members.iter().map(|m| index(&mut nodes, &m.addr)).collect();
                 if let Some(known) = shards.iter().find(|e| e.id == s.id) {
                     // Keep the widest view of the replica set any node gave.
-                    let replicas: Vec<usize> = s.members.iter().map(|m| index(&mut nodes, &m.addr)).collect();
                     if replicas.len() > known.replicas.read().len() {
                         *known.replicas.write() = replicas;
                     }
                     continue;
                 }
-                let ranges = s
-                    .slots
-                    .iter()
-                    .filter(|r| r.start <= r.end && r.end < u32::from(SLOTS))
-                    .map(|r| SlotRange::new(r.start as u16, r.end as u16))
-                    .collect();
-                let mut replicas: Vec<usize> = s.members.iter().map(|m| index(&mut nodes, &m.addr)).collect();
-                if replicas.is_empty() {
-                    replicas.push(me);
-                }
                 let leader = s.members.iter().find(|m| m.id == s.leader_id).map_or(me, |m| index(&mut nodes, &m.addr));
-                shards.push(ShardEntry {
-                    id: s.id,
-                    ranges,
-                    replicas: RwLock::new(replicas),
-                    leader: AtomicUsize::new(leader),
-                    reports: Mutex::default(),
-                });
+                shards.push(Arc::new(ShardEntry::new(s, replicas, me, leader)));
             }
         }
         Self::new(nodes, shards)
     }
 
-    pub fn new(nodes: Vec<Arc<NodeClient>>, mut shards: Vec<ShardEntry>) -> ShardMap {
-        shards.sort_by_key(|s| s.ranges.first().map(|r| r.start));
-        let mut by_slot = vec![None; usize::from(SLOTS)];
-        for (i, s) in shards.iter().enumerate() {
-            for r in &s.ranges {
-                for slot in r.start..=r.end {
-                    by_slot[usize::from(slot)] = Some(i as u32);
-                }
-            }
+    pub fn new(nodes: Vec<Arc<NodeClient>>, shards: Vec<Arc<ShardEntry>>) -> ShardMap {
+        ShardMap { nodes: RwLock::new(nodes), layout: RwLock::new(Arc::new(Layout::new(shards))) }
+    }
+
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.read().clone()
+    }
+
+    pub fn shards(&self) -> Vec<Arc<ShardEntry>> {
+        self.layout().shards.clone()
+    }
+
+    fn shard(&self, id: u32) -> Option<Arc<ShardEntry>> {
+        self.layout().shards.iter().find(|e| e.id == id).cloned()
+    }
+
+    /// Adds a shard the nodes report that this router has not seen (its
+    /// slots were unserved), unless its slots overlap a known shard's.
+    fn learn_shard(&self, s: &tessera_proto::v1::ShardInfo, reporter: usize) {
+        let replicas: Vec<usize> =
+            s.members.iter().filter(|m| !m.addr.is_empty()).map(|m| self.node_index_or_add(&m.addr)).collect();
+        let leader =
+            s.members.iter().find(|m| m.id == s.leader_id).and_then(|m| self.node_index(&m.addr)).unwrap_or(reporter);
+        let entry = ShardEntry::new(s, replicas, reporter, leader);
+        let mut layout = self.layout.write();
+        if layout.shards.iter().any(|e| e.id == s.id)
+            || entry.ranges.iter().any(|r| (r.start..=r.end).any(|slot| layout.shard_of(slot).is_some()))
+        {
+            return;
         }
-        ShardMap { nodes: RwLock::new(nodes), shards, by_slot }
+        info!(shard = s.id, ranges = ?entry.ranges, "new shard: its slots are served from now on");
+        let mut shards = layout.shards.clone();
+        shards.push(Arc::new(entry));
+        *layout = Arc::new(Layout::new(shards));
     }
 
     /// Waits until at least one replica of every shard has a session (or
     /// `deadline` passes).
     pub async fn wait_connected(&self, deadline: Duration) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
-        while let Some(s) = self.shards.iter().find(|s| !s.replicas.read().iter().any(|r| self.node(*r).is_connected()))
+        while let Some(s) =
+            self.shards().iter().find(|s| !s.replicas.read().iter().any(|r| self.node(*r).is_connected()))
         {
             if start.elapsed() > deadline {
                 anyhow::bail!("no session to any replica of shard {} within {deadline:?}", s.id);
@@ -398,7 +458,8 @@ impl ShardMap {
                     continue;
                 };
                 for s in resp.shards {
-                    let Some(entry) = self.shards.iter().find(|e| e.id == s.id) else {
+                    let Some(entry) = self.shard(s.id) else {
+                        self.learn_shard(&s, node);
                         continue;
                     };
                     entry.reports.lock().insert(
@@ -419,7 +480,7 @@ impl ShardMap {
                 }
             }
             for (id, s) in best {
-                let Some(entry) = self.shards.iter().find(|e| e.id == id) else {
+                let Some(entry) = self.shard(id) else {
                     continue;
                 };
                 let replicas: Vec<usize> =
@@ -437,11 +498,11 @@ impl ShardMap {
     }
 
     pub fn unserved_slots(&self) -> usize {
-        self.by_slot.iter().filter(|s| s.is_none()).count()
+        self.layout().unserved_slots()
     }
 
-    pub fn shard_of(&self, slot: u16) -> Option<&ShardEntry> {
-        self.by_slot.get(usize::from(slot)).copied().flatten().map(|i| &self.shards[i as usize])
+    pub fn shard_of(&self, slot: u16) -> Option<Arc<ShardEntry>> {
+        self.layout().shard_of(slot).cloned()
     }
 
     fn node_index(&self, addr: &str) -> Option<usize> {
@@ -479,7 +540,7 @@ impl ShardMap {
     /// writes are not (their outcome is unknown).
     pub async fn call_slot(&self, slot: u16, command: Bytes, read_only: bool) -> Reply {
         match self.shard_of(slot) {
-            Some(s) => self.call(s, request::Target::Slot(u32::from(slot)), command, read_only).await,
+            Some(s) => self.call(&s, request::Target::Slot(u32::from(slot)), command, read_only).await,
             None => Reply::err("CLUSTERDOWN Hash slot not served"),
         }
     }

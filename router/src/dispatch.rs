@@ -13,7 +13,7 @@ use tessera_common::command::{Command, Fanout, NodeCommand};
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SlotScope, SLOTS};
 
-use crate::backend::ShardMap;
+use crate::backend::{ShardEntry, ShardMap};
 use crate::conn::ConnState;
 use crate::Router;
 
@@ -66,11 +66,10 @@ pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pe
 }
 
 /// The shards with slots in `scope`, each with the scope narrowed to them.
-fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(usize, SlotScope)> {
-    map.shards
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
+fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(Arc<ShardEntry>, SlotScope)> {
+    map.shards()
+        .into_iter()
+        .filter_map(|s| {
             let ranges: Vec<SlotRange> = s
                 .ranges
                 .iter()
@@ -83,15 +82,15 @@ fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(usize, SlotScope)> {
                     })
                 })
                 .collect();
-            (!ranges.is_empty()).then_some((i, SlotScope(ranges)))
+            (!ranges.is_empty()).then_some((s, SlotScope(ranges)))
         })
         .collect()
 }
 
 async fn each_shard(map: &ShardMap, scope: &SlotScope, make: impl Fn(SlotScope) -> NodeCommand) -> Vec<Reply> {
-    let calls = shards_in(map, scope).into_iter().map(|(i, s)| {
+    let calls = shards_in(map, scope).into_iter().map(|(shard, s)| {
         let cmd = make(s);
-        map.call_shard(&map.shards[i], Bytes::from(cmd.to_bytes()), !cmd.is_write())
+        async move { map.call_shard(&shard, Bytes::from(cmd.to_bytes()), !cmd.is_write()).await }
     });
     join_all(calls).await
 }
@@ -180,7 +179,7 @@ async fn scan(
             kind: kind.clone(),
             scope: SlotScope(vec![SlotRange::new(slot, end)]),
         };
-        match map.call_shard(shard, Bytes::from(cmd.to_bytes()), true).await {
+        match map.call_shard(&shard, Bytes::from(cmd.to_bytes()), true).await {
             Reply::Array(mut parts) if parts.len() == 2 => {
                 let (Reply::Int(n), Reply::Array(mut k)) = (parts.remove(0), parts.remove(0)) else {
                     return Reply::err("ERR malformed SCAN reply from node");

@@ -120,7 +120,7 @@ pub async fn run(
         next_id: AtomicU64::new(0),
         clients: Mutex::new(HashMap::new()),
     });
-    info!(plain = %plain_addr, cluster = ?cluster_addrs, shards = router.shards.shards.len(), "router serving");
+    info!(plain = %plain_addr, cluster = ?cluster_addrs, shards = router.shards.shards().len(), "router serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = Vec::new();

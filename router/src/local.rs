@@ -208,7 +208,7 @@ impl Router {
     /// lag behind the highest commit index any replica reported.
     fn replication_lines(&self) -> Vec<String> {
         let mut lines = vec!["role:master".to_string(), "connected_slaves:0".into(), "master_repl_offset:0".into()];
-        for s in &self.shards.shards {
+        for s in &self.shards.shards() {
             let reports = s.reports.lock().clone();
             let commit = reports.values().map(|r| r.commit_index).max().unwrap_or(0);
             let best = reports.values().max_by_key(|r| (r.term, r.commit_index)).cloned().unwrap_or_default();
@@ -306,7 +306,7 @@ impl Router {
                 "cluster_enabled:1".into(),
                 format!("tessera_nodes:{}", nodes.len()),
                 format!("tessera_nodes_connected:{connected}"),
-                format!("tessera_shards:{}", self.shards.shards.len()),
+                format!("tessera_shards:{}", self.shards.shards().len()),
                 format!("tessera_advertised_nodes:{}", self.topology.nodes.len()),
             ],
         );

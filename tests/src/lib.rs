@@ -159,6 +159,24 @@ impl Cluster {
         node_args: &[&str],
         prepare: &dyn Fn(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Cluster> {
+        Self::start_staged(nodes, shards_per_node, router_args, node_args, prepare, nodes)
+    }
+
+    /// Starts only node 1, then the router, then the other nodes: the router
+    /// starts before the cluster can form (its map has no shards yet).
+    pub fn start_router_first(nodes: usize, shards_per_node: usize, router_args: &[&str]) -> anyhow::Result<Cluster> {
+        Self::start_staged(nodes, shards_per_node, router_args, &[], &|_| Ok(()), 1)
+    }
+
+    /// The first `early` nodes start before the router, the rest after it.
+    fn start_staged(
+        nodes: usize,
+        shards_per_node: usize,
+        router_args: &[&str],
+        node_args: &[&str],
+        prepare: &dyn Fn(&Path) -> anyhow::Result<()>,
+        early: usize,
+    ) -> anyhow::Result<Cluster> {
         let dir = std::env::temp_dir().join(format!("tessera-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
         prepare(&dir)?;
@@ -206,7 +224,9 @@ impl Cluster {
                 args,
                 bin: bins.join("tessera-node"),
             });
-            let ready = c.procs.last_mut().expect("pushed").spawn()?;
+        }
+        for n in 0..early {
+            let ready = c.procs[n].spawn()?;
             c.node_metrics.push(ready.split_whitespace().nth(2).context("node metrics addr")?.parse()?);
         }
         let nodes_arg: Vec<String> = c.node_addrs.iter().map(|a| a.to_string()).collect();
@@ -233,6 +253,10 @@ impl Cluster {
                 "metrics" => c.router_metrics = v.parse()?,
                 _ => {}
             }
+        }
+        for n in early..nodes {
+            let ready = c.procs[n].spawn()?;
+            c.node_metrics.push(ready.split_whitespace().nth(2).context("node metrics addr")?.parse()?);
         }
         c.wait_serving(start_wait())?;
         Ok(c)

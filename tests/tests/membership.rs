@@ -152,6 +152,53 @@ fn wiped_disk_replica_rejoins_as_a_fresh_replica() {
     check_all(c.plain, &keys);
 }
 
+/// A move whose meta leader dies while it waits for the target to catch up
+/// leaves the map listing a learner; nobody reruns it. The new meta leader's
+/// membership repair rolls it back (the chaos soak saw such a group stuck).
+#[test]
+fn a_move_cut_short_is_rolled_back_by_the_meta_leader() {
+    let mut c = Cluster::start(3, 1).expect("cluster starts");
+    let id = c.add_node().expect("node 4 starts");
+    wait_status(&c, "node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
+    // Node 4 is down: adding it as a learner waits for a catch-up that never comes.
+    c.kill_node(id);
+    let nodes: Vec<String> = c.node_addrs.iter().map(|a| a.to_string()).collect();
+    let mover = std::thread::spawn(move || tessera_tests::admin(&nodes, 5, &["move-replica", "0", "1", "4"]));
+    let status = wait_status(&c, "node 4 listed as learner", Duration::from_secs(20), |s| {
+        s.lines().any(|l| l.starts_with("shard 0 ") && l.contains("learners [4]")) && s.contains("meta leader ")
+    });
+    let meta_leader: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("meta leader "))
+        .and_then(|id| id.trim().parse().ok())
+        .expect("meta leader line");
+    c.kill_node(meta_leader);
+    assert!(mover.join().unwrap().is_err(), "the move cannot finish with node 4 down");
+    c.restart_node(meta_leader).expect("restart");
+    let status = wait_status(&c, "the cut-short move rolled back", Duration::from_secs(60), |s| {
+        s.lines().any(|l| l.starts_with("shard 0 ") && voters(l) == [1, 2, 3] && l.contains("learners []"))
+    });
+    assert!(status.lines().all(|l| !l.contains("learners [4]")), "{status}");
+    let mut r = Resp::connect(c.plain).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r.cmd(&["SET", "{0}after", "x"]).map(|v| v != "+OK\r\n").unwrap_or(true) {
+        assert!(Instant::now() < deadline, "shard 0 does not take writes after the repair");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let repaired: u64 = (1..=3)
+        .filter_map(|n| c.node_metrics_text(n).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("tessera_node_membership_repairs_total"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|l| l.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum();
+    assert!(repaired >= 1, "no membership repair was counted");
+}
+
 #[test]
 fn leadership_returns_to_the_preferred_leader_after_a_restart() {
     let mut c = Cluster::start(3, 1).expect("cluster starts");

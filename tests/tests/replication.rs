@@ -384,3 +384,25 @@ fn large_values_are_chunked_and_survive_failover() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A router started before the cluster could form (one node of three up)
+/// sees no shards at first; it must learn them from its refresher and serve
+/// every slot once the other nodes start (it used to answer CLUSTERDOWN
+/// until restarted).
+#[test]
+fn a_router_started_before_the_cluster_formed_serves_once_it_has() {
+    let c = Cluster::start_router_first(3, 1, &["--node-wait-secs", "1"]).expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    // The router is up before the cluster map exists: wait (bounded) for
+    // the cluster to form and the router to learn its shards.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r.cmd(&["CLUSTER", "INFO"]).unwrap().contains("cluster_state:ok") {
+        assert!(Instant::now() < deadline, "the router never learned the shards");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..100 {
+        let key = format!("early:{i}");
+        assert_eq!(r.cmd(&["SET", &key, "v"]).unwrap(), "+OK\r\n", "{key}");
+    }
+    assert_eq!(r.cmd(&["DBSIZE"]).unwrap(), ":100\r\n");
+}

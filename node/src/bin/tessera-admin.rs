@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tessera_node::admin::{AdminClients, AdminRequest, AdminResponse};
+use tessera_node::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp};
 use tessera_node::meta::{ClusterMap, META};
 use tessera_proto::v1::node_client::NodeClient;
 use tessera_proto::v1::ShardsRequest;
@@ -67,6 +67,15 @@ async fn status(clients: &AdminClients, nodes: &[String], budget: Duration) -> R
         r => return Err(format!("unexpected answer {r:?}")),
     };
     let mut out = print_map(&map);
+    // The meta leader: the meta voter that answers a leader-only step.
+    let ask = AdminRequest::Group { group: META, op: GroupOp::Membership };
+    for id in map.groups.get(&META).map(|g| g.voters.clone()).unwrap_or_default() {
+        let Some(addr) = map.addr(id) else { continue };
+        if let Ok(AdminResponse::Membership { .. }) = clients.ask(addr, &ask, Duration::from_secs(2)).await {
+            out.push_str(&format!("meta leader {id}\n"));
+            break;
+        }
+    }
     for (id, n) in &map.nodes {
         let answer = async {
             let mut c = NodeClient::connect(format!("http://{}", n.addr)).await.map_err(|e| e.to_string())?;
