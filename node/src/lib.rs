@@ -143,6 +143,12 @@ pub async fn run(
         tonic::transport::Server::builder()
             .initial_connection_window_size(Some(16 << 20))
             .initial_stream_window_size(Some(16 << 20))
+            // Raft RPCs that time out (a paused or cut-off peer) reset their
+            // streams, often before this server accepted them; past h2's
+            // default of 20 such resets the whole connection was dropped
+            // (seen in the chaos soak). Peers are cluster members, not the
+            // internet: allow many.
+            .http2_max_pending_accept_reset_streams(Some(4096))
             .add_service(node_svc)
             .add_service(raft_svc)
             .add_service(admin_svc)

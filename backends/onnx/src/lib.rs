@@ -76,22 +76,29 @@ impl Backend for OnnxBackend {
         let session = self.session(blob, opts)?;
         let inputs = session.inputs().iter().map(|o| o.name().to_owned()).collect();
         let outputs = session.outputs().iter().map(|o| o.name().to_owned()).collect();
+        // Every session holds its own copy of the weights, and the blob is
+        // kept only to create more: a large model gets one session and keeps
+        // no blob (its runs take turns), so it costs its weights once.
+        let pooled = blob.len() <= POOL_MAX_BYTES;
         Ok(Arc::new(OnnxModel {
-            blob: blob.to_vec().into(),
+            blob: pooled.then(|| Arc::from(blob)),
             opts: opts.clone(),
             inputs,
             outputs,
             idle: Mutex::new(vec![session]),
             created: Mutex::new(1),
-            max_sessions: self.max_sessions,
+            max_sessions: if pooled { self.max_sessions } else { 1 },
             backend: self.env.clone(),
         }))
     }
 }
 
+/// Models up to this size get a pool of sessions (runs in parallel).
+const POOL_MAX_BYTES: usize = 64 << 20;
+
 struct OnnxModel {
-    /// Kept to create more sessions when runs overlap.
-    blob: Arc<[u8]>,
+    /// Kept to create more sessions when runs overlap (small models only).
+    blob: Option<Arc<[u8]>>,
     opts: LoadOptions,
     inputs: Vec<String>,
     outputs: Vec<String>,
@@ -108,11 +115,11 @@ impl OnnxModel {
         }
         {
             let mut created = self.created.lock();
-            if *created < self.max_sessions {
+            if let Some(blob) = self.blob.as_ref().filter(|_| *created < self.max_sessions) {
                 *created += 1;
                 drop(created);
                 let b = OnnxBackend { env: self.backend.clone(), max_sessions: self.max_sessions };
-                return b.session(&self.blob, &self.opts).inspect_err(|_| *self.created.lock() -= 1);
+                return b.session(blob, &self.opts).inspect_err(|_| *self.created.lock() -= 1);
             }
         }
         // Every session is busy: wait for one.

@@ -13,6 +13,8 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 16;
+/// Payloads at least this large skip the batch buffer.
+const DIRECT_WRITE: usize = 64 << 10;
 /// Largest single record (a bound against reading garbage lengths).
 pub const MAX_RECORD: usize = 1 << 30;
 
@@ -91,6 +93,13 @@ impl LogFile {
         let mut buf = Vec::new();
         let mut new_offsets = Vec::new();
         let mut pos = self.len;
+        let file = &mut self.file;
+        let mut write = |buf: &mut Vec<u8>, large: Option<&[u8]>| -> io::Result<()> {
+            file.write_all(buf)?;
+            buf.clear();
+            large.map_or(Ok(()), |p| file.write_all(p))
+        };
+        let mut result = Ok(());
         for (index, payload) in records {
             if let Some((prev, _)) = new_offsets.last().or(self.offsets.last()) {
                 if index != prev + 1 {
@@ -100,14 +109,24 @@ impl LogFile {
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buf.extend_from_slice(&checksum(index, payload).to_le_bytes());
             buf.extend_from_slice(&index.to_le_bytes());
-            buf.extend_from_slice(payload);
+            // Large payloads (model parts) are written from where they
+            // are, not copied into the batch buffer.
+            if payload.len() >= DIRECT_WRITE {
+                result = write(&mut buf, Some(payload));
+                if result.is_err() {
+                    break;
+                }
+            } else {
+                buf.extend_from_slice(payload);
+            }
             new_offsets.push((index, pos));
             pos += (HEADER + payload.len()) as u64;
         }
-        if buf.is_empty() {
+        if new_offsets.is_empty() && result.is_ok() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all(&buf).and_then(|_| self.file.sync_data()) {
+        let written = result.and_then(|_| write(&mut buf, None));
+        if let Err(e) = written.and_then(|_| self.file.sync_data()) {
             // Leave no partial record behind (e.g. the disk filled up).
             let _ = self.file.set_len(self.len);
             return Err(e);
@@ -115,6 +134,30 @@ impl LogFile {
         self.offsets.extend(new_offsets);
         self.len = pos;
         Ok(())
+    }
+
+    /// The payload of record `index`, read back from the file and verified
+    /// (`None` if the file holds no such record).
+    pub fn read(&self, index: u64) -> io::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        let Ok(at) = self.offsets.binary_search_by_key(&index, |(i, _)| *i) else {
+            return Ok(None);
+        };
+        let pos = self.offsets[at].1;
+        let mut header = [0u8; HEADER];
+        self.file.read_exact_at(&mut header, pos)?;
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let stored = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        if stored != index || len > MAX_RECORD {
+            return Err(corrupt(&self.path, format!("record {index} at offset {pos} has a bad header")));
+        }
+        let mut payload = vec![0u8; len];
+        self.file.read_exact_at(&mut payload, pos + HEADER as u64)?;
+        if checksum(index, &payload) != crc {
+            return Err(corrupt(&self.path, format!("checksum mismatch in record {index} at offset {pos}")));
+        }
+        Ok(Some(payload))
     }
 
     /// Removes every record with index >= `from`.
@@ -220,8 +263,25 @@ mod tests {
         log.purge_upto(2).unwrap();
         log.append([(5, &b"five"[..])]).unwrap();
         drop(log);
-        let (_, recs) = LogFile::open(&p).unwrap();
+        let (log, recs) = LogFile::open(&p).unwrap();
         assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(log.read(4).unwrap().unwrap(), b"new");
+        assert_eq!(log.read(2).unwrap(), None);
+    }
+
+    #[test]
+    fn large_payloads_are_written_directly_and_read_back() {
+        let d = tmpdir("large");
+        let p = d.join("log");
+        let (mut log, _) = LogFile::open(&p).unwrap();
+        let big: Vec<u8> = (0..(DIRECT_WRITE * 3 + 7)).map(|i| (i % 251) as u8).collect();
+        log.append([(1, &b"small"[..]), (2, &big[..]), (3, &b"tail"[..])]).unwrap();
+        assert_eq!(log.read(2).unwrap().unwrap(), big);
+        assert_eq!(log.read(3).unwrap().unwrap(), b"tail");
+        drop(log);
+        let (log, recs) = LogFile::open(&p).unwrap();
+        assert_eq!(recs[1].1, big);
+        assert_eq!(log.read(1).unwrap().unwrap(), b"small");
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! (group commit), then reports each append flushed to openraft. Truncation
 //! and purging go through the same thread so file order is log order. Vote and
 //! committed index are small checksummed files replaced atomically.
+//!
+//! Large entries (model parts, up to 4 MiB each) leave memory once they are
+//! on disk: the map keeps their log id and reads go back to the file
+//! (through the writer thread, which owns it). A 600 MB model would
+//! otherwise stay in memory as log entries until the next snapshot.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -20,19 +25,50 @@ use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::logfile::{read_atomic, write_atomic, LogFile};
+use super::logfile::{read_atomic, write_atomic, LogFile, Records};
 use super::{decode, encode, C};
+
+/// Entries whose record is at least this large are dropped from memory once
+/// written.
+const SPILL_BYTES: usize = 256 << 10;
+
+/// An entry in memory, or one only on disk (its log id kept). Entries were
+/// this size in the map before; boxing would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
+enum Held {
+    Entry(EntryOf<C>),
+    OnDisk(LogIdOf<C>),
+}
+
+impl Held {
+    fn log_id(&self) -> LogIdOf<C> {
+        match self {
+            Held::Entry(e) => e.log_id,
+            Held::OnDisk(id) => *id,
+        }
+    }
+}
 
 #[derive(Default)]
 struct Mem {
-    entries: BTreeMap<u64, EntryOf<C>>,
+    entries: BTreeMap<u64, Held>,
     last_purged: Option<LogIdOf<C>>,
     vote: Option<VoteOf<C>>,
     committed: Option<LogIdOf<C>>,
 }
 
+/// An encoded record to append; `spill` is set for large ones (their log
+/// id), which leave memory once written.
+struct Record {
+    index: u64,
+    bytes: Vec<u8>,
+    spill: Option<LogIdOf<C>>,
+}
+
 enum WriterCmd {
-    Append(Vec<(u64, Vec<u8>)>, IOFlushed<C>),
+    Append(Vec<Record>, IOFlushed<C>),
+    /// Reads records back from the file (entries no longer in memory).
+    Read(Vec<u64>, oneshot::Sender<io::Result<Records>>),
     /// The newest committed log id, encoded.
     Committed(Vec<u8>),
     Truncate(u64, oneshot::Sender<io::Result<()>>),
@@ -76,12 +112,13 @@ impl LogStore {
                     format!("record {index} holds entry {}", entry.log_id.index),
                 ));
             }
-            mem.entries.insert(index, entry);
+            let held = if bytes.len() >= SPILL_BYTES { Held::OnDisk(entry.log_id) } else { Held::Entry(entry) };
+            mem.entries.insert(index, held);
         }
         // The committed index is only a hint; never let it point past what
         // this replica has on disk (openraft would try to apply entries it
         // cannot read).
-        let last = mem.entries.values().next_back().map(|e| e.log_id).or(mem.last_purged);
+        let last = mem.entries.values().next_back().map(Held::log_id).or(mem.last_purged);
         if let (Some(c), Some(l)) = (mem.committed, last) {
             if c.index > l.index {
                 tracing::warn!(group, committed = c.index, last = l.index, "committed hint ahead of the log; clamped");
@@ -91,11 +128,13 @@ impl LogStore {
             mem.committed = None;
         }
         let (tx, rx) = std_mpsc::channel();
+        let mem = Arc::new(Mutex::new(mem));
         std::thread::Builder::new().name(format!("raft-log-{group}")).spawn({
             let committed_path = dir.join("committed");
-            move || writer_loop(file, rx, committed_path)
+            let mem = mem.clone();
+            move || writer_loop(file, rx, committed_path, mem)
         })?;
-        Ok(LogStore { dir: dir.to_path_buf(), mem: Arc::new(Mutex::new(mem)), writer: tx })
+        Ok(LogStore { dir: dir.to_path_buf(), mem, writer: tx })
     }
 
     fn send(&self, cmd: WriterCmd) -> io::Result<()> {
@@ -108,21 +147,32 @@ impl LogStore {
     }
 }
 
-fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_path: PathBuf) {
+fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_path: PathBuf, mem: Arc<Mutex<Mem>>) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut batch: Vec<Record> = Vec::new();
         let mut committed: Option<Vec<u8>> = None;
         let mut callbacks: Vec<IOFlushed<C>> = Vec::new();
         let mut failed = false;
-        let mut flush = |file: &mut LogFile, batch: &mut Vec<(u64, Vec<u8>)>, callbacks: &mut Vec<IOFlushed<C>>| {
-            let res = file.append(batch.iter().map(|(i, b)| (*i, b.as_slice())));
+        let mut flush = |file: &mut LogFile, batch: &mut Vec<Record>, callbacks: &mut Vec<IOFlushed<C>>| {
+            let res = file.append(batch.iter().map(|r| (r.index, r.bytes.as_slice())));
             if let Err(e) = &res {
                 tracing::error!(error = %e, "raft log append failed");
                 failed = true;
+            } else {
+                // Written: large entries now live only in the file (unless
+                // a truncation replaced the entry at that index meanwhile).
+                let mut m = mem.lock();
+                for r in batch.iter() {
+                    if let Some(id) = r.spill {
+                        if let Some(held) = m.entries.get_mut(&r.index).filter(|h| h.log_id() == id) {
+                            *held = Held::OnDisk(id);
+                        }
+                    }
+                }
             }
             metrics::counter!("tessera_raft_log_fsyncs_total").increment(u64::from(!batch.is_empty()));
             for cb in callbacks.drain(..) {
@@ -137,6 +187,22 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
                     callbacks.push(cb);
                 }
                 WriterCmd::Committed(c) => committed = Some(c),
+                WriterCmd::Read(indexes, done) => {
+                    // Only records already written are ever asked for.
+                    let mut out = Vec::with_capacity(indexes.len());
+                    let mut result = Ok(());
+                    for i in indexes {
+                        match file.read(i) {
+                            Ok(Some(bytes)) => out.push((i, bytes)),
+                            Ok(None) => break, // purged or truncated meanwhile
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    let _ = done.send(result.map(|_| out));
+                }
                 WriterCmd::Truncate(from, done) => {
                     flush(&mut file, &mut batch, &mut callbacks);
                     let _ = done.send(file.truncate_from(from));
@@ -183,7 +249,37 @@ impl RaftLogReader<C> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<C>>, io::Error> {
-        Ok(self.mem.lock().entries.range(range).map(|(_, e)| e.clone()).collect())
+        // What is in memory, and the indexes to read back from the file.
+        let held: Vec<(u64, Option<EntryOf<C>>)> = self
+            .mem
+            .lock()
+            .entries
+            .range(range)
+            .map(|(i, h)| match h {
+                Held::Entry(e) => (*i, Some(e.clone())),
+                Held::OnDisk(_) => (*i, None),
+            })
+            .collect();
+        let missing: Vec<u64> = held.iter().filter(|(_, e)| e.is_none()).map(|(i, _)| *i).collect();
+        let mut read: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        if !missing.is_empty() {
+            let (tx, rx) = oneshot::channel();
+            self.send(WriterCmd::Read(missing, tx))?;
+            read = rx.await.map_err(io::Error::other)??.into_iter().collect();
+        }
+        // A contiguous run from the start: an entry purged or truncated
+        // while it was being read ends the answer there.
+        let mut out = Vec::with_capacity(held.len());
+        for (i, e) in held {
+            match e {
+                Some(e) => out.push(e),
+                None => match read.remove(&i) {
+                    Some(bytes) => out.push(decode::<EntryOf<C>>(&bytes)?),
+                    None => break,
+                },
+            }
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
@@ -196,7 +292,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let m = self.mem.lock();
-        let last = m.entries.values().next_back().map(|e| e.log_id).or(m.last_purged);
+        let last = m.entries.values().next_back().map(Held::log_id).or(m.last_purged);
         Ok(LogState { last_purged_log_id: m.last_purged, last_log_id: last })
     }
 
@@ -228,8 +324,10 @@ impl RaftLogStorage<C> for LogStore {
         {
             let mut m = self.mem.lock();
             for e in entries {
-                records.push((e.log_id.index, encode(&e)));
-                m.entries.insert(e.log_id.index, e);
+                let bytes = encode(&e);
+                let spill = (bytes.len() >= SPILL_BYTES).then_some(e.log_id);
+                records.push(Record { index: e.log_id.index, bytes, spill });
+                m.entries.insert(e.log_id.index, Held::Entry(e));
             }
         }
         self.send(WriterCmd::Append(records, callback))
@@ -282,6 +380,41 @@ mod tests {
         assert_eq!(read_log_id(&dir.join("committed")).unwrap(), None);
         assert_eq!(read_log_id(&dir.join("missing")).unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A model-sized entry leaves memory once written, reads back whole
+    /// (in a range with in-memory neighbours), and is reloaded as on-disk
+    /// after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_entries_spill_to_disk_and_read_back() {
+        use crate::raft::{LogOp, Proposal};
+        let dir = std::env::temp_dir().join(format!("tessera-spill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _cleanup = TempDir(dir.clone());
+        let leader = openraft::vote::leader_id_adv::LeaderId { term: 1, node_id: 1 };
+        let entry = |index: u64, data: Vec<u8>| EntryOf::<C> {
+            log_id: openraft::LogId::new(leader, index),
+            payload: openraft::EntryPayload::Normal(Proposal {
+                ts: 0,
+                op: LogOp::Chunk { id: 7, part: index as u32, parts: 3, data: data.into() },
+            }),
+        };
+        let big: Vec<u8> = (0..(SPILL_BYTES * 2)).map(|i| (i % 253) as u8).collect();
+        let want = vec![entry(1, b"a".to_vec()), entry(2, big.clone()), entry(3, b"c".to_vec())];
+        let mut log = LogStore::open(&dir, 0).unwrap();
+        log.append(want.clone(), IOFlushed::noop()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !matches!(log.mem.lock().entries.get(&2), Some(Held::OnDisk(_))) {
+            assert!(std::time::Instant::now() < deadline, "the large entry stayed in memory");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(matches!(log.mem.lock().entries.get(&1), Some(Held::Entry(_))));
+        assert_eq!(log.try_get_log_entries(1..=3).await.unwrap(), want);
+        drop(log);
+        let mut log = LogStore::open(&dir, 0).unwrap();
+        assert!(matches!(log.mem.lock().entries.get(&2), Some(Held::OnDisk(_))));
+        assert_eq!(log.try_get_log_entries(2..).await.unwrap(), want[1..]);
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(want[2].log_id));
     }
 
     /// Removes the test's folder when dropped.
