@@ -95,6 +95,8 @@ pub enum AdminResponse {
         /// Set while a joint configuration is in force: the voters it is
         /// moving to.
         pending: Option<Vec<u64>>,
+        /// A newer configuration than `voters`/`learners` is not yet committed.
+        in_flight: bool,
     },
     /// Not the leader for this: ask these instead (the leader first when known).
     NotLeader(Vec<String>),
@@ -268,8 +270,14 @@ async fn group_step(state: &NodeState, group: u32, op: GroupOp) -> AdminResponse
     };
     let result = match op {
         GroupOp::Membership => {
-            let (voters, learners) = shard.membership();
-            return AdminResponse::Membership { voters, learners, pending: shard.pending_voters() };
+            // A leader cut off from its group still believes it leads:
+            // confirm with a quorum first, and report the committed
+            // configuration (what repair may copy into the map).
+            if shard.confirm_leadership().await.is_err() {
+                return not_leader(state, group);
+            }
+            let (voters, learners, in_flight) = shard.committed_membership();
+            return AdminResponse::Membership { voters, learners, pending: shard.pending_voters(), in_flight };
         }
         GroupOp::AddLearner { id, addr } => shard.add_learner(id, addr).await.map(|_| format!("{id} caught up")),
         GroupOp::SetVoters { voters } => shard.set_voters(voters.clone()).await.map(|_| format!("voters {voters:?}")),
@@ -319,8 +327,13 @@ impl Op {
         }
     }
 
-    /// Runs `op` on the leader of `group`, wherever it is.
+    /// Runs `op` on the leader of `group`, wherever it is (only while this
+    /// node still leads the meta group: a deposed meta leader stops between
+    /// steps).
     pub(crate) async fn step(&self, group: u32, op: GroupOp) -> Result<AdminResponse, String> {
+        if !self.state.group(META).is_some_and(|m| m.is_leader()) {
+            return Err("TRYAGAIN this node no longer leads the meta group; run the command again".into());
+        }
         // This node when it leads the group (the meta group always: this is
         // its leader), else the group's replicas as the map lists them.
         let r = if group == META || self.state.group(group).is_some_and(|s| s.is_leader()) {

@@ -57,7 +57,39 @@ pub struct Registry {
     loaded: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
     /// Models the leader loaded to validate them, waiting for their log
     /// entry to apply here (so the leader does not load them twice).
-    prepared: Mutex<Vec<(ModelDef, Arc<dyn Model>)>>,
+    prepared: Mutex<Vec<(PreparedKey, Arc<dyn Model>)>>,
+}
+
+/// What identifies a validated model until its entry applies: its
+/// definition without the blob, and the blob's length and 128-bit hash
+/// (xxh3: a CRC is easy to collide on purpose, and a collision would run a
+/// different model than the followers hold). Keeping
+/// the blob itself would hold a whole copy of a large model in memory
+/// while its parts are logged and applied.
+#[derive(PartialEq)]
+struct PreparedKey {
+    def: ModelDef,
+    len: usize,
+    hash: u128,
+}
+
+impl PreparedKey {
+    fn of(def: &ModelDef) -> PreparedKey {
+        let hash = crate::raft::heavy(|| xxhash_rust::xxh3::xxh3_128(&def.blob));
+        let without_blob = ModelDef {
+            backend: def.backend,
+            device_name: def.device_name.clone(),
+            device: def.device,
+            tag: def.tag.clone(),
+            batchsize: def.batchsize,
+            minbatchsize: def.minbatchsize,
+            minbatchtimeout: def.minbatchtimeout,
+            inputs: def.inputs.clone(),
+            outputs: def.outputs.clone(),
+            blob: bytes::Bytes::new(),
+        };
+        PreparedKey { def: without_blob, len: def.blob.len(), hash }
+    }
 }
 
 /// Validated models kept for their apply; older ones are dropped.
@@ -155,18 +187,23 @@ impl Registry {
     }
 
     /// Keeps a model loaded for validation until its entry applies here.
-    pub fn prepare(&self, def: ModelDef, model: Arc<dyn Model>) {
+    pub fn prepare(&self, def: &ModelDef, model: Arc<dyn Model>) {
+        let key = PreparedKey::of(def);
         let mut p = self.prepared.lock();
         if p.len() >= PREPARED_KEPT {
             p.remove(0);
         }
-        p.push((def, model));
+        p.push((key, model));
     }
 
     /// The validation instance of `def`, if this node loaded one.
     fn take_prepared(&self, def: &ModelDef) -> Option<Arc<dyn Model>> {
+        if !self.prepared.lock().iter().any(|(k, _)| k.len == def.blob.len()) {
+            return None; // a follower, or another model: no checksum needed
+        }
+        let key = PreparedKey::of(def);
         let mut p = self.prepared.lock();
-        let i = p.iter().position(|(d, _)| d.blob.len() == def.blob.len() && d == def)?;
+        let i = p.iter().position(|(k, _)| *k == key)?;
         Some(p.remove(i).1)
     }
 

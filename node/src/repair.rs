@@ -12,8 +12,8 @@
 //! takes one step towards agreement:
 //!
 //! 1. a joint configuration is completed;
-//! 2. the map follows Raft's voters (the committed configuration is the
-//!    truth); a voter Raft dropped stays as a learner when the group is short
+//! 2. the map follows Raft's committed voters, as a leader that has just
+//!    confirmed its leadership reports them; a voter Raft dropped stays as a learner when the group is short
 //!    of replicas (a wiped-disk rejoin cut short), else it is dropped;
 //! 3. a learner the map lists is caught up and promoted when the group is
 //!    short of replicas, else dropped (a move cut short is rolled back);
@@ -26,14 +26,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::admin::{AdminClients, AdminResponse, GroupOp, Op};
+use crate::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp, Op};
 use crate::meta::{ClusterMap, GroupPlan, NodeStatus, META, META_VOTERS};
 use crate::service::NodeState;
 
-/// How long a difference must stand before it is repaired: longer than any
-/// pause between the steps of a running operation or between an operator's
-/// retries.
-const SETTLE: Duration = Duration::from_secs(10);
+/// How long a difference must stand, with no admin operation seen running,
+/// before it is repaired: longer than any pause between the steps of a
+/// running operation or between an operator's retries.
+const SETTLE: Duration = Duration::from_secs(20);
 const TICK: Duration = Duration::from_secs(2);
 /// How long asking a group for its membership may take.
 const ASK: Duration = Duration::from_secs(3);
@@ -45,6 +45,9 @@ pub struct RaftView {
     pub learners: Vec<u64>,
     /// The voters a joint configuration is moving to.
     pub pending: Option<Vec<u64>>,
+    /// A newer configuration is not yet committed (nothing is repaired
+    /// until it is, or is dropped).
+    pub in_flight: bool,
 }
 
 /// One step towards agreement between the map and Raft.
@@ -78,6 +81,9 @@ pub enum Repair {
 pub fn plan_repair(plan: &GroupPlan, raft: &RaftView, target: usize) -> Option<Repair> {
     if let Some(voters) = &raft.pending {
         return Some(Repair::FinishJoint { voters: voters.clone() });
+    }
+    if raft.in_flight {
+        return None;
     }
     let in_raft = |n: &u64| raft.voters.contains(n);
     let same_voters = plan.voters.len() == raft.voters.len() && plan.voters.iter().all(in_raft);
@@ -129,6 +135,13 @@ pub async fn repair_loop(state: Arc<NodeState>, clients: AdminClients) {
         if map.epoch == 0 {
             continue;
         }
+        if state.admin_lock.try_lock().is_err() {
+            // An operation is running: whatever it leaves behind must
+            // stand for SETTLE after it, not after it was first seen.
+            let now = Instant::now();
+            seen.values_mut().for_each(|(_, since)| *since = now);
+            continue;
+        }
         for group in map.groups.keys().copied() {
             let repair = match needed(&op, &map, group).await {
                 Ok(r) => r,
@@ -174,7 +187,9 @@ async fn needed(op: &Op, map: &ClusterMap, group: u32) -> Result<Option<Repair>,
     let plan = map.groups.get(&group).ok_or("group gone")?;
     let raft = match tokio::time::timeout(ASK, op.step(group, GroupOp::Membership)).await {
         Err(_) => return Err("no answer".into()),
-        Ok(Ok(AdminResponse::Membership { voters, learners, pending })) => RaftView { voters, learners, pending },
+        Ok(Ok(AdminResponse::Membership { voters, learners, pending, in_flight })) => {
+            RaftView { voters, learners, pending, in_flight }
+        }
         Ok(Ok(r)) => return Err(format!("unexpected answer {r:?}")),
         Ok(Err(e)) => return Err(e),
     };
@@ -190,6 +205,12 @@ async fn apply(op: &Op, group: u32, repair: &Repair) -> Result<(), String> {
             op.set_group(group, voters.clone(), learners.clone()).await?;
         }
         Repair::Promote { learner } => {
+            // Catching up holds the admin lock for up to 45 s: not for a
+            // node that is down.
+            let addr = op.map()?.addr(*learner).map(str::to_owned).ok_or("learner not in the map")?;
+            if !matches!(op.clients.ask(&addr, &AdminRequest::Probe, ASK).await, Ok(AdminResponse::Probe { .. })) {
+                return Err(format!("node {learner} does not answer; not promoting it now"));
+            }
             op.add_learner(group, *learner).await?;
             let plan = op.map()?.groups.get(&group).cloned().ok_or("group gone")?;
             let mut voters = plan.voters.clone();
@@ -222,7 +243,7 @@ mod tests {
     }
 
     fn raft(voters: &[u64], learners: &[u64]) -> RaftView {
-        RaftView { voters: voters.to_vec(), learners: learners.to_vec(), pending: None }
+        RaftView { voters: voters.to_vec(), learners: learners.to_vec(), pending: None, in_flight: false }
     }
 
     #[test]
@@ -264,6 +285,12 @@ mod tests {
         );
         // Next pass: the map lists it as learner in a group of two.
         assert_eq!(plan_repair(&plan(&[3, 4], &[2]), &raft(&[3, 4], &[2]), 3), Some(Repair::Promote { learner: 2 }));
+    }
+
+    #[test]
+    fn nothing_is_repaired_while_a_change_is_uncommitted() {
+        let view = RaftView { in_flight: true, ..raft(&[2, 4, 6], &[]) };
+        assert_eq!(plan_repair(&plan(&[2, 3, 4], &[6]), &view, 3), None);
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Shard {
             let def = model.clone();
             let checked = tokio::task::spawn_blocking(move || registry().load(&def)).await;
             match checked {
-                Ok(Ok(loaded)) => registry().prepare(model.clone(), loaded),
+                Ok(Ok(loaded)) => registry().prepare(model, loaded),
                 Ok(Err(e)) => return Submitted::Done(Outcome::Reply(Reply::err(e))),
                 Err(e) => return Submitted::Done(Outcome::Reply(Reply::err(format!("ERR model load failed: {e}")))),
             }
@@ -401,6 +401,20 @@ impl Shard {
         let voters: Vec<u64> = mc.voter_ids().collect();
         let learners = mc.learner_ids().collect();
         (voters, learners)
+    }
+
+    /// Confirms with a quorum that this replica still leads.
+    pub async fn confirm_leadership(&self) -> Result<(), String> {
+        self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Voters and learners of the committed configuration, and whether a
+    /// newer one is still uncommitted.
+    pub fn committed_membership(&self) -> (Vec<u64>, Vec<u64>, bool) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let c = m.committed_membership_config.membership();
+        let in_flight = m.membership_config.log_id() != m.committed_membership_config.log_id();
+        (c.voter_ids().collect(), c.learner_ids().collect(), in_flight)
     }
 
     /// While a joint configuration is in force (a membership change cut

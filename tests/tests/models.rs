@@ -552,6 +552,10 @@ fn big_model_in_chunks_survives_a_full_restart() {
     }
     ok(store.query(&mut con));
     let stored_in = t.elapsed();
+    drop(store);
+    // Followers load the model in the background after they apply it.
+    std::thread::sleep(Duration::from_secs(2));
+    let after_store: Vec<f64> = (1..=3).map(|id| peak_rss_mb(c.node_pid(id).unwrap())).collect();
     ok(exec(&mut con, &["AI.TENSORSET", "x{1}", "FLOAT", "1", "VALUES", "2"]));
     let check = |con: &mut Connection| {
         ok(exec(con, &["AI.MODELEXECUTE", "big{1}", "INPUTS", "1", "x{1}", "OUTPUTS", "1", "y{1}"]));
@@ -563,8 +567,9 @@ fn big_model_in_chunks_survives_a_full_restart() {
     check(&mut con);
     let peaks: Vec<f64> = (1..=3).map(|id| peak_rss_mb(c.node_pid(id).unwrap())).collect();
     println!(
-        "model {size_mb:.0} MB stored in {stored_in:?}; peak RSS per node {:?} MB = {:?} x model \
-         (before the store {:?} MB; growth {:?} x model)",
+        "model {size_mb:.0} MB stored in {stored_in:?}; peak RSS per node after the store {:?} MB, \
+         after execute and MODELGET {:?} MB = {:?} x model (before the store {:?} MB; growth {:?} x model)",
+        after_store.iter().map(|p| p.round()).collect::<Vec<_>>(),
         peaks.iter().map(|p| p.round()).collect::<Vec<_>>(),
         peaks.iter().map(|p| (p / size_mb * 100.0).round() / 100.0).collect::<Vec<_>>(),
         base.iter().map(|p| p.round()).collect::<Vec<_>>(),

@@ -44,10 +44,20 @@ impl LogFile {
     /// Opens (or creates) the log at `path`, returning it with every stored
     /// record.
     pub fn open(path: &Path) -> io::Result<(LogFile, Records)> {
+        let mut records = Vec::new();
+        let file = Self::open_with(path, |index, payload| {
+            records.push((index, payload));
+            Ok(())
+        })?;
+        Ok((file, records))
+    }
+
+    /// Opens (or creates) the log at `path`, handing each verified record to
+    /// `each` as it is read (so a large log is never all in memory).
+    pub fn open_with(path: &Path, mut each: impl FnMut(u64, Vec<u8>) -> io::Result<()>) -> io::Result<LogFile> {
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
         let total = file.metadata()?.len();
         let mut reader = BufReader::new(&mut file);
-        let mut records = Vec::new();
         let mut offsets = Vec::new();
         let mut pos = 0u64;
         let mut header = [0u8; HEADER];
@@ -76,7 +86,7 @@ impl LogFile {
                 }
             }
             offsets.push((index, pos));
-            records.push((index, payload));
+            each(index, payload)?;
             pos += (HEADER + len) as u64;
         }
         drop(reader);
@@ -85,7 +95,7 @@ impl LogFile {
             file.set_len(pos)?;
             file.sync_all()?;
         }
-        Ok((LogFile { path: path.to_path_buf(), file, offsets, len: pos }, records))
+        Ok(LogFile { path: path.to_path_buf(), file, offsets, len: pos })
     }
 
     /// Appends records (consecutive indexes) and fsyncs once for all of them.
@@ -103,7 +113,11 @@ impl LogFile {
         for (index, payload) in records {
             if let Some((prev, _)) = new_offsets.last().or(self.offsets.last()) {
                 if index != prev + 1 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("append of {index} after {prev}")));
+                    // Large records before it may already be written: the
+                    // rollback below removes them.
+                    result =
+                        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("append of {index} after {prev}")));
+                    break;
                 }
             }
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());

@@ -32,6 +32,11 @@ use super::{decode, encode, C};
 /// written.
 const SPILL_BYTES: usize = 256 << 10;
 
+/// At most this many bytes of on-disk entries are read for one replication
+/// call (counted as [`CHUNK_ESTIMATE`] each: spilled entries are model parts).
+const READ_BUDGET: usize = 64 << 20;
+const CHUNK_ESTIMATE: usize = 4 << 20;
+
 /// An entry in memory, or one only on disk (its log id kept). Entries were
 /// this size in the map before; boxing would add an allocation to each.
 #[allow(clippy::large_enum_variant)]
@@ -86,7 +91,6 @@ impl LogStore {
     /// Opens the group's log under `dir`, verifying every record.
     pub fn open(dir: &Path, group: u32) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
-        let (file, records) = LogFile::open(&dir.join("raft.log"))?;
         let vote: Option<VoteOf<C>> = read_atomic(&dir.join("vote"))?.map(|b| decode(&b)).transpose()?;
         let mut mem = Mem {
             // A restarted leader must not resume its old leadership: with a
@@ -104,7 +108,11 @@ impl LogStore {
             ..Mem::default()
         };
         let purged = mem.last_purged.map_or(0, |l| l.index + 1);
-        for (index, bytes) in records.into_iter().filter(|(i, _)| *i >= purged) {
+        // Record by record: large ones are not kept (they stay on disk).
+        let file = LogFile::open_with(&dir.join("raft.log"), |index, bytes| {
+            if index < purged {
+                return Ok(());
+            }
             let entry: EntryOf<C> = decode(&bytes)?;
             if entry.log_id.index != index {
                 return Err(io::Error::new(
@@ -114,7 +122,8 @@ impl LogStore {
             }
             let held = if bytes.len() >= SPILL_BYTES { Held::OnDisk(entry.log_id) } else { Held::Entry(entry) };
             mem.entries.insert(index, held);
-        }
+            Ok(())
+        })?;
         // The committed index is only a hint; never let it point past what
         // this replica has on disk (openraft would try to apply entries it
         // cannot read).
@@ -249,37 +258,61 @@ impl RaftLogReader<C> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<C>>, io::Error> {
-        // What is in memory, and the indexes to read back from the file.
-        let held: Vec<(u64, Option<EntryOf<C>>)> = self
+        // What is in memory, and the entries to read back from the file.
+        // Per index: the entry, or the log id of one to read back.
+        type Slot = Result<EntryOf<C>, LogIdOf<C>>;
+        let held: Vec<(u64, Slot)> = self
             .mem
             .lock()
             .entries
             .range(range)
             .map(|(i, h)| match h {
-                Held::Entry(e) => (*i, Some(e.clone())),
-                Held::OnDisk(_) => (*i, None),
+                Held::Entry(e) => (*i, Ok(e.clone())),
+                Held::OnDisk(id) => (*i, Err(*id)),
             })
             .collect();
-        let missing: Vec<u64> = held.iter().filter(|(_, e)| e.is_none()).map(|(i, _)| *i).collect();
+        let missing: Vec<u64> = held.iter().filter(|(_, e)| e.is_err()).map(|(i, _)| *i).collect();
         let mut read: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         if !missing.is_empty() {
             let (tx, rx) = oneshot::channel();
             self.send(WriterCmd::Read(missing, tx))?;
             read = rx.await.map_err(io::Error::other)??.into_iter().collect();
         }
-        // A contiguous run from the start: an entry purged or truncated
-        // while it was being read ends the answer there.
+        // A contiguous run from the start: an entry purged, or truncated
+        // and replaced, while it was being read ends the answer there.
         let mut out = Vec::with_capacity(held.len());
         for (i, e) in held {
             match e {
-                Some(e) => out.push(e),
-                None => match read.remove(&i) {
-                    Some(bytes) => out.push(decode::<EntryOf<C>>(&bytes)?),
-                    None => break,
+                Ok(e) => out.push(e),
+                Err(id) => match read.remove(&i).map(|bytes| decode::<EntryOf<C>>(&bytes)).transpose()? {
+                    Some(e) if e.log_id == id => out.push(e),
+                    _ => break,
                 },
             }
         }
         Ok(out)
+    }
+
+    /// Replication's reads: at most [`READ_BUDGET`] bytes of on-disk
+    /// (large) entries per call, and always at least one entry, so a
+    /// lagging follower is not sent hundreds of model parts at once.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<EntryOf<C>>, io::Error> {
+        let end = {
+            let m = self.mem.lock();
+            let mut spilled = 0usize;
+            let mut stop = end;
+            for (i, h) in m.entries.range(start..end) {
+                if let Held::OnDisk(_) = h {
+                    spilled += 1;
+                    if spilled > 1 && spilled * CHUNK_ESTIMATE > READ_BUDGET {
+                        stop = *i;
+                        break;
+                    }
+                }
+            }
+            stop
+        };
+        self.try_get_log_entries(start..end).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
