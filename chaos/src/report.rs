@@ -219,16 +219,42 @@ pub fn timeline(path: &Path, history: &[Op], events: &[FaultEvent], secs: f64) -
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..secs, 0f64..top)?;
     chart.configure_mesh().x_desc("seconds").y_desc("ops/s").draw()?;
-    let palette = [RGBColor(255, 200, 200), RGBColor(200, 200, 255), RGBColor(255, 230, 170), RGBColor(210, 240, 210)];
-    for (i, e) in events.iter().enumerate() {
-        let (a, b) = (e.start as f64 / 1e9, e.end.max(e.start) as f64 / 1e9);
-        let color = palette[i % palette.len()];
-        chart.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b, top)], color.filled())))?;
-        chart.draw_series(std::iter::once(Text::new(
-            e.name.clone(),
-            (a, top * (0.97 - 0.05 * (i % 3) as f64)),
-            ("sans-serif", 13).into_font(),
-        )))?;
+    // One colour per kind of fault, named in the legend; bands are also
+    // labelled where there are few enough to read (long runs have hundreds).
+    let palette = [
+        RGBColor(255, 200, 200),
+        RGBColor(200, 200, 255),
+        RGBColor(255, 230, 170),
+        RGBColor(210, 240, 210),
+        RGBColor(230, 200, 250),
+        RGBColor(200, 240, 245),
+        RGBColor(250, 210, 180),
+        RGBColor(220, 220, 220),
+        RGBColor(245, 245, 170),
+        RGBColor(190, 225, 200),
+    ];
+    let mut kinds: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for (k, kind) in kinds.iter().enumerate() {
+        let color = palette[k % palette.len()];
+        let bands = events.iter().filter(|e| e.name == *kind).map(|e| {
+            let (a, b) = (e.start as f64 / 1e9, e.end.max(e.start) as f64 / 1e9);
+            Rectangle::new([(a, 0.0), (b, top)], color.filled())
+        });
+        chart
+            .draw_series(bands)?
+            .label(*kind)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    if events.len() <= 24 {
+        for (i, e) in events.iter().enumerate() {
+            chart.draw_series(std::iter::once(Text::new(
+                e.name.clone(),
+                (e.start as f64 / 1e9, top * (0.97 - 0.05 * (i % 3) as f64)),
+                ("sans-serif", 13).into_font(),
+            )))?;
+        }
     }
     let series = |v: &[u32]| -> Vec<(f64, f64)> {
         v.iter().enumerate().map(|(i, c)| (i as f64 * bucket, *c as f64 / bucket)).collect()
