@@ -244,6 +244,23 @@ fn lagging_replica_catches_up_by_snapshot_after_100mb() {
             .unwrap();
         assert_eq!(reply, "+OK\r\n", "tensor {i}");
     }
+    // Every shard takes 20+ more (small) entries, so each builds a snapshot
+    // holding all its tensors: what node 3 is sent does not depend on how
+    // far the last snapshot build had got when it restarts.
+    let built = |c: &Cluster| -> f64 {
+        (1..=2).map(|n| metric(&c.node_metrics_text(n).unwrap_or_default(), "tessera_raft_snapshots_built_total")).sum()
+    };
+    let before = built(&c);
+    for i in 0..120 {
+        let key = format!("fill:{i}");
+        let reply = (0..100).map(|_| r.cmd(&["SET", &key, "x"]).unwrap()).find(|reply| !reply.starts_with("-TRYAGAIN"));
+        assert_eq!(reply.as_deref(), Some("+OK\r\n"), "{key}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while built(&c) < before + 3.0 {
+        assert!(Instant::now() < deadline, "the shard leaders did not build new snapshots");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     c.restart_node(3).expect("node 3 restarts");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
