@@ -158,6 +158,12 @@ async fn session(
             }
             pending.push_back(t);
         }
+        // A large command (a model upload) grew the read buffer: once it is
+        // consumed, let its memory go with the command instead of keeping
+        // it for the connection's life.
+        if rbuf.is_empty() && rbuf.capacity() > 1 << 20 {
+            rbuf = BytesMut::with_capacity(16 * 1024);
+        }
 
         // Write every reply that is already available, in order.
         while let Some(Some(done)) = pending.next().now_or_never() {
