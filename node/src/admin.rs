@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::meta::{meta_seeds, ClusterMap, MetaOp, NodeStatus, META};
+use crate::meta::{meta_seeds, ClusterMap, GroupPlan, MetaOp, NodeStatus, META};
 use crate::raft::{decode, encode, LogOp};
 use crate::service::NodeState;
 use crate::shard::Outcome;
@@ -327,6 +327,11 @@ impl Op {
         }
     }
 
+    /// The map's current entry for `group`.
+    pub(crate) fn plan(&self, group: u32) -> Result<GroupPlan, String> {
+        self.map()?.groups.get(&group).cloned().ok_or(format!("no group {group}"))
+    }
+
     /// Runs `op` on the leader of `group`, wherever it is (only while this
     /// node still leads the meta group: a deposed meta leader stops between
     /// steps).
@@ -425,7 +430,7 @@ impl Op {
     /// Makes `to` the group's leader and its preferred leader (first in the
     /// map's voter list, so leadership returns to it after failovers).
     async fn transfer_leader(&self, group: u32, to: u64) -> Result<String, String> {
-        let plan = self.map()?.groups.get(&group).cloned().ok_or(format!("no group {group}"))?;
+        let plan = self.plan(group)?;
         if !plan.voters.contains(&to) {
             return Err(format!("node {to} is not a voter of group {group}"));
         }

@@ -76,18 +76,8 @@ struct PreparedKey {
 impl PreparedKey {
     fn of(def: &ModelDef) -> PreparedKey {
         let hash = crate::raft::heavy(|| xxhash_rust::xxh3::xxh3_128(&def.blob));
-        let without_blob = ModelDef {
-            backend: def.backend,
-            device_name: def.device_name.clone(),
-            device: def.device,
-            tag: def.tag.clone(),
-            batchsize: def.batchsize,
-            minbatchsize: def.minbatchsize,
-            minbatchtimeout: def.minbatchtimeout,
-            inputs: def.inputs.clone(),
-            outputs: def.outputs.clone(),
-            blob: bytes::Bytes::new(),
-        };
+        // Cheap: the blob is a shared `Bytes`, replaced by an empty one.
+        let without_blob = ModelDef { blob: bytes::Bytes::new(), ..def.clone() };
         PreparedKey { def: without_blob, len: def.blob.len(), hash }
     }
 }

@@ -212,7 +212,7 @@ async fn apply(op: &Op, group: u32, repair: &Repair) -> Result<(), String> {
                 return Err(format!("node {learner} does not answer; not promoting it now"));
             }
             op.add_learner(group, *learner).await?;
-            let plan = op.map()?.groups.get(&group).cloned().ok_or("group gone")?;
+            let plan = op.plan(group)?;
             let mut voters = plan.voters.clone();
             voters.push(*learner);
             op.step(group, GroupOp::SetVoters { voters: voters.clone() }).await?;
@@ -223,7 +223,7 @@ async fn apply(op: &Op, group: u32, repair: &Repair) -> Result<(), String> {
             if *in_raft {
                 op.step(group, GroupOp::RemoveLearner { id: *learner }).await?;
             }
-            let plan = op.map()?.groups.get(&group).cloned().ok_or("group gone")?;
+            let plan = op.plan(group)?;
             let learners = plan.learners.iter().copied().filter(|l| l != learner).collect();
             op.set_group(group, plan.voters, learners).await?;
         }

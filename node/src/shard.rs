@@ -47,6 +47,11 @@ pub const CHUNK_BYTES: usize = 4 << 20;
 /// step budget).
 pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
 
+/// On a leader: the last log index replica `id` is known to hold.
+fn matched_index(m: &openraft::RaftMetrics<C>, id: u64) -> Option<u64> {
+    m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -386,8 +391,7 @@ impl Shard {
     /// On the leader: whether voter `id` holds every entry the leader has.
     pub fn caught_up(&self, id: u64) -> bool {
         let m = self.raft.metrics().borrow_watched().clone();
-        let last = m.last_log_index;
-        m.replication.as_ref().and_then(|r| r.get(&id).cloned()).is_some_and(|matched| matched.map(|l| l.index) == last)
+        m.last_log_index.is_some_and(|last| matched_index(&m, id) == Some(last))
     }
 
     pub fn is_leader(&self) -> bool {
@@ -444,16 +448,13 @@ impl Shard {
     pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), String> {
         let added = self.raft.add_learner(id, NodeAddr { addr }, false).await.map_err(|e| self.membership_error(e))?;
         let want = added.log_id.index;
-        let matched = |m: &openraft::RaftMetrics<C>| {
-            m.replication.as_ref().and_then(|r| r.get(&id).cloned()).flatten().map_or(0, |l| l.index)
-        };
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         loop {
             let m = self.raft.metrics().borrow_watched().clone();
             if m.state != ServerState::Leader {
                 return Err(format!("TRYAGAIN group {} changed leader while node {id} was catching up", self.id));
             }
-            let have = matched(&m);
+            let have = matched_index(&m, id).unwrap_or(0);
             if have >= want {
                 return Ok(());
             }

@@ -13,8 +13,8 @@ use tessera_common::command::{Command, Fanout, NodeCommand};
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SlotScope, SLOTS};
 
-use crate::backend::{ShardEntry, ShardMap};
 use crate::conn::ConnState;
+use crate::shards::{ShardEntry, ShardMap};
 use crate::Router;
 
 /// A reply that may not have arrived yet.

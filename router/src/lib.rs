@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod dispatch;
 pub mod local;
+pub mod shards;
 pub mod stats;
 pub mod topology;
 
@@ -35,9 +36,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::backend::ShardMap;
 use crate::config::Config;
 use crate::conn::ConnState;
+use crate::shards::ShardMap;
 use crate::stats::Stats;
 use crate::topology::Topology;
 
