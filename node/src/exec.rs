@@ -82,6 +82,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
         LogOp::Command(c) => c,
         LogOp::Meta(_) => return Reply::err("ERR cluster map change sent to a shard"),
         LogOp::Chunk { .. } => return Reply::err("ERR a chunk inside a chunked write"),
+        LogOp::Fenced { .. } => return Reply::err("ERR a fenced write outside the state machine"),
     };
     match cmd {
         NodeCommand::Set { key, value, expire, keep_ttl, cond, get } => {

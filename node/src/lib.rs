@@ -132,7 +132,7 @@ pub async fn run(
     let node_svc = NodeServer::new(NodeService { state: state.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let raft_svc = RaftTransportServer::new(TransportService { state: state.clone(), incoming: Default::default() })
+    let raft_svc = RaftTransportServer::new(TransportService::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin_svc = AdminServer::new(AdminService { state: state.clone(), clients: clients.clone() })

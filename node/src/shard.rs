@@ -64,6 +64,14 @@ pub enum Outcome {
     Redirect(Option<(u64, String)>),
 }
 
+/// What a model run came to.
+enum Executed {
+    /// Its outputs were proposed: the write's outcome.
+    Written(Outcome),
+    /// Answered without a logged write (an error, or no tensor outputs).
+    Unwritten(Reply),
+}
+
 /// A write that was handed to Raft (in submission order) and is in flight.
 pub enum Submitted {
     Done(Outcome),
@@ -174,6 +182,12 @@ impl Shard {
     /// Hands a write to Raft. Returns once it is queued in the group, so
     /// writes submitted one after another are logged in that order.
     pub async fn submit(&self, cmd: NodeCommand) -> Submitted {
+        self.submit_in(cmd, None).await
+    }
+
+    /// [`submit`](Self::submit), fenced to leadership `term` when given
+    /// (see [`LogOp::Fenced`]).
+    async fn submit_in(&self, cmd: NodeCommand, fence: Option<u64>) -> Submitted {
         if let NodeCommand::ModelStore { model, .. } = &cmd {
             // Garbage never enters the log: the model must load here first.
             let def = model.clone();
@@ -187,7 +201,10 @@ impl Shard {
         if let Some(rejected) = precheck(&self.data.lock().ks, &cmd, now_ms()) {
             return Submitted::Done(Outcome::Reply(rejected));
         }
-        let op = LogOp::Command(cmd);
+        let op = match fence {
+            Some(term) => LogOp::Fenced { term, cmd },
+            None => LogOp::Command(cmd),
+        };
         let size = postcard::experimental::serialized_size(&op).unwrap_or(0);
         if let Some(full) = self.disk.check(size) {
             return Submitted::Done(Outcome::Reply(full));
@@ -266,17 +283,54 @@ impl Shard {
         }
     }
 
+    /// The term this replica leads, if its state already holds every write
+    /// acknowledged before now by it or by earlier leaders: it has applied
+    /// an entry of its own term (its first is the no-op that commits all
+    /// before it), and it acknowledges writes only once applied.
+    fn leading_applied_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let applied_term = m.last_applied.as_ref().map(|l| l.committed_leader_id().term);
+        (m.state == ServerState::Leader && applied_term == Some(m.current_term)).then_some(m.current_term)
+    }
+
+    async fn confirm_read(&self) -> Result<(), Outcome> {
+        match self.raft.ensure_linearizable(self.read_policy.clone()).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(forward(&f)),
+            Err(e) => Err(Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id)))),
+        }
+    }
+
     /// AI.MODELEXECUTE / AI.MODELRUN: reads the model and its inputs
     /// (linearizably), runs it on its device's queue, then writes every
     /// output in one log entry. The session orders it against commands that
     /// touch the same keys (see `service.rs`).
+    ///
+    /// A leader whose state is current reads without a quorum round first:
+    /// the output write is fenced to its term, and its commit proves that no
+    /// newer leader had acknowledged a write the run missed. An answer with
+    /// no output written (an error, or a run with no tensor outputs) gets
+    /// the quorum round before it goes out instead.
     pub async fn execute(&self, argv: &[Bytes], deprecated: bool) -> Outcome {
-        match self.raft.ensure_linearizable(self.read_policy.clone()).await {
-            Ok(_) => {}
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => return forward(&f),
-            Err(e) => return Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
+        let fence = self.leading_applied_term();
+        if fence.is_none() {
+            if let Err(o) = self.confirm_read().await {
+                return o;
+            }
         }
-        let reply = |r: Reply| Outcome::Reply(r);
+        match self.execute_in(argv, deprecated, fence).await {
+            Executed::Written(o) => o,
+            Executed::Unwritten(r) if fence.is_none() => Outcome::Reply(r),
+            Executed::Unwritten(r) => match self.confirm_read().await {
+                Ok(()) => Outcome::Reply(r),
+                Err(o) => o,
+            },
+        }
+    }
+
+    async fn execute_in(&self, argv: &[Bytes], deprecated: bool, fence: Option<u64>) -> Executed {
+        let reply = |r: Reply| Executed::Unwritten(r);
         let model = match self.data.lock().ks.get(&argv[1], now_ms()).map(|e| &e.value) {
             None => return reply(Reply::err(EMPTY_MODEL)),
             Some(Value::Model(m)) => m.clone(),
@@ -333,8 +387,11 @@ impl Shard {
         if pairs.is_empty() {
             return reply(Reply::ok());
         }
-        let s = self.submit(NodeCommand::TensorMSet { pairs }).await;
-        self.finish(s).await
+        match self.submit_in(NodeCommand::TensorMSet { pairs }, fence).await {
+            // Refused before it was logged (by this replica's state).
+            Submitted::Done(Outcome::Reply(r)) => Executed::Unwritten(r),
+            s => Executed::Written(self.finish(s).await),
+        }
     }
 
     /// On the leader, logs a purge of expired keys once a deadline has passed.

@@ -33,6 +33,15 @@ pub enum LogOp {
         parts: u32,
         data: bytes::Bytes,
     },
+    /// A command that applies only if it was logged in `term`: the outputs
+    /// of a model run whose inputs were read on the leader of `term` without
+    /// a quorum round first. If the entry commits in that term, no newer
+    /// leader can have acknowledged a write the run did not see; an entry
+    /// of another term is refused, deterministically, on every replica.
+    Fenced {
+        term: u64,
+        cmd: NodeCommand,
+    },
 }
 
 /// One proposal: an operation and the leader-assigned timestamp (Unix ms)
@@ -47,6 +56,7 @@ impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.op {
             LogOp::Command(c) => write!(f, "{}@{}", c.name(), self.ts),
+            LogOp::Fenced { term, cmd } => write!(f, "{} in term {term}@{}", cmd.name(), self.ts),
             LogOp::PurgeExpired => write!(f, "purge-expired@{}", self.ts),
             LogOp::Meta(op) => write!(f, "meta {op:?}@{}", self.ts),
             LogOp::Chunk { id, part, parts, data } => {

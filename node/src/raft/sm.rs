@@ -85,12 +85,24 @@ impl Chunks {
             decode::<LogOp>(&whole)
         });
         Some(match decoded {
-            Ok(LogOp::Command(c)) => Ok(LogOp::Command(c)),
+            Ok(op @ (LogOp::Command(_) | LogOp::Fenced { .. })) => Ok(op),
             Ok(_) => Err(Reply::err("ERR a chunked write must carry a command")),
             Err(e) => Err(Reply::err(format!("ERR chunked write does not decode: {e}"))),
         })
     }
 }
+
+/// Applies `op`, logged in `term`; a fenced command only in its own term.
+fn apply_in_term(ks: &mut crate::keyspace::Keyspace, ts: i64, term: u64, op: LogOp) -> Reply {
+    match op {
+        LogOp::Fenced { term: fence, cmd } if fence == term => exec::apply(ks, ts, &LogOp::Command(cmd)),
+        LogOp::Fenced { .. } => Reply::err(FENCED_OUT),
+        op => exec::apply(ks, ts, &op),
+    }
+}
+
+/// The answer to a fenced write logged after leadership changed.
+pub const FENCED_OUT: &str = "TRYAGAIN leadership changed while the model ran; its outputs were not written";
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
@@ -238,14 +250,15 @@ impl RaftStateMachine<C> for StateMachine {
                         // whatever order concurrent proposals were logged in.
                         let ts = p.ts.max(d.last_ts);
                         d.last_ts = ts;
+                        let term = entry.log_id.committed_leader_id().term;
                         match p.op {
                             LogOp::Meta(op) => d.map.apply(&op),
                             LogOp::Chunk { id, part, parts, data } => match d.chunks.add(id, part, parts, data, ts) {
                                 None => Reply::Null,
                                 Some(Err(e)) => e,
-                                Some(Ok(op)) => exec::apply(&mut d.ks, ts, &op),
+                                Some(Ok(op)) => apply_in_term(&mut d.ks, ts, term, op),
                             },
-                            op => exec::apply(&mut d.ks, ts, &op),
+                            op => apply_in_term(&mut d.ks, ts, term, op),
                         }
                     }
                     EntryPayload::Membership(m) => {
@@ -320,5 +333,35 @@ mod tests {
         assert!(c.add(3, 0, 3, p[0].clone(), 30).is_none());
         assert!(c.add(4, 0, 3, p[0].clone(), 30 + CHUNKS_KEPT_MS + 1).is_none());
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_fenced_write_applies_only_in_its_term() {
+        let set = |v: &str| NodeCommand::Set {
+            key: Bytes::from("k"),
+            value: Bytes::from(v.to_owned()),
+            expire: None,
+            keep_ttl: false,
+            cond: tessera_common::command::node::SetCond::Always,
+            get: false,
+        };
+        let mut ks = crate::keyspace::Keyspace::default();
+        let get = |ks: &crate::keyspace::Keyspace| match ks.get(b"k", 0).map(|e| &e.value) {
+            Some(crate::keyspace::Value::Str(s)) => Some(s.clone()),
+            _ => None,
+        };
+        assert_eq!(apply_in_term(&mut ks, 0, 5, LogOp::Fenced { term: 5, cmd: set("a") }), Reply::ok());
+        assert_eq!(get(&ks), Some(Bytes::from("a")));
+        // Logged by a later leader of the same node: refused, nothing written.
+        assert_eq!(apply_in_term(&mut ks, 0, 6, LogOp::Fenced { term: 5, cmd: set("b") }), Reply::err(FENCED_OUT));
+        assert_eq!(get(&ks), Some(Bytes::from("a")));
+        // Chunked: the assembled operation keeps its fence.
+        let op = LogOp::Fenced { term: 6, cmd: set("c") };
+        let p = parts(&op, 2);
+        let mut c = Chunks::default();
+        assert!(c.add(1, 0, 2, p[0].clone(), 1).is_none());
+        let whole = c.add(1, 1, 2, p[1].clone(), 1).unwrap().unwrap();
+        assert_eq!(apply_in_term(&mut ks, 0, 6, whole), Reply::ok());
+        assert_eq!(get(&ks), Some(Bytes::from("c")));
     }
 }

@@ -19,6 +19,7 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
@@ -156,8 +157,41 @@ impl LogStore {
     }
 }
 
+/// How often, at most, the committed-index hint is rewritten. It is only a
+/// hint (a restarted replica re-learns commitment from its leader, and
+/// openraft takes the snapshot's index when the hint is older), so it is
+/// not worth a file replacement per write: that cost four syscalls on every
+/// replica for every commit.
+const HINT_EVERY: Duration = Duration::from_millis(200);
+
 fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_path: PathBuf, mem: Arc<Mutex<Mem>>) {
-    while let Ok(first) = rx.recv() {
+    // The newest committed index not yet written, and when one last was.
+    let mut hint: Option<Vec<u8>> = None;
+    let mut hinted = Instant::now();
+    let write_hint_now = |hint: &mut Option<Vec<u8>>, hinted: &mut Instant| {
+        if let Some(c) = hint.take() {
+            if let Err(e) = write_hint(&committed_path, &c) {
+                tracing::warn!(error = %e, "could not record the committed index");
+            }
+            *hinted = Instant::now();
+        }
+    };
+    loop {
+        let first = match hint {
+            None => rx.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+            Some(_) => rx.recv_timeout(HINT_EVERY.saturating_sub(hinted.elapsed())),
+        };
+        let first = match first {
+            Ok(cmd) => cmd,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                write_hint_now(&mut hint, &mut hinted);
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                write_hint_now(&mut hint, &mut hinted);
+                return;
+            }
+        };
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
@@ -224,12 +258,11 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
         }
         flush(&mut file, &mut batch, &mut callbacks);
         if let Some(c) = committed.filter(|_| !failed) {
-            // Only the newest value of the batch, and off openraft's path:
-            // the committed index is a recovery hint (a restarted node
-            // re-learns commitment from the leader), so it is written but
-            // not fsync'd on its own.
-            if let Err(e) = write_hint(&committed_path, &c) {
-                tracing::warn!(error = %e, "could not record the committed index");
+            // Only the newest value, off openraft's path, and not fsync'd
+            // on its own (see HINT_EVERY).
+            hint = Some(c);
+            if hinted.elapsed() >= HINT_EVERY {
+                write_hint_now(&mut hint, &mut hinted);
             }
         }
     }

@@ -1,15 +1,19 @@
-//! The Raft network, server side: `RaftTransport.Call` hands each message to
-//! the group it names.
+//! The Raft network, server side: `RaftTransport.Call` and
+//! `RaftTransport.Stream` hand each message to the group it names.
 
 use std::collections::HashMap;
 use std::io::Cursor;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
 
 use openraft::storage::Snapshot;
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, VoteOf};
 use tessera_proto::v1::raft_transport_server::RaftTransport;
 use tessera_proto::v1::{RaftKind, RaftMessage};
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
 
 use parking_lot::Mutex;
 
@@ -17,11 +21,12 @@ use super::network::SnapshotPiece;
 use super::{decode, encode, SnapshotData, C};
 use crate::service::NodeState;
 
+#[derive(Clone)]
 pub struct TransportService {
     pub state: Arc<NodeState>,
     /// Snapshots being received, by group: (the snapshot's last log id,
     /// bytes so far).
-    pub incoming: Mutex<HashMap<u32, Incoming>>,
+    pub incoming: Arc<Mutex<HashMap<u32, Incoming>>>,
 }
 
 /// A snapshot being received: its last log id and the bytes so far.
@@ -59,10 +64,13 @@ fn bad(e: std::io::Error) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-#[tonic::async_trait]
-impl RaftTransport for TransportService {
-    async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let m = req.into_inner();
+impl TransportService {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state, incoming: Default::default() }
+    }
+
+    /// One message to its group, and the group's answer.
+    async fn handle(&self, m: RaftMessage) -> Result<RaftMessage, Status> {
         let Some(shard) = self.state.group(m.group) else {
             return Err(Status::not_found(format!("this node hosts no replica of group {}", m.group)));
         };
@@ -86,6 +94,40 @@ impl RaftTransport for TransportService {
             RaftKind::TransferLeader => encode(&raft.handle_transfer_leader(decode(&m.payload).map_err(bad)?).await),
             RaftKind::Unspecified => return Err(Status::invalid_argument("raft message kind missing")),
         };
-        Ok(Response::new(RaftMessage { group: m.group, kind: m.kind, payload: payload.into() }))
+        Ok(RaftMessage { group: m.group, kind: m.kind, payload: payload.into(), id: m.id, error: String::new() })
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.handle(req.into_inner()).await.map(Response::new)
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+    /// Every request is handled at once, as concurrent `Call`s would be (a
+    /// slow group never holds up another); replies go back as they finish.
+    async fn stream(&self, req: Request<Streaming<RaftMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = inbound.next().await {
+                let (this, tx) = (this.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let (id, group, kind) = (m.id, m.group, m.kind);
+                    let reply = this.handle(m).await.unwrap_or_else(|status| RaftMessage {
+                        group,
+                        kind,
+                        payload: Default::default(),
+                        id,
+                        error: status.message().to_owned(),
+                    });
+                    let _ = tx.send(Ok(reply));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
     }
 }
