@@ -192,14 +192,16 @@ fn run(batch: Vec<Job>) {
             return;
         }
     };
+    // MODEL_EXECUTION_TIMEOUT: ONNX Runtime stops a run past it.
+    let limit = Some(Duration::from_millis(crate::models::registry().settings().execution_timeout_ms));
     let start = Instant::now();
     let result = if batch.len() == 1 {
-        loaded.run(&batch[0].inputs).map(|out| vec![out])
+        loaded.run_limited(&batch[0].inputs, limit).map(|out| vec![out])
     } else {
         let parts: Vec<&[Tensor]> = batch.iter().map(|j| &j.inputs[..]).collect();
         let sizes: Vec<usize> = batch.iter().map(|j| batch::batch_size(&j.inputs)).collect();
         let joined = batch::concat(&parts);
-        loaded.run(&joined).and_then(|out| batch::split(out, &sizes))
+        loaded.run_limited(&joined, limit).and_then(|out| batch::split(out, &sizes))
     };
     let took = start.elapsed().as_micros() as u64;
     metrics::histogram!("tessera_node_model_run_seconds").record(took as f64 / 1e6);

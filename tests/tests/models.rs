@@ -258,6 +258,28 @@ fn bad_models_and_bad_runs_are_refused_and_change_nothing() {
     // And the model still runs.
     ok(exec(&mut con, &["AI.MODELEXECUTE", "m{1}", "INPUTS", "1", "a{1}", "OUTPUTS", "1", "b{1}"]));
     assert_eq!(best_digit(&mut con, "b{1}"), 1);
+
+    // MODEL_EXECUTION_TIMEOUT (sent to every node): an ONNX run past it is
+    // stopped with ORT's error and writes nothing. 96 products of 1024²
+    // matrices take seconds on one thread; the limit is 1 s.
+    let slow = tessera_tests::onnx_matmul_chain(1024, 96);
+    ok(redis::cmd("AI.MODELSTORE").arg("slow{1}").arg("ONNX").arg("CPU").arg("BLOB").arg(&slow[..]).query(&mut con));
+    let zeros = vec![0u8; 1024 * 1024 * 4];
+    ok(redis::cmd("AI.TENSORSET")
+        .arg("x{1}")
+        .arg("FLOAT")
+        .arg(1024)
+        .arg(1024)
+        .arg("BLOB")
+        .arg(&zeros[..])
+        .query(&mut con));
+    ok(exec(&mut con, &["AI.CONFIG", "MODEL_EXECUTION_TIMEOUT", "1000"]));
+    let e = run(&mut con, &["AI.MODELEXECUTE", "slow{1}", "INPUTS", "1", "x{1}", "OUTPUTS", "1", "y{1}"]);
+    assert!(e.contains("Exiting due to terminate flag being set to true"), "{e}");
+    let exists: i64 = redis::cmd("EXISTS").arg("y{1}").query(&mut con).unwrap();
+    assert_eq!(exists, 0, "a stopped run writes no output");
+    ok(exec(&mut con, &["AI.CONFIG", "MODEL_EXECUTION_TIMEOUT", "5000"]));
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "m{1}", "INPUTS", "1", "a{1}", "OUTPUTS", "1", "b{1}"]));
 }
 
 #[test]

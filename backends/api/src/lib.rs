@@ -86,6 +86,14 @@ pub trait Model: Send + Sync {
     /// Runs the model once. One entry per output; `None` for an output that
     /// is not a tensor (ONNX maps and sequences), which is not stored.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>>;
+
+    /// [`run`](Model::run), stopped with the runtime's error if it is still
+    /// running after about `limit` (RedisAI's MODEL_EXECUTION_TIMEOUT).
+    /// Runtimes that cannot stop a run midway ignore the limit.
+    fn run_limited(&self, inputs: &[Tensor], limit: Option<std::time::Duration>) -> Result<Vec<Option<Tensor>>> {
+        let _ = limit;
+        self.run(inputs)
+    }
 }
 
 /// Element types a runtime exchanges with tensors' little-endian bytes.

@@ -6,11 +6,14 @@
 //! sessions: a run takes an idle one or, when all are busy and the pool is
 //! under its limit, creates another from the model's bytes.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use parking_lot::Mutex;
 use tessera_backend::{
@@ -142,6 +145,10 @@ impl Model for OnnxModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        self.run_limited(inputs, None)
+    }
+
+    fn run_limited(&self, inputs: &[Tensor], limit: Option<Duration>) -> Result<Vec<Option<Tensor>>> {
         if inputs.len() != self.inputs.len() {
             return Err(BackendError::new(format!(
                 "ERR Expected {} inputs but got {}",
@@ -157,11 +164,69 @@ impl Model for OnnxModel {
             .collect::<Result<Vec<(&str, DynValue)>>>()?;
         let mut session = self.take_session()?;
         let result = (|| {
-            let outputs = session.run(values).map_err(|e| BackendError::new(e.message().to_owned()))?;
+            let opts = match limit {
+                Some(_) => Some(Arc::new(RunOptions::new().map_err(runtime_err)?)),
+                None => None,
+            };
+            let _watched = opts.as_ref().zip(limit).map(|(o, limit)| watchdog().watch(o.clone(), limit));
+            let outputs = match &opts {
+                None => session.run(values),
+                Some(o) => session.run_with_options(values, &**o),
+            }
+            .map_err(|e| BackendError::new(e.message().to_owned()))?;
             self.outputs.iter().map(|name| outputs.get(name).map_or(Ok(None), from_ort)).collect()
         })();
         self.idle.lock().push(session);
         result
+    }
+}
+
+/// Runs with a time limit. Like RedisAI's check from Redis's cron, a thread
+/// looks every 100 ms and sets the terminate flag of each run past its
+/// deadline; ORT then fails the run with "Exiting due to terminate flag
+/// being set to true".
+struct Watchdog {
+    runs: parking_lot::Mutex<HashMap<u64, (Instant, Arc<RunOptions>)>>,
+    next: AtomicU64,
+}
+
+/// One watched run; no longer watched once dropped.
+struct Watched(u64);
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        watchdog().runs.lock().remove(&self.0);
+    }
+}
+
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+fn watchdog() -> &'static Watchdog {
+    static W: OnceLock<Watchdog> = OnceLock::new();
+    W.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("ort-watchdog".into())
+            .spawn(|| loop {
+                std::thread::sleep(WATCH_EVERY);
+                let now = Instant::now();
+                watchdog().runs.lock().retain(|_, (deadline, opts)| {
+                    let over = now >= *deadline;
+                    if over {
+                        let _ = opts.terminate();
+                    }
+                    !over
+                });
+            })
+            .expect("spawn the ONNX Runtime watchdog thread");
+        Watchdog { runs: Default::default(), next: AtomicU64::new(0) }
+    })
+}
+
+impl Watchdog {
+    fn watch(&self, opts: Arc<RunOptions>, limit: Duration) -> Watched {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.runs.lock().insert(id, (Instant::now() + limit, opts));
+        Watched(id)
     }
 }
 

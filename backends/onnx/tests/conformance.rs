@@ -92,3 +92,20 @@ fn concurrent_runs_use_several_sessions() {
         }
     });
 }
+
+#[test]
+fn a_run_past_its_limit_is_terminated() {
+    let m = backend().load(&tessera_tests::onnx_matmul_chain(1024, 32), &LoadOptions::default()).unwrap();
+    let x = from_elements(vec![1024, 1024], &vec![0f32; 1024 * 1024]);
+    let start = std::time::Instant::now();
+    let out = m.run_limited(std::slice::from_ref(&x), None).unwrap();
+    let whole = start.elapsed();
+    assert_eq!(out[0].as_ref().unwrap().shape, vec![1024, 1024]);
+    assert!(whole > std::time::Duration::from_millis(400), "the model must be slow for this test: {whole:?}");
+    let start = std::time::Instant::now();
+    let e = m.run_limited(std::slice::from_ref(&x), Some(std::time::Duration::from_millis(50))).unwrap_err();
+    assert!(e.0.contains("Exiting due to terminate flag being set to true"), "{e}");
+    assert!(start.elapsed() < whole, "stopped early: {:?} of {whole:?}", start.elapsed());
+    // The flag belonged to that run: the model runs again, within a limit.
+    assert!(m.run_limited(&[x], Some(std::time::Duration::from_secs(600))).is_ok());
+}
