@@ -291,7 +291,7 @@ pub fn model_writer(sh: Arc<Shared>, m: u64, seed: u64) {
         let gen = version / VERSIONS_PER_MODEL;
         sh.model_gen[m as usize].store(gen, Ordering::Relaxed);
         let (key, hist_key) = model_key(m, gen);
-        let blob = onnx_add_const(version as f64);
+        let blob = tessera_tests::onnx::add_const(version as f64);
         let cmd = redis::cmd("AI.MODELSTORE")
             .arg(&key)
             .arg("ONNX")
@@ -383,67 +383,4 @@ pub fn final_reads(sh: &Shared, history: &[Op]) -> usize {
         n += usize::from(op.ok());
     }
     n
-}
-
-/// A minimal ONNX model computing `Y = X + c` on DOUBLE tensors of shape
-/// [1], written as protobuf by hand (field numbers from onnx.proto).
-pub fn onnx_add_const(c: f64) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-        varint(out, field << 3 | 2);
-        varint(out, bytes.len() as u64);
-        out.extend_from_slice(bytes);
-    }
-    fn field_int(out: &mut Vec<u8>, field: u64, v: u64) {
-        varint(out, field << 3);
-        varint(out, v);
-    }
-    const DOUBLE: u64 = 11;
-    let value_info = |name: &str| {
-        let mut dim = Vec::new();
-        field_int(&mut dim, 1, 1); // dim_value
-        let mut shape = Vec::new();
-        field_bytes(&mut shape, 1, &dim); // dim
-        let mut tensor = Vec::new();
-        field_int(&mut tensor, 1, DOUBLE); // elem_type
-        field_bytes(&mut tensor, 2, &shape); // shape
-        let mut ty = Vec::new();
-        field_bytes(&mut ty, 1, &tensor); // tensor_type
-        let mut vi = Vec::new();
-        field_bytes(&mut vi, 1, name.as_bytes()); // name
-        field_bytes(&mut vi, 2, &ty); // type
-        vi
-    };
-    let mut node = Vec::new();
-    field_bytes(&mut node, 1, b"X");
-    field_bytes(&mut node, 1, b"C");
-    field_bytes(&mut node, 2, b"Y");
-    field_bytes(&mut node, 3, b"add");
-    field_bytes(&mut node, 4, b"Add");
-    let mut init = Vec::new();
-    field_int(&mut init, 1, 1); // dims
-    field_int(&mut init, 2, DOUBLE); // data_type
-    field_bytes(&mut init, 8, b"C"); // name
-    field_bytes(&mut init, 9, &c.to_le_bytes()); // raw_data
-    let mut graph = Vec::new();
-    field_bytes(&mut graph, 1, &node);
-    field_bytes(&mut graph, 2, b"chaos");
-    field_bytes(&mut graph, 5, &init);
-    field_bytes(&mut graph, 11, &value_info("X"));
-    field_bytes(&mut graph, 12, &value_info("Y"));
-    let mut opset = Vec::new();
-    field_bytes(&mut opset, 1, b"");
-    field_int(&mut opset, 2, 13);
-    let mut model = Vec::new();
-    field_int(&mut model, 1, 7); // ir_version
-    field_bytes(&mut model, 2, b"tessera-chaos"); // producer_name
-    field_bytes(&mut model, 7, &graph);
-    field_bytes(&mut model, 8, &opset);
-    model
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub mod netns;
+pub mod onnx;
 
 /// Where the workspace's binaries are: `TESSERA_BIN_DIR`, else next to the
 /// test executable (`target/<profile>/`).
@@ -580,64 +581,4 @@ fn thread_states(pid: u32) -> Vec<String> {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
         .filter_map(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string()))
         .collect()
-}
-
-/// An ONNX model of `depth` chained products `Y = X·X·…·X` of FLOAT [n, n]
-/// matrices (slow on purpose), written as protobuf by hand (field numbers
-/// from onnx.proto).
-pub fn onnx_matmul_chain(n: u64, depth: usize) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    fn bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
-        varint(out, field << 3 | 2);
-        varint(out, b.len() as u64);
-        out.extend_from_slice(b);
-    }
-    fn int(out: &mut Vec<u8>, field: u64, v: u64) {
-        varint(out, field << 3);
-        varint(out, v);
-    }
-    let value_info = |name: &str| {
-        let mut dim = Vec::new();
-        int(&mut dim, 1, n); // dim_value
-        let mut shape = Vec::new();
-        bytes(&mut shape, 1, &dim);
-        bytes(&mut shape, 1, &dim);
-        let mut tensor = Vec::new();
-        int(&mut tensor, 1, 1); // elem_type FLOAT
-        bytes(&mut tensor, 2, &shape);
-        let mut ty = Vec::new();
-        bytes(&mut ty, 1, &tensor); // tensor_type
-        let mut vi = Vec::new();
-        bytes(&mut vi, 1, name.as_bytes());
-        bytes(&mut vi, 2, &ty);
-        vi
-    };
-    let mut graph = Vec::new();
-    for i in 0..depth {
-        let input = if i == 0 { "X".to_owned() } else { format!("T{i}") };
-        let output = if i + 1 == depth { "Y".to_owned() } else { format!("T{}", i + 1) };
-        let mut node = Vec::new();
-        bytes(&mut node, 1, input.as_bytes());
-        bytes(&mut node, 1, b"X");
-        bytes(&mut node, 2, output.as_bytes());
-        bytes(&mut node, 4, b"MatMul"); // op_type
-        bytes(&mut graph, 1, &node);
-    }
-    bytes(&mut graph, 2, b"chain");
-    bytes(&mut graph, 11, &value_info("X"));
-    bytes(&mut graph, 12, &value_info("Y"));
-    let mut opset = Vec::new();
-    bytes(&mut opset, 1, b"");
-    int(&mut opset, 2, 13);
-    let mut model = Vec::new();
-    int(&mut model, 1, 7); // ir_version
-    bytes(&mut model, 7, &graph);
-    bytes(&mut model, 8, &opset);
-    model
 }

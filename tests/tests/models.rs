@@ -262,7 +262,7 @@ fn bad_models_and_bad_runs_are_refused_and_change_nothing() {
     // MODEL_EXECUTION_TIMEOUT (sent to every node): an ONNX run past it is
     // stopped with ORT's error and writes nothing. 96 products of 1024²
     // matrices take seconds on one thread; the limit is 1 s.
-    let slow = tessera_tests::onnx_matmul_chain(1024, 96);
+    let slow = tessera_tests::onnx::matmul_chain(1024, 96);
     ok(redis::cmd("AI.MODELSTORE").arg("slow{1}").arg("ONNX").arg("CPU").arg("BLOB").arg(&slow[..]).query(&mut con));
     let zeros = vec![0u8; 1024 * 1024 * 4];
     ok(redis::cmd("AI.TENSORSET")

@@ -95,7 +95,7 @@ fn concurrent_runs_use_several_sessions() {
 
 #[test]
 fn a_run_past_its_limit_is_terminated() {
-    let m = backend().load(&tessera_tests::onnx_matmul_chain(1024, 32), &LoadOptions::default()).unwrap();
+    let m = backend().load(&tessera_tests::onnx::matmul_chain(1024, 32), &LoadOptions::default()).unwrap();
     let x = from_elements(vec![1024, 1024], &vec![0f32; 1024 * 1024]);
     let start = std::time::Instant::now();
     let out = m.run_limited(std::slice::from_ref(&x), None).unwrap();
@@ -108,4 +108,11 @@ fn a_run_past_its_limit_is_terminated() {
     assert!(start.elapsed() < whole, "stopped early: {:?} of {whole:?}", start.elapsed());
     // The flag belonged to that run: the model runs again, within a limit.
     assert!(m.run_limited(&[x], Some(std::time::Duration::from_secs(600))).is_ok());
+}
+
+#[test]
+fn the_generated_add_model_adds() {
+    let m = backend().load(&tessera_tests::onnx::add_const(2.5), &LoadOptions::default()).unwrap();
+    let out = m.run(&[from_elements(vec![1], &[4.0f64])]).unwrap();
+    assert_eq!(elements::<f64>(out[0].as_ref().unwrap()), [6.5]);
 }

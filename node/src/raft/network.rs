@@ -54,12 +54,11 @@ impl Peers {
     }
 
     fn link(&self, id: u64, addr: &str) -> Result<Arc<Link>, String> {
-        let client = self.client(id, addr)?;
         let mut links = self.links.lock();
         match links.get(&id) {
             Some((a, link)) if a == addr => Ok(link.clone()),
             _ => {
-                let link = Link::open(client, id);
+                let link = Link::open(self.client(id, addr)?, id);
                 links.insert(id, (addr.to_owned(), link.clone()));
                 Ok(link)
             }

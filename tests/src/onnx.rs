@@ -1,0 +1,100 @@
+//! Small ONNX models written as protobuf by hand (field numbers from
+//! onnx.proto), for tests and the chaos harness: no Python, no files.
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field (bytes, string or sub-message).
+fn bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+    varint(out, field << 3 | 2);
+    varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// A varint field.
+fn int(out: &mut Vec<u8>, field: u64, v: u64) {
+    varint(out, field << 3);
+    varint(out, v);
+}
+
+const FLOAT: u64 = 1;
+const DOUBLE: u64 = 11;
+
+/// A graph input or output: `name`, a tensor of `elem_type` with `dims`.
+fn value_info(name: &str, elem_type: u64, dims: &[u64]) -> Vec<u8> {
+    let mut shape = Vec::new();
+    for d in dims {
+        let mut dim = Vec::new();
+        int(&mut dim, 1, *d); // dim_value
+        bytes(&mut shape, 1, &dim);
+    }
+    let mut tensor = Vec::new();
+    int(&mut tensor, 1, elem_type);
+    bytes(&mut tensor, 2, &shape);
+    let mut ty = Vec::new();
+    bytes(&mut ty, 1, &tensor); // tensor_type
+    let mut vi = Vec::new();
+    bytes(&mut vi, 1, name.as_bytes());
+    bytes(&mut vi, 2, &ty);
+    vi
+}
+
+/// A node applying `op` to `inputs`, giving `output`.
+fn node(inputs: &[&str], output: &str, op: &str) -> Vec<u8> {
+    let mut n = Vec::new();
+    for i in inputs {
+        bytes(&mut n, 1, i.as_bytes());
+    }
+    bytes(&mut n, 2, output.as_bytes());
+    bytes(&mut n, 4, op.as_bytes()); // op_type
+    n
+}
+
+/// A model (IR 7, default opset 13) around `graph`.
+fn model(graph: &[u8]) -> Vec<u8> {
+    let mut opset = Vec::new();
+    bytes(&mut opset, 1, b"");
+    int(&mut opset, 2, 13);
+    let mut m = Vec::new();
+    int(&mut m, 1, 7); // ir_version
+    bytes(&mut m, 2, b"tessera-tests"); // producer_name
+    bytes(&mut m, 7, graph);
+    bytes(&mut m, 8, &opset);
+    m
+}
+
+/// `Y = X + c` on DOUBLE tensors of shape [1].
+pub fn add_const(c: f64) -> Vec<u8> {
+    let mut init = Vec::new();
+    int(&mut init, 1, 1); // dims
+    int(&mut init, 2, DOUBLE); // data_type
+    bytes(&mut init, 8, b"C"); // name
+    bytes(&mut init, 9, &c.to_le_bytes()); // raw_data
+    let mut graph = Vec::new();
+    bytes(&mut graph, 1, &node(&["X", "C"], "Y", "Add"));
+    bytes(&mut graph, 2, b"add");
+    bytes(&mut graph, 5, &init);
+    bytes(&mut graph, 11, &value_info("X", DOUBLE, &[1]));
+    bytes(&mut graph, 12, &value_info("Y", DOUBLE, &[1]));
+    model(&graph)
+}
+
+/// `depth` chained products `Y = X·X·…·X` of FLOAT [n, n] matrices (slow
+/// on purpose).
+pub fn matmul_chain(n: u64, depth: usize) -> Vec<u8> {
+    let mut graph = Vec::new();
+    for i in 0..depth {
+        let input = if i == 0 { "X".to_owned() } else { format!("T{i}") };
+        let output = if i + 1 == depth { "Y".to_owned() } else { format!("T{}", i + 1) };
+        bytes(&mut graph, 1, &node(&[&input, "X"], &output, "MatMul"));
+    }
+    bytes(&mut graph, 2, b"chain");
+    bytes(&mut graph, 11, &value_info("X", FLOAT, &[n, n]));
+    bytes(&mut graph, 12, &value_info("Y", FLOAT, &[n, n]));
+    model(&graph)
+}
