@@ -45,5 +45,15 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; 
 fi
 # Model runtimes (native libraries from PyPI wheels, cached outside the clone).
 ORT_LIB=$("$(dirname "$0")/../native/setup_ort.sh")
-"$(dirname "$0")/../native/fetch_libtorch.sh" "$CACHE/libtorch"
+# On a machine with an NVIDIA GPU (or with TESSERA_GPU=1) the GPU builds
+# too: ONNX Runtime's GPU build (the node then prefers it), libtorch's CUDA
+# libraries, and the CUDA 13 / cuDNN 9 libraries both need (README: "GPUs").
+GPU="${TESSERA_GPU:-auto}"
+if [ "$GPU" = auto ]; then GPU=0; nvidia-smi -L >/dev/null 2>&1 && GPU=1; fi
+if [ "$GPU" = 1 ]; then
+  ORT_LIB=$("$(dirname "$0")/../native/setup_ort.sh" --gpu)
+  "$(dirname "$0")/../native/fetch_libtorch.sh" --gpu "$CACHE/libtorch"
+else
+  "$(dirname "$0")/../native/fetch_libtorch.sh" "$CACHE/libtorch"
+fi
 echo "setup: ok (venv $VENV, ONNX Runtime $ORT_LIB, libtorch $CACHE/libtorch)"

@@ -31,6 +31,9 @@ pub struct Settings {
     pub execution_timeout_ms: u64,
     /// Where ONNX Runtime's library is loaded from on first use.
     pub onnx_lib: PathBuf,
+    /// CUDA 13 and cuDNN 9 libraries in pip's layout (`cu13/lib`,
+    /// `cudnn/lib`), fetched by setup on GPU machines.
+    pub nvidia_dir: PathBuf,
 }
 
 impl Default for Settings {
@@ -44,11 +47,23 @@ impl Default for Settings {
             intra_op: 1,
             inter_op: 1,
             execution_timeout_ms: 5000,
-            onnx_lib: std::env::var_os("ORT_DYLIB_PATH")
-                .map(PathBuf::from)
-                .unwrap_or(cache.join("ort/libonnxruntime.so")),
+            onnx_lib: default_onnx_lib(&cache),
+            nvidia_dir: cache.join("nvidia"),
         }
     }
+}
+
+/// `ORT_DYLIB_PATH`, else ONNX Runtime's GPU build when setup fetched it
+/// (it runs CPU models too, and adds the CUDA provider), else the CPU build.
+fn default_onnx_lib(cache: &std::path::Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let gpu = cache.join("ort-gpu/libonnxruntime.so");
+    if gpu.exists() {
+        return gpu;
+    }
+    cache.join("ort/libonnxruntime.so")
 }
 
 /// The backends, loaded on first use, and the settings.
@@ -122,6 +137,15 @@ impl Registry {
             #[cfg(feature = "onnx")]
             BackendKind::Onnx => {
                 let lib = path.unwrap_or(s.onnx_lib);
+                // CUDA libraries fetched by setup (`native/fetch_libtorch.sh
+                // --gpu`) for ONNX Runtime's CUDA provider, when present.
+                let nvidia = &s.nvidia_dir;
+                let (cuda, cudnn) = (nvidia.join("cu13/lib"), nvidia.join("cudnn/lib"));
+                if cuda.is_dir() && cudnn.is_dir() {
+                    if let Err(e) = tessera_backend_onnx::OnnxBackend::preload_cuda(&cuda, &cudnn) {
+                        tracing::warn!(error = %e, dir = %nvidia.display(), "cannot preload CUDA libraries");
+                    }
+                }
                 let b = tessera_backend_onnx::OnnxBackend::load(&lib, s.threads_per_queue.max(1)).map_err(|e| {
                     tracing::error!(error = %e, "cannot load the ONNX backend");
                     "ERR Could not load backend".to_owned()

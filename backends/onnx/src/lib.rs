@@ -45,6 +45,21 @@ impl OnnxBackend {
         Ok(OnnxBackend { env, max_sessions: max_sessions.max(1) })
     }
 
+    /// Loads the CUDA and cuDNN libraries the CUDA provider needs from
+    /// these directories (CUDA 13's pip layout: `nvidia/cu13/lib`,
+    /// `nvidia/cudnn/lib`) before it looks for them on the loader path.
+    /// Call before the first GPU session; libraries stay loaded.
+    pub fn preload_cuda(cuda_lib: &Path, cudnn_lib: &Path) -> Result<()> {
+        ort::ep::cuda::preload_dylibs(Some(cuda_lib), Some(cudnn_lib)).map_err(|e| BackendError::new(e.to_string()))
+    }
+
+    /// Whether the loaded library was built with the CUDA execution
+    /// provider (it may still fail to start it: no driver, no such device).
+    pub fn has_cuda(&self) -> bool {
+        use ort::ep::ExecutionProvider;
+        ort::ep::CUDA::is_available().unwrap_or(false)
+    }
+
     fn session(&self, blob: &[u8], opts: &LoadOptions) -> Result<Session> {
         let err = |e: ort::Error<_>| BackendError::new(e.message().to_owned());
         let mut b = Session::builder(&self.env).map_err(|e| BackendError::new(e.message().to_owned()))?;
@@ -54,6 +69,18 @@ impl OnnxBackend {
         }
         if opts.inter_op_threads > 0 {
             b = b.with_inter_threads(opts.inter_op_threads).map_err(err)?;
+        }
+        if let Device::Gpu(id) = opts.device {
+            // Registration fails (with ORT's reason) when the CUDA provider
+            // cannot load its libraries or the device does not exist; the
+            // CPU would silently take over otherwise.
+            let cuda = ort::ep::CUDA::default().with_device_id(id.unwrap_or(0) as i32).build().error_on_failure();
+            b = b.with_execution_providers([cuda]).map_err(|e| {
+                BackendError::new(format!(
+                    "ERR GPU requested but ONNX couldn't find CUDA ({})",
+                    ort_reason(e.message())
+                ))
+            })?;
         }
         b.commit_from_memory(blob).map_err(|e| BackendError::new(e.message().to_owned()))
     }
@@ -71,9 +98,12 @@ impl Backend for OnnxBackend {
     fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>> {
         match opts.device {
             Device::Cpu(_) => {}
-            // The library fetched here is ORT's CPU build; its CUDA build
-            // comes from another wheel and is not wired in.
-            Device::Gpu(_) => return Err(BackendError::new("ERR GPU requested but ONNX couldn't find CUDA")),
+            // ORT's CPU build (the default library) has no CUDA provider;
+            // the GPU build (`native/setup_ort.sh --gpu`) has.
+            Device::Gpu(_) if !self.has_cuda() => {
+                return Err(BackendError::new("ERR GPU requested but ONNX couldn't find CUDA"))
+            }
+            Device::Gpu(_) => {}
             Device::Tpu => return Err(BackendError::new("ERR unsupported device")),
         }
         let session = self.session(blob, opts)?;
@@ -227,6 +257,15 @@ impl Watchdog {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.runs.lock().insert(id, (Instant::now() + limit, opts));
         Watched(id)
+    }
+}
+
+/// ORT's reason without the source location and status code it starts
+/// with (`/onnxruntime_src/...cc:2043 f() [ONNXRuntimeError] : 1 : FAIL : why`).
+fn ort_reason(msg: &str) -> &str {
+    match msg.find("[ONNXRuntimeError]") {
+        Some(i) => msg[i..].splitn(4, " : ").nth(3).unwrap_or(msg).trim(),
+        None => msg.trim(),
     }
 }
 

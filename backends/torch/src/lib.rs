@@ -1,5 +1,7 @@
 //! The TORCH backend: TorchScript modules on libtorch 2.13 (the CPU-capable
-//! tree `native/fetch_libtorch.sh` builds from PyPI wheels), through `tch`.
+//! tree `native/fetch_libtorch.sh` builds from PyPI wheels, or its CUDA tree
+//! with `--gpu`), through `tch`. `GPU`/`GPU:<n>` models live on that CUDA
+//! device: inputs are copied to it and outputs back for each run.
 //!
 //! Input names and the output count come from `forward`'s schema (a small
 //! C++ shim, as tch does not expose it): RedisAI reports the argument names
@@ -7,7 +9,7 @@
 //! as in RedisAI.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, OnceLock};
 
 use tch::{CModule, IValue, Kind};
 use tessera_backend::{Backend, BackendError, BackendKind, DType, Device, LoadOptions, Model, Result, Tensor};
@@ -25,6 +27,41 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn free(p: *mut c_void);
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    fn dlerror() -> *mut c_char;
+}
+
+const RTLD_NOW: c_int = 2;
+const RTLD_GLOBAL: c_int = 0x100;
+
+/// The number of CUDA devices libtorch can use, or why it can use none.
+///
+/// libtorch's CUDA half lives in `libtorch_cuda.so`, which registers itself
+/// when loaded; nothing links it (the linker drops it as unused), so it is
+/// loaded here, once, from the loader path (the binary's rpath to the
+/// libtorch tree, then `LD_LIBRARY_PATH`). The CPU-only tree setup builds
+/// has no such library: then every GPU model is refused at MODELSTORE.
+pub fn cuda_devices() -> std::result::Result<usize, String> {
+    static CUDA: OnceLock<std::result::Result<usize, String>> = OnceLock::new();
+    CUDA.get_or_init(|| {
+        // Safety: dlopen/dlerror with a NUL-terminated name; the handle is
+        // kept for the life of the process (the library is never closed).
+        let handle = unsafe { dlopen(c"libtorch_cuda.so".as_ptr(), RTLD_NOW | RTLD_GLOBAL) };
+        if handle.is_null() {
+            let why = unsafe { dlerror() };
+            let why = if why.is_null() {
+                "unknown error".to_owned()
+            } else {
+                unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned()
+            };
+            return Err(format!("libtorch_cuda.so not loaded: {why}"));
+        }
+        if !tch::Cuda::is_available() {
+            return Err("libtorch_cuda.so loaded but no CUDA device is usable".to_owned());
+        }
+        Ok(tch::Cuda::device_count().max(0) as usize)
+    })
+    .clone()
 }
 
 /// libtorch's message without the C++ backtrace that follows it.
@@ -99,24 +136,36 @@ impl Backend for TorchBackend {
     }
 
     fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>> {
-        match opts.device {
-            Device::Cpu(_) => {}
-            Device::Gpu(_) if tch::Cuda::is_available() => {
-                return Err(BackendError::new("ERR GPU execution is not wired in this build"))
-            }
-            Device::Gpu(_) => return Err(BackendError::new("GPU requested but Torch couldn't find CUDA")),
+        let device = match opts.device {
+            Device::Cpu(_) => tch::Device::Cpu,
+            Device::Gpu(index) => match cuda_devices() {
+                Ok(n) => {
+                    let index = index.unwrap_or(0) as usize;
+                    if index >= n {
+                        return Err(BackendError::new(format!(
+                            "ERR GPU:{index} requested but this node has {n} CUDA device{}",
+                            if n == 1 { "" } else { "s" }
+                        )));
+                    }
+                    tch::Device::Cuda(index)
+                }
+                Err(_) => return Err(BackendError::new("GPU requested but Torch couldn't find CUDA")),
+            },
             Device::Tpu => return Err(BackendError::new("ERR unsupported device")),
-        }
+        };
         Self::threads(opts);
-        let mut module = CModule::load_data(&mut &blob[..]).map_err(torch_err)?;
+        let mut module = CModule::load_data_on_device(&mut &blob[..], device).map_err(torch_err)?;
         let (inputs, n_out) = forward_schema(blob)?;
         module.set_eval();
-        Ok(Arc::new(TorchModel { module, inputs, outputs: vec![String::new(); n_out] }))
+        Ok(Arc::new(TorchModel { module, device, inputs, outputs: vec![String::new(); n_out] }))
     }
 }
 
 struct TorchModel {
     module: CModule,
+    /// Where the module's weights live; inputs are copied there, outputs
+    /// back to the host.
+    device: tch::Device,
     inputs: Vec<String>,
     outputs: Vec<String>,
 }
@@ -162,7 +211,8 @@ fn to_torch(t: &Tensor) -> Result<tch::Tensor> {
 
 fn from_torch(t: &tch::Tensor) -> Result<Tensor> {
     let dtype = dtype_of(t.kind())?;
-    let t = t.contiguous();
+    // A no-op for host tensors; a device-to-host copy for CUDA ones.
+    let t = t.to_device(tch::Device::Cpu).contiguous();
     let n = t.numel();
     let elem = dtype.size().unwrap_or(1);
     let mut data = vec![0u8; n * elem];
@@ -198,7 +248,10 @@ impl Model for TorchModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let args = inputs.iter().map(|t| to_torch(t).map(IValue::Tensor)).collect::<Result<Vec<_>>>()?;
+        let args = inputs
+            .iter()
+            .map(|t| to_torch(t).map(|t| IValue::Tensor(t.to_device(self.device))))
+            .collect::<Result<Vec<_>>>()?;
         let result = tch::no_grad(|| self.module.forward_is(&args)).map_err(torch_err)?;
         let mut out = Vec::with_capacity(self.outputs.len());
         outputs(result, &mut out)?;

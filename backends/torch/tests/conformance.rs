@@ -33,10 +33,25 @@ fn torch_errors_are_clear() {
     assert!(e.0.contains("PytorchStreamReader") || e.0.contains("zip"), "{e}");
     assert!(!e.0.contains('\n'));
     let gpu = LoadOptions { device: Device::Gpu(None), ..Default::default() };
-    assert_eq!(
-        TorchBackend.load(&testdata("pt-minimal.pt"), &gpu).err().unwrap().0,
-        "GPU requested but Torch couldn't find CUDA"
-    );
+    match tessera_backend_torch::cuda_devices() {
+        // The CPU-only libtorch tree, or no usable device: RedisAI's error.
+        Err(why) => {
+            eprintln!("no CUDA: {why}");
+            assert_eq!(
+                TorchBackend.load(&testdata("pt-minimal.pt"), &gpu).err().unwrap().0,
+                "GPU requested but Torch couldn't find CUDA"
+            );
+        }
+        // A GPU machine: the model runs there, and a missing device is refused.
+        Ok(n) => {
+            let m = TorchBackend.load(&testdata("pt-minimal.pt"), &gpu).unwrap();
+            let a = from_elements(vec![2], &[1f32, 2.0]);
+            assert_eq!(elements::<f32>(m.run(&[a.clone(), a]).unwrap()[0].as_ref().unwrap()), vec![2.0, 4.0]);
+            let missing = LoadOptions { device: Device::Gpu(Some(n as u32)), ..Default::default() };
+            let e = TorchBackend.load(&testdata("pt-minimal.pt"), &missing).err().unwrap().0;
+            assert!(e.contains("requested but this node has"), "{e}");
+        }
+    }
     let m = TorchBackend.load(&testdata("pt-minimal.pt"), &LoadOptions::default()).unwrap();
     let a = from_elements(vec![2], &[1f32, 2.0]);
     let b = from_elements(vec![3], &[1f32, 2.0, 3.0]);
