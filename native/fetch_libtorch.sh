@@ -53,21 +53,22 @@ for whl in glob.glob(os.path.join(tmp, "*.whl")):
     with zipfile.ZipFile(whl) as z:
         for n in z.namelist():
             base = os.path.basename(n)
+            outs = []
             if n.startswith("torch/include/") and not n.endswith("/"):
-                out = os.path.join(dest, n[len("torch/"):])
-            elif base in want_lib and "/lib/" in n:
-                out = os.path.join(dest, "lib", base)
-            elif gpu and n.startswith("nvidia/") and ".so" in base:
-                out = os.path.join(nvidia, n[len("nvidia/"):])
-            else:
-                continue
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            # A new file renamed into place: a running node may map the old one.
-            with z.open(n) as src, open(out + ".part", "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            if ".so" in base:
-                os.chmod(out + ".part", 0o755)
-            os.replace(out + ".part", out)
+                outs.append(os.path.join(dest, n[len("torch/"):]))
+            if base in want_lib and "/lib/" in n:
+                outs.append(os.path.join(dest, "lib", base))
+            # CUDA's own libraries also in pip's layout (cudart is in both).
+            if gpu and n.startswith("nvidia/") and ".so" in base:
+                outs.append(os.path.join(nvidia, n[len("nvidia/"):]))
+            for out in outs:
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                # A new file renamed into place: a running node may map the old one.
+                with z.open(n) as src, open(out + ".part", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                if ".so" in base:
+                    os.chmod(out + ".part", 0o755)
+                os.replace(out + ".part", out)
 PY
 touch "$MARK"
 echo "libtorch $TORCH_VER in $DEST ($(du -sh "$DEST" | cut -f1))"

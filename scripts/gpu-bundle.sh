@@ -50,8 +50,9 @@ TORCH_VERSION=$TORCH native/fetch_libtorch.sh "$LT"
 # The workspace, with tch pinned to that libtorch. It shares the target
 # directory, so only torch-sys and what depends on it build again.
 WS="$TESSERA_CACHE/gpu-ws"
+rm -rf "$WS"
 mkdir -p "$WS"
-rsync -a --delete --exclude /target --exclude /.git --exclude /.gpu-bundle --exclude /.tessera "$ROOT/" "$WS/"
+git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -C "$WS" -xf -
 sed -i -E "s/^(tch|torch-sys) = \"=[0-9.]+\"/\1 = \"=$TCH\"/" "$WS/backends/torch/Cargo.toml"
 grep -q "tch = \"=$TCH\"" "$WS/backends/torch/Cargo.toml"
 echo "== building the node against libtorch $TORCH (tch $TCH)"
@@ -80,7 +81,7 @@ else
   cp "$D/libonnxruntime_providers_cuda.so" "$STAGE/ort-gpu/"
 fi
 TD="${TESSERA_TESTDATA:-$ROOT/../shared/testdata}/redisai"
-cp "$TD/mnist.onnx" "$TD/one.raw" "$TD/pt-minimal.pt" "$STAGE/testdata/redisai/"
+cp "$TD/mnist.onnx" "$TD/mnist_batched.onnx" "$TD/one.raw" "$TD/pt-minimal.pt" "$STAGE/testdata/redisai/"
 cp scripts/gpu/run.sh "$STAGE/run.sh"
 echo "torch $TORCH, tch $TCH, built $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)" > "$STAGE/BUILD"
 echo "== compressing"

@@ -71,9 +71,9 @@ impl OnnxBackend {
             b = b.with_inter_threads(opts.inter_op_threads).map_err(err)?;
         }
         if let Device::Gpu(id) = opts.device {
-            // Registration fails (with ORT's reason) when the CUDA provider
-            // cannot load its libraries or the device does not exist; the
-            // CPU would silently take over otherwise.
+            // A provider that cannot be registered is an error, not a silent
+            // fall-back to the CPU (its libraries and the device are only
+            // opened when the session is created, below).
             let cuda = ort::ep::CUDA::default().with_device_id(id.unwrap_or(0) as i32).build().error_on_failure();
             b = b.with_execution_providers([cuda]).map_err(|e| {
                 BackendError::new(format!(
@@ -82,7 +82,12 @@ impl OnnxBackend {
                 ))
             })?;
         }
-        b.commit_from_memory(blob).map_err(|e| BackendError::new(e.message().to_owned()))
+        b.commit_from_memory(blob).map_err(|e| match opts.device {
+            // The CUDA provider loads its library and its CUDA libraries,
+            // and opens the device, only when the session is created.
+            Device::Gpu(id) => gpu_err(e.message(), id.unwrap_or(0)),
+            _ => BackendError::new(e.message().to_owned()),
+        })
     }
 }
 
@@ -257,6 +262,18 @@ impl Watchdog {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.runs.lock().insert(id, (Instant::now() + limit, opts));
         Watched(id)
+    }
+}
+
+/// A GPU session's creation error: a missing device or missing CUDA said
+/// plainly (RedisAI's message, with ORT's reason); model errors verbatim.
+fn gpu_err(msg: &str, id: u32) -> BackendError {
+    if msg.contains("invalid device ordinal") {
+        BackendError::new(format!("ERR GPU:{id} requested but there is no such CUDA device ({})", ort_reason(msg)))
+    } else if msg.contains("providers_cuda") || msg.contains("CUDA failure") || msg.contains("CUDA error") {
+        BackendError::new(format!("ERR GPU requested but ONNX couldn't find CUDA ({})", ort_reason(msg)))
+    } else {
+        BackendError::new(msg.to_owned())
     }
 }
 
