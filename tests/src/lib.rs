@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod client;
 pub mod netns;
 pub mod onnx;
 

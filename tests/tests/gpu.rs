@@ -6,42 +6,14 @@
 //! They need an NVIDIA GPU and the runtimes' GPU builds (`TESSERA_GPU=1
 //! scripts/setup.sh`), so they are ignored unless asked for:
 //! `cargo test -p tessera-tests --test gpu -- --ignored --nocapture`
-//! (`scripts/gpu-check.sh` prepares and runs them on a GPU machine). They
+//! (`scripts/gpu-bundle.sh` packs them for a GPU machine without a toolchain). They
 //! print CPU and GPU run times; nothing is asserted about speed.
 
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Value};
+use tessera_tests::client::{connect, exec, ok, serial};
 use tessera_tests::{testdata, Cluster};
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn connect(c: &Cluster) -> Connection {
-    let client = redis::Client::open(c.plain_url()).unwrap();
-    let con = client.get_connection_with_timeout(Duration::from_secs(10)).unwrap();
-    con.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    con
-}
-
-fn exec(con: &mut Connection, args: &[&str]) -> RedisResult<Value> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(con)
-}
-
-fn ok(v: RedisResult<Value>) {
-    match v {
-        Ok(Value::Okay) => {}
-        Ok(Value::SimpleString(s)) if s == "OK" => {}
-        other => panic!("expected OK, got {other:?}"),
-    }
-}
 
 fn store(con: &mut Connection, key: &str, backend: &str, device: &str, blob: &[u8]) -> RedisResult<Value> {
     redis::cmd("AI.MODELSTORE").arg(key).arg(backend).arg(device).arg("BLOB").arg(blob).query(con)

@@ -5,58 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use redis::{Connection, RedisResult, Value};
+use redis::{Connection, Value};
+use tessera_tests::client::{connect, err_text, exec, ok, serial};
 use tessera_tests::{testdata, Cluster};
-
-/// One cluster at a time: these tests load real runtimes and move large
-/// models; seven debug clusters starting at once on a 2-core box can take
-/// longer than the harness waits for a first election.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn connect(c: &Cluster) -> Connection {
-    let client = redis::Client::open(c.plain_url()).unwrap();
-    let con = client.get_connection_with_timeout(Duration::from_secs(10)).unwrap();
-    con.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    con
-}
-
-fn err_text(r: RedisResult<Value>) -> String {
-    match r {
-        Err(e) => {
-            // redis-rs splits "CODE detail"; put the wire text back together.
-            let code = e.code().unwrap_or("");
-            let detail = e.detail().unwrap_or("");
-            if code.is_empty() {
-                detail.to_owned()
-            } else if detail.is_empty() {
-                code.to_owned()
-            } else {
-                format!("{code} {detail}")
-            }
-        }
-        Ok(v) => panic!("expected an error, got {v:?}"),
-    }
-}
-
-fn exec(con: &mut Connection, args: &[&str]) -> RedisResult<Value> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(con)
-}
-
-fn ok(v: RedisResult<Value>) {
-    match v {
-        Ok(Value::Okay) => {}
-        Ok(Value::SimpleString(s)) if s == "OK" => {}
-        other => panic!("expected OK, got {other:?}"),
-    }
-}
 
 /// The 10 mnist scores of `key` and the best digit.
 fn best_digit(con: &mut Connection, key: &str) -> usize {
