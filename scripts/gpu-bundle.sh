@@ -56,7 +56,7 @@ git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -C "$WS" -x
 sed -i -E "s/^(tch|torch-sys) = \"=[0-9.]+\"/\1 = \"=$TCH\"/" "$WS/backends/torch/Cargo.toml"
 grep -q "tch = \"=$TCH\"" "$WS/backends/torch/Cargo.toml"
 echo "== building the node against libtorch $TORCH (tch $TCH)"
-(cd "$WS" && LIBTORCH="$LT" cargo build --release -q -p tessera-node -p tessera-router)
+(cd "$WS" && LIBTORCH="$LT" cargo build --release -q -p tessera-node -p tessera-router -p tessera-bench)
 TEST_BIN=$(cd "$WS" && LIBTORCH="$LT" cargo test --release -p tessera-tests --test gpu --no-run 2>&1 |
   sed -n 's/.*Executable tests\/gpu.rs (\(.*\))/\1/p')
 [ -x "$TEST_BIN" ] || { echo "gpu test binary not found" >&2; exit 1; }
@@ -64,14 +64,14 @@ TEST_BIN=$(cd "$WS" && LIBTORCH="$LT" cargo test --release -p tessera-tests --te
 OUT="$ROOT/.gpu-bundle"
 STAGE="$OUT/stage"
 rm -rf "$OUT"
-mkdir -p "$STAGE/bin" "$STAGE/ort-gpu" "$STAGE/testdata/redisai"
-for b in tessera-node tessera-router tessera-admin; do
+mkdir -p "$STAGE/bin" "$STAGE/ort-gpu" "$STAGE/testdata/redisai" "$STAGE/py"
+for b in tessera-node tessera-router tessera-admin tessera-model-bench; do
   strip -o "$STAGE/bin/$b" "$CARGO_TARGET_DIR/release/$b"
 done
 strip -o "$STAGE/bin/gpu-tests" "$TEST_BIN"
 # The main checkout's next build must not find this build's binaries
 # where its own go (cargo links them again from its own artifacts).
-rm -f "$CARGO_TARGET_DIR"/release/tessera-{node,router,admin}
+rm -f "$CARGO_TARGET_DIR"/release/tessera-{node,router,admin,model-bench}
 D=$(dirname "$ORT_GPU")
 cp -L "$D/libonnxruntime.so.1.31.1" "$D/libonnxruntime_providers_shared.so" "$STAGE/ort-gpu/"
 ln -s libonnxruntime.so.1.31.1 "$STAGE/ort-gpu/libonnxruntime.so"
@@ -81,8 +81,13 @@ else
   cp "$D/libonnxruntime_providers_cuda.so" "$STAGE/ort-gpu/"
 fi
 TD="${TESSERA_TESTDATA:-$ROOT/../shared/testdata}/redisai"
-cp "$TD/mnist.onnx" "$TD/mnist_batched.onnx" "$TD/one.raw" "$TD/pt-minimal.pt" "$STAGE/testdata/redisai/"
+cp "$TD/mnist.onnx" "$TD/mnist_batched.onnx" "$TD/linear_iris.onnx" "$TD/one.raw" "$TD/pt-minimal.pt" \
+  "$STAGE/testdata/redisai/"
 cp scripts/gpu/run.sh "$STAGE/run.sh"
+# The benchmark's driver, the cluster launcher it shares with the Python
+# tests, and redis-py as a wheel (pure Python, imported from the zip).
+cp scripts/gpu/bench.py tests/python/tessera_cluster.py "$STAGE/py/"
+"$TESSERA_CACHE/venv/bin/python" -m pip download -q --no-deps --only-binary=:all: -d "$STAGE/py" redis==8.1.0
 echo "torch $TORCH, tch $TCH, built $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)" > "$STAGE/BUILD"
 echo "== compressing"
 tar -C "$STAGE" -cf - . | xz -T2 -6 > "$OUT/tessera-gpu.tar.xz"

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tessera_backend::{Backend, DType, LoadOptions, Model, Tensor};
+use tessera_backend::{Backend, DType, Device, LoadOptions, Model, Tensor};
 use tessera_backend_onnx::OnnxBackend;
 
 #[derive(Parser)]
@@ -36,6 +36,14 @@ struct Args {
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// The device models run on, through the router and in-process
+    /// (`CPU`, `GPU`, `GPU:<n>`; GPU needs ONNX Runtime's GPU build).
+    #[arg(long, default_value = "CPU")]
+    device: String,
+    /// CUDA 13 / cuDNN 9 libraries in pip's layout (`cu13/lib`,
+    /// `cudnn/lib`) to preload for the in-process GPU runs.
+    #[arg(long)]
+    cuda_libs: Option<PathBuf>,
 }
 
 struct Case {
@@ -183,7 +191,12 @@ async fn main() -> Result<()> {
     let lib = a.ort_lib.clone().unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tessera/ort/libonnxruntime.so")
     });
+    if let Some(d) = &a.cuda_libs {
+        OnnxBackend::preload_cuda(&d.join("cu13/lib"), &d.join("cudnn/lib")).map_err(|e| anyhow::anyhow!(e))?;
+    }
     let ort = Arc::new(OnnxBackend::load(&lib, 1).map_err(|e| anyhow::anyhow!(e))?);
+    let device = Device::parse(a.device.as_bytes()).with_context(|| format!("bad device {}", a.device))?;
+    let opts = LoadOptions { device, ..Default::default() };
     let one = Tensor { dtype: DType::Float, shape: vec![1, 1, 28, 28], data: read("one.raw")?.into() };
     let iris = tessera_backend::from_elements(vec![1, 4], &[5.0f32, 3.4, 1.6, 0.4]);
     let cases = [
@@ -194,18 +207,21 @@ async fn main() -> Result<()> {
     let client = redis::Client::open(url.as_str())?;
     let mut con = client.get_multiplexed_async_connection_with_config(&config()).await?;
 
-    println!("== (a) latency, concurrency 1, {} runs each (router: TENSORSET + MODELEXECUTE + TENSORGET)", a.requests);
+    println!(
+        "== (a) latency, concurrency 1, {} runs each, on {} (router: TENSORSET + MODELEXECUTE + TENSORGET)",
+        a.requests, a.device
+    );
     for (i, c) in cases.iter().enumerate() {
         let key = format!("bench:m{i}{{b{i}}}");
         let _: () = redis::cmd("AI.MODELSTORE")
             .arg(&key)
             .arg("ONNX")
-            .arg("CPU")
+            .arg(&a.device)
             .arg("BLOB")
             .arg(&c.blob[..])
             .query_async(&mut con)
             .await?;
-        let model = ort.load(&c.blob, &LoadOptions::default()).map_err(|e| anyhow::anyhow!(e))?;
+        let model = ort.load(&c.blob, &opts).map_err(|e| anyhow::anyhow!(e))?;
         in_process(model.as_ref(), &c.input, a.requests / 10)?; // warm-up
         let local = in_process(model.as_ref(), &c.input, a.requests)?;
         through_router(&mut con, &key, &c.input, a.requests / 10, &format!("b{i}")).await?;
@@ -230,12 +246,12 @@ async fn main() -> Result<()> {
         );
     }
 
-    println!("== (b) mnist throughput, {} clients, {:.0} s per run", a.clients, a.seconds);
+    println!("== (b) mnist throughput, {} clients, {:.0} s per run, on {}", a.clients, a.seconds, a.device);
     let batched = read("mnist_batched.onnx")?;
     let _: () = redis::cmd("AI.MODELSTORE")
         .arg("bench:plain{t}")
         .arg("ONNX")
-        .arg("CPU")
+        .arg(&a.device)
         .arg("BLOB")
         .arg(&batched[..])
         .query_async(&mut con)
@@ -243,14 +259,14 @@ async fn main() -> Result<()> {
     let _: () = redis::cmd("AI.MODELSTORE")
         .arg("bench:batched{t}")
         .arg("ONNX")
-        .arg("CPU")
+        .arg(&a.device)
         .arg("BATCHSIZE")
         .arg(a.clients)
         .arg("BLOB")
         .arg(&batched[..])
         .query_async(&mut con)
         .await?;
-    let model = ort.load(&batched, &LoadOptions::default()).map_err(|e| anyhow::anyhow!(e))?;
+    let model = ort.load(&batched, &opts).map_err(|e| anyhow::anyhow!(e))?;
     let big = batch_of(&one, a.clients);
     let start = Instant::now();
     let mut runs = 0usize;

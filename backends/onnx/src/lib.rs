@@ -74,7 +74,11 @@ impl OnnxBackend {
             // A provider that cannot be registered is an error, not a silent
             // fall-back to the CPU (its libraries and the device are only
             // opened when the session is created, below).
-            let cuda = ort::ep::CUDA::default().with_device_id(id.unwrap_or(0) as i32).build().error_on_failure();
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(id.unwrap_or(0) as i32)
+                .with_conv_algorithm_search(conv_search())
+                .build()
+                .error_on_failure();
             b = b.with_execution_providers([cuda]).map_err(|e| {
                 BackendError::new(format!(
                     "ERR GPU requested but ONNX couldn't find CUDA ({})",
@@ -262,6 +266,21 @@ impl Watchdog {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.runs.lock().insert(id, (Instant::now() + limit, opts));
         Watched(id)
+    }
+}
+
+/// How cuDNN picks convolution algorithms: `heuristic` unless
+/// `TESSERA_CUDNN_CONV_SEARCH` says `exhaustive` or `default`. ORT's own
+/// default, exhaustive, benchmarks every algorithm on each new input shape;
+/// auto-batching makes a new shape of every batch size: on an H200, mnist
+/// with BATCHSIZE 64 at 64 clients ran 1,096 samples/s with exhaustive
+/// search and 5,891 with heuristic (5 s runs from a cold start).
+fn conv_search() -> ort::ep::cuda::ConvAlgorithmSearch {
+    use ort::ep::cuda::ConvAlgorithmSearch as S;
+    match std::env::var("TESSERA_CUDNN_CONV_SEARCH").as_deref() {
+        Ok("exhaustive") => S::Exhaustive,
+        Ok("default") => S::Default,
+        _ => S::Heuristic,
     }
 }
 
