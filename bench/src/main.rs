@@ -282,10 +282,24 @@ async fn main() -> Result<()> {
         runs += 1;
     }
     let local_single = runs as f64 / start.elapsed().as_secs_f64();
+    // What auto-batching hands the runtime: a batch size that changes from
+    // run to run (every size once, then again).
+    let sizes: Vec<Tensor> = (1..=a.clients).map(|n| batch_of(&one, n)).collect();
+    let start = Instant::now();
+    let mut samples = 0usize;
+    let mut i = 0usize;
+    while start.elapsed().as_secs_f64() < a.seconds.min(5.0) {
+        let t = &sizes[i % sizes.len()];
+        std::hint::black_box(model.run(std::slice::from_ref(t)).map_err(|e| anyhow::anyhow!(e))?);
+        samples += i % sizes.len() + 1;
+        i += 1;
+    }
+    let local_varying = samples as f64 / start.elapsed().as_secs_f64();
     let plain = router_throughput(&url, "bench:plain{t}", &one, a.clients, a.seconds).await?;
     let with_batch = router_throughput(&url, "bench:batched{t}", &one, a.clients, a.seconds).await?;
     println!("in-process ORT, batch {:>3}: {:>9.0} samples/s", a.clients, local_batched);
     println!("in-process ORT, batch   1: {:>9.0} samples/s", local_single);
+    println!("in-process ORT, batch 1..{}, each size in turn: {:>9.0} samples/s", a.clients, local_varying);
     println!(
         "router, no BATCHSIZE      : {:>9.0} samples/s  ({:.2}x in-process batched)",
         plain,

@@ -50,6 +50,28 @@ pub fn concat(requests: &[&[Tensor]]) -> Vec<Tensor> {
         .collect()
 }
 
+/// Appends `rows` rows of zeros (empty strings for STRING) to each input
+/// along dim 0: a batch padded to a fixed size keeps one input shape from
+/// run to run.
+pub fn pad(inputs: Vec<Tensor>, rows: usize) -> Vec<Tensor> {
+    inputs
+        .into_iter()
+        .map(|t| {
+            let row_elems: usize = t.shape[1..].iter().map(|d| usize::try_from(*d).unwrap_or(0)).product();
+            let extra = match t.dtype.size() {
+                Some(elem) => vec![0u8; rows * row_elems * elem],
+                None => vec![0u8; rows * row_elems],
+            };
+            let mut shape = t.shape.clone();
+            shape[0] += rows as i64;
+            let mut data = Vec::with_capacity(t.data.len() + extra.len());
+            data.extend_from_slice(&t.data);
+            data.extend_from_slice(&extra);
+            Tensor { dtype: t.dtype, shape, data: data.into() }
+        })
+        .collect()
+}
+
 /// Splits a batch's outputs back into per-request outputs of `sizes[i]`
 /// rows each. Every tensor output must have dim 0 equal to the total.
 pub fn split(outputs: Vec<Option<Tensor>>, sizes: &[usize]) -> Result<Vec<Vec<Option<Tensor>>>> {
@@ -111,7 +133,7 @@ fn split_rows(t: &Tensor, row_elems: usize, sizes: &[usize]) -> Result<Vec<Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{elements, from_elements, from_strings};
+    use crate::{elements, from_elements, from_strings, strings};
 
     #[test]
     fn concat_then_split_round_trips() {
@@ -124,6 +146,18 @@ mod tests {
         let back = split(joined.into_iter().map(Some).collect(), &[1, 2]).unwrap();
         assert_eq!(back[0][0].as_ref().unwrap(), &a[0]);
         assert_eq!(elements::<f32>(back[1][0].as_ref().unwrap()), vec![3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn padding_adds_zero_rows_that_split_drops() {
+        let a = vec![from_elements(vec![1, 2], &[1f32, 2.0]), from_strings(vec![1], &["s"])];
+        let padded = pad(a.clone(), 2);
+        assert_eq!(padded[0].shape, vec![3, 2]);
+        assert_eq!(elements::<f32>(&padded[0]), vec![1.0, 2.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(strings(&padded[1]), vec![&b"s"[..], &b""[..], &b""[..]]);
+        let back = split(padded.into_iter().map(Some).collect(), &[1, 2]).unwrap();
+        assert_eq!(back[0][0].as_ref().unwrap(), &a[0]);
+        assert_eq!(back[0][1].as_ref().unwrap(), &a[1]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A model's bytes name what it does: `mock:add` (two FLOAT inputs, one
 //! output: their sum), `mock:double` (one FLOAT input, doubled),
-//! `mock:badbatch` (one input; always returns a `[1]` tensor), each optionally
+//! `mock:badbatch` (one input; always returns a `[1]` tensor), `mock:rows`
+//! (one input; each output row holds the number of rows the run got), each optionally
 //! followed by `:sleep=<ms>` (each run sleeps that long).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +32,7 @@ impl Backend for MockBackend {
         let op = parts.next().unwrap_or_default().to_owned();
         let inputs = match op.as_str() {
             "add" => vec!["a".to_owned(), "b".to_owned()],
-            "double" | "badbatch" => vec!["x".to_owned()],
+            "double" | "badbatch" | "rows" => vec!["x".to_owned()],
             other => return Err(BackendError::new(format!("mock: unknown op {other}"))),
         };
         let sleep = parts
@@ -68,6 +69,7 @@ impl Model for MockModel {
         let y: Vec<f32> = match self.op.as_str() {
             "add" => x.iter().zip(elements::<f32>(&inputs[1])).map(|(a, b)| a + b).collect(),
             "double" => x.iter().map(|v| v * 2.0).collect(),
+            "rows" => vec![inputs[0].shape[0] as f32; x.len()],
             _ => return Ok(vec![Some(from_elements(vec![1], &[0f32]))]),
         };
         Ok(vec![Some(from_elements(inputs[0].shape.clone(), &y))])
