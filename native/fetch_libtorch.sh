@@ -5,7 +5,7 @@
 #                                     CUDA 13 / cuDNN 9 / NCCL in pip's layout at
 #                                     DEST/../nvidia (where libtorch_cuda.so's
 #                                     $ORIGIN rpath and the node look; ~3 GB)
-# Then: export LIBTORCH=DEST (scripts/env.sh does). TORCH_VERSION overrides
+# Then: export LIBTORCH=DEST (scripts/env.sh does). TESSERA_TORCH_VERSION overrides
 # the version for tools that build against another libtorch (the GPU device
 # check builds against the device's own); tch 0.26 needs 2.13.0.
 # Idempotent: a complete tree is kept. The CUDA build of torch is the only
@@ -15,7 +15,7 @@ set -euo pipefail
 GPU=0
 if [ "${1:-}" = "--gpu" ]; then GPU=1; shift; fi
 DEST=${1:?usage: fetch_libtorch.sh [--gpu] DEST}
-TORCH_VER=${TORCH_VERSION:-2.13.0}   # must match tch 0.26.0 (torch-sys build.rs TORCH_VERSION)
+TORCH_VER=${TESSERA_TORCH_VERSION:-2.13.0}   # must match tch 0.26.0 (torch-sys build.rs TORCH_VERSION)
 CUDART_VER=13.0.96          # pinned by torch 2.13.0's cuda-toolkit==13.0.3 requirement
 CUPTI_VER=13.0.85
 MARK="$DEST/.complete-$TORCH_VER"; [ $GPU = 1 ] && MARK="$MARK-gpu"
@@ -37,6 +37,7 @@ with zipfile.ZipFile(sys.argv[1]) as z:
                 print(req.replace(" ", ""))
 PY
 )
+  [ ${#REQS[@]} -gt 0 ] || { echo "fetch_libtorch: no CUDA requirements found in the torch wheel" >&2; exit 1; }
   "${PIP[@]}" "${REQS[@]}"
 fi
 mkdir -p "$DEST/lib"
@@ -70,5 +71,5 @@ for whl in glob.glob(os.path.join(tmp, "*.whl")):
                     os.chmod(out + ".part", 0o755)
                 os.replace(out + ".part", out)
 PY
-touch "$MARK"
+touch "$MARK" "$DEST/.complete-$TORCH_VER"   # a GPU tree holds the CPU one
 echo "libtorch $TORCH_VER in $DEST ($(du -sh "$DEST" | cut -f1))"

@@ -15,7 +15,8 @@ if [ "${1:-}" = "--gpu" ]; then PKG=onnxruntime-gpu; shift; fi
 SUB=ort; [ $PKG = onnxruntime-gpu ] && SUB=ort-gpu
 DEST="${1:-${TESSERA_CACHE:-$HOME/.cache/tessera}/$SUB}"
 LIB="$DEST/libonnxruntime.so.$VERSION"
-if [ -s "$LIB" ]; then echo "$LIB"; exit 0; fi
+COMPLETE="$LIB"; [ $PKG = onnxruntime-gpu ] && COMPLETE="$DEST/libonnxruntime_providers_cuda.so"
+if [ -s "$LIB" ] && [ -s "$COMPLETE" ]; then echo "$LIB"; exit 0; fi
 mkdir -p "$DEST"
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 PY=python3; [ -x "${TESSERA_CACHE:-$HOME/.cache/tessera}/venv/bin/python" ] && PY="${TESSERA_CACHE:-$HOME/.cache/tessera}/venv/bin/python"
@@ -28,7 +29,9 @@ WHEEL=$(ls "$TMP"/onnxruntime*.whl)
 "$PY" - "$WHEEL" "$DEST" <<'PY'
 import os, shutil, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
-    for n in z.namelist():
+    # The providers first, the library last: setup counts the GPU build as
+    # complete once its provider is there, so a cut-short run is redone.
+    for n in sorted(z.namelist(), key=lambda n: os.path.basename(n).startswith("libonnxruntime.so")):
         base = os.path.basename(n)
         if "/capi/" in n and (base.startswith("libonnxruntime.so") or base in (
                 "libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so")):

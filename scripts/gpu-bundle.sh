@@ -13,7 +13,7 @@
 #     --split  cut the compressed bundle into parts of this size
 #
 # Output: .gpu-bundle/ (git-ignored) holding tessera-gpu.tar.xz (or its
-# parts, tessera-gpu.tar.xz.00, .01, ...) and run.sh. On the GPU machine:
+# parts, tessera-gpu.tar.xz.00, .01, ...); run.sh is inside. On the GPU machine:
 #   cat tessera-gpu.tar.xz* > b.tar.xz && mkdir b && tar -xJf b.tar.xz -C b && b/run.sh
 # (run.sh needs only bash and python3 with torch).
 #
@@ -45,7 +45,7 @@ esac
 ./scripts/setup.sh >/dev/null
 ORT_GPU=$(native/setup_ort.sh --gpu)
 LT="$TESSERA_CACHE/libtorch-$TORCH"
-TORCH_VERSION=$TORCH native/fetch_libtorch.sh "$LT"
+TESSERA_TORCH_VERSION=$TORCH native/fetch_libtorch.sh "$LT"
 
 # The workspace, with tch pinned to that libtorch. It shares the target
 # directory, so only torch-sys and what depends on it build again.
@@ -57,8 +57,12 @@ sed -i -E "s/^(tch|torch-sys) = \"=[0-9.]+\"/\1 = \"=$TCH\"/" "$WS/backends/torc
 grep -q "tch = \"=$TCH\"" "$WS/backends/torch/Cargo.toml"
 echo "== building the node against libtorch $TORCH (tch $TCH)"
 (cd "$WS" && LIBTORCH="$LT" cargo build --release -q -p tessera-node -p tessera-router -p tessera-bench)
-TEST_BIN=$(cd "$WS" && LIBTORCH="$LT" cargo test --release -p tessera-tests --test gpu --no-run 2>&1 |
-  sed -n 's/.*Executable tests\/gpu.rs (\(.*\))/\1/p')
+BUILD_LOG=$(mktemp)
+if ! (cd "$WS" && LIBTORCH="$LT" cargo test --release -p tessera-tests --test gpu --no-run) >"$BUILD_LOG" 2>&1; then
+  cat "$BUILD_LOG" >&2; exit 1
+fi
+TEST_BIN=$(sed -n 's/.*Executable tests\/gpu.rs (\(.*\))/\1/p' "$BUILD_LOG")
+rm -f "$BUILD_LOG"
 [ -x "$TEST_BIN" ] || { echo "gpu test binary not found" >&2; exit 1; }
 
 OUT="$ROOT/.gpu-bundle"

@@ -194,26 +194,33 @@ fn run(batch: Vec<Job>) {
     };
     // MODEL_EXECUTION_TIMEOUT: ONNX Runtime stops a run past it.
     let limit = Some(Duration::from_millis(crate::models::registry().settings().execution_timeout_ms));
-    let mut sizes: Vec<usize> = batch.iter().map(|j| batch::batch_size(&j.inputs)).collect();
+    let sizes: Vec<usize> = batch.iter().map(|j| batch::batch_size(&j.inputs)).collect();
     // A GPU model with BATCHSIZE runs every batch padded to BATCHSIZE rows
     // (the padding's outputs are dropped). ONNX Runtime's CUDA kernels set
     // up again whenever the input shape changes, and auto-batching makes a
     // new shape of every batch size: on an H200, mnist took 15,000
     // samples/s with batches of 1..64 rows in turn and 447,000 with 64 rows
     // every time. On a CPU padding would only add work, so it is not done.
+    // A model whose batch dim is fixed, or whose outputs are not per row,
+    // fails padded where its unpadded run works: it is run again as it
+    // came, and never padded again.
     let total: usize = sizes.iter().sum();
     let pad = match model.def.device {
-        Device::Gpu(_) if model.def.batchsize > 0 && sizes.iter().all(|s| *s > 0) => {
+        Device::Gpu(_)
+            if model.def.batchsize > 0 && sizes.iter().all(|s| *s > 0) && !model.no_padding.load(Ordering::Relaxed) =>
+        {
             (model.def.batchsize as usize).saturating_sub(total)
         }
         _ => 0,
     };
     let start = Instant::now();
-    let result = if batch.len() == 1 && pad == 0 {
-        loaded.run_limited(&batch[0].inputs, limit).map(|out| vec![out])
-    } else {
+    let run_as = |pad: usize| {
+        if batch.len() == 1 && pad == 0 {
+            return loaded.run_limited(&batch[0].inputs, limit).map(|out| vec![out]);
+        }
         let parts: Vec<&[Tensor]> = batch.iter().map(|j| &j.inputs[..]).collect();
         let mut joined = batch::concat(&parts);
+        let mut sizes = sizes.clone();
         if pad > 0 {
             joined = batch::pad(joined, pad);
             sizes.push(pad);
@@ -223,6 +230,14 @@ fn run(batch: Vec<Job>) {
             per_request
         })
     };
+    let mut result = run_as(pad);
+    if pad > 0 && result.is_err() {
+        let unpadded = run_as(0);
+        if unpadded.is_ok() {
+            model.no_padding.store(true, Ordering::Relaxed);
+        }
+        result = unpadded;
+    }
     let took = start.elapsed().as_micros() as u64;
     metrics::histogram!("tessera_node_model_run_seconds").record(took as f64 / 1e6);
     metrics::histogram!("tessera_node_model_batch_requests").record(batch.len() as f64);
@@ -343,6 +358,14 @@ mod tests {
         let cpu = mock("mock:rows", 4, 0, 0);
         let RunResult::Done(out) = wait(engine().submit(cpu, x(1, 1.0), None, 1)) else { panic!() };
         assert_eq!(elements::<f32>(out[0].as_ref().unwrap()), vec![1.0, 1.0]);
+        // A GPU model whose output is not per row fails padded: it runs as
+        // it came (a lone request works, as on a CPU), and is not padded again.
+        let mut def = mock("mock:badbatch", 4, 0, 0).def.clone();
+        def.device = Device::Gpu(None);
+        let odd = StoredModel::with_loaded(def, MockBackend.load(b"mock:badbatch", &LoadOptions::default()).unwrap());
+        assert!(matches!(wait(engine().submit(odd.clone(), x(1, 1.0), None, 1)), RunResult::Done(_)));
+        assert!(odd.no_padding.load(Ordering::Relaxed));
+        assert!(matches!(wait(engine().submit(odd, x(1, 1.0), None, 1)), RunResult::Done(_)));
     }
 
     #[test]

@@ -284,6 +284,9 @@ pub struct StoredModel {
     state: Mutex<LoadState>,
     ready: Condvar,
     pub stats: Stats,
+    /// Set once a batch padded to BATCHSIZE failed where the unpadded one
+    /// ran (a GPU model whose batch dim is fixed): no more padding.
+    pub no_padding: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for StoredModel {
@@ -309,6 +312,7 @@ impl StoredModel {
             state: Mutex::new(LoadState::Loading),
             ready: Condvar::new(),
             stats: Stats::default(),
+            no_padding: Default::default(),
         });
         let bg = m.clone();
         let spawned = std::thread::Builder::new().name("model-load".into()).spawn(move || {
@@ -333,6 +337,7 @@ impl StoredModel {
             state: Mutex::new(LoadState::Ready(model)),
             ready: Condvar::new(),
             stats: Stats::default(),
+            no_padding: Default::default(),
         })
     }
 

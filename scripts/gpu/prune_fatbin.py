@@ -43,16 +43,23 @@ def main():
         if magic != FATBIN_MAGIC:
             pos += 8  # containers are 8-byte aligned
             continue
-        e, end = pos + hsize, pos + hsize + fsize
+        start, end = pos + hsize, pos + hsize + fsize
+        entries = []
+        e = start
         while e < end:
             _kind, _v, ehsize, psize = struct.unpack_from("<HHIQ", data, e)
             arch, = struct.unpack_from("<I", data, e + 28)
-            if arch == keep:
-                kept += psize
-            else:
-                data[e + ehsize:e + ehsize + psize] = bytes(psize)
-                zeroed += psize
+            entries.append((e + ehsize, psize, arch))
             e += ehsize + psize
+        # A container with no code for this GPU is left whole (its PTX, if
+        # any, is what the driver would compile for it).
+        if any(arch == keep for _, _, arch in entries):
+            for body, psize, arch in entries:
+                if arch == keep:
+                    kept += psize
+                else:
+                    data[body:body + psize] = bytes(psize)
+                    zeroed += psize
         pos = end
     if kept == 0:
         raise SystemExit(f"no sm_{keep} code in {src}: refusing to write a library with none")

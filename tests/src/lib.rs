@@ -130,8 +130,9 @@ pub fn testdata(name: &str) -> Vec<u8> {
 /// a GPU machine): GPU models then store, so tests of the CPU-only refusal
 /// do not apply.
 pub fn onnx_gpu_installed() -> bool {
-    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
-        return false;
+    if let Some(lib) = std::env::var_os("ORT_DYLIB_PATH") {
+        let lib = PathBuf::from(lib);
+        return lib.parent().is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").exists());
     }
     let cache = std::env::var_os("TESSERA_CACHE")
         .map(PathBuf::from)

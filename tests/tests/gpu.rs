@@ -71,7 +71,7 @@ fn missing(con: &mut Connection, key: &str) -> bool {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU and the GPU runtimes (scripts/gpu-check.sh)"]
+#[ignore = "needs an NVIDIA GPU and the GPU runtimes (TESSERA_GPU=1 scripts/setup.sh, or scripts/gpu-bundle.sh)"]
 fn onnx_models_run_on_the_gpu() {
     let _serial = serial();
     let mut c = Cluster::start(3, 1).expect("cluster starts");
@@ -190,7 +190,7 @@ fn onnx_models_run_on_the_gpu() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU and the GPU runtimes (scripts/gpu-check.sh)"]
+#[ignore = "needs an NVIDIA GPU and the GPU runtimes (TESSERA_GPU=1 scripts/setup.sh, or scripts/gpu-bundle.sh)"]
 fn torch_models_run_on_the_gpu() {
     let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");

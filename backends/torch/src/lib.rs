@@ -38,8 +38,8 @@ const RTLD_GLOBAL: c_int = 0x100;
 ///
 /// libtorch's CUDA half lives in `libtorch_cuda.so`, which registers itself
 /// when loaded; nothing links it (the linker drops it as unused), so it is
-/// loaded here, once, from the loader path (the binary's rpath to the
-/// libtorch tree, then `LD_LIBRARY_PATH`). The CPU-only tree setup builds
+/// loaded here, once, from the loader path (`LD_LIBRARY_PATH`, then the
+/// binary's runpath to the libtorch tree). The CPU-only tree setup builds
 /// has no such library: then every GPU model is refused at MODELSTORE.
 pub fn cuda_devices() -> std::result::Result<usize, String> {
     static CUDA: OnceLock<std::result::Result<usize, String>> = OnceLock::new();
