@@ -126,20 +126,6 @@ pub fn testdata(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Whether the nodes will load ONNX Runtime's GPU build (setup fetched it on
-/// a GPU machine): GPU models then store, so tests of the CPU-only refusal
-/// do not apply.
-pub fn onnx_gpu_installed() -> bool {
-    if let Some(lib) = std::env::var_os("ORT_DYLIB_PATH") {
-        let lib = PathBuf::from(lib);
-        return lib.parent().is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").exists());
-    }
-    let cache = std::env::var_os("TESSERA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tessera"));
-    cache.join("ort-gpu/libonnxruntime.so").exists()
-}
-
 /// A port the OS reports free now. Nodes must know each other's addresses
 /// before they start, so the harness reserves ports this way (not port 0).
 pub fn free_port() -> u16 {

@@ -58,15 +58,12 @@ pub fn pad(inputs: Vec<Tensor>, rows: usize) -> Vec<Tensor> {
         .into_iter()
         .map(|t| {
             let row_elems: usize = t.shape[1..].iter().map(|d| usize::try_from(*d).unwrap_or(0)).product();
-            let extra = match t.dtype.size() {
-                Some(elem) => vec![0u8; rows * row_elems * elem],
-                None => vec![0u8; rows * row_elems],
-            };
-            let mut shape = t.shape.clone();
+            // A STRING element is its bytes and a NUL: an empty one is one 0.
+            let elem = t.dtype.size().unwrap_or(1);
+            let mut data = t.data.to_vec();
+            data.resize(data.len() + rows * row_elems * elem, 0);
+            let mut shape = t.shape;
             shape[0] += rows as i64;
-            let mut data = Vec::with_capacity(t.data.len() + extra.len());
-            data.extend_from_slice(&t.data);
-            data.extend_from_slice(&extra);
             Tensor { dtype: t.dtype, shape, data: data.into() }
         })
         .collect()

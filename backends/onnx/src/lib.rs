@@ -79,12 +79,7 @@ impl OnnxBackend {
                 .with_conv_algorithm_search(conv_search())
                 .build()
                 .error_on_failure();
-            b = b.with_execution_providers([cuda]).map_err(|e| {
-                BackendError::new(format!(
-                    "ERR GPU requested but ONNX couldn't find CUDA ({})",
-                    ort_reason(e.message())
-                ))
-            })?;
+            b = b.with_execution_providers([cuda]).map_err(|e| no_cuda(e.message()))?;
         }
         b.commit_from_memory(blob).map_err(|e| match opts.device {
             // The CUDA provider loads its library and its CUDA libraries,
@@ -290,10 +285,15 @@ fn gpu_err(msg: &str, id: u32) -> BackendError {
     if msg.contains("invalid device ordinal") {
         BackendError::new(format!("ERR GPU:{id} requested but there is no such CUDA device ({})", ort_reason(msg)))
     } else if msg.contains("providers_cuda") || msg.contains("CUDA failure") || msg.contains("CUDA error") {
-        BackendError::new(format!("ERR GPU requested but ONNX couldn't find CUDA ({})", ort_reason(msg)))
+        no_cuda(msg)
     } else {
         BackendError::new(msg.to_owned())
     }
+}
+
+/// RedisAI's message for a GPU model without CUDA, with ORT's reason.
+fn no_cuda(msg: &str) -> BackendError {
+    BackendError::new(format!("ERR GPU requested but ONNX couldn't find CUDA ({})", ort_reason(msg)))
 }
 
 /// ORT's reason without the source location and status code it starts
