@@ -6,7 +6,8 @@
 //! * [`tensor`] — RedisAI tensors: dtypes, BLOB/VALUES parsing, TENSORGET replies;
 //! * [`reply`] — protocol-neutral replies and their RESP2/RESP3 encodings;
 //! * [`error`] — every error a command can answer with, with its exact text;
-//! * [`glob`] — Redis glob patterns for KEYS/SCAN/CONFIG GET.
+//! * [`glob`] — Redis glob patterns for KEYS/SCAN/CONFIG GET;
+//! * [`shared`] — decoding large byte fields (model blobs) without a copy.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod glob;
 pub mod model;
 pub mod reply;
+pub mod shared;
 pub mod slot;
 pub mod tensor;
 

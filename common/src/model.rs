@@ -113,6 +113,8 @@ pub struct ModelDef {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     /// The uploaded bytes (BLOB chunks joined), returned byte-identical.
+    /// Decoded as a slice of its buffer inside a [`crate::shared::scope`].
+    #[serde(deserialize_with = "crate::shared::bytes")]
     pub blob: Bytes,
 }
 

@@ -65,11 +65,18 @@ impl Reply {
 
     /// Compact binary form used between node and router.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let hint = match self {
+        crate::encode(self, self.size_hint())
+    }
+
+    /// Roughly the encoded size (bulk payloads and a little for the rest),
+    /// so encoding a large reply allocates once.
+    pub fn size_hint(&self) -> usize {
+        match self {
             Reply::Bulk(b) => b.len() + 8,
+            Reply::Array(v) | Reply::Set(v) => 8 + v.iter().map(Reply::size_hint).sum::<usize>(),
+            Reply::Map(v) => 8 + v.iter().map(|(k, v)| k.size_hint() + v.size_hint()).sum::<usize>(),
             _ => 64,
-        };
-        crate::encode(self, hint)
+        }
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Reply, postcard::Error> {

@@ -9,7 +9,8 @@
 //! write nor sees a later one. Model runs read their inputs, run off the
 //! async runtime and then write their outputs, so they count as both; runs
 //! on disjoint keys overlap, which is what lets the engine batch them.
-//! Responses go back as they complete, batched, matched by id.
+//! Responses go back as they complete, batched, matched by id. Long
+//! commands and replies travel in parts (see [`tessera_proto::parts`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
@@ -27,6 +28,7 @@ use tessera_common::command::NodeCommand;
 use tessera_common::error::code_of;
 use tessera_common::reply::Reply;
 use tessera_common::slot::{key_slot, SlotRange, SLOTS};
+use tessera_proto::parts::{Joiner, Outgoing};
 use tessera_proto::v1::node_server::Node;
 use tessera_proto::v1::{
     request, response, Member, Redirect, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse,
@@ -244,7 +246,7 @@ impl NodeState {
     /// with a wiped disk, a replica moved away) answers as a replica with no
     /// leader to name, so the router tries the shard's other replicas
     /// instead of handing the client `CLUSTERDOWN`.
-    fn route(&self, target: Option<request::Target>, command: &[u8]) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
+    fn route(&self, target: Option<request::Target>, command: &Bytes) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
         let decode = || NodeCommand::from_bytes(command);
         let decoded = if command.len() > crate::raft::HEAVY_BYTES { crate::raft::heavy(decode) } else { decode() };
         let cmd = decoded.map_err(|e| {
@@ -278,13 +280,17 @@ impl NodeState {
 
 fn response(id: u64, shard: u32, out: Outcome) -> tessera_proto::v1::Response {
     let result = match out {
+        // A large reply (a model's blob) is copied off the async runtime.
+        Outcome::Reply(r) if r.size_hint() > crate::raft::HEAVY_BYTES => {
+            response::Result::Reply(crate::raft::heavy(|| r.to_bytes()).into())
+        }
         Outcome::Reply(r) => response::Result::Reply(r.to_bytes().into()),
         Outcome::Redirect(leader) => {
             let (leader_id, leader_addr) = leader.unwrap_or_default();
             response::Result::Redirect(Redirect { shard, leader_id, leader_addr })
         }
     };
-    tessera_proto::v1::Response { id, result: Some(result) }
+    tessera_proto::v1::Response { id, result: Some(result), total_len: 0 }
 }
 
 fn record(name: &'static str, out: &Outcome, start: Instant) {
@@ -436,26 +442,58 @@ async fn lane(
 }
 
 /// Batches every response ready at poll time into one message.
+/// A long reply goes alone, in parts (see [`tessera_proto::parts`]).
 struct ResponseStream {
     rx: mpsc::Receiver<tessera_proto::v1::Response>,
+    sending: Option<Outgoing<()>>,
     _guard: SessionGuard,
+}
+
+impl ResponseStream {
+    /// The next part of the long reply being sent, alone in a message.
+    fn next_part(&mut self) -> Option<ResponseBatch> {
+        let out = self.sending.as_mut()?;
+        let (part, last) = out.next_part();
+        let r = tessera_proto::v1::Response {
+            id: out.id,
+            result: Some(response::Result::Reply(part)),
+            total_len: out.total,
+        };
+        if last {
+            self.sending = None;
+        }
+        Some(ResponseBatch { responses: vec![r] })
+    }
 }
 
 impl Stream for ResponseStream {
     type Item = Result<ResponseBatch, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let first = match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(r)) => r,
+        if let Some(part) = self.next_part() {
+            return Poll::Ready(Some(Ok(part)));
+        }
+        let mut next = match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(r)) => Some(r),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        let mut responses = vec![first];
-        while responses.len() < 1024 {
-            match self.rx.try_recv() {
-                Ok(r) => responses.push(r),
-                Err(_) => break,
+        let mut responses = Vec::new();
+        while let Some(r) = next.take() {
+            match r.result {
+                Some(response::Result::Reply(b)) if b.len() > tessera_proto::parts::PART_BYTES => {
+                    // Goes after the replies before it, in parts.
+                    self.sending = Outgoing::new(r.id, (), b).ok();
+                    break;
+                }
+                _ => responses.push(r),
             }
+            if responses.len() < 1024 {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        if responses.is_empty() {
+            return Poll::Ready(self.next_part().map(Ok));
         }
         Poll::Ready(Some(Ok(ResponseBatch { responses })))
     }
@@ -483,6 +521,7 @@ async fn read_session(
     // replaced, the next request starts a lane on the new one (the old lane
     // finishes what it has and exits).
     let mut lanes: HashMap<u32, (Arc<Shard>, LaneTx)> = HashMap::new();
+    let mut joiner = Joiner::default();
     loop {
         let batch = match inbound.message().await {
             Ok(Some(b)) => b,
@@ -494,7 +533,18 @@ async fn read_session(
             }
         };
         for r in batch.requests {
-            match state.route(r.target, &r.command) {
+            let command = match r.total_len {
+                0 => r.command,
+                total => match joiner.add(r.id, total, &r.command) {
+                    Ok(Some(whole)) => whole,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let _ = out.send(response(r.id, 0, Outcome::Reply(Reply::err(e)))).await;
+                        continue;
+                    }
+                },
+            };
+            match state.route(r.target, &command) {
                 Err(outcome) => {
                     let _ = out.send(response(r.id, 0, outcome)).await;
                 }
@@ -529,7 +579,7 @@ impl Node for NodeService {
         metrics::gauge!("tessera_node_sessions").increment(1.0);
         let (tx, rx) = mpsc::channel(8192);
         tokio::spawn(read_session(self.state.clone(), req.into_inner(), tx, peer));
-        Ok(Response::new(Box::pin(ResponseStream { rx, _guard: SessionGuard { peer } })))
+        Ok(Response::new(Box::pin(ResponseStream { rx, sending: None, _guard: SessionGuard { peer } })))
     }
 
     async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {

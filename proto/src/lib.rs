@@ -2,9 +2,12 @@
 //!
 //! `v1` is generated from `proto/tessera/node/v1/node.proto` at build time: the
 //! `Node` service with its multiplexed `Session` stream and the `Shards`
-//! discovery call.
+//! discovery call. [`parts`] is how long commands and replies travel on
+//! the stream.
 
 #![forbid(unsafe_code)]
+
+pub mod parts;
 
 /// Package `tessera.node.v1`.
 pub mod v1 {

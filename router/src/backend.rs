@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures::Stream;
 use parking_lot::Mutex;
 use tessera_common::reply::Reply;
+use tessera_proto::parts::{Joiner, Outgoing};
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
 use tessera_proto::v1::{request, response, Request, RequestBatch};
 use tokio::sync::{mpsc, oneshot};
@@ -45,10 +46,17 @@ pub enum NodeReply {
 struct Queued {
     target: request::Target,
     command: Bytes,
-    reply: oneshot::Sender<NodeReply>,
+    reply: Waiter,
 }
 
-type InFlight = Arc<Mutex<HashMap<u64, oneshot::Sender<NodeReply>>>>;
+/// Where a request's reply goes, and how many parts of a long reply have
+/// arrived so far (a caller waiting on a long reply sees it coming).
+struct Waiter {
+    tx: oneshot::Sender<NodeReply>,
+    progress: Arc<AtomicU64>,
+}
+
+type InFlight = Arc<Mutex<HashMap<u64, Waiter>>>;
 
 pub struct NodeClient {
     pub addr: String,
@@ -85,22 +93,35 @@ impl NodeClient {
 
     /// Sends one command; the returned receiver yields its reply.
     pub fn call(&self, target: request::Target, command: Bytes) -> oneshot::Receiver<NodeReply> {
-        let (reply, rx) = oneshot::channel();
+        self.call_watched(target, command).0
+    }
+
+    /// [`NodeClient::call`], with a count of the parts of a long reply
+    /// received so far.
+    pub fn call_watched(
+        &self,
+        target: request::Target,
+        command: Bytes,
+    ) -> (oneshot::Receiver<NodeReply>, Arc<AtomicU64>) {
+        let (tx, rx) = oneshot::channel();
+        let progress = Arc::new(AtomicU64::new(0));
+        let reply = Waiter { tx, progress: progress.clone() };
         if !self.is_connected() {
-            let _ = reply.send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
-            return rx;
+            let _ = reply.tx.send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
+            return (rx, progress);
         }
         if let Err(e) = self.tx.try_send(Queued { target, command, reply }) {
             let q = match e {
                 mpsc::error::TrySendError::Full(q) => {
-                    let _ = q.reply.send(NodeReply::Reply(Reply::err("BUSY router queue to the node is full, retry")));
-                    return rx;
+                    let _ =
+                        q.reply.tx.send(NodeReply::Reply(Reply::err("BUSY router queue to the node is full, retry")));
+                    return (rx, progress);
                 }
                 mpsc::error::TrySendError::Closed(q) => q,
             };
-            let _ = q.reply.send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
+            let _ = q.reply.tx.send(NodeReply::Unreachable(format!("node {} is unreachable", self.addr)));
         }
-        rx
+        (rx, progress)
     }
 }
 
@@ -120,7 +141,7 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
         warn!(node = %addr, error = %e, "node session down; reconnecting");
         // Requests queued while down fail fast instead of waiting.
         while let Ok(q) = rx.lock().try_recv() {
-            let _ = q.reply.send(NodeReply::Unreachable(format!("node {addr} is unreachable")));
+            let _ = q.reply.tx.send(NodeReply::Unreachable(format!("node {addr} is unreachable")));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -134,6 +155,21 @@ struct BatchStream {
     rx: Queue,
     in_flight: InFlight,
     next_id: u64,
+    /// A long command going out in parts (see [`tessera_proto::parts`]).
+    sending: Option<Outgoing<request::Target>>,
+}
+
+impl BatchStream {
+    /// The next part of the long command being sent, alone in a message.
+    fn next_part(&mut self) -> Option<RequestBatch> {
+        let out = self.sending.as_mut()?;
+        let (command, last) = out.next_part();
+        let r = Request { id: out.id, target: Some(out.meta), command, total_len: out.total };
+        if last {
+            self.sending = None;
+        }
+        Some(RequestBatch { requests: vec![r] })
+    }
 }
 
 impl Stream for BatchStream {
@@ -141,6 +177,9 @@ impl Stream for BatchStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RequestBatch>> {
         let this = self.get_mut();
+        if let Some(part) = this.next_part() {
+            return Poll::Ready(Some(part));
+        }
         let mut rx = this.rx.lock();
         let mut next = match rx.poll_recv(cx) {
             Poll::Ready(Some(q)) => Some(q),
@@ -152,12 +191,25 @@ impl Stream for BatchStream {
         let mut map = this.in_flight.lock();
         while let Some(q) = next.take() {
             this.next_id += 1;
-            bytes += q.command.len();
             map.insert(this.next_id, q.reply);
-            requests.push(Request { id: this.next_id, target: Some(q.target), command: q.command });
+            match Outgoing::new(this.next_id, q.target, q.command) {
+                Ok(long) => {
+                    // Goes after the commands before it, in parts.
+                    this.sending = Some(long);
+                    break;
+                }
+                Err((target, command)) => {
+                    bytes += command.len();
+                    requests.push(Request { id: this.next_id, target: Some(target), command, total_len: 0 });
+                }
+            }
             if requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
                 next = rx.try_recv().ok();
             }
+        }
+        drop((map, rx));
+        if requests.is_empty() {
+            return Poll::Ready(this.next_part());
         }
         metrics::histogram!("tessera_router_batch_requests").record(requests.len() as f64);
         Poll::Ready(Some(RequestBatch { requests }))
@@ -168,7 +220,9 @@ impl Stream for BatchStream {
 async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::convert::Infallible, anyhow::Error> {
     let channel = endpoint(addr)?.connect().await?;
     let in_flight: InFlight = Arc::default();
-    let outbound = BatchStream { rx: rx.clone(), in_flight: in_flight.clone(), next_id: 0 };
+    let outbound = BatchStream { rx: rx.clone(), in_flight: in_flight.clone(), next_id: 0, sending: None };
+    // Long replies arrive in parts (see `tessera_proto::parts`).
+    let mut joiner = Joiner::default();
     let result = async {
         let mut inbound = grpc(channel).session(outbound).await?.into_inner();
         connected.store(true, Ordering::Relaxed);
@@ -179,8 +233,23 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
             };
             let mut map = in_flight.lock();
             for r in batch.responses {
-                if let Some(tx) = map.remove(&r.id) {
-                    let reply = match r.result {
+                let result = match r.result {
+                    Some(response::Result::Reply(part)) if r.total_len > 0 => {
+                        match joiner.add(r.id, r.total_len, &part) {
+                            Ok(None) => {
+                                if let Some(w) = map.get(&r.id) {
+                                    w.progress.fetch_add(1, Ordering::Relaxed);
+                                }
+                                continue;
+                            }
+                            Ok(Some(whole)) => Some(response::Result::Reply(whole)),
+                            Err(e) => Some(response::Result::Reply(Reply::err(e).to_bytes().into())),
+                        }
+                    }
+                    other => other,
+                };
+                if let Some(Waiter { tx, .. }) = map.remove(&r.id) {
+                    let reply = match result {
                         Some(response::Result::Reply(b)) => NodeReply::Reply(
                             Reply::from_bytes(&b)
                                 .unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}"))),
@@ -197,7 +266,7 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
     }
     .await;
     // Whatever was sent but not answered has an unknown outcome.
-    for (_, tx) in in_flight.lock().drain() {
+    for (_, Waiter { tx, .. }) in in_flight.lock().drain() {
         let _ = tx.send(NodeReply::Reply(Reply::err(format!(
             "TRYAGAIN connection to node {addr} lost; the command may or may not have run"
         ))));

@@ -384,8 +384,8 @@ impl ShardMap {
         let budget = RETRY_BUDGET + Duration::from_millis(command.len() as u64 / 8_000);
         while start.elapsed() < budget {
             tries += 1;
-            let rx = self.node(node).call(target, command.clone());
-            let reply = match tokio::time::timeout(timeout, rx).await {
+            let (rx, progress) = self.node(node).call_watched(target, command.clone());
+            let reply = match wait(rx, timeout, &progress).await {
                 Ok(r) => r.unwrap_or_else(|_| {
                     NodeReply::Reply(Reply::err(
                         "TRYAGAIN node request was dropped; the command may or may not have run",
@@ -437,5 +437,25 @@ impl ShardMap {
             }
         }
         Reply::err(format!("CLUSTERDOWN shard {} has no reachable leader ({last})", shard.id))
+    }
+}
+
+/// Waits for a node's reply for `timeout` since the last sign of progress:
+/// a long reply (a large MODELGET) that keeps arriving in parts is not cut
+/// off, a node that sends nothing is.
+async fn wait(
+    mut rx: tokio::sync::oneshot::Receiver<NodeReply>,
+    timeout: Duration,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<Result<NodeReply, tokio::sync::oneshot::error::RecvError>, tokio::time::error::Elapsed> {
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(timeout, &mut rx).await {
+            Ok(r) => return Ok(r),
+            Err(elapsed) => match progress.load(Ordering::Relaxed) {
+                now if now == seen => return Err(elapsed),
+                now => seen = now,
+            },
+        }
     }
 }

@@ -294,7 +294,8 @@ impl NodeCommand {
         }
     }
 
-    pub fn from_bytes(b: &[u8]) -> Result<NodeCommand, postcard::Error> {
-        postcard::from_bytes(b)
+    /// Decodes a command; a model blob in it is a slice of `b`, not a copy.
+    pub fn from_bytes(b: &bytes::Bytes) -> Result<NodeCommand, postcard::Error> {
+        crate::shared::decode(b)
     }
 }

@@ -227,11 +227,20 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// Writes `data` to `path` atomically and durably, with a checksum.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_parts(path, &[data])
+}
+
+/// [`write_atomic`] of `parts` joined, without joining them in memory.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
+        let mut crc = crc32fast::Hasher::new();
+        parts.iter().for_each(|p| crc.update(p));
         let mut f = File::create(&tmp)?;
-        f.write_all(&crc32fast::hash(data).to_le_bytes())?;
-        f.write_all(data)?;
+        f.write_all(&crc.finalize().to_le_bytes())?;
+        for p in parts {
+            f.write_all(p)?;
+        }
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -240,7 +249,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// Reads a file written by [`write_atomic`]; `None` if it does not exist.
 pub fn read_atomic(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let bytes = match std::fs::read(path) {
+    let mut bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -248,7 +257,9 @@ pub fn read_atomic(path: &Path) -> io::Result<Option<Vec<u8>>> {
     if bytes.len() < 4 || crc32fast::hash(&bytes[4..]).to_le_bytes() != bytes[..4] {
         return Err(corrupt(path, "checksum mismatch"));
     }
-    Ok(Some(bytes[4..].to_vec()))
+    // In place: a snapshot can be as large as the shard.
+    bytes.drain(..4);
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tessera_common::reply::Reply;
 
-use super::logfile::{read_atomic, write_atomic};
+use super::logfile::{read_atomic, write_atomic_parts};
 use super::{decode, encode, LogOp, SnapshotData, C};
 use crate::exec;
 use crate::keyspace::Keyspace;
@@ -60,9 +60,16 @@ impl Chunks {
         self.pending.is_empty()
     }
 
-    /// Adds one part (logged at `ts`). The last part yields the whole
-    /// operation; a part out of order drops its write (an error reply).
-    pub fn add(&mut self, id: u64, part: u32, parts: u32, data: bytes::Bytes, ts: i64) -> Option<Result<LogOp, Reply>> {
+    /// Adds one part (logged at `ts`). The last part yields every part, to
+    /// [`join`]; a part out of order drops its write (an error reply).
+    pub fn add(
+        &mut self,
+        id: u64,
+        part: u32,
+        parts: u32,
+        data: bytes::Bytes,
+        ts: i64,
+    ) -> Option<Result<Vec<bytes::Bytes>, Reply>> {
         self.pending.retain(|_, p| p.started >= ts - CHUNKS_KEPT_MS);
         if part == 0 {
             self.pending.insert(id, Pending { parts, started: ts, data: Vec::new() });
@@ -75,20 +82,25 @@ impl Chunks {
         if part + 1 < parts {
             return None;
         }
-        let p = self.pending.remove(&id).expect("present");
-        let decoded = super::heavy(move || {
-            let mut whole = Vec::with_capacity(p.data.iter().map(|d| d.len()).sum());
-            for d in &p.data {
-                whole.extend_from_slice(d);
-            }
-            drop(p);
-            decode::<LogOp>(&whole)
-        });
-        Some(match decoded {
-            Ok(op @ (LogOp::Command(_) | LogOp::Fenced { .. })) => Ok(op),
-            Ok(_) => Err(Reply::err("ERR a chunked write must carry a command")),
-            Err(e) => Err(Reply::err(format!("ERR chunked write does not decode: {e}"))),
-        })
+        Some(Ok(self.pending.remove(&id).expect("present").data))
+    }
+}
+
+/// Joins the parts of a chunked write and decodes it. Each part is dropped
+/// once copied, and a model blob in the write stays where the join put it
+/// (a slice, see [`tessera_common::shared`]): about one copy of the write
+/// in memory at any time. Takes a while for a large model: the caller
+/// holds no lock.
+pub fn join(parts: Vec<bytes::Bytes>) -> Result<LogOp, Reply> {
+    let mut whole = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        whole.extend_from_slice(&p);
+    }
+    let whole = bytes::Bytes::from(whole);
+    match tessera_common::shared::decode::<LogOp>(&whole) {
+        Ok(op @ (LogOp::Command(_) | LogOp::Fenced { .. })) => Ok(op),
+        Ok(_) => Err(Reply::err("ERR a chunked write must carry a command")),
+        Err(e) => Err(Reply::err(format!("ERR chunked write does not decode: {e}"))),
     }
 }
 
@@ -104,27 +116,23 @@ fn apply_in_term(ks: &mut crate::keyspace::Keyspace, ts: i64, term: u64, op: Log
 /// The answer to a fenced write logged after leadership changed.
 pub const FENCED_OUT: &str = "TRYAGAIN leadership changed while the model ran; its outputs were not written";
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMetaOf<C>,
-    data: Vec<u8>,
-}
-
-/// [`SnapshotFile`] borrowed: the same encoding.
+/// A snapshot file's layout: its metadata, then its payload (postcard,
+/// written in pieces by [`StateMachine::persist`]).
+#[cfg(test)]
 #[derive(Serialize)]
 struct SnapshotFileRef<'a> {
     meta: &'a SnapshotMetaOf<C>,
     data: &'a [u8],
 }
 
-/// The latest snapshot: its metadata and payload.
-type CurrentSnapshot = (SnapshotMetaOf<C>, Arc<Vec<u8>>);
-
 #[derive(Clone)]
 pub struct StateMachine {
     pub data: Arc<Mutex<ShardData>>,
     dir: PathBuf,
-    current: Arc<Mutex<Option<CurrentSnapshot>>>,
+    /// The latest snapshot's metadata; its payload is read from its file
+    /// when a follower needs it (a payload holds every model of the shard:
+    /// kept in memory it would be one more copy of each).
+    current: Arc<Mutex<Option<SnapshotMetaOf<C>>>>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -139,11 +147,12 @@ fn snapshot_bytes(d: &ShardData) -> Vec<u8> {
         out.extend_from_slice(&(part.len() as u64).to_le_bytes());
         out.extend_from_slice(&part);
     }
-    out.extend_from_slice(&d.ks.dump());
+    d.ks.dump_into(&mut out);
     out
 }
 
-fn load_snapshot_bytes(b: &[u8]) -> io::Result<(i64, ClusterMap, Chunks, Keyspace)> {
+/// Restores a snapshot payload; model blobs stay in `b` (slices of it).
+fn load_snapshot_bytes(b: &bytes::Bytes) -> io::Result<(i64, ClusterMap, Chunks, Keyspace)> {
     let truncated = || invalid("snapshot is truncated");
     let word = |at: usize| -> io::Result<u64> {
         let bytes = b.get(at..at + 8).ok_or_else(truncated)?;
@@ -159,7 +168,30 @@ fn load_snapshot_bytes(b: &[u8]) -> io::Result<(i64, ClusterMap, Chunks, Keyspac
     };
     let map = decode(section()?)?;
     let chunks = decode(section()?)?;
-    Ok((ts, map, chunks, Keyspace::load(&b[at..]).map_err(invalid)?))
+    Ok((ts, map, chunks, Keyspace::load_shared(&b.slice(at..)).map_err(invalid)?))
+}
+
+/// The start of a snapshot file: `SnapshotFileRef`'s encoding up to its data.
+fn snapshot_header(meta: &SnapshotMetaOf<C>, data_len: usize) -> Vec<u8> {
+    let mut h = encode(meta);
+    h.extend_from_slice(&encode(&data_len));
+    h
+}
+
+/// Reads the group's snapshot file: its metadata and payload (moved to the
+/// front of the buffer the file was read into, not copied).
+fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, Vec<u8>)>> {
+    let Some(mut bytes) = read_atomic(&dir.join("snapshot"))? else {
+        return Ok(None);
+    };
+    let (meta, rest) = postcard::take_from_bytes::<SnapshotMetaOf<C>>(&bytes).map_err(invalid)?;
+    let (len, data) = postcard::take_from_bytes::<usize>(rest).map_err(invalid)?;
+    if data.len() != len {
+        return Err(invalid("snapshot file's payload length does not match"));
+    }
+    let at = bytes.len() - len;
+    bytes.drain(..at);
+    Ok(Some((meta, bytes)))
 }
 
 impl StateMachine {
@@ -175,18 +207,17 @@ impl StateMachine {
             chunks: Chunks::default(),
         };
         let mut current = None;
-        if let Some(bytes) = read_atomic(&dir.join("snapshot"))? {
-            let file: SnapshotFile = decode(&bytes)?;
-            let (ts, map, chunks, ks) = load_snapshot_bytes(&file.data)?;
+        if let Some((meta, payload)) = read_snapshot(dir)? {
+            let (ts, map, chunks, ks) = load_snapshot_bytes(&payload.into())?;
             data = ShardData {
                 ks,
-                last_applied: file.meta.last_log_id,
-                last_membership: file.meta.last_membership.clone(),
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
                 last_ts: ts,
                 map,
                 chunks,
             };
-            current = Some((file.meta, Arc::new(file.data)));
+            current = Some(meta);
         }
         Ok(StateMachine {
             data: Arc::new(Mutex::new(data)),
@@ -195,18 +226,14 @@ impl StateMachine {
         })
     }
 
-    async fn persist(&self, meta: &SnapshotMetaOf<C>, data: Arc<Vec<u8>>) -> io::Result<()> {
+    /// Writes the snapshot file (laid out as `SnapshotFileRef`, without
+    /// copying the payload); hands the payload back.
+    async fn persist<B: AsRef<[u8]> + Send + 'static>(&self, meta: &SnapshotMetaOf<C>, data: B) -> io::Result<B> {
         let path = self.dir.join("snapshot");
-        let meta = meta.clone();
-        let d = data.clone();
-        tokio::task::spawn_blocking(move || {
-            // Encodes exactly as `SnapshotFile`, without copying the data first.
-            let file = SnapshotFileRef { meta: &meta, data: &d };
-            write_atomic(&path, &encode(&file))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        Ok(())
+        let header = snapshot_header(meta, data.as_ref().len());
+        tokio::task::spawn_blocking(move || write_atomic_parts(&path, &[&header, data.as_ref()]).map(|()| data))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 
@@ -214,15 +241,29 @@ impl RaftSnapshotBuilder<C> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
-        let (meta, bytes) = {
+        // A copy of the state (values are shared, not copied) is taken under
+        // the lock and encoded after it: encoding a shard with large models
+        // takes long enough to stall every reader (and, on a small runtime,
+        // the heartbeats) if done under it.
+        let (meta, state) = {
             let d = self.data.lock();
             let meta = SnapshotMeta { last_log_id: d.last_applied, last_membership: d.last_membership.clone() };
-            (meta, Arc::new(super::heavy(|| snapshot_bytes(&d))))
+            let state = ShardData {
+                ks: d.ks.clone(),
+                last_applied: d.last_applied,
+                last_membership: d.last_membership.clone(),
+                last_ts: d.last_ts,
+                map: d.map.clone(),
+                chunks: d.chunks.clone(),
+            };
+            (meta, state)
         };
-        self.persist(&meta, bytes.clone()).await?;
-        *self.current.lock() = Some((meta.clone(), bytes.clone()));
+        let bytes = super::heavy(|| snapshot_bytes(&state));
+        drop(state);
+        let bytes = self.persist(&meta, bytes).await?;
+        *self.current.lock() = Some(meta.clone());
         metrics::counter!("tessera_raft_snapshots_built_total").increment(1);
-        Ok(Snapshot { meta, snapshot: Cursor::new(bytes.to_vec()) })
+        Ok(Snapshot { meta, snapshot: Cursor::new(bytes) })
     }
 }
 
@@ -242,8 +283,7 @@ impl RaftStateMachine<C> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let reply = {
                 let mut d = self.data.lock();
-                d.last_applied = Some(entry.log_id);
-                match entry.payload {
+                let reply = match entry.payload {
                     EntryPayload::Blank => Reply::Null,
                     EntryPayload::Normal(p) => {
                         // The clock of the state machine never goes backwards,
@@ -256,7 +296,19 @@ impl RaftStateMachine<C> for StateMachine {
                             LogOp::Chunk { id, part, parts, data } => match d.chunks.add(id, part, parts, data, ts) {
                                 None => Reply::Null,
                                 Some(Err(e)) => e,
-                                Some(Ok(op)) => apply_in_term(&mut d.ks, ts, term, op),
+                                Some(Ok(parts)) => {
+                                    // Joined without the lock (it can take a
+                                    // while); nothing else changes the state
+                                    // meanwhile, and this entry counts as
+                                    // applied only once it is.
+                                    drop(d);
+                                    let op = super::heavy(|| join(parts));
+                                    d = self.data.lock();
+                                    match op {
+                                        Ok(op) => apply_in_term(&mut d.ks, ts, term, op),
+                                        Err(e) => e,
+                                    }
+                                }
                             },
                             op => apply_in_term(&mut d.ks, ts, term, op),
                         }
@@ -265,7 +317,9 @@ impl RaftStateMachine<C> for StateMachine {
                         d.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         Reply::Null
                     }
-                }
+                };
+                d.last_applied = Some(entry.log_id);
+                reply
             };
             if let Some(r) = responder {
                 r.send(reply);
@@ -279,9 +333,9 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let bytes = Arc::new(snapshot.into_inner());
+        let bytes = bytes::Bytes::from(snapshot.into_inner());
         let (ts, map, chunks, ks) = super::heavy(|| load_snapshot_bytes(&bytes))?;
-        self.persist(meta, bytes.clone()).await?;
+        self.persist(meta, bytes).await?;
         {
             let mut d = self.data.lock();
             *d = ShardData {
@@ -293,13 +347,18 @@ impl RaftStateMachine<C> for StateMachine {
                 chunks,
             };
         }
-        *self.current.lock() = Some((meta.clone(), bytes));
+        *self.current.lock() = Some(meta.clone());
         metrics::counter!("tessera_raft_snapshots_installed_total").increment(1);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        Ok(self.current.lock().clone().map(|(meta, b)| Snapshot { meta, snapshot: Cursor::new(b.to_vec()) }))
+        if self.current.lock().is_none() {
+            return Ok(None);
+        }
+        let dir = self.dir.clone();
+        let read = tokio::task::spawn_blocking(move || read_snapshot(&dir)).await.map_err(io::Error::other)??;
+        Ok(read.map(|(meta, data)| Snapshot { meta, snapshot: Cursor::new(data) }))
     }
 }
 
@@ -323,7 +382,7 @@ mod tests {
         let mut c = Chunks::default();
         assert!(c.add(1, 0, 3, p[0].clone(), 10).is_none());
         assert!(c.add(1, 1, 3, p[1].clone(), 11).is_none());
-        assert_eq!(c.add(1, 2, 3, p[2].clone(), 12).unwrap().unwrap(), op);
+        assert_eq!(join(c.add(1, 2, 3, p[2].clone(), 12).unwrap().unwrap()).unwrap(), op);
         assert!(c.is_empty());
         // A part out of order (a new leader's retry) drops the write.
         assert!(c.add(2, 0, 3, p[0].clone(), 20).is_none());
@@ -333,6 +392,53 @@ mod tests {
         assert!(c.add(3, 0, 3, p[0].clone(), 30).is_none());
         assert!(c.add(4, 0, 3, p[0].clone(), 30 + CHUNKS_KEPT_MS + 1).is_none());
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn the_snapshot_file_is_written_in_pieces_and_read_back_in_place() {
+        let dir = std::env::temp_dir().join(format!("tessera-sm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        super::super::logfile::write_atomic_parts(&dir.join("snapshot"), &[&snapshot_header(&meta, data.len()), &data])
+            .unwrap();
+        // The layout files had before, so they stay readable.
+        let file = read_atomic(&dir.join("snapshot")).unwrap().unwrap();
+        assert_eq!(file, encode(&SnapshotFileRef { meta: &meta, data: &data }));
+        let (back, payload) = read_snapshot(&dir).unwrap().unwrap();
+        assert_eq!((back, payload), (meta, data));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_chunked_model_store_keeps_its_blob_in_the_joined_parts() {
+        let model = tessera_common::model::ModelDef {
+            backend: tessera_common::model::BackendKind::Onnx,
+            device_name: "CPU".into(),
+            device: tessera_common::model::Device::Cpu(None),
+            tag: Bytes::new(),
+            batchsize: 0,
+            minbatchsize: 0,
+            minbatchtimeout: 0,
+            inputs: vec![],
+            outputs: vec![],
+            blob: Bytes::from(vec![9u8; 10_000]),
+        };
+        let op = LogOp::Command(NodeCommand::ModelStore { key: Bytes::from("m"), model });
+        let mut c = Chunks::default();
+        let p = parts(&op, 4);
+        for (i, part) in p.iter().enumerate().take(3) {
+            assert!(c.add(1, i as u32, 4, part.clone(), 1).is_none());
+        }
+        let joined = c.add(1, 3, 4, p[3].clone(), 1).map(|parts| join(parts.unwrap()));
+        let Some(Ok(LogOp::Command(NodeCommand::ModelStore { model, .. }))) = joined else {
+            panic!("the last part yields the model store");
+        };
+        assert_eq!(model.blob, Bytes::from(vec![9u8; 10_000]));
+        // Not in any of the parts: a slice of the one buffer they were joined in.
+        let at = model.blob.as_ptr() as usize;
+        assert!(p.iter().all(|p| !(p.as_ptr() as usize..p.as_ptr() as usize + p.len()).contains(&at)));
     }
 
     #[test]
@@ -360,7 +466,7 @@ mod tests {
         let p = parts(&op, 2);
         let mut c = Chunks::default();
         assert!(c.add(1, 0, 2, p[0].clone(), 1).is_none());
-        let whole = c.add(1, 1, 2, p[1].clone(), 1).unwrap().unwrap();
+        let whole = join(c.add(1, 1, 2, p[1].clone(), 1).unwrap().unwrap()).unwrap();
         assert_eq!(apply_in_term(&mut ks, 0, 6, whole), Reply::ok());
         assert_eq!(get(&ks), Some(Bytes::from("c")));
     }
