@@ -238,30 +238,12 @@ impl Keyspace {
     /// [`Keyspace::dump`], appended to `out`: each record is encoded in
     /// place, so a large value is copied once.
     pub fn dump_into(&self, out: &mut Vec<u8>) {
-        /// Postcard output appended to a vector with `extend_from_slice`.
-        struct Append<'a>(&'a mut Vec<u8>);
-        impl postcard::ser_flavors::Flavor for Append<'_> {
-            type Output = ();
-            fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-                self.0.extend_from_slice(data);
-                Ok(())
-            }
-            fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-                self.0.push(data);
-                Ok(())
-            }
-            fn finalize(self) -> postcard::Result<()> {
-                Ok(())
-            }
-        }
         out.reserve(self.value_bytes + 32 * self.len + 8);
         out.extend_from_slice(&(self.len as u64).to_le_bytes());
         for map in self.slots.iter().flatten() {
             for (k, e) in map.iter() {
                 let rec = DumpedKey { key: k.clone(), value: e.value.clone(), expire_at: e.expire_at };
-                let len = postcard::experimental::serialized_size(&rec).expect("keys always serialize");
-                out.extend_from_slice(&(len as u64).to_le_bytes());
-                postcard::serialize_with_flavor(&rec, Append(out)).expect("keys always serialize");
+                crate::raft::encode_sized_into(&rec, out);
             }
         }
     }

@@ -5,6 +5,7 @@ use tessera_node::config::Args;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    tessera_telemetry::release_freed_memory_promptly();
     let args = Args::parse();
     tessera_telemetry::runtime(args.process.worker_threads)?.block_on(serve(args))
 }

@@ -222,6 +222,10 @@ impl Shard {
         for part in 0..parts {
             let from = part as usize * CHUNK_BYTES;
             let data = whole.slice(from..(from + CHUNK_BYTES).min(whole.len()));
+            // A short last part stays in memory with the log's small entries
+            // (only large ones leave it once written): as a slice it would
+            // keep the whole write's buffer alive there, so it is copied.
+            let data = if data.len() < CHUNK_BYTES { Bytes::copy_from_slice(&data) } else { data };
             last = self.propose(LogOp::Chunk { id, part, parts, data }).await;
             if let Submitted::Done(_) = last {
                 break;

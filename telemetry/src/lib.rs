@@ -9,7 +9,7 @@
 //!   through handles cached per thread (it runs for every command);
 //! * [`runtime`], [`shutdown_signal`] — process plumbing both binaries share.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -184,5 +184,41 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Makes mimalloc (both binaries' allocator) hand freed memory back to the
+/// OS at once. By default it waits a second, and purges only when the
+/// thread that freed the memory allocates again: after a large model has passed
+/// through a node, hundreds of MB it no longer uses could stay resident
+/// indefinitely. `MIMALLOC_PURGE_DELAY` (milliseconds) still overrides.
+/// Call first thing in `main`.
+#[allow(unsafe_code)]
+pub fn release_freed_memory_promptly() {
+    /// `mi_option_purge_delay` in mimalloc.h (v3, as libmimalloc-sys
+    /// 0.1.49 builds it; the version is pinned for this).
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads it on its
+        // next purge decision, from any thread.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
+#[cfg(test)]
+mod alloc_tests {
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_purge_delay_option_is_the_one_set() {
+        // mimalloc v3's own default purge delay is 1000 ms: the index named
+        // in `release_freed_memory_promptly` reads that before it is set.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads and sets plain integer options.
+        let before = unsafe { libmimalloc_sys::mi_option_get(15) };
+        assert_eq!(before, 1000, "option 15 is not mimalloc's purge_delay");
+        super::release_freed_memory_promptly();
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(15) }, 0);
     }
 }

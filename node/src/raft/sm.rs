@@ -142,11 +142,18 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 /// Snapshot payload: `last_ts`, then the cluster map and the unfinished
 /// chunked writes (each a length and its encoding), then the keyspace dump.
 fn snapshot_bytes(d: &ShardData) -> Vec<u8> {
-    let mut out = d.last_ts.to_le_bytes().to_vec();
-    for part in [encode(&d.map), encode(&d.chunks)] {
-        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        out.extend_from_slice(&part);
-    }
+    // Sized up front: growing a buffer the size of the shard copies it.
+    let mut out = Vec::with_capacity(
+        8 + 16
+            + postcard::experimental::serialized_size(&d.map).unwrap_or(0)
+            + postcard::experimental::serialized_size(&d.chunks).unwrap_or(0)
+            + 8
+            + d.ks.value_bytes()
+            + 32 * d.ks.len(),
+    );
+    out.extend_from_slice(&d.last_ts.to_le_bytes());
+    super::encode_sized_into(&d.map, &mut out);
+    super::encode_sized_into(&d.chunks, &mut out);
     d.ks.dump_into(&mut out);
     out
 }
