@@ -25,9 +25,17 @@ pub use reply::{Protocol, Reply};
 
 /// Postcard-encodes `value` into a vector allocated once with `capacity`.
 pub(crate) fn encode<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8> {
-    struct Presized(Vec<u8>);
-    impl postcard::ser_flavors::Flavor for Presized {
-        type Output = Vec<u8>;
+    let mut out = Vec::with_capacity(capacity);
+    encode_into(value, &mut out);
+    out
+}
+
+/// Postcard-encodes `value` at the end of `out`, with `extend_from_slice`
+/// (postcard's own vector output grows it a byte at a time).
+pub fn encode_into<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl postcard::ser_flavors::Flavor for Append<'_> {
+        type Output = ();
         fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
             self.0.extend_from_slice(data);
             Ok(())
@@ -36,10 +44,9 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8>
             self.0.push(data);
             Ok(())
         }
-        fn finalize(self) -> postcard::Result<Vec<u8>> {
-            Ok(self.0)
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
         }
     }
-    postcard::serialize_with_flavor(value, Presized(Vec::with_capacity(capacity)))
-        .expect("serializing into a vector cannot fail")
+    postcard::serialize_with_flavor(value, Append(out)).expect("serializing into a vector cannot fail")
 }

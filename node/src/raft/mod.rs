@@ -113,26 +113,10 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 /// Appends `v`'s length (8 bytes, little-endian) and its encoding to
 /// `out`, encoding in place: a large value is copied once.
 pub fn encode_sized_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
-    /// Postcard output appended to a vector with `extend_from_slice`.
-    struct Append<'a>(&'a mut Vec<u8>);
-    impl postcard::ser_flavors::Flavor for Append<'_> {
-        type Output = ();
-        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-            self.0.extend_from_slice(data);
-            Ok(())
-        }
-        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-            self.0.push(data);
-            Ok(())
-        }
-        fn finalize(self) -> postcard::Result<()> {
-            Ok(())
-        }
-    }
     let len = postcard::experimental::serialized_size(v).expect("raft messages always serialize");
     out.reserve(len + 8);
     out.extend_from_slice(&(len as u64).to_le_bytes());
-    postcard::serialize_with_flavor(v, Append(out)).expect("raft messages always serialize");
+    tessera_common::encode_into(v, out);
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> std::io::Result<T> {
