@@ -238,14 +238,23 @@ impl Keyspace {
     /// [`Keyspace::dump`], appended to `out`: each record is encoded in
     /// place, so a large value is copied once.
     pub fn dump_into(&self, out: &mut Vec<u8>) {
-        out.reserve(self.value_bytes + 32 * self.len + 8);
+        out.reserve(self.dump_size());
         out.extend_from_slice(&(self.len as u64).to_le_bytes());
-        for map in self.slots.iter().flatten() {
-            for (k, e) in map.iter() {
-                let rec = DumpedKey { key: k.clone(), value: e.value.clone(), expire_at: e.expire_at };
-                crate::raft::encode_sized_into(&rec, out);
-            }
-        }
+        self.records().for_each(|rec| crate::raft::encode_sized_into(&rec, out));
+    }
+
+    /// The exact length of [`Keyspace::dump`]'s output (values are measured,
+    /// not copied).
+    pub fn dump_size(&self) -> usize {
+        let size = |rec: &DumpedKey| postcard::experimental::serialized_size(rec).expect("keys always serialize");
+        8 + self.records().map(|rec| 8 + size(&rec)).sum::<usize>()
+    }
+
+    /// Every key as a dump record (keys and values shared, not copied).
+    fn records(&self) -> impl Iterator<Item = DumpedKey> + '_ {
+        self.slots.iter().flatten().flat_map(|map| {
+            map.iter().map(|(k, e)| DumpedKey { key: k.clone(), value: e.value.clone(), expire_at: e.expire_at })
+        })
     }
 
     /// Rebuilds a keyspace from [`Keyspace::dump`] output; a model blob is a
@@ -321,6 +330,7 @@ mod tests {
         let mut ks = Keyspace::new();
         ks.insert(Bytes::from_static(b"a"), s("1"));
         ks.insert(Bytes::from_static(b"b"), Entry { expire_at: Some(77), ..s("2") });
+        assert_eq!(ks.dump().len(), ks.dump_size(), "the dump is sized exactly");
         let back = Keyspace::load(&ks.dump()).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back.get(b"b", 0).unwrap().expire_at, Some(77));

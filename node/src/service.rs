@@ -247,7 +247,13 @@ impl NodeState {
     /// leader to name, so the router tries the shard's other replicas
     /// instead of handing the client `CLUSTERDOWN`.
     fn route(&self, target: Option<request::Target>, command: &Bytes) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
-        let decode = || NodeCommand::from_bytes(command);
+        // Only a command joined from parts has a buffer of its own: one
+        // that came whole is a slice of the stream's receive buffer, which a
+        // stored slice of it would keep alive.
+        let decode = || match command.len() > tessera_proto::parts::PART_BYTES {
+            true => NodeCommand::from_shared(command),
+            false => NodeCommand::from_bytes(command),
+        };
         let decoded = if command.len() > crate::raft::HEAVY_BYTES { crate::raft::heavy(decode) } else { decode() };
         let cmd = decoded.map_err(|e| {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
@@ -479,6 +485,9 @@ impl Stream for ResponseStream {
             Poll::Pending => return Poll::Pending,
         };
         let mut responses = Vec::new();
+        // At most about a part's worth of bytes per message, so the
+        // router's receive buffer stays that small too.
+        let mut bytes = 0;
         while let Some(r) = next.take() {
             match r.result {
                 Some(response::Result::Reply(b)) if b.len() > tessera_proto::parts::PART_BYTES => {
@@ -486,9 +495,11 @@ impl Stream for ResponseStream {
                     self.sending = Outgoing::new(r.id, (), b).ok();
                     break;
                 }
-                _ => responses.push(r),
+                Some(response::Result::Reply(ref b)) => bytes += b.len(),
+                _ => {}
             }
-            if responses.len() < 1024 {
+            responses.push(r);
+            if responses.len() < 1024 && bytes < tessera_proto::parts::PART_BYTES {
                 next = self.rx.try_recv().ok();
             }
         }

@@ -9,7 +9,8 @@
 //! carrying the whole's length (`total_len`); the receiver joins them into
 //! one buffer of exactly that length.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
@@ -45,49 +46,51 @@ impl<T> Outgoing<T> {
     }
 }
 
-struct Partial {
-    got: u64,
-    /// `None` once the parts failed to add up: the rest are dropped.
-    buf: Option<Vec<u8>>,
-}
-
 /// Joins messages that arrive in parts, by id.
 #[derive(Default)]
 pub struct Joiner {
-    partial: HashMap<u64, Partial>,
+    /// Each message's length and what has arrived of it.
+    partial: HashMap<u64, (u64, Vec<u8>)>,
+    /// Messages already answered with an error: their remaining parts are
+    /// dropped (forgotten, a few thousand at a time, once there are many).
+    failed: HashSet<u64>,
 }
 
 impl Joiner {
     /// Adds a part of message `id`, `total` bytes in all: the whole once its
-    /// last byte is in; an error (once per message) when it is too long or
-    /// its parts overrun it, after which its remaining parts are dropped.
+    /// last byte is in; an error, once per message, when it is longer than
+    /// [`MAX_WHOLE_BYTES`] or its parts overrun it (its other parts are then
+    /// dropped).
     pub fn add(&mut self, id: u64, total: u64, part: &[u8]) -> Result<Option<Bytes>, String> {
-        let p = self.partial.entry(id).or_insert_with(|| Partial {
-            got: 0,
-            // Allocated lazily by the kernel: untouched pages cost nothing.
-            buf: (total <= MAX_WHOLE_BYTES).then(|| Vec::with_capacity(total as usize)),
-        });
-        let first = p.got == 0;
-        p.got += part.len() as u64;
-        let result = match &mut p.buf {
-            None if first => Err(format!("ERR message of {total} bytes is longer than the limit ({MAX_WHOLE_BYTES})")),
-            None => Ok(None),
-            Some(_) if p.got > total => {
-                p.buf = None;
-                Err(format!("ERR message parts overrun its length ({total} bytes)"))
-            }
-            Some(buf) => {
-                buf.extend_from_slice(part);
-                Ok(None)
-            }
-        };
-        if p.got >= total {
-            let done = self.partial.remove(&id).and_then(|p| p.buf);
-            if let (Ok(_), Some(buf)) = (&result, done) {
-                return Ok(Some(Bytes::from(buf)));
-            }
+        if self.failed.contains(&id) {
+            return Ok(None);
         }
-        result
+        let (len, buf) = match self.partial.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if total > MAX_WHOLE_BYTES => {
+                self.fail(id);
+                return Err(format!("ERR message of {total} bytes is longer than the limit ({MAX_WHOLE_BYTES})"));
+            }
+            // Allocated lazily by the kernel: untouched pages cost nothing.
+            Entry::Vacant(e) => e.insert((total, Vec::with_capacity(total as usize))),
+        };
+        if *len != total || (buf.len() + part.len()) as u64 > total {
+            self.partial.remove(&id);
+            self.fail(id);
+            return Err(format!("ERR message parts overrun its length ({total} bytes)"));
+        }
+        buf.extend_from_slice(part);
+        if (buf.len() as u64) < total {
+            return Ok(None);
+        }
+        Ok(self.partial.remove(&id).map(|(_, buf)| Bytes::from(buf)))
+    }
+
+    fn fail(&mut self, id: u64) {
+        if self.failed.len() >= 4096 {
+            self.failed.clear();
+        }
+        self.failed.insert(id);
     }
 
     /// Messages still missing parts.
@@ -135,11 +138,15 @@ mod tests {
         assert_eq!(j.add(1, 4, b"abc").unwrap(), None);
         assert!(j.add(1, 4, b"de").unwrap_err().contains("overrun"));
         assert!(j.is_empty());
-        // Too long: refused at the first part, the others dropped quietly.
+        // Its later parts are dropped, with no second answer.
+        assert_eq!(j.add(1, 4, b"f"), Ok(None));
+        assert_eq!(j.add(1, 4, b"ghij"), Ok(None));
+        // Too long: refused at the first part (empty or not), the others
+        // dropped quietly.
         let big = MAX_WHOLE_BYTES + 2;
-        assert!(j.add(2, big, b"x").unwrap_err().contains("longer than the limit"));
+        assert!(j.add(2, big, b"").unwrap_err().contains("longer than the limit"));
         assert_eq!(j.add(2, big, b"y"), Ok(None));
-        assert_eq!(j.len(), 1);
+        assert!(j.is_empty());
         // Interleaved ids join independently.
         assert_eq!(j.add(3, 2, b"a"), Ok(None));
         assert_eq!(j.add(4, 2, b"c"), Ok(None));

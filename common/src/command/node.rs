@@ -294,8 +294,13 @@ impl NodeCommand {
         }
     }
 
-    /// Decodes a command; a model blob in it is a slice of `b`, not a copy.
-    pub fn from_bytes(b: &bytes::Bytes) -> Result<NodeCommand, postcard::Error> {
+    pub fn from_bytes(b: &[u8]) -> Result<NodeCommand, postcard::Error> {
+        postcard::from_bytes(b)
+    }
+
+    /// Decodes a command whose buffer holds nothing else; a model blob in
+    /// it is then a slice of `b`, not a copy (see [`crate::shared`]).
+    pub fn from_shared(b: &bytes::Bytes) -> Result<NodeCommand, postcard::Error> {
         crate::shared::decode(b)
     }
 }

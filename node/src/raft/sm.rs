@@ -133,6 +133,14 @@ pub struct StateMachine {
     /// when a follower needs it (a payload holds every model of the shard:
     /// kept in memory it would be one more copy of each).
     current: Arc<Mutex<Option<SnapshotMetaOf<C>>>>,
+    /// Held while one entry applies, including the join of a chunked write
+    /// that runs without the shard lock: a snapshot (built by a task of its
+    /// own) copies the state between entries, never inside one.
+    applying: Arc<tokio::sync::Mutex<()>>,
+    /// The last log id of the newest snapshot file written: one writer at a
+    /// time (a snapshot being built and one being installed both write it),
+    /// and an older snapshot never replaces a newer one.
+    persisted: Arc<Mutex<Option<LogIdOf<C>>>>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -147,9 +155,7 @@ fn snapshot_bytes(d: &ShardData) -> Vec<u8> {
         8 + 16
             + postcard::experimental::serialized_size(&d.map).unwrap_or(0)
             + postcard::experimental::serialized_size(&d.chunks).unwrap_or(0)
-            + 8
-            + d.ks.value_bytes()
-            + 32 * d.ks.len(),
+            + d.ks.dump_size(),
     );
     out.extend_from_slice(&d.last_ts.to_le_bytes());
     super::encode_sized_into(&d.map, &mut out);
@@ -226,10 +232,13 @@ impl StateMachine {
             };
             current = Some(meta);
         }
+        let current_log_id = current.as_ref().and_then(|m| m.last_log_id);
         Ok(StateMachine {
             data: Arc::new(Mutex::new(data)),
             dir: dir.to_path_buf(),
             current: Arc::new(Mutex::new(current)),
+            applying: Arc::default(),
+            persisted: Arc::new(Mutex::new(current_log_id)),
         })
     }
 
@@ -238,9 +247,18 @@ impl StateMachine {
     async fn persist<B: AsRef<[u8]> + Send + 'static>(&self, meta: &SnapshotMetaOf<C>, data: B) -> io::Result<B> {
         let path = self.dir.join("snapshot");
         let header = snapshot_header(meta, data.as_ref().len());
-        tokio::task::spawn_blocking(move || write_atomic_parts(&path, &[&header, data.as_ref()]).map(|()| data))
-            .await
-            .map_err(io::Error::other)?
+        let (persisted, last) = (self.persisted.clone(), meta.last_log_id);
+        tokio::task::spawn_blocking(move || {
+            let mut newest = persisted.lock();
+            if *newest > last {
+                return Ok(data);
+            }
+            write_atomic_parts(&path, &[&header, data.as_ref()])?;
+            *newest = last;
+            Ok(data)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
@@ -253,6 +271,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
         // takes long enough to stall every reader (and, on a small runtime,
         // the heartbeats) if done under it.
         let (meta, state) = {
+            let _between_entries = self.applying.lock().await;
             let d = self.data.lock();
             let meta = SnapshotMeta { last_log_id: d.last_applied, last_membership: d.last_membership.clone() };
             let state = ShardData {
@@ -288,6 +307,7 @@ impl RaftStateMachine<C> for StateMachine {
         S: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + Send,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            let _applying = self.applying.lock().await;
             let reply = {
                 let mut d = self.data.lock();
                 let reply = match entry.payload {
