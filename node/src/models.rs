@@ -197,11 +197,16 @@ impl Registry {
             intra_op_threads: s.intra_op,
             inter_op_threads: s.inter_op,
         };
-        backend.load(&def.blob, &opts).map_err(|e| e.0)
+        backend.load_shared(&def.blob, &opts).map_err(|e| e.0)
     }
 
-    /// Keeps a model loaded for validation until its entry applies here.
+    /// Keeps a model loaded for validation until its entry applies here;
+    /// not one that holds the bytes it was loaded from (those of the
+    /// request: kept, they would stay in memory beside the stored copy).
     pub fn prepare(&self, def: &ModelDef, model: Arc<dyn Model>) {
+        if model.holds_bytes() {
+            return;
+        }
         let key = PreparedKey::of(def);
         let mut p = self.prepared.lock();
         if p.len() >= PREPARED_KEPT {

@@ -23,14 +23,19 @@ fn int(out: &mut Vec<u8>, field: u64, v: u64) {
 }
 
 const FLOAT: u64 = 1;
+const INT64: u64 = 7;
 const DOUBLE: u64 = 11;
 
-/// A graph input or output: `name`, a tensor of `elem_type` with `dims`.
+/// A graph input or output: `name`, a tensor of `elem_type` with `dims`
+/// (0: a dimension of any size).
 fn value_info(name: &str, elem_type: u64, dims: &[u64]) -> Vec<u8> {
     let mut shape = Vec::new();
     for d in dims {
         let mut dim = Vec::new();
-        int(&mut dim, 1, *d); // dim_value
+        match d {
+            0 => bytes(&mut dim, 2, b"N"), // dim_param
+            d => int(&mut dim, 1, *d),     // dim_value
+        }
         bytes(&mut shape, 1, &dim);
     }
     let mut tensor = Vec::new();
@@ -96,5 +101,59 @@ pub fn matmul_chain(n: u64, depth: usize) -> Vec<u8> {
     bytes(&mut graph, 2, b"chain");
     bytes(&mut graph, 11, &value_info("X", FLOAT, &[n, n]));
     bytes(&mut graph, 12, &value_info("Y", FLOAT, &[n, n]));
+    model(&graph)
+}
+
+/// An embedding table: `Y = Gather(W, X)` with W a FLOAT [rows, dim]
+/// initializer whose row r holds r in every column, X INT64 [N] row
+/// numbers, Y FLOAT [N, dim]. About `4 * rows * dim` bytes. `shift` bytes of
+/// doc string before W's data move where its bytes lie in the model (their
+/// alignment).
+pub fn embedding(rows: usize, dim: usize, shift: usize) -> Vec<u8> {
+    let mut init = Vec::with_capacity(rows * dim * 4 + 64 + shift);
+    int(&mut init, 1, rows as u64); // dims
+    int(&mut init, 1, dim as u64);
+    int(&mut init, 2, FLOAT); // data_type
+    bytes(&mut init, 8, b"W"); // name
+    if shift > 0 {
+        bytes(&mut init, 12, &vec![b' '; shift]); // doc_string
+    }
+    varint(&mut init, 9 << 3 | 2); // raw_data
+    varint(&mut init, (rows * dim * 4) as u64);
+    for r in 0..rows {
+        let row = (r as f32).to_le_bytes();
+        for _ in 0..dim {
+            init.extend_from_slice(&row);
+        }
+    }
+    let mut graph = Vec::with_capacity(init.len() + 256);
+    bytes(&mut graph, 1, &node(&["W", "X"], "Y", "Gather"));
+    bytes(&mut graph, 2, b"embedding");
+    bytes(&mut graph, 5, &init);
+    drop(init);
+    bytes(&mut graph, 11, &value_info("X", INT64, &[0]));
+    bytes(&mut graph, 12, &value_info("Y", FLOAT, &[0, dim as u64]));
+    model(&graph)
+}
+
+/// `Y = X + ReduceSum(W)` on FLOAT [1], with W `n` floats of 1 (so Y = X +
+/// n): ONNX Runtime folds the sum while it loads the model, reading W.
+pub fn folded_sum(n: usize) -> Vec<u8> {
+    let mut init = Vec::with_capacity(n * 4 + 32);
+    int(&mut init, 1, n as u64); // dims
+    int(&mut init, 2, FLOAT); // data_type
+    bytes(&mut init, 8, b"W"); // name
+    varint(&mut init, 9 << 3 | 2); // raw_data
+    varint(&mut init, (n * 4) as u64);
+    for _ in 0..n {
+        init.extend_from_slice(&1f32.to_le_bytes());
+    }
+    let mut graph = Vec::new();
+    bytes(&mut graph, 1, &node(&["W"], "S", "ReduceSum"));
+    bytes(&mut graph, 1, &node(&["X", "S"], "Y", "Add"));
+    bytes(&mut graph, 2, b"folded");
+    bytes(&mut graph, 5, &init);
+    bytes(&mut graph, 11, &value_info("X", FLOAT, &[1]));
+    bytes(&mut graph, 12, &value_info("Y", FLOAT, &[1]));
     model(&graph)
 }

@@ -73,6 +73,13 @@ pub trait Backend: Send + Sync {
     /// Garbage bytes, unsupported operators and devices this machine lacks
     /// are errors here, never later.
     fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>>;
+
+    /// [`Backend::load`] from bytes the caller keeps anyway: a backend may
+    /// hold on to them (a clone of `blob`, not a copy) instead of copying
+    /// the weights they hold.
+    fn load_shared(&self, blob: &bytes::Bytes, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+        self.load(blob, opts)
+    }
 }
 
 /// A loaded model. `run` may be called from several threads at once.
@@ -93,6 +100,12 @@ pub trait Model: Send + Sync {
     fn run_limited(&self, inputs: &[Tensor], limit: Option<std::time::Duration>) -> Result<Vec<Option<Tensor>>> {
         let _ = limit;
         self.run(inputs)
+    }
+
+    /// Whether the model keeps the bytes it was loaded from
+    /// ([`Backend::load_shared`]).
+    fn holds_bytes(&self) -> bool {
+        false
     }
 }
 

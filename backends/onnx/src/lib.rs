@@ -5,6 +5,12 @@
 //! `ort` sessions run with `&mut self`, so each model keeps a small pool of
 //! sessions: a run takes an idle one or, when all are busy and the pool is
 //! under its limit, creates another from the model's bytes.
+//!
+//! On the CPU, a model's large weights are not copied into its sessions:
+//! they are tensors over the bytes the node keeps anyway ([`weights`]).
+
+#[doc(hidden)]
+pub mod weights;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, TensorElementType, ValueType};
@@ -20,6 +27,7 @@ use tessera_backend::{
     elements, from_elements, from_strings, strings, Backend, BackendError, BackendKind, DType, Device, Element,
     LoadOptions, Model, Result, Tensor,
 };
+use weights::Shared;
 
 /// The ONNX Runtime version the pinned `ort` targets (and setup fetches).
 pub const ORT_VERSION: &str = "1.31.1";
@@ -60,7 +68,8 @@ impl OnnxBackend {
         ort::ep::CUDA::is_available().unwrap_or(false)
     }
 
-    fn session(&self, blob: &[u8], opts: &LoadOptions) -> Result<Session> {
+    /// A session for `blob`, given `shared`'s weights when there are any.
+    fn session(&self, blob: &[u8], shared: Option<&Shared>, opts: &LoadOptions) -> Result<Session> {
         let err = |e: ort::Error<_>| BackendError::new(e.message().to_owned());
         let mut b = Session::builder(&self.env).map_err(|e| BackendError::new(e.message().to_owned()))?;
         b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(err)?;
@@ -81,6 +90,13 @@ impl OnnxBackend {
                 .error_on_failure();
             b = b.with_execution_providers([cuda]).map_err(|e| no_cuda(e.message()))?;
         }
+        let blob = match shared {
+            Some(shared) => {
+                b = shared.add_to(b).map_err(BackendError::new)?;
+                &shared.model[..]
+            }
+            None => blob,
+        };
         b.commit_from_memory(blob).map_err(|e| match opts.device {
             // The CUDA provider loads its library and its CUDA libraries,
             // and opens the device, only when the session is created.
@@ -100,6 +116,10 @@ impl Backend for OnnxBackend {
     }
 
     fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+        self.load_shared(&Bytes::copy_from_slice(blob), opts)
+    }
+
+    fn load_shared(&self, blob: &Bytes, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
         match opts.device {
             Device::Cpu(_) => {}
             // ORT's CPU build (the default library) has no CUDA provider;
@@ -110,19 +130,20 @@ impl Backend for OnnxBackend {
             Device::Gpu(_) => {}
             Device::Tpu => return Err(BackendError::new("ERR unsupported device")),
         }
-        let session = self.session(blob, opts)?;
+        let (session, shared) = self.first_session(blob, opts)?;
         let inputs = session.inputs().iter().map(|o| o.name().to_owned()).collect();
         let outputs = session.outputs().iter().map(|o| o.name().to_owned()).collect();
-        // Every session holds its own copy of the weights, and the blob is
-        // kept only to create more: a large model gets one session and keeps
-        // no blob (its runs take turns), so it costs its weights once.
+        // A session holds its own copy of whatever weights it was not given
+        // as shared tensors (and of those its kernels repack): a large model
+        // gets one session (its runs take turns), so it costs them once.
         let pooled = blob.len() <= POOL_MAX_BYTES;
         Ok(Arc::new(OnnxModel {
-            blob: pooled.then(|| Arc::from(blob)),
+            idle: Mutex::new(vec![session]),
+            blob: (pooled && shared.is_none()).then(|| blob.clone()),
+            shared,
             opts: opts.clone(),
             inputs,
             outputs,
-            idle: Mutex::new(vec![session]),
             created: Mutex::new(1),
             max_sessions: if pooled { self.max_sessions } else { 1 },
             backend: self.env.clone(),
@@ -130,16 +151,40 @@ impl Backend for OnnxBackend {
     }
 }
 
+impl OnnxBackend {
+    /// The model's first session, and the weights it was given: on the
+    /// CPU, its large weights as tensors over `blob` ([`weights`]). ONNX
+    /// Runtime gives a session those tensors only after its graph
+    /// optimizers ran, so a model whose optimizers must read one of them
+    /// (to fold a constant) fails that way and is loaded as it came, as is
+    /// any model that fails: the error is then ONNX Runtime's about the
+    /// model itself.
+    fn first_session(&self, blob: &Bytes, opts: &LoadOptions) -> Result<(Session, Option<Shared>)> {
+        if matches!(opts.device, Device::Cpu(_)) {
+            if let Ok(Some(shared)) = Shared::new(blob) {
+                if let Ok(session) = self.session(blob, Some(&shared), opts) {
+                    return Ok((session, Some(shared)));
+                }
+            }
+        }
+        Ok((self.session(blob, None, opts)?, None))
+    }
+}
+
 /// Models up to this size get a pool of sessions (runs in parallel).
 const POOL_MAX_BYTES: usize = 64 << 20;
 
 struct OnnxModel {
-    /// Kept to create more sessions when runs overlap (small models only).
-    blob: Option<Arc<[u8]>>,
+    /// Declared (so dropped) before `shared`: sessions use its tensors.
+    idle: Mutex<Vec<Session>>,
+    /// The weights sessions are given (CPU models with large weights).
+    shared: Option<Shared>,
+    /// The model's bytes (the node's own, not a copy), to create more
+    /// sessions when runs overlap (small models only) without `shared`.
+    blob: Option<Bytes>,
     opts: LoadOptions,
     inputs: Vec<String>,
     outputs: Vec<String>,
-    idle: Mutex<Vec<Session>>,
     created: Mutex<usize>,
     max_sessions: usize,
     backend: ort::environment::Environment,
@@ -152,11 +197,12 @@ impl OnnxModel {
         }
         {
             let mut created = self.created.lock();
-            if let Some(blob) = self.blob.as_ref().filter(|_| *created < self.max_sessions) {
+            if *created < self.max_sessions && self.holds_bytes() {
                 *created += 1;
                 drop(created);
                 let b = OnnxBackend { env: self.backend.clone(), max_sessions: self.max_sessions };
-                return b.session(blob, &self.opts).inspect_err(|_| *self.created.lock() -= 1);
+                let blob = self.blob.as_deref().unwrap_or_default();
+                return b.session(blob, self.shared.as_ref(), &self.opts).inspect_err(|_| *self.created.lock() -= 1);
             }
         }
         // Every session is busy: wait for one.
@@ -176,6 +222,10 @@ impl Model for OnnxModel {
 
     fn outputs(&self) -> &[String] {
         &self.outputs
+    }
+
+    fn holds_bytes(&self) -> bool {
+        self.shared.is_some() || self.blob.is_some()
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {

@@ -1,0 +1,397 @@
+//! Large weights shared with the node's copy of the model bytes.
+//!
+//! Built from bytes, an ONNX Runtime session parses the model (a copy of
+//! every weight) and then copies each weight again into its own tensors: a
+//! model costs 2× its size while it loads and 1× for as long as it is loaded,
+//! on top of the bytes the node keeps for `AI.MODELGET`, snapshots and
+//! reloads. Instead, [`split`] rewrites the model without the bytes of its
+//! large initializers, and the session gets each of them as a tensor over the
+//! node's own bytes (ORT's `AddInitializer`, which uses the value it is given
+//! and copies nothing on the CPU). A weight whose bytes are not aligned for
+//! its element type is first copied into an aligned buffer (1×, no more).
+//!
+//! The rewritten initializers are marked as external data at location `.`
+//! (a directory): ORT checks that the location exists but never reads it,
+//! because the given tensor takes its place; were one ever read, the read
+//! would fail ("Random-access reads require a regular file"), never yield
+//! wrong weights.
+
+use std::ffi::CString;
+use std::ptr::{self, NonNull};
+
+use bytes::Bytes;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::builder::SessionBuilder;
+use ort::sys::{ONNXTensorElementDataType as Elem, OrtStatusPtr, OrtValue};
+use ort::AsPointer;
+
+/// Initializers with fewer raw bytes stay in the model (sharing them would
+/// save nothing worth a tensor each).
+pub const SHARE_MIN_BYTES: usize = 64 << 10;
+
+/// The external-data location of a shared initializer, resolved against
+/// [`FOLDER`]: it exists (ORT checks) and is no regular file.
+pub const LOCATION: &str = ".";
+pub const FOLDER: &str = "/";
+
+/// One initializer taken out of the model.
+#[derive(Debug, PartialEq)]
+pub struct Initializer {
+    pub name: String,
+    /// ONNX `TensorProto.DataType` (ORT's element types use the same numbers).
+    pub data_type: i32,
+    pub dims: Vec<i64>,
+    /// Where its raw bytes are in the model.
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// `model` without the raw bytes of its top-level initializers of at least
+/// `min_bytes`, and those initializers; `None` when there is nothing to take
+/// out or the bytes do not parse as the protobuf an ONNX model is (ORT then
+/// gets the model as it came, and reports what is wrong with it).
+pub fn split(model: &[u8], min_bytes: usize) -> Option<(Vec<u8>, Vec<Initializer>)> {
+    let mut out = Vec::new();
+    let mut taken = Vec::new();
+    let mut r = Reader::new(model, 0);
+    while let Some(f) = r.next()? {
+        match (f.number, f.value) {
+            (7, Value::Bytes(graph, at)) => {
+                let g = split_graph(graph, at, min_bytes, &mut taken)?;
+                put_bytes(&mut out, 7, &g);
+            }
+            _ => out.extend_from_slice(&model[f.span.0..f.span.1]),
+        }
+    }
+    (!taken.is_empty()).then_some((out, taken))
+}
+
+fn split_graph(graph: &[u8], base: usize, min_bytes: usize, taken: &mut Vec<Initializer>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(graph.len().min(1 << 20));
+    let mut r = Reader::new(graph, base);
+    while let Some(f) = r.next()? {
+        let raw = &graph[f.span.0 - base..f.span.1 - base];
+        match (f.number, f.value) {
+            (5, Value::Bytes(tensor, at)) => match split_tensor(tensor, at, min_bytes)? {
+                Some((t, init)) => {
+                    put_bytes(&mut out, 5, &t);
+                    taken.push(init);
+                }
+                None => out.extend_from_slice(raw),
+            },
+            _ => out.extend_from_slice(raw),
+        }
+    }
+    Some(out)
+}
+
+/// A `TensorProto` rewritten as external data, or `None` when it stays.
+fn split_tensor(tensor: &[u8], base: usize, min_bytes: usize) -> Option<Option<(Vec<u8>, Initializer)>> {
+    let (mut dims, mut data_type, mut name, mut raw, mut external) = (Vec::new(), 0i32, None, None, false);
+    let mut r = Reader::new(tensor, base);
+    while let Some(f) = r.next()? {
+        match (f.number, f.value) {
+            (1, Value::Varint(d)) => dims.push(d as i64),
+            (1, Value::Bytes(packed, at)) => {
+                let mut p = Reader::new(packed, at);
+                while p.pos < packed.len() {
+                    dims.push(p.varint()? as i64);
+                }
+            }
+            (2, Value::Varint(t)) => data_type = t as i32,
+            (8, Value::Bytes(n, _)) => name = Some(std::str::from_utf8(n).ok()?.to_owned()),
+            (9, Value::Bytes(b, at)) => raw = Some((at, b.len())),
+            (14, Value::Varint(1)) | (13, _) => external = true,
+            _ => {}
+        }
+    }
+    let (Some(name), Some((offset, len))) = (name, raw) else { return Some(None) };
+    let Some(size) = element_size(data_type) else { return Some(None) };
+    let count = dims.iter().try_fold(1usize, |n, d| usize::try_from(*d).ok().and_then(|d| n.checked_mul(d)));
+    // A size that does not match its shape is left for ORT to report.
+    if external || len < min_bytes || count.and_then(|c| c.checked_mul(size)) != Some(len) {
+        return Some(None);
+    }
+    let mut out = Vec::with_capacity(name.len() + 64);
+    let mut r = Reader::new(tensor, base);
+    while let Some(f) = r.next()? {
+        if f.number != 9 {
+            out.extend_from_slice(&tensor[f.span.0 - base..f.span.1 - base]);
+        }
+    }
+    for (key, value) in [("location", LOCATION.to_owned()), ("length", len.to_string())] {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, key.as_bytes());
+        put_bytes(&mut entry, 2, value.as_bytes());
+        put_bytes(&mut out, 13, &entry);
+    }
+    put_varint(&mut out, 14 << 3);
+    put_varint(&mut out, 1); // data_location: EXTERNAL
+    Some(Some((out, Initializer { name, data_type, dims, offset, len })))
+}
+
+/// Bytes per element of the ONNX data types that can be shared as they lie.
+fn element_size(data_type: i32) -> Option<usize> {
+    Some(match data_type {
+        2 | 3 | 9 => 1,       // UINT8, INT8, BOOL
+        4 | 5 | 10 | 16 => 2, // UINT16, INT16, FLOAT16, BFLOAT16
+        1 | 6 | 12 => 4,      // FLOAT, INT32, UINT32
+        7 | 11 | 13 => 8,     // INT64, DOUBLE, UINT64
+        _ => return None,     // STRING, complex, sub-byte and 8-bit floats
+    })
+}
+
+fn element_type(data_type: i32) -> Option<Elem> {
+    Some(match data_type {
+        1 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+        2 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
+        3 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,
+        4 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16,
+        5 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16,
+        6 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
+        7 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64,
+        9 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL,
+        10 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+        11 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE,
+        12 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32,
+        13 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64,
+        16 => Elem::ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16,
+        _ => return None,
+    })
+}
+
+/// A model's large weights taken out of its bytes, ready to be given to
+/// sessions. Must outlive every session created with it (a model drops its
+/// sessions first).
+pub struct Shared {
+    /// The model without the shared bytes (what sessions are built from).
+    pub model: Vec<u8>,
+    values: Vec<(CString, Tensor)>,
+    /// Copies of weights that were not aligned in `_blob`.
+    copies: Vec<Box<[u64]>>,
+    /// Keeps the bytes the tensors point into.
+    _blob: Bytes,
+}
+
+struct Tensor(NonNull<OrtValue>);
+
+// SAFETY: an OrtValue over memory nobody writes may be used and released
+// from any thread; sessions only read initializers.
+unsafe impl Send for Tensor {}
+unsafe impl Sync for Tensor {}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        // SAFETY: created by CreateTensorWithDataAsOrtValue, released once;
+        // the sessions that used it are gone (see `Shared`).
+        unsafe { (ort::api().ReleaseValue)(self.0.as_ptr()) }
+    }
+}
+
+fn check(status: OrtStatusPtr) -> Result<(), String> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null status is a valid OrtStatus we own.
+    unsafe {
+        let msg = std::ffi::CStr::from_ptr((ort::api().GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+        (ort::api().ReleaseStatus)(status.0);
+        Err(msg)
+    }
+}
+
+impl Shared {
+    /// Takes `blob`'s large initializers out; `None` when there are none
+    /// (or the bytes are no ONNX model).
+    pub fn new(blob: &Bytes) -> Result<Option<Shared>, String> {
+        let Some((model, inits)) = split(blob, SHARE_MIN_BYTES) else { return Ok(None) };
+        let mut shared = Shared { model, values: Vec::new(), copies: Vec::new(), _blob: blob.clone() };
+        let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
+            .map_err(|e| e.message().to_owned())?;
+        for init in inits {
+            let (Some(elem), Some(size)) = (element_type(init.data_type), element_size(init.data_type)) else {
+                unreachable!("split takes only shareable types")
+            };
+            let bytes = &blob[init.offset..init.offset + init.len];
+            let data: *const u8 = if (bytes.as_ptr() as usize).is_multiple_of(size) {
+                bytes.as_ptr()
+            } else {
+                let mut copy = vec![0u64; init.len.div_ceil(8)].into_boxed_slice();
+                // SAFETY: `copy` holds at least `init.len` bytes.
+                unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), copy.as_mut_ptr().cast::<u8>(), init.len) };
+                let p = copy.as_ptr().cast::<u8>();
+                shared.copies.push(copy);
+                p
+            };
+            let mut value = ptr::null_mut();
+            // SAFETY: `data` points to `init.len` bytes that live as long as
+            // `shared` (in `blob` or `copies`) and are never written; ORT only
+            // reads initializers.
+            check(unsafe {
+                (ort::api().CreateTensorWithDataAsOrtValue)(
+                    info.ptr(),
+                    data.cast_mut().cast(),
+                    init.len,
+                    init.dims.as_ptr(),
+                    init.dims.len(),
+                    elem,
+                    &mut value,
+                )
+            })?;
+            let value = Tensor(NonNull::new(value).ok_or("ONNX Runtime returned no tensor")?);
+            let name = CString::new(init.name).map_err(|_| "an initializer's name holds a NUL byte".to_owned())?;
+            shared.values.push((name, value));
+        }
+        Ok(Some(shared))
+    }
+
+    /// Gives `builder`'s session the weights.
+    pub fn add_to(&self, builder: SessionBuilder) -> Result<SessionBuilder, String> {
+        // A model whose optimizers fold a shared weight fails here (see
+        // `OnnxBackend::first_session`): that failure is no error to log.
+        let err = |e: ort::Error<SessionBuilder>| e.message().to_owned();
+        let builder = builder.with_config_entry("session.model_external_initializers_file_folder_path", FOLDER);
+        let mut builder = builder.map_err(err)?.with_log_level(ort::logging::LogLevel::Fatal).map_err(err)?;
+        for (name, value) in &self.values {
+            // SAFETY: the options pointer is live for this call; the value
+            // outlives the session (see `Shared`), as AddInitializer needs.
+            check(unsafe { (ort::api().AddInitializer)(builder.ptr_mut(), name.as_ptr(), value.0.as_ptr()) })?;
+        }
+        Ok(builder)
+    }
+
+    /// Bytes of weights copied because they were not aligned.
+    pub fn copied_bytes(&self) -> usize {
+        self.copies.iter().map(|c| c.len() * 8).sum()
+    }
+
+    /// Initializers given as shared tensors.
+    pub fn shared_count(&self) -> usize {
+        self.values.len()
+    }
+}
+
+// A minimal protobuf reader: enough to walk ModelProto -> GraphProto ->
+// TensorProto and copy every other field through untouched.
+
+enum Value<'a> {
+    Varint(u64),
+    /// A length-delimited payload and its offset in the whole model.
+    Bytes(&'a [u8], usize),
+    Fixed,
+}
+
+struct Field<'a> {
+    number: u64,
+    value: Value<'a>,
+    /// The whole field (key included), as offsets in the whole model.
+    span: (usize, usize),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Offset of `buf` in the whole model.
+    base: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Self {
+        Reader { buf, pos: 0, base }
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// The next field; `Some(None)` at the end, `None` on malformed input.
+    fn next(&mut self) -> Option<Option<Field<'a>>> {
+        if self.pos == self.buf.len() {
+            return Some(None);
+        }
+        let start = self.pos;
+        let key = self.varint()?;
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                self.pos = self.pos.checked_add(n).filter(|p| *p <= self.buf.len())?;
+                Value::Fixed
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                let at = self.pos;
+                self.pos = at.checked_add(len).filter(|p| *p <= self.buf.len())?;
+                Value::Bytes(&self.buf[at..self.pos], self.base + at)
+            }
+            _ => return None, // groups (unused by onnx.proto) and invalid types
+        };
+        Some(Some(Field { number: key >> 3, value, span: (self.base + start, self.base + self.pos) }))
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+    put_varint(out, field << 3 | 2);
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_initializers_are_taken_out_and_the_rest_is_kept() {
+        let model = tessera_tests::onnx::embedding(1024, 32, 0);
+        let (small, taken) = split(&model, SHARE_MIN_BYTES).expect("W is 128 KiB");
+        assert_eq!(taken.len(), 1);
+        let w = &taken[0];
+        assert_eq!(
+            (w.name.as_str(), w.data_type, w.dims.as_slice(), w.len),
+            ("W", 1, &[1024i64, 32][..], 1024 * 32 * 4)
+        );
+        // The offset is where W's floats lie in the model: row r starts with r.
+        let row = |r: usize| f32::from_le_bytes(model[w.offset + r * 128..][..4].try_into().unwrap());
+        assert_eq!((row(0), row(1), row(1023)), (0.0, 1.0, 1023.0));
+        assert!(small.len() < 1024, "{} bytes left", small.len());
+        // Nothing else changed: taking out nothing gives the model back.
+        assert!(split(&model, usize::MAX).is_none());
+        // The rewritten tensor says where its bytes went.
+        let s = String::from_utf8_lossy(&small);
+        assert!(s.contains("location") && s.contains("131072"), "{s}");
+    }
+
+    #[test]
+    fn small_or_odd_initializers_stay() {
+        // A 1-element DOUBLE constant is far under the limit.
+        assert!(split(&tessera_tests::onnx::add_const(1.0), SHARE_MIN_BYTES).is_none());
+        // Every byte of garbage is "nothing to take out", never a panic.
+        for junk in [&b"not a model"[..], b"\x3a\xff\xff\xff\xff\x0f", b"\x3a\x05ab", b""] {
+            assert!(split(junk, 0).is_none());
+        }
+        // Raw bytes that do not match the shape are left for ORT to report.
+        let mut model = tessera_tests::onnx::embedding(1024, 32, 0);
+        // W's first dim, 1024 (key 0x08, varint 0x80 0x08), becomes 1023.
+        let pos = model.windows(3).position(|w| w == [0x08, 0x80, 0x08]).expect("dims field");
+        model[pos + 1] = 0xff; // 1023 = 0xff 0x07
+        model[pos + 2] = 0x07;
+        assert!(split(&model, 0).is_none());
+    }
+}

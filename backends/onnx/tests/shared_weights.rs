@@ -1,0 +1,116 @@
+//! Large weights are given to ONNX Runtime as tensors over the model's own
+//! bytes, not copied (see `weights.rs`). Its own test binary: it measures
+//! this process's memory, which other tests running beside it would move.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use tessera_backend::{elements, from_elements, Backend, DType, LoadOptions, Tensor};
+use tessera_backend_onnx::weights::{split, Shared, SHARE_MIN_BYTES};
+use tessera_backend_onnx::OnnxBackend;
+
+/// One ONNX Runtime environment per process, warmed up by a first model
+/// (so ORT's own one-time allocations are not measured).
+fn backend() -> &'static OnnxBackend {
+    static B: OnceLock<OnnxBackend> = OnceLock::new();
+    B.get_or_init(|| {
+        let b = load();
+        let warm = b.load_shared(&Bytes::from(tessera_tests::onnx::embedding(1024, 64, 0)), &LoadOptions::default());
+        rows(&*warm.unwrap(), &[1]);
+        b
+    })
+}
+
+fn load() -> OnnxBackend {
+    let lib = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/tessera/ort/libonnxruntime.so")
+    });
+    OnnxBackend::load(&lib, 2).expect("ONNX Runtime (run native/setup_ort.sh)")
+}
+
+/// The tests measure this process's memory: one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Loads `blob` and returns the model with the growth of the peak and of
+/// the resident memory it caused, in KiB.
+fn measured_load(blob: &Bytes) -> (std::sync::Arc<dyn tessera_backend::Model>, u64, u64) {
+    let b = backend();
+    let before = status_kib("VmRSS:");
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
+    let m = b.load_shared(blob, &LoadOptions::default()).unwrap();
+    let peak = status_kib("VmHWM:").saturating_sub(before);
+    let after = status_kib("VmRSS:").saturating_sub(before);
+    (m, peak, after)
+}
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn rows(m: &dyn tessera_backend::Model, ids: &[i64]) -> Vec<f32> {
+    let x = from_elements(vec![ids.len() as i64], ids);
+    let y = m.run(&[x]).unwrap().remove(0).expect("Y");
+    assert_eq!(y.dtype, DType::Float);
+    elements::<f32>(&y)
+}
+
+#[test]
+fn weights_are_shared_aligned_or_copied_when_not() {
+    let _serial = serial();
+    let b = backend();
+    // Shifting W's bytes by 0..4 places them aligned for f32 once in four.
+    for shift in 0..4 {
+        let blob = Bytes::from(tessera_tests::onnx::embedding(2048, 64, shift));
+        let (_, taken) = split(&blob, SHARE_MIN_BYTES).unwrap();
+        let aligned = (blob.as_ptr() as usize + taken[0].offset).is_multiple_of(4);
+        let shared = Shared::new(&blob).unwrap().expect("W is 512 KiB");
+        assert_eq!(shared.shared_count(), 1);
+        assert_eq!(shared.copied_bytes() == 0, aligned, "shift {shift}");
+        let m = b.load_shared(&blob, &LoadOptions::default()).unwrap();
+        assert!(m.holds_bytes(), "a shared model keeps its bytes");
+        let y = rows(&*m, &[0, 7, 2047]);
+        assert_eq!(y.len(), 3 * 64);
+        assert!(y[..64].iter().all(|v| *v == 0.0) && y[64..128].iter().all(|v| *v == 7.0));
+        assert!(y[128..].iter().all(|v| *v == 2047.0), "shift {shift}");
+    }
+}
+
+#[test]
+fn a_weight_the_optimizer_folds_loads_as_it_came() {
+    let _serial = serial();
+    // ORT reads W while it loads (constant folding), before a session gets
+    // the shared tensors: that fails, and the model loads as it came.
+    let n = 1 << 18;
+    let m = backend().load_shared(&Bytes::from(tessera_tests::onnx::folded_sum(n)), &LoadOptions::default());
+    let y = m.unwrap().run(&[Tensor { dtype: DType::Float, shape: vec![1], data: 1f32.to_le_bytes().to_vec().into() }]);
+    assert_eq!(elements::<f32>(&y.unwrap().remove(0).unwrap()), [n as f32 + 1.0]);
+}
+
+#[test]
+fn a_large_table_costs_no_second_copy() {
+    let _serial = serial();
+    // 64 MiB of weights.
+    let mut blob = Bytes::from(tessera_tests::onnx::embedding(64 * 1024, 256, 0));
+    let (_, taken) = split(&blob, SHARE_MIN_BYTES).unwrap();
+    // Place the model so that W lies aligned (large allocations are).
+    let pad = (4 - taken[0].offset % 4) % 4;
+    let mut v = vec![0u8; pad + blob.len()];
+    v[pad..].copy_from_slice(&blob);
+    blob = Bytes::from(v).slice(pad..);
+    assert_eq!((blob.as_ptr() as usize + taken[0].offset) % 4, 0);
+    let size_kib = (blob.len() / 1024) as u64;
+    let (m, peak, after) = measured_load(&blob);
+    let y = rows(&*m, &[65535]);
+    assert!(y.iter().all(|v| *v == 65535.0));
+    println!("FIGURE shared weights: {size_kib} KiB model loaded with peak +{peak} KiB, resident +{after} KiB");
+    // A copy of the table would be 64 MiB more; ORT's own start-up far less.
+    assert!(peak < size_kib / 4, "peak grew {peak} KiB loading a {size_kib} KiB model");
+    assert!(after < size_kib / 4, "RSS grew {after} KiB loading a {size_kib} KiB model");
+}
