@@ -62,11 +62,15 @@ fn node(inputs: &[&str], output: &str, op: &str) -> Vec<u8> {
 
 /// A model (IR 7, default opset 13) around `graph`.
 fn model(graph: &[u8]) -> Vec<u8> {
+    model_ir(graph, 7)
+}
+
+fn model_ir(graph: &[u8], ir: u64) -> Vec<u8> {
     let mut opset = Vec::new();
     bytes(&mut opset, 1, b"");
     int(&mut opset, 2, 13);
     let mut m = Vec::new();
-    int(&mut m, 1, 7); // ir_version
+    int(&mut m, 1, ir); // ir_version
     bytes(&mut m, 2, b"tessera-tests"); // producer_name
     bytes(&mut m, 7, graph);
     bytes(&mut m, 8, &opset);
@@ -110,6 +114,16 @@ pub fn matmul_chain(n: u64, depth: usize) -> Vec<u8> {
 /// doc string before W's data move where its bytes lie in the model (their
 /// alignment).
 pub fn embedding(rows: usize, dim: usize, shift: usize) -> Vec<u8> {
+    embedding_ir(rows, dim, shift, false)
+}
+
+/// [`embedding`] as an IR 3 model whose initializer W is also listed as a
+/// graph input, as older exporters wrote models (RedisAI's mnist.onnx).
+pub fn embedding_as_input(rows: usize, dim: usize) -> Vec<u8> {
+    embedding_ir(rows, dim, 0, true)
+}
+
+fn embedding_ir(rows: usize, dim: usize, shift: usize, as_input: bool) -> Vec<u8> {
     let mut init = Vec::with_capacity(rows * dim * 4 + 64 + shift);
     int(&mut init, 1, rows as u64); // dims
     int(&mut init, 1, dim as u64);
@@ -132,7 +146,31 @@ pub fn embedding(rows: usize, dim: usize, shift: usize) -> Vec<u8> {
     bytes(&mut graph, 5, &init);
     drop(init);
     bytes(&mut graph, 11, &value_info("X", INT64, &[0]));
+    if as_input {
+        bytes(&mut graph, 11, &value_info("W", FLOAT, &[rows as u64, dim as u64]));
+    }
     bytes(&mut graph, 12, &value_info("Y", FLOAT, &[0, dim as u64]));
+    model_ir(&graph, if as_input { 3 } else { 7 })
+}
+
+/// `Y = X + W` on FLOAT [1], W's data in an external file at `location`
+/// (which a model loaded from bytes must not get to read).
+pub fn external_weight(location: &str) -> Vec<u8> {
+    let mut entry = Vec::new();
+    bytes(&mut entry, 1, b"location");
+    bytes(&mut entry, 2, location.as_bytes());
+    let mut init = Vec::new();
+    int(&mut init, 1, 1); // dims
+    int(&mut init, 2, FLOAT); // data_type
+    bytes(&mut init, 8, b"W"); // name
+    bytes(&mut init, 13, &entry); // external_data
+    int(&mut init, 14, 1); // data_location: EXTERNAL
+    let mut graph = Vec::new();
+    bytes(&mut graph, 1, &node(&["X", "W"], "Y", "Add"));
+    bytes(&mut graph, 2, b"external");
+    bytes(&mut graph, 5, &init);
+    bytes(&mut graph, 11, &value_info("X", FLOAT, &[1]));
+    bytes(&mut graph, 12, &value_info("Y", FLOAT, &[1]));
     model(&graph)
 }
 

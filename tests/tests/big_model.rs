@@ -78,8 +78,9 @@ impl Meter {
 fn big_model_in_chunks_survives_a_full_restart() {
     let _serial = serial();
     let mb: usize = std::env::var("TESSERA_BIG_MODEL_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
-    // An embedding table (Gather): ONNX Runtime keeps the whole table for
-    // the session's runs, as it keeps the weights of any real model.
+    // An embedding table (Gather): its session needs the whole table for
+    // every run, as a real model needs its weights (a model ORT folds
+    // away, like the `X + ReduceSum(W)` this test used before, needs none).
     let model = tessera_tests::onnx::embedding(mb * 1024 * 1024 / (4 * DIM), DIM, 0);
     let size_mb = model.len() as f64 / (1024.0 * 1024.0);
     // A snapshot is taken about two thirds through the model's 4 MiB log

@@ -102,8 +102,8 @@ pub trait Model: Send + Sync {
         self.run(inputs)
     }
 
-    /// Whether the model keeps the bytes it was loaded from
-    /// ([`Backend::load_shared`]).
+    /// Whether the model keeps the (large) buffer it was loaded from
+    /// ([`Backend::load_shared`]) for as long as it lives.
     fn holds_bytes(&self) -> bool {
         false
     }

@@ -6,8 +6,10 @@
 //! sessions: a run takes an idle one or, when all are busy and the pool is
 //! under its limit, creates another from the model's bytes.
 //!
-//! On the CPU, a model's large weights are not copied into its sessions:
-//! they are tensors over the bytes the node keeps anyway ([`weights`]).
+//! On the CPU, a model's large weights (its main graph's numeric
+//! initializers of 64 KiB or more that ORT's optimizers do not fold) are
+//! not copied into its sessions: they are tensors over the bytes the node
+//! keeps anyway ([`weights`]).
 
 #[doc(hidden)]
 pub mod weights;
@@ -120,6 +122,13 @@ impl Backend for OnnxBackend {
     }
 
     fn load_shared(&self, blob: &Bytes, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+        // ORT would read such a file from the node's file system (relative
+        // to its working directory): a client must not name node files.
+        if weights::references_external_data(blob) {
+            return Err(BackendError::new(
+                "ERR ONNX models with external data are not supported: send the weights inside the model",
+            ));
+        }
         match opts.device {
             Device::Cpu(_) => {}
             // ORT's CPU build (the default library) has no CUDA provider;
@@ -197,7 +206,7 @@ impl OnnxModel {
         }
         {
             let mut created = self.created.lock();
-            if *created < self.max_sessions && self.holds_bytes() {
+            if *created < self.max_sessions && (self.shared.is_some() || self.blob.is_some()) {
                 *created += 1;
                 drop(created);
                 let b = OnnxBackend { env: self.backend.clone(), max_sessions: self.max_sessions };
@@ -224,8 +233,10 @@ impl Model for OnnxModel {
         &self.outputs
     }
 
+    /// Shared weights keep the bytes the model came from (a small pooled
+    /// model's bytes are no more than a copy of them would be).
     fn holds_bytes(&self) -> bool {
-        self.shared.is_some() || self.blob.is_some()
+        self.shared.is_some()
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {

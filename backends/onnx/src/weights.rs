@@ -16,6 +16,7 @@
 //! would fail ("Random-access reads require a regular file"), never yield
 //! wrong weights.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::ptr::{self, NonNull};
 
@@ -46,77 +47,125 @@ pub struct Initializer {
     pub len: usize,
 }
 
+/// Whether any tensor anywhere in `model` (initializers, constants,
+/// subgraphs, functions) points at an external data file. Such a model
+/// would have ONNX Runtime read files of the node's file system; the node
+/// refuses it. `false` for bytes that do not parse (ORT reports those).
+pub fn references_external_data(model: &[u8]) -> bool {
+    let mut external = false;
+    let _ = walk_model(model, &mut |t, _| external |= t.external);
+    external
+}
+
 /// `model` without the raw bytes of its top-level initializers of at least
 /// `min_bytes`, and those initializers; `None` when there is nothing to take
 /// out or the bytes do not parse as the protobuf an ONNX model is (ORT then
-/// gets the model as it came, and reports what is wrong with it).
+/// gets the model as it came, and reports what is wrong with it). A name
+/// that more than one tensor of the model uses (a subgraph's own, say) is
+/// never taken: ORT gives a shared tensor to every initializer of its name.
 pub fn split(model: &[u8], min_bytes: usize) -> Option<(Vec<u8>, Vec<Initializer>)> {
-    let mut out = Vec::new();
+    if cfg!(target_endian = "big") {
+        return None; // raw_data is little-endian; ORT swaps it when it copies
+    }
+    // First only look: most models have nothing to take out, and are not
+    // copied.
     let mut taken = Vec::new();
+    let mut names: HashMap<&[u8], usize> = HashMap::new();
+    let mut external = false;
+    walk_model(model, &mut |t, top| {
+        external |= t.external;
+        if let Some(name) = t.name {
+            *names.entry(name).or_default() += 1;
+        }
+        if top {
+            taken.extend(shareable(&t, min_bytes));
+        }
+    })?;
+    taken.retain(|t| names.get(t.name.as_bytes()) == Some(&1));
+    if external || taken.is_empty() {
+        return None;
+    }
+    taken.sort_by_key(|t| t.offset);
+    let kept = model.len() - taken.iter().map(|t| t.len).sum::<usize>() + 128 * taken.len();
+    let mut out = Vec::with_capacity(kept);
     let mut r = Reader::new(model, 0);
     while let Some(f) = r.next()? {
         match (f.number, f.value) {
             (7, Value::Bytes(graph, at)) => {
-                let g = split_graph(graph, at, min_bytes, &mut taken)?;
+                let mut g = Vec::with_capacity(kept);
+                let mut r = Reader::new(graph, at);
+                while let Some(f) = r.next()? {
+                    match (f.number, &f.value) {
+                        (5, Value::Bytes(tensor, at)) => match tensor_info(tensor, *at)?.raw {
+                            Some((offset, _)) if taken.binary_search_by_key(&offset, |t| t.offset).is_ok() => {
+                                put_bytes(&mut g, 5, &external_tensor(tensor, *at)?);
+                            }
+                            _ => g.extend_from_slice(&model[f.span.0..f.span.1]),
+                        },
+                        _ => g.extend_from_slice(&model[f.span.0..f.span.1]),
+                    }
+                }
                 put_bytes(&mut out, 7, &g);
             }
             _ => out.extend_from_slice(&model[f.span.0..f.span.1]),
         }
     }
-    (!taken.is_empty()).then_some((out, taken))
+    Some((out, taken))
 }
 
-fn split_graph(graph: &[u8], base: usize, min_bytes: usize, taken: &mut Vec<Initializer>) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(graph.len().min(1 << 20));
-    let mut r = Reader::new(graph, base);
-    while let Some(f) = r.next()? {
-        let raw = &graph[f.span.0 - base..f.span.1 - base];
-        match (f.number, f.value) {
-            (5, Value::Bytes(tensor, at)) => match split_tensor(tensor, at, min_bytes)? {
-                Some((t, init)) => {
-                    put_bytes(&mut out, 5, &t);
-                    taken.push(init);
-                }
-                None => out.extend_from_slice(raw),
-            },
-            _ => out.extend_from_slice(raw),
-        }
-    }
-    Some(out)
+/// What a `TensorProto` says of itself (offsets in the whole model).
+struct TensorInfo<'a> {
+    name: Option<&'a [u8]>,
+    data_type: i32,
+    dims: Vec<i64>,
+    /// Offset and length of its raw_data.
+    raw: Option<(usize, usize)>,
+    external: bool,
 }
 
-/// A `TensorProto` rewritten as external data, or `None` when it stays.
-fn split_tensor(tensor: &[u8], base: usize, min_bytes: usize) -> Option<Option<(Vec<u8>, Initializer)>> {
-    let (mut dims, mut data_type, mut name, mut raw, mut external) = (Vec::new(), 0i32, None, None, false);
+fn tensor_info(tensor: &[u8], base: usize) -> Option<TensorInfo<'_>> {
+    let mut t = TensorInfo { name: None, data_type: 0, dims: Vec::new(), raw: None, external: false };
     let mut r = Reader::new(tensor, base);
     while let Some(f) = r.next()? {
         match (f.number, f.value) {
-            (1, Value::Varint(d)) => dims.push(d as i64),
+            (1, Value::Varint(d)) => t.dims.push(d as i64),
             (1, Value::Bytes(packed, at)) => {
                 let mut p = Reader::new(packed, at);
                 while p.pos < packed.len() {
-                    dims.push(p.varint()? as i64);
+                    t.dims.push(p.varint()? as i64);
                 }
             }
-            (2, Value::Varint(t)) => data_type = t as i32,
-            (8, Value::Bytes(n, _)) => name = Some(std::str::from_utf8(n).ok()?.to_owned()),
-            (9, Value::Bytes(b, at)) => raw = Some((at, b.len())),
-            (14, Value::Varint(1)) | (13, _) => external = true,
+            (2, Value::Varint(v)) => t.data_type = v as i32,
+            (8, Value::Bytes(n, _)) => t.name = Some(n),
+            (9, Value::Bytes(b, at)) => t.raw = Some((at, b.len())),
+            (14, Value::Varint(1)) | (13, _) => t.external = true,
             _ => {}
         }
     }
-    let (Some(name), Some((offset, len))) = (name, raw) else { return Some(None) };
-    let Some(size) = element_size(data_type) else { return Some(None) };
-    let count = dims.iter().try_fold(1usize, |n, d| usize::try_from(*d).ok().and_then(|d| n.checked_mul(d)));
-    // A size that does not match its shape is left for ORT to report.
-    if external || len < min_bytes || count.and_then(|c| c.checked_mul(size)) != Some(len) {
-        return Some(None);
+    Some(t)
+}
+
+/// A top-level initializer worth sharing: raw bytes of a numeric type,
+/// exactly as many as its shape says (anything else is left for ORT).
+fn shareable(t: &TensorInfo<'_>, min_bytes: usize) -> Option<Initializer> {
+    let (name, (offset, len)) = (std::str::from_utf8(t.name?).ok()?, t.raw?);
+    let size = element_size(t.data_type)?;
+    let count = t.dims.iter().try_fold(1usize, |n, d| usize::try_from(*d).ok().and_then(|d| n.checked_mul(d)));
+    if t.external || len < min_bytes || count.and_then(|c| c.checked_mul(size)) != Some(len) {
+        return None;
     }
-    let mut out = Vec::with_capacity(name.len() + 64);
+    Some(Initializer { name: name.to_owned(), data_type: t.data_type, dims: t.dims.clone(), offset, len })
+}
+
+/// `tensor` without its raw_data, marked as external data at [`LOCATION`].
+fn external_tensor(tensor: &[u8], base: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    let mut len = 0;
     let mut r = Reader::new(tensor, base);
     while let Some(f) = r.next()? {
-        if f.number != 9 {
-            out.extend_from_slice(&tensor[f.span.0 - base..f.span.1 - base]);
+        match f.value {
+            Value::Bytes(b, _) if f.number == 9 => len = b.len(),
+            _ => out.extend_from_slice(&tensor[f.span.0 - base..f.span.1 - base]),
         }
     }
     for (key, value) in [("location", LOCATION.to_owned()), ("length", len.to_string())] {
@@ -127,7 +176,68 @@ fn split_tensor(tensor: &[u8], base: usize, min_bytes: usize) -> Option<Option<(
     }
     put_varint(&mut out, 14 << 3);
     put_varint(&mut out, 1); // data_location: EXTERNAL
-    Some(Some((out, Initializer { name, data_type, dims, offset, len })))
+    Some(out)
+}
+
+/// Deeper nesting than ONNX Runtime's protobuf parser takes (100) is
+/// malformed.
+const MAX_DEPTH: usize = 100;
+
+/// Calls `visit` with every `TensorProto` in the model (and whether it is
+/// an initializer of the main graph), following onnx.proto's messages that
+/// hold tensors: graphs, nodes, attributes, sparse tensors, functions and
+/// training graphs. `None` when the bytes do not parse.
+fn walk_model<'a>(model: &'a [u8], visit: &mut dyn FnMut(TensorInfo<'a>, bool)) -> Option<()> {
+    walk(model, 0, Msg::Model, false, 0, visit)
+}
+
+#[derive(Clone, Copy)]
+enum Msg {
+    Model,
+    Graph,
+    Node,
+    Attribute,
+    Sparse,
+    Function,
+    Training,
+}
+
+fn walk<'a>(
+    buf: &'a [u8],
+    base: usize,
+    msg: Msg,
+    top: bool,
+    depth: usize,
+    visit: &mut dyn FnMut(TensorInfo<'a>, bool),
+) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let mut r = Reader::new(buf, base);
+    while let Some(f) = r.next()? {
+        let Value::Bytes(b, at) = f.value else { continue };
+        let next = match (msg, f.number) {
+            (Msg::Model, 7) => Some((Msg::Graph, true)),
+            (Msg::Model, 20) => Some((Msg::Training, false)),
+            (Msg::Model, 25) => Some((Msg::Function, false)),
+            (Msg::Training, 1 | 2) => Some((Msg::Graph, false)),
+            (Msg::Function, 7) | (Msg::Graph, 1) => Some((Msg::Node, false)),
+            (Msg::Graph, 15) | (Msg::Attribute, 22 | 23) => Some((Msg::Sparse, false)),
+            (Msg::Node, 5) => Some((Msg::Attribute, false)),
+            (Msg::Attribute, 6 | 11) => Some((Msg::Graph, false)),
+            _ => None,
+        };
+        if let Some((inner, inner_top)) = next {
+            walk(b, at, inner, inner_top, depth + 1, visit)?;
+            continue;
+        }
+        let tensor = matches!((msg, f.number), (Msg::Graph, 5) | (Msg::Attribute, 5 | 10) | (Msg::Sparse, 1 | 2));
+        if tensor {
+            let is_top_initializer = top && matches!((msg, f.number), (Msg::Graph, 5));
+            visit(tensor_info(b, at)?, is_top_initializer);
+        }
+    }
+    Some(())
 }
 
 /// Bytes per element of the ONNX data types that can be shared as they lie.
@@ -168,7 +278,7 @@ pub struct Shared {
     pub model: Vec<u8>,
     values: Vec<(CString, Tensor)>,
     /// Copies of weights that were not aligned in `_blob`.
-    copies: Vec<Box<[u64]>>,
+    copies: Vec<Vec<u64>>,
     /// Keeps the bytes the tensors point into.
     _blob: Bytes,
 }
@@ -216,12 +326,11 @@ impl Shared {
             let data: *const u8 = if (bytes.as_ptr() as usize).is_multiple_of(size) {
                 bytes.as_ptr()
             } else {
-                let mut copy = vec![0u64; init.len.div_ceil(8)].into_boxed_slice();
+                shared.copies.push(vec![0u64; init.len.div_ceil(8)]);
+                let copy = shared.copies.last_mut().expect("just pushed");
                 // SAFETY: `copy` holds at least `init.len` bytes.
                 unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), copy.as_mut_ptr().cast::<u8>(), init.len) };
-                let p = copy.as_ptr().cast::<u8>();
-                shared.copies.push(copy);
-                p
+                copy.as_ptr().cast::<u8>()
             };
             let mut value = ptr::null_mut();
             // SAFETY: `data` points to `init.len` bytes that live as long as
@@ -333,9 +442,41 @@ impl<'a> Reader<'a> {
                 self.pos = at.checked_add(len).filter(|p| *p <= self.buf.len())?;
                 Value::Bytes(&self.buf[at..self.pos], self.base + at)
             }
-            _ => return None, // groups (unused by onnx.proto) and invalid types
+            // A group (unused by onnx.proto, but a parser skips one it does
+            // not know, so this one does too).
+            3 => {
+                self.skip_group(key >> 3, 0)?;
+                Value::Fixed
+            }
+            _ => return None, // an end of group with no start, or no wire type
         };
         Some(Some(Field { number: key >> 3, value, span: (self.base + start, self.base + self.pos) }))
+    }
+
+    /// Skips the fields of a group up to its end (the start's key read).
+    fn skip_group(&mut self, number: u64, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        loop {
+            let key = self.varint()?;
+            match key & 7 {
+                0 => {
+                    self.varint()?;
+                }
+                1 | 5 => {
+                    let n = if key & 7 == 1 { 8 } else { 4 };
+                    self.pos = self.pos.checked_add(n).filter(|p| *p <= self.buf.len())?;
+                }
+                2 => {
+                    let len = usize::try_from(self.varint()?).ok()?;
+                    self.pos = self.pos.checked_add(len).filter(|p| *p <= self.buf.len())?;
+                }
+                3 => self.skip_group(key >> 3, depth + 1)?,
+                4 if key >> 3 == number => return Some(()),
+                _ => return None,
+            }
+        }
     }
 }
 
@@ -357,6 +498,28 @@ fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
 mod tests {
     use super::*;
 
+    fn msg(fields: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut m = Vec::new();
+        for (n, b) in fields {
+            put_bytes(&mut m, *n, b);
+        }
+        m
+    }
+
+    /// A FLOAT [1] tensor named `name` with external data.
+    fn external(name: &str) -> Vec<u8> {
+        let mut t = Vec::new();
+        put_varint(&mut t, 1 << 3);
+        put_varint(&mut t, 1); // dims
+        put_varint(&mut t, 2 << 3);
+        put_varint(&mut t, 1); // FLOAT
+        put_bytes(&mut t, 8, name.as_bytes());
+        put_bytes(&mut t, 13, &msg(&[(1, b"location"), (2, b"etc/hostname")]));
+        put_varint(&mut t, 14 << 3);
+        put_varint(&mut t, 1);
+        t
+    }
+
     #[test]
     fn large_initializers_are_taken_out_and_the_rest_is_kept() {
         let model = tessera_tests::onnx::embedding(1024, 32, 0);
@@ -367,31 +530,60 @@ mod tests {
             (w.name.as_str(), w.data_type, w.dims.as_slice(), w.len),
             ("W", 1, &[1024i64, 32][..], 1024 * 32 * 4)
         );
-        // The offset is where W's floats lie in the model: row r starts with r.
+        // The offset is where W's floats lie in the model: row r holds r.
         let row = |r: usize| f32::from_le_bytes(model[w.offset + r * 128..][..4].try_into().unwrap());
         assert_eq!((row(0), row(1), row(1023)), (0.0, 1.0, 1023.0));
         assert!(small.len() < 1024, "{} bytes left", small.len());
-        // Nothing else changed: taking out nothing gives the model back.
-        assert!(split(&model, usize::MAX).is_none());
-        // The rewritten tensor says where its bytes went.
+        assert!(split(&model, usize::MAX).is_none(), "nothing to take out");
+        // The rewritten tensor says where its bytes went, and only it changed.
         let s = String::from_utf8_lossy(&small);
         assert!(s.contains("location") && s.contains("131072"), "{s}");
+        assert!(references_external_data(&small) && !references_external_data(&model));
     }
 
     #[test]
-    fn small_or_odd_initializers_stay() {
+    fn small_odd_or_ambiguous_initializers_stay() {
         // A 1-element DOUBLE constant is far under the limit.
         assert!(split(&tessera_tests::onnx::add_const(1.0), SHARE_MIN_BYTES).is_none());
-        // Every byte of garbage is "nothing to take out", never a panic.
-        for junk in [&b"not a model"[..], b"\x3a\xff\xff\xff\xff\x0f", b"\x3a\x05ab", b""] {
+        // Garbage is "nothing to take out", never a panic.
+        for junk in [&b"not a model"[..], b"\x3a\xff\xff\xff\xff\x0f", b"\x3a\x05ab", b"\x3c", b"\x3b\x08", b""] {
             assert!(split(junk, 0).is_none());
+            assert!(!references_external_data(junk));
         }
-        // Raw bytes that do not match the shape are left for ORT to report.
-        let mut model = tessera_tests::onnx::embedding(1024, 32, 0);
+        // Raw bytes that do not match the shape are left for ORT to report:
         // W's first dim, 1024 (key 0x08, varint 0x80 0x08), becomes 1023.
+        let model = tessera_tests::onnx::embedding(1024, 32, 0);
         let pos = model.windows(3).position(|w| w == [0x08, 0x80, 0x08]).expect("dims field");
-        model[pos + 1] = 0xff; // 1023 = 0xff 0x07
-        model[pos + 2] = 0x07;
-        assert!(split(&model, 0).is_none());
+        let mut odd = model.clone();
+        odd[pos + 1..pos + 3].copy_from_slice(&[0xff, 0x07]);
+        assert!(split(&odd, 0).is_none());
+        // A second tensor named W (a constant in a node's attribute): ORT
+        // would give it the shared tensor too, so W is not shared.
+        let constant = msg(&[(4, b"Constant"), (5, &msg(&[(1, b"value"), (5, &external("W"))]))]);
+        let mut with_constant = model.clone();
+        with_constant.extend_from_slice(&msg(&[(7, &msg(&[(1, &constant)]))]));
+        assert!(split(&with_constant, 0).is_none());
+    }
+
+    #[test]
+    fn external_data_is_found_wherever_it_is() {
+        let ext = external("E");
+        let node_with = |t: &[u8]| msg(&[(4, b"Constant"), (5, &msg(&[(1, b"value"), (5, t)]))]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("initializer", msg(&[(7, &msg(&[(5, &ext)]))])),
+            ("constant", msg(&[(7, &msg(&[(1, &node_with(&ext))]))])),
+            // A node of an If's then_branch (attribute g) holding the constant.
+            ("subgraph", msg(&[(7, &msg(&[(1, &msg(&[(5, &msg(&[(6, &msg(&[(1, &node_with(&ext))]))]))]))]))])),
+            ("sparse", msg(&[(7, &msg(&[(15, &msg(&[(1, &ext)]))]))])),
+            ("function", msg(&[(25, &msg(&[(7, &node_with(&ext))]))])),
+            ("training", msg(&[(20, &msg(&[(1, &msg(&[(5, &ext)]))]))])),
+        ];
+        for (what, model) in cases {
+            assert!(references_external_data(&model), "{what}");
+        }
+        // Behind an unknown group field (a parser skips it) it is still found.
+        let mut grouped = vec![0x0b, 0x08, 0x01, 0x0c]; // field 1: start, a varint, end
+        grouped.extend_from_slice(&msg(&[(7, &msg(&[(5, &ext)]))]));
+        assert!(references_external_data(&grouped));
     }
 }
