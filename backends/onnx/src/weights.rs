@@ -53,7 +53,11 @@ pub struct Initializer {
 /// refuses it. `false` for bytes that do not parse (ORT reports those).
 pub fn references_external_data(model: &[u8]) -> bool {
     let mut external = false;
-    let _ = walk_model(model, &mut |t, _| external |= t.external);
+    let _ = walk_model(model, &mut |seen| {
+        if let Seen::Tensor(t, _) = seen {
+            external |= t.external;
+        }
+    });
     external
 }
 
@@ -72,45 +76,70 @@ pub fn split(model: &[u8], min_bytes: usize) -> Option<(Vec<u8>, Vec<Initializer
     let mut taken = Vec::new();
     let mut names: HashMap<&[u8], usize> = HashMap::new();
     let mut external = false;
-    walk_model(model, &mut |t, top| {
-        external |= t.external;
-        if let Some(name) = t.name {
-            *names.entry(name).or_default() += 1;
+    walk_model(model, &mut |seen| match seen {
+        Seen::Tensor(t, top) => {
+            external |= t.external;
+            if let Some(name) = t.name {
+                *names.entry(name).or_default() += 1;
+            }
+            if top {
+                taken.extend(shareable(&t, min_bytes));
+            }
         }
-        if top {
-            taken.extend(shareable(&t, min_bytes));
-        }
+        // A node's output of the same name (a subgraph's Constant, say)
+        // would become one more initializer of that name inside ORT.
+        Seen::Output(name) => *names.entry(name).or_default() += 1,
     })?;
     taken.retain(|t| names.get(t.name.as_bytes()) == Some(&1));
     if external || taken.is_empty() {
         return None;
     }
     taken.sort_by_key(|t| t.offset);
-    let kept = model.len() - taken.iter().map(|t| t.len).sum::<usize>() + 128 * taken.len();
-    let mut out = Vec::with_capacity(kept);
+    // The new bytes of each taken tensor, by the span of its field.
+    let mut rewritten: Vec<((usize, usize), Vec<u8>)> = Vec::new();
     let mut r = Reader::new(model, 0);
     while let Some(f) = r.next()? {
-        match (f.number, f.value) {
-            (7, Value::Bytes(graph, at)) => {
-                let mut g = Vec::with_capacity(kept);
-                let mut r = Reader::new(graph, at);
-                while let Some(f) = r.next()? {
-                    match (f.number, &f.value) {
-                        (5, Value::Bytes(tensor, at)) => match tensor_info(tensor, *at)?.raw {
-                            Some((offset, _)) if taken.binary_search_by_key(&offset, |t| t.offset).is_ok() => {
-                                put_bytes(&mut g, 5, &external_tensor(tensor, *at)?);
-                            }
-                            _ => g.extend_from_slice(&model[f.span.0..f.span.1]),
-                        },
-                        _ => g.extend_from_slice(&model[f.span.0..f.span.1]),
+        if let (7, Value::Bytes(graph, at)) = (f.number, f.value) {
+            let mut r = Reader::new(graph, at);
+            while let Some(f) = r.next()? {
+                if let (5, Value::Bytes(tensor, at)) = (f.number, f.value) {
+                    if let Some((offset, _)) = tensor_info(tensor, at)?.raw {
+                        if taken.binary_search_by_key(&offset, |t| t.offset).is_ok() {
+                            rewritten.push((f.span, external_tensor(tensor, at)?));
+                        }
                     }
                 }
-                put_bytes(&mut out, 7, &g);
             }
-            _ => out.extend_from_slice(&model[f.span.0..f.span.1]),
         }
     }
+    let field_len = |len: usize| varint_len((5 << 3) | 2) + varint_len(len as u64) + len;
+    let saved: usize = rewritten.iter().map(|((from, to), new)| (to - from) - field_len(new.len())).sum();
+    let mut out = Vec::with_capacity(model.len() - saved + 16);
+    let mut r = Reader::new(model, 0);
+    while let Some(f) = r.next()? {
+        let (7, Value::Bytes(graph, at)) = (f.number, &f.value) else {
+            out.extend_from_slice(&model[f.span.0..f.span.1]);
+            continue;
+        };
+        let (from, to) = (*at, at + graph.len());
+        let inside = |span: &(usize, usize)| span.0 >= from && span.1 <= to;
+        let changes: Vec<_> = rewritten.iter().filter(|(span, _)| inside(span)).collect();
+        let graph_len = graph.len() - changes.iter().map(|((a, b), new)| (b - a) - field_len(new.len())).sum::<usize>();
+        put_varint(&mut out, (7 << 3) | 2);
+        put_varint(&mut out, graph_len as u64);
+        let mut pos = from;
+        for ((a, b), new) in changes {
+            out.extend_from_slice(&model[pos..*a]);
+            put_bytes(&mut out, 5, new);
+            pos = *b;
+        }
+        out.extend_from_slice(&model[pos..to]);
+    }
     Some((out, taken))
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// What a `TensorProto` says of itself (offsets in the whole model).
@@ -138,7 +167,10 @@ fn tensor_info(tensor: &[u8], base: usize) -> Option<TensorInfo<'_>> {
             (2, Value::Varint(v)) => t.data_type = v as i32,
             (8, Value::Bytes(n, _)) => t.name = Some(n),
             (9, Value::Bytes(b, at)) => t.raw = Some((at, b.len())),
-            (14, Value::Varint(1)) | (13, _) => t.external = true,
+            // protobuf reads the enum as an int32; any value but DEFAULT (0)
+            // is taken as EXTERNAL (1) here, whatever ORT would make of it.
+            (14, Value::Varint(v)) if v as u32 != 0 => t.external = true,
+            (13, _) => t.external = true,
             _ => {}
         }
     }
@@ -179,16 +211,25 @@ fn external_tensor(tensor: &[u8], base: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Deeper nesting than ONNX Runtime's protobuf parser takes (100) is
-/// malformed.
-const MAX_DEPTH: usize = 100;
+/// Nesting this deep is malformed. Deeper than protobuf's own limit (100,
+/// counting messages this walk does not enter): whatever ONNX Runtime's
+/// parser takes, this walk looks into.
+const MAX_DEPTH: usize = 400;
 
 /// Calls `visit` with every `TensorProto` in the model (and whether it is
 /// an initializer of the main graph), following onnx.proto's messages that
 /// hold tensors: graphs, nodes, attributes, sparse tensors, functions and
 /// training graphs. `None` when the bytes do not parse.
-fn walk_model<'a>(model: &'a [u8], visit: &mut dyn FnMut(TensorInfo<'a>, bool)) -> Option<()> {
+fn walk_model<'a>(model: &'a [u8], visit: &mut dyn FnMut(Seen<'a>)) -> Option<()> {
     walk(model, 0, Msg::Model, false, 0, visit)
+}
+
+/// What [`walk_model`] reports.
+enum Seen<'a> {
+    /// A tensor, and whether it is an initializer of the main graph.
+    Tensor(TensorInfo<'a>, bool),
+    /// The name of a node's output.
+    Output(&'a [u8]),
 }
 
 #[derive(Clone, Copy)]
@@ -208,7 +249,7 @@ fn walk<'a>(
     msg: Msg,
     top: bool,
     depth: usize,
-    visit: &mut dyn FnMut(TensorInfo<'a>, bool),
+    visit: &mut dyn FnMut(Seen<'a>),
 ) -> Option<()> {
     if depth > MAX_DEPTH {
         return None;
@@ -223,7 +264,7 @@ fn walk<'a>(
             (Msg::Training, 1 | 2) => Some((Msg::Graph, false)),
             (Msg::Function, 7) | (Msg::Graph, 1) => Some((Msg::Node, false)),
             (Msg::Graph, 15) | (Msg::Attribute, 22 | 23) => Some((Msg::Sparse, false)),
-            (Msg::Node, 5) => Some((Msg::Attribute, false)),
+            (Msg::Node, 5) | (Msg::Function, 11) => Some((Msg::Attribute, false)),
             (Msg::Attribute, 6 | 11) => Some((Msg::Graph, false)),
             _ => None,
         };
@@ -231,10 +272,13 @@ fn walk<'a>(
             walk(b, at, inner, inner_top, depth + 1, visit)?;
             continue;
         }
-        let tensor = matches!((msg, f.number), (Msg::Graph, 5) | (Msg::Attribute, 5 | 10) | (Msg::Sparse, 1 | 2));
-        if tensor {
-            let is_top_initializer = top && matches!((msg, f.number), (Msg::Graph, 5));
-            visit(tensor_info(b, at)?, is_top_initializer);
+        match (msg, f.number) {
+            (Msg::Graph, 5) | (Msg::Attribute, 5 | 10) | (Msg::Sparse, 1 | 2) => {
+                let is_top_initializer = top && matches!(msg, Msg::Graph);
+                visit(Seen::Tensor(tensor_info(b, at)?, is_top_initializer));
+            }
+            (Msg::Node, 2) => visit(Seen::Output(b)),
+            _ => {}
         }
     }
     Some(())
@@ -422,13 +466,30 @@ impl<'a> Reader<'a> {
         None
     }
 
+    /// A field's key as protobuf reads it: at most 5 bytes, kept to 32 bits
+    /// (a longer encoding of field 7 is field 7 to ONNX Runtime, so it is
+    /// here too); field 0 is malformed.
+    fn key(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..5 {
+            let b = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                let key = v & u64::from(u32::MAX);
+                return (key >> 3 != 0).then_some(key);
+            }
+        }
+        None
+    }
+
     /// The next field; `Some(None)` at the end, `None` on malformed input.
     fn next(&mut self) -> Option<Option<Field<'a>>> {
         if self.pos == self.buf.len() {
             return Some(None);
         }
         let start = self.pos;
-        let key = self.varint()?;
+        let key = self.key()?;
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
             1 | 5 => {
@@ -459,7 +520,7 @@ impl<'a> Reader<'a> {
             return None;
         }
         loop {
-            let key = self.varint()?;
+            let key = self.key()?;
             match key & 7 {
                 0 => {
                     self.varint()?;
@@ -535,10 +596,15 @@ mod tests {
         assert_eq!((row(0), row(1), row(1023)), (0.0, 1.0, 1023.0));
         assert!(small.len() < 1024, "{} bytes left", small.len());
         assert!(split(&model, usize::MAX).is_none(), "nothing to take out");
-        // The rewritten tensor says where its bytes went, and only it changed.
+        // The rewritten tensor says where its bytes went, and the bytes
+        // before and after W's field are the original ones.
         let s = String::from_utf8_lossy(&small);
         assert!(s.contains("location") && s.contains("131072"), "{s}");
         assert!(references_external_data(&small) && !references_external_data(&model));
+        let tail = &model[w.offset + w.len..];
+        assert!(small.ends_with(tail), "what follows the initializer is kept as it was");
+        let head = &model[..w.offset - 20];
+        assert_eq!(&small[..16], &head[..16], "the model's first fields are kept as they were");
     }
 
     #[test]
@@ -557,33 +623,69 @@ mod tests {
         let mut odd = model.clone();
         odd[pos + 1..pos + 3].copy_from_slice(&[0xff, 0x07]);
         assert!(split(&odd, 0).is_none());
-        // A second tensor named W (a constant in a node's attribute): ORT
-        // would give it the shared tensor too, so W is not shared.
-        let constant = msg(&[(4, b"Constant"), (5, &msg(&[(1, b"value"), (5, &external("W"))]))]);
-        let mut with_constant = model.clone();
-        with_constant.extend_from_slice(&msg(&[(7, &msg(&[(1, &constant)]))]));
-        assert!(split(&with_constant, 0).is_none());
+        // A second tensor named W (a constant in a node's attribute), or a
+        // node output named W: ORT would give it the shared tensor too, so
+        // W is not shared.
+        let mut w = Vec::new();
+        put_bytes(&mut w, 8, b"W");
+        put_bytes(&mut w, 9, &1f32.to_le_bytes());
+        let constant = msg(&[(4, b"Constant"), (5, &msg(&[(1, b"value"), (5, &w)]))]);
+        let output = msg(&[(2, b"W"), (4, b"Identity")]);
+        for node in [constant, output] {
+            let mut ambiguous = model.clone();
+            ambiguous.extend_from_slice(&msg(&[(7, &msg(&[(1, &node)]))]));
+            assert!(!references_external_data(&ambiguous));
+            assert!(split(&ambiguous, 0).is_none());
+        }
+        let mut lone = model.clone();
+        lone.extend_from_slice(&msg(&[(7, &msg(&[(1, &msg(&[(2, b"V"), (4, b"Identity")]))]))]));
+        assert!(split(&lone, 0).is_some(), "another name changes nothing");
     }
 
     #[test]
     fn external_data_is_found_wherever_it_is() {
         let ext = external("E");
-        let node_with = |t: &[u8]| msg(&[(4, b"Constant"), (5, &msg(&[(1, b"value"), (5, t)]))]);
+        let mut only_location = Vec::new();
+        put_bytes(&mut only_location, 13, &msg(&[(1, b"location"), (2, b"x")]));
+        let mut only_flag = Vec::new();
+        put_varint(&mut only_flag, 14 << 3);
+        put_varint(&mut only_flag, (1 << 32) | 1); // an int32 1 to protobuf
+        let attr = |field: u64, inner: &[u8]| msg(&[(1, b"value"), (field, inner)]);
+        let node_with = |a: &[u8]| msg(&[(4, b"Constant"), (5, a)]);
+        let graph_with_node = |n: &[u8]| msg(&[(1, n)]);
+        let in_graph = graph_with_node(&node_with(&attr(5, &ext)));
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("initializer", msg(&[(7, &msg(&[(5, &ext)]))])),
-            ("constant", msg(&[(7, &msg(&[(1, &node_with(&ext))]))])),
-            // A node of an If's then_branch (attribute g) holding the constant.
-            ("subgraph", msg(&[(7, &msg(&[(1, &msg(&[(5, &msg(&[(6, &msg(&[(1, &node_with(&ext))]))]))]))]))])),
-            ("sparse", msg(&[(7, &msg(&[(15, &msg(&[(1, &ext)]))]))])),
-            ("function", msg(&[(25, &msg(&[(7, &node_with(&ext))]))])),
-            ("training", msg(&[(20, &msg(&[(1, &msg(&[(5, &ext)]))]))])),
+            ("only external_data", msg(&[(7, &msg(&[(5, &only_location)]))])),
+            ("only data_location", msg(&[(7, &msg(&[(5, &only_flag)]))])),
+            ("attribute t", msg(&[(7, &in_graph)])),
+            ("attribute tensors", msg(&[(7, &graph_with_node(&node_with(&attr(10, &ext))))])),
+            ("attribute g", msg(&[(7, &graph_with_node(&node_with(&attr(6, &in_graph))))])),
+            ("attribute graphs", msg(&[(7, &graph_with_node(&node_with(&attr(11, &in_graph))))])),
+            ("attribute sparse_tensor", msg(&[(7, &graph_with_node(&node_with(&attr(22, &msg(&[(1, &ext)])))))])),
+            ("attribute sparse_tensors", msg(&[(7, &graph_with_node(&node_with(&attr(23, &msg(&[(2, &ext)])))))])),
+            ("sparse initializer", msg(&[(7, &msg(&[(15, &msg(&[(1, &ext)]))]))])),
+            ("function node", msg(&[(25, &msg(&[(7, &node_with(&attr(5, &ext)))]))])),
+            ("function attribute_proto", msg(&[(25, &msg(&[(11, &attr(5, &ext))]))])),
+            ("training initialization", msg(&[(20, &msg(&[(1, &msg(&[(5, &ext)]))]))])),
+            ("training algorithm", msg(&[(20, &msg(&[(2, &in_graph)]))])),
         ];
         for (what, model) in cases {
             assert!(references_external_data(&model), "{what}");
         }
-        // Behind an unknown group field (a parser skips it) it is still found.
+        // Behind an unknown group field (a parser skips it) it is found.
+        let graph = msg(&[(7, &msg(&[(5, &ext)]))]);
         let mut grouped = vec![0x0b, 0x08, 0x01, 0x0c]; // field 1: start, a varint, end
-        grouped.extend_from_slice(&msg(&[(7, &msg(&[(5, &ext)]))]));
+        grouped.extend_from_slice(&graph);
         assert!(references_external_data(&grouped));
+        // Field 7's key written in 5 bytes with bits past 32 (protobuf
+        // drops them: it is the graph to ONNX Runtime) is the graph here.
+        let mut long_key = vec![0xba, 0x80, 0x80, 0x80, 0x10];
+        long_key.extend_from_slice(&graph[1..]);
+        assert!(references_external_data(&long_key));
+        // A key of 6 bytes protobuf refuses, as this reader does.
+        let mut too_long = vec![0xba, 0x80, 0x80, 0x80, 0x80, 0x00];
+        too_long.extend_from_slice(&graph[1..]);
+        assert!(!references_external_data(&too_long));
     }
 }
