@@ -77,13 +77,27 @@ fn model_ir(graph: &[u8], ir: u64) -> Vec<u8> {
     m
 }
 
+/// An initializer's `TensorProto` up to its raw data's length (`doc`, when
+/// not empty, goes before it): the caller appends `raw_len` bytes.
+fn initializer(dims: &[u64], data_type: u64, name: &str, doc: &[u8], raw_len: usize) -> Vec<u8> {
+    let mut init = Vec::with_capacity(raw_len + doc.len() + 64);
+    for d in dims {
+        int(&mut init, 1, *d); // dims
+    }
+    int(&mut init, 2, data_type);
+    bytes(&mut init, 8, name.as_bytes());
+    if !doc.is_empty() {
+        bytes(&mut init, 12, doc); // doc_string
+    }
+    varint(&mut init, 9 << 3 | 2); // raw_data
+    varint(&mut init, raw_len as u64);
+    init
+}
+
 /// `Y = X + c` on DOUBLE tensors of shape [1].
 pub fn add_const(c: f64) -> Vec<u8> {
-    let mut init = Vec::new();
-    int(&mut init, 1, 1); // dims
-    int(&mut init, 2, DOUBLE); // data_type
-    bytes(&mut init, 8, b"C"); // name
-    bytes(&mut init, 9, &c.to_le_bytes()); // raw_data
+    let mut init = initializer(&[1], DOUBLE, "C", b"", 8);
+    init.extend_from_slice(&c.to_le_bytes());
     let mut graph = Vec::new();
     bytes(&mut graph, 1, &node(&["X", "C"], "Y", "Add"));
     bytes(&mut graph, 2, b"add");
@@ -124,16 +138,7 @@ pub fn embedding_as_input(rows: usize, dim: usize) -> Vec<u8> {
 }
 
 fn embedding_ir(rows: usize, dim: usize, shift: usize, as_input: bool) -> Vec<u8> {
-    let mut init = Vec::with_capacity(rows * dim * 4 + 64 + shift);
-    int(&mut init, 1, rows as u64); // dims
-    int(&mut init, 1, dim as u64);
-    int(&mut init, 2, FLOAT); // data_type
-    bytes(&mut init, 8, b"W"); // name
-    if shift > 0 {
-        bytes(&mut init, 12, &vec![b' '; shift]); // doc_string
-    }
-    varint(&mut init, 9 << 3 | 2); // raw_data
-    varint(&mut init, (rows * dim * 4) as u64);
+    let mut init = initializer(&[rows as u64, dim as u64], FLOAT, "W", &vec![b' '; shift], rows * dim * 4);
     for r in 0..rows {
         let row = (r as f32).to_le_bytes();
         for _ in 0..dim {
@@ -177,12 +182,7 @@ pub fn external_weight(location: &str) -> Vec<u8> {
 /// `Y = X + ReduceSum(W)` on FLOAT [1], with W `n` floats of 1 (so Y = X +
 /// n): ONNX Runtime folds the sum while it loads the model, reading W.
 pub fn folded_sum(n: usize) -> Vec<u8> {
-    let mut init = Vec::with_capacity(n * 4 + 32);
-    int(&mut init, 1, n as u64); // dims
-    int(&mut init, 2, FLOAT); // data_type
-    bytes(&mut init, 8, b"W"); // name
-    varint(&mut init, 9 << 3 | 2); // raw_data
-    varint(&mut init, (n * 4) as u64);
+    let mut init = initializer(&[n as u64], FLOAT, "W", b"", n * 4);
     for _ in 0..n {
         init.extend_from_slice(&1f32.to_le_bytes());
     }

@@ -26,6 +26,8 @@ use ort::session::builder::SessionBuilder;
 use ort::sys::{ONNXTensorElementDataType as Elem, OrtStatusPtr, OrtValue};
 use ort::AsPointer;
 
+use crate::pb::{put_bytes, put_varint, varint_len, Reader, Value, MAX_DEPTH};
+
 /// Initializers with fewer raw bytes stay in the model (sharing them would
 /// save nothing worth a tensor each).
 pub const SHARE_MIN_BYTES: usize = 64 << 10;
@@ -138,10 +140,6 @@ pub fn split(model: &[u8], min_bytes: usize) -> Option<(Vec<u8>, Vec<Initializer
     Some((out, taken))
 }
 
-fn varint_len(v: u64) -> usize {
-    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
-}
-
 /// What a `TensorProto` says of itself (offsets in the whole model).
 struct TensorInfo<'a> {
     name: Option<&'a [u8]>,
@@ -210,11 +208,6 @@ fn external_tensor(tensor: &[u8], base: usize) -> Option<Vec<u8>> {
     put_varint(&mut out, 1); // data_location: EXTERNAL
     Some(out)
 }
-
-/// Nesting this deep is malformed. Deeper than protobuf's own limit (100,
-/// counting messages this walk does not enter): whatever ONNX Runtime's
-/// parser takes, this walk looks into.
-const MAX_DEPTH: usize = 400;
 
 /// Calls `visit` with every `TensorProto` in the model (and whether it is
 /// an initializer of the main graph), following onnx.proto's messages that
@@ -422,137 +415,6 @@ impl Shared {
     pub fn shared_count(&self) -> usize {
         self.values.len()
     }
-}
-
-// A minimal protobuf reader: enough to walk ModelProto -> GraphProto ->
-// TensorProto and copy every other field through untouched.
-
-enum Value<'a> {
-    Varint(u64),
-    /// A length-delimited payload and its offset in the whole model.
-    Bytes(&'a [u8], usize),
-    Fixed,
-}
-
-struct Field<'a> {
-    number: u64,
-    value: Value<'a>,
-    /// The whole field (key included), as offsets in the whole model.
-    span: (usize, usize),
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    /// Offset of `buf` in the whole model.
-    base: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], base: usize) -> Self {
-        Reader { buf, pos: 0, base }
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.pos)?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    /// A field's key as protobuf reads it: at most 5 bytes, kept to 32 bits
-    /// (a longer encoding of field 7 is field 7 to ONNX Runtime, so it is
-    /// here too); field 0 is malformed.
-    fn key(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for i in 0..5 {
-            let b = *self.buf.get(self.pos)?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                let key = v & u64::from(u32::MAX);
-                return (key >> 3 != 0).then_some(key);
-            }
-        }
-        None
-    }
-
-    /// The next field; `Some(None)` at the end, `None` on malformed input.
-    fn next(&mut self) -> Option<Option<Field<'a>>> {
-        if self.pos == self.buf.len() {
-            return Some(None);
-        }
-        let start = self.pos;
-        let key = self.key()?;
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 | 5 => {
-                let n = if key & 7 == 1 { 8 } else { 4 };
-                self.pos = self.pos.checked_add(n).filter(|p| *p <= self.buf.len())?;
-                Value::Fixed
-            }
-            2 => {
-                let len = usize::try_from(self.varint()?).ok()?;
-                let at = self.pos;
-                self.pos = at.checked_add(len).filter(|p| *p <= self.buf.len())?;
-                Value::Bytes(&self.buf[at..self.pos], self.base + at)
-            }
-            // A group (unused by onnx.proto, but a parser skips one it does
-            // not know, so this one does too).
-            3 => {
-                self.skip_group(key >> 3, 0)?;
-                Value::Fixed
-            }
-            _ => return None, // an end of group with no start, or no wire type
-        };
-        Some(Some(Field { number: key >> 3, value, span: (self.base + start, self.base + self.pos) }))
-    }
-
-    /// Skips the fields of a group up to its end (the start's key read).
-    fn skip_group(&mut self, number: u64, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        loop {
-            let key = self.key()?;
-            match key & 7 {
-                0 => {
-                    self.varint()?;
-                }
-                1 | 5 => {
-                    let n = if key & 7 == 1 { 8 } else { 4 };
-                    self.pos = self.pos.checked_add(n).filter(|p| *p <= self.buf.len())?;
-                }
-                2 => {
-                    let len = usize::try_from(self.varint()?).ok()?;
-                    self.pos = self.pos.checked_add(len).filter(|p| *p <= self.buf.len())?;
-                }
-                3 => self.skip_group(key >> 3, depth + 1)?,
-                4 if key >> 3 == number => return Some(()),
-                _ => return None,
-            }
-        }
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
-    put_varint(out, field << 3 | 2);
-    put_varint(out, b.len() as u64);
-    out.extend_from_slice(b);
 }
 
 #[cfg(test)]
