@@ -7,10 +7,12 @@
 //! * [`reply`] — protocol-neutral replies and their RESP2/RESP3 encodings;
 //! * [`error`] — every error a command can answer with, with its exact text;
 //! * [`glob`] — Redis glob patterns for KEYS/SCAN/CONFIG GET;
-//! * [`shared`] — decoding large byte fields (model blobs) without a copy.
+//! * [`shared`] — decoding large byte fields (model blobs) without a copy;
+//! * [`blob`] — a model's bytes, in one buffer or in parts.
 
 #![forbid(unsafe_code)]
 
+pub mod blob;
 pub mod command;
 pub mod error;
 pub mod glob;

@@ -9,6 +9,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::blob::Blob;
 use crate::error::{Error, Result};
 
 /// The four RedisAI backends.
@@ -114,8 +115,7 @@ pub struct ModelDef {
     pub outputs: Vec<String>,
     /// The uploaded bytes (BLOB chunks joined), returned byte-identical.
     /// Decoded as a slice of its buffer inside a [`crate::shared::scope`].
-    #[serde(deserialize_with = "crate::shared::bytes")]
-    pub blob: Bytes,
+    pub blob: Blob,
 }
 
 fn err(s: &str) -> Error {
@@ -137,9 +137,9 @@ fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-fn join_blob(chunks: &[Bytes]) -> Bytes {
+fn join_blob(chunks: &[Bytes]) -> Blob {
     match chunks {
-        [one] => one.clone(),
+        [one] => one.clone().into(),
         many => {
             let mut v = Vec::with_capacity(many.iter().map(|c| c.len()).sum());
             for c in many {
@@ -516,7 +516,7 @@ mod tests {
             store("AI.MODELSTORE m ONNX cpu TAG v1 BATCHSIZE 4 MINBATCHSIZE 2 MINBATCHTIMEOUT 3.0 BLOB a b").unwrap();
         assert_eq!((m.backend, m.device_name.as_str(), &m.tag[..]), (BackendKind::Onnx, "cpu", &b"v1"[..]));
         assert_eq!((m.batchsize, m.minbatchsize, m.minbatchtimeout), (4, 2, 3));
-        assert_eq!(&m.blob[..], b"ab");
+        assert_eq!(m.blob, b"ab"[..]);
         assert_eq!(store("AI.MODELSTORE m XX CPU BLOB a").unwrap_err(), "ERR unsupported backend");
         for dev in ["bad_device", "CPU::", "CPU:1.8", "CPU:123456"] {
             assert_eq!(store(&format!("AI.MODELSTORE m ONNX {dev} BLOB a")).unwrap_err(), "ERR Invalid DEVICE");
@@ -581,7 +581,7 @@ mod tests {
         );
         let tf = set("AI.MODELSET m TF CPU INPUTS a b OUTPUTS mul BLOB x y").unwrap();
         assert_eq!(tf.inputs, vec!["a".to_owned(), "b".to_owned()]);
-        assert_eq!(&tf.blob[..], b"xy");
+        assert_eq!(tf.blob, b"xy"[..]);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::blob::Blob;
+
 /// RESP protocol version negotiated on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Protocol {
@@ -40,6 +42,9 @@ pub enum Reply {
     Bool(bool),
     /// RESP3 verbatim string (`txt:`); a bulk string in RESP2.
     Verbatim(String),
+    /// A bulk string held in parts (a model's bytes, see [`crate::blob`]),
+    /// sent without joining them.
+    Blob(Blob),
 }
 
 impl Reply {
@@ -65,7 +70,31 @@ impl Reply {
 
     /// Compact binary form used between node and router.
     pub fn to_bytes(&self) -> Vec<u8> {
-        crate::encode(self, self.size_hint())
+        let mut out = Vec::with_capacity(self.size_hint());
+        self.encode_compact(&mut out);
+        out
+    }
+
+    /// Postcard's encoding of `self`, with a blob's parts copied whole
+    /// (serde would hand them over a byte at a time).
+    fn encode_compact(&self, out: &mut Vec<u8>) {
+        // Variant numbers as derived (the order of `Reply`'s variants); a
+        // test checks them against serde's encoding.
+        const ARRAY: u64 = 6;
+        const BLOB: u64 = 12;
+        match self {
+            Reply::Blob(b) => {
+                varint(out, BLOB);
+                varint(out, b.len() as u64);
+                b.parts().iter().for_each(|p| out.extend_from_slice(p));
+            }
+            Reply::Array(items) if items.iter().any(|r| matches!(r, Reply::Blob(_))) => {
+                varint(out, ARRAY);
+                varint(out, items.len() as u64);
+                items.iter().for_each(|r| r.encode_compact(out));
+            }
+            other => crate::encode_into(other, out),
+        }
     }
 
     /// Roughly the encoded size (bulk payloads and a little for the rest),
@@ -73,6 +102,7 @@ impl Reply {
     pub fn size_hint(&self) -> usize {
         match self {
             Reply::Bulk(b) => b.len() + 8,
+            Reply::Blob(b) => b.len() + 16,
             Reply::Array(v) | Reply::Set(v) => 8 + v.iter().map(Reply::size_hint).sum::<usize>(),
             Reply::Map(v) => 8 + v.iter().map(|(k, v)| k.size_hint() + v.size_hint()).sum::<usize>(),
             _ => 64,
@@ -94,6 +124,12 @@ impl Reply {
             }
             Reply::Int(i) => int_line(out, b':', *i),
             Reply::Bulk(b) => bulk(out, b),
+            Reply::Blob(b) => {
+                out.reserve(b.len() + 16);
+                int_line(out, b'$', b.len() as i64);
+                b.parts().iter().for_each(|p| out.put_slice(p));
+                out.put_slice(b"\r\n");
+            }
             Reply::Null => match proto {
                 Protocol::Resp2 => out.put_slice(b"$-1\r\n"),
                 Protocol::Resp3 => out.put_slice(b"_\r\n"),
@@ -140,6 +176,15 @@ impl Reply {
             },
         }
     }
+}
+
+/// Postcard's (LEB128) varint.
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 fn line(out: &mut BytesMut, tag: u8, body: &[u8]) {
@@ -262,6 +307,23 @@ mod tests {
         assert_eq!(enc(&Reply::Verbatim("a".into()), Protocol::Resp3), "=5\r\ntxt:a\r\n");
         assert_eq!(enc(&Reply::Int(-42), Protocol::Resp2), ":-42\r\n");
         assert_eq!(enc(&Reply::err("ERR a\r\nb"), Protocol::Resp2), "-ERR a  b\r\n");
+        let parts = Blob::from_parts([Bytes::from_static(b"ab"), Bytes::from_static(b"c")]);
+        // The compact form of blobs is serde's, only faster.
+        let big = Blob::from_parts([Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 200])]);
+        for r in [
+            Reply::Blob(parts.clone()),
+            Reply::Blob(big.clone()),
+            Reply::Array(vec![Reply::Blob(big.clone()), Reply::Bulk(Bytes::new()), Reply::Blob(parts.clone())]),
+            Reply::Array(vec![Reply::Int(1)]),
+        ] {
+            let compact = r.to_bytes();
+            assert_eq!(compact, postcard::to_stdvec(&r).unwrap(), "{r:?}");
+            let back = Reply::from_bytes(&compact).unwrap();
+            assert_eq!(back, r);
+        }
+        for proto in [Protocol::Resp2, Protocol::Resp3] {
+            assert_eq!(enc(&Reply::Blob(parts.clone()), proto), "$3\r\nabc\r\n");
+        }
     }
 
     #[test]

@@ -283,7 +283,7 @@ mod tests {
             minbatchtimeout: min_timeout,
             inputs: Vec::new(),
             outputs: Vec::new(),
-            blob: Bytes::from(op.to_owned()),
+            blob: Bytes::from(op.to_owned()).into(),
         };
         let loaded = MockBackend.load(op.as_bytes(), &LoadOptions::default()).unwrap();
         StoredModel::with_loaded(def, loaded)

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use rand::Rng;
+use tessera_common::blob::Blob;
 use tessera_common::command::node::{ExpireCond, Expiry, SetCond};
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
@@ -318,15 +319,15 @@ fn model_reply(m: &StoredModel, meta: bool, blob: bool) -> Reply {
     let def = &m.def;
     let chunk = registry().settings().model_chunk_size.max(1) as usize;
     let blob_reply = || {
-        let b = &def.blob;
+        let b = m.blob();
+        // Parts (a model laid out for its runtime) are sent as they are.
+        let bulk = |b: Blob| if b.parts().len() > 1 { Reply::Blob(b) } else { Reply::Bulk(b.contiguous()) };
         if b.len() < chunk {
-            Reply::Bulk(b.clone())
+            bulk(b)
         } else {
             let n = b.len() / chunk + 1;
             Reply::Array(
-                (0..n)
-                    .map(|i| Reply::Bulk(b.slice((i * chunk).min(b.len())..((i + 1) * chunk).min(b.len()))))
-                    .collect(),
+                (0..n).map(|i| bulk(b.slice((i * chunk).min(b.len())..((i + 1) * chunk).min(b.len())))).collect(),
             )
         }
     };

@@ -10,14 +10,16 @@
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
+use tessera_common::blob::Blob;
+use tessera_common::model::ModelDef;
 use tessera_common::slot::{key_slot, SlotScope, SLOTS};
 use tessera_common::tensor::Tensor;
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Str(Bytes),
     Tensor(Tensor),
-    Model(#[serde(with = "crate::models::arc_serde")] std::sync::Arc<crate::models::StoredModel>),
+    Model(std::sync::Arc<crate::models::StoredModel>),
 }
 
 impl Value {
@@ -33,7 +35,7 @@ impl Value {
         match self {
             Value::Str(b) => b.len(),
             Value::Tensor(t) => t.data.len() + 8 * t.shape.len(),
-            Value::Model(m) => m.def.blob.len() + 64,
+            Value::Model(m) => m.blob_len() + 64,
         }
     }
 }
@@ -218,17 +220,42 @@ impl Keyspace {
     }
 }
 
-/// One key in a snapshot.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct DumpedKey {
-    key: Bytes,
-    value: Value,
+/// One key in a snapshot, as written ([`DumpedKey`] as read). A model's
+/// bytes are not in its record: they follow it raw (see [`Keyspace::dump`]).
+#[derive(serde::Serialize)]
+struct DumpedKeyRef<'a> {
+    key: &'a Bytes,
+    value: DumpedValueRef<'a>,
     expire_at: Option<i64>,
 }
 
+#[derive(serde::Serialize)]
+enum DumpedValueRef<'a> {
+    Str(&'a Bytes),
+    Tensor(&'a Tensor),
+    /// The definition without its bytes.
+    Model(&'a ModelDef),
+}
+
+#[derive(serde::Deserialize)]
+struct DumpedKey {
+    key: Bytes,
+    value: DumpedValue,
+    expire_at: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+enum DumpedValue {
+    Str(Bytes),
+    Tensor(Tensor),
+    Model(ModelDef),
+}
+
 impl Keyspace {
-    /// A compact binary dump of every key (the shard's "RDB"): postcard-encoded
-    /// records, each prefixed by its length.
+    /// A compact binary dump of every key (the shard's "RDB"): the number
+    /// of keys, then per key its postcard-encoded record and the record's
+    /// raw bytes (a model's, which may be held in parts; none for other
+    /// values), each prefixed by its length (u64, little-endian).
     pub fn dump(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.dump_into(&mut out);
@@ -240,50 +267,81 @@ impl Keyspace {
     pub fn dump_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.dump_size());
         out.extend_from_slice(&(self.len as u64).to_le_bytes());
-        self.records().for_each(|rec| crate::raft::encode_sized_into(&rec, out));
+        self.records().for_each(|(rec, raw)| {
+            crate::raft::encode_sized_into(&rec, out);
+            out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+            raw.parts().iter().for_each(|p| out.extend_from_slice(p));
+        });
     }
 
     /// The exact length of [`Keyspace::dump`]'s output (values are measured,
     /// not copied).
     pub fn dump_size(&self) -> usize {
-        let size = |rec: &DumpedKey| postcard::experimental::serialized_size(rec).expect("keys always serialize");
-        8 + self.records().map(|rec| 8 + size(&rec)).sum::<usize>()
+        let size = |rec: &DumpedKeyRef| postcard::experimental::serialized_size(rec).expect("keys always serialize");
+        8 + self.records().map(|(rec, raw)| 16 + size(&rec) + raw.len()).sum::<usize>()
     }
 
-    /// Every key as a dump record (keys and values shared, not copied).
-    fn records(&self) -> impl Iterator<Item = DumpedKey> + '_ {
+    /// Every key as a dump record and its raw bytes (keys and values
+    /// shared, not copied).
+    fn records(&self) -> impl Iterator<Item = (DumpedKeyRef<'_>, Blob)> + '_ {
         self.slots.iter().flatten().flat_map(|map| {
-            map.iter().map(|(k, e)| DumpedKey { key: k.clone(), value: e.value.clone(), expire_at: e.expire_at })
+            map.iter().map(|(key, e)| {
+                let (value, raw) = match &e.value {
+                    Value::Str(b) => (DumpedValueRef::Str(b), Blob::default()),
+                    Value::Tensor(t) => (DumpedValueRef::Tensor(t), Blob::default()),
+                    Value::Model(m) => (DumpedValueRef::Model(&m.def), m.blob()),
+                };
+                (DumpedKeyRef { key, value, expire_at: e.expire_at }, raw)
+            })
         })
     }
 
-    /// Rebuilds a keyspace from [`Keyspace::dump`] output; a model blob is a
-    /// slice of `data`, not a copy (see [`tessera_common::shared`]).
+    /// Rebuilds a keyspace from [`Keyspace::dump`] output. A model's bytes
+    /// are a slice of `data` (not a copy) when they are at least half of it,
+    /// so that smaller values never keep a large buffer alive.
     pub fn load_shared(data: &Bytes) -> Result<Keyspace, String> {
-        tessera_common::shared::scope(data, || Keyspace::load(data))
-    }
-
-    /// Rebuilds a keyspace from [`Keyspace::dump`] output.
-    pub fn load(data: &[u8]) -> Result<Keyspace, String> {
         let mut ks = Keyspace::new();
-        let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
+        let take = |pos: &mut usize, n: usize| -> Result<std::ops::Range<usize>, String> {
             let end = pos.checked_add(n).filter(|e| *e <= data.len()).ok_or("snapshot is truncated")?;
-            let s = &data[*pos..end];
+            let at = *pos..end;
             *pos = end;
-            Ok(s)
+            Ok(at)
+        };
+        let len = |pos: &mut usize| -> Result<usize, String> {
+            let at = take(pos, 8)?;
+            usize::try_from(u64::from_le_bytes(data[at].try_into().expect("8 bytes"))).map_err(|e| e.to_string())
         };
         let mut pos = 0;
-        let count = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes"));
+        let count = len(&mut pos)?;
         for _ in 0..count {
-            let len = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes")) as usize;
+            let n = len(&mut pos)?;
             let rec: DumpedKey =
-                postcard::from_bytes(take(&mut pos, len)?).map_err(|e| format!("bad key record: {e}"))?;
-            ks.insert(rec.key, Entry { value: rec.value, expire_at: rec.expire_at });
+                postcard::from_bytes(&data[take(&mut pos, n)?]).map_err(|e| format!("bad key record: {e}"))?;
+            let n = len(&mut pos)?;
+            let raw = take(&mut pos, n)?;
+            let value = match rec.value {
+                DumpedValue::Str(b) => Value::Str(b),
+                DumpedValue::Tensor(t) => Value::Tensor(t),
+                DumpedValue::Model(mut def) => {
+                    def.blob = match raw.len() >= data.len() / 2 {
+                        true => data.slice(raw),
+                        false => Bytes::copy_from_slice(&data[raw]),
+                    }
+                    .into();
+                    Value::Model(crate::models::StoredModel::new(def))
+                }
+            };
+            ks.insert(rec.key, Entry { value, expire_at: rec.expire_at });
         }
         if pos != data.len() {
             return Err("trailing bytes after the last key".into());
         }
         Ok(ks)
+    }
+
+    /// [`Keyspace::load_shared`] from a copy of `data`.
+    pub fn load(data: &[u8]) -> Result<Keyspace, String> {
+        Keyspace::load_shared(&Bytes::copy_from_slice(data))
     }
 }
 
@@ -336,6 +394,39 @@ mod tests {
         assert_eq!(back.get(b"b", 0).unwrap().expire_at, Some(77));
         assert_eq!(back.volatile(), 1);
         assert!(Keyspace::load(&ks.dump()[..10]).is_err());
+    }
+
+    #[test]
+    fn a_model_held_in_parts_is_dumped_whole_and_loads_as_a_slice() {
+        use tessera_backend::{Backend, LoadOptions};
+        let parts = Blob::from_parts([Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 3000])]);
+        let def = ModelDef {
+            backend: tessera_common::model::BackendKind::Onnx,
+            device_name: "CPU".into(),
+            device: tessera_common::model::Device::Cpu(None),
+            tag: Bytes::from_static(b"t"),
+            batchsize: 2,
+            minbatchsize: 0,
+            minbatchtimeout: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            blob: parts.clone(),
+        };
+        let loaded = tessera_backend::mock::MockBackend.load(b"mock:rows", &LoadOptions::default()).unwrap();
+        let mut ks = Keyspace::new();
+        let model = Value::Model(crate::models::StoredModel::with_loaded(def.clone(), loaded));
+        ks.insert(Bytes::from_static(b"m"), Entry { value: model.clone(), expire_at: None });
+        ks.insert(Bytes::from_static(b"s"), s("x"));
+        let dump = Bytes::from(ks.dump());
+        assert_eq!(dump.len(), ks.dump_size(), "the dump is sized exactly");
+        let back = Keyspace::load_shared(&dump).unwrap();
+        let Some(Entry { value: Value::Model(m), .. }) = back.get(b"m", 0) else { panic!("no model") };
+        assert_eq!(m.def, ModelDef { blob: Blob::default(), ..def });
+        assert_eq!(m.blob(), parts);
+        let at = m.blob().parts()[0].as_ptr() as usize;
+        assert!((dump.as_ptr() as usize..dump.as_ptr() as usize + dump.len()).contains(&at), "not copied");
+        assert_eq!(back.get(b"s", 0).unwrap().value, s("x").value);
+        assert!(Keyspace::load(&dump[..dump.len() - 1]).is_err());
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tessera_backend::{Backend, BackendKind, Device, LoadOptions, Model};
+use tessera_common::blob::Blob;
 use tessera_common::model::{AiConfig, ModelDef};
 use tessera_common::reply::Reply;
 
@@ -90,9 +90,13 @@ struct PreparedKey {
 
 impl PreparedKey {
     fn of(def: &ModelDef) -> PreparedKey {
-        let hash = crate::raft::heavy(|| xxhash_rust::xxh3::xxh3_128(&def.blob));
-        // Cheap: the blob is a shared `Bytes`, replaced by an empty one.
-        let without_blob = ModelDef { blob: bytes::Bytes::new(), ..def.clone() };
+        let hash = crate::raft::heavy(|| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            def.blob.parts().iter().for_each(|p| h.update(p));
+            h.digest128()
+        });
+        // Cheap: the blob is shared `Bytes`, replaced by an empty one.
+        let without_blob = ModelDef { blob: Blob::default(), ..def.clone() };
         PreparedKey { def: without_blob, len: def.blob.len(), hash }
     }
 }
@@ -183,8 +187,9 @@ impl Registry {
         Ok(())
     }
 
-    /// Loads `def` in its backend (blocking: call off the async runtime).
-    pub fn load(&self, def: &ModelDef) -> Result<Arc<dyn Model>, String> {
+    /// Loads `def`, whose bytes are `blob`, in its backend (blocking: call
+    /// off the async runtime).
+    pub fn load(&self, def: &ModelDef, blob: &Blob) -> Result<Arc<dyn Model>, String> {
         if def.device == Device::Tpu {
             return Err("ERR unsupported device: TPU is not supported by this build".into());
         }
@@ -197,7 +202,7 @@ impl Registry {
             intra_op_threads: s.intra_op,
             inter_op_threads: s.inter_op,
         };
-        backend.load_shared(&def.blob, &opts).map_err(|e| e.0)
+        backend.load_shared(&blob.contiguous(), &opts).map_err(|e| e.0)
     }
 
     /// Keeps a model loaded for validation until its entry applies here;
@@ -283,9 +288,13 @@ enum LoadState {
 }
 
 /// A model in the keyspace: its definition (what is replicated and
-/// snapshotted), the loaded instance, and its run statistics.
+/// snapshotted), its bytes, the loaded instance, and its run statistics.
 pub struct StoredModel {
+    /// The definition, without its bytes (in `blob`).
     pub def: ModelDef,
+    /// The model's bytes: as they came, or the copy the loaded model keeps
+    /// (see [`Model::bytes`]), which takes their place once it loads.
+    blob: RwLock<Blob>,
     state: Mutex<LoadState>,
     ready: Condvar,
     pub stats: Stats,
@@ -296,13 +305,13 @@ pub struct StoredModel {
 
 impl std::fmt::Debug for StoredModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredModel").field("backend", &self.def.backend).field("bytes", &self.def.blob.len()).finish()
+        f.debug_struct("StoredModel").field("backend", &self.def.backend).field("bytes", &self.blob_len()).finish()
     }
 }
 
 impl PartialEq for StoredModel {
     fn eq(&self, other: &Self) -> bool {
-        self.def == other.def
+        self.def == other.def && *self.blob.read() == *other.blob.read()
     }
 }
 
@@ -312,16 +321,10 @@ impl StoredModel {
         if let Some(loaded) = registry().take_prepared(&def) {
             return StoredModel::with_loaded(def, loaded);
         }
-        let m = Arc::new(StoredModel {
-            def,
-            state: Mutex::new(LoadState::Loading),
-            ready: Condvar::new(),
-            stats: Stats::default(),
-            no_padding: Default::default(),
-        });
+        let m = Arc::new(StoredModel::loading(def));
         let bg = m.clone();
         let spawned = std::thread::Builder::new().name("model-load".into()).spawn(move || {
-            let result = registry().load(&bg.def);
+            let result = registry().load(&bg.def, &bg.blob());
             if let Err(e) = &result {
                 // The leader checked this model loads before logging it; a
                 // replica that cannot (a backend missing here) says why.
@@ -337,16 +340,46 @@ impl StoredModel {
 
     /// A model already loaded (the leader's validation instance).
     pub fn with_loaded(def: ModelDef, model: Arc<dyn Model>) -> Arc<StoredModel> {
-        Arc::new(StoredModel {
+        let m = StoredModel::loading(def);
+        m.set(Ok(model));
+        Arc::new(m)
+    }
+
+    fn loading(mut def: ModelDef) -> StoredModel {
+        let blob = std::mem::take(&mut def.blob);
+        StoredModel {
             def,
-            state: Mutex::new(LoadState::Ready(model)),
+            blob: RwLock::new(blob),
+            state: Mutex::new(LoadState::Loading),
             ready: Condvar::new(),
             stats: Stats::default(),
             no_padding: Default::default(),
-        })
+        }
+    }
+
+    /// The model's bytes.
+    pub fn blob(&self) -> Blob {
+        self.blob.read().clone()
+    }
+
+    /// The size of the model's bytes.
+    pub fn blob_len(&self) -> usize {
+        self.blob.read().len()
     }
 
     fn set(&self, result: Result<Arc<dyn Model>, String>) {
+        if let Ok(m) = &result {
+            // The model keeps a copy of its bytes (laid out for its
+            // runtime): that copy replaces the bytes it was loaded from, and
+            // the model is held once.
+            if let Some(copy) = m.bytes() {
+                let mut blob = self.blob.write();
+                debug_assert!(copy == *blob, "a model's copy of its bytes differs from them");
+                if copy.len() == blob.len() {
+                    *blob = copy;
+                }
+            }
+        }
         *self.state.lock() = match result {
             Ok(m) => LoadState::Ready(m),
             Err(e) => LoadState::Failed(e),
@@ -372,19 +405,5 @@ impl StoredModel {
                 LoadState::Loading => self.ready.wait(&mut s),
             }
         }
-    }
-}
-
-/// Serde for `Arc<StoredModel>` in the keyspace: a restored model starts
-/// loading at once.
-pub mod arc_serde {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(m: &Arc<StoredModel>, s: S) -> Result<S::Ok, S::Error> {
-        m.def.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<StoredModel>, D::Error> {
-        Ok(StoredModel::new(ModelDef::deserialize(d)?))
     }
 }

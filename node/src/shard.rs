@@ -191,7 +191,7 @@ impl Shard {
         if let NodeCommand::ModelStore { model, .. } = &cmd {
             // Garbage never enters the log: the model must load here first.
             let def = model.clone();
-            let checked = tokio::task::spawn_blocking(move || registry().load(&def)).await;
+            let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
             match checked {
                 Ok(Ok(loaded)) => registry().prepare(model, loaded),
                 Ok(Err(e)) => return Submitted::Done(Outcome::Reply(Reply::err(e))),

@@ -158,6 +158,42 @@ fn embedding_ir(rows: usize, dim: usize, shift: usize, as_input: bool) -> Vec<u8
     model_ir(&graph, if as_input { 3 } else { 7 })
 }
 
+/// `tables` embedding tables looked up at once, as a model with many
+/// weights holds them: `Y = Gather(W0, X) + … + Gather(Wt, X)`, each W a
+/// FLOAT [rows, dim] initializer whose row r holds `(t + 1) * r`, so row r
+/// of Y holds `r * t(t+1)/2` with t tables. The tables' names grow a byte
+/// each, so their bytes lie at every alignment. About `4 * tables * rows *
+/// dim` bytes.
+pub fn embeddings(tables: usize, rows: usize, dim: usize) -> Vec<u8> {
+    let mut graph = Vec::with_capacity(tables * (rows * dim * 4 + 64) + 1024);
+    let name = |t: usize| format!("W{}", "w".repeat(t));
+    for t in 0..tables {
+        bytes(&mut graph, 1, &node(&[&name(t), "X"], &format!("G{t}"), "Gather"));
+        let sum = |t: usize| if t == 0 { "G0".to_owned() } else { format!("S{t}") };
+        if t > 0 {
+            let out = if t + 1 == tables { "Y".to_owned() } else { sum(t) };
+            bytes(&mut graph, 1, &node(&[&sum(t - 1), &format!("G{t}")], &out, "Add"));
+        }
+    }
+    if tables == 1 {
+        bytes(&mut graph, 1, &node(&["G0"], "Y", "Identity"));
+    }
+    bytes(&mut graph, 2, b"embeddings");
+    for t in 0..tables {
+        let mut init = initializer(&[rows as u64, dim as u64], FLOAT, &name(t), b"", rows * dim * 4);
+        for r in 0..rows {
+            let row = (((t + 1) * r) as f32).to_le_bytes();
+            for _ in 0..dim {
+                init.extend_from_slice(&row);
+            }
+        }
+        bytes(&mut graph, 5, &init);
+    }
+    bytes(&mut graph, 11, &value_info("X", INT64, &[0]));
+    bytes(&mut graph, 12, &value_info("Y", FLOAT, &[0, dim as u64]));
+    model(&graph)
+}
+
 /// `Y = X + W` on FLOAT [1], W's data in an external file at `location`
 /// (which a model loaded from bytes must not get to read).
 pub fn external_weight(location: &str) -> Vec<u8> {

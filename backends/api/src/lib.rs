@@ -103,9 +103,17 @@ pub trait Model: Send + Sync {
     }
 
     /// Whether the model keeps the (large) buffer it was loaded from
-    /// ([`Backend::load_shared`]) for as long as it lives.
+    /// ([`Backend::load_shared`]), or a copy of it, for as long as it lives.
     fn holds_bytes(&self) -> bool {
         false
+    }
+
+    /// The bytes the model was loaded from, as parts in memory of the
+    /// model's own, when it keeps such a copy (weights laid out aligned for
+    /// its runtime). The caller keeps these instead of its buffer, so the
+    /// model is held once.
+    fn bytes(&self) -> Option<tessera_common::blob::Blob> {
+        None
     }
 }
 

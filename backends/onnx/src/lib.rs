@@ -240,6 +240,10 @@ impl Model for OnnxModel {
         self.shared.is_some()
     }
 
+    fn bytes(&self) -> Option<tessera_common::blob::Blob> {
+        self.shared.as_ref()?.laid_out().cloned()
+    }
+
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         self.run_limited(inputs, None)
     }

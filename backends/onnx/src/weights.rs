@@ -7,8 +7,11 @@
 //! reloads. Instead, [`split`] rewrites the model without the bytes of its
 //! large initializers, and the session gets each of them as a tensor over the
 //! node's own bytes (ORT's `AddInitializer`, which uses the value it is given
-//! and copies nothing on the CPU). A weight whose bytes are not aligned for
-//! its element type is first copied into an aligned buffer (1×, no more).
+//! and copies nothing on the CPU). When a weight's bytes are not aligned for
+//! its element type (most of a real model's are not: they lie wherever the
+//! protobuf put them), the whole model is copied once into a buffer laid
+//! out with every weight aligned, and that copy is offered to the node in
+//! place of its bytes ([`Shared::laid_out`]): the model is still held once.
 //!
 //! The rewritten initializers are marked as external data at location `.`
 //! (a directory): ORT checks that the location exists but never reads it,
@@ -25,6 +28,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::SessionBuilder;
 use ort::sys::{ONNXTensorElementDataType as Elem, OrtStatusPtr, OrtValue};
 use ort::AsPointer;
+use tessera_common::blob::Blob;
 
 use crate::pb::{put_bytes, put_varint, varint_len, Reader, Value, MAX_DEPTH};
 
@@ -314,10 +318,39 @@ pub struct Shared {
     /// The model without the shared bytes (what sessions are built from).
     pub model: Vec<u8>,
     values: Vec<(CString, Tensor)>,
-    /// Copies of weights that were not aligned in `_blob`.
-    copies: Vec<Vec<u64>>,
-    /// Keeps the bytes the tensors point into.
+    /// When a weight did not lie aligned for its type: the model's bytes
+    /// laid out again in a buffer of this model's own, each weight at a
+    /// multiple of [`ALIGN`], as parts in order (see [`Shared::laid_out`]).
+    laid_out: Option<Blob>,
+    /// Keeps the bytes the tensors point into (the model's, or the copy).
     _blob: Bytes,
+}
+
+/// Where a copied weight starts: a multiple of this (ORT's own alignment).
+pub const ALIGN: usize = 64;
+
+/// `blob` copied into one new buffer with each of `inits` (by offset, not
+/// overlapping) at a multiple of [`ALIGN`]: the buffer, and the parts
+/// (positions in it) that are `blob` in order.
+fn lay_out(blob: &[u8], inits: &[Initializer]) -> (Bytes, Vec<std::ops::Range<usize>>) {
+    let mut buf = Vec::with_capacity(blob.len() + ALIGN * inits.len());
+    let base = buf.as_ptr() as usize;
+    let mut parts = Vec::with_capacity(2 * inits.len() + 1);
+    let mut copy = |buf: &mut Vec<u8>, from: std::ops::Range<usize>| {
+        parts.push(buf.len()..buf.len() + from.len());
+        buf.extend_from_slice(&blob[from]);
+    };
+    let mut at = 0;
+    for init in inits {
+        copy(&mut buf, at..init.offset);
+        buf.resize(buf.len() + (ALIGN - (base + buf.len()) % ALIGN) % ALIGN, 0);
+        copy(&mut buf, init.offset..init.offset + init.len);
+        at = init.offset + init.len;
+    }
+    copy(&mut buf, at..blob.len());
+    debug_assert_eq!(buf.as_ptr() as usize, base, "the capacity covers the padding");
+    // The vector's memory becomes the buffer's as it is (no reallocation).
+    (Bytes::from(buf), parts)
 }
 
 struct Tensor(NonNull<OrtValue>);
@@ -351,32 +384,39 @@ impl Shared {
     /// Takes `blob`'s large initializers out; `None` when there are none
     /// (or the bytes are no ONNX model).
     pub fn new(blob: &Bytes) -> Result<Option<Shared>, String> {
-        let Some((model, inits)) = split(blob, SHARE_MIN_BYTES) else { return Ok(None) };
-        let mut shared = Shared { model, values: Vec::new(), copies: Vec::new(), _blob: blob.clone() };
+        let Some((model, mut inits)) = split(blob, SHARE_MIN_BYTES) else { return Ok(None) };
+        inits.sort_by_key(|i| i.offset);
+        let size = |i: &Initializer| element_size(i.data_type).expect("split takes only shareable types");
+        let aligned =
+            |bytes: &Bytes| inits.iter().all(|i| (bytes.as_ptr() as usize + i.offset).is_multiple_of(size(i)));
+        // Weights are used where they lie when all of them lie aligned;
+        // else the whole model is copied once, laid out so they all do, and
+        // the copy takes the place of `blob` (the node keeps it instead).
+        let (bytes, laid_out, at): (Bytes, Option<Blob>, Vec<usize>) = if aligned(blob) {
+            (blob.clone(), None, inits.iter().map(|i| i.offset).collect())
+        } else {
+            let (buf, parts) = lay_out(blob, &inits);
+            let at = parts.iter().skip(1).step_by(2).map(|p| p.start).collect();
+            let laid_out = Blob::from_parts(parts.into_iter().map(|p| buf.slice(p)));
+            (buf, Some(laid_out), at)
+        };
+        let mut shared = Shared { model, values: Vec::new(), laid_out, _blob: bytes.clone() };
         let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
             .map_err(|e| e.message().to_owned())?;
-        for init in inits {
-            let (Some(elem), Some(size)) = (element_type(init.data_type), element_size(init.data_type)) else {
-                unreachable!("split takes only shareable types")
-            };
-            let bytes = &blob[init.offset..init.offset + init.len];
-            let data: *const u8 = if (bytes.as_ptr() as usize).is_multiple_of(size) {
-                bytes.as_ptr()
-            } else {
-                shared.copies.push(vec![0u64; init.len.div_ceil(8)]);
-                let copy = shared.copies.last_mut().expect("just pushed");
-                // SAFETY: `copy` holds at least `init.len` bytes.
-                unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), copy.as_mut_ptr().cast::<u8>(), init.len) };
-                copy.as_ptr().cast::<u8>()
-            };
+        for (init, at) in inits.into_iter().zip(at) {
+            let elem = element_type(init.data_type).expect("split takes only shareable types");
+            let data = &bytes[at..at + init.len];
+            if !(data.as_ptr() as usize).is_multiple_of(size(&init)) {
+                return Err(format!("weight {} is not aligned after its layout", init.name));
+            }
             let mut value = ptr::null_mut();
-            // SAFETY: `data` points to `init.len` bytes that live as long as
-            // `shared` (in `blob` or `copies`) and are never written; ORT only
-            // reads initializers.
+            // SAFETY: `data` is `init.len` bytes that live as long as
+            // `shared` (in `_blob`) and are never written; ORT only reads
+            // initializers.
             check(unsafe {
                 (ort::api().CreateTensorWithDataAsOrtValue)(
                     info.ptr(),
-                    data.cast_mut().cast(),
+                    data.as_ptr().cast_mut().cast(),
                     init.len,
                     init.dims.as_ptr(),
                     init.dims.len(),
@@ -406,9 +446,11 @@ impl Shared {
         Ok(builder)
     }
 
-    /// Bytes of weights copied because they were not aligned.
-    pub fn copied_bytes(&self) -> usize {
-        self.copies.iter().map(|c| c.len() * 8).sum()
+    /// The model's bytes as laid out again, when a weight did not lie
+    /// aligned: the owner of the bytes the model was loaded from keeps
+    /// these instead (they are equal), so the model is held once.
+    pub fn laid_out(&self) -> Option<&Blob> {
+        self.laid_out.as_ref()
     }
 
     /// Initializers given as shared tensors.

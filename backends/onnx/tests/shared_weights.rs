@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use tessera_backend::{elements, from_elements, Backend, DType, LoadOptions, Tensor};
-use tessera_backend_onnx::weights::{split, Shared, SHARE_MIN_BYTES};
+use tessera_backend_onnx::weights::{self, split, Shared, SHARE_MIN_BYTES};
 use tessera_backend_onnx::OnnxBackend;
 
 /// One ONNX Runtime environment per process, warmed up by a first model
@@ -62,7 +62,7 @@ fn rows(m: &dyn tessera_backend::Model, ids: &[i64]) -> Vec<f32> {
 }
 
 #[test]
-fn weights_are_shared_aligned_or_copied_once_when_not() {
+fn weights_are_shared_aligned_or_laid_out_once_when_not() {
     let _serial = serial();
     // Doc strings of 0..6 bytes before W put it at every alignment. (Memory
     // is measured with 64 MiB below: freed 8 MiB blocks are reused from
@@ -75,11 +75,22 @@ fn weights_are_shared_aligned_or_copied_once_when_not() {
         (aligned_seen, misaligned_seen) = (aligned_seen || aligned, misaligned_seen || !aligned);
         let shared = Shared::new(&blob).unwrap().expect("W is 8 MiB");
         assert_eq!(shared.shared_count(), 1);
-        assert_eq!(shared.copied_bytes(), if aligned { 0 } else { 8 << 20 }, "shift {shift}");
+        // Misaligned, the model is copied once, with W aligned, and the copy
+        // (equal to the model) is offered to take the place of its bytes.
+        match shared.laid_out() {
+            None => assert!(aligned, "shift {shift}"),
+            Some(copy) => {
+                assert!(!aligned, "shift {shift}");
+                assert_eq!(*copy, blob[..], "shift {shift}");
+                let w = copy.parts()[1].as_ptr() as usize;
+                assert!(w.is_multiple_of(weights::ALIGN) && copy.parts()[1].len() == 8 << 20);
+            }
+        }
         // The session is built on the shared (or copied) tensor, not from
         // the whole model as it came, and reads the right rows.
         let m = backend().load_shared(&blob, &LoadOptions::default()).unwrap();
         assert!(m.holds_bytes(), "shift {shift}: the weights are shared");
+        assert_eq!(m.bytes().is_some(), !aligned);
         let y = rows(&*m, &[0, 7, 2047]);
         assert_eq!(y.len(), 3 * 1024);
         assert!(y[..1024].iter().all(|v| *v == 0.0) && y[1024..2048].iter().all(|v| *v == 7.0));
@@ -149,4 +160,34 @@ fn a_large_table_costs_no_second_copy() {
     // A copy of the table would be 64 MiB more; ORT's own start-up far less.
     assert!(peak < size_kib / 4, "peak grew {peak} KiB loading a {size_kib} KiB model");
     assert!(after < size_kib / 4, "RSS grew {after} KiB loading a {size_kib} KiB model");
+}
+
+#[test]
+fn weights_lying_anywhere_cost_one_copy_that_replaces_the_bytes() {
+    let _serial = serial();
+    // As in a real model: many weights, most not aligned where they lie.
+    // 8 tables of 8 MiB.
+    let blob = Bytes::from(tessera_tests::onnx::embeddings(8, 8192, 256));
+    let (_, taken) = split(&blob, SHARE_MIN_BYTES).unwrap();
+    assert_eq!(taken.len(), 8);
+    let misaligned = taken.iter().filter(|t| !(blob.as_ptr() as usize + t.offset).is_multiple_of(4)).count();
+    assert!(misaligned >= 4, "{misaligned} of 8 misaligned");
+    let size_kib = (blob.len() / 1024) as u64;
+    let (m, peak, after) = measured_load(&blob);
+    println!(
+        "FIGURE laid-out weights: {size_kib} KiB model, {misaligned} of 8 weights misaligned, loaded with peak \
+         +{peak} KiB, resident +{after} KiB (the copy the caller keeps instead of its bytes)"
+    );
+    // Row r holds r * (1 + 2 + … + 8).
+    assert!(rows(&*m, &[8191]).iter().all(|v| *v == 8191.0 * 36.0));
+    let copy = m.bytes().expect("laid out");
+    assert_eq!(copy, blob[..]);
+    assert!(copy.parts().iter().skip(1).step_by(2).all(|w| (w.as_ptr() as usize).is_multiple_of(weights::ALIGN)));
+    // One copy of the model (each weight copied apart would be the same
+    // once more while the model loads); ORT's own allocations far less.
+    assert!(peak < size_kib + size_kib / 4, "peak grew {peak} KiB loading a {size_kib} KiB model");
+    assert!(after < size_kib + size_kib / 4, "RSS grew {after} KiB loading a {size_kib} KiB model");
+    // The caller drops its bytes and keeps the copy: the model is held once.
+    drop(blob);
+    assert!(rows(&*m, &[3]).iter().all(|v| *v == 3.0 * 36.0));
 }

@@ -450,7 +450,7 @@ mod tests {
             minbatchtimeout: 0,
             inputs: vec![],
             outputs: vec![],
-            blob: Bytes::from(vec![9u8; 10_000]),
+            blob: Bytes::from(vec![9u8; 10_000]).into(),
         };
         let op = LogOp::Command(NodeCommand::ModelStore { key: Bytes::from("m"), model });
         let mut c = Chunks::default();
@@ -462,9 +462,9 @@ mod tests {
         let Some(Ok(LogOp::Command(NodeCommand::ModelStore { model, .. }))) = joined else {
             panic!("the last part yields the model store");
         };
-        assert_eq!(model.blob, Bytes::from(vec![9u8; 10_000]));
+        assert_eq!(model.blob, vec![9u8; 10_000][..]);
         // Not in any of the parts: a slice of the one buffer they were joined in.
-        let at = model.blob.as_ptr() as usize;
+        let at = model.blob.parts()[0].as_ptr() as usize;
         assert!(p.iter().all(|p| !(p.as_ptr() as usize..p.as_ptr() as usize + p.len()).contains(&at)));
     }
 
