@@ -8,8 +8,9 @@ use redis::{Connection, Value};
 use tessera_tests::client::{connect, exec, ok, serial};
 use tessera_tests::Cluster;
 
-/// Floats per row of the test's embedding table.
+/// Floats per row of the test's embedding tables, and how many tables.
 const DIM: usize = 256;
+const TABLES: usize = 8;
 
 /// A field of `/proc/<pid>/status` in MiB.
 fn status_mb(pid: u32, field: &str) -> f64 {
@@ -78,10 +79,11 @@ impl Meter {
 fn big_model_in_chunks_survives_a_full_restart() {
     let _serial = serial();
     let mb: usize = std::env::var("TESSERA_BIG_MODEL_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
-    // An embedding table (Gather): its session needs the whole table for
-    // every run, as a real model needs its weights (a model ORT folds
-    // away, like the `X + ReduceSum(W)` this test used before, needs none).
-    let model = tessera_tests::onnx::embedding(mb * 1024 * 1024 / (4 * DIM), DIM, 0);
+    // Embedding tables (Gather): the session needs every table for every
+    // run, as a real model needs its weights (a model ORT folds away, like
+    // the `X + ReduceSum(W)` this test used first, needs none). Eight of
+    // them, lying at every alignment as a real model's weights do.
+    let model = tessera_tests::onnx::embeddings(TABLES, mb * 1024 * 1024 / (4 * DIM * TABLES), DIM);
     let size_mb = model.len() as f64 / (1024.0 * 1024.0);
     // A snapshot is taken about two thirds through the model's 4 MiB log
     // entries, so the restart below restores a half-applied write from it
@@ -111,7 +113,8 @@ fn big_model_in_chunks_survives_a_full_restart() {
     let check = |con: &mut Connection| {
         ok(exec(con, &["AI.MODELEXECUTE", "big{1}", "INPUTS", "1", "x{1}", "OUTPUTS", "1", "y{1}"]));
         let v: Vec<String> = redis::cmd("AI.TENSORGET").arg("y{1}").arg("VALUES").query(con).unwrap();
-        assert_eq!(v, vec!["2"; DIM], "row 2 of the table");
+        // Row 2 of table t holds 2(t + 1): summed over 8 tables, 72.
+        assert_eq!(v, vec!["72"; DIM], "row 2 of the tables");
         // Over MODEL_CHUNK_SIZE (511 MB by default) the blob comes as an
         // array of chunks, as RedisAI sends it.
         let back = match redis::cmd("AI.MODELGET").arg("big{1}").arg("BLOB").query(con).unwrap() {
