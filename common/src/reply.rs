@@ -68,32 +68,59 @@ impl Reply {
         matches!(self, Reply::Error(_))
     }
 
-    /// Compact binary form used between node and router.
+    /// Compact binary form used between node and router (postcard).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.size_hint());
-        self.encode_compact(&mut out);
-        out
+        if !self.holds_blob() {
+            return crate::encode(self, self.size_hint());
+        }
+        let mut w = Parts { done: Vec::new(), cur: Vec::with_capacity(self.size_hint()), apart: usize::MAX };
+        self.encode_parts(&mut w);
+        w.cur
     }
 
-    /// Postcard's encoding of `self`, with a blob's parts copied whole
-    /// (serde would hand them over a byte at a time).
-    fn encode_compact(&self, out: &mut Vec<u8>) {
+    /// [`Reply::to_bytes`] as parts to send one after another: bulk
+    /// payloads of `apart` bytes or more are parts of their own, shared
+    /// with the reply (not copied), and the rest is encoded between them.
+    pub fn to_parts(&self, apart: usize) -> Vec<Bytes> {
+        let mut w = Parts { done: Vec::new(), cur: Vec::new(), apart };
+        self.encode_parts(&mut w);
+        w.flush();
+        w.done
+    }
+
+    fn holds_blob(&self) -> bool {
+        match self {
+            Reply::Blob(_) => true,
+            Reply::Array(items) => items.iter().any(Reply::holds_blob),
+            _ => false,
+        }
+    }
+
+    /// Postcard's encoding of `self`, with bulk payloads handed to `w`
+    /// whole (serde would hand a blob's parts over a byte at a time).
+    fn encode_parts(&self, w: &mut Parts) {
         // Variant numbers as derived (the order of `Reply`'s variants); a
         // test checks them against serde's encoding.
+        const BULK: u64 = 3;
         const ARRAY: u64 = 6;
         const BLOB: u64 = 12;
         match self {
+            Reply::Bulk(b) => {
+                varint(&mut w.cur, BULK);
+                varint(&mut w.cur, b.len() as u64);
+                w.raw(b);
+            }
             Reply::Blob(b) => {
-                varint(out, BLOB);
-                varint(out, b.len() as u64);
-                b.parts().iter().for_each(|p| out.extend_from_slice(p));
+                varint(&mut w.cur, BLOB);
+                varint(&mut w.cur, b.len() as u64);
+                b.parts().iter().for_each(|p| w.raw(p));
             }
-            Reply::Array(items) if items.iter().any(|r| matches!(r, Reply::Blob(_))) => {
-                varint(out, ARRAY);
-                varint(out, items.len() as u64);
-                items.iter().for_each(|r| r.encode_compact(out));
+            Reply::Array(items) => {
+                varint(&mut w.cur, ARRAY);
+                varint(&mut w.cur, items.len() as u64);
+                items.iter().for_each(|r| r.encode_parts(w));
             }
-            other => crate::encode_into(other, out),
+            other => crate::encode_into(other, &mut w.cur),
         }
     }
 
@@ -174,6 +201,30 @@ impl Reply {
                     out.put_slice(b"\r\n");
                 }
             },
+        }
+    }
+}
+
+/// An encoding in parts (see [`Reply::to_parts`]).
+struct Parts {
+    done: Vec<Bytes>,
+    cur: Vec<u8>,
+    apart: usize,
+}
+
+impl Parts {
+    fn raw(&mut self, b: &Bytes) {
+        if b.len() >= self.apart {
+            self.flush();
+            self.done.push(b.clone());
+        } else {
+            self.cur.extend_from_slice(b);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.cur.is_empty() {
+            self.done.push(std::mem::take(&mut self.cur).into());
         }
     }
 }
@@ -311,6 +362,8 @@ mod tests {
         // The compact form of blobs is serde's, only faster.
         let big = Blob::from_parts([Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 200])]);
         for r in [
+            Reply::Bulk(Bytes::from(vec![3u8; 200])),
+            Reply::Array(vec![Reply::Bulk(Bytes::from(vec![3u8; 200])), Reply::Int(7), Reply::bulk_str("x")]),
             Reply::Blob(parts.clone()),
             Reply::Blob(big.clone()),
             Reply::Array(vec![Reply::Blob(big.clone()), Reply::Bulk(Bytes::new()), Reply::Blob(parts.clone())]),
@@ -318,6 +371,10 @@ mod tests {
         ] {
             let compact = r.to_bytes();
             assert_eq!(compact, postcard::to_stdvec(&r).unwrap(), "{r:?}");
+            for apart in [1, 100, usize::MAX] {
+                let parts = r.to_parts(apart);
+                assert_eq!(parts.concat(), compact, "{r:?} in parts of {apart}");
+            }
             let back = Reply::from_bytes(&compact).unwrap();
             assert_eq!(back, r);
         }

@@ -284,11 +284,20 @@ impl NodeState {
     }
 }
 
-fn response(id: u64, shard: u32, out: Outcome) -> tessera_proto::v1::Response {
+/// What a session sends back: a response, or a long reply's encoding in
+/// pieces (sent in parts, see [`tessera_proto::parts`]).
+enum Out {
+    One(tessera_proto::v1::Response),
+    Long { id: u64, pieces: Vec<Bytes> },
+}
+
+fn response(id: u64, shard: u32, out: Outcome) -> Out {
     let result = match out {
-        // A large reply (a model's blob) is copied off the async runtime.
-        Outcome::Reply(r) if r.size_hint() > crate::raft::HEAVY_BYTES => {
-            response::Result::Reply(crate::raft::heavy(|| r.to_bytes()).into())
+        // A long reply (a model's bytes, a large tensor) is not encoded into
+        // one buffer: its large payloads go out as slices of themselves.
+        Outcome::Reply(r) if r.size_hint() > tessera_proto::parts::PART_BYTES => {
+            let pieces = crate::raft::heavy(|| r.to_parts(tessera_proto::parts::PART_BYTES));
+            return Out::Long { id, pieces };
         }
         Outcome::Reply(r) => response::Result::Reply(r.to_bytes().into()),
         Outcome::Redirect(leader) => {
@@ -296,7 +305,7 @@ fn response(id: u64, shard: u32, out: Outcome) -> tessera_proto::v1::Response {
             response::Result::Redirect(Redirect { shard, leader_id, leader_addr })
         }
     };
-    tessera_proto::v1::Response { id, result: Some(result), total_len: 0 }
+    Out::One(tessera_proto::v1::Response { id, result: Some(result), total_len: 0 })
 }
 
 fn record(name: &'static str, out: &Outcome, start: Instant) {
@@ -377,11 +386,7 @@ impl Access {
 /// rules): commands start in arrival order; one that touches a key an
 /// earlier, unfinished command writes (or writes a key it reads) waits, and
 /// so does everything behind it.
-async fn lane(
-    shard: Arc<Shard>,
-    mut rx: mpsc::Receiver<(u64, NodeCommand)>,
-    out: mpsc::Sender<tessera_proto::v1::Response>,
-) {
+async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCommand)>, out: mpsc::Sender<Out>) {
     let mut queue: VecDeque<(u64, NodeCommand, Instant)> = VecDeque::new();
     let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
     let mut flights: HashMap<u64, Access> = HashMap::new();
@@ -450,7 +455,7 @@ async fn lane(
 /// Batches every response ready at poll time into one message.
 /// A long reply goes alone, in parts (see [`tessera_proto::parts`]).
 struct ResponseStream {
-    rx: mpsc::Receiver<tessera_proto::v1::Response>,
+    rx: mpsc::Receiver<Out>,
     sending: Option<Outgoing<()>>,
     _guard: SessionGuard,
 }
@@ -489,6 +494,14 @@ impl Stream for ResponseStream {
         // router's receive buffer stays that small too.
         let mut bytes = 0;
         while let Some(r) = next.take() {
+            let r = match r {
+                Out::One(r) => r,
+                Out::Long { id, pieces } => {
+                    // Goes after the replies before it, in parts.
+                    self.sending = Some(Outgoing::from_pieces(id, (), pieces));
+                    break;
+                }
+            };
             match r.result {
                 Some(response::Result::Reply(b)) if b.len() > tessera_proto::parts::PART_BYTES => {
                     // Goes after the replies before it, in parts.
@@ -525,7 +538,7 @@ impl Drop for SessionGuard {
 async fn read_session(
     state: Arc<NodeState>,
     mut inbound: Streaming<RequestBatch>,
-    out: mpsc::Sender<tessera_proto::v1::Response>,
+    out: mpsc::Sender<Out>,
     peer: Option<std::net::SocketAddr>,
 ) {
     // A lane serves one replica object: when the replica is reopened or

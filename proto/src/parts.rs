@@ -27,7 +27,8 @@ pub struct Outgoing<T> {
     /// What the message is about (the target shard, the reply's kind).
     pub meta: T,
     pub total: u64,
-    rest: Bytes,
+    /// What is left to send, in the pieces it was given in.
+    rest: std::collections::VecDeque<Bytes>,
 }
 
 impl<T> Outgoing<T> {
@@ -36,12 +37,40 @@ impl<T> Outgoing<T> {
         if whole.len() <= PART_BYTES {
             return Err((meta, whole));
         }
-        Ok(Outgoing { id, meta, total: whole.len() as u64, rest: whole })
+        Ok(Outgoing { id, meta, total: whole.len() as u64, rest: [whole].into() })
     }
 
-    /// The next part (a slice, not a copy), and whether it was the last.
+    /// The concatenation of `pieces` to send in parts (however long it is):
+    /// a large value need not be joined into one buffer first.
+    pub fn from_pieces(id: u64, meta: T, pieces: Vec<Bytes>) -> Outgoing<T> {
+        let total = pieces.iter().map(|p| p.len() as u64).sum();
+        Outgoing { id, meta, total, rest: pieces.into_iter().filter(|p| !p.is_empty()).collect() }
+    }
+
+    /// The next part (a slice of a large piece, or small pieces gathered),
+    /// and whether it was the last.
     pub fn next_part(&mut self) -> (Bytes, bool) {
-        let part = self.rest.split_to(self.rest.len().min(PART_BYTES));
+        let pieces = self.rest.len();
+        let Some(front) = self.rest.front_mut() else { return (Bytes::new(), true) };
+        let part = if front.len() >= PART_BYTES || pieces == 1 {
+            front.split_to(front.len().min(PART_BYTES))
+        } else {
+            // Small pieces are gathered, up to a large one (never copied).
+            let mut part = Vec::with_capacity(PART_BYTES);
+            while let Some(front) =
+                self.rest.front_mut().filter(|f| part.len() < PART_BYTES && (part.is_empty() || f.len() < PART_BYTES))
+            {
+                let take = front.split_to(front.len().min(PART_BYTES - part.len()));
+                part.extend_from_slice(&take);
+                if front.is_empty() {
+                    self.rest.pop_front();
+                }
+            }
+            part.into()
+        };
+        if self.rest.front().is_some_and(Bytes::is_empty) {
+            self.rest.pop_front();
+        }
         (part, self.rest.is_empty())
     }
 }
@@ -130,6 +159,37 @@ mod tests {
         assert_eq!(joined.len(), whole.len());
         assert!(j.is_empty());
         assert!(Outgoing::new(1, (), Bytes::from_static(b"short")).is_err(), "short messages go whole");
+    }
+
+    #[test]
+    fn pieces_go_in_parts_without_joining_large_ones() {
+        let big = Bytes::from(vec![7u8; 2 * PART_BYTES + 3]);
+        let pieces = vec![
+            Bytes::from_static(b"head"),
+            big.clone(),
+            Bytes::new(),
+            Bytes::from_static(b"mid"),
+            Bytes::from(vec![9u8; PART_BYTES - 1]),
+            Bytes::from_static(b"tail"),
+        ];
+        let whole: Vec<u8> = pieces.concat();
+        let mut out = Outgoing::from_pieces(3, (), pieces);
+        assert_eq!(out.total, whole.len() as u64);
+        let mut j = Joiner::default();
+        let mut shared = 0;
+        let joined = loop {
+            let (part, last) = out.next_part();
+            assert!(!part.is_empty() && part.len() <= PART_BYTES);
+            let range = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+            shared += usize::from(range.contains(&(part.as_ptr() as usize)));
+            if let Some(w) = j.add(3, out.total, &part).unwrap() {
+                assert!(last);
+                break w;
+            }
+            assert!(!last);
+        };
+        assert_eq!(joined, whole);
+        assert_eq!(shared, 2, "the large piece goes as slices of itself (its short tail with what follows)");
     }
 
     #[test]

@@ -60,6 +60,16 @@ impl Chunks {
         self.pending.is_empty()
     }
 
+    /// Forgets the parts of writes started more than [`CHUNKS_KEPT_MS`]
+    /// before `ts` (an entry's timestamp): called for every applied entry,
+    /// so an interrupted write's parts leave memory (and snapshots) once
+    /// the group moves on, not only when another chunked write comes.
+    pub fn prune(&mut self, ts: i64) {
+        if !self.pending.is_empty() {
+            self.pending.retain(|_, p| p.started >= ts - CHUNKS_KEPT_MS);
+        }
+    }
+
     /// Adds one part (logged at `ts`). The last part yields every part, to
     /// [`join`]; a part out of order drops its write (an error reply).
     pub fn add(
@@ -70,7 +80,7 @@ impl Chunks {
         data: bytes::Bytes,
         ts: i64,
     ) -> Option<Result<Vec<bytes::Bytes>, Reply>> {
-        self.pending.retain(|_, p| p.started >= ts - CHUNKS_KEPT_MS);
+        self.prune(ts);
         if part == 0 {
             self.pending.insert(id, Pending { parts, started: ts, data: Vec::new() });
         }
@@ -317,6 +327,7 @@ impl RaftStateMachine<C> for StateMachine {
                         // whatever order concurrent proposals were logged in.
                         let ts = p.ts.max(d.last_ts);
                         d.last_ts = ts;
+                        d.chunks.prune(ts);
                         let term = entry.log_id.committed_leader_id().term;
                         match p.op {
                             LogOp::Meta(op) => d.map.apply(&op),
@@ -419,6 +430,11 @@ mod tests {
         assert!(c.add(3, 0, 3, p[0].clone(), 30).is_none());
         assert!(c.add(4, 0, 3, p[0].clone(), 30 + CHUNKS_KEPT_MS + 1).is_none());
         assert_eq!(c.len(), 1);
+        // Any later entry forgets it too (each applied entry prunes).
+        c.prune(30 + 2 * CHUNKS_KEPT_MS);
+        assert_eq!(c.len(), 1, "write 4 started later");
+        c.prune(31 + 2 * CHUNKS_KEPT_MS + 1);
+        assert!(c.is_empty());
     }
 
     #[test]
