@@ -220,6 +220,11 @@ impl Keyspace {
     }
 }
 
+/// The first word of a keyspace dump: its format, version 2 (version 1,
+/// which held model bytes inside their records, began with the number of
+/// keys and had no such word).
+const DUMP_FORMAT: u64 = u64::from_le_bytes(*b"TKSdump2");
+
 /// One key in a snapshot, as written ([`DumpedKey`] as read). A model's
 /// bytes are not in its record: they follow it raw (see [`Keyspace::dump`]).
 #[derive(serde::Serialize)]
@@ -252,8 +257,8 @@ enum DumpedValue {
 }
 
 impl Keyspace {
-    /// A compact binary dump of every key (the shard's "RDB"): the number
-    /// of keys, then per key its postcard-encoded record and the record's
+    /// A compact binary dump of every key (the shard's "RDB"): its format
+    /// ([`DUMP_FORMAT`]), the number of keys, then per key its postcard-encoded record and the record's
     /// raw bytes (a model's, which may be held in parts; none for other
     /// values), each prefixed by its length (u64, little-endian).
     pub fn dump(&self) -> Vec<u8> {
@@ -266,6 +271,7 @@ impl Keyspace {
     /// place, so a large value is copied once.
     pub fn dump_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.dump_size());
+        out.extend_from_slice(&DUMP_FORMAT.to_le_bytes());
         out.extend_from_slice(&(self.len as u64).to_le_bytes());
         self.records().for_each(|(rec, raw)| {
             crate::raft::encode_sized_into(&rec, out);
@@ -278,7 +284,7 @@ impl Keyspace {
     /// not copied).
     pub fn dump_size(&self) -> usize {
         let size = |rec: &DumpedKeyRef| postcard::experimental::serialized_size(rec).expect("keys always serialize");
-        8 + self.records().map(|(rec, raw)| 16 + size(&rec) + raw.len()).sum::<usize>()
+        16 + self.records().map(|(rec, raw)| 16 + size(&rec) + raw.len()).sum::<usize>()
     }
 
     /// Every key as a dump record and its raw bytes (keys and values
@@ -312,6 +318,12 @@ impl Keyspace {
             usize::try_from(u64::from_le_bytes(data[at].try_into().expect("8 bytes"))).map_err(|e| e.to_string())
         };
         let mut pos = 0;
+        if len(&mut pos)? as u64 != DUMP_FORMAT {
+            return Err("the keyspace is in another format (a snapshot of an older Tessera, whose \
+                        format had no version): restart this node with an empty data directory \
+                        (it then gets its replicas' state)"
+                .into());
+        }
         let count = len(&mut pos)?;
         for _ in 0..count {
             let n = len(&mut pos)?;
@@ -319,6 +331,9 @@ impl Keyspace {
                 postcard::from_bytes(&data[take(&mut pos, n)?]).map_err(|e| format!("bad key record: {e}"))?;
             let n = len(&mut pos)?;
             let raw = take(&mut pos, n)?;
+            if !raw.is_empty() && !matches!(rec.value, DumpedValue::Model(_)) {
+                return Err("raw bytes after a record that has none".into());
+            }
             let value = match rec.value {
                 DumpedValue::Str(b) => Value::Str(b),
                 DumpedValue::Tensor(t) => Value::Tensor(t),
@@ -427,6 +442,21 @@ mod tests {
         assert!((dump.as_ptr() as usize..dump.as_ptr() as usize + dump.len()).contains(&at), "not copied");
         assert_eq!(back.get(b"s", 0).unwrap().value, s("x").value);
         assert!(Keyspace::load(&dump[..dump.len() - 1]).is_err());
+        // The format before (no version word, the count first) is refused
+        // with a reason, not misread.
+        let old = Keyspace::load(&dump[8..]).err().unwrap();
+        assert!(old.contains("another format"), "{old}");
+        // A string whose record is followed by raw bytes is corrupt.
+        let mut one = Keyspace::new();
+        one.insert(Bytes::from_static(b"s"), s("x"));
+        let mut d = one.dump();
+        let rec = u64::from_le_bytes(d[16..24].try_into().unwrap()) as usize;
+        d[24 + rec..32 + rec].copy_from_slice(&1u64.to_le_bytes());
+        d.push(0);
+        assert!(Keyspace::load(&d).is_err());
+        d[24 + rec..32 + rec].copy_from_slice(&0u64.to_le_bytes());
+        d.pop();
+        assert_eq!(Keyspace::load(&d).unwrap().len(), 1);
     }
 
     #[test]

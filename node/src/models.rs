@@ -207,7 +207,11 @@ impl Registry {
 
     /// Keeps a model loaded for validation until its entry applies here;
     /// not one that holds the bytes it was loaded from (those of the
-    /// request: kept, they would stay in memory beside the stored copy).
+    /// request: kept, they would stay in memory beside the stored copy), or
+    /// a copy of them (laid out for its runtime: kept, it would be a second
+    /// copy while the model's write is logged, and the leader's peak
+    /// storing a 600 MiB model went from 2.3–2.6× to 3.5×; loading it again
+    /// when the entry applies costs time, not memory).
     pub fn prepare(&self, def: &ModelDef, model: Arc<dyn Model>) {
         if model.holds_bytes() {
             return;
@@ -311,7 +315,7 @@ impl std::fmt::Debug for StoredModel {
 
 impl PartialEq for StoredModel {
     fn eq(&self, other: &Self) -> bool {
-        self.def == other.def && *self.blob.read() == *other.blob.read()
+        std::ptr::eq(self, other) || (self.def == other.def && *self.blob.read() == *other.blob.read())
     }
 }
 
@@ -373,10 +377,15 @@ impl StoredModel {
             // runtime): that copy replaces the bytes it was loaded from, and
             // the model is held once.
             if let Some(copy) = m.bytes() {
-                let mut blob = self.blob.write();
-                debug_assert!(copy == *blob, "a model's copy of its bytes differs from them");
-                if copy.len() == blob.len() {
-                    *blob = copy;
+                // (Compared whole only in debug builds, and not under the
+                // write lock: readers go on meanwhile.)
+                let same = {
+                    let blob = self.blob.read();
+                    copy.len() == blob.len() && (!cfg!(debug_assertions) || copy == *blob)
+                };
+                debug_assert!(same, "a model's copy of its bytes differs from them");
+                if same {
+                    *self.blob.write() = copy;
                 }
             }
         }

@@ -296,7 +296,9 @@ fn response(id: u64, shard: u32, out: Outcome) -> Out {
         // A long reply (a model's bytes, a large tensor) is not encoded into
         // one buffer: its large payloads go out as slices of themselves.
         Outcome::Reply(r) if r.size_hint() > tessera_proto::parts::PART_BYTES => {
-            let pieces = crate::raft::heavy(|| r.to_parts(tessera_proto::parts::PART_BYTES));
+            // (Payloads of 64 KiB or more are pieces of their own: a model
+            // laid out for its runtime is many such weights.)
+            let pieces = crate::raft::heavy(|| r.to_parts(64 << 10));
             return Out::Long { id, pieces };
         }
         Outcome::Reply(r) => response::Result::Reply(r.to_bytes().into()),

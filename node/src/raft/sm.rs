@@ -48,6 +48,10 @@ pub struct Chunks {
 struct Pending {
     parts: u32,
     started: i64,
+    /// The term its parts were logged in: a leader logs all of a write's
+    /// parts in its own term, so once an entry of a later term applies,
+    /// the rest can never come.
+    term: u64,
     data: Vec<bytes::Bytes>,
 }
 
@@ -60,18 +64,22 @@ impl Chunks {
         self.pending.is_empty()
     }
 
-    /// Forgets the parts of writes started more than [`CHUNKS_KEPT_MS`]
-    /// before `ts` (an entry's timestamp): called for every applied entry,
-    /// so an interrupted write's parts leave memory (and snapshots) once
-    /// the group moves on, not only when another chunked write comes.
-    pub fn prune(&mut self, ts: i64) {
+    /// Forgets the parts of writes that can no longer finish, before an
+    /// entry of `term` (logged at `ts`) applies: those logged in an earlier
+    /// term (their leader lost its leadership; the next leader's first
+    /// entry drops them), and those started more than [`CHUNKS_KEPT_MS`]
+    /// before `ts` (a leader that stopped logging them). Called for every
+    /// applied entry, so an interrupted write's parts leave memory (and
+    /// snapshots) at once, not when another chunked write comes.
+    pub fn prune(&mut self, ts: i64, term: u64) {
         if !self.pending.is_empty() {
-            self.pending.retain(|_, p| p.started >= ts - CHUNKS_KEPT_MS);
+            self.pending.retain(|_, p| p.term >= term && p.started >= ts - CHUNKS_KEPT_MS);
         }
     }
 
-    /// Adds one part (logged at `ts`). The last part yields every part, to
-    /// [`join`]; a part out of order drops its write (an error reply).
+    /// Adds one part (logged at `ts` in `term`). The last part yields every
+    /// part, to [`join`]; a part out of order drops its write (an error
+    /// reply).
     pub fn add(
         &mut self,
         id: u64,
@@ -79,10 +87,11 @@ impl Chunks {
         parts: u32,
         data: bytes::Bytes,
         ts: i64,
+        term: u64,
     ) -> Option<Result<Vec<bytes::Bytes>, Reply>> {
-        self.prune(ts);
+        self.prune(ts, term);
         if part == 0 {
-            self.pending.insert(id, Pending { parts, started: ts, data: Vec::new() });
+            self.pending.insert(id, Pending { parts, started: ts, term, data: Vec::new() });
         }
         let Some(p) = self.pending.get_mut(&id).filter(|p| p.parts == parts && p.data.len() == part as usize) else {
             self.pending.remove(&id);
@@ -321,33 +330,39 @@ impl RaftStateMachine<C> for StateMachine {
             let reply = {
                 let mut d = self.data.lock();
                 let reply = match entry.payload {
-                    EntryPayload::Blank => Reply::Null,
+                    EntryPayload::Blank => {
+                        let (ts, term) = (d.last_ts, entry.log_id.committed_leader_id().term);
+                        d.chunks.prune(ts, term);
+                        Reply::Null
+                    }
                     EntryPayload::Normal(p) => {
                         // The clock of the state machine never goes backwards,
                         // whatever order concurrent proposals were logged in.
                         let ts = p.ts.max(d.last_ts);
                         d.last_ts = ts;
-                        d.chunks.prune(ts);
                         let term = entry.log_id.committed_leader_id().term;
+                        d.chunks.prune(ts, term);
                         match p.op {
                             LogOp::Meta(op) => d.map.apply(&op),
-                            LogOp::Chunk { id, part, parts, data } => match d.chunks.add(id, part, parts, data, ts) {
-                                None => Reply::Null,
-                                Some(Err(e)) => e,
-                                Some(Ok(parts)) => {
-                                    // Joined without the lock (it can take a
-                                    // while); nothing else changes the state
-                                    // meanwhile, and this entry counts as
-                                    // applied only once it is.
-                                    drop(d);
-                                    let op = super::heavy(|| join(parts));
-                                    d = self.data.lock();
-                                    match op {
-                                        Ok(op) => apply_in_term(&mut d.ks, ts, term, op),
-                                        Err(e) => e,
+                            LogOp::Chunk { id, part, parts, data } => {
+                                match d.chunks.add(id, part, parts, data, ts, term) {
+                                    None => Reply::Null,
+                                    Some(Err(e)) => e,
+                                    Some(Ok(parts)) => {
+                                        // Joined without the lock (it can take a
+                                        // while); nothing else changes the state
+                                        // meanwhile, and this entry counts as
+                                        // applied only once it is.
+                                        drop(d);
+                                        let op = super::heavy(|| join(parts));
+                                        d = self.data.lock();
+                                        match op {
+                                            Ok(op) => apply_in_term(&mut d.ks, ts, term, op),
+                                            Err(e) => e,
+                                        }
                                     }
                                 }
-                            },
+                            }
                             op => apply_in_term(&mut d.ks, ts, term, op),
                         }
                     }
@@ -418,23 +433,32 @@ mod tests {
         let op = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from("k"); 100] });
         let p = parts(&op, 3);
         let mut c = Chunks::default();
-        assert!(c.add(1, 0, 3, p[0].clone(), 10).is_none());
-        assert!(c.add(1, 1, 3, p[1].clone(), 11).is_none());
-        assert_eq!(join(c.add(1, 2, 3, p[2].clone(), 12).unwrap().unwrap()).unwrap(), op);
+        assert!(c.add(1, 0, 3, p[0].clone(), 10, 1).is_none());
+        assert!(c.add(1, 1, 3, p[1].clone(), 11, 1).is_none());
+        assert_eq!(join(c.add(1, 2, 3, p[2].clone(), 12, 1).unwrap().unwrap()).unwrap(), op);
         assert!(c.is_empty());
         // A part out of order (a new leader's retry) drops the write.
-        assert!(c.add(2, 0, 3, p[0].clone(), 20).is_none());
-        assert!(matches!(c.add(2, 2, 3, p[2].clone(), 21), Some(Err(_))));
+        assert!(c.add(2, 0, 3, p[0].clone(), 20, 1).is_none());
+        assert!(matches!(c.add(2, 2, 3, p[2].clone(), 21, 1), Some(Err(_))));
         assert!(c.is_empty());
         // An abandoned write is forgotten once its parts are old.
-        assert!(c.add(3, 0, 3, p[0].clone(), 30).is_none());
-        assert!(c.add(4, 0, 3, p[0].clone(), 30 + CHUNKS_KEPT_MS + 1).is_none());
+        assert!(c.add(3, 0, 3, p[0].clone(), 30, 1).is_none());
+        assert!(c.add(4, 0, 3, p[0].clone(), 30 + CHUNKS_KEPT_MS + 1, 1).is_none());
         assert_eq!(c.len(), 1);
         // Any later entry forgets it too (each applied entry prunes).
-        c.prune(30 + 2 * CHUNKS_KEPT_MS);
+        c.prune(30 + 2 * CHUNKS_KEPT_MS, 1);
         assert_eq!(c.len(), 1, "write 4 started later");
-        c.prune(31 + 2 * CHUNKS_KEPT_MS + 1);
+        c.prune(31 + 2 * CHUNKS_KEPT_MS + 1, 1);
         assert!(c.is_empty());
+        // A write whose leader lost its leadership is forgotten as soon as
+        // an entry of a later term applies (the next leader's first); a
+        // part of it logged after that is an error, never half a write.
+        assert!(c.add(5, 0, 3, p[0].clone(), 40, 7).is_none());
+        c.prune(41, 7);
+        assert_eq!(c.len(), 1, "same term: it may go on");
+        c.prune(42, 8);
+        assert!(c.is_empty());
+        assert!(matches!(c.add(5, 1, 3, p[1].clone(), 43, 9), Some(Err(_))));
     }
 
     #[test]
@@ -472,9 +496,9 @@ mod tests {
         let mut c = Chunks::default();
         let p = parts(&op, 4);
         for (i, part) in p.iter().enumerate().take(3) {
-            assert!(c.add(1, i as u32, 4, part.clone(), 1).is_none());
+            assert!(c.add(1, i as u32, 4, part.clone(), 1, 1).is_none());
         }
-        let joined = c.add(1, 3, 4, p[3].clone(), 1).map(|parts| join(parts.unwrap()));
+        let joined = c.add(1, 3, 4, p[3].clone(), 1, 1).map(|parts| join(parts.unwrap()));
         let Some(Ok(LogOp::Command(NodeCommand::ModelStore { model, .. }))) = joined else {
             panic!("the last part yields the model store");
         };
@@ -508,8 +532,8 @@ mod tests {
         let op = LogOp::Fenced { term: 6, cmd: set("c") };
         let p = parts(&op, 2);
         let mut c = Chunks::default();
-        assert!(c.add(1, 0, 2, p[0].clone(), 1).is_none());
-        let whole = join(c.add(1, 1, 2, p[1].clone(), 1).unwrap().unwrap()).unwrap();
+        assert!(c.add(1, 0, 2, p[0].clone(), 1, 1).is_none());
+        let whole = join(c.add(1, 1, 2, p[1].clone(), 1, 1).unwrap().unwrap()).unwrap();
         assert_eq!(apply_in_term(&mut ks, 0, 6, whole), Reply::ok());
         assert_eq!(get(&ks), Some(Bytes::from("c")));
     }
