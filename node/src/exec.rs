@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use rand::Rng;
-use tessera_common::blob::Blob;
 use tessera_common::command::node::{ExpireCond, Expiry, SetCond};
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
@@ -320,8 +319,9 @@ fn model_reply(m: &StoredModel, meta: bool, blob: bool) -> Reply {
     let chunk = registry().settings().model_chunk_size.max(1) as usize;
     let blob_reply = || {
         let b = m.blob();
-        // Parts (a model laid out for its runtime) are sent as they are.
-        let bulk = |b: Blob| if b.parts().len() > 1 { Reply::Blob(b) } else { Reply::Bulk(b.contiguous()) };
+        // As a blob: sent as its parts (a model laid out for its runtime),
+        // and decoded by the router as a slice of what it received.
+        let bulk = Reply::Blob;
         if b.len() < chunk {
             bulk(b)
         } else {

@@ -250,10 +250,7 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
                 };
                 if let Some(Waiter { tx, .. }) = map.remove(&r.id) {
                     let reply = match result {
-                        Some(response::Result::Reply(b)) => NodeReply::Reply(
-                            Reply::from_bytes(&b)
-                                .unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}"))),
-                        ),
+                        Some(response::Result::Reply(b)) => NodeReply::Reply(decode_reply(&b)),
                         Some(response::Result::Redirect(rd)) => {
                             NodeReply::Redirect((rd.leader_id != 0).then_some((rd.leader_id, rd.leader_addr)))
                         }
@@ -272,4 +269,14 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
         ))));
     }
     result
+}
+
+/// A node's reply. A model's bytes in a long reply stay a slice of it (see
+/// `tessera_common::shared`), not a copy.
+fn decode_reply(b: &bytes::Bytes) -> Reply {
+    let decoded = match b.len() > tessera_proto::parts::PART_BYTES {
+        true => tessera_common::shared::decode::<Reply>(b),
+        false => Reply::from_bytes(b),
+    };
+    decoded.unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}")))
 }
