@@ -6,7 +6,8 @@
 //! * [`exec`] — the state machine's logic: applying writes, serving reads;
 //! * [`raft`] — everything openraft: durable log, state machine, network;
 //! * [`shard`] — a replica: propose writes, linearizable reads, redirects;
-//! * [`service`] — the `tessera.node.v1.Node` gRPC service.
+//! * [`service`] — the `tessera.node.v1.Node` gRPC service;
+//! * [`session`] — router sessions: per-shard lanes, replies in parts.
 //!
 //! [`run`] serves until `shutdown` resolves, then hands leadership away.
 
@@ -24,6 +25,7 @@ pub mod raft;
 pub mod reconcile;
 pub mod repair;
 pub mod service;
+pub mod session;
 pub mod shard;
 
 use std::collections::BTreeMap;

@@ -1,41 +1,22 @@
-//! The `tessera.node.v1.Node` gRPC service.
-//!
-//! Each router session is served by a reader task that decodes requests,
-//! checks slot ownership and hands each to the *lane* of its shard (one task
-//! per session and shard). A lane keeps the session's order where it matters,
-//! key by key: writes are proposed in arrival order and pipelined; reads run
-//! together; a command waits for earlier unfinished ones that write a key it
-//! touches (or read a key it writes) — so a client never misses its own
-//! write nor sees a later one. Model runs read their inputs, run off the
-//! async runtime and then write their outputs, so they count as both; runs
-//! on disjoint keys overlap, which is what lets the engine batch them.
-//! Responses go back as they complete, batched, matched by id. Long
-//! commands and replies travel in parts (see [`tessera_proto::parts`]).
+//! The `tessera.node.v1.Node` gRPC service: the node's state (the groups it
+//! hosts, the slot → shard table) and the calls routers and admins make.
+//! Router sessions are served in [`crate::session`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::Stream;
 use parking_lot::RwLock;
 use tessera_common::command::NodeCommand;
-use tessera_common::error::code_of;
 use tessera_common::reply::Reply;
 use tessera_common::slot::{key_slot, SlotRange, SLOTS};
-use tessera_proto::parts::{Joiner, Outgoing};
 use tessera_proto::v1::node_server::Node;
-use tessera_proto::v1::{
-    request, response, Member, Redirect, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse,
-};
-use tokio::sync::mpsc;
+use tessera_proto::v1::{request, Member, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::disk::DiskGuard;
@@ -246,7 +227,11 @@ impl NodeState {
     /// with a wiped disk, a replica moved away) answers as a replica with no
     /// leader to name, so the router tries the shard's other replicas
     /// instead of handing the client `CLUSTERDOWN`.
-    fn route(&self, target: Option<request::Target>, command: &Bytes) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
+    pub(crate) fn route(
+        &self,
+        target: Option<request::Target>,
+        command: &Bytes,
+    ) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
         // Only a command joined from parts has a buffer of its own: one
         // that came whole is a slice of the stream's receive buffer, which a
         // stored slice of it would keep alive.
@@ -284,313 +269,6 @@ impl NodeState {
     }
 }
 
-/// What a session sends back: a response, or a long reply's encoding in
-/// pieces (sent in parts, see [`tessera_proto::parts`]).
-enum Out {
-    One(tessera_proto::v1::Response),
-    Long { id: u64, pieces: Vec<Bytes> },
-}
-
-fn response(id: u64, shard: u32, out: Outcome) -> Out {
-    let result = match out {
-        // A long reply (a model's bytes, a large tensor) is not encoded into
-        // one buffer: its large payloads go out as slices of themselves.
-        Outcome::Reply(r) if r.size_hint() > tessera_proto::parts::PART_BYTES => {
-            // (Payloads of 64 KiB or more are pieces of their own: a model
-            // laid out for its runtime is many such weights.)
-            let pieces = crate::raft::heavy(|| r.to_parts(64 << 10));
-            return Out::Long { id, pieces };
-        }
-        Outcome::Reply(r) => response::Result::Reply(r.to_bytes().into()),
-        Outcome::Redirect(leader) => {
-            let (leader_id, leader_addr) = leader.unwrap_or_default();
-            response::Result::Redirect(Redirect { shard, leader_id, leader_addr })
-        }
-    };
-    Out::One(tessera_proto::v1::Response { id, result: Some(result), total_len: 0 })
-}
-
-fn record(name: &'static str, out: &Outcome, start: Instant) {
-    let code = match out {
-        Outcome::Reply(Reply::Error(e)) => code_of(e),
-        Outcome::Reply(_) => "ok",
-        Outcome::Redirect(_) => "redirect",
-    };
-    tessera_telemetry::record_command("tessera_node", name, code, start.elapsed());
-}
-
-/// A finished command: its in-flight slot, request id and outcome.
-type Done = (u64, u64, Outcome);
-
-/// The queue into one lane: request id and command.
-type LaneTx = mpsc::Sender<(u64, NodeCommand)>;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Read,
-    /// A logged write: writes are proposed in arrival order, so two writes
-    /// never need to wait for each other.
-    Write,
-    /// A model run: reads its model and inputs, later writes its outputs.
-    Exec,
-}
-
-/// What an in-flight command touches.
-#[derive(Debug)]
-struct Access {
-    kind: Kind,
-    /// Keyspace-wide (KEYS, SCAN, FLUSHALL, ...): touches every key.
-    all: bool,
-    reads: Vec<Bytes>,
-    writes: Vec<Bytes>,
-}
-
-impl Access {
-    fn of(cmd: &NodeCommand) -> Access {
-        let kind = if cmd.is_exec() {
-            Kind::Exec
-        } else if cmd.is_write() {
-            Kind::Write
-        } else {
-            Kind::Read
-        };
-        let all = !cmd.has_keys();
-        let keys = || cmd.keys().cloned().collect::<Vec<_>>();
-        let (reads, writes) = match kind {
-            Kind::Read => (keys(), Vec::new()),
-            Kind::Write => (Vec::new(), keys()),
-            Kind::Exec => {
-                let writes: Vec<Bytes> = cmd.written_keys().unwrap_or_default().into_iter().cloned().collect();
-                let reads = keys().into_iter().filter(|k| !writes.contains(k)).collect();
-                (reads, writes)
-            }
-        };
-        Access { kind, all, reads, writes }
-    }
-
-    /// Whether `self` must wait for `other` (in flight) to finish: they
-    /// touch a common key and one of them writes it. Reads never wait for
-    /// reads; writes never wait for writes (the log orders them).
-    fn conflicts(&self, other: &Access) -> bool {
-        match (self.kind, other.kind) {
-            (Kind::Read, Kind::Read) | (Kind::Write, Kind::Write) => return false,
-            _ => {}
-        }
-        if self.all || other.all {
-            return true;
-        }
-        let hit = |a: &[Bytes], b: &[Bytes]| a.iter().any(|k| b.contains(k));
-        hit(&self.writes, &other.reads) || hit(&self.writes, &other.writes) || hit(&other.writes, &self.reads)
-    }
-}
-
-/// One shard's share of one session (see the module docs for the ordering
-/// rules): commands start in arrival order; one that touches a key an
-/// earlier, unfinished command writes (or writes a key it reads) waits, and
-/// so does everything behind it.
-async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCommand)>, out: mpsc::Sender<Out>) {
-    let mut queue: VecDeque<(u64, NodeCommand, Instant)> = VecDeque::new();
-    let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
-    let mut flights: HashMap<u64, Access> = HashMap::new();
-    let mut next_slot = 0u64;
-    let mut open = true;
-    loop {
-        // Start whatever the ordering rules allow, front first.
-        while let Some((_, cmd, _)) = queue.front() {
-            let access = Access::of(cmd);
-            if flights.values().any(|f| access.conflicts(f)) {
-                break;
-            }
-            let (id, cmd, start) = queue.pop_front().expect("front exists");
-            let name = cmd.name();
-            trace!(shard = shard.id, cmd = name, kind = ?access.kind, "command");
-            let slot = next_slot;
-            next_slot += 1;
-            let s = shard.clone();
-            let fut = match access.kind {
-                Kind::Write => {
-                    // Queued in the group before the next command starts, so
-                    // writes are logged in arrival order.
-                    let submitted = shard.submit(cmd).await;
-                    async move {
-                        let o = s.finish(submitted).await;
-                        record(name, &o, start);
-                        (slot, id, o)
-                    }
-                    .boxed()
-                }
-                Kind::Read => async move {
-                    let o = s.read(&cmd).await;
-                    record(name, &o, start);
-                    (slot, id, o)
-                }
-                .boxed(),
-                Kind::Exec => async move {
-                    let o = match &cmd {
-                        NodeCommand::ModelExecute { argv, deprecated } => s.execute(argv, *deprecated).await,
-                        _ => Outcome::Reply(Reply::err("ERR internal: not a model run")),
-                    };
-                    record(name, &o, start);
-                    (slot, id, o)
-                }
-                .boxed(),
-            };
-            flights.insert(slot, access);
-            running.push(fut);
-        }
-        if !open && queue.is_empty() && running.is_empty() {
-            return;
-        }
-        tokio::select! {
-            Some((slot, id, o)) = running.next(), if !running.is_empty() => {
-                flights.remove(&slot);
-                if out.send(response(id, shard.id, o)).await.is_err() { return; }
-            }
-            m = rx.recv(), if open => match m {
-                Some((id, cmd)) => queue.push_back((id, cmd, Instant::now())),
-                None => open = false,
-            },
-        }
-    }
-}
-
-/// Batches every response ready at poll time into one message.
-/// A long reply goes alone, in parts (see [`tessera_proto::parts`]).
-struct ResponseStream {
-    rx: mpsc::Receiver<Out>,
-    sending: Option<Outgoing<()>>,
-    _guard: SessionGuard,
-}
-
-impl ResponseStream {
-    /// The next part of the long reply being sent, alone in a message.
-    fn next_part(&mut self) -> Option<ResponseBatch> {
-        let out = self.sending.as_mut()?;
-        let (part, last) = out.next_part();
-        let r = tessera_proto::v1::Response {
-            id: out.id,
-            result: Some(response::Result::Reply(part)),
-            total_len: out.total,
-        };
-        if last {
-            self.sending = None;
-        }
-        Some(ResponseBatch { responses: vec![r] })
-    }
-}
-
-impl Stream for ResponseStream {
-    type Item = Result<ResponseBatch, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(part) = self.next_part() {
-            return Poll::Ready(Some(Ok(part)));
-        }
-        let mut next = match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(r)) => Some(r),
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        let mut responses = Vec::new();
-        // At most about a part's worth of bytes per message, so the
-        // router's receive buffer stays that small too.
-        let mut bytes = 0;
-        while let Some(r) = next.take() {
-            let r = match r {
-                Out::One(r) => r,
-                Out::Long { id, pieces } => {
-                    // Goes after the replies before it, in parts.
-                    self.sending = Some(Outgoing::from_pieces(id, (), pieces));
-                    break;
-                }
-            };
-            match r.result {
-                Some(response::Result::Reply(b)) if b.len() > tessera_proto::parts::PART_BYTES => {
-                    // Goes after the replies before it, in parts.
-                    self.sending = Outgoing::new(r.id, (), b).ok();
-                    break;
-                }
-                Some(response::Result::Reply(ref b)) => bytes += b.len(),
-                _ => {}
-            }
-            responses.push(r);
-            if responses.len() < 1024 && bytes < tessera_proto::parts::PART_BYTES {
-                next = self.rx.try_recv().ok();
-            }
-        }
-        if responses.is_empty() {
-            return Poll::Ready(self.next_part().map(Ok));
-        }
-        Poll::Ready(Some(Ok(ResponseBatch { responses })))
-    }
-}
-
-/// Counts open sessions while it lives.
-struct SessionGuard {
-    peer: Option<std::net::SocketAddr>,
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        metrics::gauge!("tessera_node_sessions").decrement(1.0);
-        debug!(peer = ?self.peer, "session closed");
-    }
-}
-
-async fn read_session(
-    state: Arc<NodeState>,
-    mut inbound: Streaming<RequestBatch>,
-    out: mpsc::Sender<Out>,
-    peer: Option<std::net::SocketAddr>,
-) {
-    // A lane serves one replica object: when the replica is reopened or
-    // replaced, the next request starts a lane on the new one (the old lane
-    // finishes what it has and exits).
-    let mut lanes: HashMap<u32, (Arc<Shard>, LaneTx)> = HashMap::new();
-    let mut joiner = Joiner::default();
-    loop {
-        let batch = match inbound.message().await {
-            Ok(Some(b)) => b,
-            Ok(None) => return,
-            Err(e) => {
-                metrics::counter!("tessera_node_grpc_errors_total").increment(1);
-                warn!(?peer, error = %e, "session stream failed");
-                return;
-            }
-        };
-        for r in batch.requests {
-            let command = match r.total_len {
-                0 => r.command,
-                total => match joiner.add(r.id, total, &r.command) {
-                    Ok(Some(whole)) => whole,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        let _ = out.send(response(r.id, 0, Outcome::Reply(Reply::err(e)))).await;
-                        continue;
-                    }
-                },
-            };
-            match state.route(r.target, &command) {
-                Err(outcome) => {
-                    let _ = out.send(response(r.id, 0, outcome)).await;
-                }
-                Ok((shard, cmd)) => {
-                    let current = lanes.get(&shard.id).is_some_and(|(s, _)| Arc::ptr_eq(s, &shard));
-                    if !current {
-                        let (tx, rx) = mpsc::channel(4096);
-                        tokio::spawn(lane(shard.clone(), rx, out.clone()));
-                        lanes.insert(shard.id, (shard.clone(), tx));
-                    }
-                    let (_, tx) = &lanes[&shard.id];
-                    if tx.send((r.id, cmd)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
 pub struct NodeService {
     pub state: Arc<NodeState>,
 }
@@ -603,9 +281,7 @@ impl Node for NodeService {
         let peer = req.remote_addr();
         debug!(?peer, "session opened");
         metrics::gauge!("tessera_node_sessions").increment(1.0);
-        let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(read_session(self.state.clone(), req.into_inner(), tx, peer));
-        Ok(Response::new(Box::pin(ResponseStream { rx, sending: None, _guard: SessionGuard { peer } })))
+        Ok(Response::new(Box::pin(crate::session::serve(self.state.clone(), req.into_inner(), peer))))
     }
 
     async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
