@@ -68,11 +68,6 @@ impl Blob {
         }
         Blob { parts, len: range.len() }
     }
-
-    /// Every byte, in order.
-    pub fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.parts.iter().flat_map(|p| p.iter().copied())
-    }
 }
 
 impl From<Bytes> for Blob {
@@ -194,7 +189,6 @@ mod tests {
         assert_eq!(&b.contiguous()[..], b"abcdef");
         let single = Bytes::from_static(b"xyz");
         assert_eq!(Blob::from(single.clone()).contiguous().as_ptr(), single.as_ptr(), "one part is not copied");
-        assert_eq!(b.bytes().collect::<Vec<_>>(), b"abcdef");
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub mod tensor;
 pub use error::{Error, Result};
 pub use reply::{Protocol, Reply};
 
+/// Appends `v` as a LEB128 varint: postcard's integers and lengths, and
+/// protobuf's keys and lengths.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Postcard-encodes `value` into a vector allocated once with `capacity`.
 pub(crate) fn encode<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity);

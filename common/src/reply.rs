@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::Blob;
+use crate::put_varint as varint;
 
 /// RESP protocol version negotiated on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -227,15 +228,6 @@ impl Parts {
             self.done.push(std::mem::take(&mut self.cur).into());
         }
     }
-}
-
-/// Postcard's (LEB128) varint.
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 fn line(out: &mut BytesMut, tag: u8, body: &[u8]) {

@@ -1,13 +1,7 @@
 //! Small ONNX models written as protobuf by hand (field numbers from
 //! onnx.proto), for tests and the chaos harness: no Python, no files.
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
+use tessera_common::put_varint as varint;
 
 /// A length-delimited field (bytes, string or sub-message).
 fn bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
@@ -98,12 +92,20 @@ fn initializer(dims: &[u64], data_type: u64, name: &str, doc: &[u8], raw_len: us
 pub fn add_const(c: f64) -> Vec<u8> {
     let mut init = initializer(&[1], DOUBLE, "C", b"", 8);
     init.extend_from_slice(&c.to_le_bytes());
+    scalar_model(&[node(&["X", "C"], "Y", "Add")], b"add", &init, DOUBLE)
+}
+
+/// A model of `nodes` (graph `name`) with one initializer, from input X to
+/// output Y, both `elem_type` tensors of shape [1].
+fn scalar_model(nodes: &[Vec<u8>], name: &[u8], init: &[u8], elem_type: u64) -> Vec<u8> {
     let mut graph = Vec::new();
-    bytes(&mut graph, 1, &node(&["X", "C"], "Y", "Add"));
-    bytes(&mut graph, 2, b"add");
-    bytes(&mut graph, 5, &init);
-    bytes(&mut graph, 11, &value_info("X", DOUBLE, &[1]));
-    bytes(&mut graph, 12, &value_info("Y", DOUBLE, &[1]));
+    for n in nodes {
+        bytes(&mut graph, 1, n);
+    }
+    bytes(&mut graph, 2, name);
+    bytes(&mut graph, 5, init);
+    bytes(&mut graph, 11, &value_info("X", elem_type, &[1]));
+    bytes(&mut graph, 12, &value_info("Y", elem_type, &[1]));
     model(&graph)
 }
 
@@ -206,13 +208,7 @@ pub fn external_weight(location: &str) -> Vec<u8> {
     bytes(&mut init, 8, b"W"); // name
     bytes(&mut init, 13, &entry); // external_data
     int(&mut init, 14, 1); // data_location: EXTERNAL
-    let mut graph = Vec::new();
-    bytes(&mut graph, 1, &node(&["X", "W"], "Y", "Add"));
-    bytes(&mut graph, 2, b"external");
-    bytes(&mut graph, 5, &init);
-    bytes(&mut graph, 11, &value_info("X", FLOAT, &[1]));
-    bytes(&mut graph, 12, &value_info("Y", FLOAT, &[1]));
-    model(&graph)
+    scalar_model(&[node(&["X", "W"], "Y", "Add")], b"external", &init, FLOAT)
 }
 
 /// `Y = X + ReduceSum(W)` on FLOAT [1], with W `n` floats of 1 (so Y = X +
@@ -222,12 +218,5 @@ pub fn folded_sum(n: usize) -> Vec<u8> {
     for _ in 0..n {
         init.extend_from_slice(&1f32.to_le_bytes());
     }
-    let mut graph = Vec::new();
-    bytes(&mut graph, 1, &node(&["W"], "S", "ReduceSum"));
-    bytes(&mut graph, 1, &node(&["X", "S"], "Y", "Add"));
-    bytes(&mut graph, 2, b"folded");
-    bytes(&mut graph, 5, &init);
-    bytes(&mut graph, 11, &value_info("X", FLOAT, &[1]));
-    bytes(&mut graph, 12, &value_info("Y", FLOAT, &[1]));
-    model(&graph)
+    scalar_model(&[node(&["W"], "S", "ReduceSum"), node(&["X", "S"], "Y", "Add")], b"folded", &init, FLOAT)
 }

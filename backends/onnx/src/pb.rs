@@ -120,13 +120,7 @@ pub fn varint_len(v: u64) -> usize {
     (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
+pub use tessera_common::put_varint;
 
 pub fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
     put_varint(out, field << 3 | 2);
