@@ -53,6 +53,18 @@ impl Blob {
         }
     }
 
+    /// The bytes as a vector of their own, without copying them, when they
+    /// are one part that nothing else shares: moved to the front of the
+    /// allocation they lie in, whose capacity the vector keeps (room to lay
+    /// them out in place, see [`layout_room`]). Else the blob, unchanged.
+    pub fn into_vec(self) -> Result<Vec<u8>, Blob> {
+        match <[Bytes; 1]>::try_from(self.parts) {
+            Ok([one]) => one.try_into_mut().map(Vec::from).map_err(Blob::from),
+            Err(parts) if parts.is_empty() => Ok(Vec::new()),
+            Err(parts) => Err(Blob { parts, len: self.len }),
+        }
+    }
+
     /// The bytes in `range`, sharing the parts (panics out of bounds, as
     /// slicing does).
     pub fn slice(&self, range: Range<usize>) -> Blob {
@@ -68,6 +80,14 @@ impl Blob {
         }
         Blob { parts, len: range.len() }
     }
+}
+
+/// Room past a model's `len` bytes with which a runtime can lay them out in
+/// place (see `tessera-backend-onnx`'s `weights::arrange`: each weight of at
+/// least 64 KiB moved to a 64-byte boundary). Buffers that a model's bytes
+/// are assembled in reserve it.
+pub fn layout_room(len: usize) -> usize {
+    len / 1024 + 64
 }
 
 impl From<Bytes> for Blob {
@@ -189,6 +209,24 @@ mod tests {
         assert_eq!(&b.contiguous()[..], b"abcdef");
         let single = Bytes::from_static(b"xyz");
         assert_eq!(Blob::from(single.clone()).contiguous().as_ptr(), single.as_ptr(), "one part is not copied");
+    }
+
+    #[test]
+    fn a_lone_unshared_part_becomes_a_vector_without_a_copy() {
+        let mut v = Vec::with_capacity(100);
+        v.extend_from_slice(b"headerMODEL");
+        let (at, cap) = (v.as_ptr(), v.capacity());
+        let whole = Bytes::from(v);
+        let model = Blob::from(whole.slice(6..));
+        let shared = model.clone();
+        let model = model.into_vec().expect_err("shared twice");
+        drop(shared);
+        let model = model.into_vec().expect_err("the whole buffer is still held");
+        drop(whole);
+        let v = model.into_vec().expect("the slice is all that is left");
+        assert_eq!((&v[..], v.as_ptr(), v.capacity()), (&b"MODEL"[..], at, cap), "moved to the front, in place");
+        assert!(parts(&[b"ab", b"c"]).into_vec().is_err(), "parts are never joined here");
+        assert_eq!(Blob::default().into_vec().unwrap(), b"");
     }
 
     #[test]

@@ -304,8 +304,12 @@ impl Keyspace {
 
     /// Rebuilds a keyspace from [`Keyspace::dump`] output. A model's bytes
     /// are a slice of `data` (not a copy) when they are at least half of it,
-    /// so that smaller values never keep a large buffer alive.
-    pub fn load_shared(data: &Bytes) -> Result<Keyspace, String> {
+    /// so that smaller values never keep a large buffer alive; smaller
+    /// models are copied into buffers of their own. Models are created last,
+    /// once `data` is dropped, so that each one's bytes are all that holds
+    /// their buffer, and are laid out there for their runtime
+    /// ([`crate::models::arrange`]).
+    pub fn load_shared(data: Bytes) -> Result<Keyspace, String> {
         let mut ks = Keyspace::new();
         let take = |pos: &mut usize, n: usize| -> Result<std::ops::Range<usize>, String> {
             let end = pos.checked_add(n).filter(|e| *e <= data.len()).ok_or("snapshot is truncated")?;
@@ -325,6 +329,7 @@ impl Keyspace {
                 .into());
         }
         let count = len(&mut pos)?;
+        let mut models = Vec::new();
         for _ in 0..count {
             let n = len(&mut pos)?;
             let rec: DumpedKey =
@@ -340,10 +345,16 @@ impl Keyspace {
                 DumpedValue::Model(mut def) => {
                     def.blob = match raw.len() >= data.len() / 2 {
                         true => data.slice(raw),
-                        false => Bytes::copy_from_slice(&data[raw]),
+                        false => {
+                            let n = raw.len();
+                            let mut own = Vec::with_capacity(n + tessera_common::blob::layout_room(n));
+                            own.extend_from_slice(&data[raw]);
+                            own.into()
+                        }
                     }
                     .into();
-                    Value::Model(crate::models::StoredModel::new(def))
+                    models.push((rec.key, def, rec.expire_at));
+                    continue;
                 }
             };
             ks.insert(rec.key, Entry { value, expire_at: rec.expire_at });
@@ -351,12 +362,17 @@ impl Keyspace {
         if pos != data.len() {
             return Err("trailing bytes after the last key".into());
         }
+        drop(data);
+        for (key, mut def, expire_at) in models {
+            crate::models::arrange(&mut def);
+            ks.insert(key, Entry { value: Value::Model(crate::models::StoredModel::new(def)), expire_at });
+        }
         Ok(ks)
     }
 
     /// [`Keyspace::load_shared`] from a copy of `data`.
     pub fn load(data: &[u8]) -> Result<Keyspace, String> {
-        Keyspace::load_shared(&Bytes::copy_from_slice(data))
+        Keyspace::load_shared(Bytes::copy_from_slice(data))
     }
 }
 
@@ -434,7 +450,7 @@ mod tests {
         ks.insert(Bytes::from_static(b"s"), s("x"));
         let dump = Bytes::from(ks.dump());
         assert_eq!(dump.len(), ks.dump_size(), "the dump is sized exactly");
-        let back = Keyspace::load_shared(&dump).unwrap();
+        let back = Keyspace::load_shared(dump.clone()).unwrap();
         let Some(Entry { value: Value::Model(m), .. }) = back.get(b"m", 0) else { panic!("no model") };
         assert_eq!(m.def, ModelDef { blob: Blob::default(), ..def });
         assert_eq!(m.blob(), parts);

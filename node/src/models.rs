@@ -202,7 +202,7 @@ impl Registry {
             intra_op_threads: s.intra_op,
             inter_op_threads: s.inter_op,
         };
-        backend.load_shared(&blob.contiguous(), &opts).map_err(|e| e.0)
+        backend.load_shared(blob, &opts).map_err(|e| e.0)
     }
 
     /// Keeps a model loaded for validation until its entry applies here;
@@ -266,6 +266,28 @@ impl Registry {
         }
         Reply::ok()
     }
+}
+
+/// Lays `def`'s bytes out for its runtime in the memory they lie in, when
+/// nothing else holds that memory: an ONNX model for the CPU whose large
+/// weights lie misaligned (as a real model's do) would otherwise be copied
+/// whole when it loads (see `tessera_backend_onnx::weights`), 1× more for a
+/// moment. Its bytes then become parts of that memory (the same bytes,
+/// with gaps between the parts). Called where a model's bytes were just
+/// assembled into a buffer of their own with room to spare
+/// ([`tessera_common::blob::layout_room`]): a joined chunked write, a
+/// restored snapshot. Other models, and bytes held elsewhere too, stay as
+/// they are (their load copies them, if it must).
+pub fn arrange(def: &mut ModelDef) {
+    #[cfg(feature = "onnx")]
+    if def.backend == BackendKind::Onnx && matches!(def.device, Device::Cpu(_)) {
+        def.blob = match std::mem::take(&mut def.blob).into_vec() {
+            Ok(bytes) => tessera_backend_onnx::weights::arrange(bytes),
+            Err(shared) => shared,
+        };
+    }
+    #[cfg(not(feature = "onnx"))]
+    let _ = def;
 }
 
 /// Run statistics (AI.INFO), in memory on the node that runs the model.

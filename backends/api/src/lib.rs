@@ -75,10 +75,10 @@ pub trait Backend: Send + Sync {
     fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>>;
 
     /// [`Backend::load`] from bytes the caller keeps anyway: a backend may
-    /// hold on to them (a clone of `blob`, not a copy) instead of copying
-    /// the weights they hold.
-    fn load_shared(&self, blob: &bytes::Bytes, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
-        self.load(blob, opts)
+    /// hold on to them (clones of `blob`'s parts, not a copy) instead of
+    /// copying the weights they hold.
+    fn load_shared(&self, blob: &tessera_common::blob::Blob, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+        self.load(&blob.contiguous(), opts)
     }
 }
 

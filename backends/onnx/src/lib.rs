@@ -26,6 +26,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use parking_lot::Mutex;
+use tessera_common::blob::Blob;
 use tessera_backend::{
     elements, from_elements, from_strings, strings, Backend, BackendError, BackendKind, DType, Device, Element,
     LoadOptions, Model, Result, Tensor,
@@ -119,13 +120,13 @@ impl Backend for OnnxBackend {
     }
 
     fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>> {
-        self.load_shared(&Bytes::copy_from_slice(blob), opts)
+        self.load_shared(&Blob::from(Bytes::copy_from_slice(blob)), opts)
     }
 
-    fn load_shared(&self, blob: &Bytes, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+    fn load_shared(&self, blob: &Blob, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
         // ORT would read such a file from the node's file system (relative
         // to its working directory): a client must not name node files.
-        if weights::references_external_data(blob) {
+        if weights::references_external_data(&weights::Src::of(blob)) {
             return Err(BackendError::new(
                 "ERR ONNX models with external data are not supported: send the weights inside the model",
             ));
@@ -149,7 +150,7 @@ impl Backend for OnnxBackend {
         let pooled = blob.len() <= POOL_MAX_BYTES;
         Ok(Arc::new(OnnxModel {
             idle: Mutex::new(vec![session]),
-            blob: (pooled && shared.is_none()).then(|| blob.clone()),
+            blob: (pooled && shared.is_none()).then(|| blob.contiguous()),
             shared,
             opts: opts.clone(),
             inputs,
@@ -169,15 +170,16 @@ impl OnnxBackend {
     /// (to fold a constant) fails that way and is loaded as it came, as is
     /// any model that fails: the error is then ONNX Runtime's about the
     /// model itself.
-    fn first_session(&self, blob: &Bytes, opts: &LoadOptions) -> Result<(Session, Option<Shared>)> {
+    fn first_session(&self, blob: &Blob, opts: &LoadOptions) -> Result<(Session, Option<Shared>)> {
         if matches!(opts.device, Device::Cpu(_)) {
             if let Ok(Some(shared)) = Shared::new(blob) {
-                if let Ok(session) = self.session(blob, Some(&shared), opts) {
+                if let Ok(session) = self.session(&[], Some(&shared), opts) {
                     return Ok((session, Some(shared)));
                 }
             }
         }
-        Ok((self.session(blob, None, opts)?, None))
+        // (In one buffer: a copy when the blob was laid out in parts.)
+        Ok((self.session(&blob.contiguous(), None, opts)?, None))
     }
 }
 

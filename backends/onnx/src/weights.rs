@@ -19,8 +19,10 @@
 //! would fail ("Random-access reads require a regular file"), never yield
 //! wrong weights.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::ops::Range;
 use std::ptr::{self, NonNull};
 
 use bytes::Bytes;
@@ -30,6 +32,7 @@ use ort::sys::{ONNXTensorElementDataType as Elem, OrtStatusPtr, OrtValue};
 use ort::AsPointer;
 use tessera_common::blob::Blob;
 
+pub use crate::pb::Src;
 use crate::pb::{put_bytes, put_varint, varint_len, Reader, Value, MAX_DEPTH};
 
 /// Initializers with fewer raw bytes stay in the model (sharing them would
@@ -57,7 +60,7 @@ pub struct Initializer {
 /// subgraphs, functions) points at an external data file. Such a model
 /// would have ONNX Runtime read files of the node's file system; the node
 /// refuses it. `false` for bytes that do not parse (ORT reports those).
-pub fn references_external_data(model: &[u8]) -> bool {
+pub fn references_external_data(model: &Src<'_>) -> bool {
     let mut external = false;
     let _ = walk_model(model, &mut |seen| {
         if let Seen::Tensor(t, _) = seen {
@@ -68,28 +71,73 @@ pub fn references_external_data(model: &[u8]) -> bool {
 }
 
 /// `model` without the raw bytes of its top-level initializers of at least
-/// `min_bytes`, and those initializers; `None` when there is nothing to take
-/// out or the bytes do not parse as the protobuf an ONNX model is (ORT then
-/// gets the model as it came, and reports what is wrong with it). A name
-/// that more than one tensor of the model uses (a subgraph's own, say) is
-/// never taken: ORT gives a shared tensor to every initializer of its name.
-pub fn split(model: &[u8], min_bytes: usize) -> Option<(Vec<u8>, Vec<Initializer>)> {
+/// `min_bytes`, and those initializers (by offset); `None` when there is
+/// nothing to take out or the bytes do not parse as the protobuf an ONNX
+/// model is (ORT then gets the model as it came, and reports what is wrong
+/// with it). A name that more than one tensor of the model uses (a
+/// subgraph's own, say) is never taken: ORT gives a shared tensor to every
+/// initializer of its name.
+pub fn split(model: &Src<'_>, min_bytes: usize) -> Option<(Vec<u8>, Vec<Initializer>)> {
+    let taken = plan(model, min_bytes)?;
+    // The new bytes of each taken tensor, by the span of its field.
+    let mut rewritten: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
+    let mut r = Reader::new(model, 0..model.len());
+    while let Some(f) = r.next()? {
+        if let (7, Value::Bytes(graph)) = (f.number, f.value) {
+            let mut r = Reader::new(model, graph);
+            while let Some(f) = r.next()? {
+                if let (5, Value::Bytes(tensor)) = (f.number, f.value) {
+                    if let Some((offset, _)) = tensor_info(model, tensor.clone())?.raw {
+                        if taken.binary_search_by_key(&offset, |t| t.offset).is_ok() {
+                            rewritten.push((f.span, external_tensor(model, tensor)?));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let field_len = |len: usize| varint_len((5 << 3) | 2) + varint_len(len as u64) + len;
+    let saved: usize = rewritten.iter().map(|(span, new)| span.len() - field_len(new.len())).sum();
+    let mut out = Vec::with_capacity(model.len() - saved + 16);
+    let mut r = Reader::new(model, 0..model.len());
+    while let Some(f) = r.next()? {
+        let (7, Value::Bytes(graph)) = (f.number, &f.value) else {
+            model.copy_to(f.span, &mut out)?;
+            continue;
+        };
+        let inside = |span: &Range<usize>| span.start >= graph.start && span.end <= graph.end;
+        let changes: Vec<_> = rewritten.iter().filter(|(span, _)| inside(span)).collect();
+        let graph_len = graph.len() - changes.iter().map(|(span, new)| span.len() - field_len(new.len())).sum::<usize>();
+        put_varint(&mut out, (7 << 3) | 2);
+        put_varint(&mut out, graph_len as u64);
+        let mut pos = graph.start;
+        for (span, new) in changes {
+            model.copy_to(pos..span.start, &mut out)?;
+            put_bytes(&mut out, 5, new);
+            pos = span.end;
+        }
+        model.copy_to(pos..graph.end, &mut out)?;
+    }
+    Some((out, taken))
+}
+
+/// The initializers [`split`] takes out of `model`, by offset, without
+/// rewriting it; `None` when there are none.
+fn plan(model: &Src<'_>, min_bytes: usize) -> Option<Vec<Initializer>> {
     if cfg!(target_endian = "big") {
         return None; // raw_data is little-endian; ORT swaps it when it copies
     }
-    // First only look: most models have nothing to take out, and are not
-    // copied.
     let mut taken = Vec::new();
-    let mut names: HashMap<&[u8], usize> = HashMap::new();
+    let mut names: HashMap<Cow<'_, [u8]>, usize> = HashMap::new();
     let mut external = false;
     walk_model(model, &mut |seen| match seen {
         Seen::Tensor(t, top) => {
             external |= t.external;
-            if let Some(name) = t.name {
-                *names.entry(name).or_default() += 1;
-            }
             if top {
                 taken.extend(shareable(&t, min_bytes));
+            }
+            if let Some(name) = t.name {
+                *names.entry(name).or_default() += 1;
             }
         }
         // A node's output of the same name (a subgraph's Constant, say)
@@ -101,52 +149,12 @@ pub fn split(model: &[u8], min_bytes: usize) -> Option<(Vec<u8>, Vec<Initializer
         return None;
     }
     taken.sort_by_key(|t| t.offset);
-    // The new bytes of each taken tensor, by the span of its field.
-    let mut rewritten: Vec<((usize, usize), Vec<u8>)> = Vec::new();
-    let mut r = Reader::new(model, 0);
-    while let Some(f) = r.next()? {
-        if let (7, Value::Bytes(graph, at)) = (f.number, f.value) {
-            let mut r = Reader::new(graph, at);
-            while let Some(f) = r.next()? {
-                if let (5, Value::Bytes(tensor, at)) = (f.number, f.value) {
-                    if let Some((offset, _)) = tensor_info(tensor, at)?.raw {
-                        if taken.binary_search_by_key(&offset, |t| t.offset).is_ok() {
-                            rewritten.push((f.span, external_tensor(tensor, at)?));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let field_len = |len: usize| varint_len((5 << 3) | 2) + varint_len(len as u64) + len;
-    let saved: usize = rewritten.iter().map(|((from, to), new)| (to - from) - field_len(new.len())).sum();
-    let mut out = Vec::with_capacity(model.len() - saved + 16);
-    let mut r = Reader::new(model, 0);
-    while let Some(f) = r.next()? {
-        let (7, Value::Bytes(graph, at)) = (f.number, &f.value) else {
-            out.extend_from_slice(&model[f.span.0..f.span.1]);
-            continue;
-        };
-        let (from, to) = (*at, at + graph.len());
-        let inside = |span: &(usize, usize)| span.0 >= from && span.1 <= to;
-        let changes: Vec<_> = rewritten.iter().filter(|(span, _)| inside(span)).collect();
-        let graph_len = graph.len() - changes.iter().map(|((a, b), new)| (b - a) - field_len(new.len())).sum::<usize>();
-        put_varint(&mut out, (7 << 3) | 2);
-        put_varint(&mut out, graph_len as u64);
-        let mut pos = from;
-        for ((a, b), new) in changes {
-            out.extend_from_slice(&model[pos..*a]);
-            put_bytes(&mut out, 5, new);
-            pos = *b;
-        }
-        out.extend_from_slice(&model[pos..to]);
-    }
-    Some((out, taken))
+    Some(taken)
 }
 
 /// What a `TensorProto` says of itself (offsets in the whole model).
 struct TensorInfo<'a> {
-    name: Option<&'a [u8]>,
+    name: Option<Cow<'a, [u8]>>,
     data_type: i32,
     dims: Vec<i64>,
     /// Offset and length of its raw_data.
@@ -154,21 +162,21 @@ struct TensorInfo<'a> {
     external: bool,
 }
 
-fn tensor_info(tensor: &[u8], base: usize) -> Option<TensorInfo<'_>> {
+fn tensor_info<'a>(model: &Src<'a>, tensor: Range<usize>) -> Option<TensorInfo<'a>> {
     let mut t = TensorInfo { name: None, data_type: 0, dims: Vec::new(), raw: None, external: false };
-    let mut r = Reader::new(tensor, base);
+    let mut r = Reader::new(model, tensor);
     while let Some(f) = r.next()? {
         match (f.number, f.value) {
             (1, Value::Varint(d)) => t.dims.push(d as i64),
-            (1, Value::Bytes(packed, at)) => {
-                let mut p = Reader::new(packed, at);
-                while p.pos < packed.len() {
+            (1, Value::Bytes(packed)) => {
+                let mut p = Reader::new(model, packed);
+                while p.pos < p.end {
                     t.dims.push(p.varint()? as i64);
                 }
             }
             (2, Value::Varint(v)) => t.data_type = v as i32,
-            (8, Value::Bytes(n, _)) => t.name = Some(n),
-            (9, Value::Bytes(b, at)) => t.raw = Some((at, b.len())),
+            (8, Value::Bytes(n)) => t.name = Some(model.get(n)?),
+            (9, Value::Bytes(b)) => t.raw = Some((b.start, b.len())),
             // protobuf reads the enum as an int32; any value but DEFAULT (0)
             // is taken as EXTERNAL (1) here, whatever ORT would make of it.
             (14, Value::Varint(v)) if v as u32 != 0 => t.external = true,
@@ -182,7 +190,7 @@ fn tensor_info(tensor: &[u8], base: usize) -> Option<TensorInfo<'_>> {
 /// A top-level initializer worth sharing: raw bytes of a numeric type,
 /// exactly as many as its shape says (anything else is left for ORT).
 fn shareable(t: &TensorInfo<'_>, min_bytes: usize) -> Option<Initializer> {
-    let (name, (offset, len)) = (std::str::from_utf8(t.name?).ok()?, t.raw?);
+    let (name, (offset, len)) = (std::str::from_utf8(t.name.as_deref()?).ok()?, t.raw?);
     let size = element_size(t.data_type)?;
     let count = t.dims.iter().try_fold(1usize, |n, d| usize::try_from(*d).ok().and_then(|d| n.checked_mul(d)));
     if t.external || len < min_bytes || count.and_then(|c| c.checked_mul(size)) != Some(len) {
@@ -191,15 +199,16 @@ fn shareable(t: &TensorInfo<'_>, min_bytes: usize) -> Option<Initializer> {
     Some(Initializer { name: name.to_owned(), data_type: t.data_type, dims: t.dims.clone(), offset, len })
 }
 
-/// `tensor` without its raw_data, marked as external data at [`LOCATION`].
-fn external_tensor(tensor: &[u8], base: usize) -> Option<Vec<u8>> {
+/// The tensor at `tensor` without its raw_data, marked as external data at
+/// [`LOCATION`].
+fn external_tensor(model: &Src<'_>, tensor: Range<usize>) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     let mut len = 0;
-    let mut r = Reader::new(tensor, base);
+    let mut r = Reader::new(model, tensor);
     while let Some(f) = r.next()? {
         match f.value {
-            Value::Bytes(b, _) if f.number == 9 => len = b.len(),
-            _ => out.extend_from_slice(&tensor[f.span.0 - base..f.span.1 - base]),
+            Value::Bytes(b) if f.number == 9 => len = b.len(),
+            _ => model.copy_to(f.span, &mut out)?,
         }
     }
     for (key, value) in [("location", LOCATION.to_owned()), ("length", len.to_string())] {
@@ -217,8 +226,8 @@ fn external_tensor(tensor: &[u8], base: usize) -> Option<Vec<u8>> {
 /// an initializer of the main graph), following onnx.proto's messages that
 /// hold tensors: graphs, nodes, attributes, sparse tensors, functions and
 /// training graphs. `None` when the bytes do not parse.
-fn walk_model<'a>(model: &'a [u8], visit: &mut dyn FnMut(Seen<'a>)) -> Option<()> {
-    walk(model, 0, Msg::Model, false, 0, visit)
+fn walk_model<'a>(model: &Src<'a>, visit: &mut dyn FnMut(Seen<'a>)) -> Option<()> {
+    walk(model, 0..model.len(), Msg::Model, false, 0, visit)
 }
 
 /// What [`walk_model`] reports.
@@ -226,7 +235,7 @@ enum Seen<'a> {
     /// A tensor, and whether it is an initializer of the main graph.
     Tensor(TensorInfo<'a>, bool),
     /// The name of a node's output.
-    Output(&'a [u8]),
+    Output(Cow<'a, [u8]>),
 }
 
 #[derive(Clone, Copy)]
@@ -241,8 +250,8 @@ enum Msg {
 }
 
 fn walk<'a>(
-    buf: &'a [u8],
-    base: usize,
+    model: &Src<'a>,
+    at: Range<usize>,
     msg: Msg,
     top: bool,
     depth: usize,
@@ -251,9 +260,9 @@ fn walk<'a>(
     if depth > MAX_DEPTH {
         return None;
     }
-    let mut r = Reader::new(buf, base);
+    let mut r = Reader::new(model, at);
     while let Some(f) = r.next()? {
-        let Value::Bytes(b, at) = f.value else { continue };
+        let Value::Bytes(b) = f.value else { continue };
         let next = match (msg, f.number) {
             (Msg::Model, 7) => Some((Msg::Graph, true)),
             (Msg::Model, 20) => Some((Msg::Training, false)),
@@ -266,15 +275,15 @@ fn walk<'a>(
             _ => None,
         };
         if let Some((inner, inner_top)) = next {
-            walk(b, at, inner, inner_top, depth + 1, visit)?;
+            walk(model, b, inner, inner_top, depth + 1, visit)?;
             continue;
         }
         match (msg, f.number) {
             (Msg::Graph, 5) | (Msg::Attribute, 5 | 10) | (Msg::Sparse, 1 | 2) => {
                 let is_top_initializer = top && matches!(msg, Msg::Graph);
-                visit(Seen::Tensor(tensor_info(b, at)?, is_top_initializer));
+                visit(Seen::Tensor(tensor_info(model, b)?, is_top_initializer));
             }
-            (Msg::Node, 2) => visit(Seen::Output(b)),
+            (Msg::Node, 2) => visit(Seen::Output(model.get(b)?)),
             _ => {}
         }
     }
@@ -322,35 +331,103 @@ pub struct Shared {
     /// laid out again in a buffer of this model's own, each weight at a
     /// multiple of [`ALIGN`], as parts in order (see [`Shared::laid_out`]).
     laid_out: Option<Blob>,
-    /// Keeps the bytes the tensors point into (the model's, or the copy).
-    _blob: Bytes,
+    /// Keeps the memory the tensors point into (the model's, or the copy).
+    _weights: Vec<Bytes>,
 }
 
-/// Where a copied weight starts: a multiple of this (ORT's own alignment).
+/// Where a moved weight starts: a multiple of this (ORT's own alignment).
 pub const ALIGN: usize = 64;
 
-/// `blob` copied into one new buffer with each of `inits` (by offset, not
-/// overlapping) at a multiple of [`ALIGN`]: the buffer, and the parts
-/// (positions in it) that are `blob` in order.
-fn lay_out(blob: &[u8], inits: &[Initializer]) -> (Bytes, Vec<std::ops::Range<usize>>) {
-    let mut buf = Vec::with_capacity(blob.len() + ALIGN * inits.len());
-    let base = buf.as_ptr() as usize;
-    let mut parts = Vec::with_capacity(2 * inits.len() + 1);
-    let mut copy = |buf: &mut Vec<u8>, from: std::ops::Range<usize>| {
-        parts.push(buf.len()..buf.len() + from.len());
-        buf.extend_from_slice(&blob[from]);
-    };
-    let mut at = 0;
+// Moving every weight (each at least SHARE_MIN_BYTES) to a multiple of
+// ALIGN fits in the room buffers of model bytes reserve.
+const _: () = assert!(ALIGN * 1024 <= SHARE_MIN_BYTES);
+
+/// Where the pieces of a model go when its `inits` (by offset, not
+/// overlapping) are moved to multiples of [`ALIGN`] in a buffer at address
+/// `base`: each piece (the bytes before a weight, the weight, ..., the
+/// bytes after the last) as its range in the model and its new start.
+fn pieces(len: usize, inits: &[Initializer], base: usize) -> Vec<(Range<usize>, usize)> {
+    let mut out = Vec::with_capacity(2 * inits.len() + 1);
+    let (mut at, mut to) = (0, 0);
     for init in inits {
-        copy(&mut buf, at..init.offset);
-        buf.resize(buf.len() + (ALIGN - (base + buf.len()) % ALIGN) % ALIGN, 0);
-        copy(&mut buf, init.offset..init.offset + init.len);
+        out.push((at..init.offset, to));
+        to += init.offset - at;
+        to += (ALIGN - (base + to) % ALIGN) % ALIGN;
+        out.push((init.offset..init.offset + init.len, to));
+        to += init.len;
         at = init.offset + init.len;
     }
-    copy(&mut buf, at..blob.len());
+    out.push((at..len, to));
+    out
+}
+
+/// The end of the last of `pieces` in their new places.
+fn laid_out_len(pieces: &[(Range<usize>, usize)]) -> usize {
+    pieces.last().map_or(0, |(r, to)| to + r.len())
+}
+
+/// `model` copied into one new buffer with each of `inits` at a multiple
+/// of [`ALIGN`]: the buffer, and the parts (positions in it) that are
+/// `model` in order.
+fn lay_out(model: &Src<'_>, inits: &[Initializer]) -> Option<(Bytes, Vec<Range<usize>>)> {
+    let capacity = model.len() + ALIGN * inits.len();
+    let mut buf = Vec::with_capacity(capacity);
+    let base = buf.as_ptr() as usize;
+    let pieces = pieces(model.len(), inits, base);
+    let mut parts = Vec::with_capacity(pieces.len());
+    for (from, to) in pieces {
+        buf.resize(to, 0);
+        parts.push(to..to + from.len());
+        model.copy_to(from, &mut buf)?;
+    }
     debug_assert_eq!(buf.as_ptr() as usize, base, "the capacity covers the padding");
     // The vector's memory becomes the buffer's as it is (no reallocation).
-    (Bytes::from(buf), parts)
+    Some((Bytes::from(buf), parts))
+}
+
+/// Whether each of `inits` lies aligned for its element type in `model`'s
+/// memory, inside one part: where (the part, and the range in it) if all do.
+fn in_place(model: &Src<'_>, inits: &[Initializer]) -> Option<Vec<(usize, Range<usize>)>> {
+    inits
+        .iter()
+        .map(|i| {
+            let (part, bytes) = model.within(&(i.offset..i.offset + i.len))?;
+            let size = element_size(i.data_type).expect("split takes only shareable types");
+            let start = bytes.as_ptr() as usize - model.part(part).as_ptr() as usize;
+            (bytes.as_ptr() as usize).is_multiple_of(size).then_some((part, start..start + i.len))
+        })
+        .collect()
+}
+
+/// Lays an ONNX model out for [`Shared`] in the memory it lies in: when a
+/// large weight lies misaligned for its type and `model`'s capacity has
+/// room ([`tessera_common::blob::layout_room`]), every such weight is moved
+/// to a multiple of [`ALIGN`] inside the vector (the bytes before it move
+/// up with it; nothing is copied elsewhere) and the model comes back as
+/// parts that skip the gaps. A model that needs no moving, cannot be laid
+/// out, or is no ONNX model comes back as it was, in one part. Either way
+/// the blob holds `model`'s bytes, and loading it shares every weight
+/// without copying any.
+pub fn arrange(mut model: Vec<u8>) -> Blob {
+    let Some(inits) = plan(&Src::one(&model), SHARE_MIN_BYTES) else { return model.into() };
+    if in_place(&Src::one(&model), &inits).is_some() {
+        return model.into();
+    }
+    let base = model.as_ptr() as usize;
+    let pieces = pieces(model.len(), &inits, base);
+    let len = laid_out_len(&pieces);
+    if len > model.capacity() {
+        return model.into();
+    }
+    model.resize(len, 0);
+    debug_assert_eq!(model.as_ptr() as usize, base, "no reallocation within the capacity");
+    // Last piece first: each moves up (never down), into space that only
+    // pieces after it held, and those have moved already.
+    for (from, to) in pieces.iter().rev() {
+        model.copy_within(from.clone(), *to);
+    }
+    let model = Bytes::from(model);
+    Blob::from_parts(pieces.iter().map(|(from, to)| model.slice(*to..to + from.len())))
 }
 
 struct Tensor(NonNull<OrtValue>);
@@ -383,35 +460,36 @@ fn check(status: OrtStatusPtr) -> Result<(), String> {
 impl Shared {
     /// Takes `blob`'s large initializers out; `None` when there are none
     /// (or the bytes are no ONNX model).
-    pub fn new(blob: &Bytes) -> Result<Option<Shared>, String> {
-        let Some((model, mut inits)) = split(blob, SHARE_MIN_BYTES) else { return Ok(None) };
-        inits.sort_by_key(|i| i.offset);
-        let size = |i: &Initializer| element_size(i.data_type).expect("split takes only shareable types");
-        let aligned =
-            |bytes: &Bytes| inits.iter().all(|i| (bytes.as_ptr() as usize + i.offset).is_multiple_of(size(i)));
-        // Weights are used where they lie when all of them lie aligned;
-        // else the whole model is copied once, laid out so they all do, and
-        // the copy takes the place of `blob` (the node keeps it instead).
-        let (bytes, laid_out, at): (Bytes, Option<Blob>, Vec<usize>) = if aligned(blob) {
-            (blob.clone(), None, inits.iter().map(|i| i.offset).collect())
-        } else {
-            let (buf, parts) = lay_out(blob, &inits);
-            let at = parts.iter().skip(1).step_by(2).map(|p| p.start).collect();
-            let laid_out = Blob::from_parts(parts.into_iter().map(|p| buf.slice(p)));
-            (buf, Some(laid_out), at)
+    pub fn new(blob: &Blob) -> Result<Option<Shared>, String> {
+        // (A blob holds no empty parts: its parts and `src`'s are numbered
+        // alike.)
+        let src = Src::of(blob);
+        let Some((model, inits)) = split(&src, SHARE_MIN_BYTES) else { return Ok(None) };
+        // Weights are used where they lie when all of them lie aligned,
+        // each in one part (as in a blob from `arrange`, or any blob in one
+        // part); else the whole model is copied once, laid out so they all
+        // do, and the copy takes the place of `blob` (the node keeps it
+        // instead).
+        let (weights, laid_out): (Vec<Bytes>, Option<Blob>) = match in_place(&src, &inits) {
+            Some(places) => (places.into_iter().map(|(part, r)| blob.parts()[part].slice(r)).collect(), None),
+            None => {
+                let (buf, parts) = lay_out(&src, &inits).ok_or("the model's bytes do not parse")?;
+                let weights = parts.iter().skip(1).step_by(2).map(|p| buf.slice(p.clone())).collect();
+                (weights, Some(Blob::from_parts(parts.into_iter().map(|p| buf.slice(p)))))
+            }
         };
-        let mut shared = Shared { model, values: Vec::new(), laid_out, _blob: bytes.clone() };
+        let mut shared = Shared { model, values: Vec::new(), laid_out, _weights: weights.clone() };
         let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
             .map_err(|e| e.message().to_owned())?;
-        for (init, at) in inits.into_iter().zip(at) {
+        for (init, data) in inits.into_iter().zip(&weights) {
             let elem = element_type(init.data_type).expect("split takes only shareable types");
-            let data = &bytes[at..at + init.len];
-            if !(data.as_ptr() as usize).is_multiple_of(size(&init)) {
+            let size = element_size(init.data_type).expect("split takes only shareable types");
+            if data.len() != init.len || !(data.as_ptr() as usize).is_multiple_of(size) {
                 return Err(format!("weight {} is not aligned after its layout", init.name));
             }
             let mut value = ptr::null_mut();
             // SAFETY: `data` is `init.len` bytes that live as long as
-            // `shared` (in `_blob`) and are never written; ORT only reads
+            // `shared` (in `_weights`) and are never written; ORT only reads
             // initializers.
             check(unsafe {
                 (ort::api().CreateTensorWithDataAsOrtValue)(
@@ -488,7 +566,7 @@ mod tests {
     #[test]
     fn large_initializers_are_taken_out_and_the_rest_is_kept() {
         let model = tessera_tests::onnx::embedding(1024, 32, 0);
-        let (small, taken) = split(&model, SHARE_MIN_BYTES).expect("W is 128 KiB");
+        let (small, taken) = split(&Src::one(&model), SHARE_MIN_BYTES).expect("W is 128 KiB");
         assert_eq!(taken.len(), 1);
         let w = &taken[0];
         assert_eq!(
@@ -499,12 +577,12 @@ mod tests {
         let row = |r: usize| f32::from_le_bytes(model[w.offset + r * 128..][..4].try_into().unwrap());
         assert_eq!((row(0), row(1), row(1023)), (0.0, 1.0, 1023.0));
         assert!(small.len() < 1024, "{} bytes left", small.len());
-        assert!(split(&model, usize::MAX).is_none(), "nothing to take out");
+        assert!(split(&Src::one(&model), usize::MAX).is_none(), "nothing to take out");
         // The rewritten tensor says where its bytes went, and the bytes
         // before and after W's field are the original ones.
         let s = String::from_utf8_lossy(&small);
         assert!(s.contains("location") && s.contains("131072"), "{s}");
-        assert!(references_external_data(&small) && !references_external_data(&model));
+        assert!(references_external_data(&Src::one(&small)) && !references_external_data(&Src::one(&model)));
         let tail = &model[w.offset + w.len..];
         assert!(small.ends_with(tail), "what follows the initializer is kept as it was");
         let head = &model[..w.offset - 20];
@@ -512,13 +590,46 @@ mod tests {
     }
 
     #[test]
+    fn arrange_moves_misaligned_weights_where_they_lie_and_its_parts_parse_as_the_model() {
+        use tessera_common::blob::layout_room;
+        // Eight 64 KiB tables whose names grow a byte each: most lie
+        // misaligned.
+        let model = tessera_tests::onnx::embeddings(8, 256, 64);
+        let (small, inits) = split(&Src::one(&model), SHARE_MIN_BYTES).expect("8 tables");
+        assert_eq!(inits.len(), 8);
+        let mut buf = Vec::with_capacity(model.len() + layout_room(model.len()));
+        buf.extend_from_slice(&model);
+        let at = buf.as_ptr();
+        assert!(in_place(&Src::one(&buf), &inits).is_none(), "some table lies misaligned");
+        let blob = arrange(buf);
+        assert!(blob == model[..], "the same bytes");
+        assert_eq!(blob.parts().len(), 2 * 8 + 1);
+        assert_eq!(blob.parts()[0].as_ptr(), at, "laid out in the memory it lay in");
+        let parts = Src::parts(blob.parts().iter().map(|p| &p[..]));
+        assert_eq!(split(&parts, SHARE_MIN_BYTES), Some((small, inits)), "parsed across the parts alike");
+        let (_, inits) = split(&parts, SHARE_MIN_BYTES).unwrap();
+        let places = in_place(&parts, &inits).expect("every table aligned, each in one part");
+        for (part, r) in places {
+            assert_eq!((r.start, r.len()), (0, 64 << 10), "a table is a part of its own");
+            assert!((blob.parts()[part].as_ptr() as usize).is_multiple_of(ALIGN));
+        }
+        // Without room, it stays as it was (the load copies it); so do
+        // bytes that are no model, and a model with nothing to move.
+        let tight = arrange(model.clone());
+        assert!(tight.parts().len() == 1 && tight == model[..]);
+        assert_eq!(arrange(b"junk".to_vec()), b"junk"[..]);
+        let plain = tessera_tests::onnx::add_const(1.0);
+        assert_eq!(arrange(plain.clone()).parts().len(), 1);
+    }
+
+    #[test]
     fn small_odd_or_ambiguous_initializers_stay() {
         // A 1-element DOUBLE constant is far under the limit.
-        assert!(split(&tessera_tests::onnx::add_const(1.0), SHARE_MIN_BYTES).is_none());
+        assert!(split(&Src::one(&tessera_tests::onnx::add_const(1.0)), SHARE_MIN_BYTES).is_none());
         // Garbage is "nothing to take out", never a panic.
         for junk in [&b"not a model"[..], b"\x3a\xff\xff\xff\xff\x0f", b"\x3a\x05ab", b"\x3c", b"\x3b\x08", b""] {
-            assert!(split(junk, 0).is_none());
-            assert!(!references_external_data(junk));
+            assert!(split(&Src::one(junk), 0).is_none());
+            assert!(!references_external_data(&Src::one(&junk)));
         }
         // Raw bytes that do not match the shape are left for ORT to report:
         // W's first dim, 1024 (key 0x08, varint 0x80 0x08), becomes 1023.
@@ -526,7 +637,7 @@ mod tests {
         let pos = model.windows(3).position(|w| w == [0x08, 0x80, 0x08]).expect("dims field");
         let mut odd = model.clone();
         odd[pos + 1..pos + 3].copy_from_slice(&[0xff, 0x07]);
-        assert!(split(&odd, 0).is_none());
+        assert!(split(&Src::one(&odd), 0).is_none());
         // A second tensor named W (a constant in a node's attribute), or a
         // node output named W: ORT would give it the shared tensor too, so
         // W is not shared.
@@ -538,12 +649,12 @@ mod tests {
         for node in [constant, output] {
             let mut ambiguous = model.clone();
             ambiguous.extend_from_slice(&msg(&[(7, &msg(&[(1, &node)]))]));
-            assert!(!references_external_data(&ambiguous));
-            assert!(split(&ambiguous, 0).is_none());
+            assert!(!references_external_data(&Src::one(&ambiguous)));
+            assert!(split(&Src::one(&ambiguous), 0).is_none());
         }
         let mut lone = model.clone();
         lone.extend_from_slice(&msg(&[(7, &msg(&[(1, &msg(&[(2, b"V"), (4, b"Identity")]))]))]));
-        assert!(split(&lone, 0).is_some(), "another name changes nothing");
+        assert!(split(&Src::one(&lone), 0).is_some(), "another name changes nothing");
     }
 
     #[test]
@@ -575,21 +686,21 @@ mod tests {
             ("training algorithm", msg(&[(20, &msg(&[(2, &in_graph)]))])),
         ];
         for (what, model) in cases {
-            assert!(references_external_data(&model), "{what}");
+            assert!(references_external_data(&Src::one(&model)), "{what}");
         }
         // Behind an unknown group field (a parser skips it) it is found.
         let graph = msg(&[(7, &msg(&[(5, &ext)]))]);
         let mut grouped = vec![0x0b, 0x08, 0x01, 0x0c]; // field 1: start, a varint, end
         grouped.extend_from_slice(&graph);
-        assert!(references_external_data(&grouped));
+        assert!(references_external_data(&Src::one(&grouped)));
         // Field 7's key written in 5 bytes with bits past 32 (protobuf
         // drops them: it is the graph to ONNX Runtime) is the graph here.
         let mut long_key = vec![0xba, 0x80, 0x80, 0x80, 0x10];
         long_key.extend_from_slice(&graph[1..]);
-        assert!(references_external_data(&long_key));
+        assert!(references_external_data(&Src::one(&long_key)));
         // A key of 6 bytes protobuf refuses, as this reader does.
         let mut too_long = vec![0xba, 0x80, 0x80, 0x80, 0x80, 0x00];
         too_long.extend_from_slice(&graph[1..]);
-        assert!(!references_external_data(&too_long));
+        assert!(!references_external_data(&Src::one(&too_long)));
     }
 }

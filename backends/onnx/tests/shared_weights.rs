@@ -7,7 +7,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use tessera_backend::{elements, from_elements, Backend, DType, LoadOptions, Tensor};
-use tessera_backend_onnx::weights::{self, split, Shared, SHARE_MIN_BYTES};
+use tessera_backend_onnx::weights::{self, split, Shared, Src, SHARE_MIN_BYTES};
+use tessera_common::blob::{layout_room, Blob};
 use tessera_backend_onnx::OnnxBackend;
 
 /// One ONNX Runtime environment per process, warmed up by a first model
@@ -16,7 +17,7 @@ fn backend() -> &'static OnnxBackend {
     static B: OnceLock<OnnxBackend> = OnceLock::new();
     B.get_or_init(|| {
         let b = load();
-        let warm = b.load_shared(&Bytes::from(tessera_tests::onnx::embedding(1024, 64, 0)), &LoadOptions::default());
+        let warm = b.load_shared(&Blob::from(tessera_tests::onnx::embedding(1024, 64, 0)), &LoadOptions::default());
         rows(&*warm.unwrap(), &[1]);
         b
     })
@@ -38,7 +39,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// Loads `blob` and returns the model with the growth of the peak and of
 /// the resident memory it caused, in KiB.
-fn measured_load(blob: &Bytes) -> (std::sync::Arc<dyn tessera_backend::Model>, u64, u64) {
+fn measured_load(blob: &Blob) -> (std::sync::Arc<dyn tessera_backend::Model>, u64, u64) {
     let b = backend();
     let before = status_kib("VmRSS:");
     std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
@@ -70,10 +71,10 @@ fn weights_are_shared_aligned_or_laid_out_once_when_not() {
     let (mut aligned_seen, mut misaligned_seen) = (false, false);
     for shift in 0..6 {
         let blob = Bytes::from(tessera_tests::onnx::embedding(2048, 1024, shift));
-        let (_, taken) = split(&blob, SHARE_MIN_BYTES).unwrap();
+        let (_, taken) = split(&Src::one(&blob), SHARE_MIN_BYTES).unwrap();
         let aligned = (blob.as_ptr() as usize + taken[0].offset).is_multiple_of(4);
         (aligned_seen, misaligned_seen) = (aligned_seen || aligned, misaligned_seen || !aligned);
-        let shared = Shared::new(&blob).unwrap().expect("W is 8 MiB");
+        let shared = Shared::new(&blob.clone().into()).unwrap().expect("W is 8 MiB");
         assert_eq!(shared.shared_count(), 1);
         // Misaligned, the model is copied once, with W aligned, and the copy
         // (equal to the model) is offered to take the place of its bytes.
@@ -88,7 +89,7 @@ fn weights_are_shared_aligned_or_laid_out_once_when_not() {
         }
         // The session is built on the shared (or copied) tensor, not from
         // the whole model as it came, and reads the right rows.
-        let m = backend().load_shared(&blob, &LoadOptions::default()).unwrap();
+        let m = backend().load_shared(&blob.clone().into(), &LoadOptions::default()).unwrap();
         assert!(m.holds_bytes(), "shift {shift}: the weights are shared");
         assert_eq!(m.bytes().is_some(), !aligned);
         let y = rows(&*m, &[0, 7, 2047]);
@@ -103,7 +104,7 @@ fn weights_are_shared_aligned_or_laid_out_once_when_not() {
 fn an_initializer_listed_as_an_input_is_shared_too() {
     let _serial = serial();
     // IR 3 models list their initializers among the graph's inputs.
-    let blob = Bytes::from(tessera_tests::onnx::embedding_as_input(8192, 256));
+    let blob = Blob::from(tessera_tests::onnx::embedding_as_input(8192, 256));
     let size = (blob.len() / 1024) as u64;
     let (m, peak, after) = measured_load(&blob);
     println!("IR 3 shared weights: {size} KiB model loaded with peak +{peak} KiB, resident +{after} KiB");
@@ -117,7 +118,7 @@ fn external_data_is_refused() {
     // (The check does not look at the location: ORT would.)
     for location in ["etc/hostname", "/etc/hostname"] {
         let e = backend()
-            .load_shared(&Bytes::from(tessera_tests::onnx::external_weight(location)), &LoadOptions::default());
+            .load_shared(&Blob::from(tessera_tests::onnx::external_weight(location)), &LoadOptions::default());
         assert_eq!(
             e.err().expect(location).0,
             "ERR ONNX models with external data are not supported: send the weights inside the model"
@@ -131,7 +132,7 @@ fn a_weight_the_optimizer_folds_loads_as_it_came() {
     // ORT reads W while it loads (constant folding), before a session gets
     // the shared tensors: that fails, and the model loads as it came.
     let n = 1 << 18;
-    let blob = Bytes::from(tessera_tests::onnx::folded_sum(n));
+    let blob = Blob::from(tessera_tests::onnx::folded_sum(n));
     assert!(Shared::new(&blob).unwrap().is_some(), "W would be shared");
     let m = backend().load_shared(&blob, &LoadOptions::default());
     let m = m.unwrap();
@@ -145,7 +146,7 @@ fn a_large_table_costs_no_second_copy() {
     let _serial = serial();
     // 64 MiB of weights.
     let mut blob = Bytes::from(tessera_tests::onnx::embedding(64 * 1024, 256, 0));
-    let (_, taken) = split(&blob, SHARE_MIN_BYTES).unwrap();
+    let (_, taken) = split(&Src::one(&blob), SHARE_MIN_BYTES).unwrap();
     // Place the model so that W lies aligned (large allocations are).
     let pad = (4 - taken[0].offset % 4) % 4;
     let mut v = vec![0u8; pad + blob.len()];
@@ -153,7 +154,7 @@ fn a_large_table_costs_no_second_copy() {
     blob = Bytes::from(v).slice(pad..);
     assert_eq!((blob.as_ptr() as usize + taken[0].offset) % 4, 0);
     let size_kib = (blob.len() / 1024) as u64;
-    let (m, peak, after) = measured_load(&blob);
+    let (m, peak, after) = measured_load(&blob.into());
     let y = rows(&*m, &[65535]);
     assert!(y.iter().all(|v| *v == 65535.0));
     println!("FIGURE shared weights: {size_kib} KiB model loaded with peak +{peak} KiB, resident +{after} KiB");
@@ -168,12 +169,12 @@ fn weights_lying_anywhere_cost_one_copy_that_replaces_the_bytes() {
     // As in a real model: many weights, most not aligned where they lie.
     // 8 tables of 8 MiB.
     let blob = Bytes::from(tessera_tests::onnx::embeddings(8, 8192, 256));
-    let (_, taken) = split(&blob, SHARE_MIN_BYTES).unwrap();
+    let (_, taken) = split(&Src::one(&blob), SHARE_MIN_BYTES).unwrap();
     assert_eq!(taken.len(), 8);
     let misaligned = taken.iter().filter(|t| !(blob.as_ptr() as usize + t.offset).is_multiple_of(4)).count();
     assert!(misaligned >= 4, "{misaligned} of 8 misaligned");
     let size_kib = (blob.len() / 1024) as u64;
-    let (m, peak, after) = measured_load(&blob);
+    let (m, peak, after) = measured_load(&blob.clone().into());
     println!(
         "FIGURE laid-out weights: {size_kib} KiB model, {misaligned} of 8 weights misaligned, loaded with peak \
          +{peak} KiB, resident +{after} KiB (the copy the caller keeps instead of its bytes)"
@@ -190,4 +191,29 @@ fn weights_lying_anywhere_cost_one_copy_that_replaces_the_bytes() {
     // The caller drops its bytes and keeps the copy: the model is held once.
     drop(blob);
     assert!(rows(&*m, &[3]).iter().all(|v| *v == 3.0 * 36.0));
+}
+
+#[test]
+fn weights_laid_out_where_they_lie_load_without_a_copy() {
+    let _serial = serial();
+    // The same eight 8 MiB tables, in a buffer with room to spare, as the
+    // node assembles a model's bytes: laid out in that buffer, they load
+    // with no copy at all.
+    let model = tessera_tests::onnx::embeddings(8, 8192, 256);
+    let mut buf = Vec::with_capacity(model.len() + layout_room(model.len()));
+    buf.extend_from_slice(&model);
+    let at = buf.as_ptr();
+    let blob = weights::arrange(buf);
+    assert_eq!(blob.parts().len(), 17, "laid out");
+    assert_eq!(blob.parts()[0].as_ptr(), at, "where it lay");
+    assert!(blob == model[..]);
+    let size_kib = (blob.len() / 1024) as u64;
+    let (m, peak, after) = measured_load(&blob);
+    println!(
+        "FIGURE weights laid out in place: {size_kib} KiB model loaded with peak +{peak} KiB, resident +{after} KiB"
+    );
+    assert!(rows(&*m, &[8191]).iter().all(|v| *v == 8191.0 * 36.0));
+    assert!(m.holds_bytes() && m.bytes().is_none(), "shared where they lie: no copy to keep");
+    assert!(peak < size_kib / 4, "peak grew {peak} KiB loading a {size_kib} KiB model");
+    assert!(after < size_kib / 4, "RSS grew {after} KiB loading a {size_kib} KiB model");
 }

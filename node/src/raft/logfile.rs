@@ -248,12 +248,18 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
 }
 
 /// Reads a file written by [`write_atomic`]; `None` if it does not exist.
+/// The vector has room past the contents to lay a model out in place
+/// ([`tessera_common::blob::layout_room`]): a snapshot's models are restored
+/// in the memory it was read into.
 pub fn read_atomic(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let mut bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let mut file = match File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+    let mut bytes = Vec::with_capacity(len + tessera_common::blob::layout_room(len));
+    file.read_to_end(&mut bytes)?;
     if bytes.len() < 4 || crc32fast::hash(&bytes[4..]).to_le_bytes() != bytes[..4] {
         return Err(corrupt(path, "checksum mismatch"));
     }

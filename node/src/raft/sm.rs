@@ -12,6 +12,7 @@ use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMe
 use openraft::{EntryPayload, StoredMembership};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
 
 use super::logfile::{read_atomic, write_atomic_parts};
@@ -107,20 +108,28 @@ impl Chunks {
 
 /// Joins the parts of a chunked write and decodes it. Each part is dropped
 /// once copied, and a model blob in the write stays where the join put it
-/// (a slice, see [`tessera_common::shared`]): about one copy of the write
-/// in memory at any time. Takes a while for a large model: the caller
-/// holds no lock.
+/// (a slice, see [`tessera_common::shared`]), laid out there for its
+/// runtime ([`crate::models::arrange`]): about one copy of the write in
+/// memory at any time. Takes a while for a large model: the caller holds no
+/// lock.
 pub fn join(parts: Vec<bytes::Bytes>) -> Result<LogOp, Reply> {
-    let mut whole = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    let len = parts.iter().map(|p| p.len()).sum();
+    let mut whole = Vec::with_capacity(len + tessera_common::blob::layout_room(len));
     for p in parts {
         whole.extend_from_slice(&p);
     }
     let whole = bytes::Bytes::from(whole);
-    match tessera_common::shared::decode::<LogOp>(&whole) {
-        Ok(op @ (LogOp::Command(_) | LogOp::Fenced { .. })) => Ok(op),
-        Ok(_) => Err(Reply::err("ERR a chunked write must carry a command")),
-        Err(e) => Err(Reply::err(format!("ERR chunked write does not decode: {e}"))),
+    let mut op = match tessera_common::shared::decode::<LogOp>(&whole) {
+        Ok(op @ (LogOp::Command(_) | LogOp::Fenced { .. })) => op,
+        Ok(_) => return Err(Reply::err("ERR a chunked write must carry a command")),
+        Err(e) => return Err(Reply::err(format!("ERR chunked write does not decode: {e}"))),
+    };
+    // The model's bytes are now all that holds the buffer.
+    drop(whole);
+    if let LogOp::Command(NodeCommand::ModelStore { model, .. }) = &mut op {
+        crate::models::arrange(model);
     }
+    Ok(op)
 }
 
 /// Applies `op`, logged in `term`; a fenced command only in its own term.
@@ -183,8 +192,9 @@ fn snapshot_bytes(d: &ShardData) -> Vec<u8> {
     out
 }
 
-/// Restores a snapshot payload; model blobs stay in `b` (slices of it).
-fn load_snapshot_bytes(b: &bytes::Bytes) -> io::Result<(i64, ClusterMap, Chunks, Keyspace)> {
+/// Restores a snapshot payload; model blobs stay in `b` (slices of it, see
+/// [`Keyspace::load_shared`]).
+fn load_snapshot_bytes(b: bytes::Bytes) -> io::Result<(i64, ClusterMap, Chunks, Keyspace)> {
     let truncated = || invalid("snapshot is truncated");
     let word = |at: usize| -> io::Result<u64> {
         let bytes = b.get(at..at + 8).ok_or_else(truncated)?;
@@ -200,7 +210,9 @@ fn load_snapshot_bytes(b: &bytes::Bytes) -> io::Result<(i64, ClusterMap, Chunks,
     };
     let map = decode(section()?)?;
     let chunks = decode(section()?)?;
-    Ok((ts, map, chunks, Keyspace::load_shared(&b.slice(at..)).map_err(invalid)?))
+    let dump = b.slice(at..);
+    drop(b);
+    Ok((ts, map, chunks, Keyspace::load_shared(dump).map_err(invalid)?))
 }
 
 /// The start of a snapshot file: `SnapshotFileRef`'s encoding up to its data.
@@ -240,7 +252,7 @@ impl StateMachine {
         };
         let mut current = None;
         if let Some((meta, payload)) = read_snapshot(dir)? {
-            let (ts, map, chunks, ks) = load_snapshot_bytes(&payload.into())?;
+            let (ts, map, chunks, ks) = load_snapshot_bytes(payload.into())?;
             data = ShardData {
                 ks,
                 last_applied: meta.last_log_id,
@@ -386,9 +398,12 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let bytes = bytes::Bytes::from(snapshot.into_inner());
-        let (ts, map, chunks, ks) = super::heavy(|| load_snapshot_bytes(&bytes))?;
-        self.persist(meta, bytes).await?;
+        // Written first and restored after, so that its models' bytes are
+        // all that holds the buffer when they are laid out in it (a payload
+        // that does not restore is then on disk: it is an error for this
+        // node either way).
+        let bytes = self.persist(meta, bytes::Bytes::from(snapshot.into_inner())).await?;
+        let (ts, map, chunks, ks) = super::heavy(move || load_snapshot_bytes(bytes))?;
         {
             let mut d = self.data.lock();
             *d = ShardData {
@@ -506,6 +521,40 @@ mod tests {
         // Not in any of the parts: a slice of the one buffer they were joined in.
         let at = model.blob.parts()[0].as_ptr() as usize;
         assert!(p.iter().all(|p| !(p.as_ptr() as usize..p.as_ptr() as usize + p.len()).contains(&at)));
+    }
+
+    /// An ONNX model whose weights lie misaligned comes out of the join
+    /// laid out for ONNX Runtime in the join's own buffer: the same bytes,
+    /// as parts, each weight at a 64-byte boundary (so its load copies
+    /// nothing).
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_joined_onnx_model_is_laid_out_where_it_was_joined() {
+        let bytes = tessera_tests::onnx::embeddings(8, 256, 64);
+        let model = tessera_common::model::ModelDef {
+            backend: tessera_common::model::BackendKind::Onnx,
+            device_name: "CPU".into(),
+            device: tessera_common::model::Device::Cpu(None),
+            tag: Bytes::new(),
+            batchsize: 0,
+            minbatchsize: 0,
+            minbatchtimeout: 0,
+            inputs: vec![],
+            outputs: vec![],
+            blob: Bytes::from(bytes.clone()).into(),
+        };
+        let op = LogOp::Command(NodeCommand::ModelStore { key: Bytes::from("m"), model });
+        let Ok(LogOp::Command(NodeCommand::ModelStore { model, .. })) = join(parts(&op, 3)) else {
+            panic!("the parts join into the model store");
+        };
+        assert!(model.blob == bytes[..], "the same bytes");
+        let parts = model.blob.parts();
+        assert_eq!(parts.len(), 17, "eight tables and the bytes around them");
+        assert!(parts.iter().skip(1).step_by(2).all(|w| (w.as_ptr() as usize).is_multiple_of(64)));
+        // One buffer: each part lies after the one before it.
+        assert!(parts.windows(2).all(|w| w[1].as_ptr() as usize >= w[0].as_ptr() as usize + w[0].len()));
+        let span = parts[16].as_ptr() as usize + parts[16].len() - parts[0].as_ptr() as usize;
+        assert!(span <= bytes.len() + tessera_common::blob::layout_room(bytes.len()));
     }
 
     #[test]
