@@ -230,16 +230,19 @@ impl NodeState {
     pub(crate) fn route(
         &self,
         target: Option<request::Target>,
-        command: &Bytes,
+        command: Bytes,
     ) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
         // Only a command joined from parts has a buffer of its own: one
         // that came whole is a slice of the stream's receive buffer, which a
         // stored slice of it would keep alive.
-        let decode = || match command.len() > tessera_proto::parts::PART_BYTES {
-            true => NodeCommand::from_shared(command),
-            false => NodeCommand::from_bytes(command),
+        // (The buffer is dropped once decoded, so that a model's bytes are
+        // then all that holds it: see `Shard::submit`.)
+        let heavy = command.len() > crate::raft::HEAVY_BYTES;
+        let decode = move || match command.len() > tessera_proto::parts::PART_BYTES {
+            true => NodeCommand::from_shared(&command),
+            false => NodeCommand::from_bytes(&command),
         };
-        let decoded = if command.len() > crate::raft::HEAVY_BYTES { crate::raft::heavy(decode) } else { decode() };
+        let decoded = if heavy { crate::raft::heavy(decode) } else { decode() };
         let cmd = decoded.map_err(|e| {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
             Outcome::Reply(Reply::err(format!("ERR node could not decode command: {e}")))

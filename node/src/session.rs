@@ -297,7 +297,9 @@ async fn read_session(
     // replaced, the next request starts a lane on the new one (the old lane
     // finishes what it has and exits).
     let mut lanes: HashMap<u32, (Arc<Shard>, LaneTx)> = HashMap::new();
-    let mut joiner = Joiner::default();
+    // Room to lay a model out for its runtime where it arrived
+    // (`models::arrange`, before the leader checks that it loads).
+    let mut joiner = Joiner::with_room(tessera_common::blob::layout_room);
     loop {
         let batch = match inbound.message().await {
             Ok(Some(b)) => b,
@@ -320,7 +322,7 @@ async fn read_session(
                     }
                 },
             };
-            match state.route(r.target, &command) {
+            match state.route(r.target, command) {
                 Err(outcome) => {
                     let _ = out.send(response(r.id, 0, outcome)).await;
                 }

@@ -43,6 +43,10 @@ use crate::service::group_dir;
 /// Largest log entry a write becomes; larger writes are chunked.
 pub const CHUNK_BYTES: usize = 4 << 20;
 
+/// Parts of a chunked write proposed ahead of the oldest one not yet
+/// applied (32 MiB).
+const CHUNK_WINDOW: usize = 8;
+
 /// How long adding a learner waits for it to catch up (within the admin
 /// step budget).
 pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
@@ -187,8 +191,14 @@ impl Shard {
 
     /// [`submit`](Self::submit), fenced to leadership `term` when given
     /// (see [`LogOp::Fenced`]).
-    async fn submit_in(&self, cmd: NodeCommand, fence: Option<u64>) -> Submitted {
-        if let NodeCommand::ModelStore { model, .. } = &cmd {
+    async fn submit_in(&self, mut cmd: NodeCommand, fence: Option<u64>) -> Submitted {
+        if let NodeCommand::ModelStore { model, .. } = &mut cmd {
+            // Laid out for its runtime in the buffer it arrived in, if it
+            // is the buffer's only user (so that the check below copies
+            // nothing); logged as the same bytes.
+            if model.blob.len() > crate::raft::HEAVY_BYTES {
+                crate::raft::heavy(|| crate::models::arrange(model));
+            }
             // Garbage never enters the log: the model must load here first.
             let def = model.clone();
             let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
@@ -205,7 +215,7 @@ impl Shard {
             Some(term) => LogOp::Fenced { term, cmd },
             None => LogOp::Command(cmd),
         };
-        let size = postcard::experimental::serialized_size(&op).unwrap_or(0);
+        let size = crate::raft::encoded_size(&op);
         if let Some(full) = self.disk.check(size) {
             return Submitted::Done(Outcome::Reply(full));
         }
@@ -214,11 +224,14 @@ impl Shard {
         }
         // Too large for one entry: log it in bounded parts, in order; the
         // last part applies the whole, and its outcome is the write's.
-        let whole = bytes::Bytes::from(crate::raft::heavy(|| crate::raft::encode(&op)));
+        let whole = bytes::Bytes::from(crate::raft::heavy(|| crate::raft::encode_write(&op)));
         drop(op);
         let parts = whole.len().div_ceil(CHUNK_BYTES) as u32;
         let id: u64 = rand::random();
-        let mut last = Submitted::Done(Outcome::Reply(Reply::Null));
+        // At most CHUNK_WINDOW parts in flight: until it is written, each is
+        // encoded once more for the log file (and for each follower), so a
+        // large write proposed all at once would be held about twice.
+        let mut in_flight = std::collections::VecDeque::new();
         for part in 0..parts {
             let from = part as usize * CHUNK_BYTES;
             let data = whole.slice(from..(from + CHUNK_BYTES).min(whole.len()));
@@ -226,13 +239,22 @@ impl Shard {
             // (only large ones leave it once written): as a slice it would
             // keep the whole write's buffer alive there, so it is copied.
             let data = if data.len() < CHUNK_BYTES { Bytes::copy_from_slice(&data) } else { data };
-            last = self.propose(LogOp::Chunk { id, part, parts, data }).await;
-            if let Submitted::Done(_) = last {
-                break;
+            match self.propose(LogOp::Chunk { id, part, parts, data }).await {
+                Submitted::Waiting(rx) => in_flight.push_back(rx),
+                done => return done,
+            }
+            // The last part's outcome is the write's: the caller waits for it.
+            let last = part + 1 == parts;
+            while in_flight.len() > if last { 1 } else { CHUNK_WINDOW } {
+                let rx = in_flight.pop_front().expect("a part is in flight");
+                match self.outcome(rx).await {
+                    Outcome::Reply(Reply::Null) => {}
+                    failed => return Submitted::Done(failed),
+                }
             }
         }
         metrics::counter!("tessera_node_chunked_writes_total").increment(1);
-        last
+        Submitted::Waiting(in_flight.pop_front().expect("the last part is in flight"))
     }
 
     /// Proposes `op` and waits for its outcome.
@@ -266,15 +288,23 @@ impl Shard {
                 Outcome::Reply(Reply::ok())
             }
             #[cfg(not(feature = "chaos-early-ack"))]
-            Submitted::Waiting(rx) => match rx.await {
-                Ok(Ok(resp)) => Outcome::Reply(resp.data),
-                Ok(Err(ClientWriteError::ForwardToLeader(f))) => forward(&f),
-                Ok(Err(e)) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
-                Err(_) => Outcome::Reply(Reply::err(format!(
-                    "TRYAGAIN shard {} lost leadership; the write may or may not have been applied",
-                    self.id
-                ))),
-            },
+            Submitted::Waiting(rx) => self.outcome(rx).await,
+        }
+    }
+
+    /// What Raft answers for a proposal once it applied.
+    async fn outcome(
+        &self,
+        rx: openraft::type_config::alias::OneshotReceiverOf<C, openraft::raft::ClientWriteResult<C>>,
+    ) -> Outcome {
+        match rx.await {
+            Ok(Ok(resp)) => Outcome::Reply(resp.data),
+            Ok(Err(ClientWriteError::ForwardToLeader(f))) => forward(&f),
+            Ok(Err(e)) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
+            Err(_) => Outcome::Reply(Reply::err(format!(
+                "TRYAGAIN shard {} lost leadership; the write may or may not have been applied",
+                self.id
+            ))),
         }
     }
 

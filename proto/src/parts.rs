@@ -83,9 +83,18 @@ pub struct Joiner {
     /// Messages already answered with an error: their remaining parts are
     /// dropped (forgotten, a few thousand at a time, once there are many).
     failed: HashSet<u64>,
+    /// Spare capacity a joined message of `n` bytes gets past its end.
+    room: Option<fn(usize) -> usize>,
 }
 
 impl Joiner {
+    /// A joiner whose messages of `n` bytes are joined in buffers with
+    /// `room(n)` bytes to spare past their end (for whoever takes the
+    /// buffer over, to rearrange it in place).
+    pub fn with_room(room: fn(usize) -> usize) -> Joiner {
+        Joiner { room: Some(room), ..Joiner::default() }
+    }
+
     /// Adds a part of message `id`, `total` bytes in all: the whole once its
     /// last byte is in; an error, once per message, when it is longer than
     /// [`MAX_WHOLE_BYTES`] or its parts overrun it (its other parts are then
@@ -101,7 +110,10 @@ impl Joiner {
                 return Err(format!("ERR message of {total} bytes is longer than the limit ({MAX_WHOLE_BYTES})"));
             }
             // Allocated lazily by the kernel: untouched pages cost nothing.
-            Entry::Vacant(e) => e.insert((total, Vec::with_capacity(total as usize))),
+            Entry::Vacant(e) => {
+                let n = total as usize;
+                e.insert((total, Vec::with_capacity(n + self.room.map_or(0, |room| room(n)))))
+            }
         };
         if *len != total || (buf.len() + part.len()) as u64 > total {
             self.partial.remove(&id);

@@ -87,7 +87,32 @@ openraft::declare_raft_types!(
 );
 
 pub type C = TypeConfig;
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// A snapshot's payload: in memory (built here, or received), or the
+/// group's snapshot file, read only if a follower needs it sent. openraft
+/// asks for the current snapshot when a group starts, and uses only its
+/// metadata then: read at that point, the payload would hold every model
+/// of the shard once more while they load.
+#[derive(Debug)]
+pub enum SnapshotData {
+    Bytes(Vec<u8>),
+    /// The folder of the group's snapshot file.
+    File(std::path::PathBuf),
+}
+
+impl SnapshotData {
+    /// The payload of the snapshot `meta` describes, read from its file if
+    /// need be (blocking). An error if the file holds another snapshot by
+    /// now (a newer one replaced it: openraft asks again).
+    pub fn into_bytes(self, meta: &openraft::type_config::alias::SnapshotMetaOf<C>) -> std::io::Result<Vec<u8>> {
+        match self {
+            SnapshotData::Bytes(b) => Ok(b),
+            SnapshotData::File(dir) => match sm::read_snapshot(&dir)? {
+                Some((on_disk, payload)) if on_disk == *meta => Ok(payload),
+                _ => Err(std::io::Error::other("the snapshot was replaced by a newer one")),
+            },
+        }
+    }
+}
 pub type Raft = openraft::Raft<C, sm::StateMachine>;
 pub use openraft::Config as RaftConfig;
 
@@ -110,6 +135,50 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("raft messages always serialize")
 }
 
+/// A model store with its model's bytes left out, and those bytes, when
+/// they are held in parts (laid out for their runtime: see
+/// `models::arrange`).
+fn blob_apart(op: &LogOp) -> Option<(LogOp, &tessera_common::blob::Blob)> {
+    match op {
+        LogOp::Command(NodeCommand::ModelStore { key, model }) if model.blob.parts().len() > 1 => {
+            let head = tessera_common::model::ModelDef { blob: Default::default(), ..model.clone() };
+            Some((LogOp::Command(NodeCommand::ModelStore { key: key.clone(), model: head }), &model.blob))
+        }
+        _ => None,
+    }
+}
+
+fn varint_len(v: usize) -> usize {
+    let mut b = Vec::with_capacity(10);
+    tessera_common::put_varint(&mut b, v as u64);
+    b.len()
+}
+
+/// The size of [`encode_write`]'s encoding of `op`.
+pub fn encoded_size(op: &LogOp) -> usize {
+    match blob_apart(op) {
+        Some((head, blob)) => {
+            postcard::experimental::serialized_size(&head).unwrap_or(1) - 1 + varint_len(blob.len()) + blob.len()
+        }
+        None => postcard::experimental::serialized_size(op).unwrap_or(0),
+    }
+}
+
+/// [`encode`] for a write, with a model's bytes held in parts copied part
+/// by part: serde hands them over a byte at a time, which takes seconds
+/// for a large model.
+pub fn encode_write(op: &LogOp) -> Vec<u8> {
+    let Some((head, blob)) = blob_apart(op) else { return encode(op) };
+    let out = Vec::with_capacity(encoded_size(op));
+    let mut out = postcard::to_extend(&head, out).expect("raft messages always serialize");
+    // The model's bytes are the op's last field: the empty ones' length
+    // (one zero byte) ends the encoding, and the bytes take its place.
+    assert_eq!(out.pop(), Some(0), "a model's bytes end a model store's encoding");
+    tessera_common::put_varint(&mut out, blob.len() as u64);
+    blob.parts().iter().for_each(|p| out.extend_from_slice(p));
+    out
+}
+
 /// Appends `v`'s length (8 bytes, little-endian) and its encoding to
 /// `out`, encoding in place: a large value is copied once.
 pub fn encode_sized_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
@@ -121,4 +190,49 @@ pub fn encode_sized_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
 
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> std::io::Result<T> {
     postcard::from_bytes(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tessera_common::blob::Blob;
+    use tessera_common::model::{BackendKind, Device, ModelDef};
+
+    use super::*;
+
+    #[test]
+    fn a_write_encodes_alike_whether_its_model_is_held_in_parts_or_not() {
+        let whole: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let in_parts = Blob::from_parts([
+            Bytes::copy_from_slice(&whole[..100]),
+            Bytes::copy_from_slice(&whole[100..2900]),
+            Bytes::copy_from_slice(&whole[2900..]),
+        ]);
+        let store = |blob: Blob| {
+            LogOp::Command(NodeCommand::ModelStore {
+                key: Bytes::from("m{1}"),
+                model: ModelDef {
+                    backend: BackendKind::Onnx,
+                    device_name: "CPU".into(),
+                    device: Device::Cpu(None),
+                    tag: Bytes::from("v1"),
+                    batchsize: 4,
+                    minbatchsize: 2,
+                    minbatchtimeout: 7,
+                    inputs: vec!["x".into()],
+                    outputs: vec!["y".into()],
+                    blob,
+                },
+            })
+        };
+        let (split, one) = (store(in_parts), store(Blob::from(whole)));
+        assert!(blob_apart(&split).is_some() && blob_apart(&one).is_none());
+        // serde's encoding (the parts a byte at a time) is the reference.
+        let expected = encode(&split);
+        assert_eq!(encode(&one), expected);
+        assert_eq!(encode_write(&split), expected);
+        assert_eq!((encoded_size(&split), encoded_size(&one)), (expected.len(), expected.len()));
+        let del = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from("k")] });
+        assert_eq!((encode_write(&del), encoded_size(&del)), (encode(&del), encode(&del).len()));
+    }
 }

@@ -351,7 +351,11 @@ impl RaftNetworkV2<C> for PeerClient {
         // Streamed in pieces over the peer's snapshot connection (so
         // appends and heartbeats to it are not stuck behind it), each piece
         // with its own time-out: any size of state gets through.
-        let bytes = snapshot.snapshot.into_inner();
+        let (meta, data) = (snapshot.meta.clone(), snapshot.snapshot);
+        let bytes = tokio::task::spawn_blocking(move || data.into_bytes(&meta))
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
         let total = bytes.len() as u64;
         let mut client =
             self.snapshot_client.clone().map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;

@@ -2,7 +2,7 @@
 //! and membership, and its snapshot — a file holding a compact dump of the
 //! keyspace, replaced atomically.
 
-use std::io::{self, Cursor};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -224,7 +224,7 @@ fn snapshot_header(meta: &SnapshotMetaOf<C>, data_len: usize) -> Vec<u8> {
 
 /// Reads the group's snapshot file: its metadata and payload (moved to the
 /// front of the buffer the file was read into, not copied).
-fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, Vec<u8>)>> {
+pub(super) fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, Vec<u8>)>> {
     let Some(mut bytes) = read_atomic(&dir.join("snapshot"))? else {
         return Ok(None);
     };
@@ -317,10 +317,11 @@ impl RaftSnapshotBuilder<C> for StateMachine {
         };
         let bytes = super::heavy(|| snapshot_bytes(&state));
         drop(state);
-        let bytes = self.persist(&meta, bytes).await?;
+        self.persist(&meta, bytes).await?;
         *self.current.lock() = Some(meta.clone());
         metrics::counter!("tessera_raft_snapshots_built_total").increment(1);
-        Ok(Snapshot { meta, snapshot: Cursor::new(bytes) })
+        // (openraft only reads the metadata of a snapshot it had built.)
+        Ok(Snapshot { meta, snapshot: SnapshotData::File(self.dir.clone()) })
     }
 }
 
@@ -402,7 +403,7 @@ impl RaftStateMachine<C> for StateMachine {
         // all that holds the buffer when they are laid out in it (a payload
         // that does not restore is then on disk: it is an error for this
         // node either way).
-        let bytes = self.persist(meta, bytes::Bytes::from(snapshot.into_inner())).await?;
+        let bytes = self.persist(meta, bytes::Bytes::from(snapshot.into_bytes(meta)?)).await?;
         let (ts, map, chunks, ks) = super::heavy(move || load_snapshot_bytes(bytes))?;
         {
             let mut d = self.data.lock();
@@ -421,12 +422,8 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        if self.current.lock().is_none() {
-            return Ok(None);
-        }
-        let dir = self.dir.clone();
-        let read = tokio::task::spawn_blocking(move || read_snapshot(&dir)).await.map_err(io::Error::other)??;
-        Ok(read.map(|(meta, data)| Snapshot { meta, snapshot: Cursor::new(data) }))
+        let Some(meta) = self.current.lock().clone() else { return Ok(None) };
+        Ok(Some(Snapshot { meta, snapshot: SnapshotData::File(self.dir.clone()) }))
     }
 }
 

@@ -2,7 +2,6 @@
 //! `RaftTransport.Stream` hand each message to the group it names.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -56,7 +55,7 @@ impl TransportService {
             return Ok(None);
         }
         let (_, bytes) = incoming.remove(&group).expect("present");
-        Ok(Some((p.vote, Snapshot { meta: p.meta, snapshot: Cursor::new(bytes) })))
+        Ok(Some((p.vote, Snapshot { meta: p.meta, snapshot: SnapshotData::Bytes(bytes) })))
     }
 }
 
@@ -88,7 +87,7 @@ impl TransportService {
             }
             RaftKind::Snapshot => {
                 let (vote, meta, bytes): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = decode(&m.payload).map_err(bad)?;
-                let snapshot = Snapshot { meta, snapshot: Cursor::new(bytes) };
+                let snapshot = Snapshot { meta, snapshot: SnapshotData::Bytes(bytes) };
                 encode(&raft.install_full_snapshot(vote, snapshot).await)
             }
             RaftKind::TransferLeader => encode(&raft.handle_transfer_leader(decode(&m.payload).map_err(bad)?).await),
