@@ -262,21 +262,22 @@ impl Keyspace {
     /// raw bytes (a model's, which may be held in parts; none for other
     /// values), each prefixed by its length (u64, little-endian).
     pub fn dump(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.dump_into(&mut out);
-        out
+        let mut out = crate::raft::Pieces::default();
+        self.dump_to(&mut out);
+        out.finish().concat()
     }
 
-    /// [`Keyspace::dump`], appended to `out`: each record is encoded in
-    /// place, so a large value is copied once.
-    pub fn dump_into(&self, out: &mut Vec<u8>) {
-        out.reserve(self.dump_size());
-        out.extend_from_slice(&DUMP_FORMAT.to_le_bytes());
-        out.extend_from_slice(&(self.len as u64).to_le_bytes());
+    /// [`Keyspace::dump`], appended to `out` as pieces: a model's bytes
+    /// are shared, not copied.
+    pub fn dump_to(&self, out: &mut crate::raft::Pieces) {
+        out.extend(&DUMP_FORMAT.to_le_bytes());
+        out.extend(&(self.len as u64).to_le_bytes());
         self.records().for_each(|(rec, raw)| {
-            crate::raft::encode_sized_into(&rec, out);
-            out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-            raw.parts().iter().for_each(|p| out.extend_from_slice(p));
+            let rec = crate::raft::encode(&rec);
+            out.extend(&(rec.len() as u64).to_le_bytes());
+            out.extend(&rec);
+            out.extend(&(raw.len() as u64).to_le_bytes());
+            raw.parts().iter().for_each(|p| out.share(p));
         });
     }
 

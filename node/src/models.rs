@@ -73,6 +73,19 @@ pub struct Registry {
     /// Models the leader loaded to validate them, waiting for their log
     /// entry to apply here (so the leader does not load them twice).
     prepared: Mutex<Vec<(PreparedKey, Arc<dyn Model>)>>,
+    /// Models the leader loaded, handed over with the very bytes they are
+    /// about to be stored with (see `raft::sm::LocalWrite`): known by their
+    /// definition and the addresses of those bytes, no hash needed.
+    handed: Mutex<Vec<Handed>>,
+}
+
+/// A handed-over model: its definition without the blob, where its bytes
+/// lie, and the model.
+type Handed = (ModelDef, Vec<(usize, usize)>, Arc<dyn Model>);
+
+/// Where a blob's parts lie in memory.
+fn addresses(blob: &Blob) -> Vec<(usize, usize)> {
+    blob.parts().iter().map(|p| (p.as_ptr() as usize, p.len())).collect()
 }
 
 /// What identifies a validated model until its entry applies: its
@@ -112,6 +125,7 @@ pub fn registry() -> &'static Registry {
         settings: RwLock::new(Settings::default()),
         loaded: Mutex::new(HashMap::new()),
         prepared: Mutex::new(Vec::new()),
+        handed: Mutex::new(Vec::new()),
     })
 }
 
@@ -224,8 +238,34 @@ impl Registry {
         p.push((key, model));
     }
 
+    /// Hands over `model`, loaded from `def`'s bytes, for the store of
+    /// `def` about to apply (with the same bytes, in the same memory).
+    pub fn hand_over(&self, def: &ModelDef, model: Arc<dyn Model>) {
+        let key = ModelDef { blob: Blob::default(), ..def.clone() };
+        let mut h = self.handed.lock();
+        if h.len() >= PREPARED_KEPT {
+            h.remove(0);
+        }
+        h.push((key, addresses(&def.blob), model));
+    }
+
+    /// Drops what [`Registry::hand_over`] kept for `def`, if its store did
+    /// not take it.
+    pub fn forget_handed(&self, def: &ModelDef) {
+        let at = addresses(&def.blob);
+        self.handed.lock().retain(|(_, a, _)| *a != at);
+    }
+
     /// The validation instance of `def`, if this node loaded one.
     fn take_prepared(&self, def: &ModelDef) -> Option<Arc<dyn Model>> {
+        {
+            let mut h = self.handed.lock();
+            if let Some(i) = h.iter().position(|(d, at, _)| {
+                *at == addresses(&def.blob) && *d == ModelDef { blob: Blob::default(), ..def.clone() }
+            }) {
+                return Some(h.remove(i).2);
+            }
+        }
         if !self.prepared.lock().iter().any(|(k, _)| k.len == def.blob.len()) {
             return None; // a follower, or another model: no checksum needed
         }

@@ -95,6 +95,8 @@ pub struct Shard {
     read_policy: ReadPolicy,
     /// Refuses writes that would fill the data disk.
     disk: Arc<DiskGuard>,
+    /// Chunked writes this replica proposed, until they apply here.
+    local: crate::raft::sm::LocalWrites,
 }
 
 /// A point-in-time view for INFO, `Shards` and metrics.
@@ -132,7 +134,7 @@ impl Shard {
         let dir = node.data_dir.join(group_dir(id));
         let store = LogStore::open(&dir, id)?;
         let sm = StateMachine::open(&dir)?;
-        let data = sm.data.clone();
+        let (data, local) = (sm.data.clone(), sm.local.clone());
         let last_ts = data.lock().last_ts;
         let network = NetworkFactory { group: id, peers };
         // Named after the group, so openraft's log lines say which group speaks.
@@ -144,6 +146,7 @@ impl Shard {
             placement,
             raft,
             data,
+            local,
             last_ts: AtomicI64::new(last_ts),
             read_policy: match node.read_mode {
                 ReadMode::ReadIndex => ReadPolicy::ReadIndex,
@@ -192,6 +195,7 @@ impl Shard {
     /// [`submit`](Self::submit), fenced to leadership `term` when given
     /// (see [`LogOp::Fenced`]).
     async fn submit_in(&self, mut cmd: NodeCommand, fence: Option<u64>) -> Submitted {
+        let mut loaded = None;
         if let NodeCommand::ModelStore { model, .. } = &mut cmd {
             // Laid out for its runtime in the buffer it arrived in, if it
             // is the buffer's only user (so that the check below copies
@@ -203,7 +207,7 @@ impl Shard {
             let def = model.clone();
             let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
             match checked {
-                Ok(Ok(loaded)) => registry().prepare(model, loaded),
+                Ok(Ok(m)) => loaded = Some(m),
                 Ok(Err(e)) => return Submitted::Done(Outcome::Reply(Reply::err(e))),
                 Err(e) => return Submitted::Done(Outcome::Reply(Reply::err(format!("ERR model load failed: {e}")))),
             }
@@ -220,36 +224,41 @@ impl Shard {
             return Submitted::Done(Outcome::Reply(full));
         }
         if size <= CHUNK_BYTES {
+            if let (Some(m), LogOp::Command(NodeCommand::ModelStore { model, .. })) = (loaded, &op) {
+                registry().prepare(model, m);
+            }
             return self.propose(op).await;
         }
-        // Too large for one entry: log it in bounded parts, in order; the
-        // last part applies the whole, and its outcome is the write's.
-        let whole = bytes::Bytes::from(crate::raft::heavy(|| crate::raft::encode_write(&op)));
-        drop(op);
-        let parts = whole.len().div_ceil(CHUNK_BYTES) as u32;
-        let id: u64 = rand::random();
+        // Too large for one entry: logged in bounded parts, in order; the
+        // last part applies the whole, and its outcome is the write's. The
+        // parts share the model's bytes, and this replica applies the write
+        // as it is here, with the model as loaded above (`LocalWrite`): a
+        // leader holds a model it stores once.
+        let parts = crate::raft::heavy(|| crate::raft::encode_parts(&op, CHUNK_BYTES));
+        let (id, count) = (rand::random::<u64>(), parts.len() as u32);
+        self.local.insert(id, op, loaded);
         // At most CHUNK_WINDOW parts in flight: until it is written, each is
         // encoded once more for the log file (and for each follower), so a
         // large write proposed all at once would be held about twice.
         let mut in_flight = std::collections::VecDeque::new();
-        for part in 0..parts {
-            let from = part as usize * CHUNK_BYTES;
-            let data = whole.slice(from..(from + CHUNK_BYTES).min(whole.len()));
-            // A short last part stays in memory with the log's small entries
-            // (only large ones leave it once written): as a slice it would
-            // keep the whole write's buffer alive there, so it is copied.
-            let data = if data.len() < CHUNK_BYTES { Bytes::copy_from_slice(&data) } else { data };
-            match self.propose(LogOp::Chunk { id, part, parts, data }).await {
+        for (part, data) in (0..count).zip(parts) {
+            match self.propose(LogOp::Chunk { id, part, parts: count, data }).await {
                 Submitted::Waiting(rx) => in_flight.push_back(rx),
-                done => return done,
+                done => {
+                    self.local.remove(id);
+                    return done;
+                }
             }
             // The last part's outcome is the write's: the caller waits for it.
-            let last = part + 1 == parts;
+            let last = part + 1 == count;
             while in_flight.len() > if last { 1 } else { CHUNK_WINDOW } {
                 let rx = in_flight.pop_front().expect("a part is in flight");
                 match self.outcome(rx).await {
                     Outcome::Reply(Reply::Null) => {}
-                    failed => return Submitted::Done(failed),
+                    failed => {
+                        self.local.remove(id);
+                        return Submitted::Done(failed);
+                    }
                 }
             }
         }

@@ -26,11 +26,11 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use parking_lot::Mutex;
-use tessera_common::blob::Blob;
 use tessera_backend::{
     elements, from_elements, from_strings, strings, Backend, BackendError, BackendKind, DType, Device, Element,
     LoadOptions, Model, Result, Tensor,
 };
+use tessera_common::blob::Blob;
 use weights::Shared;
 
 /// The ONNX Runtime version the pinned `ort` targets (and setup fetches).

@@ -45,6 +45,10 @@ impl<'a> Src<'a> {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The part `pos` lies in, and `pos` within it.
     fn locate(&self, pos: usize) -> Option<(usize, usize)> {
         if pos >= self.len {

@@ -107,7 +107,8 @@ pub fn split(model: &Src<'_>, min_bytes: usize) -> Option<(Vec<u8>, Vec<Initiali
         };
         let inside = |span: &Range<usize>| span.start >= graph.start && span.end <= graph.end;
         let changes: Vec<_> = rewritten.iter().filter(|(span, _)| inside(span)).collect();
-        let graph_len = graph.len() - changes.iter().map(|(span, new)| span.len() - field_len(new.len())).sum::<usize>();
+        let graph_len =
+            graph.len() - changes.iter().map(|(span, new)| span.len() - field_len(new.len())).sum::<usize>();
         put_varint(&mut out, (7 << 3) | 2);
         put_varint(&mut out, graph_len as u64);
         let mut pos = graph.start;
@@ -629,7 +630,7 @@ mod tests {
         // Garbage is "nothing to take out", never a panic.
         for junk in [&b"not a model"[..], b"\x3a\xff\xff\xff\xff\x0f", b"\x3a\x05ab", b"\x3c", b"\x3b\x08", b""] {
             assert!(split(&Src::one(junk), 0).is_none());
-            assert!(!references_external_data(&Src::one(&junk)));
+            assert!(!references_external_data(&Src::one(junk)));
         }
         // Raw bytes that do not match the shape are left for ORT to report:
         // W's first dim, 1024 (key 0x08, varint 0x80 0x08), becomes 1023.

@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use bytes::Bytes;
 use tessera_backend::{elements, from_elements, Backend, DType, LoadOptions, Tensor};
 use tessera_backend_onnx::weights::{self, split, Shared, Src, SHARE_MIN_BYTES};
-use tessera_common::blob::{layout_room, Blob};
 use tessera_backend_onnx::OnnxBackend;
+use tessera_common::blob::{layout_room, Blob};
 
 /// One ONNX Runtime environment per process, warmed up by a first model
 /// (so ORT's own one-time allocations are not measured).
@@ -117,8 +117,8 @@ fn external_data_is_refused() {
     let _serial = serial();
     // (The check does not look at the location: ORT would.)
     for location in ["etc/hostname", "/etc/hostname"] {
-        let e = backend()
-            .load_shared(&Blob::from(tessera_tests::onnx::external_weight(location)), &LoadOptions::default());
+        let e =
+            backend().load_shared(&Blob::from(tessera_tests::onnx::external_weight(location)), &LoadOptions::default());
         assert_eq!(
             e.err().expect(location).0,
             "ERR ONNX models with external data are not supported: send the weights inside the model"

@@ -135,12 +135,10 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("raft messages always serialize")
 }
 
-/// A model store with its model's bytes left out, and those bytes, when
-/// they are held in parts (laid out for their runtime: see
-/// `models::arrange`).
+/// A model store with its model's bytes left out, and those bytes.
 fn blob_apart(op: &LogOp) -> Option<(LogOp, &tessera_common::blob::Blob)> {
     match op {
-        LogOp::Command(NodeCommand::ModelStore { key, model }) if model.blob.parts().len() > 1 => {
+        LogOp::Command(NodeCommand::ModelStore { key, model }) => {
             let head = tessera_common::model::ModelDef { blob: Default::default(), ..model.clone() };
             Some((LogOp::Command(NodeCommand::ModelStore { key: key.clone(), model: head }), &model.blob))
         }
@@ -154,7 +152,8 @@ fn varint_len(v: usize) -> usize {
     b.len()
 }
 
-/// The size of [`encode_write`]'s encoding of `op`.
+/// The size of `op`'s encoding ([`encode`]), without encoding a model's
+/// bytes (serde hands bytes held in parts over a byte at a time).
 pub fn encoded_size(op: &LogOp) -> usize {
     match blob_apart(op) {
         Some((head, blob)) => {
@@ -164,28 +163,98 @@ pub fn encoded_size(op: &LogOp) -> usize {
     }
 }
 
-/// [`encode`] for a write, with a model's bytes held in parts copied part
-/// by part: serde hands them over a byte at a time, which takes seconds
-/// for a large model.
-pub fn encode_write(op: &LogOp) -> Vec<u8> {
-    let Some((head, blob)) = blob_apart(op) else { return encode(op) };
-    let out = Vec::with_capacity(encoded_size(op));
-    let mut out = postcard::to_extend(&head, out).expect("raft messages always serialize");
-    // The model's bytes are the op's last field: the empty ones' length
-    // (one zero byte) ends the encoding, and the bytes take its place.
-    assert_eq!(out.pop(), Some(0), "a model's bytes end a model store's encoding");
-    tessera_common::put_varint(&mut out, blob.len() as u64);
-    blob.parts().iter().for_each(|p| out.extend_from_slice(p));
-    out
+/// `op`'s encoding ([`encode`]) cut into parts of `size` bytes that share
+/// a model's bytes rather than copy them: a part that lies inside one of
+/// the bytes' pieces is a slice of it; a part across pieces, or with the
+/// op's other fields, is a copy, and so is a last part shorter than `size`
+/// (kept in memory with the log's small entries, a slice would keep the
+/// whole buffer alive).
+pub fn encode_parts(op: &LogOp, size: usize) -> Vec<bytes::Bytes> {
+    let pieces: Vec<bytes::Bytes> = match blob_apart(op) {
+        Some((head, blob)) => {
+            let mut head = encode(&head);
+            // The model's bytes are the op's last field: the empty ones'
+            // length (one zero byte) ends the encoding, and the bytes take
+            // its place.
+            assert_eq!(head.pop(), Some(0), "a model's bytes end a model store's encoding");
+            tessera_common::put_varint(&mut head, blob.len() as u64);
+            std::iter::once(head.into()).chain(blob.parts().iter().cloned()).collect()
+        }
+        None => vec![encode(op).into()],
+    };
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut parts = Vec::with_capacity(total.div_ceil(size.max(1)));
+    let (mut piece, mut at) = (0, 0); // the piece the next part starts in, and where
+    for start in (0..total).step_by(size.max(1)) {
+        let len = size.min(total - start);
+        if len == size && pieces[piece].len() - at >= len {
+            parts.push(pieces[piece].slice(at..at + len));
+            at += len;
+        } else {
+            let mut part = Vec::with_capacity(len);
+            while part.len() < len {
+                let take = (len - part.len()).min(pieces[piece].len() - at);
+                part.extend_from_slice(&pieces[piece][at..at + take]);
+                at += take;
+                if at == pieces[piece].len() && piece + 1 < pieces.len() {
+                    (piece, at) = (piece + 1, 0);
+                }
+            }
+            parts.push(part.into());
+        }
+        if at == pieces[piece].len() && piece + 1 < pieces.len() {
+            (piece, at) = (piece + 1, 0);
+        }
+    }
+    parts
 }
 
-/// Appends `v`'s length (8 bytes, little-endian) and its encoding to
-/// `out`, encoding in place: a large value is copied once.
-pub fn encode_sized_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
-    let len = postcard::experimental::serialized_size(v).expect("raft messages always serialize");
-    out.reserve(len + 8);
-    out.extend_from_slice(&(len as u64).to_le_bytes());
-    tessera_common::encode_into(v, out);
+/// Bytes to be written as pieces (a snapshot file): small ones gathered
+/// into buffers, large shared ones kept as they are, so that writing a
+/// shard's models copies none of them into memory first.
+#[derive(Default)]
+pub struct Pieces {
+    done: Vec<bytes::Bytes>,
+    small: Vec<u8>,
+    len: usize,
+}
+
+/// Shared bytes at least this long become pieces of their own.
+const SHARED_PIECE_BYTES: usize = 64 << 10;
+
+impl Pieces {
+    /// Appends a copy of `b`.
+    pub fn extend(&mut self, b: &[u8]) {
+        self.small.extend_from_slice(b);
+        self.len += b.len();
+    }
+
+    /// Appends `b`, shared when it is large.
+    pub fn share(&mut self, b: &bytes::Bytes) {
+        if b.len() < SHARED_PIECE_BYTES {
+            return self.extend(b);
+        }
+        if !self.small.is_empty() {
+            self.done.push(std::mem::take(&mut self.small).into());
+        }
+        self.done.push(b.clone());
+        self.len += b.len();
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn finish(mut self) -> Vec<bytes::Bytes> {
+        if !self.small.is_empty() {
+            self.done.push(self.small.into());
+        }
+        self.done
+    }
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> std::io::Result<T> {
@@ -201,13 +270,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_write_encodes_alike_whether_its_model_is_held_in_parts_or_not() {
+    fn a_write_is_cut_into_parts_that_share_its_model_bytes() {
         let whole: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
-        let in_parts = Blob::from_parts([
+        let pieces = [
             Bytes::copy_from_slice(&whole[..100]),
             Bytes::copy_from_slice(&whole[100..2900]),
             Bytes::copy_from_slice(&whole[2900..]),
-        ]);
+        ];
+        let in_parts = Blob::from_parts(pieces.clone());
         let store = |blob: Blob| {
             LogOp::Command(NodeCommand::ModelStore {
                 key: Bytes::from("m{1}"),
@@ -226,13 +296,23 @@ mod tests {
             })
         };
         let (split, one) = (store(in_parts), store(Blob::from(whole)));
-        assert!(blob_apart(&split).is_some() && blob_apart(&one).is_none());
-        // serde's encoding (the parts a byte at a time) is the reference.
+        // serde's encoding (parts a byte at a time) is the reference.
         let expected = encode(&split);
         assert_eq!(encode(&one), expected);
-        assert_eq!(encode_write(&split), expected);
         assert_eq!((encoded_size(&split), encoded_size(&one)), (expected.len(), expected.len()));
+        for size in [1, 7, 100, 500, 2800, expected.len(), 10_000] {
+            let parts = encode_parts(&split, size);
+            assert_eq!(parts.concat(), expected, "parts of {size}");
+            assert!(parts.iter().rev().skip(1).all(|p| p.len() == size));
+            // A full part inside the big piece is a slice of it.
+            let big = pieces[1].as_ptr() as usize..pieces[1].as_ptr() as usize + pieces[1].len();
+            let shared = parts.iter().filter(|p| big.contains(&(p.as_ptr() as usize))).count();
+            let inside = parts.iter().filter(|p| p.len() == size).count() > 2;
+            assert!(!inside || size > 2800 || shared > 0, "parts of {size}: none shared");
+        }
+        assert_eq!(encode_parts(&one, 1000).concat(), expected);
         let del = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from("k")] });
-        assert_eq!((encode_write(&del), encoded_size(&del)), (encode(&del), encode(&del).len()));
+        assert_eq!(encode_parts(&del, 3).concat(), encode(&del));
+        assert_eq!(encoded_size(&del), encode(&del).len());
     }
 }

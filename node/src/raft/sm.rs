@@ -78,6 +78,28 @@ impl Chunks {
         }
     }
 
+    /// Appends this value's encoding (postcard's) to `out`, sharing the
+    /// parts' bytes rather than copying them.
+    fn encode_to(&self, out: &mut super::Pieces) {
+        let mut head = Vec::new();
+        tessera_common::put_varint(&mut head, self.pending.len() as u64);
+        for (id, w) in &self.pending {
+            head.extend_from_slice(&encode(id));
+            let mut fields = encode(&Pending { parts: w.parts, started: w.started, term: w.term, data: Vec::new() });
+            // The parts are a write's last field: the empty list's length
+            // (one zero byte) ends the encoding, and the parts take its place.
+            assert_eq!(fields.pop(), Some(0), "a pending write's parts end its encoding");
+            head.extend_from_slice(&fields);
+            tessera_common::put_varint(&mut head, w.data.len() as u64);
+            for part in &w.data {
+                tessera_common::put_varint(&mut head, part.len() as u64);
+                out.extend(&std::mem::take(&mut head));
+                out.share(part);
+            }
+        }
+        out.extend(&head);
+    }
+
     /// Adds one part (logged at `ts` in `term`). The last part yields every
     /// part, to [`join`]; a part out of order drops its write (an error
     /// reply).
@@ -103,6 +125,64 @@ impl Chunks {
             return None;
         }
         Some(Ok(self.pending.remove(&id).expect("present").data))
+    }
+}
+
+/// A chunked write this replica proposed as leader, until its last part
+/// applies here: the write itself (its parts are slices of its model's
+/// bytes) and its model, loaded when the leader checked it. It then
+/// applies as it is, and the model as it was loaded: the parts are not
+/// joined into a second copy of the model, nor is the model loaded again.
+pub struct LocalWrite {
+    pub op: LogOp,
+    pub loaded: Option<Arc<dyn tessera_backend::Model>>,
+    /// The term its parts were logged in, once one applied here (the rest
+    /// can never come once an entry of a later term applies).
+    term: Option<u64>,
+    at: std::time::Instant,
+}
+
+/// Chunked writes this replica proposed, by write id (see [`LocalWrite`]).
+#[derive(Clone, Default)]
+pub struct LocalWrites(Arc<Mutex<std::collections::HashMap<u64, LocalWrite>>>);
+
+impl LocalWrites {
+    /// Keeps `op` (and its loaded model) for write `id`; forgets writes
+    /// older than [`CHUNKS_KEPT_MS`] (whose parts never came back).
+    pub fn insert(&self, id: u64, op: LogOp, loaded: Option<Arc<dyn tessera_backend::Model>>) {
+        let mut m = self.0.lock();
+        m.retain(|_, w| w.at.elapsed().as_millis() < CHUNKS_KEPT_MS as u128);
+        m.insert(id, LocalWrite { op, loaded, term: None, at: std::time::Instant::now() });
+    }
+
+    /// Forgets write `id` (its proposal failed).
+    pub fn remove(&self, id: u64) {
+        self.0.lock().remove(&id);
+    }
+
+    /// Before an entry of `term` applies: forgets writes logged in an
+    /// earlier term (as [`Chunks::prune`] does); notes the term of a part.
+    fn applying(&self, term: u64, part_of: Option<u64>) {
+        let mut m = self.0.lock();
+        if m.is_empty() {
+            return;
+        }
+        if let Some(w) = part_of.and_then(|id| m.get_mut(&id)) {
+            w.term.get_or_insert(term);
+        }
+        m.retain(|_, w| w.term.is_none_or(|t| t >= term));
+    }
+
+    fn take(&self, id: u64) -> Option<LocalWrite> {
+        self.0.lock().remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -157,6 +237,8 @@ struct SnapshotFileRef<'a> {
 pub struct StateMachine {
     pub data: Arc<Mutex<ShardData>>,
     dir: PathBuf,
+    /// Chunked writes this replica proposed as leader.
+    pub local: LocalWrites,
     /// The latest snapshot's metadata; its payload is read from its file
     /// when a follower needs it (a payload holds every model of the shard:
     /// kept in memory it would be one more copy of each).
@@ -176,20 +258,22 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 }
 
 /// Snapshot payload: `last_ts`, then the cluster map and the unfinished
-/// chunked writes (each a length and its encoding), then the keyspace dump.
-fn snapshot_bytes(d: &ShardData) -> Vec<u8> {
-    // Sized up front: growing a buffer the size of the shard copies it.
-    let mut out = Vec::with_capacity(
-        8 + 16
-            + postcard::experimental::serialized_size(&d.map).unwrap_or(0)
-            + postcard::experimental::serialized_size(&d.chunks).unwrap_or(0)
-            + d.ks.dump_size(),
-    );
-    out.extend_from_slice(&d.last_ts.to_le_bytes());
-    super::encode_sized_into(&d.map, &mut out);
-    super::encode_sized_into(&d.chunks, &mut out);
-    d.ks.dump_into(&mut out);
-    out
+/// chunked writes (each a length and its encoding), then the keyspace dump;
+/// as pieces that share the models' bytes and the writes' parts (the file
+/// is written from them: a shard's models are never copied into one buffer).
+fn snapshot_pieces(d: &ShardData) -> Vec<bytes::Bytes> {
+    let mut out = super::Pieces::default();
+    out.extend(&d.last_ts.to_le_bytes());
+    let map = encode(&d.map);
+    out.extend(&(map.len() as u64).to_le_bytes());
+    out.extend(&map);
+    let size = postcard::experimental::serialized_size(&d.chunks).expect("chunks always serialize");
+    out.extend(&(size as u64).to_le_bytes());
+    let before = out.len();
+    d.chunks.encode_to(&mut out);
+    debug_assert_eq!(out.len() - before, size, "chunks encoded as postcard does");
+    d.ks.dump_to(&mut out);
+    out.finish()
 }
 
 /// Restores a snapshot payload; model blobs stay in `b` (slices of it, see
@@ -266,6 +350,7 @@ impl StateMachine {
         let current_log_id = current.as_ref().and_then(|m| m.last_log_id);
         Ok(StateMachine {
             data: Arc::new(Mutex::new(data)),
+            local: LocalWrites::default(),
             dir: dir.to_path_buf(),
             current: Arc::new(Mutex::new(current)),
             applying: Arc::default(),
@@ -273,18 +358,19 @@ impl StateMachine {
         })
     }
 
-    /// Writes the snapshot file (laid out as `SnapshotFileRef`, without
-    /// copying the payload); hands the payload back.
-    async fn persist<B: AsRef<[u8]> + Send + 'static>(&self, meta: &SnapshotMetaOf<C>, data: B) -> io::Result<B> {
+    /// Writes the snapshot file (laid out as `SnapshotFileRef`) from the
+    /// payload's pieces, without joining them; hands them back.
+    async fn persist(&self, meta: &SnapshotMetaOf<C>, data: Vec<bytes::Bytes>) -> io::Result<Vec<bytes::Bytes>> {
         let path = self.dir.join("snapshot");
-        let header = snapshot_header(meta, data.as_ref().len());
+        let header = snapshot_header(meta, data.iter().map(|p| p.len()).sum());
         let (persisted, last) = (self.persisted.clone(), meta.last_log_id);
         tokio::task::spawn_blocking(move || {
             let mut newest = persisted.lock();
             if *newest > last {
                 return Ok(data);
             }
-            write_atomic_parts(&path, &[&header, data.as_ref()])?;
+            let parts: Vec<&[u8]> = std::iter::once(&header[..]).chain(data.iter().map(|p| &p[..])).collect();
+            write_atomic_parts(&path, &parts)?;
             *newest = last;
             Ok(data)
         })
@@ -315,7 +401,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
             };
             (meta, state)
         };
-        let bytes = super::heavy(|| snapshot_bytes(&state));
+        let bytes = super::heavy(|| snapshot_pieces(&state));
         drop(state);
         self.persist(&meta, bytes).await?;
         *self.current.lock() = Some(meta.clone());
@@ -346,6 +432,7 @@ impl RaftStateMachine<C> for StateMachine {
                     EntryPayload::Blank => {
                         let (ts, term) = (d.last_ts, entry.log_id.committed_leader_id().term);
                         d.chunks.prune(ts, term);
+                        self.local.applying(term, None);
                         Reply::Null
                     }
                     EntryPayload::Normal(p) => {
@@ -355,6 +442,7 @@ impl RaftStateMachine<C> for StateMachine {
                         d.last_ts = ts;
                         let term = entry.log_id.committed_leader_id().term;
                         d.chunks.prune(ts, term);
+                        self.local.applying(term, if let LogOp::Chunk { id, .. } = &p.op { Some(*id) } else { None });
                         match p.op {
                             LogOp::Meta(op) => d.map.apply(&op),
                             LogOp::Chunk { id, part, parts, data } => {
@@ -365,14 +453,36 @@ impl RaftStateMachine<C> for StateMachine {
                                         // Joined without the lock (it can take a
                                         // while); nothing else changes the state
                                         // meanwhile, and this entry counts as
-                                        // applied only once it is.
+                                        // applied only once it is. A write this
+                                        // replica proposed applies as it was
+                                        // proposed, with its model as loaded.
                                         drop(d);
-                                        let op = super::heavy(|| join(parts));
+                                        let mut handed = None;
+                                        let op = match self.local.take(id) {
+                                            Some(w) => {
+                                                drop(parts);
+                                                if let (
+                                                    Some(m),
+                                                    LogOp::Command(NodeCommand::ModelStore { model, .. }),
+                                                ) = (w.loaded, &w.op)
+                                                {
+                                                    crate::models::registry().hand_over(model, m);
+                                                    handed = Some(model.clone());
+                                                }
+                                                Ok(w.op)
+                                            }
+                                            None => super::heavy(|| join(parts)),
+                                        };
                                         d = self.data.lock();
-                                        match op {
+                                        let reply = match op {
                                             Ok(op) => apply_in_term(&mut d.ks, ts, term, op),
                                             Err(e) => e,
+                                        };
+                                        // Not taken (the store failed): not kept.
+                                        if let Some(def) = handed {
+                                            crate::models::registry().forget_handed(&def);
                                         }
+                                        reply
                                     }
                                 }
                             }
@@ -403,7 +513,7 @@ impl RaftStateMachine<C> for StateMachine {
         // all that holds the buffer when they are laid out in it (a payload
         // that does not restore is then on disk: it is an error for this
         // node either way).
-        let bytes = self.persist(meta, bytes::Bytes::from(snapshot.into_bytes(meta)?)).await?;
+        let bytes = self.persist(meta, vec![snapshot.into_bytes(meta)?.into()]).await?.pop().unwrap_or_default();
         let (ts, map, chunks, ks) = super::heavy(move || load_snapshot_bytes(bytes))?;
         {
             let mut d = self.data.lock();
@@ -471,6 +581,34 @@ mod tests {
         c.prune(42, 8);
         assert!(c.is_empty());
         assert!(matches!(c.add(5, 1, 3, p[1].clone(), 43, 9), Some(Err(_))));
+    }
+
+    #[test]
+    fn a_snapshot_shares_its_large_bytes_and_reads_back() {
+        let op = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from(vec![7u8; 100_000]); 3] });
+        let p = parts(&op, 3);
+        let mut chunks = Chunks::default();
+        assert!(chunks.add(9, 0, 3, p[0].clone(), 10, 2).is_none());
+        assert!(chunks.add(9, 1, 3, p[1].clone(), 10, 2).is_none());
+        assert!(chunks.add(4, 0, 5, Bytes::from_static(b"tiny"), 11, 2).is_none());
+        let mut out = crate::raft::Pieces::default();
+        chunks.encode_to(&mut out);
+        let pieces = out.finish();
+        assert_eq!(pieces.concat(), encode(&chunks), "postcard's encoding");
+        assert!(pieces.iter().any(|x| x.as_ptr() == p[1].as_ptr()), "a large part is shared, not copied");
+        let mut ks = Keyspace::new();
+        exec::apply(&mut ks, 1, &LogOp::Command(NodeCommand::Del { keys: vec![] }));
+        let d = ShardData {
+            ks,
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            last_ts: 77,
+            map: ClusterMap::default(),
+            chunks,
+        };
+        let (ts, _, back, _) = load_snapshot_bytes(snapshot_pieces(&d).concat().into()).unwrap();
+        assert_eq!((ts, back.len()), (77, 2));
+        assert_eq!(encode(&back), encode(&d.chunks));
     }
 
     #[test]
