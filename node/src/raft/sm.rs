@@ -54,6 +54,10 @@ struct Pending {
     /// the rest can never come.
     term: u64,
     data: Vec<bytes::Bytes>,
+    /// A write this replica proposed (see [`LocalWrite`]): its parts are
+    /// counted, not kept. Never in a snapshot (filled in for one).
+    #[serde(skip)]
+    local: bool,
 }
 
 impl Chunks {
@@ -85,7 +89,8 @@ impl Chunks {
         tessera_common::put_varint(&mut head, self.pending.len() as u64);
         for (id, w) in &self.pending {
             head.extend_from_slice(&encode(id));
-            let mut fields = encode(&Pending { parts: w.parts, started: w.started, term: w.term, data: Vec::new() });
+            let mut fields =
+                encode(&Pending { parts: w.parts, started: w.started, term: w.term, data: Vec::new(), local: false });
             // The parts are a write's last field: the empty list's length
             // (one zero byte) ends the encoding, and the parts take its place.
             assert_eq!(fields.pop(), Some(0), "a pending write's parts end its encoding");
@@ -112,19 +117,54 @@ impl Chunks {
         ts: i64,
         term: u64,
     ) -> Option<Result<Vec<bytes::Bytes>, Reply>> {
+        self.add_part(id, part, parts, data, ts, term, false).map(|r| r.map(|(data, _)| data))
+    }
+
+    /// [`Chunks::add`], for a write that is `local` (this replica proposed
+    /// it and keeps it whole: its parts are only counted) if this is its
+    /// first part. The last part yields the parts and whether it is local.
+    #[allow(clippy::too_many_arguments)]
+    fn add_part(
+        &mut self,
+        id: u64,
+        part: u32,
+        parts: u32,
+        data: bytes::Bytes,
+        ts: i64,
+        term: u64,
+        local: bool,
+    ) -> Option<Result<(Vec<bytes::Bytes>, bool), Reply>> {
         self.prune(ts, term);
         if part == 0 {
-            self.pending.insert(id, Pending { parts, started: ts, term, data: Vec::new() });
+            self.pending.insert(id, Pending { parts, started: ts, term, data: Vec::new(), local });
         }
         let Some(p) = self.pending.get_mut(&id).filter(|p| p.parts == parts && p.data.len() == part as usize) else {
             self.pending.remove(&id);
-            return Some(Err(Reply::err("TRYAGAIN chunked write interrupted; the command did not run")));
+            return Some(Err(Reply::err(INTERRUPTED)));
         };
-        p.data.push(data);
+        p.data.push(if p.local { bytes::Bytes::new() } else { data });
         if part + 1 < parts {
             return None;
         }
-        Some(Ok(self.pending.remove(&id).expect("present").data))
+        let p = self.pending.remove(&id).expect("present");
+        Some(Ok((p.data, p.local)))
+    }
+
+    /// Gives the local writes among these their parts (from `local`), or
+    /// drops them if `local` no longer has them: for a snapshot.
+    fn fill_local(&mut self, local: &LocalWrites) {
+        self.pending.retain(|id, p| {
+            if !p.local {
+                return true;
+            }
+            match local.parts_of(*id, p.data.len()) {
+                Some(parts) => {
+                    (p.data, p.local) = (parts, false);
+                    true
+                }
+                None => false,
+            }
+        });
     }
 }
 
@@ -148,10 +188,12 @@ pub struct LocalWrites(Arc<Mutex<std::collections::HashMap<u64, LocalWrite>>>);
 
 impl LocalWrites {
     /// Keeps `op` (and its loaded model) for write `id`; forgets writes
-    /// older than [`CHUNKS_KEPT_MS`] (whose parts never came back).
+    /// none of whose parts applied here in [`CHUNKS_KEPT_MS`] (a write
+    /// whose first part applied goes with its parts, see
+    /// [`LocalWrites::applying`]).
     pub fn insert(&self, id: u64, op: LogOp, loaded: Option<Arc<dyn tessera_backend::Model>>) {
         let mut m = self.0.lock();
-        m.retain(|_, w| w.at.elapsed().as_millis() < CHUNKS_KEPT_MS as u128);
+        m.retain(|_, w| w.term.is_some() || w.at.elapsed().as_millis() < CHUNKS_KEPT_MS as u128);
         m.insert(id, LocalWrite { op, loaded, term: None, at: std::time::Instant::now() });
     }
 
@@ -160,9 +202,13 @@ impl LocalWrites {
         self.0.lock().remove(&id);
     }
 
-    /// Before an entry of `term` applies: forgets writes logged in an
-    /// earlier term (as [`Chunks::prune`] does); notes the term of a part.
-    fn applying(&self, term: u64, part_of: Option<u64>) {
+    /// Before an entry of `term` applies (`chunks` pruned for it): notes
+    /// the term of a write whose part it is, and forgets writes whose
+    /// parts `chunks` no longer holds (dropped there, on every replica
+    /// alike, by term or by age). A write whose first part applied thus
+    /// stays exactly as long as its unfinished parts do: whether its last
+    /// part applies here as proposed or fails is what it is elsewhere.
+    fn applying(&self, term: u64, part_of: Option<u64>, chunks: &Chunks) {
         let mut m = self.0.lock();
         if m.is_empty() {
             return;
@@ -170,11 +216,23 @@ impl LocalWrites {
         if let Some(w) = part_of.and_then(|id| m.get_mut(&id)) {
             w.term.get_or_insert(term);
         }
-        m.retain(|_, w| w.term.is_none_or(|t| t >= term));
+        m.retain(|id, w| w.term.is_none() || part_of == Some(*id) || chunks.pending.contains_key(id));
     }
 
     fn take(&self, id: u64) -> Option<LocalWrite> {
         self.0.lock().remove(&id)
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.0.lock().contains_key(&id)
+    }
+
+    /// The first `n` parts of write `id`, as the leader logged them.
+    fn parts_of(&self, id: u64, n: usize) -> Option<Vec<bytes::Bytes>> {
+        let m = self.0.lock();
+        let mut parts = super::encode_parts(&m.get(&id)?.op, crate::shard::CHUNK_BYTES);
+        parts.truncate(n);
+        Some(parts)
     }
 
     pub fn len(&self) -> usize {
@@ -220,6 +278,9 @@ fn apply_in_term(ks: &mut crate::keyspace::Keyspace, ts: i64, term: u64, op: Log
         op => exec::apply(ks, ts, &op),
     }
 }
+
+/// The answer to a chunked write whose parts can no longer all apply.
+const INTERRUPTED: &str = "TRYAGAIN chunked write interrupted; the command did not run";
 
 /// The answer to a fenced write logged after leadership changed.
 pub const FENCED_OUT: &str = "TRYAGAIN leadership changed while the model ran; its outputs were not written";
@@ -399,6 +460,10 @@ impl RaftSnapshotBuilder<C> for StateMachine {
                 map: d.map.clone(),
                 chunks: d.chunks.clone(),
             };
+            drop(d);
+            // (Between entries: a local write cannot apply meanwhile.)
+            let mut state = state;
+            state.chunks.fill_local(&self.local);
             (meta, state)
         };
         let bytes = super::heavy(|| snapshot_pieces(&state));
@@ -432,7 +497,7 @@ impl RaftStateMachine<C> for StateMachine {
                     EntryPayload::Blank => {
                         let (ts, term) = (d.last_ts, entry.log_id.committed_leader_id().term);
                         d.chunks.prune(ts, term);
-                        self.local.applying(term, None);
+                        self.local.applying(term, None, &d.chunks);
                         Reply::Null
                     }
                     EntryPayload::Normal(p) => {
@@ -442,14 +507,16 @@ impl RaftStateMachine<C> for StateMachine {
                         d.last_ts = ts;
                         let term = entry.log_id.committed_leader_id().term;
                         d.chunks.prune(ts, term);
-                        self.local.applying(term, if let LogOp::Chunk { id, .. } = &p.op { Some(*id) } else { None });
+                        let part_of = if let LogOp::Chunk { id, .. } = &p.op { Some(*id) } else { None };
+                        self.local.applying(term, part_of, &d.chunks);
                         match p.op {
                             LogOp::Meta(op) => d.map.apply(&op),
                             LogOp::Chunk { id, part, parts, data } => {
-                                match d.chunks.add(id, part, parts, data, ts, term) {
+                                let local = part == 0 && self.local.contains(id);
+                                match d.chunks.add_part(id, part, parts, data, ts, term, local) {
                                     None => Reply::Null,
                                     Some(Err(e)) => e,
-                                    Some(Ok(parts)) => {
+                                    Some(Ok((parts, local))) => {
                                         // Joined without the lock (it can take a
                                         // while); nothing else changes the state
                                         // meanwhile, and this entry counts as
@@ -471,6 +538,8 @@ impl RaftStateMachine<C> for StateMachine {
                                                 }
                                                 Ok(w.op)
                                             }
+                                            // Its parts were not kept.
+                                            None if local => Err(Reply::err(INTERRUPTED)),
                                             None => super::heavy(|| join(parts)),
                                         };
                                         d = self.data.lock();
@@ -609,6 +678,39 @@ mod tests {
         let (ts, _, back, _) = load_snapshot_bytes(snapshot_pieces(&d).concat().into()).unwrap();
         assert_eq!((ts, back.len()), (77, 2));
         assert_eq!(encode(&back), encode(&d.chunks));
+    }
+
+    #[test]
+    fn a_local_write_keeps_no_parts_and_a_snapshot_gets_them() {
+        let op = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from(vec![7u8; 100_000]); 100] });
+        let p = crate::raft::encode_parts(&op, crate::shard::CHUNK_BYTES);
+        assert!(p.len() >= 3);
+        let local = LocalWrites::default();
+        local.insert(5, op.clone(), None);
+        let (mut mine, mut theirs) = (Chunks::default(), Chunks::default());
+        assert!(mine.add_part(5, 0, p.len() as u32, p[0].clone(), 1, 1, true).is_none());
+        assert!(mine.add_part(5, 1, p.len() as u32, p[1].clone(), 1, 1, false).is_none());
+        for (i, part) in p.iter().enumerate().take(2) {
+            assert!(theirs.add(5, i as u32, p.len() as u32, part.clone(), 1, 1).is_none());
+        }
+        assert!(mine.pending[&5].data.iter().all(|d| d.is_empty()), "counted, not kept");
+        // A snapshot taken now holds the parts, as another replica's does.
+        let mut snap = mine.clone();
+        snap.fill_local(&local);
+        assert_eq!(encode(&snap), encode(&theirs));
+        // The last part yields the write as local; without its local copy
+        // (never: only after a term change drops both) it is dropped.
+        let last = p.len() - 1;
+        for i in 2..last {
+            assert!(mine.add_part(5, i as u32, p.len() as u32, p[i].clone(), 1, 1, false).is_none());
+        }
+        let done = mine.add_part(5, last as u32, p.len() as u32, p[last].clone(), 1, 1, false);
+        assert!(matches!(done, Some(Ok((_, true)))));
+        local.remove(5);
+        let mut gone = Chunks::default();
+        assert!(gone.add_part(6, 0, 3, p[0].clone(), 1, 1, true).is_none());
+        gone.fill_local(&local);
+        assert!(gone.is_empty(), "a local write whose copy is gone is not snapshotted half");
     }
 
     #[test]
