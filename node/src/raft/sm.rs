@@ -730,8 +730,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn a_chunked_model_store_keeps_its_blob_in_the_joined_parts() {
+    /// The store of an ONNX model for the CPU whose bytes are `blob`.
+    fn onnx_store(blob: Vec<u8>) -> LogOp {
         let model = tessera_common::model::ModelDef {
             backend: tessera_common::model::BackendKind::Onnx,
             device_name: "CPU".into(),
@@ -742,9 +742,14 @@ mod tests {
             minbatchtimeout: 0,
             inputs: vec![],
             outputs: vec![],
-            blob: Bytes::from(vec![9u8; 10_000]).into(),
+            blob: Bytes::from(blob).into(),
         };
-        let op = LogOp::Command(NodeCommand::ModelStore { key: Bytes::from("m"), model });
+        LogOp::Command(NodeCommand::ModelStore { key: Bytes::from("m"), model })
+    }
+
+    #[test]
+    fn a_chunked_model_store_keeps_its_blob_in_the_joined_parts() {
+        let op = onnx_store(vec![9u8; 10_000]);
         let mut c = Chunks::default();
         let p = parts(&op, 4);
         for (i, part) in p.iter().enumerate().take(3) {
@@ -768,19 +773,7 @@ mod tests {
     #[test]
     fn a_joined_onnx_model_is_laid_out_where_it_was_joined() {
         let bytes = tessera_tests::onnx::embeddings(8, 256, 64);
-        let model = tessera_common::model::ModelDef {
-            backend: tessera_common::model::BackendKind::Onnx,
-            device_name: "CPU".into(),
-            device: tessera_common::model::Device::Cpu(None),
-            tag: Bytes::new(),
-            batchsize: 0,
-            minbatchsize: 0,
-            minbatchtimeout: 0,
-            inputs: vec![],
-            outputs: vec![],
-            blob: Bytes::from(bytes.clone()).into(),
-        };
-        let op = LogOp::Command(NodeCommand::ModelStore { key: Bytes::from("m"), model });
+        let op = onnx_store(bytes.clone());
         let Ok(LogOp::Command(NodeCommand::ModelStore { model, .. })) = join(parts(&op, 3)) else {
             panic!("the parts join into the model store");
         };
