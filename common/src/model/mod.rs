@@ -1,8 +1,9 @@
 //! RedisAI models as commands see them: backend and device names, the
 //! stored definition, and the argument rules of AI.MODELSTORE/MODELSET
-//! (parsed where no state is needed: the router) and AI.MODELEXECUTE/
-//! MODELRUN (parsed on the node, which knows the model's input and output
-//! counts and must report a missing model first).
+//! (parsed where no state is needed: the router); AI.MODELEXECUTE/MODELRUN
+//! (parsed on the node, which knows the model's input and output counts
+//! and must report a missing model first) in [`exec`], AI.CONFIG in
+//! [`config`].
 
 use std::fmt;
 
@@ -11,6 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::Blob;
 use crate::error::{Error, Result};
+
+pub mod config;
+pub mod exec;
+
+pub use config::{parse_ai_config, AiConfig};
+pub use exec::{parse_modelexecute, parse_modelrun, ExecArgs};
 
 /// The four RedisAI backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -118,7 +125,7 @@ pub struct ModelDef {
     pub blob: Blob,
 }
 
-fn err(s: &str) -> Error {
+pub(crate) fn err(s: &str) -> Error {
     Error::ai(s)
 }
 
@@ -133,7 +140,7 @@ fn unsigned(b: &[u8]) -> Option<u64> {
     (f >= 0.0 && f.fract() == 0.0 && f < 1.8e19).then_some(f as u64)
 }
 
-fn eq(a: &[u8], b: &str) -> bool {
+pub(crate) fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
@@ -328,176 +335,6 @@ pub fn parse_modelset(argv: &[Bytes]) -> Result<ModelDef> {
     })
 }
 
-/// A parsed AI.MODELEXECUTE / AI.MODELRUN.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExecArgs {
-    pub inputs: Vec<Bytes>,
-    pub outputs: Vec<Bytes>,
-    /// Milliseconds from queueing after which a run that has not started
-    /// answers TIMEDOUT.
-    pub timeout_ms: Option<u64>,
-}
-
-fn count(b: Option<&Bytes>, invalid: &str, nonpositive: &str) -> Result<usize> {
-    let b = b.ok_or_else(|| err(invalid))?;
-    let v = crate::command::int_arg(b).map_err(|_| err(invalid))?;
-    if v <= 0 {
-        return Err(err(nonpositive));
-    }
-    Ok(v as usize)
-}
-
-fn timeout(b: Option<&Bytes>) -> Result<u64> {
-    let b = b.ok_or_else(|| err("ERR No value provided for TIMEOUT"))?;
-    crate::command::int_arg(b)
-        .ok()
-        .filter(|t| *t > 0)
-        .map(|t| t as u64)
-        .ok_or_else(|| err("ERR Invalid value for TIMEOUT"))
-}
-
-#[derive(Clone, Copy)]
-enum Section {
-    Inputs,
-    Outputs,
-}
-
-/// One `INPUTS n k..` / `OUTPUTS n k..` section of MODELEXECUTE starting at
-/// `i`, checked against the model's `expected` count: its keys and the
-/// index after it.
-fn exec_section(argv: &[Bytes], i: usize, section: Section, expected: usize) -> Result<(Vec<Bytes>, usize)> {
-    let (word, lower, upper) = match section {
-        Section::Inputs => ("INPUTS", "input", "Input"),
-        Section::Outputs => ("OUTPUTS", "output", "Output"),
-    };
-    if !argv.get(i).is_some_and(|a| eq(a, word)) {
-        return Err(Error::Verbatim(format!("ERR {word} not specified")));
-    }
-    let n = count(
-        argv.get(i + 1),
-        &format!("ERR Invalid argument for {lower}_count"),
-        &format!("ERR {upper} count must be a positive integer"),
-    )?;
-    if n != expected {
-        return Err(Error::Verbatim(format!("Number of keys given as {word} here does not match model definition")));
-    }
-    let start = i + 2;
-    if argv.len() < start + n {
-        return Err(Error::Verbatim(format!(
-            "ERR number of {lower} keys to AI.MODELEXECUTE command does not match the number of given arguments"
-        )));
-    }
-    Ok((argv[start..start + n].to_vec(), start + n))
-}
-
-/// `AI.MODELEXECUTE key INPUTS n .. OUTPUTS m .. [TIMEOUT t]` against a
-/// model with `n_in` inputs and `n_out` outputs (argv[0] is the command).
-pub fn parse_modelexecute(argv: &[Bytes], n_in: usize, n_out: usize) -> Result<ExecArgs> {
-    let (inputs, i) = exec_section(argv, 2, Section::Inputs, n_in)?;
-    let (outputs, i) = exec_section(argv, i, Section::Outputs, n_out)?;
-    let mut timeout_ms = None;
-    if let Some(tok) = argv.get(i) {
-        if !eq(tok, "TIMEOUT") {
-            return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(tok))));
-        }
-        timeout_ms = Some(timeout(argv.get(i + 1))?);
-        if let Some(extra) = argv.get(i + 2) {
-            return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(extra))));
-        }
-    }
-    Ok(ExecArgs { inputs, outputs, timeout_ms })
-}
-
-/// Deprecated `AI.MODELRUN key [TIMEOUT t] INPUTS k.. OUTPUTS k..`.
-pub fn parse_modelrun(argv: &[Bytes], n_in: usize, n_out: usize) -> Result<ExecArgs> {
-    let mut i = 2;
-    let mut timeout_ms = None;
-    if argv.get(i).is_some_and(|a| eq(a, "TIMEOUT")) {
-        timeout_ms = Some(timeout(argv.get(i + 1)).map_err(|_| err("ERR Invalid value for TIMEOUT"))?);
-        i += 2;
-    }
-    if !argv.get(i).is_some_and(|a| eq(a, "INPUTS")) {
-        return Err(err("ERR INPUTS not specified"));
-    }
-    let rest = &argv[i + 1..];
-    let out_at = rest.iter().position(|a| eq(a, "OUTPUTS")).unwrap_or(rest.len());
-    let inputs = rest[..out_at].to_vec();
-    let outputs = rest.get(out_at + 1..).unwrap_or_default().to_vec();
-    if inputs.len() != n_in {
-        return Err(err("Number of keys given as INPUTS here does not match model definition"));
-    }
-    if outputs.len() != n_out {
-        return Err(err("Number of keys given as OUTPUTS here does not match model definition"));
-    }
-    Ok(ExecArgs { inputs, outputs, timeout_ms })
-}
-
-/// An AI.CONFIG setting. RedisAI takes THREADS_PER_QUEUE, the parallelism
-/// settings and MODEL_EXECUTION_TIMEOUT only at module load; here they can
-/// be changed at run time too (they apply to models stored afterwards, and
-/// to new run queues).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AiConfig {
-    BackendsPath(String),
-    LoadBackend(BackendKind, String),
-    ModelChunkSize(u64),
-    ThreadsPerQueue(u64),
-    IntraOpParallelism(u64),
-    InterOpParallelism(u64),
-    ModelExecutionTimeout(u64),
-    /// `GET <name>` (upper-cased).
-    Get(String),
-}
-
-impl AiConfig {
-    /// Whether this changes the nodes (sent to every node) or reads one.
-    pub fn is_get(&self) -> bool {
-        matches!(self, AiConfig::Get(_))
-    }
-}
-
-/// `AI.CONFIG <sub> ...` (argv[0] is the command).
-pub fn parse_ai_config(argv: &[Bytes]) -> Result<AiConfig> {
-    let arity = || Error::Arity(crate::command::arity_name(&argv[0]));
-    let sub = argv.get(1).ok_or_else(arity)?;
-    let value = argv.get(2);
-    let number = |name: &str, min: u64| -> Result<u64> {
-        let v = value.ok_or_else(|| Error::Verbatim(format!("ERR {name}: missing value")))?;
-        crate::command::int_arg(v)
-            .ok()
-            .filter(|n| *n >= min as i64)
-            .map(|n| n as u64)
-            .ok_or_else(|| Error::Verbatim(format!("ERR {name}: invalid value")))
-    };
-    Ok(if eq(sub, "LOADBACKEND") {
-        if argv.len() < 4 {
-            return Err(arity());
-        }
-        let kind = BackendKind::parse(&argv[2]).ok_or_else(|| err("ERR unsupported backend"))?;
-        AiConfig::LoadBackend(kind, String::from_utf8_lossy(&argv[3]).into_owned())
-    } else if eq(sub, "BACKENDSPATH") {
-        let v = value.ok_or_else(|| err("ERR BACKENDSPATH: missing path argument"))?;
-        AiConfig::BackendsPath(String::from_utf8_lossy(v).into_owned())
-    } else if eq(sub, "MODEL_CHUNK_SIZE") {
-        let v = value.ok_or_else(|| err("ERR MODEL_CHUNK_SIZE: missing chunk size"))?;
-        let n = crate::command::int_arg(v).ok().filter(|n| *n > 0);
-        AiConfig::ModelChunkSize(n.ok_or_else(|| err("ERR MODEL_CHUNK_SIZE: invalid chunk size"))? as u64)
-    } else if eq(sub, "THREADS_PER_QUEUE") {
-        AiConfig::ThreadsPerQueue(number("THREADS_PER_QUEUE", 1)?)
-    } else if eq(sub, "INTRA_OP_PARALLELISM") {
-        AiConfig::IntraOpParallelism(number("INTRA_OP_PARALLELISM", 0)?)
-    } else if eq(sub, "INTER_OP_PARALLELISM") {
-        AiConfig::InterOpParallelism(number("INTER_OP_PARALLELISM", 0)?)
-    } else if eq(sub, "MODEL_EXECUTION_TIMEOUT") {
-        AiConfig::ModelExecutionTimeout(number("MODEL_EXECUTION_TIMEOUT", 1000)?)
-    } else if eq(sub, "GET") {
-        let v = value.ok_or_else(arity)?;
-        AiConfig::Get(String::from_utf8_lossy(v).to_ascii_uppercase())
-    } else {
-        return Err(err("ERR unsupported subcommand"));
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,35 +419,6 @@ mod tests {
         let tf = set("AI.MODELSET m TF CPU INPUTS a b OUTPUTS mul BLOB x y").unwrap();
         assert_eq!(tf.inputs, vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(tf.blob, b"xy"[..]);
-    }
-
-    #[test]
-    fn modelexecute_args() {
-        let ex = |s: &str| parse_modelexecute(&argv(s), 2, 1).map_err(|e| e.to_string());
-        let a = ex("AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c TIMEOUT 5").unwrap();
-        assert_eq!((a.inputs.len(), a.outputs.len(), a.timeout_ms), (2, 1, Some(5)));
-        assert_eq!(ex("AI.MODELEXECUTE m OUTPUTS 1 c").unwrap_err(), "ERR INPUTS not specified");
-        assert_eq!(ex("AI.MODELEXECUTE m INPUTS x a b").unwrap_err(), "ERR Invalid argument for input_count");
-        assert_eq!(ex("AI.MODELEXECUTE m INPUTS 0 a b").unwrap_err(), "ERR Input count must be a positive integer");
-        assert_eq!(
-            ex("AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 c").unwrap_err(),
-            "Number of keys given as INPUTS here does not match model definition"
-        );
-        assert_eq!(
-            ex("AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 2 c d").unwrap_err(),
-            "Number of keys given as OUTPUTS here does not match model definition"
-        );
-        assert_eq!(
-            ex("AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c TIMEOUT").unwrap_err(),
-            "ERR No value provided for TIMEOUT"
-        );
-        assert_eq!(
-            ex("AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c TIMEOUT 0").unwrap_err(),
-            "ERR Invalid value for TIMEOUT"
-        );
-        assert_eq!(ex("AI.MODELEXECUTE m INPUTS 2 a b OUTPUTS 1 c FOO").unwrap_err(), "Invalid argument: FOO");
-        let run = parse_modelrun(&argv("AI.MODELRUN m TIMEOUT 9 INPUTS a b OUTPUTS c"), 2, 1).unwrap();
-        assert_eq!((run.inputs.len(), run.timeout_ms), (2, Some(9)));
     }
 }
 
