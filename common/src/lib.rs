@@ -35,6 +35,11 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// How many bytes [`put_varint`] writes for `v`.
+pub fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Postcard-encodes `value` into a vector allocated once with `capacity`.
 pub(crate) fn encode<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity);

@@ -11,6 +11,7 @@
 //! not copied into its sessions: they are tensors over the bytes the node
 //! keeps anyway ([`weights`]).
 
+mod layout;
 mod pb;
 #[doc(hidden)]
 pub mod weights;

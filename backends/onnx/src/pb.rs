@@ -221,11 +221,7 @@ impl<'s, 'a> Reader<'s, 'a> {
     }
 }
 
-pub fn varint_len(v: u64) -> usize {
-    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
-}
-
-pub use tessera_common::put_varint;
+pub use tessera_common::{put_varint, varint_len};
 
 pub fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
     put_varint(out, field << 3 | 2);

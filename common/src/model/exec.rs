@@ -111,11 +111,8 @@ pub fn parse_modelrun(argv: &[Bytes], n_in: usize, n_out: usize) -> Result<ExecA
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::argv;
     use super::*;
-
-    fn argv(s: &str) -> Vec<Bytes> {
-        s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
-    }
 
     #[test]
     fn modelexecute_args() {

@@ -339,7 +339,8 @@ pub fn parse_modelset(argv: &[Bytes]) -> Result<ModelDef> {
 mod tests {
     use super::*;
 
-    fn argv(s: &str) -> Vec<Bytes> {
+    /// A command line split at spaces (for `exec`'s tests too).
+    pub(super) fn argv(s: &str) -> Vec<Bytes> {
         s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
     }
 

@@ -4,6 +4,7 @@
 //! ([`network`]: client; [`transport`]: server). Nothing outside this module
 //! names an openraft type.
 
+pub mod chunks;
 pub mod logfile;
 pub mod network;
 pub mod sm;
@@ -26,7 +27,7 @@ pub enum LogOp {
     Meta(crate::meta::MetaOp),
     /// One part of an operation too large for one entry: the encoded
     /// operation cut into `parts` pieces, logged in order; the last part
-    /// applies the whole (see [`sm::Chunks`]).
+    /// applies the whole (see [`chunks::Chunks`]).
     Chunk {
         id: u64,
         part: u32,
@@ -146,18 +147,14 @@ fn blob_apart(op: &LogOp) -> Option<(LogOp, &tessera_common::blob::Blob)> {
     }
 }
 
-fn varint_len(v: usize) -> usize {
-    let mut b = Vec::with_capacity(10);
-    tessera_common::put_varint(&mut b, v as u64);
-    b.len()
-}
-
 /// The size of `op`'s encoding ([`encode`]), without encoding a model's
 /// bytes (serde hands bytes held in parts over a byte at a time).
 pub fn encoded_size(op: &LogOp) -> usize {
     match blob_apart(op) {
         Some((head, blob)) => {
-            postcard::experimental::serialized_size(&head).unwrap_or(1) - 1 + varint_len(blob.len()) + blob.len()
+            postcard::experimental::serialized_size(&head).unwrap_or(1) - 1
+                + tessera_common::varint_len(blob.len() as u64)
+                + blob.len()
         }
         None => postcard::experimental::serialized_size(op).unwrap_or(0),
     }
@@ -184,27 +181,28 @@ pub fn encode_parts(op: &LogOp, size: usize) -> Vec<bytes::Bytes> {
     };
     let total: usize = pieces.iter().map(|p| p.len()).sum();
     let mut parts = Vec::with_capacity(total.div_ceil(size.max(1)));
-    let (mut piece, mut at) = (0, 0); // the piece the next part starts in, and where
+    // Where the next byte is: a piece (none is empty), and a place in it.
+    let (mut piece, mut at) = (0, 0);
     for start in (0..total).step_by(size.max(1)) {
         let len = size.min(total - start);
+        if at == pieces[piece].len() {
+            (piece, at) = (piece + 1, 0);
+        }
         if len == size && pieces[piece].len() - at >= len {
             parts.push(pieces[piece].slice(at..at + len));
             at += len;
-        } else {
-            let mut part = Vec::with_capacity(len);
-            while part.len() < len {
-                let take = (len - part.len()).min(pieces[piece].len() - at);
-                part.extend_from_slice(&pieces[piece][at..at + take]);
-                at += take;
-                if at == pieces[piece].len() && piece + 1 < pieces.len() {
-                    (piece, at) = (piece + 1, 0);
-                }
+            continue;
+        }
+        let mut part = Vec::with_capacity(len);
+        while part.len() < len {
+            if at == pieces[piece].len() {
+                (piece, at) = (piece + 1, 0);
             }
-            parts.push(part.into());
+            let take = (len - part.len()).min(pieces[piece].len() - at);
+            part.extend_from_slice(&pieces[piece][at..at + take]);
+            at += take;
         }
-        if at == pieces[piece].len() && piece + 1 < pieces.len() {
-            (piece, at) = (piece + 1, 0);
-        }
+        parts.push(part.into());
     }
     parts
 }
