@@ -1,8 +1,10 @@
 """A local Tessera cluster on ephemeral ports (3 nodes x S shards + 1 router),
 started from built binaries; used by the Python tests and scripts/bench.py."""
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +17,14 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent():
+    """Runs in the child before exec: the kernel SIGKILLs it when the process
+    that started it dies, so a test run killed by a signal or a timeout
+    (which skips stop()) leaves no nodes running on the machine."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _ready(proc, timeout=30):
@@ -63,7 +73,9 @@ class LocalCluster:
 
     def _spawn(self, name, argv):
         log = open(os.path.join(self.dir, f"{name}.log"), "wb")
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
+        # (The parent death signal follows the thread that spawns: clusters
+        # are started from the main thread.)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, preexec_fn=_die_with_parent)
         self.procs.append((name, p, log))
         return p
 
