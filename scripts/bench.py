@@ -13,7 +13,6 @@ with and without BATCHSIZE)."""
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-from tessera_cluster import LocalCluster  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tessera_cluster import LocalCluster, free_port  # noqa: E402
 
 
 def bench(port, n, pipeline, args, stdin=None):

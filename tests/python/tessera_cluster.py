@@ -13,7 +13,31 @@ import time
 import redis
 
 
-def _free_port():
+_LOW_PORT = 10000
+_next_port = [os.getpid() * 7919]
+
+
+def free_port():
+    """A port free now, from below the kernel's ephemeral range, for a process
+    that must listen on an address known before it starts. A port from
+    bind(:0) lies in the ephemeral range, where any outgoing connection on the
+    machine may be given it before the node binds (or while a stopped node is
+    down), and the node then fails to start."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    span = ephemeral_low - _LOW_PORT
+    for _ in range(max(span, 0)):
+        port = _LOW_PORT + _next_port[0] % span
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -43,7 +67,7 @@ class LocalCluster:
         self.procs = []
         # Nodes must know each other's addresses before they start, so ports
         # are reserved up front rather than taken with port 0.
-        addrs = [f"127.0.0.1:{_free_port()}" for _ in range(nodes)]
+        addrs = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
         peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(addrs))
         for n, addr in enumerate(addrs):
             p = self._spawn(f"node-{n + 1}", [f"{self.bin}/tessera-node", "--node-id", str(n + 1),
