@@ -37,8 +37,8 @@ use anyhow::Context;
 use tessera_proto::v1::admin_server::AdminServer;
 use tessera_proto::v1::node_server::NodeServer;
 use tessera_proto::v1::raft_transport_server::RaftTransportServer;
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::admin::{AdminClients, AdminService};
@@ -134,13 +134,16 @@ pub async fn run(
     let node_svc = NodeServer::new(NodeService { state: state.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let raft_svc = RaftTransportServer::new(TransportService::new(state.clone()))
+    let transport = TransportService::new(state.clone());
+    let raft_svc = RaftTransportServer::new(transport.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin_svc = AdminServer::new(AdminService { state: state.clone(), clients: clients.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (grpc_tx, grpc_rx) = mpsc::channel(64);
+    let acceptor = tokio::spawn(accept(listener, grpc_tx, transport));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .initial_connection_window_size(Some(16 << 20))
@@ -154,9 +157,7 @@ pub async fn run(
             .add_service(node_svc)
             .add_service(raft_svc)
             .add_service(admin_svc)
-            // A caller-supplied listener does not get the builder's TCP options:
-            // set TCP_NODELAY on it here, or small replies wait for delayed ACKs.
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(grpc_rx), async {
                 let _ = stop_rx.await;
             }),
     );
@@ -202,11 +203,41 @@ pub async fn run(
     if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
         info!("closing remaining sessions");
     }
+    acceptor.abort();
     for s in state.hosted().all() {
         let _ = s.raft.shutdown().await;
     }
     info!("node stopped");
     Ok(())
+}
+
+/// Accepts the node's connections: raft links from peers go to the Raft
+/// transport, everything else (HTTP/2: routers' sessions, admin calls,
+/// large Raft messages) to the gRPC server.
+async fn accept(listener: TcpListener, grpc: mpsc::Sender<std::io::Result<TcpStream>>, transport: TransportService) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it
+                // was accepted: the listener itself is fine.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        // Small replies must not wait for delayed ACKs.
+        let _ = stream.set_nodelay(true);
+        let (grpc, transport) = (grpc.clone(), transport.clone());
+        tokio::spawn(async move {
+            match raft::wire::sniff(&stream).await {
+                raft::wire::Sniffed::Link => transport.serve_link(stream).await,
+                raft::wire::Sniffed::Other => {
+                    let _ = grpc.send(Ok(stream)).await;
+                }
+            }
+        });
+    }
 }
 
 /// First start on an empty data dir: either a new node (record the identity;

@@ -10,6 +10,7 @@ pub mod network;
 pub mod sm;
 pub mod store;
 pub mod transport;
+pub mod wire;
 
 use std::fmt;
 

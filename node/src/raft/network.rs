@@ -1,19 +1,13 @@
-//! The Raft network, client side: one lazily connected HTTP/2 channel per
-//! peer node, shared by every group the two nodes host together. Small
-//! messages (heartbeats, votes, appends of ordinary writes) travel on one
-//! long-lived `RaftTransport.Stream` per peer, a DATA frame each, their
-//! replies matched by id; large ones (model parts) are unary
-//! `RaftTransport.Call`s, so a heartbeat never waits behind megabytes.
-//!
-//! Why a stream: a unary call costs an HTTP/2 stream with headers and
-//! trailers, and h2 writes a request's headers and body separately. A write
-//! at concurrency 1 made the leader do 9 `writev`s (measured with strace);
-//! on the stream it is 5, and under load many messages share one.
+//! The Raft network, client side: per peer node, a link ([`super::wire::Link`],
+//! plain TCP) for small messages of every group the two nodes host together
+//! (heartbeats, votes, appends of ordinary writes), their replies matched by
+//! id; and a lazily connected HTTP/2 channel for large ones (appends
+//! carrying model parts) as unary `RaftTransport.Call`s, so a heartbeat
+//! never waits behind megabytes, plus a second channel for snapshots.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -28,10 +22,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_proto::v1::raft_transport_client::RaftTransportClient;
 use tessera_proto::v1::{RaftKind, RaftMessage};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
+use super::wire::{CallError, Handshake, Link};
 use super::{decode, encode, NodeAddr, SnapshotData, C};
 use crate::MAX_MESSAGE_BYTES;
 
@@ -41,7 +34,7 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
     /// A second connection per peer, for snapshot streams.
     snapshot_channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
-    /// The message stream to each peer (on its first channel).
+    /// The link to each peer.
     links: Arc<Mutex<HashMap<u64, PeerLink>>>,
 }
 
@@ -53,14 +46,14 @@ impl Peers {
         Self::client_in(&self.channels, id, addr)
     }
 
-    fn link(&self, id: u64, addr: &str) -> Result<Arc<Link>, String> {
+    fn link(&self, id: u64, addr: &str) -> Arc<Link> {
         let mut links = self.links.lock();
         match links.get(&id) {
-            Some((a, link)) if a == addr => Ok(link.clone()),
+            Some((a, link)) if a == addr => link.clone(),
             _ => {
-                let link = Link::open(self.client(id, addr)?, id);
+                let link = Link::open(id, addr.to_owned());
                 links.insert(id, (addr.to_owned(), link.clone()));
-                Ok(link)
+                link
             }
         }
     }
@@ -97,103 +90,8 @@ impl Peers {
     }
 }
 
-/// Messages up to this size go on the peer's stream; larger ones by `Call`.
+/// Messages up to this size go on the peer's link; larger ones by `Call`.
 pub const STREAM_MAX_BYTES: usize = 256 << 10;
-
-/// Longest wait before a broken stream to a peer is opened again (it starts
-/// at 20 ms and doubles): short, or a restarted peer would miss heartbeats
-/// for long enough to start an election.
-const RELINK_MAX: Duration = Duration::from_millis(200);
-
-type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<RaftMessage, String>>>>>;
-
-/// The message stream to one peer, shared by every group. A task keeps it
-/// open ([`drive`]); callers queue a request and wait for the reply with
-/// its id.
-pub struct Link {
-    target: u64,
-    /// Requests sent and not answered, by id. Dropped (answered with an
-    /// error) when their stream breaks.
-    waiting: Waiting,
-    /// The current stream's outbound queue; replaced when it breaks.
-    out: Mutex<mpsc::UnboundedSender<RaftMessage>>,
-    next_id: AtomicU64,
-}
-
-enum LinkError {
-    TimedOut,
-    Broken(String),
-}
-
-impl Link {
-    fn open(client: RaftTransportClient<Channel>, target: u64) -> Arc<Link> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let link =
-            Arc::new(Link { target, waiting: Default::default(), out: Mutex::new(tx), next_id: AtomicU64::new(1) });
-        tokio::spawn(drive(Arc::downgrade(&link), link.waiting.clone(), client, rx));
-        link
-    }
-
-    async fn call(&self, msg: RaftMessage, timeout: Duration) -> Result<RaftMessage, LinkError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        // Registered before it is queued: the driver only sends requests
-        // someone still waits for.
-        self.waiting.lock().insert(id, tx);
-        if self.out.lock().send(RaftMessage { id, ..msg }).is_err() {
-            self.waiting.lock().remove(&id);
-            return Err(LinkError::Broken(format!("stream to node {} closed", self.target)));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Err(_) => {
-                self.waiting.lock().remove(&id);
-                Err(LinkError::TimedOut)
-            }
-            Ok(Err(_)) => Err(LinkError::Broken(format!("stream to node {} broke", self.target))),
-            Ok(Ok(Err(e))) => Err(LinkError::Broken(e)),
-            Ok(Ok(Ok(m))) => Ok(m),
-        }
-    }
-}
-
-/// Keeps a link's stream open until the link is dropped: sends what is
-/// queued (skipping requests whose callers gave up), hands replies to their
-/// callers, and when the stream breaks fails whatever waits on it and opens
-/// a new one.
-async fn drive(
-    link: Weak<Link>,
-    waiting: Waiting,
-    mut client: RaftTransportClient<Channel>,
-    mut rx: mpsc::UnboundedReceiver<RaftMessage>,
-) {
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        let still_waiting = waiting.clone();
-        let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
-            .filter(move |m| still_waiting.lock().contains_key(&m.id));
-        match client.stream(outbound).await {
-            Ok(resp) => {
-                backoff = Duration::from_millis(20);
-                let mut inbound = resp.into_inner();
-                while let Ok(Some(reply)) = inbound.message().await {
-                    if let Some(tx) = waiting.lock().remove(&reply.id) {
-                        let _ = tx.send(if reply.error.is_empty() { Ok(reply) } else { Err(reply.error) });
-                    }
-                }
-            }
-            Err(status) => tracing::debug!(error = %status, "raft stream could not be opened"),
-        }
-        let Some(l) = link.upgrade() else { return };
-        let (tx, next) = mpsc::unbounded_channel();
-        // The old queue's sender goes, which ends the old request stream.
-        *l.out.lock() = tx;
-        drop(l);
-        waiting.lock().clear();
-        rx = next;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RELINK_MAX);
-    }
-}
 
 /// Bytes of snapshot per streamed piece.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
@@ -254,7 +152,7 @@ pub struct PeerClient {
     group: u32,
     target: u64,
     client: Result<RaftTransportClient<Channel>, String>,
-    link: Result<Arc<Link>, String>,
+    link: Arc<Link>,
     snapshot_client: Result<RaftTransportClient<Channel>, String>,
 }
 
@@ -274,12 +172,11 @@ impl PeerClient {
                 self.target
             )))
         };
-        let resp = if msg.payload.len() <= STREAM_MAX_BYTES {
-            let link = self.link.as_ref().map_err(unreachable)?;
-            match link.call(msg, timeout).await {
+        let resp = if msg.payload.len() <= STREAM_MAX_BYTES && self.link.handshake() != Handshake::Legacy {
+            match self.link.call(msg, timeout).await {
                 Ok(r) => r,
-                Err(LinkError::TimedOut) => return Err(timed_out()),
-                Err(LinkError::Broken(e)) => return Err(unreachable(&e)),
+                Err(CallError::TimedOut) => return Err(timed_out()),
+                Err(CallError::Broken(e)) => return Err(unreachable(&e)),
             }
         } else {
             let client = self.client.as_mut().map_err(|e| unreachable(e))?;

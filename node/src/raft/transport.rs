@@ -1,5 +1,6 @@
-//! The Raft network, server side: `RaftTransport.Call` and
-//! `RaftTransport.Stream` hand each message to the group it names.
+//! The Raft network, server side: raft links ([`super::wire`]) and
+//! `RaftTransport.Call` hand each message to the group it names;
+//! `RaftTransport.Stream` still serves nodes of the previous release.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -68,6 +69,27 @@ impl TransportService {
         Self { state, incoming: Default::default() }
     }
 
+    /// Serves one incoming raft link until it closes.
+    pub async fn serve_link(self, stream: tokio::net::TcpStream) {
+        super::wire::serve(stream, move |m| {
+            let this = self.clone();
+            async move { this.answer(m).await }
+        })
+        .await
+    }
+
+    /// [`TransportService::handle`], with a failure as an error reply.
+    async fn answer(&self, m: RaftMessage) -> RaftMessage {
+        let (id, group, kind) = (m.id, m.group, m.kind);
+        self.handle(m).await.unwrap_or_else(|status| RaftMessage {
+            group,
+            kind,
+            payload: Default::default(),
+            id,
+            error: status.message().to_owned(),
+        })
+    }
+
     /// One message to its group, and the group's answer.
     async fn handle(&self, m: RaftMessage) -> Result<RaftMessage, Status> {
         let Some(shard) = self.state.group(m.group) else {
@@ -115,15 +137,7 @@ impl RaftTransport for TransportService {
             while let Some(Ok(m)) = inbound.next().await {
                 let (this, tx) = (this.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let (id, group, kind) = (m.id, m.group, m.kind);
-                    let reply = this.handle(m).await.unwrap_or_else(|status| RaftMessage {
-                        group,
-                        kind,
-                        payload: Default::default(),
-                        id,
-                        error: status.message().to_owned(),
-                    });
-                    let _ = tx.send(Ok(reply));
+                    let _ = tx.send(Ok(this.answer(m).await));
                 });
             }
         });

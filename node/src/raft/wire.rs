@@ -1,0 +1,661 @@
+//! The Raft network's link for small messages: one plain TCP connection per
+//! ordered pair of nodes, carrying length-prefixed frames both ways, shared
+//! by every group the two nodes host together.
+//!
+//! It replaces an HTTP/2 stream (`RaftTransport.Stream`, still served for
+//! nodes of the previous release). Over h2 a message went from its caller
+//! to the connection's task, which framed and wrote it; the receiver's
+//! connection task handed it to a stream reader, that to a handler, the
+//! handler's reply went back to the connection task, and on the way back
+//! the same again. Here the caller writes its frame to the socket itself
+//! when nothing is queued ahead of it, one task reads each direction, and
+//! a handler writes its reply itself.
+//!
+//! A link starts with [`MAGIC`]; the node's listener tells it from an h2
+//! client by its first bytes (an h2 client's start with `PRI * HTTP/2.0`)
+//! and answers with [`MAGIC`]. A node of the previous release answers
+//! otherwise, and the link then reports [`Handshake::Legacy`]: its messages
+//! go as unary `Call`s instead.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use parking_lot::Mutex;
+use tessera_proto::v1::RaftMessage;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+
+/// First bytes each end of a link sends.
+pub const MAGIC: &[u8; 8] = b"TSRAFT\x00\x01";
+
+/// A frame's header: the length of the rest (u32), then id (u64), group
+/// (u32), kind (u8) and flags (u8), all little-endian; the payload (or, with
+/// [`FLAG_ERROR`], the error text) follows.
+const HEADER: usize = 4 + 8 + 4 + 1 + 1;
+const FLAG_ERROR: u8 = 1;
+
+/// Largest frame accepted: messages above `STREAM_MAX_BYTES` never take a
+/// link, so anything much larger is a broken or foreign peer.
+const FRAME_MAX: usize = 4 << 20;
+
+/// Bytes queued for a peer while its link is being (re)connected; calls
+/// beyond it fail at once rather than pile up behind a dead peer.
+const BACKLOG_MAX: usize = 8 << 20;
+
+/// The kernel drops a connection whose sent bytes stay unacknowledged this
+/// long (TCP_USER_TIMEOUT), and probes an idle one: a peer cut off by a
+/// partition is noticed, and the link reconnects, in seconds rather than
+/// after TCP's retransmission back-off of minutes.
+const USER_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Sets the options every link socket gets (both ends).
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_fd();
+    let _ = rustix::net::sockopt::set_tcp_user_timeout(fd, USER_TIMEOUT.as_millis() as u32);
+    let _ = rustix::net::sockopt::set_socket_keepalive(fd, true);
+    let _ = rustix::net::sockopt::set_tcp_keepidle(fd, KEEPALIVE_IDLE);
+    let _ = rustix::net::sockopt::set_tcp_keepintvl(fd, KEEPALIVE_INTERVAL);
+    let _ = rustix::net::sockopt::set_tcp_keepcnt(fd, KEEPALIVE_PROBES);
+}
+
+/// `m` as a frame.
+pub fn encode_frame(m: &RaftMessage) -> Vec<u8> {
+    let (flags, body): (u8, &[u8]) = match m.error.is_empty() {
+        true => (0, &m.payload),
+        false => (FLAG_ERROR, m.error.as_bytes()),
+    };
+    let mut f = Vec::with_capacity(HEADER + body.len());
+    f.put_u32_le((HEADER - 4 + body.len()) as u32);
+    f.put_u64_le(m.id);
+    f.put_u32_le(m.group);
+    f.put_u8(m.kind.clamp(0, 255) as u8);
+    f.put_u8(flags);
+    f.extend_from_slice(body);
+    f
+}
+
+/// The next whole frame at the front of `buf`, if one is there.
+fn decode_frame(buf: &mut BytesMut) -> Result<Option<RaftMessage>, String> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if !(HEADER - 4..=FRAME_MAX).contains(&len) {
+        return Err(format!("raft link frame of {len} bytes"));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    let mut f = buf.split_to(4 + len);
+    f.advance(4);
+    let id = f.get_u64_le();
+    let group = f.get_u32_le();
+    let kind = f.get_u8() as i32;
+    let flags = f.get_u8();
+    let mut m = RaftMessage { group, kind, id, ..Default::default() };
+    match flags & FLAG_ERROR {
+        0 => m.payload = f.freeze(),
+        _ => m.error = String::from_utf8_lossy(&f).into_owned(),
+    }
+    Ok(Some(m))
+}
+
+/// Reads frames from `stream` (after `skip` bytes) and hands each to
+/// `on_frame`, until the connection ends; returns why it ended.
+async fn read_frames(stream: &TcpStream, mut skip: usize, mut on_frame: impl FnMut(RaftMessage)) -> String {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    loop {
+        if skip > 0 {
+            let n = skip.min(buf.len());
+            buf.advance(n);
+            skip -= n;
+        }
+        if skip == 0 {
+            loop {
+                match decode_frame(&mut buf) {
+                    Ok(Some(m)) => on_frame(m),
+                    Ok(None) => break,
+                    Err(e) => return e,
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 16 << 10 {
+            buf.reserve(64 << 10);
+        }
+        if let Err(e) = stream.readable().await {
+            return e.to_string();
+        }
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return "connection closed by peer".into(),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+/// One connection's sending side. A frame is written by the task that
+/// sends it, at once, when nothing is queued ahead of it; what the socket
+/// does not take goes to a queue that [`Writer::flush`] writes in order.
+pub struct Writer {
+    stream: Arc<TcpStream>,
+    state: Mutex<WriteState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct WriteState {
+    queued: Vec<u8>,
+    /// Bytes are queued (or being written by the flusher): a send must queue
+    /// behind them, not write.
+    flushing: bool,
+    broken: Option<String>,
+}
+
+impl Writer {
+    pub fn new(stream: Arc<TcpStream>) -> Writer {
+        Writer { stream, state: Mutex::default(), wake: Notify::new() }
+    }
+
+    pub fn send(&self, frame: &[u8]) -> Result<(), String> {
+        let mut s = self.state.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
+        if s.flushing {
+            s.queued.extend_from_slice(frame);
+            return Ok(());
+        }
+        match self.stream.try_write(frame) {
+            Ok(n) if n == frame.len() => return Ok(()),
+            Ok(n) => s.queued.extend_from_slice(&frame[n..]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => s.queued.extend_from_slice(frame),
+            Err(e) => {
+                s.broken = Some(e.to_string());
+                return Err(e.to_string());
+            }
+        }
+        s.flushing = true;
+        drop(s);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Writes what sends queued, until the connection fails; returns why.
+    pub async fn flush(&self) -> String {
+        let mut buf = Vec::new();
+        loop {
+            self.wake.notified().await;
+            loop {
+                {
+                    let mut s = self.state.lock();
+                    if s.queued.is_empty() {
+                        s.flushing = false;
+                        break;
+                    }
+                    std::mem::swap(&mut buf, &mut s.queued);
+                }
+                let mut at = 0;
+                while at < buf.len() {
+                    let r = match self.stream.writable().await {
+                        Ok(()) => self.stream.try_write(&buf[at..]),
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            self.state.lock().broken = Some(e.to_string());
+                            return e.to_string();
+                        }
+                    }
+                }
+                buf.clear();
+            }
+        }
+    }
+
+    fn close(&self, why: &str) {
+        self.state.lock().broken.get_or_insert_with(|| why.to_owned());
+    }
+}
+
+/// Serves one incoming link (its [`MAGIC`] still unread): each request is
+/// handled at once by `handle` on a task of its own (a slow group never
+/// holds up another) and its reply written as soon as it is ready.
+pub async fn serve<H, F>(stream: TcpStream, handle: H)
+where
+    H: Fn(RaftMessage) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = RaftMessage> + Send + 'static,
+{
+    tune(&stream);
+    let stream = Arc::new(stream);
+    let writer = Arc::new(Writer::new(stream.clone()));
+    if let Err(e) = writer.send(MAGIC) {
+        tracing::debug!(error = %e, "raft link closed before its handshake");
+        return;
+    }
+    let handle = Arc::new(handle);
+    let read = read_frames(&stream, MAGIC.len(), |m| {
+        let (handle, writer) = (handle.clone(), writer.clone());
+        tokio::spawn(async move {
+            let reply = handle(m).await;
+            let _ = writer.send(&encode_frame(&reply));
+        });
+    });
+    let why = tokio::select! {
+        why = read => why,
+        why = writer.flush() => why,
+    };
+    writer.close(&why);
+    tracing::debug!(reason = %why, "raft link from a peer closed");
+}
+
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<RaftMessage, String>>>>>;
+
+/// What a link knows of its peer's protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Not connected yet.
+    Unknown = 0,
+    /// The peer speaks links.
+    Link = 1,
+    /// The peer answered the handshake with something else (a node of the
+    /// previous release): use unary calls.
+    Legacy = 2,
+}
+
+pub enum CallError {
+    TimedOut,
+    Broken(String),
+}
+
+enum Conn {
+    /// Not connected: frames wait here, sent first when it is.
+    Connecting(Vec<u8>),
+    Up(Arc<Writer>),
+}
+
+/// The link to one peer: callers send a request and wait for the reply with
+/// its id. A task keeps it connected until the link is dropped.
+pub struct Link {
+    target: u64,
+    waiting: Waiting,
+    conn: Arc<Mutex<Conn>>,
+    next_id: AtomicU64,
+    handshake: Arc<AtomicU8>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Link {
+    pub fn open(target: u64, addr: String) -> Arc<Link> {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let link = Link {
+            target,
+            waiting: Waiting::default(),
+            conn: Arc::new(Mutex::new(Conn::Connecting(Vec::new()))),
+            next_id: AtomicU64::new(1),
+            handshake: Arc::new(AtomicU8::new(Handshake::Unknown as u8)),
+            _stop: stop_tx,
+        };
+        let driver = drive(addr, link.waiting.clone(), link.conn.clone(), link.handshake.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                _ = driver => {}
+            }
+        });
+        Arc::new(link)
+    }
+
+    pub fn handshake(&self) -> Handshake {
+        match self.handshake.load(Ordering::Relaxed) {
+            1 => Handshake::Link,
+            2 => Handshake::Legacy,
+            _ => Handshake::Unknown,
+        }
+    }
+
+    pub async fn call(&self, msg: RaftMessage, timeout: Duration) -> Result<RaftMessage, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let frame = encode_frame(&RaftMessage { id, ..msg });
+        // Registered before it is sent: the reply may come back at once.
+        self.waiting.lock().insert(id, tx);
+        let sent = match &mut *self.conn.lock() {
+            Conn::Up(w) => w.send(&frame),
+            Conn::Connecting(backlog) if backlog.len() + frame.len() <= BACKLOG_MAX => {
+                backlog.extend_from_slice(&frame);
+                Ok(())
+            }
+            Conn::Connecting(_) => Err(format!("link to node {} is not connected", self.target)),
+        };
+        if let Err(e) = sent {
+            self.waiting.lock().remove(&id);
+            return Err(CallError::Broken(e));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => {
+                self.waiting.lock().remove(&id);
+                Err(CallError::TimedOut)
+            }
+            Ok(Err(_)) => Err(CallError::Broken(format!("link to node {} broke", self.target))),
+            Ok(Ok(Err(e))) => Err(CallError::Broken(e)),
+            Ok(Ok(Ok(m))) => Ok(m),
+        }
+    }
+}
+
+/// Longest wait before a broken link is connected again (it starts at 20 ms
+/// and doubles): short, or a restarted peer would miss heartbeats for long
+/// enough to start an election.
+const RELINK_MAX: Duration = Duration::from_millis(200);
+
+/// How often a link to a peer of the previous release tries again.
+const LEGACY_RECHECK: Duration = Duration::from_secs(10);
+
+/// How long a new connection waits for the peer's [`MAGIC`].
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps a link connected: connects, sends what waited, reads replies until
+/// the connection fails, fails whatever waits on it, and starts over.
+async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake: Arc<AtomicU8>) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let why = match connect(&addr).await {
+            Err(e) => e,
+            Ok((stream, Handshake::Legacy)) => {
+                drop(stream);
+                handshake.store(Handshake::Legacy as u8, Ordering::Relaxed);
+                // Calls go by `Call` meanwhile; look again now and then (the
+                // peer may be upgraded).
+                backoff = LEGACY_RECHECK;
+                format!("{addr} does not serve raft links")
+            }
+            Ok((stream, _)) => {
+                handshake.store(Handshake::Link as u8, Ordering::Relaxed);
+                backoff = Duration::from_millis(20);
+                let stream = Arc::new(stream);
+                let writer = Arc::new(Writer::new(stream.clone()));
+                let up = {
+                    let mut c = conn.lock();
+                    let backlog = match &mut *c {
+                        Conn::Connecting(b) => std::mem::take(b),
+                        Conn::Up(_) => Vec::new(),
+                    };
+                    let sent = writer.send(&backlog);
+                    *c = Conn::Up(writer.clone());
+                    sent
+                };
+                let why = match up {
+                    Err(e) => e,
+                    Ok(()) => {
+                        let replies = read_frames(&stream, 0, |reply| {
+                            if let Some(tx) = waiting.lock().remove(&reply.id) {
+                                let _ = tx.send(if reply.error.is_empty() { Ok(reply) } else { Err(reply.error) });
+                            }
+                        });
+                        tokio::select! {
+                            why = replies => why,
+                            why = writer.flush() => why,
+                        }
+                    }
+                };
+                writer.close(&why);
+                why
+            }
+        };
+        *conn.lock() = Conn::Connecting(Vec::new());
+        // Whatever was sent on it has no answer coming.
+        for (_, tx) in waiting.lock().drain() {
+            let _ = tx.send(Err(why.clone()));
+        }
+        tracing::debug!(peer = %addr, reason = %why, "raft link down");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RELINK_MAX.max(backoff));
+    }
+}
+
+/// Connects to `addr` and exchanges [`MAGIC`]s.
+async fn connect(addr: &str) -> Result<(TcpStream, Handshake), String> {
+    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    tune(&stream);
+    let exchange = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        stream.write_all(MAGIC).await?;
+        let mut got = [0u8; 8];
+        let mut n = 0;
+        while n < got.len() {
+            match stream.read(&mut got[n..]).await? {
+                0 => break,
+                k => n += k,
+            }
+            if got[..n] != MAGIC[..n] {
+                return Ok((stream, Handshake::Legacy));
+            }
+        }
+        let shake = if n == MAGIC.len() { Handshake::Link } else { Handshake::Legacy };
+        std::io::Result::Ok((stream, shake))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("{addr} did not answer the raft link handshake"))?
+        .map_err(|e| format!("raft link handshake with {addr}: {e}"))
+}
+
+/// What the first bytes of an accepted connection say it is.
+pub enum Sniffed {
+    /// A raft link: hand it to [`serve`].
+    Link,
+    /// Anything else (an HTTP/2 client): hand it to the gRPC server.
+    Other,
+}
+
+/// Waits (bounded) for enough of a new connection's first bytes to tell a
+/// raft link from anything else, without consuming them.
+pub async fn sniff(stream: &TcpStream) -> Sniffed {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut b = [0u8; 8];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut b)).await {
+            Ok(Ok(n)) => n,
+            _ => return Sniffed::Other,
+        };
+        if n == 0 || b[..n] != MAGIC[..n] {
+            return Sniffed::Other;
+        }
+        if n == MAGIC.len() {
+            return Sniffed::Link;
+        }
+        // A prefix of the magic: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn msg(id: u64, group: u32, payload: &[u8]) -> RaftMessage {
+        RaftMessage { id, group, kind: 1, payload: payload.to_vec().into(), error: String::new() }
+    }
+
+    #[test]
+    fn frames_round_trip_whole_or_in_pieces() {
+        let frames = [
+            msg(7, 3, b"hello"),
+            msg(u64::MAX, u32::MAX, &[]),
+            RaftMessage { id: 9, group: 1, kind: 2, payload: Default::default(), error: "no such group".into() },
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(encode_frame).collect();
+        // Fed one byte at a time, as a slow socket would.
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in &bytes {
+            buf.put_u8(*b);
+            while let Some(m) = decode_frame(&mut buf).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn an_oversized_or_undersized_length_is_an_error() {
+        let mut buf = BytesMut::from(&((FRAME_MAX + 1) as u32).to_le_bytes()[..]);
+        assert!(decode_frame(&mut buf).is_err());
+        let mut buf = BytesMut::from(&3u32.to_le_bytes()[..]);
+        assert!(decode_frame(&mut buf).is_err());
+    }
+
+    /// A listener that serves links with `handle`, as the node's does.
+    async fn link_server<H, F>(handle: H) -> String
+    where
+        H: Fn(RaftMessage) -> F + Send + Sync + Clone + 'static,
+        F: std::future::Future<Output = RaftMessage> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    if let Sniffed::Link = sniff(&s).await {
+                        serve(s, handle).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_get_their_own_replies() {
+        let addr = link_server(|m: RaftMessage| async move {
+            // Later requests answer first: replies are matched by id, not order.
+            tokio::time::sleep(Duration::from_millis(50 - (m.group as u64 % 50))).await;
+            let mut payload = m.payload.to_vec();
+            payload.reverse();
+            RaftMessage { payload: payload.into(), ..m }
+        })
+        .await;
+        let link = Link::open(2, addr);
+        let calls = (0..200u32).map(|i| {
+            let link = link.clone();
+            async move {
+                // Some bigger than a socket buffer, so sends queue behind each other.
+                let payload: Vec<u8> = (0..(i as usize * 997) % 300_000).map(|b| (b + i as usize) as u8).collect();
+                let reply = match link.call(msg(0, i, &payload), Duration::from_secs(10)).await {
+                    Ok(r) => r,
+                    Err(CallError::TimedOut) => panic!("call {i} timed out"),
+                    Err(CallError::Broken(e)) => panic!("call {i}: {e}"),
+                };
+                assert_eq!(reply.group, i);
+                let mut want = payload;
+                want.reverse();
+                assert_eq!(&reply.payload[..], &want[..], "call {i}");
+            }
+        });
+        futures::future::join_all(calls).await;
+        assert_eq!(link.handshake(), Handshake::Link);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn error_replies_and_reconnects_after_the_peer_drops_the_link() {
+        let addr = link_server(|m: RaftMessage| async move {
+            RaftMessage { error: format!("group {} not here", m.group), payload: Default::default(), ..m }
+        })
+        .await;
+        let link = Link::open(2, addr.clone());
+        match link.call(msg(0, 5, b"x"), Duration::from_secs(5)).await {
+            Err(CallError::Broken(e)) => assert_eq!(e, "group 5 not here"),
+            _ => panic!("an error reply is an error"),
+        }
+        // A server that closes every link once the first frame arrives: the
+        // call fails, and the link keeps reconnecting.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closer = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut s = s;
+                    let mut b = [0u8; 9];
+                    let _ = s.write_all(MAGIC).await;
+                    let _ = s.read_exact(&mut b).await;
+                });
+            }
+        });
+        let link = Link::open(3, closer);
+        for _ in 0..3 {
+            assert!(matches!(link.call(msg(0, 1, b"y"), Duration::from_secs(5)).await, Err(CallError::Broken(_))));
+        }
+        assert_eq!(link.handshake(), Handshake::Link);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_listener_tells_links_from_http2_by_their_first_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cases: [(&[&[u8]], bool); 4] = [
+            (&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], false),
+            (&[MAGIC], true),
+            // The magic in two writes: the listener waits for the rest.
+            (&[&MAGIC[..3], &MAGIC[3..]], true),
+            (&[&MAGIC[..5], b"xyz"], false),
+        ];
+        for (writes, link) in cases {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            for w in writes {
+                client.write_all(w).await.unwrap();
+                client.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(matches!(sniff(&server).await, Sniffed::Link), link, "{writes:?}");
+            // Sniffing consumes nothing.
+            let mut first = vec![0u8; writes.iter().map(|w| w.len()).sum()];
+            server.peek(&mut first).await.unwrap();
+            assert_eq!(first, writes.concat());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_answers_otherwise_is_legacy() {
+        // What a node of the previous release (an h2 server) does with a
+        // connection that does not start with its preface: answers with a
+        // frame of its own and closes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let mut s = s;
+                let _ = s.write_all(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00").await;
+            }
+        });
+        let link = Link::open(4, addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while link.handshake() != Handshake::Legacy {
+            assert!(tokio::time::Instant::now() < deadline, "never found legacy");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
