@@ -45,7 +45,9 @@ impl Proc {
             .with_context(|| format!("spawn {}", self.bin.display()))?;
         let ready = read_ready(&mut child, start_wait());
         self.child = Some(child);
-        ready.with_context(|| format!("{} did not start; the end of {}:\n{}", self.name, self.log.display(), log_tail(&self.log, 20)))
+        ready.with_context(|| {
+            format!("{} did not start; the end of {}:\n{}", self.name, self.log.display(), log_tail(&self.log, 20))
+        })
     }
 
     /// SIGKILLs the process (if running) and reaps it.
