@@ -47,6 +47,13 @@ const FRAME_MAX: usize = 4 << 20;
 /// beyond it fail at once rather than pile up behind a dead peer.
 const BACKLOG_MAX: usize = 8 << 20;
 
+/// Most bytes a connection holds queued for a peer that does not read them
+/// (a paused process: its kernel still acknowledges what fits in its
+/// buffer, so TCP never gives up on it). Past this the connection is closed
+/// and its calls fail; the link reconnects. HTTP/2's flow control bounded
+/// this before.
+const QUEUE_MAX: usize = 64 << 20;
+
 /// The kernel drops a connection whose sent bytes stay unacknowledged this
 /// long (TCP_USER_TIMEOUT), and probes an idle one: a peer cut off by a
 /// partition is noticed, and the link reconnects, in seconds rather than
@@ -173,6 +180,14 @@ impl Writer {
             return Err(e.clone());
         }
         if s.flushing {
+            if s.queued.len() + frame.len() > QUEUE_MAX {
+                let why = format!("peer is not reading: {} bytes queued for it", s.queued.len());
+                s.broken = Some(why.clone());
+                // Ends the connection's reader and flusher: the link
+                // reconnects, and what was queued is dropped.
+                let _ = rustix::net::shutdown(&*self.stream, rustix::net::Shutdown::Both);
+                return Err(why);
+            }
             s.queued.extend_from_slice(frame);
             return Ok(());
         }
@@ -635,6 +650,53 @@ mod tests {
             server.peek(&mut first).await.unwrap();
             assert_eq!(first, writes.concat());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_stops_reading_holds_a_bounded_queue() {
+        // A peer that completes the handshake, then reads nothing (as a
+        // SIGSTOPped node would) while its kernel keeps the connection up.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let mut s = s;
+                let _ = s.write_all(MAGIC).await;
+                let _ = held_tx.send(s);
+            }
+        });
+        let link = Link::open(5, addr);
+        let payload = vec![7u8; 1 << 20];
+        let mut timed_out = 0;
+        let why = loop {
+            assert!(timed_out < 200, "{timed_out} MiB went out unanswered and the link never gave up");
+            match link.call(msg(0, 1, &payload), Duration::from_millis(5)).await {
+                Err(CallError::TimedOut) => timed_out += 1,
+                Err(CallError::Broken(e)) => break e,
+                Ok(_) => panic!("nobody answers"),
+            }
+        };
+        assert!(why.contains("not reading"), "{why}");
+        assert!(timed_out * (1 << 20) > QUEUE_MAX, "gave up after {timed_out} MiB");
+        // The link closed that connection and connects again.
+        let first = held.recv().await.unwrap();
+        let _second = tokio::time::timeout(Duration::from_secs(5), held.recv()).await.expect("reconnected").unwrap();
+        let mut b = [0u8; 1];
+        // The old connection's data ends (EOF after what was in flight).
+        use tokio::io::AsyncReadExt;
+        let mut first = first;
+        let eof = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match first.read(&mut b).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(eof.is_ok(), "the old connection was not closed");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
