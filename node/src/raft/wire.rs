@@ -236,6 +236,11 @@ impl Writer {
                     }
                 }
                 buf.clear();
+                if buf.capacity() > 4 << 20 {
+                    // After a burst (a peer that was slow to read): give
+                    // the memory back rather than keep it for the link's life.
+                    buf = Vec::new();
+                }
             }
         }
     }
