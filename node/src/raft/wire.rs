@@ -50,8 +50,9 @@ const BACKLOG_MAX: usize = 8 << 20;
 /// Most bytes a connection holds queued for a peer that does not read them
 /// (a paused process: its kernel still acknowledges what fits in its
 /// buffer, so TCP never gives up on it). Past this the connection is closed
-/// and its calls fail; the link reconnects. HTTP/2's flow control bounded
-/// this before.
+/// and its calls fail; the link reconnects. (Counting the buffer the flusher
+/// is writing, a connection holds up to twice this.) HTTP/2's flow control
+/// bounded this before.
 const QUEUE_MAX: usize = 64 << 20;
 
 /// The kernel drops a connection whose sent bytes stay unacknowledged this
@@ -245,8 +246,11 @@ impl Writer {
         }
     }
 
+    /// Marks the writer broken and shuts the socket down: handlers still
+    /// running hold the writer, and must not hold the connection open.
     fn close(&self, why: &str) {
         self.state.lock().broken.get_or_insert_with(|| why.to_owned());
+        let _ = rustix::net::shutdown(&*self.stream, rustix::net::Shutdown::Both);
     }
 }
 
@@ -392,6 +396,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake: Arc<AtomicU8>) {
     let mut backoff = Duration::from_millis(20);
     loop {
+        let mut wait = None;
         let why = match connect(&addr).await {
             Err(e) => e,
             Ok((stream, Handshake::Legacy)) => {
@@ -399,7 +404,7 @@ async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake
                 handshake.store(Handshake::Legacy as u8, Ordering::Relaxed);
                 // Calls go by `Call` meanwhile; look again now and then (the
                 // peer may be upgraded).
-                backoff = LEGACY_RECHECK;
+                wait = Some(LEGACY_RECHECK);
                 format!("{addr} does not serve raft links")
             }
             Ok((stream, _)) => {
@@ -441,8 +446,8 @@ async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake
             let _ = tx.send(Err(why.clone()));
         }
         tracing::debug!(peer = %addr, reason = %why, "raft link down");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RELINK_MAX.max(backoff));
+        tokio::time::sleep(wait.unwrap_or(backoff)).await;
+        backoff = (backoff * 2).min(RELINK_MAX);
     }
 }
 
@@ -461,15 +466,17 @@ async fn connect(addr: &str) -> Result<(TcpStream, Handshake), String> {
         let mut n = 0;
         while n < got.len() {
             match stream.read(&mut got[n..]).await? {
-                0 => break,
+                // Closed before answering (a node shutting down, say): no
+                // verdict on its protocol. An h2 server answers with its
+                // own SETTINGS frame first.
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 k => n += k,
             }
             if got[..n] != MAGIC[..n] {
                 return Ok((stream, Handshake::Legacy));
             }
         }
-        let shake = if n == MAGIC.len() { Handshake::Link } else { Handshake::Legacy };
-        std::io::Result::Ok((stream, shake))
+        std::io::Result::Ok((stream, Handshake::Link))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
@@ -702,6 +709,25 @@ mod tests {
         })
         .await;
         assert!(eof.is_ok(), "the old connection was not closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_closes_during_the_handshake_is_not_taken_for_legacy() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                drop(s);
+                let _ = accepted_tx.send(());
+            }
+        });
+        let link = Link::open(6, addr);
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.expect("the link retries").unwrap();
+        }
+        assert_eq!(link.handshake(), Handshake::Unknown);
+        assert!(matches!(link.call(msg(0, 1, b"z"), Duration::from_secs(5)).await, Err(CallError::Broken(_))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
