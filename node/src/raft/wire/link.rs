@@ -1,0 +1,394 @@
+//! The calling end of raft links: [`Link`] keeps one connected to a peer
+//! and matches replies to calls by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tessera_proto::v1::RaftMessage;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::{encode_frame, read_frames, tune, Writer, MAGIC};
+
+/// Bytes queued for a peer while its link is being (re)connected; calls
+/// beyond it fail at once rather than pile up behind a dead peer.
+const BACKLOG_MAX: usize = 8 << 20;
+
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<RaftMessage, String>>>>>;
+
+/// What a link knows of its peer's protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Not connected yet.
+    Unknown = 0,
+    /// The peer speaks links.
+    Link = 1,
+    /// The peer answered the handshake with something else (a node of the
+    /// previous release): use unary calls.
+    Legacy = 2,
+}
+
+pub enum CallError {
+    TimedOut,
+    Broken(String),
+}
+
+enum Conn {
+    /// Not connected: frames wait here, sent first when it is.
+    Connecting(Vec<u8>),
+    Up(Arc<Writer>),
+}
+
+/// The link to one peer: callers send a request and wait for the reply with
+/// its id. A task keeps it connected until the link is dropped.
+pub struct Link {
+    target: u64,
+    waiting: Waiting,
+    conn: Arc<Mutex<Conn>>,
+    next_id: AtomicU64,
+    handshake: Arc<AtomicU8>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Link {
+    pub fn open(target: u64, addr: String) -> Arc<Link> {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let link = Link {
+            target,
+            waiting: Waiting::default(),
+            conn: Arc::new(Mutex::new(Conn::Connecting(Vec::new()))),
+            next_id: AtomicU64::new(1),
+            handshake: Arc::new(AtomicU8::new(Handshake::Unknown as u8)),
+            _stop: stop_tx,
+        };
+        let driver = drive(addr, link.waiting.clone(), link.conn.clone(), link.handshake.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                _ = driver => {}
+            }
+        });
+        Arc::new(link)
+    }
+
+    pub fn handshake(&self) -> Handshake {
+        match self.handshake.load(Ordering::Relaxed) {
+            1 => Handshake::Link,
+            2 => Handshake::Legacy,
+            _ => Handshake::Unknown,
+        }
+    }
+
+    pub async fn call(&self, msg: RaftMessage, timeout: Duration) -> Result<RaftMessage, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let frame = encode_frame(&RaftMessage { id, ..msg });
+        // Registered before it is sent: the reply may come back at once.
+        self.waiting.lock().insert(id, tx);
+        let sent = match &mut *self.conn.lock() {
+            Conn::Up(w) => w.send(&frame),
+            Conn::Connecting(backlog) if backlog.len() + frame.len() <= BACKLOG_MAX => {
+                backlog.extend_from_slice(&frame);
+                Ok(())
+            }
+            Conn::Connecting(_) => Err(format!("link to node {} is not connected", self.target)),
+        };
+        if let Err(e) = sent {
+            self.waiting.lock().remove(&id);
+            return Err(CallError::Broken(e));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => {
+                self.waiting.lock().remove(&id);
+                Err(CallError::TimedOut)
+            }
+            Ok(Err(_)) => Err(CallError::Broken(format!("link to node {} broke", self.target))),
+            Ok(Ok(Err(e))) => Err(CallError::Broken(e)),
+            Ok(Ok(Ok(m))) => Ok(m),
+        }
+    }
+}
+
+/// Longest wait before a broken link is connected again (it starts at 20 ms
+/// and doubles): short, or a restarted peer would miss heartbeats for long
+/// enough to start an election.
+const RELINK_MAX: Duration = Duration::from_millis(200);
+
+/// How often a link to a peer of the previous release tries again.
+const LEGACY_RECHECK: Duration = Duration::from_secs(10);
+
+/// How long a new connection waits for the peer's [`MAGIC`].
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps a link connected: connects, sends what waited, reads replies until
+/// the connection fails, fails whatever waits on it, and starts over.
+async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake: Arc<AtomicU8>) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let mut wait = None;
+        let why = match connect(&addr).await {
+            Err(e) => e,
+            Ok((stream, Handshake::Legacy)) => {
+                drop(stream);
+                handshake.store(Handshake::Legacy as u8, Ordering::Relaxed);
+                // Calls go by `Call` meanwhile; look again now and then (the
+                // peer may be upgraded).
+                wait = Some(LEGACY_RECHECK);
+                format!("{addr} does not serve raft links")
+            }
+            Ok((stream, _)) => {
+                handshake.store(Handshake::Link as u8, Ordering::Relaxed);
+                backoff = Duration::from_millis(20);
+                let stream = Arc::new(stream);
+                let writer = Arc::new(Writer::new(stream.clone()));
+                let up = {
+                    let mut c = conn.lock();
+                    let backlog = match &mut *c {
+                        Conn::Connecting(b) => std::mem::take(b),
+                        Conn::Up(_) => Vec::new(),
+                    };
+                    let sent = writer.send(&backlog);
+                    *c = Conn::Up(writer.clone());
+                    sent
+                };
+                let why = match up {
+                    Err(e) => e,
+                    Ok(()) => {
+                        let replies = read_frames(&stream, 0, |reply| {
+                            if let Some(tx) = waiting.lock().remove(&reply.id) {
+                                let _ = tx.send(if reply.error.is_empty() { Ok(reply) } else { Err(reply.error) });
+                            }
+                        });
+                        tokio::select! {
+                            why = replies => why,
+                            why = writer.flush() => why,
+                        }
+                    }
+                };
+                writer.close(&why);
+                why
+            }
+        };
+        *conn.lock() = Conn::Connecting(Vec::new());
+        // Whatever was sent on it has no answer coming.
+        for (_, tx) in waiting.lock().drain() {
+            let _ = tx.send(Err(why.clone()));
+        }
+        tracing::debug!(peer = %addr, reason = %why, "raft link down");
+        tokio::time::sleep(wait.unwrap_or(backoff)).await;
+        backoff = (backoff * 2).min(RELINK_MAX);
+    }
+}
+
+/// Connects to `addr` and exchanges [`MAGIC`]s.
+async fn connect(addr: &str) -> Result<(TcpStream, Handshake), String> {
+    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    tune(&stream);
+    let exchange = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        stream.write_all(MAGIC).await?;
+        let mut got = [0u8; 8];
+        let mut n = 0;
+        while n < got.len() {
+            match stream.read(&mut got[n..]).await? {
+                // Closed before answering (a node shutting down, say): no
+                // verdict on its protocol. An h2 server answers with its
+                // own SETTINGS frame first.
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                k => n += k,
+            }
+            if got[..n] != MAGIC[..n] {
+                return Ok((stream, Handshake::Legacy));
+            }
+        }
+        std::io::Result::Ok((stream, Handshake::Link))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("{addr} did not answer the raft link handshake"))?
+        .map_err(|e| format!("raft link handshake with {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::wire::tests::msg;
+    use crate::raft::wire::{serve, sniff, Sniffed, QUEUE_MAX};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A listener that hands each connection it accepts to `on_accept`;
+    /// its address.
+    async fn peer(mut on_accept: impl FnMut(TcpStream) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                on_accept(s);
+            }
+        });
+        addr
+    }
+
+    /// A listener that serves links with `handle`, as the node's does.
+    async fn link_server<H, F>(handle: H) -> String
+    where
+        H: Fn(RaftMessage) -> F + Send + Sync + Clone + 'static,
+        F: std::future::Future<Output = RaftMessage> + Send + 'static,
+    {
+        peer(move |s| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                if let Sniffed::Link = sniff(&s).await {
+                    serve(s, handle).await;
+                }
+            });
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_get_their_own_replies() {
+        let addr = link_server(|m: RaftMessage| async move {
+            // Later requests answer first: replies are matched by id, not order.
+            tokio::time::sleep(Duration::from_millis(50 - (m.group as u64 % 50))).await;
+            let mut payload = m.payload.to_vec();
+            payload.reverse();
+            RaftMessage { payload: payload.into(), ..m }
+        })
+        .await;
+        let link = Link::open(2, addr);
+        let calls = (0..200u32).map(|i| {
+            let link = link.clone();
+            async move {
+                // Some bigger than a socket buffer, so sends queue behind each other.
+                let payload: Vec<u8> = (0..(i as usize * 997) % 300_000).map(|b| (b + i as usize) as u8).collect();
+                let reply = match link.call(msg(0, i, &payload), Duration::from_secs(10)).await {
+                    Ok(r) => r,
+                    Err(CallError::TimedOut) => panic!("call {i} timed out"),
+                    Err(CallError::Broken(e)) => panic!("call {i}: {e}"),
+                };
+                assert_eq!(reply.group, i);
+                let mut want = payload;
+                want.reverse();
+                assert_eq!(&reply.payload[..], &want[..], "call {i}");
+            }
+        });
+        futures::future::join_all(calls).await;
+        assert_eq!(link.handshake(), Handshake::Link);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn error_replies_and_reconnects_after_the_peer_drops_the_link() {
+        let addr = link_server(|m: RaftMessage| async move {
+            RaftMessage { error: format!("group {} not here", m.group), payload: Default::default(), ..m }
+        })
+        .await;
+        let link = Link::open(2, addr.clone());
+        match link.call(msg(0, 5, b"x"), Duration::from_secs(5)).await {
+            Err(CallError::Broken(e)) => assert_eq!(e, "group 5 not here"),
+            _ => panic!("an error reply is an error"),
+        }
+        // A server that closes every link once the first frame arrives: the
+        // call fails, and the link keeps reconnecting.
+        let closer = peer(|mut s| {
+            tokio::spawn(async move {
+                let mut b = [0u8; 9];
+                let _ = s.write_all(MAGIC).await;
+                let _ = s.read_exact(&mut b).await;
+            });
+        })
+        .await;
+        let link = Link::open(3, closer);
+        for _ in 0..3 {
+            assert!(matches!(link.call(msg(0, 1, b"y"), Duration::from_secs(5)).await, Err(CallError::Broken(_))));
+        }
+        assert_eq!(link.handshake(), Handshake::Link);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_stops_reading_holds_a_bounded_queue() {
+        // A peer that completes the handshake, then reads nothing (as a
+        // SIGSTOPped node would) while its kernel keeps the connection up.
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let addr = peer(move |mut s| {
+            let held_tx = held_tx.clone();
+            tokio::spawn(async move {
+                let _ = s.write_all(MAGIC).await;
+                let _ = held_tx.send(s);
+            });
+        })
+        .await;
+        let link = Link::open(5, addr);
+        let payload = vec![7u8; 1 << 20];
+        let mut timed_out = 0;
+        let why = loop {
+            assert!(timed_out < 200, "{timed_out} MiB went out unanswered and the link never gave up");
+            match link.call(msg(0, 1, &payload), Duration::from_millis(5)).await {
+                Err(CallError::TimedOut) => timed_out += 1,
+                Err(CallError::Broken(e)) => break e,
+                Ok(_) => panic!("nobody answers"),
+            }
+        };
+        assert!(why.contains("not reading"), "{why}");
+        assert!(timed_out * (1 << 20) > QUEUE_MAX, "gave up after {timed_out} MiB");
+        // The link closed that connection and connects again.
+        let first = held.recv().await.unwrap();
+        let _second = tokio::time::timeout(Duration::from_secs(5), held.recv()).await.expect("reconnected").unwrap();
+        let mut b = [0u8; 1];
+        // The old connection's data ends (EOF after what was in flight).
+        let mut first = first;
+        let eof = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match first.read(&mut b).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(eof.is_ok(), "the old connection was not closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_closes_during_the_handshake_is_not_taken_for_legacy() {
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let addr = peer(move |s| {
+            drop(s);
+            let _ = accepted_tx.send(());
+        })
+        .await;
+        let link = Link::open(6, addr);
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.expect("the link retries").unwrap();
+        }
+        assert_eq!(link.handshake(), Handshake::Unknown);
+        assert!(matches!(link.call(msg(0, 1, b"z"), Duration::from_secs(5)).await, Err(CallError::Broken(_))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_answers_otherwise_is_legacy() {
+        // What a node of the previous release (an h2 server) does with a
+        // connection that does not start with its preface: answers with a
+        // frame of its own and closes.
+        let addr = peer(|mut s| {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00").await;
+            });
+        })
+        .await;
+        let link = Link::open(4, addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while link.handshake() != Handshake::Legacy {
+            assert!(tokio::time::Instant::now() < deadline, "never found legacy");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
