@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tessera_proto::link;
 use tessera_proto::v1::admin_server::AdminServer;
 use tessera_proto::v1::node_server::NodeServer;
 use tessera_proto::v1::raft_transport_server::RaftTransportServer;
@@ -143,7 +144,7 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (grpc_tx, grpc_rx) = mpsc::channel(64);
-    let acceptor = tokio::spawn(accept(listener, grpc_tx, transport));
+    let acceptor = tokio::spawn(accept(listener, grpc_tx, transport, state.clone()));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .initial_connection_window_size(Some(16 << 20))
@@ -212,9 +213,15 @@ pub async fn run(
 }
 
 /// Accepts the node's connections: raft links from peers go to the Raft
-/// transport, everything else (HTTP/2: routers' sessions, admin calls,
-/// large Raft messages) to the gRPC server.
-async fn accept(listener: TcpListener, grpc: mpsc::Sender<std::io::Result<TcpStream>>, transport: TransportService) {
+/// transport, session links from routers to [`session::serve_link`],
+/// everything else (HTTP/2: admin calls, large Raft messages, sessions of
+/// routers of the previous release) to the gRPC server.
+async fn accept(
+    listener: TcpListener,
+    grpc: mpsc::Sender<std::io::Result<TcpStream>>,
+    transport: TransportService,
+    state: Arc<NodeState>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -228,11 +235,12 @@ async fn accept(listener: TcpListener, grpc: mpsc::Sender<std::io::Result<TcpStr
         };
         // Small replies must not wait for delayed ACKs.
         let _ = stream.set_nodelay(true);
-        let (grpc, transport) = (grpc.clone(), transport.clone());
+        let (grpc, transport, state) = (grpc.clone(), transport.clone(), state.clone());
         tokio::spawn(async move {
-            match raft::wire::sniff(&stream).await {
-                raft::wire::Sniffed::Link => transport.serve_link(stream).await,
-                raft::wire::Sniffed::Other => {
+            match link::sniff(&stream, &[link::RAFT, link::SESSION]).await {
+                Some(0) => transport.serve_link(stream).await,
+                Some(_) => session::serve_link(state, stream).await,
+                None => {
                     let _ = grpc.send(Ok(stream)).await;
                 }
             }

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use parking_lot::RwLock;
 use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
@@ -284,7 +284,8 @@ impl Node for NodeService {
         let peer = req.remote_addr();
         debug!(?peer, "session opened");
         metrics::gauge!("tessera_node_sessions").increment(1.0);
-        Ok(Response::new(Box::pin(crate::session::serve(self.state.clone(), req.into_inner(), peer))))
+        let inbound = req.into_inner().map(|r| r.map_err(|status| status.to_string())).boxed();
+        Ok(Response::new(Box::pin(crate::session::serve(self.state.clone(), inbound, peer))))
     }
 
     async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use tessera_common::command::NodeCommand;
@@ -28,7 +29,7 @@ use tessera_common::reply::Reply;
 use tessera_proto::parts::{Joiner, Outgoing};
 use tessera_proto::v1::{response, Redirect, RequestBatch, ResponseBatch};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{debug, trace, warn};
 
 use crate::service::NodeState;
@@ -380,7 +381,7 @@ impl Drop for SessionGuard {
 
 async fn read_session(
     state: Arc<NodeState>,
-    mut inbound: Streaming<RequestBatch>,
+    mut inbound: Inbound,
     out: mpsc::Sender<Out>,
     peer: Option<std::net::SocketAddr>,
 ) {
@@ -392,10 +393,10 @@ async fn read_session(
     // (`models::arrange`, before the leader checks that it loads).
     let mut joiner = Joiner::with_room(tessera_common::blob::layout_room);
     loop {
-        let batch = match inbound.message().await {
-            Ok(Some(b)) => b,
-            Ok(None) => return,
-            Err(e) => {
+        let batch = match inbound.next().await {
+            Some(Ok(b)) => b,
+            None => return,
+            Some(Err(e)) => {
                 metrics::counter!("tessera_node_grpc_errors_total").increment(1);
                 warn!(?peer, error = %e, "session stream failed");
                 return;
@@ -434,16 +435,72 @@ async fn read_session(
     }
 }
 
+/// A session's requests, whatever carries them (a link, or a gRPC stream).
+pub(crate) type Inbound = BoxStream<'static, Result<RequestBatch, String>>;
+
 /// Serves one router session: its requests are read by a task spawned
 /// here; the stream returned carries the responses back.
 pub(crate) fn serve(
     state: Arc<NodeState>,
-    inbound: Streaming<RequestBatch>,
+    inbound: Inbound,
     peer: Option<std::net::SocketAddr>,
 ) -> impl Stream<Item = Result<ResponseBatch, Status>> + Send {
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(read_session(state, inbound, tx, peer));
     ResponseStream { rx, sending: None, _guard: SessionGuard { peer } }
+}
+
+/// Largest frame a session link accepts: a batch is cut after ~4 MiB, plus
+/// one command or reply of up to a part (`PART_BYTES`).
+pub const LINK_FRAME_MAX: usize = 16 << 20;
+
+/// Bytes of responses queued for a router before the session waits for
+/// the socket to take them (a long reply goes out part by part, not all
+/// queued at once).
+const LINK_PACE: usize = 4 << 20;
+
+/// Serves one router session that came as a link
+/// ([`tessera_proto::link::SESSION`], still unread): frames carry
+/// `RequestBatch`es in and `ResponseBatch`es out, as the gRPC `Session`
+/// stream's messages.
+pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
+    use prost::Message;
+    use tessera_proto::link::{encode_message, tune, FrameReader, Writer, SESSION};
+    tune(&stream);
+    let peer = stream.peer_addr().ok();
+    let stream = Arc::new(stream);
+    let writer = Writer::new(stream.clone());
+    if let Err(e) = writer.send(SESSION) {
+        debug!(?peer, error = %e, "session link closed before its handshake");
+        return;
+    }
+    debug!(?peer, "session link opened");
+    metrics::gauge!("tessera_node_sessions").increment(1.0);
+    let frames = FrameReader::new(stream, SESSION.len(), LINK_FRAME_MAX);
+    let inbound = futures::stream::unfold(frames, |mut frames| async move {
+        let batch = match frames.next().await {
+            Ok(f) => RequestBatch::decode(f.payload).map_err(|e| format!("bad request batch: {e}")),
+            // The router went away (or the link broke): the session ends.
+            Err(why) => {
+                debug!(reason = %why, "session link ended");
+                return None;
+            }
+        };
+        Some((batch, frames))
+    });
+    let mut responses = std::pin::pin!(serve(state, inbound.boxed(), peer));
+    let pump = async {
+        while let Some(Ok(batch)) = responses.next().await {
+            writer.send(&encode_message(0, &batch))?;
+            writer.below(LINK_PACE).await?;
+        }
+        Err::<(), _>("session ended".to_owned())
+    };
+    let why = tokio::select! {
+        Err(why) = pump => why,
+        why = writer.flush() => why,
+    };
+    writer.close(&why);
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 //! `v1` is generated from `proto/tessera/node/v1/node.proto` at build time: the
 //! `Node` service with its multiplexed `Session` stream and the `Shards`
 //! discovery call. [`parts`] is how long commands and replies travel on
-//! the stream.
+//! the stream. [`link`] is the plain-TCP framing that carries router
+//! sessions and small Raft messages instead of HTTP/2 where both ends
+//! speak it.
 
 #![forbid(unsafe_code)]
 
+pub mod link;
 pub mod parts;
 
 /// Package `tessera.node.v1`.

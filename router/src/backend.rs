@@ -1,11 +1,12 @@
 //! Connections to storage nodes (the slot → shard → node map that uses
 //! them is in [`crate::shards`]).
 //!
-//! Each [`NodeClient`] owns one long-lived HTTP/2 connection and one
-//! bidirectional `Session` stream to its node. Callers hand it a request and
-//! get a oneshot for the reply; the request stream batches every request
-//! queued since it was last polled into one message, and the connection task
-//! completes replies by id. If the stream breaks, in-flight requests fail with `TRYAGAIN` (their
+//! Each [`NodeClient`] owns one long-lived session with its node: a link
+//! ([`tessera_proto::link`]) where the node serves one, else a gRPC
+//! `Session` stream (a node of the previous release). Callers hand it a
+//! request and get a oneshot for the reply; the request stream batches every
+//! request queued since it was last polled into one message, and the
+//! session's reader completes replies by id. If the stream breaks, in-flight requests fail with `TRYAGAIN` (their
 //! outcome is unknown) and the client reconnects with backoff.
 
 use std::collections::HashMap;
@@ -19,9 +20,10 @@ use bytes::Bytes;
 use futures::Stream;
 use parking_lot::Mutex;
 use tessera_common::reply::Reply;
+use tessera_proto::link::{self, Answer, FrameReader, Writer};
 use tessera_proto::parts::{Joiner, Outgoing};
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
-use tessera_proto::v1::{request, response, Request, RequestBatch};
+use tessera_proto::v1::{request, response, Request, RequestBatch, ResponseBatch};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -150,7 +152,8 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
 
 /// The request side of a session: each poll drains everything queued into
 /// one batch, registering each request's reply slot under a fresh id. It is
-/// polled by the HTTP/2 connection itself, so no task sits in between.
+/// polled by what writes the session (a link's pump, or the HTTP/2
+/// connection itself), so no task sits in between.
 struct BatchStream {
     rx: Queue,
     in_flight: InFlight,
@@ -216,52 +219,21 @@ impl Stream for BatchStream {
     }
 }
 
-/// Runs one session until it fails; the error says why.
+/// Runs one session until it fails; the error says why. A link
+/// ([`tessera_proto::link::SESSION`]) where the node serves one, else (a
+/// node of the previous release) the gRPC `Session` stream.
 async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::convert::Infallible, anyhow::Error> {
-    let channel = endpoint(addr)?.connect().await?;
+    let link = match link::connect(addr, link::SESSION).await {
+        Ok(Answer::Link(stream)) => Some(stream),
+        Ok(Answer::Other) => None,
+        Err(e) => anyhow::bail!(e),
+    };
     let in_flight: InFlight = Arc::default();
     let outbound = BatchStream { rx: rx.clone(), in_flight: in_flight.clone(), next_id: 0, sending: None };
-    // Long replies arrive in parts (see `tessera_proto::parts`).
-    let mut joiner = Joiner::default();
-    let result = async {
-        let mut inbound = grpc(channel).session(outbound).await?.into_inner();
-        connected.store(true, Ordering::Relaxed);
-        info!(node = %addr, "node session up");
-        loop {
-            let Some(batch) = inbound.message().await? else {
-                anyhow::bail!("node closed the session");
-            };
-            let mut map = in_flight.lock();
-            for r in batch.responses {
-                let result = match r.result {
-                    Some(response::Result::Reply(part)) if r.total_len > 0 => {
-                        match joiner.add(r.id, r.total_len, &part) {
-                            Ok(None) => {
-                                if let Some(w) = map.get(&r.id) {
-                                    w.progress.fetch_add(1, Ordering::Relaxed);
-                                }
-                                continue;
-                            }
-                            Ok(Some(whole)) => Some(response::Result::Reply(whole)),
-                            Err(e) => Some(response::Result::Reply(Reply::err(e).to_bytes().into())),
-                        }
-                    }
-                    other => other,
-                };
-                if let Some(Waiter { tx, .. }) = map.remove(&r.id) {
-                    let reply = match result {
-                        Some(response::Result::Reply(b)) => NodeReply::Reply(decode_reply(&b)),
-                        Some(response::Result::Redirect(rd)) => {
-                            NodeReply::Redirect((rd.leader_id != 0).then_some((rd.leader_id, rd.leader_addr)))
-                        }
-                        None => NodeReply::Reply(Reply::err("ERR empty reply from node")),
-                    };
-                    let _ = tx.send(reply);
-                }
-            }
-        }
-    }
-    .await;
+    let result = match link {
+        Some(stream) => link_session(addr, stream, outbound, &in_flight, connected).await,
+        None => grpc_session(addr, outbound, &in_flight, connected).await,
+    };
     // Whatever was sent but not answered has an unknown outcome.
     for (_, Waiter { tx, .. }) in in_flight.lock().drain() {
         let _ = tx.send(NodeReply::Reply(Reply::err(format!(
@@ -269,6 +241,109 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
         ))));
     }
     result
+}
+
+/// Largest frame a session link accepts (as the node's `LINK_FRAME_MAX`).
+const LINK_FRAME_MAX: usize = 16 << 20;
+
+/// Bytes of requests queued for a node before the session waits for the
+/// socket to take them (a long command goes out part by part).
+const LINK_PACE: usize = 4 << 20;
+
+async fn link_session(
+    addr: &str,
+    stream: tokio::net::TcpStream,
+    mut outbound: BatchStream,
+    in_flight: &InFlight,
+    connected: &AtomicBool,
+) -> Result<std::convert::Infallible, anyhow::Error> {
+    use futures::StreamExt;
+    use prost::Message;
+    let stream = Arc::new(stream);
+    let writer = Writer::new(stream.clone());
+    connected.store(true, Ordering::Relaxed);
+    info!(node = %addr, "node session up (link)");
+    let mut frames = FrameReader::new(stream, 0, LINK_FRAME_MAX);
+    let read = async {
+        // Long replies arrive in parts (see `tessera_proto::parts`).
+        let mut joiner = Joiner::default();
+        loop {
+            let batch = match frames.next().await.map(|f| ResponseBatch::decode(f.payload)) {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(e)) => return format!("bad response batch: {e}"),
+                Err(why) => return why,
+            };
+            deliver(batch, in_flight, &mut joiner);
+        }
+    };
+    let pump = async {
+        while let Some(batch) = outbound.next().await {
+            if let Err(why) = writer.send(&link::encode_message(0, &batch)) {
+                return why;
+            }
+            if let Err(why) = writer.below(LINK_PACE).await {
+                return why;
+            }
+        }
+        "the client was dropped".to_owned()
+    };
+    let why = tokio::select! {
+        why = read => why,
+        why = pump => why,
+        why = writer.flush() => why,
+    };
+    writer.close(&why);
+    anyhow::bail!(why)
+}
+
+async fn grpc_session(
+    addr: &str,
+    outbound: BatchStream,
+    in_flight: &InFlight,
+    connected: &AtomicBool,
+) -> Result<std::convert::Infallible, anyhow::Error> {
+    let channel = endpoint(addr)?.connect().await?;
+    let mut inbound = grpc(channel).session(outbound).await?.into_inner();
+    connected.store(true, Ordering::Relaxed);
+    info!(node = %addr, "node session up (gRPC)");
+    // Long replies arrive in parts (see `tessera_proto::parts`).
+    let mut joiner = Joiner::default();
+    loop {
+        let Some(batch) = inbound.message().await? else {
+            anyhow::bail!("node closed the session");
+        };
+        deliver(batch, in_flight, &mut joiner);
+    }
+}
+
+/// Completes the requests a batch of responses answers.
+fn deliver(batch: ResponseBatch, in_flight: &InFlight, joiner: &mut Joiner) {
+    let mut map = in_flight.lock();
+    for r in batch.responses {
+        let result = match r.result {
+            Some(response::Result::Reply(part)) if r.total_len > 0 => match joiner.add(r.id, r.total_len, &part) {
+                Ok(None) => {
+                    if let Some(w) = map.get(&r.id) {
+                        w.progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                Ok(Some(whole)) => Some(response::Result::Reply(whole)),
+                Err(e) => Some(response::Result::Reply(Reply::err(e).to_bytes().into())),
+            },
+            other => other,
+        };
+        if let Some(Waiter { tx, .. }) = map.remove(&r.id) {
+            let reply = match result {
+                Some(response::Result::Reply(b)) => NodeReply::Reply(decode_reply(&b)),
+                Some(response::Result::Redirect(rd)) => {
+                    NodeReply::Redirect((rd.leader_id != 0).then_some((rd.leader_id, rd.leader_addr)))
+                }
+                None => NodeReply::Reply(Reply::err("ERR empty reply from node")),
+            };
+            let _ = tx.send(reply);
+        }
+    }
 }
 
 /// A node's reply. A model's bytes in a long reply stay a slice of it (see
@@ -279,4 +354,167 @@ fn decode_reply(b: &bytes::Bytes) -> Reply {
         false => Reply::from_bytes(b),
     };
     decoded.unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use prost::Message;
+    use std::sync::atomic::AtomicUsize;
+    use tessera_proto::v1::node_server::{Node, NodeServer};
+    use tessera_proto::v1::{Response, ResponseBatch, ShardsRequest, ShardsResponse};
+    use tokio::net::TcpListener;
+
+    /// A node stand-in that answers each command with itself as a bulk
+    /// reply, long commands and replies in parts as a node sends them.
+    #[derive(Default)]
+    struct Echo {
+        joiner: Joiner,
+    }
+
+    impl Echo {
+        fn answer(&mut self, batch: RequestBatch) -> Vec<ResponseBatch> {
+            let mut out = Vec::new();
+            for r in batch.requests {
+                let command = match r.total_len {
+                    0 => r.command,
+                    total => match self.joiner.add(r.id, total, &r.command).unwrap() {
+                        Some(whole) => whole,
+                        None => continue,
+                    },
+                };
+                let reply = Reply::bulk(command);
+                match reply.size_hint() > tessera_proto::parts::PART_BYTES {
+                    true => {
+                        let mut long = Outgoing::from_pieces(r.id, (), reply.to_parts(64 << 10));
+                        loop {
+                            let (part, last) = long.next_part();
+                            let result = Some(response::Result::Reply(part));
+                            out.push(ResponseBatch {
+                                responses: vec![Response { id: r.id, result, total_len: long.total }],
+                            });
+                            if last {
+                                break;
+                            }
+                        }
+                    }
+                    false => {
+                        let result = Some(response::Result::Reply(reply.to_bytes().into()));
+                        out.push(ResponseBatch { responses: vec![Response { id: r.id, result, total_len: 0 }] });
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    /// Serves sessions as links, as a node does; counts them.
+    async fn link_node(sessions: Arc<AtomicUsize>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                assert_eq!(link::sniff(&s, &[link::SESSION]).await, Some(0));
+                sessions.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let s = Arc::new(s);
+                    let writer = Arc::new(Writer::new(s.clone()));
+                    writer.send(link::SESSION).unwrap();
+                    let mut frames = FrameReader::new(s, link::SESSION.len(), LINK_FRAME_MAX);
+                    let mut echo = Echo::default();
+                    let serve = async {
+                        while let Ok(f) = frames.next().await {
+                            for b in echo.answer(RequestBatch::decode(f.payload).unwrap()) {
+                                writer.send(&link::encode_message(0, &b)).unwrap();
+                                writer.below(LINK_PACE).await.unwrap();
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = writer.flush() => {}
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Serves only the gRPC `Session` stream, as a node of the previous
+    /// release does; counts sessions.
+    struct GrpcNode(Arc<AtomicUsize>);
+
+    #[tonic::async_trait]
+    impl Node for GrpcNode {
+        type SessionStream = Pin<Box<dyn Stream<Item = Result<ResponseBatch, tonic::Status>> + Send>>;
+
+        async fn session(
+            &self,
+            req: tonic::Request<tonic::Streaming<RequestBatch>>,
+        ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            let mut echo = Echo::default();
+            let out = req.into_inner().flat_map(move |b| futures::stream::iter(echo.answer(b.unwrap())).map(Ok));
+            Ok(tonic::Response::new(Box::pin(out)))
+        }
+
+        async fn shards(
+            &self,
+            _: tonic::Request<ShardsRequest>,
+        ) -> Result<tonic::Response<ShardsResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+    }
+
+    async fn grpc_node(sessions: Arc<AtomicUsize>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let svc = NodeServer::new(GrpcNode(sessions))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    /// Many concurrent commands, a few longer than a part, each answered
+    /// with its own bytes.
+    async fn round_trips(addr: String) {
+        let client = NodeClient::spawn(addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !client.is_connected() {
+            assert!(tokio::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let calls = (0..300usize).map(|i| {
+            let len = if i % 100 == 7 { (9 << 20) + i } else { i * 31 };
+            let command: Bytes = (0..len).map(|b| (b * 7 + i) as u8).collect::<Vec<u8>>().into();
+            let rx = client.call(request::Target::Slot(i as u32), command.clone());
+            async move {
+                match rx.await.unwrap() {
+                    NodeReply::Reply(Reply::Bulk(b)) => assert!(b == command, "reply {i} differs"),
+                    other => panic!("call {i}: {other:?}"),
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_goes_by_link_where_the_node_serves_one() {
+        let sessions = Arc::new(AtomicUsize::new(0));
+        round_trips(link_node(sessions.clone()).await).await;
+        assert_eq!(sessions.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_with_a_node_of_the_previous_release_goes_by_grpc() {
+        let sessions = Arc::new(AtomicUsize::new(0));
+        round_trips(grpc_node(sessions.clone()).await).await;
+        assert_eq!(sessions.load(Ordering::Relaxed), 1);
+    }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tessera_proto::v1::RaftMessage;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::{encode_frame, read_frames, tune, Writer, MAGIC};
+use tessera_proto::link::{Answer, FrameReader, Writer, RAFT};
+
+use super::{decode, encode, FRAME_MAX};
 
 /// Bytes queued for a peer while its link is being (re)connected; calls
 /// beyond it fail at once rather than pile up behind a dead peer.
@@ -85,7 +86,7 @@ impl Link {
     pub async fn call(&self, msg: RaftMessage, timeout: Duration) -> Result<RaftMessage, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let frame = encode_frame(&RaftMessage { id, ..msg });
+        let frame = encode(RaftMessage { id, ..msg });
         // Registered before it is sent: the reply may come back at once.
         self.waiting.lock().insert(id, tx);
         let sent = match &mut *self.conn.lock() {
@@ -120,26 +121,22 @@ const RELINK_MAX: Duration = Duration::from_millis(200);
 /// How often a link to a peer of the previous release tries again.
 const LEGACY_RECHECK: Duration = Duration::from_secs(10);
 
-/// How long a new connection waits for the peer's [`MAGIC`].
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Keeps a link connected: connects, sends what waited, reads replies until
 /// the connection fails, fails whatever waits on it, and starts over.
 async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake: Arc<AtomicU8>) {
     let mut backoff = Duration::from_millis(20);
     loop {
         let mut wait = None;
-        let why = match connect(&addr).await {
+        let why = match tessera_proto::link::connect(&addr, RAFT).await {
             Err(e) => e,
-            Ok((stream, Handshake::Legacy)) => {
-                drop(stream);
+            Ok(Answer::Other) => {
                 handshake.store(Handshake::Legacy as u8, Ordering::Relaxed);
                 // Calls go by `Call` meanwhile; look again now and then (the
                 // peer may be upgraded).
                 wait = Some(LEGACY_RECHECK);
                 format!("{addr} does not serve raft links")
             }
-            Ok((stream, _)) => {
+            Ok(Answer::Link(stream)) => {
                 handshake.store(Handshake::Link as u8, Ordering::Relaxed);
                 backoff = Duration::from_millis(20);
                 let stream = Arc::new(stream);
@@ -157,11 +154,18 @@ async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake
                 let why = match up {
                     Err(e) => e,
                     Ok(()) => {
-                        let replies = read_frames(&stream, 0, |reply| {
-                            if let Some(tx) = waiting.lock().remove(&reply.id) {
-                                let _ = tx.send(if reply.error.is_empty() { Ok(reply) } else { Err(reply.error) });
+                        let mut frames = FrameReader::new(stream, 0, FRAME_MAX);
+                        let replies = async {
+                            loop {
+                                let reply = match frames.next().await {
+                                    Ok(f) => decode(f),
+                                    Err(why) => return why,
+                                };
+                                if let Some(tx) = waiting.lock().remove(&reply.id) {
+                                    let _ = tx.send(if reply.error.is_empty() { Ok(reply) } else { Err(reply.error) });
+                                }
                             }
-                        });
+                        };
                         tokio::select! {
                             why = replies => why,
                             why = writer.flush() => why,
@@ -183,46 +187,14 @@ async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake
     }
 }
 
-/// Connects to `addr` and exchanges [`MAGIC`]s.
-async fn connect(addr: &str) -> Result<(TcpStream, Handshake), String> {
-    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    tune(&stream);
-    let exchange = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = stream;
-        stream.write_all(MAGIC).await?;
-        let mut got = [0u8; 8];
-        let mut n = 0;
-        while n < got.len() {
-            match stream.read(&mut got[n..]).await? {
-                // Closed before answering (a node shutting down, say): no
-                // verdict on its protocol. An h2 server answers with its
-                // own SETTINGS frame first.
-                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                k => n += k,
-            }
-            if got[..n] != MAGIC[..n] {
-                return Ok((stream, Handshake::Legacy));
-            }
-        }
-        std::io::Result::Ok((stream, Handshake::Link))
-    };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("{addr} did not answer the raft link handshake"))?
-        .map_err(|e| format!("raft link handshake with {addr}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::wire::serve;
     use crate::raft::wire::tests::msg;
-    use crate::raft::wire::{serve, sniff, Sniffed, QUEUE_MAX};
+    use tessera_proto::link::{sniff, QUEUE_MAX, RAFT as MAGIC};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A listener that hands each connection it accepts to `on_accept`;
     /// its address.
@@ -246,7 +218,7 @@ mod tests {
         peer(move |s| {
             let handle = handle.clone();
             tokio::spawn(async move {
-                if let Sniffed::Link = sniff(&s).await {
+                if sniff(&s, &[MAGIC]).await == Some(0) {
                     serve(s, handle).await;
                 }
             });

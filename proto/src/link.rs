@@ -1,0 +1,508 @@
+//! Links: plain TCP connections between Tessera processes that carry
+//! length-prefixed frames both ways, for the messages that are sent most
+//! often (Raft messages between nodes, router sessions to nodes).
+//!
+//! They replace HTTP/2 streams on those paths. Over h2 a message went from
+//! its sender to the connection's task, which framed and wrote it; at the
+//! other end the connection's task handed it to a stream reader, and the
+//! reply went the same way back: two task hand-offs per message per end,
+//! plus h2's own framing and flow control. On a link the sender writes its
+//! frame to the socket itself when nothing is queued ahead of it, and one
+//! task reads each direction.
+//!
+//! A link starts with an 8-byte magic naming what it carries. The node's
+//! listener tells links from HTTP/2 clients by their first bytes
+//! ([`sniff`]; an h2 client's start with `PRI * HTTP/2.0`) and answers with
+//! the same magic. A process of an earlier release answers otherwise (its
+//! h2 server sends its SETTINGS frame first): [`connect`] reports
+//! [`Answer::Other`] and the caller falls back to gRPC.
+
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// A link's first 8 bytes: what it carries.
+pub type Magic = [u8; 8];
+
+/// Raft messages between nodes.
+pub const RAFT: &Magic = b"TSRAFT\x00\x01";
+/// A router's session with a node: `RequestBatch`es one way,
+/// `ResponseBatch`es the other, one per frame.
+pub const SESSION: &Magic = b"TSSESS\x00\x01";
+
+/// A frame's header: the length of the rest (u32), then id (u64), group
+/// (u32), kind (u8) and flags (u8), all little-endian; the payload (or, with
+/// [`FLAG_ERROR`], the error text) follows.
+const HEADER: usize = 4 + 8 + 4 + 1 + 1;
+const FLAG_ERROR: u8 = 1;
+
+/// One message on a link. What `group` and `kind` mean is the link's
+/// business (a Raft link's are the Raft group and message kind); `id`
+/// pairs a reply with its request where a link has replies.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Frame {
+    pub id: u64,
+    pub group: u32,
+    pub kind: u8,
+    pub payload: Bytes,
+    /// Not empty: the request failed, and this says why (no payload).
+    pub error: String,
+}
+
+/// Most bytes a connection holds queued for a peer that does not read them
+/// (a paused process: its kernel still acknowledges what fits in its
+/// buffer, so TCP never gives up on it). Past this the connection is closed
+/// and its calls fail. (Counting the buffer the flusher is writing, a
+/// connection holds up to twice this.) HTTP/2's flow control bounded this
+/// before.
+pub const QUEUE_MAX: usize = 64 << 20;
+
+/// The kernel drops a connection whose sent bytes stay unacknowledged this
+/// long (TCP_USER_TIMEOUT), and probes an idle one: a peer cut off by a
+/// partition is noticed in seconds rather than after TCP's retransmission
+/// back-off of minutes.
+const USER_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Sets the options every link socket gets (both ends).
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_fd();
+    let _ = rustix::net::sockopt::set_tcp_user_timeout(fd, USER_TIMEOUT.as_millis() as u32);
+    let _ = rustix::net::sockopt::set_socket_keepalive(fd, true);
+    let _ = rustix::net::sockopt::set_tcp_keepidle(fd, KEEPALIVE_IDLE);
+    let _ = rustix::net::sockopt::set_tcp_keepintvl(fd, KEEPALIVE_INTERVAL);
+    let _ = rustix::net::sockopt::set_tcp_keepcnt(fd, KEEPALIVE_PROBES);
+}
+
+fn header(f: &mut Vec<u8>, body: usize, id: u64, group: u32, kind: u8, flags: u8) {
+    f.put_u32_le((HEADER - 4 + body) as u32);
+    f.put_u64_le(id);
+    f.put_u32_le(group);
+    f.put_u8(kind);
+    f.put_u8(flags);
+}
+
+/// `m` as bytes to send.
+pub fn encode_frame(m: &Frame) -> Vec<u8> {
+    let (flags, body): (u8, &[u8]) = match m.error.is_empty() {
+        true => (0, &m.payload),
+        false => (FLAG_ERROR, m.error.as_bytes()),
+    };
+    let mut f = Vec::with_capacity(HEADER + body.len());
+    header(&mut f, body.len(), m.id, m.group, m.kind, flags);
+    f.extend_from_slice(body);
+    f
+}
+
+/// A frame whose payload is `m` encoded (straight into the frame, no copy).
+pub fn encode_message<M: prost::Message>(kind: u8, m: &M) -> Vec<u8> {
+    let len = m.encoded_len();
+    let mut f = Vec::with_capacity(HEADER + len);
+    header(&mut f, len, 0, 0, kind, 0);
+    m.encode(&mut f).expect("a Vec grows as needed");
+    f
+}
+
+/// The next whole frame at the front of `buf`, if one is there; frames
+/// longer than `max` are an error.
+pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, String> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if !(HEADER - 4..=max).contains(&len) {
+        return Err(format!("link frame of {len} bytes"));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    let mut f = buf.split_to(4 + len);
+    f.advance(4);
+    let id = f.get_u64_le();
+    let group = f.get_u32_le();
+    let kind = f.get_u8();
+    let flags = f.get_u8();
+    let mut m = Frame { group, kind, id, ..Default::default() };
+    match flags & FLAG_ERROR {
+        0 => m.payload = f.freeze(),
+        _ => m.error = String::from_utf8_lossy(&f).into_owned(),
+    }
+    Ok(Some(m))
+}
+
+/// Reads one connection's frames in order.
+pub struct FrameReader {
+    stream: Arc<TcpStream>,
+    buf: BytesMut,
+    skip: usize,
+    max: usize,
+}
+
+impl FrameReader {
+    /// Frames from `stream` after its first `skip` bytes (a magic already
+    /// looked at), each at most `max` bytes.
+    pub fn new(stream: Arc<TcpStream>, skip: usize, max: usize) -> FrameReader {
+        FrameReader { stream, buf: BytesMut::with_capacity(64 << 10), skip, max }
+    }
+
+    /// The next frame; an error once the connection ends, saying why.
+    pub async fn next(&mut self) -> Result<Frame, String> {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.buf.len());
+                self.buf.advance(n);
+                self.skip -= n;
+            }
+            if self.skip == 0 {
+                if let Some(m) = decode_frame(&mut self.buf, self.max)? {
+                    return Ok(m);
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 16 << 10 {
+                self.buf.reserve(64 << 10);
+            }
+            self.stream.readable().await.map_err(|e| e.to_string())?;
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err("connection closed by peer".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// One connection's sending side. A frame is written by the task that
+/// sends it, at once, when nothing is queued ahead of it; what the socket
+/// does not take goes to a queue that [`Writer::flush`] writes in order.
+pub struct Writer {
+    stream: Arc<TcpStream>,
+    state: Mutex<WriteState>,
+    wake: Notify,
+    /// Told each time the flusher takes the queue, and when the connection
+    /// breaks ([`Writer::below`] waits on it).
+    taken: Notify,
+}
+
+#[derive(Default)]
+struct WriteState {
+    queued: Vec<u8>,
+    /// Bytes are queued (or being written by the flusher): a send must queue
+    /// behind them, not write.
+    flushing: bool,
+    broken: Option<String>,
+}
+
+impl Writer {
+    pub fn new(stream: Arc<TcpStream>) -> Writer {
+        Writer { stream, state: Mutex::default(), wake: Notify::new(), taken: Notify::new() }
+    }
+
+    pub fn send(&self, frame: &[u8]) -> Result<(), String> {
+        let mut s = self.state.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
+        if s.flushing {
+            if s.queued.len() + frame.len() > QUEUE_MAX {
+                let why = format!("peer is not reading: {} bytes queued for it", s.queued.len());
+                s.broken = Some(why.clone());
+                drop(s);
+                // Ends the connection's reader and flusher: what was queued
+                // is dropped.
+                let _ = rustix::net::shutdown(&*self.stream, rustix::net::Shutdown::Both);
+                self.taken.notify_waiters();
+                self.wake.notify_one();
+                return Err(why);
+            }
+            s.queued.extend_from_slice(frame);
+            return Ok(());
+        }
+        match self.stream.try_write(frame) {
+            Ok(n) if n == frame.len() => return Ok(()),
+            Ok(n) => s.queued.extend_from_slice(&frame[n..]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => s.queued.extend_from_slice(frame),
+            Err(e) => {
+                s.broken = Some(e.to_string());
+                return Err(e.to_string());
+            }
+        }
+        s.flushing = true;
+        drop(s);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Waits until at most `limit` bytes are queued (the flusher has taken
+    /// the rest): a sender of a long stream of frames paces itself with
+    /// it, rather than queue them all. An error if the connection broke.
+    pub async fn below(&self, limit: usize) -> Result<(), String> {
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            {
+                let s = self.state.lock();
+                if let Some(e) = &s.broken {
+                    return Err(e.clone());
+                }
+                if s.queued.len() <= limit {
+                    return Ok(());
+                }
+            }
+            taken.await;
+        }
+    }
+
+    /// Writes what sends queued, until the connection fails; returns why.
+    pub async fn flush(&self) -> String {
+        let mut buf = Vec::new();
+        loop {
+            self.wake.notified().await;
+            loop {
+                {
+                    let mut s = self.state.lock();
+                    if let Some(why) = &s.broken {
+                        return why.clone();
+                    }
+                    if s.queued.is_empty() {
+                        s.flushing = false;
+                        break;
+                    }
+                    std::mem::swap(&mut buf, &mut s.queued);
+                }
+                self.taken.notify_waiters();
+                let mut at = 0;
+                while at < buf.len() {
+                    let r = match self.stream.writable().await {
+                        Ok(()) => self.stream.try_write(&buf[at..]),
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            self.close(&e.to_string());
+                            return e.to_string();
+                        }
+                    }
+                }
+                buf.clear();
+                if buf.capacity() > 4 << 20 {
+                    // After a burst (a peer that was slow to read): give
+                    // the memory back rather than keep it for the link's life.
+                    buf = Vec::new();
+                }
+            }
+        }
+    }
+
+    /// Marks the writer broken and shuts the socket down: tasks still
+    /// holding the writer must not hold the connection open. [`Writer::flush`]
+    /// returns.
+    pub fn close(&self, why: &str) {
+        self.state.lock().broken.get_or_insert_with(|| why.to_owned());
+        let _ = rustix::net::shutdown(&*self.stream, rustix::net::Shutdown::Both);
+        self.taken.notify_waiters();
+        self.wake.notify_one();
+    }
+}
+
+/// Waits (bounded) for enough of a new connection's first bytes to tell
+/// which of `magics` starts it, without consuming them: its index, or
+/// `None` for anything else (an HTTP/2 client).
+pub async fn sniff(stream: &TcpStream, magics: &[&Magic]) -> Option<usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut b = [0u8; 8];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut b)).await {
+            Ok(Ok(n)) => n,
+            _ => return None,
+        };
+        if n == 0 {
+            return None;
+        }
+        let mut prefix = false;
+        for (i, m) in magics.iter().enumerate() {
+            if b[..n] == m[..n] {
+                if n == m.len() {
+                    return Some(i);
+                }
+                prefix = true;
+            }
+        }
+        if !prefix {
+            return None;
+        }
+        // A prefix of a magic: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// How the far end answered a link's magic.
+pub enum Answer {
+    /// With the same magic: it serves this link.
+    Link(TcpStream),
+    /// With other bytes: a process of an earlier release (an h2 server).
+    Other,
+}
+
+/// How long a new connection waits for the peer's magic.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to `addr`, sends `magic` and reads the answer.
+pub async fn connect(addr: &str, magic: &Magic) -> Result<Answer, String> {
+    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    tune(&stream);
+    let exchange = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        stream.write_all(magic).await?;
+        let mut got = [0u8; 8];
+        let mut n = 0;
+        while n < got.len() {
+            match stream.read(&mut got[n..]).await? {
+                // Closed before answering (a process shutting down, say):
+                // no verdict on its protocol. An h2 server answers with its
+                // own SETTINGS frame first.
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                k => n += k,
+            }
+            if got[..n] != magic[..n] {
+                return Ok(Answer::Other);
+            }
+        }
+        std::io::Result::Ok(Answer::Link(stream))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("{addr} did not answer the link handshake"))?
+        .map_err(|e| format!("link handshake with {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn frame(id: u64, group: u32, payload: &[u8]) -> Frame {
+        Frame { id, group, kind: 1, payload: payload.to_vec().into(), error: String::new() }
+    }
+
+    #[test]
+    fn frames_round_trip_whole_or_in_pieces() {
+        let frames = [
+            frame(7, 3, b"hello"),
+            frame(u64::MAX, u32::MAX, &[]),
+            Frame { id: 9, group: 1, kind: 2, payload: Default::default(), error: "no such group".into() },
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(encode_frame).collect();
+        // Fed one byte at a time, as a slow socket would.
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in &bytes {
+            buf.put_u8(*b);
+            while let Some(m) = decode_frame(&mut buf, 1 << 20).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_message_frame_carries_the_message() {
+        let m = crate::v1::RaftMessage { group: 3, kind: 1, payload: vec![9; 300].into(), id: 4, error: String::new() };
+        let mut buf = BytesMut::from(&encode_message(5, &m)[..]);
+        let f = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.kind, 5);
+        assert_eq!(<crate::v1::RaftMessage as prost::Message>::decode(f.payload).unwrap(), m);
+    }
+
+    #[test]
+    fn an_oversized_or_undersized_length_is_an_error() {
+        let mut buf = BytesMut::from(&(1025u32).to_le_bytes()[..]);
+        assert!(decode_frame(&mut buf, 1024).is_err());
+        let mut buf = BytesMut::from(&3u32.to_le_bytes()[..]);
+        assert!(decode_frame(&mut buf, 1024).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_listener_tells_links_from_http2_by_their_first_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cases: [(&[&[u8]], Option<usize>); 6] = [
+            (&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], None),
+            (&[RAFT], Some(0)),
+            (&[SESSION], Some(1)),
+            // A magic in two writes: the listener waits for the rest.
+            (&[&RAFT[..3], &RAFT[3..]], Some(0)),
+            (&[&SESSION[..2], &SESSION[2..]], Some(1)),
+            (&[&RAFT[..5], b"xyz"], None),
+        ];
+        for (writes, want) in cases {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            for w in writes {
+                client.write_all(w).await.unwrap();
+                client.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(sniff(&server, &[RAFT, SESSION]).await, want, "{writes:?}");
+            // Sniffing consumes nothing.
+            let mut first = vec![0u8; writes.iter().map(|w| w.len()).sum()];
+            server.peek(&mut first).await.unwrap();
+            assert_eq!(first, writes.concat());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paced_sender_never_queues_much_more_than_its_limit() {
+        // A reader that takes its time; the sender sends 64 MiB in 1 MiB
+        // frames, waiting each time until at most 2 MiB are queued.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut r = FrameReader::new(Arc::new(s), 0, 2 << 20);
+            let mut total = 0;
+            for i in 0..64u64 {
+                let f = r.next().await.unwrap();
+                assert_eq!(f.id, i);
+                total += f.payload.len();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            total
+        });
+        let stream = Arc::new(TcpStream::connect(addr).await.unwrap());
+        let w = Arc::new(Writer::new(stream));
+        let flusher = tokio::spawn({
+            let w = w.clone();
+            async move { w.flush().await }
+        });
+        let mut most = 0;
+        for i in 0..64u64 {
+            w.send(&encode_frame(&frame(i, 0, &vec![i as u8; 1 << 20]))).unwrap();
+            most = most.max(w.state.lock().queued.len());
+            w.below(2 << 20).await.unwrap();
+        }
+        assert_eq!(reader.await.unwrap(), 64 << 20);
+        assert!(most <= (3 << 20) + 64, "{most} bytes were queued");
+        w.close("done");
+        assert_eq!(flusher.await.unwrap(), "done");
+    }
+}
