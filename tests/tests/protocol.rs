@@ -139,6 +139,44 @@ fn protocol_errors_close_only_that_connection() {
     assert_eq!(other.cmd(&["GET", "keep"]).unwrap(), "$1\r\n1\r\n");
 }
 
+/// What a node's port does with links that go wrong after their
+/// handshake: it closes that connection, and serves on.
+#[test]
+fn garbage_on_a_node_link_closes_only_that_connection() {
+    use std::io::{Read, Write};
+    use tessera_proto::link::{RAFT, SESSION};
+    let c = cluster();
+    let mut other = Resp::connect(c.plain).unwrap();
+    other.cmd(&["SET", "keep", "1"]).unwrap();
+    // A frame's length, id, group, kind and flags, then its payload.
+    let frame = |len: u32, payload: &[u8]| [&len.to_le_bytes()[..], &[0u8; 14], payload].concat();
+    for (magic, garbage) in [
+        // Not a RequestBatch.
+        (SESSION, frame(14 + 5, &[0xff; 5])),
+        // Longer than any frame may be.
+        (SESSION, frame(u32::MAX, b"")),
+        (RAFT, frame(1 << 30, b"")),
+        // Shorter than a header.
+        (RAFT, frame(3, b"")),
+    ] {
+        for node in &c.node_addrs {
+            let mut s = std::net::TcpStream::connect(node).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(&[&magic[..], &garbage].concat()).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("the node closes the link");
+            assert_eq!(&got[..], &magic[..], "the node answers the handshake, then closes");
+        }
+    }
+    assert_eq!(other.cmd(&["GET", "keep"]).unwrap(), "$1\r\n1\r\n");
+    let mut r = Resp::connect(c.plain).unwrap();
+    for i in 0..20 {
+        let key = format!("after:{i}");
+        assert_eq!(r.cmd(&["SET", &key, "v"]).unwrap(), "+OK\r\n");
+        assert_eq!(r.cmd(&["GET", &key]).unwrap(), "$1\r\nv\r\n");
+    }
+}
+
 #[test]
 fn configured_limits_refuse_large_frames_before_buffering() {
     let c = Cluster::start_with(1, 1, &["--max-bulk-len", "1024", "--max-inline-len", "64", "--max-array-len", "8"])
