@@ -462,14 +462,18 @@ const LINK_PACE: usize = 4 << 20;
 /// Serves one router session that came as a link
 /// ([`tessera_proto::link::SESSION`], still unread): frames carry
 /// `RequestBatch`es in and `ResponseBatch`es out, as the gRPC `Session`
-/// stream's messages.
+/// stream's messages; pings go back as they came. When the router goes
+/// away the session's socket closes at once (commands already running
+/// finish; their replies have nowhere to go).
 pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     use prost::Message;
-    use tessera_proto::link::{encode_message, tune, FrameReader, Writer, SESSION};
-    tune(&stream);
+    use tessera_proto::link::{
+        encode_frame, encode_message, tune, FrameReader, Writer, KIND_BATCH, KIND_PING, SESSION,
+    };
+    tune(&stream, SESSION);
     let peer = stream.peer_addr().ok();
     let stream = Arc::new(stream);
-    let writer = Writer::new(stream.clone());
+    let writer = Arc::new(Writer::new(stream.clone()));
     if let Err(e) = writer.send(SESSION) {
         debug!(?peer, error = %e, "session link closed before its handshake");
         return;
@@ -477,21 +481,32 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     debug!(?peer, "session link opened");
     metrics::gauge!("tessera_node_sessions").increment(1.0);
     let frames = FrameReader::new(stream, SESSION.len(), LINK_FRAME_MAX);
-    let inbound = futures::stream::unfold(frames, |mut frames| async move {
-        let batch = match frames.next().await {
-            Ok(f) => RequestBatch::decode(f.payload).map_err(|e| format!("bad request batch: {e}")),
-            // The router went away (or the link broke): the session ends.
-            Err(why) => {
-                debug!(reason = %why, "session link ended");
-                return None;
+    let inbound = futures::stream::unfold((frames, writer.clone()), move |(mut frames, writer)| async move {
+        loop {
+            let why = match frames.next().await {
+                Ok(f) if f.kind == KIND_PING => match writer.send(&encode_frame(&f)) {
+                    Ok(()) => continue,
+                    Err(why) => why,
+                },
+                Ok(f) => {
+                    let batch = RequestBatch::decode(f.payload).map_err(|e| format!("bad request batch: {e}"));
+                    return Some((batch, (frames, writer)));
+                }
+                Err(why) => why,
+            };
+            // The router went away, or the link broke: the session ends.
+            if why != tessera_proto::link::CLOSED_BY_PEER {
+                metrics::counter!("tessera_node_grpc_errors_total").increment(1);
+                warn!(?peer, error = %why, "session link failed");
             }
-        };
-        Some((batch, frames))
+            writer.close(&why);
+            return None;
+        }
     });
     let mut responses = std::pin::pin!(serve(state, inbound.boxed(), peer));
     let pump = async {
         while let Some(Ok(batch)) = responses.next().await {
-            writer.send(&encode_message(0, &batch))?;
+            writer.send(&encode_message(KIND_BATCH, &batch))?;
             writer.below(LINK_PACE).await?;
         }
         Err::<(), _>("session ended".to_owned())
@@ -501,6 +516,7 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
         why = writer.flush() => why,
     };
     writer.close(&why);
+    debug!(?peer, reason = %why, "session link closed");
 }
 
 #[cfg(test)]

@@ -66,17 +66,34 @@ pub const QUEUE_MAX: usize = 64 << 20;
 /// The kernel drops a connection whose sent bytes stay unacknowledged this
 /// long (TCP_USER_TIMEOUT), and probes an idle one: a peer cut off by a
 /// partition is noticed in seconds rather than after TCP's retransmission
-/// back-off of minutes.
-const USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// back-off of minutes. The timeout also ends a connection whose peer
+/// advertises a zero window that long: a Raft link's reader never stops
+/// reading, but a session's does while a shard's queue is full, so a
+/// session gets longer (its pings, [`SESSION_PING`], find a dead node).
+const RAFT_USER_TIMEOUT: Duration = Duration::from_secs(5);
+const SESSION_USER_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_PROBES: u32 = 3;
 
-/// Sets the options every link socket gets (both ends).
-pub fn tune(stream: &TcpStream) {
+/// A session's frame kinds: a batch, or a ping the node sends back as it
+/// came. The kernel answers keepalive probes even for a paused or hung
+/// process; a ping is answered by the node's session itself, so a router
+/// notices a node that stopped (as h2's keepalive pings did).
+pub const KIND_BATCH: u8 = 0;
+pub const KIND_PING: u8 = 1;
+/// How often a router pings a node on its session, and how long it waits
+/// for any frame before it closes the session (its requests get TRYAGAIN,
+/// new ones go elsewhere).
+pub const SESSION_PING: Duration = Duration::from_secs(5);
+pub const SESSION_SILENCE_MAX: Duration = Duration::from_secs(20);
+
+/// Sets the options every socket of a link carrying `magic` gets (both ends).
+pub fn tune(stream: &TcpStream, magic: &Magic) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_fd();
-    let _ = rustix::net::sockopt::set_tcp_user_timeout(fd, USER_TIMEOUT.as_millis() as u32);
+    let user_timeout = if magic == SESSION { SESSION_USER_TIMEOUT } else { RAFT_USER_TIMEOUT };
+    let _ = rustix::net::sockopt::set_tcp_user_timeout(fd, user_timeout.as_millis() as u32);
     let _ = rustix::net::sockopt::set_socket_keepalive(fd, true);
     let _ = rustix::net::sockopt::set_tcp_keepidle(fd, KEEPALIVE_IDLE);
     let _ = rustix::net::sockopt::set_tcp_keepintvl(fd, KEEPALIVE_INTERVAL);
@@ -140,6 +157,9 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Str
     Ok(Some(m))
 }
 
+/// Why [`FrameReader::next`] ended when the peer closed the connection.
+pub const CLOSED_BY_PEER: &str = "connection closed by peer";
+
 /// Reads one connection's frames in order.
 pub struct FrameReader {
     stream: Arc<TcpStream>,
@@ -173,7 +193,7 @@ impl FrameReader {
             }
             self.stream.readable().await.map_err(|e| e.to_string())?;
             match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err("connection closed by peer".into()),
+                Ok(0) => return Err(CLOSED_BY_PEER.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.to_string()),
@@ -362,11 +382,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to `addr`, sends `magic` and reads the answer.
 pub async fn connect(addr: &str, magic: &Magic) -> Result<Answer, String> {
-    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+    // Long enough for a SYN lost once (resent after 1 s).
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    tune(&stream);
+    tune(&stream, magic);
     let exchange = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = stream;

@@ -258,27 +258,37 @@ async fn link_session(
     connected: &AtomicBool,
 ) -> Result<std::convert::Infallible, anyhow::Error> {
     use futures::StreamExt;
+    use link::{KIND_BATCH, KIND_PING, SESSION_PING, SESSION_SILENCE_MAX};
     use prost::Message;
     let stream = Arc::new(stream);
     let writer = Writer::new(stream.clone());
     connected.store(true, Ordering::Relaxed);
     info!(node = %addr, "node session up (link)");
     let mut frames = FrameReader::new(stream, 0, LINK_FRAME_MAX);
+    let start = tokio::time::Instant::now();
+    // When the node last sent anything (ms since `start`).
+    let heard = AtomicU64::new(0);
     let read = async {
         // Long replies arrive in parts (see `tessera_proto::parts`).
         let mut joiner = Joiner::default();
         loop {
-            let batch = match frames.next().await.map(|f| ResponseBatch::decode(f.payload)) {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(e)) => return format!("bad response batch: {e}"),
+            let frame = match frames.next().await {
+                Ok(f) => f,
                 Err(why) => return why,
             };
-            deliver(batch, in_flight, &mut joiner);
+            heard.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if frame.kind == KIND_PING {
+                continue;
+            }
+            match ResponseBatch::decode(frame.payload) {
+                Ok(batch) => deliver(batch, in_flight, &mut joiner),
+                Err(e) => return format!("bad response batch: {e}"),
+            }
         }
     };
     let pump = async {
         while let Some(batch) = outbound.next().await {
-            if let Err(why) = writer.send(&link::encode_message(0, &batch)) {
+            if let Err(why) = writer.send(&link::encode_message(KIND_BATCH, &batch)) {
                 return why;
             }
             if let Err(why) = writer.below(LINK_PACE).await {
@@ -287,10 +297,44 @@ async fn link_session(
         }
         "the client was dropped".to_owned()
     };
+    // A node that stopped (paused, hung) still has its kernel acknowledge
+    // what is sent, so only an answer from the node itself tells.
+    let watchdog = async {
+        let mut tick = tokio::time::interval_at(start + SESSION_PING, SESSION_PING);
+        loop {
+            tick.tick().await;
+            let silent = start.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+            if silent > SESSION_SILENCE_MAX {
+                return format!("node sent nothing for {} s", silent.as_secs());
+            }
+            let ping = link::Frame { kind: KIND_PING, ..Default::default() };
+            if let Err(why) = writer.send(&link::encode_frame(&ping)) {
+                return why;
+            }
+        }
+    };
+    let (mut read, mut watchdog, flush) = (std::pin::pin!(read), std::pin::pin!(watchdog), writer.flush());
+    let mut flush = std::pin::pin!(flush);
     let why = tokio::select! {
-        why = read => why,
-        why = pump => why,
-        why = writer.flush() => why,
+        why = &mut read => why,
+        why = &mut watchdog => why,
+        why = &mut flush => why,
+        why = pump => {
+            // Dropped while requests were in flight: their replies still
+            // come (as they did when h2 half-closed the stream), within a
+            // bound.
+            let drained = async {
+                while !in_flight.lock().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::select! {
+                why = &mut read => why,
+                why = &mut watchdog => why,
+                why = &mut flush => why,
+                _ = tokio::time::timeout(Duration::from_secs(10), drained) => why,
+            }
+        }
     };
     writer.close(&why);
     anyhow::bail!(why)
@@ -502,6 +546,56 @@ mod tests {
             }
         });
         futures::future::join_all(calls).await;
+    }
+
+    /// A node that completes the handshake, then never answers a request;
+    /// with `pong`, it sends pings back (as a node's session does).
+    async fn mute_node(pong: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let s = Arc::new(s);
+                    let writer = Writer::new(s.clone());
+                    writer.send(link::SESSION).unwrap();
+                    let mut frames = FrameReader::new(s, link::SESSION.len(), LINK_FRAME_MAX);
+                    while let Ok(f) = frames.next().await {
+                        if pong && f.kind == link::KIND_PING {
+                            writer.send(&link::encode_frame(&f)).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_stops_answering_pings_is_noticed() {
+        // A paused node's kernel still accepts what is sent, so nothing but
+        // the missing pongs tells it from a node with a slow command.
+        let (silent, slow) = (NodeClient::spawn(mute_node(false).await), NodeClient::spawn(mute_node(true).await));
+        for c in [&silent, &slow] {
+            while !c.is_connected() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let start = std::time::Instant::now();
+        let (mut to_silent, mut to_slow) =
+            (silent.call(request::Target::Slot(1), "a".into()), slow.call(request::Target::Slot(1), "b".into()));
+        let reply = tokio::time::timeout(Duration::from_secs(60), &mut to_silent).await.expect("noticed").unwrap();
+        let took = start.elapsed();
+        match reply {
+            NodeReply::Reply(Reply::Error(e)) => assert!(e.starts_with("TRYAGAIN connection to node"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // (Silence counts from the session's start, just before `start`.)
+        assert!(took >= link::SESSION_SILENCE_MAX - Duration::from_secs(1), "gave up after {took:?}");
+        assert!(took < link::SESSION_SILENCE_MAX + 3 * link::SESSION_PING, "took {took:?}");
+        // The node that answers pings keeps its session, and the call waits.
+        assert!(slow.is_connected());
+        assert!(matches!(to_slow.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

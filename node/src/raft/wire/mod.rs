@@ -49,7 +49,7 @@ where
     H: Fn(RaftMessage) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = RaftMessage> + Send + 'static,
 {
-    tune(&stream);
+    tune(&stream, RAFT);
     let stream = Arc::new(stream);
     let writer = Arc::new(Writer::new(stream.clone()));
     if let Err(e) = writer.send(RAFT) {
