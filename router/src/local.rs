@@ -326,13 +326,28 @@ async fn ai_config(router: &Router, op: tessera_common::model::AiConfig) -> Repl
     let get = op.is_get();
     let cmd = Bytes::from(NodeCommand::AiConfig { op }.to_bytes());
     let nodes = router.shards.nodes();
+    // Each call bounded: a node that is connected but stopped (until its
+    // session's pings give up on it) counts as unreachable.
+    let call = |node: &Arc<crate::backend::NodeClient>| {
+        tokio::time::timeout(std::time::Duration::from_secs(5), node.call(Target::Shard(0), cmd.clone()))
+    };
+    let reachable = nodes.iter().filter(|n| n.is_connected());
+    if get {
+        // From the first node that answers.
+        for node in reachable {
+            if let Ok(Ok(NodeReply::Reply(r))) = call(node).await {
+                return r;
+            }
+        }
+        return Reply::err("CLUSTERDOWN no storage node reachable");
+    }
+    // A setting goes to every node at once.
     let mut answered = 0usize;
     let mut first_error = None;
-    for node in nodes.iter().filter(|n| n.is_connected()) {
-        match node.call(Target::Shard(0), cmd.clone()).await {
-            Ok(NodeReply::Reply(r)) if get => return r,
-            Ok(NodeReply::Reply(r)) if r.is_error() => first_error = first_error.or(Some(r)),
-            Ok(NodeReply::Reply(_)) => answered += 1,
+    for reply in futures::future::join_all(reachable.map(call)).await {
+        match reply {
+            Ok(Ok(NodeReply::Reply(r))) if r.is_error() => first_error = first_error.or(Some(r)),
+            Ok(Ok(NodeReply::Reply(_))) => answered += 1,
             _ => {}
         }
     }
