@@ -450,15 +450,6 @@ pub(crate) fn serve(
     ResponseStream { rx, sending: None, _guard: SessionGuard { peer } }
 }
 
-/// Largest frame a session link accepts: a batch is cut after ~4 MiB, plus
-/// one command or reply of up to a part (`PART_BYTES`).
-pub const LINK_FRAME_MAX: usize = 16 << 20;
-
-/// Bytes of responses queued for a router before the session waits for
-/// the socket to take them (a long reply goes out part by part, not all
-/// queued at once).
-const LINK_PACE: usize = 4 << 20;
-
 /// Serves one router session that came as a link
 /// ([`tessera_proto::link::SESSION`], still unread): frames carry
 /// `RequestBatch`es in and `ResponseBatch`es out, as the gRPC `Session`
@@ -468,7 +459,8 @@ const LINK_PACE: usize = 4 << 20;
 pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     use prost::Message;
     use tessera_proto::link::{
-        encode_frame, encode_message, tune, FrameReader, Writer, KIND_BATCH, KIND_PING, SESSION,
+        encode_frame, encode_message, tune, FrameReader, Writer, KIND_BATCH, KIND_PING, SESSION, SESSION_FRAME_MAX,
+        SESSION_PACE,
     };
     tune(&stream, SESSION);
     let peer = stream.peer_addr().ok();
@@ -480,7 +472,7 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     }
     debug!(?peer, "session link opened");
     metrics::gauge!("tessera_node_sessions").increment(1.0);
-    let frames = FrameReader::new(stream, SESSION.len(), LINK_FRAME_MAX);
+    let frames = FrameReader::new(stream, SESSION.len(), SESSION_FRAME_MAX);
     let inbound = futures::stream::unfold((frames, writer.clone()), move |(mut frames, writer)| async move {
         loop {
             let why = match frames.next().await {
@@ -507,7 +499,7 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     let pump = async {
         while let Some(Ok(batch)) = responses.next().await {
             writer.send(&encode_message(KIND_BATCH, &batch))?;
-            writer.below(LINK_PACE).await?;
+            writer.below(SESSION_PACE).await?;
         }
         Err::<(), _>("session ended".to_owned())
     };

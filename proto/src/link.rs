@@ -87,6 +87,13 @@ pub const KIND_PING: u8 = 1;
 /// new ones go elsewhere).
 pub const SESSION_PING: Duration = Duration::from_secs(5);
 pub const SESSION_SILENCE_MAX: Duration = Duration::from_secs(20);
+/// Largest frame a session accepts: a batch is cut after ~4 MiB, plus one
+/// command or reply of up to a part (`parts::PART_BYTES`).
+pub const SESSION_FRAME_MAX: usize = 16 << 20;
+/// Bytes a session's sender lets queue before it waits for the socket to
+/// take them (a long command or reply goes out part by part, not all
+/// queued at once; see [`Writer::below`]).
+pub const SESSION_PACE: usize = 4 << 20;
 
 /// Sets the options every socket of a link carrying `magic` gets (both ends).
 pub fn tune(stream: &TcpStream, magic: &Magic) {

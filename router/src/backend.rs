@@ -243,13 +243,6 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
     result
 }
 
-/// Largest frame a session link accepts (as the node's `LINK_FRAME_MAX`).
-const LINK_FRAME_MAX: usize = 16 << 20;
-
-/// Bytes of requests queued for a node before the session waits for the
-/// socket to take them (a long command goes out part by part).
-const LINK_PACE: usize = 4 << 20;
-
 async fn link_session(
     addr: &str,
     stream: tokio::net::TcpStream,
@@ -258,13 +251,13 @@ async fn link_session(
     connected: &AtomicBool,
 ) -> Result<std::convert::Infallible, anyhow::Error> {
     use futures::StreamExt;
-    use link::{KIND_BATCH, KIND_PING, SESSION_PING, SESSION_SILENCE_MAX};
+    use link::{KIND_BATCH, KIND_PING, SESSION_FRAME_MAX, SESSION_PACE, SESSION_PING, SESSION_SILENCE_MAX};
     use prost::Message;
     let stream = Arc::new(stream);
     let writer = Writer::new(stream.clone());
     connected.store(true, Ordering::Relaxed);
     info!(node = %addr, "node session up (link)");
-    let mut frames = FrameReader::new(stream, 0, LINK_FRAME_MAX);
+    let mut frames = FrameReader::new(stream, 0, SESSION_FRAME_MAX);
     let start = tokio::time::Instant::now();
     // When the node last sent anything (ms since `start`).
     let heard = AtomicU64::new(0);
@@ -291,7 +284,7 @@ async fn link_session(
             if let Err(why) = writer.send(&link::encode_message(KIND_BATCH, &batch)) {
                 return why;
             }
-            if let Err(why) = writer.below(LINK_PACE).await {
+            if let Err(why) = writer.below(SESSION_PACE).await {
                 return why;
             }
         }
@@ -401,214 +394,4 @@ fn decode_reply(b: &bytes::Bytes) -> Reply {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::StreamExt;
-    use prost::Message;
-    use std::sync::atomic::AtomicUsize;
-    use tessera_proto::v1::node_server::{Node, NodeServer};
-    use tessera_proto::v1::{Response, ResponseBatch, ShardsRequest, ShardsResponse};
-    use tokio::net::TcpListener;
-
-    /// A node stand-in that answers each command with itself as a bulk
-    /// reply, long commands and replies in parts as a node sends them.
-    #[derive(Default)]
-    struct Echo {
-        joiner: Joiner,
-    }
-
-    impl Echo {
-        fn answer(&mut self, batch: RequestBatch) -> Vec<ResponseBatch> {
-            let mut out = Vec::new();
-            for r in batch.requests {
-                let command = match r.total_len {
-                    0 => r.command,
-                    total => match self.joiner.add(r.id, total, &r.command).unwrap() {
-                        Some(whole) => whole,
-                        None => continue,
-                    },
-                };
-                let reply = Reply::bulk(command);
-                match reply.size_hint() > tessera_proto::parts::PART_BYTES {
-                    true => {
-                        let mut long = Outgoing::from_pieces(r.id, (), reply.to_parts(64 << 10));
-                        loop {
-                            let (part, last) = long.next_part();
-                            let result = Some(response::Result::Reply(part));
-                            out.push(ResponseBatch {
-                                responses: vec![Response { id: r.id, result, total_len: long.total }],
-                            });
-                            if last {
-                                break;
-                            }
-                        }
-                    }
-                    false => {
-                        let result = Some(response::Result::Reply(reply.to_bytes().into()));
-                        out.push(ResponseBatch { responses: vec![Response { id: r.id, result, total_len: 0 }] });
-                    }
-                }
-            }
-            out
-        }
-    }
-
-    /// Serves sessions as links, as a node does; counts them.
-    async fn link_node(sessions: Arc<AtomicUsize>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                assert_eq!(link::sniff(&s, &[link::SESSION]).await, Some(0));
-                sessions.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let s = Arc::new(s);
-                    let writer = Arc::new(Writer::new(s.clone()));
-                    writer.send(link::SESSION).unwrap();
-                    let mut frames = FrameReader::new(s, link::SESSION.len(), LINK_FRAME_MAX);
-                    let mut echo = Echo::default();
-                    let serve = async {
-                        while let Ok(f) = frames.next().await {
-                            for b in echo.answer(RequestBatch::decode(f.payload).unwrap()) {
-                                writer.send(&link::encode_message(0, &b)).unwrap();
-                                writer.below(LINK_PACE).await.unwrap();
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = serve => {}
-                        _ = writer.flush() => {}
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    /// Serves only the gRPC `Session` stream, as a node of the previous
-    /// release does; counts sessions.
-    struct GrpcNode(Arc<AtomicUsize>);
-
-    #[tonic::async_trait]
-    impl Node for GrpcNode {
-        type SessionStream = Pin<Box<dyn Stream<Item = Result<ResponseBatch, tonic::Status>> + Send>>;
-
-        async fn session(
-            &self,
-            req: tonic::Request<tonic::Streaming<RequestBatch>>,
-        ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            let mut echo = Echo::default();
-            let out = req.into_inner().flat_map(move |b| futures::stream::iter(echo.answer(b.unwrap())).map(Ok));
-            Ok(tonic::Response::new(Box::pin(out)))
-        }
-
-        async fn shards(
-            &self,
-            _: tonic::Request<ShardsRequest>,
-        ) -> Result<tonic::Response<ShardsResponse>, tonic::Status> {
-            Err(tonic::Status::unimplemented("not in this test"))
-        }
-    }
-
-    async fn grpc_node(sessions: Arc<AtomicUsize>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let svc = NodeServer::new(GrpcNode(sessions))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        addr
-    }
-
-    /// Many concurrent commands, a few longer than a part, each answered
-    /// with its own bytes.
-    async fn round_trips(addr: String) {
-        let client = NodeClient::spawn(addr);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !client.is_connected() {
-            assert!(tokio::time::Instant::now() < deadline, "never connected");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let calls = (0..300usize).map(|i| {
-            let len = if i % 100 == 7 { (9 << 20) + i } else { i * 31 };
-            let command: Bytes = (0..len).map(|b| (b * 7 + i) as u8).collect::<Vec<u8>>().into();
-            let rx = client.call(request::Target::Slot(i as u32), command.clone());
-            async move {
-                match rx.await.unwrap() {
-                    NodeReply::Reply(Reply::Bulk(b)) => assert!(b == command, "reply {i} differs"),
-                    other => panic!("call {i}: {other:?}"),
-                }
-            }
-        });
-        futures::future::join_all(calls).await;
-    }
-
-    /// A node that completes the handshake, then never answers a request;
-    /// with `pong`, it sends pings back (as a node's session does).
-    async fn mute_node(pong: bool) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let s = Arc::new(s);
-                    let writer = Writer::new(s.clone());
-                    writer.send(link::SESSION).unwrap();
-                    let mut frames = FrameReader::new(s, link::SESSION.len(), LINK_FRAME_MAX);
-                    while let Ok(f) = frames.next().await {
-                        if pong && f.kind == link::KIND_PING {
-                            writer.send(&link::encode_frame(&f)).unwrap();
-                        }
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_node_that_stops_answering_pings_is_noticed() {
-        // A paused node's kernel still accepts what is sent, so nothing but
-        // the missing pongs tells it from a node with a slow command.
-        let (silent, slow) = (NodeClient::spawn(mute_node(false).await), NodeClient::spawn(mute_node(true).await));
-        for c in [&silent, &slow] {
-            while !c.is_connected() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        let start = std::time::Instant::now();
-        let (mut to_silent, mut to_slow) =
-            (silent.call(request::Target::Slot(1), "a".into()), slow.call(request::Target::Slot(1), "b".into()));
-        let reply = tokio::time::timeout(Duration::from_secs(60), &mut to_silent).await.expect("noticed").unwrap();
-        let took = start.elapsed();
-        match reply {
-            NodeReply::Reply(Reply::Error(e)) => assert!(e.starts_with("TRYAGAIN connection to node"), "{e}"),
-            other => panic!("{other:?}"),
-        }
-        // (Silence counts from the session's start, just before `start`.)
-        assert!(took >= link::SESSION_SILENCE_MAX - Duration::from_secs(1), "gave up after {took:?}");
-        assert!(took < link::SESSION_SILENCE_MAX + 3 * link::SESSION_PING, "took {took:?}");
-        // The node that answers pings keeps its session, and the call waits.
-        assert!(slow.is_connected());
-        assert!(matches!(to_slow.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_session_goes_by_link_where_the_node_serves_one() {
-        let sessions = Arc::new(AtomicUsize::new(0));
-        round_trips(link_node(sessions.clone()).await).await;
-        assert_eq!(sessions.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_session_with_a_node_of_the_previous_release_goes_by_grpc() {
-        let sessions = Arc::new(AtomicUsize::new(0));
-        round_trips(grpc_node(sessions.clone()).await).await;
-        assert_eq!(sessions.load(Ordering::Relaxed), 1);
-    }
-}
+mod tests;
