@@ -3,7 +3,9 @@
 //! Each router session is served by a reader task that decodes requests,
 //! checks slot ownership and hands each to the *lane* of its shard (one task
 //! per session and shard). A lane keeps the session's order where it matters,
-//! key by key: writes are proposed in arrival order and pipelined; reads run
+//! key by key: writes are proposed in arrival order and pipelined (one slow
+//! to propose, a model checked first or a write logged in parts, holds up
+//! only the writes behind it, see [`order::slow_to_submit`]); reads run
 //! together; a command waits for earlier unfinished ones that write a key it
 //! touches (or read a key it writes) — so a client never misses its own
 //! write nor sees a later one. Model runs read their inputs, run off the
@@ -28,12 +30,12 @@ use tessera_common::error::code_of;
 use tessera_common::reply::Reply;
 use tessera_proto::parts::{Joiner, Outgoing};
 use tessera_proto::v1::{response, Redirect, RequestBatch, ResponseBatch};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tracing::{debug, trace, warn};
 
 use crate::service::NodeState;
-use crate::shard::{Outcome, Shard};
+use crate::shard::{Outcome, Shard, Submitted};
 
 /// What a session sends back: a response, or a long reply's encoding in
 /// pieces (sent in parts, see [`tessera_proto::parts`]).
@@ -76,153 +78,8 @@ type Done = (u64, u64, Outcome);
 /// The queue into one lane: request id and command.
 type LaneTx = mpsc::Sender<(u64, NodeCommand)>;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Read,
-    /// A logged write: writes are proposed in arrival order, so two writes
-    /// never need to wait for each other.
-    Write,
-    /// A model run: reads its model and inputs, later writes its outputs.
-    Exec,
-}
-
-/// What an in-flight command touches.
-#[derive(Debug)]
-struct Access {
-    kind: Kind,
-    /// Keyspace-wide (KEYS, SCAN, FLUSHALL, ...): touches every key.
-    all: bool,
-    reads: Vec<Bytes>,
-    writes: Vec<Bytes>,
-}
-
-impl Access {
-    fn of(cmd: &NodeCommand) -> Access {
-        let kind = if cmd.is_exec() {
-            Kind::Exec
-        } else if cmd.is_write() {
-            Kind::Write
-        } else {
-            Kind::Read
-        };
-        let all = !cmd.has_keys();
-        let keys = || cmd.keys().cloned().collect::<Vec<_>>();
-        let (reads, writes) = match kind {
-            Kind::Read => (keys(), Vec::new()),
-            Kind::Write => (Vec::new(), keys()),
-            Kind::Exec => {
-                let writes: Vec<Bytes> = cmd.written_keys().unwrap_or_default().into_iter().cloned().collect();
-                let reads = keys().into_iter().filter(|k| !writes.contains(k)).collect();
-                (reads, writes)
-            }
-        };
-        Access { kind, all, reads, writes }
-    }
-
-    /// Whether `self` must wait for `other` (in flight) to finish: they
-    /// touch a common key and one of them writes it. Reads never wait for
-    /// reads; writes never wait for writes (the log orders them). The
-    /// rule [`Flights`] indexes; tests check the index against it.
-    #[cfg(test)]
-    fn conflicts(&self, other: &Access) -> bool {
-        if !self.kind.may_conflict(other.kind) {
-            return false;
-        }
-        if self.all || other.all {
-            return true;
-        }
-        let hit = |a: &[Bytes], b: &[Bytes]| a.iter().any(|k| b.contains(k));
-        hit(&self.writes, &other.reads) || hit(&self.writes, &other.writes) || hit(&other.writes, &self.reads)
-    }
-}
-
-impl Kind {
-    const ALL: [Kind; 3] = [Kind::Read, Kind::Write, Kind::Exec];
-
-    /// Whether commands of these kinds can conflict at all.
-    fn may_conflict(self, other: Kind) -> bool {
-        !matches!((self, other), (Kind::Read, Kind::Read) | (Kind::Write, Kind::Write))
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// How the commands in flight use one key.
-#[derive(Default, Clone, Copy, Debug)]
-struct Uses {
-    /// Read by reads and by model runs.
-    read: u32,
-    /// Written by writes.
-    written_by_write: u32,
-    /// Written by model runs.
-    written_by_exec: u32,
-}
-
-/// A lane's commands in flight, indexed by key: whether a command must
-/// wait is found from its own keys, not by comparing it with every command
-/// in flight (a router multiplexes all its clients into one session, so a
-/// lane can hold thousands).
-#[derive(Default)]
-struct Flights {
-    by_slot: HashMap<u64, Access>,
-    keys: HashMap<Bytes, Uses>,
-    /// Commands in flight by kind, and those among them keyspace-wide.
-    kinds: [u32; 3],
-    all: [u32; 3],
-}
-
-impl Flights {
-    /// Whether `a` must wait for a command in flight ([`Access::conflicts`]
-    /// with any of them).
-    fn blocks(&self, a: &Access) -> bool {
-        let compatible = |counts: &[u32; 3]| Kind::ALL.iter().any(|k| a.kind.may_conflict(*k) && counts[k.index()] > 0);
-        if compatible(&self.all) || (a.all && compatible(&self.kinds)) {
-            return true;
-        }
-        let uses = |k: &Bytes| self.keys.get(k).copied().unwrap_or_default();
-        // A key `a` writes: any reader conflicts (`a` is a write or a run,
-        // never a read); so does any run writing it, and a write writing it
-        // unless `a` is a write too.
-        a.writes
-            .iter()
-            .map(uses)
-            .any(|u| u.read > 0 || u.written_by_exec > 0 || (a.kind != Kind::Write && u.written_by_write > 0))
-            || a.reads.iter().map(uses).any(|u| u.written_by_write > 0 || u.written_by_exec > 0)
-    }
-
-    fn insert(&mut self, slot: u64, a: Access) {
-        self.count(&a, |n| *n += 1);
-        self.by_slot.insert(slot, a);
-    }
-
-    fn remove(&mut self, slot: u64) {
-        if let Some(a) = self.by_slot.remove(&slot) {
-            self.count(&a, |n| *n -= 1);
-        }
-    }
-
-    fn count(&mut self, a: &Access, mut f: impl FnMut(&mut u32)) {
-        f(&mut self.kinds[a.kind.index()]);
-        if a.all {
-            f(&mut self.all[a.kind.index()]);
-        }
-        for (keys, read) in [(&a.reads, true), (&a.writes, false)] {
-            for k in keys {
-                let u = self.keys.entry(k.clone()).or_default();
-                f(match (read, a.kind) {
-                    (true, _) => &mut u.read,
-                    (false, Kind::Exec) => &mut u.written_by_exec,
-                    (false, _) => &mut u.written_by_write,
-                });
-                if u.read == 0 && u.written_by_write == 0 && u.written_by_exec == 0 {
-                    self.keys.remove(k);
-                }
-            }
-        }
-    }
-}
+mod order;
+use order::{Access, Flights, Kind};
 
 /// One shard's share of one session (see the module docs for the ordering
 /// rules): commands start in arrival order; one that touches a key an
@@ -234,6 +91,12 @@ async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCommand)>, out
     let mut flights = Flights::default();
     let mut next_slot = 0u64;
     let mut open = true;
+    // Writes are submitted to the group one after another, in arrival order
+    // (so they are logged in that order), each once the one before it has
+    // been: a write that takes long to submit (a model checked before it is
+    // logged, a large value logged in parts) holds up the writes behind it,
+    // but not the lane's reads, runs and replies.
+    let mut submitted_before: Option<oneshot::Receiver<()>> = None;
     loop {
         // Start whatever the ordering rules allow, front first.
         while let Some((_, _, access, _)) = queue.front() {
@@ -248,10 +111,28 @@ async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCommand)>, out
             let s = shard.clone();
             let fut = match access.kind {
                 Kind::Write => {
-                    // Queued in the group before the next command starts, so
-                    // writes are logged in arrival order.
-                    let submitted = shard.submit(cmd).await;
+                    let before = submitted_before.take();
+                    let (done, after) = oneshot::channel();
+                    submitted_before = Some(after);
+                    let slow = order::slow_to_submit(&cmd);
                     async move {
+                        if let Some(before) = before {
+                            // (An error: the write before it was dropped
+                            // with the lane, as this one is about to be.)
+                            let _ = before.await;
+                        }
+                        let submitted = if slow {
+                            // On a task of its own: its synchronous steps
+                            // (laying a model out, cutting a write into
+                            // parts) would otherwise stop the whole lane.
+                            let s = s.clone();
+                            tokio::spawn(async move { s.submit(cmd).await }).await.unwrap_or_else(|e| {
+                                Submitted::Done(Outcome::Reply(Reply::err(format!("ERR internal: {e}"))))
+                            })
+                        } else {
+                            s.submit(cmd).await
+                        };
+                        let _ = done.send(());
                         let o = s.finish(submitted).await;
                         record(name, &o, start);
                         (slot, id, o)
@@ -509,77 +390,4 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     };
     writer.close(&why);
     debug!(?peer, reason = %why, "session link closed");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A small deterministic generator (xorshift), so a failure replays.
-    struct Gen(u64);
-
-    impl Gen {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-
-        fn keys(&mut self) -> Vec<Bytes> {
-            (0..self.below(3)).map(|_| Bytes::from(format!("k{}", self.below(5)))).collect()
-        }
-
-        fn access(&mut self) -> Access {
-            let kind = Kind::ALL[self.below(3) as usize];
-            let all = self.below(12) == 0;
-            let (reads, writes) = match kind {
-                Kind::Read => (self.keys(), Vec::new()),
-                Kind::Write => (Vec::new(), self.keys()),
-                Kind::Exec => {
-                    let writes = self.keys();
-                    (self.keys().into_iter().filter(|k| !writes.contains(k)).collect(), writes)
-                }
-            };
-            Access { kind, all: all && reads.is_empty() && writes.is_empty(), reads, writes }
-        }
-    }
-
-    #[test]
-    fn the_key_index_blocks_exactly_what_the_pairwise_rule_does() {
-        let mut g = Gen(0x9e37_79b9_7f4a_7c15);
-        let mut flights = Flights::default();
-        let (mut next, mut blocked, mut free) = (0u64, 0, 0);
-        for _ in 0..20_000 {
-            let a = g.access();
-            let expected = flights.by_slot.values().any(|f| a.conflicts(f));
-            assert_eq!(
-                flights.blocks(&a),
-                expected,
-                "{a:?} against {:?}",
-                flights.by_slot.values().collect::<Vec<_>>()
-            );
-            if expected {
-                blocked += 1
-            } else {
-                free += 1
-            }
-            // Start it anyway (the index must hold any mix), or finish one.
-            if g.below(2) == 0 || flights.by_slot.is_empty() {
-                flights.insert(next, a);
-                next += 1;
-            } else {
-                let slots: Vec<u64> = flights.by_slot.keys().copied().collect();
-                flights.remove(slots[g.below(slots.len() as u64) as usize]);
-            }
-        }
-        assert!(blocked > 1000 && free > 1000, "both outcomes exercised: {blocked} blocked, {free} free");
-        for slot in flights.by_slot.keys().copied().collect::<Vec<_>>() {
-            flights.remove(slot);
-        }
-        assert!(
-            flights.keys.is_empty() && flights.kinds == [0; 3] && flights.all == [0; 3],
-            "all counts return to zero"
-        );
-    }
 }
