@@ -177,18 +177,26 @@ async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCommand)>, out
     }
 }
 
-/// Batches every response ready at poll time into one message.
-/// A long reply goes alone, in parts (see [`tessera_proto::parts`]).
+/// Batches every response ready at poll time into one message. Long
+/// replies go in parts (see [`tessera_proto::parts`]), one reply after
+/// another, with the short replies ready by then between their parts.
 struct ResponseStream {
     rx: mpsc::Receiver<Out>,
-    sending: Option<Outgoing<()>>,
+    /// Whether `rx` has closed (every lane and the reader are gone).
+    closed: bool,
+    /// Long replies going out in parts, one after another.
+    longs: VecDeque<Outgoing<()>>,
+    /// Whether the last message was a part: replies ready since then go
+    /// before the next part, so a long reply (a model's bytes) holds up the
+    /// session's other replies by a part at most, not by all of itself.
+    part_last: bool,
     _guard: SessionGuard,
 }
 
 impl ResponseStream {
-    /// The next part of the long reply being sent, alone in a message.
+    /// The next part of the long reply in front, alone in a message.
     fn next_part(&mut self) -> Option<ResponseBatch> {
-        let out = self.sending.as_mut()?;
+        let out = self.longs.front_mut()?;
         let (part, last) = out.next_part();
         let r = tessera_proto::v1::Response {
             id: out.id,
@@ -196,9 +204,42 @@ impl ResponseStream {
             total_len: out.total,
         };
         if last {
-            self.sending = None;
+            self.longs.pop_front();
         }
         Some(ResponseBatch { responses: vec![r] })
+    }
+
+    /// Every short reply ready now, in one message (long ones join
+    /// `longs`); `None` when none is.
+    fn ready_replies(&mut self, cx: &mut Context<'_>) -> Option<ResponseBatch> {
+        let mut responses = Vec::new();
+        // At most about a part's worth of bytes per message, so the
+        // router's receive buffer stays that small too.
+        let mut bytes = 0;
+        while !self.closed && responses.len() < 1024 && bytes < tessera_proto::parts::PART_BYTES {
+            let r = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Out::One(r))) => r,
+                Poll::Ready(Some(Out::Long { id, pieces })) => {
+                    self.longs.push_back(Outgoing::from_pieces(id, (), pieces));
+                    continue;
+                }
+                Poll::Ready(None) => {
+                    self.closed = true;
+                    break;
+                }
+                Poll::Pending => break,
+            };
+            match r.result {
+                Some(response::Result::Reply(b)) if b.len() > tessera_proto::parts::PART_BYTES => {
+                    self.longs.extend(Outgoing::new(r.id, (), b).ok());
+                    continue;
+                }
+                Some(response::Result::Reply(ref b)) => bytes += b.len(),
+                _ => {}
+            }
+            responses.push(r);
+        }
+        (!responses.is_empty()).then_some(ResponseBatch { responses })
     }
 }
 
@@ -206,45 +247,22 @@ impl Stream for ResponseStream {
     type Item = Result<ResponseBatch, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(part) = self.next_part() {
+        let this = &mut *self;
+        if this.part_last || this.longs.is_empty() {
+            if let Some(batch) = this.ready_replies(cx) {
+                this.part_last = false;
+                return Poll::Ready(Some(Ok(batch)));
+            }
+        }
+        if let Some(part) = this.next_part() {
+            this.part_last = true;
             return Poll::Ready(Some(Ok(part)));
         }
-        let mut next = match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(r)) => Some(r),
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        let mut responses = Vec::new();
-        // At most about a part's worth of bytes per message, so the
-        // router's receive buffer stays that small too.
-        let mut bytes = 0;
-        while let Some(r) = next.take() {
-            let r = match r {
-                Out::One(r) => r,
-                Out::Long { id, pieces } => {
-                    // Goes after the replies before it, in parts.
-                    self.sending = Some(Outgoing::from_pieces(id, (), pieces));
-                    break;
-                }
-            };
-            match r.result {
-                Some(response::Result::Reply(b)) if b.len() > tessera_proto::parts::PART_BYTES => {
-                    // Goes after the replies before it, in parts.
-                    self.sending = Outgoing::new(r.id, (), b).ok();
-                    break;
-                }
-                Some(response::Result::Reply(ref b)) => bytes += b.len(),
-                _ => {}
-            }
-            responses.push(r);
-            if responses.len() < 1024 && bytes < tessera_proto::parts::PART_BYTES {
-                next = self.rx.try_recv().ok();
-            }
+        // Nothing long to send, and no reply ready: `rx` has the waker.
+        match this.closed {
+            true => Poll::Ready(None),
+            false => Poll::Pending,
         }
-        if responses.is_empty() {
-            return Poll::Ready(self.next_part().map(Ok));
-        }
-        Poll::Ready(Some(Ok(ResponseBatch { responses })))
     }
 }
 
@@ -328,7 +346,7 @@ pub(crate) fn serve(
 ) -> impl Stream<Item = Result<ResponseBatch, Status>> + Send {
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(read_session(state, inbound, tx, peer));
-    ResponseStream { rx, sending: None, _guard: SessionGuard { peer } }
+    ResponseStream { rx, closed: false, longs: VecDeque::new(), part_last: false, _guard: SessionGuard { peer } }
 }
 
 /// Serves one router session that came as a link

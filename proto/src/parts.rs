@@ -7,7 +7,10 @@
 //! good. So a command or reply longer than [`PART_BYTES`] goes in parts of
 //! at most that size, each alone in a message, in order, under one id, each
 //! carrying the whole's length (`total_len`); the receiver joins them into
-//! one buffer of exactly that length.
+//! one buffer of exactly that length. Other messages go between the parts,
+//! so a long one holds up the rest of its session by a part, not by all of
+//! itself (a router keeps a long command's place in its slot's order: see
+//! its `backend::outbound`).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};

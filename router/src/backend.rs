@@ -21,9 +21,9 @@ use futures::Stream;
 use parking_lot::Mutex;
 use tessera_common::reply::Reply;
 use tessera_proto::link::{self, Answer, FrameReader, Writer};
-use tessera_proto::parts::{Joiner, Outgoing};
+use tessera_proto::parts::Joiner;
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
-use tessera_proto::v1::{request, response, Request, RequestBatch, ResponseBatch};
+use tessera_proto::v1::{request, response, RequestBatch, ResponseBatch};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -151,28 +151,16 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
 }
 
 /// The request side of a session: each poll drains everything queued into
-/// one batch, registering each request's reply slot under a fresh id. It is
+/// one batch, registering each request's reply slot under a fresh id, with
+/// long commands going in parts between batches (see [`outbound`]). It is
 /// polled by what writes the session (a link's pump, or the HTTP/2
 /// connection itself), so no task sits in between.
 struct BatchStream {
     rx: Queue,
     in_flight: InFlight,
     next_id: u64,
-    /// A long command going out in parts (see [`tessera_proto::parts`]).
-    sending: Option<Outgoing<request::Target>>,
-}
-
-impl BatchStream {
-    /// The next part of the long command being sent, alone in a message.
-    fn next_part(&mut self) -> Option<RequestBatch> {
-        let out = self.sending.as_mut()?;
-        let (command, last) = out.next_part();
-        let r = Request { id: out.id, target: Some(out.meta), command, total_len: out.total };
-        if last {
-            self.sending = None;
-        }
-        Some(RequestBatch { requests: vec![r] })
-    }
+    closed: bool,
+    outbound: Outbound,
 }
 
 impl Stream for BatchStream {
@@ -180,42 +168,42 @@ impl Stream for BatchStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RequestBatch>> {
         let this = self.get_mut();
-        if let Some(part) = this.next_part() {
+        let mut requests = Vec::new();
+        this.outbound.released(&mut requests);
+        if this.outbound.short_turn() && !this.closed {
+            let mut bytes: usize = requests.iter().map(|r| r.command.len()).sum();
+            let mut rx = this.rx.lock();
+            let mut map = this.in_flight.lock();
+            while requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
+                let q = match rx.poll_recv(cx) {
+                    Poll::Ready(Some(q)) => q,
+                    Poll::Ready(None) => {
+                        this.closed = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                };
+                this.next_id += 1;
+                map.insert(this.next_id, q.reply);
+                if let Some(r) = this.outbound.admit(this.next_id, q.target, q.command) {
+                    bytes += r.command.len();
+                    requests.push(r);
+                }
+            }
+        }
+        if !requests.is_empty() {
+            this.outbound.sent_short();
+            metrics::histogram!("tessera_router_batch_requests").record(requests.len() as f64);
+            return Poll::Ready(Some(RequestBatch { requests }));
+        }
+        if let Some(part) = this.outbound.next_part() {
             return Poll::Ready(Some(part));
         }
-        let mut rx = this.rx.lock();
-        let mut next = match rx.poll_recv(cx) {
-            Poll::Ready(Some(q)) => Some(q),
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        let mut requests = Vec::with_capacity(16);
-        let mut bytes = 0;
-        let mut map = this.in_flight.lock();
-        while let Some(q) = next.take() {
-            this.next_id += 1;
-            map.insert(this.next_id, q.reply);
-            match Outgoing::new(this.next_id, q.target, q.command) {
-                Ok(long) => {
-                    // Goes after the commands before it, in parts.
-                    this.sending = Some(long);
-                    break;
-                }
-                Err((target, command)) => {
-                    bytes += command.len();
-                    requests.push(Request { id: this.next_id, target: Some(target), command, total_len: 0 });
-                }
-            }
-            if requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
-                next = rx.try_recv().ok();
-            }
+        // Nothing to send: the queue has the waker, unless it has closed.
+        match this.closed && this.outbound.is_empty() {
+            true => Poll::Ready(None),
+            false => Poll::Pending,
         }
-        drop((map, rx));
-        if requests.is_empty() {
-            return Poll::Ready(this.next_part());
-        }
-        metrics::histogram!("tessera_router_batch_requests").record(requests.len() as f64);
-        Poll::Ready(Some(RequestBatch { requests }))
     }
 }
 
@@ -229,7 +217,13 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
         Err(e) => anyhow::bail!(e),
     };
     let in_flight: InFlight = Arc::default();
-    let outbound = BatchStream { rx: rx.clone(), in_flight: in_flight.clone(), next_id: 0, sending: None };
+    let outbound = BatchStream {
+        rx: rx.clone(),
+        in_flight: in_flight.clone(),
+        next_id: 0,
+        closed: false,
+        outbound: Outbound::default(),
+    };
     let result = match link {
         Some(stream) => link_session(addr, stream, outbound, &in_flight, connected).await,
         None => grpc_session(addr, outbound, &in_flight, connected).await,
@@ -392,6 +386,9 @@ fn decode_reply(b: &bytes::Bytes) -> Reply {
     };
     decoded.unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}")))
 }
+
+mod outbound;
+use outbound::Outbound;
 
 #[cfg(test)]
 mod tests;

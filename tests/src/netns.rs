@@ -185,6 +185,28 @@ impl NetCluster {
         Ok(())
     }
 
+    /// Limits the bandwidth of node `id`'s link to `mbit` Mbit/s, in what it
+    /// receives (`inbound`: from the router and its peers) or what it sends;
+    /// `None` lifts the limit.
+    pub fn limit_rate(&self, id: usize, inbound: bool, mbit: Option<u32>) -> anyhow::Result<()> {
+        // What the node receives leaves the bridge through the host's end of
+        // its veth; what it sends leaves through its own end.
+        let (ns, _) = &self.nodes[id - 1];
+        let mut tc: Vec<&str> = match inbound {
+            true => vec!["tc", "qdisc"],
+            false => vec!["ip", "netns", "exec", ns, "tc", "qdisc"],
+        };
+        let dev = if inbound { self.veths[id - 1].as_str() } else { "eth0" };
+        let rate = mbit.map(|m| format!("{m}mbit"));
+        match &rate {
+            Some(rate) => {
+                tc.extend(["replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "100ms"])
+            }
+            None => tc.extend(["del", "dev", dev, "root"]),
+        }
+        sh(&tc)
+    }
+
     /// Removes node `id`'s partition rules.
     pub fn heal(&self, id: usize) -> anyhow::Result<()> {
         let (ns, _) = &self.nodes[id - 1];

@@ -6,6 +6,7 @@ use super::*;
 use futures::StreamExt;
 use prost::Message;
 use std::sync::atomic::AtomicUsize;
+use tessera_proto::parts::Outgoing;
 use tessera_proto::v1::node_server::{Node, NodeServer};
 use tessera_proto::v1::{Response, ResponseBatch, ShardsRequest, ShardsResponse};
 use tokio::net::TcpListener;
