@@ -216,7 +216,9 @@ impl ResponseStream {
         // At most about a part's worth of bytes per message, so the
         // router's receive buffer stays that small too.
         let mut bytes = 0;
-        while !self.closed && responses.len() < 1024 && bytes < tessera_proto::parts::PART_BYTES {
+        // (With a few long replies waiting, the lanes wait too.)
+        while !self.closed && responses.len() < 1024 && bytes < tessera_proto::parts::PART_BYTES && self.longs.len() < 4
+        {
             let r = match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Out::One(r))) => r,
                 Poll::Ready(Some(Out::Long { id, pieces })) => {

@@ -163,18 +163,32 @@ struct BatchStream {
     outbound: Outbound,
 }
 
+impl Drop for BatchStream {
+    /// What it still held never reached the node whole, so never ran: safe
+    /// to send elsewhere (what went out gets `TRYAGAIN` from [`session`]).
+    fn drop(&mut self) {
+        let mut map = self.in_flight.lock();
+        for id in self.outbound.unsent() {
+            if let Some(w) = map.remove(&id) {
+                let _ = w.tx.send(NodeReply::Unreachable("node session closed before the command was sent".into()));
+            }
+        }
+    }
+}
+
 impl Stream for BatchStream {
     type Item = RequestBatch;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RequestBatch>> {
         let this = self.get_mut();
         let mut requests = Vec::new();
-        this.outbound.released(&mut requests);
-        if this.outbound.short_turn() && !this.closed {
-            let mut bytes: usize = requests.iter().map(|r| r.command.len()).sum();
+        let mut bytes = this.outbound.released(&mut requests, BATCH_MAX_REQUESTS, BATCH_MAX_BYTES);
+        // (Commands released earlier go first, all of them, before any
+        // taken from the queue.)
+        if this.outbound.short_turn() && !this.outbound.releasing() && !this.closed {
             let mut rx = this.rx.lock();
             let mut map = this.in_flight.lock();
-            while requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES {
+            while requests.len() < BATCH_MAX_REQUESTS && bytes < BATCH_MAX_BYTES && this.outbound.has_room() {
                 let q = match rx.poll_recv(cx) {
                     Poll::Ready(Some(q)) => q,
                     Poll::Ready(None) => {

@@ -73,7 +73,8 @@ impl Access {
 /// (see `Shard::submit`).
 pub(super) fn slow_to_submit(cmd: &NodeCommand) -> bool {
     matches!(cmd, NodeCommand::ModelStore { .. })
-        || postcard::experimental::serialized_size(cmd).unwrap_or(usize::MAX) > crate::shard::CHUNK_BYTES
+        // (Logged, it is a few bytes longer.)
+        || postcard::experimental::serialized_size(cmd).unwrap_or(usize::MAX) + 64 > crate::shard::CHUNK_BYTES
 }
 
 impl Kind {

@@ -18,6 +18,12 @@ use bytes::Bytes;
 use tessera_proto::parts::Outgoing;
 use tessera_proto::v1::{request, Request, RequestBatch};
 
+/// Most long commands, short commands and bytes of short commands held
+/// before the session's queue is left to fill.
+const HELD_LONGS: usize = 2;
+const HELD_COMMANDS: usize = 8192;
+const HELD_BYTES: usize = 64 << 20;
+
 enum Held {
     Short(Request),
     Long(Outgoing<request::Target>),
@@ -40,6 +46,9 @@ pub(super) struct Outbound {
     /// How many of those name each slot, and how many name a shard.
     slots: HashMap<u32, u32>,
     shards: u32,
+    /// How many long commands are held, and the bytes of the short ones.
+    longs: usize,
+    short_bytes: usize,
     /// Whether the last message sent was a part: short commands ready go
     /// before the next part, so a long command (a model upload) holds up
     /// the session by a part at most, not by all of itself.
@@ -51,7 +60,10 @@ impl Outbound {
     /// back; anything else waits its turn here.
     pub(super) fn admit(&mut self, id: u64, target: request::Target, command: Bytes) -> Option<Request> {
         let held = match Outgoing::new(id, target, command) {
-            Ok(long) => Held::Long(long),
+            Ok(long) => {
+                self.longs += 1;
+                Held::Long(long)
+            }
             Err((target, command)) => {
                 let free = match target {
                     request::Target::Slot(s) => self.shards == 0 && !self.slots.contains_key(&s),
@@ -61,6 +73,7 @@ impl Outbound {
                 if free {
                     return Some(r);
                 }
+                self.short_bytes += r.command.len();
                 Held::Short(r)
             }
         };
@@ -70,18 +83,44 @@ impl Outbound {
     }
 
     /// The short commands whose turn has come (those that were behind a
-    /// long command now sent whole).
-    pub(super) fn released(&mut self, into: &mut Vec<Request>) {
-        while let Some(Held::Short(_)) = self.queue.front() {
+    /// long command now sent whole), up to `max` of them or `max_bytes`;
+    /// the bytes taken.
+    pub(super) fn released(&mut self, into: &mut Vec<Request>, max: usize, max_bytes: usize) -> usize {
+        let mut bytes = 0;
+        while into.len() < max && bytes < max_bytes {
+            let Some(Held::Short(_)) = self.queue.front() else { break };
             let Some(Held::Short(r)) = self.queue.pop_front() else { unreachable!() };
             self.count(r.target, false);
+            bytes += r.command.len();
+            self.short_bytes -= r.command.len();
             into.push(r);
         }
+        bytes
     }
 
     /// Whether short commands go next (else a part does).
     pub(super) fn short_turn(&self) -> bool {
         self.part_last || !matches!(self.queue.front(), Some(Held::Long(_)))
+    }
+
+    /// Whether more may be taken from the session's queue: while this much
+    /// is held, callers meet a full queue (and `BUSY`) instead.
+    pub(super) fn has_room(&self) -> bool {
+        self.longs < HELD_LONGS && self.short_bytes < HELD_BYTES && self.queue.len() < HELD_COMMANDS
+    }
+
+    /// Whether commands released earlier still wait at the front.
+    pub(super) fn releasing(&self) -> bool {
+        matches!(self.queue.front(), Some(Held::Short(_)))
+    }
+
+    /// The ids of everything held: none of it has reached the node whole,
+    /// so none of it can have run there.
+    pub(super) fn unsent(&self) -> impl Iterator<Item = u64> + '_ {
+        self.queue.iter().map(|h| match h {
+            Held::Short(r) => r.id,
+            Held::Long(o) => o.id,
+        })
     }
 
     /// Notes that a batch of short commands went out.
@@ -97,6 +136,7 @@ impl Outbound {
         if last {
             self.queue.pop_front();
             self.count(r.target, false);
+            self.longs -= 1;
         }
         self.part_last = true;
         Some(RequestBatch { requests: vec![r] })
@@ -143,7 +183,7 @@ mod tests {
         let mut pending = vec![first, more].into_iter();
         loop {
             let mut batch = Vec::new();
-            o.released(&mut batch);
+            o.released(&mut batch, usize::MAX, usize::MAX);
             if o.short_turn() {
                 for (id, target, len) in pending.next().unwrap_or_default() {
                     batch.extend(o.admit(id, target, Bytes::from(vec![0u8; len])));
@@ -210,6 +250,38 @@ mod tests {
         assert_eq!(o.next_part().unwrap().requests[0].total_len, LONG as u64);
         // Held counts return to zero once all is sent.
         while o.next_part().is_some() {}
-        assert!(o.is_empty() && o.slots.is_empty() && o.shards == 0);
+        assert!(o.is_empty() && o.slots.is_empty() && o.shards == 0 && o.longs == 0 && o.short_bytes == 0);
+    }
+
+    #[test]
+    fn released_commands_go_in_batches_of_bounded_size() {
+        let mut o = Outbound::default();
+        assert!(o.admit(1, Slot(7), Bytes::from(vec![0u8; LONG])).is_none());
+        for id in 2..12 {
+            assert!(o.admit(id, Slot(7), Bytes::from(vec![0u8; PART_BYTES])).is_none(), "held behind 1");
+        }
+        assert_eq!(o.unsent().collect::<Vec<_>>(), (1..12).collect::<Vec<_>>());
+        while o.next_part().is_some() {}
+        let mut sizes = Vec::new();
+        while o.releasing() {
+            let mut batch = Vec::new();
+            let bytes = o.released(&mut batch, 512, 2 * PART_BYTES);
+            assert!(bytes < 2 * PART_BYTES + PART_BYTES, "a batch stops at its byte limit");
+            sizes.push(batch.len());
+        }
+        assert_eq!(sizes, vec![2, 2, 2, 2, 2]);
+        assert!(o.is_empty() && o.short_bytes == 0);
+    }
+
+    #[test]
+    fn a_full_hold_stops_taking_commands() {
+        let mut o = Outbound::default();
+        assert!(o.has_room());
+        o.admit(1, Slot(7), Bytes::from(vec![0u8; LONG]));
+        assert!(o.has_room());
+        o.admit(2, Slot(8), Bytes::from(vec![0u8; LONG]));
+        assert!(!o.has_room(), "two long commands held");
+        while o.next_part().is_some() {}
+        assert!(o.has_room());
     }
 }
