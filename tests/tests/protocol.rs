@@ -73,6 +73,45 @@ fn pipelined_replies_come_back_in_order() {
     assert_eq!(r.read().unwrap(), "+PONG\r\n");
 }
 
+/// Long commands (over 4 MiB) go to the node in parts, and commands for
+/// other slots overtake them; a pipeline still sees its own writes: a read
+/// of the same slot, or a whole-shard command, comes after a long write.
+#[test]
+fn a_pipeline_sees_its_own_long_writes() {
+    let c = cluster();
+    let mut r = Resp::connect(c.plain).unwrap();
+    assert_eq!(r.cmd(&["FLUSHALL"]).unwrap(), "+OK\r\n");
+    let values: Vec<Vec<u8>> = [(b'a', 6), (b'b', 9), (b'c', 5)].iter().map(|&(b, mb)| vec![b; mb << 20]).collect();
+    let mut batch: Vec<&[&[u8]]> = Vec::new();
+    let sets: Vec<[&[u8]; 3]> = values.iter().map(|v| [&b"SET"[..], &b"L{1}"[..], &v[..]]).collect();
+    batch.push(&sets[0]);
+    batch.push(&[b"INCR", b"{5}c"]); // another slot of the shard: may overtake
+    batch.push(&[b"DBSIZE"]); // every shard: after both
+    batch.push(&sets[1]);
+    batch.push(&[b"GET", b"L{1}"]);
+    batch.push(&sets[2]);
+    batch.push(&[b"GET", b"L{1}"]);
+    batch.push(&[b"INCR", b"{5}c"]);
+    for cmd in &batch {
+        r.send(cmd).unwrap();
+    }
+    let bulk = |v: &[u8]| format!("${}\r\n{}\r\n", v.len(), String::from_utf8_lossy(v));
+    let expected = [
+        "+OK\r\n".to_string(),
+        ":1\r\n".into(),
+        ":2\r\n".into(),
+        "+OK\r\n".into(),
+        bulk(&values[1]),
+        "+OK\r\n".into(),
+        bulk(&values[2]),
+        ":2\r\n".into(),
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        let got = r.read().unwrap();
+        assert!(got == *want, "reply {i}: {}... (want {}...)", &got[..got.len().min(40)], &want[..want.len().min(40)]);
+    }
+}
+
 #[test]
 fn bad_input_gets_redis_errors_and_loses_nothing() {
     let c = cluster();
