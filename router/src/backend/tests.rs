@@ -209,3 +209,55 @@ async fn a_session_with_a_node_of_the_previous_release_goes_by_grpc() {
     round_trips(grpc_node(sessions.clone()).await).await;
     assert_eq!(sessions.load(Ordering::Relaxed), 1);
 }
+
+/// A node that completes the handshake and closes the session as soon as
+/// the first part of a long command arrives, answering nothing.
+async fn node_closing_at_a_part() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let s = Arc::new(s);
+                let writer = Writer::new(s.clone());
+                writer.send(link::SESSION).unwrap();
+                let mut frames = FrameReader::new(s, link::SESSION.len(), link::SESSION_FRAME_MAX);
+                while let Ok(f) = frames.next().await {
+                    if f.kind != link::KIND_BATCH {
+                        continue;
+                    }
+                    let batch = RequestBatch::decode(f.payload).unwrap();
+                    if batch.requests.iter().any(|r| r.total_len > 0) {
+                        writer.close("a part arrived");
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_held_behind_a_long_one_fail_over_when_the_session_ends() {
+    let client = NodeClient::spawn(node_closing_at_a_part().await);
+    while !client.is_connected() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // 64 MiB: far more parts than the link queues before the node is gone.
+    let long = client.call(request::Target::Slot(1), vec![7u8; 64 << 20].into());
+    let same_slot = client.call(request::Target::Slot(1), "after".into());
+    let shard_wide = client.call(request::Target::Shard(0), "keys".into());
+    let reply = |rx: oneshot::Receiver<NodeReply>| async move {
+        tokio::time::timeout(Duration::from_secs(30), rx).await.expect("answered").unwrap()
+    };
+    // None of them reached the node whole: safe to send elsewhere.
+    for (what, rx) in
+        [("the long command", long), ("a command of its slot", same_slot), ("a shard-wide one", shard_wide)]
+    {
+        match reply(rx).await {
+            NodeReply::Unreachable(_) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
