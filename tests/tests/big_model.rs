@@ -160,6 +160,18 @@ fn big_model_in_chunks_survives_a_full_restart() {
     println!("FIGURE big model {size_mb:.0} MiB: worst peak RSS {worst:.0} MiB = {:.2} x model", worst / size_mb);
 }
 
+/// Stores `model` as `big{1}` on a thread of its own: when it started and
+/// when it was answered.
+fn store_in_background(mut con: Connection, model: Vec<u8>) -> std::thread::JoinHandle<(Instant, Instant)> {
+    std::thread::spawn(move || {
+        let mut store = redis::cmd("AI.MODELSTORE");
+        store.arg("big{1}").arg("ONNX").arg("CPU").arg("BLOB").arg(&model[..]);
+        let start = Instant::now();
+        ok(store.query(&mut con));
+        (start, Instant::now())
+    })
+}
+
 /// Reads `key` on `con` until `work` ends (bounded by a deadline should it
 /// never), and returns how long `work` took, how many reads were answered
 /// meanwhile and the longest time with none answered.
@@ -196,15 +208,9 @@ fn a_large_model_store_does_not_hold_up_reads_of_its_shard() {
     let mut reader = connect(&c);
     reader.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     ok(exec(&mut reader, &["SET", "k{1}", "v"]));
-    let mut writer = connect(&c);
+    let writer = connect(&c);
     writer.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
-    let store = std::thread::spawn(move || {
-        let mut store = redis::cmd("AI.MODELSTORE");
-        store.arg("big{1}").arg("ONNX").arg("CPU").arg("BLOB").arg(&model[..]);
-        let start = Instant::now();
-        ok(store.query(&mut writer));
-        (start, Instant::now())
-    });
+    let store = store_in_background(writer, model);
     // Reads of the same slot: the same shard, the same session.
     let (took, reads, gap) = reads_during(&mut reader, "k{1}", store);
     println!(
@@ -254,17 +260,7 @@ fn on_a_slow_link_a_large_model_holds_up_nothing_else() {
     // The upload at MBIT takes at least this long.
     let floor = Duration::from_secs_f64(model.len() as f64 * 8.0 / (MBIT as f64 * 1e6));
     c.limit_rate(2, true, Some(MBIT)).unwrap();
-    let store = {
-        let mut writer = connect();
-        let model = model.clone();
-        std::thread::spawn(move || {
-            let mut store = redis::cmd("AI.MODELSTORE");
-            store.arg("big{1}").arg("ONNX").arg("CPU").arg("BLOB").arg(&model[..]);
-            let start = Instant::now();
-            ok(store.query(&mut writer));
-            (start, Instant::now())
-        })
-    };
+    let store = store_in_background(connect(), model.clone());
     let (took, reads, gap) = reads_during(&mut reader, "k{5}", store);
     println!("FIGURE 48 MiB MODELSTORE over {MBIT} Mbit/s took {took:?}; {reads} GETs of its shard answered meanwhile, longest gap {gap:?}");
     c.limit_rate(2, true, None).unwrap();

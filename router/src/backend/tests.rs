@@ -146,9 +146,9 @@ async fn round_trips(addr: String) {
     futures::future::join_all(calls).await;
 }
 
-/// A node that completes the handshake, then never answers a request;
-/// with `pong`, it sends pings back (as a node's session does).
-async fn mute_node(pong: bool) -> String {
+/// A node that completes the handshake, then hands each frame it gets to
+/// `on_frame` (with its writer) until that returns false.
+async fn fake_node(on_frame: impl Fn(&Writer, link::Frame) -> bool + Copy + Send + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -159,14 +159,26 @@ async fn mute_node(pong: bool) -> String {
                 writer.send(link::SESSION).unwrap();
                 let mut frames = FrameReader::new(s, link::SESSION.len(), link::SESSION_FRAME_MAX);
                 while let Ok(f) = frames.next().await {
-                    if pong && f.kind == link::KIND_PING {
-                        writer.send(&link::encode_frame(&f)).unwrap();
+                    if !on_frame(&writer, f) {
+                        return;
                     }
                 }
             });
         }
     });
     addr
+}
+
+/// A node that never answers a request; with `pong`, it sends pings back
+/// (as a node's session does).
+async fn mute_node(pong: bool) -> String {
+    fake_node(move |writer, f| {
+        if pong && f.kind == link::KIND_PING {
+            writer.send(&link::encode_frame(&f)).unwrap();
+        }
+        true
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,32 +222,18 @@ async fn a_session_with_a_node_of_the_previous_release_goes_by_grpc() {
     assert_eq!(sessions.load(Ordering::Relaxed), 1);
 }
 
-/// A node that completes the handshake and closes the session as soon as
-/// the first part of a long command arrives, answering nothing.
+/// A node that closes the session as soon as the first part of a long
+/// command arrives, answering nothing.
 async fn node_closing_at_a_part() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let s = Arc::new(s);
-                let writer = Writer::new(s.clone());
-                writer.send(link::SESSION).unwrap();
-                let mut frames = FrameReader::new(s, link::SESSION.len(), link::SESSION_FRAME_MAX);
-                while let Ok(f) = frames.next().await {
-                    if f.kind != link::KIND_BATCH {
-                        continue;
-                    }
-                    let batch = RequestBatch::decode(f.payload).unwrap();
-                    if batch.requests.iter().any(|r| r.total_len > 0) {
-                        writer.close("a part arrived");
-                        return;
-                    }
-                }
-            });
+    fake_node(|writer, f| {
+        let part = f.kind == link::KIND_BATCH
+            && RequestBatch::decode(f.payload).unwrap().requests.iter().any(|r| r.total_len > 0);
+        if part {
+            writer.close("a part arrived");
         }
-    });
-    addr
+        !part
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
