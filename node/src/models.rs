@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Condvar, Mutex, RwLock};
 use tessera_backend::{Backend, BackendKind, Device, LoadOptions, Model};
 use tessera_common::blob::Blob;
+use tessera_common::command::NodeCommand;
 use tessera_common::model::{AiConfig, ModelDef};
 use tessera_common::reply::Reply;
 
@@ -306,6 +307,15 @@ impl Registry {
         }
         Reply::ok()
     }
+}
+
+/// [`arrange`] for the model an AI.MODELSTORE carries (any other command
+/// comes back as it is).
+pub fn arrange_command(mut cmd: NodeCommand) -> NodeCommand {
+    if let NodeCommand::ModelStore { model, .. } = &mut cmd {
+        arrange(model);
+    }
+    cmd
 }
 
 /// Lays `def`'s bytes out for its runtime in the memory they lie in, when

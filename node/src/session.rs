@@ -5,7 +5,7 @@
 //! per session and shard). A lane keeps the session's order where it matters,
 //! key by key: writes are proposed in arrival order and pipelined (one slow
 //! to propose, a model checked first or a write logged in parts, holds up
-//! only the writes behind it, see [`order::slow_to_submit`]); reads run
+//! only the writes behind it); reads run
 //! together; a command waits for earlier unfinished ones that write a key it
 //! touches (or read a key it writes) — so a client never misses its own
 //! write nor sees a later one. Model runs read their inputs, run off the
@@ -35,7 +35,7 @@ use tonic::Status;
 use tracing::{debug, trace, warn};
 
 use crate::service::NodeState;
-use crate::shard::{Outcome, Shard, Submitted};
+use crate::shard::{Outcome, Shard};
 
 /// What a session sends back: a response, or a long reply's encoding in
 /// pieces (sent in parts, see [`tessera_proto::parts`]).
@@ -114,24 +114,15 @@ async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCommand)>, out
                     let before = submitted_before.take();
                     let (done, after) = oneshot::channel();
                     submitted_before = Some(after);
-                    let slow = order::slow_to_submit(&cmd);
                     async move {
                         if let Some(before) = before {
                             // (An error: the write before it was dropped
                             // with the lane, as this one is about to be.)
                             let _ = before.await;
                         }
-                        let submitted = if slow {
-                            // On a task of its own: its synchronous steps
-                            // (laying a model out, cutting a write into
-                            // parts) would otherwise stop the whole lane.
-                            let s = s.clone();
-                            tokio::spawn(async move { s.submit(cmd).await }).await.unwrap_or_else(|e| {
-                                Submitted::Done(Outcome::Reply(Reply::err(format!("ERR internal: {e}"))))
-                            })
-                        } else {
-                            s.submit(cmd).await
-                        };
+                        // (Its long steps, a model's load check and layout
+                        // or cutting a write into parts, run off the lane.)
+                        let submitted = s.submit(cmd).await;
                         let _ = done.send(());
                         let o = s.finish(submitted).await;
                         record(name, &o, start);

@@ -196,13 +196,13 @@ impl Shard {
     /// (see [`LogOp::Fenced`]).
     async fn submit_in(&self, mut cmd: NodeCommand, fence: Option<u64>) -> Submitted {
         let mut loaded = None;
-        if let NodeCommand::ModelStore { model, .. } = &mut cmd {
-            // Laid out for its runtime in the buffer it arrived in, if it
-            // is the buffer's only user (so that the check below copies
-            // nothing); logged as the same bytes.
-            if model.blob.len() > crate::raft::HEAVY_BYTES {
-                crate::raft::heavy(|| crate::models::arrange(model));
-            }
+        // Laid out for its runtime in the buffer it arrived in, if it is the
+        // buffer's only user (so that the check below copies nothing);
+        // logged as the same bytes.
+        if matches!(&cmd, NodeCommand::ModelStore { model, .. } if model.blob.len() > crate::raft::HEAVY_BYTES) {
+            cmd = crate::raft::heavy_off(cmd, crate::models::arrange_command).await;
+        }
+        if let NodeCommand::ModelStore { model, .. } = &cmd {
             // Garbage never enters the log: the model must load here first.
             let def = model.clone();
             let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
@@ -234,7 +234,7 @@ impl Shard {
         // parts share the model's bytes, and this replica applies the write
         // as it is here, with the model as loaded above (`LocalWrite`): a
         // leader holds a model it stores once.
-        let parts = crate::raft::heavy(|| crate::raft::encode_parts(&op, CHUNK_BYTES));
+        let (parts, op) = crate::raft::heavy_off(op, |op| (crate::raft::encode_parts(&op, CHUNK_BYTES), op)).await;
         let (id, count) = (rand::random::<u64>(), parts.len() as u32);
         self.local.insert(id, op, loaded);
         // At most CHUNK_WINDOW parts in flight: until it is written, each is

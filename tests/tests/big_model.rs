@@ -257,35 +257,32 @@ fn on_a_slow_link_a_large_model_holds_up_nothing_else() {
     assert!(slot != other && [slot, other].iter().all(|s| (5461..=10922).contains(s)));
     let mut reader = connect();
     ok(exec(&mut reader, &["SET", "k{5}", "v"]));
-    // The upload at MBIT takes at least this long.
+    // The model crosses the link at MBIT: in, then out. Each crossing takes
+    // at least `floor`, and reads of the shard go on meanwhile.
     let floor = Duration::from_secs_f64(model.len() as f64 * 8.0 / (MBIT as f64 * 1e6));
-    c.limit_rate(2, true, Some(MBIT)).unwrap();
-    let store = store_in_background(connect(), model.clone());
-    let (took, reads, gap) = reads_during(&mut reader, "k{5}", store);
-    println!("FIGURE 48 MiB MODELSTORE over {MBIT} Mbit/s took {took:?}; {reads} GETs of its shard answered meanwhile, longest gap {gap:?}");
-    c.limit_rate(2, true, None).unwrap();
-    assert!(took >= floor.mul_f64(0.9), "the upload was not slowed ({took:?}): node 2 does not lead the shard?");
+    let mut slowed = |inbound: bool, what: &str, work: &dyn Fn() -> std::thread::JoinHandle<(Instant, Instant)>| {
+        c.limit_rate(2, inbound, Some(MBIT)).unwrap();
+        let (took, reads, gap) = reads_during(&mut reader, "k{5}", work());
+        println!("FIGURE 48 MiB {what} over {MBIT} Mbit/s took {took:?}; {reads} GETs of its shard answered meanwhile, longest gap {gap:?}");
+        c.limit_rate(2, inbound, None).unwrap();
+        assert!(took >= floor.mul_f64(0.9), "the {what} was not slowed ({took:?}): node 2 does not lead the shard?");
+        assert!(reads >= 10, "too few reads answered during the {what}");
+        assert!(gap < took / 3, "reads stalled for {gap:?} of the {what}'s {took:?}");
+    };
     // Before, the upload held up the router's session to the node (every
     // part went before anything queued after it), then the store held up
-    // its shard's lane. Now a read waits behind what is already queued on
-    // the link (a part, the paced queue, the socket buffers).
-    assert!(reads >= 10, "too few reads answered during the store");
-    assert!(gap < took / 3, "reads stalled for {gap:?} of the store's {took:?}");
-    c.limit_rate(2, false, Some(MBIT)).unwrap();
-    let fetch = {
+    // its shard's lane; the reply held up the session's other replies. Now
+    // a read waits behind what is already queued on the link (a part, the
+    // paced queue, the socket buffers).
+    slowed(true, "MODELSTORE", &|| store_in_background(connect(), model.clone()));
+    let len = model.len();
+    slowed(false, "MODELGET", &|| {
         let mut con = connect();
-        let len = model.len();
         std::thread::spawn(move || {
             let start = Instant::now();
             let v: Value = redis::cmd("AI.MODELGET").arg("big{1}").arg("BLOB").query(&mut con).unwrap();
             assert!(matches!(v, Value::BulkString(ref b) if b.len() == len), "MODELGET BLOB");
             (start, Instant::now())
         })
-    };
-    let (took, reads, gap) = reads_during(&mut reader, "k{5}", fetch);
-    println!("FIGURE 48 MiB MODELGET over {MBIT} Mbit/s took {took:?}; {reads} GETs of its shard answered meanwhile, longest gap {gap:?}");
-    c.limit_rate(2, false, None).unwrap();
-    assert!(took >= floor.mul_f64(0.9), "the reply was not slowed ({took:?})");
-    assert!(reads >= 10, "too few reads answered during the MODELGET");
-    assert!(gap < took / 3, "reads stalled for {gap:?} of the MODELGET's {took:?}");
+    });
 }

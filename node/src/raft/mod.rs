@@ -130,6 +130,16 @@ pub fn heavy<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// [`heavy`] for async code: `f(v)` runs on the blocking pool, so the task
+/// awaiting it goes on polling whatever else it drives (a session lane's
+/// other commands) meanwhile.
+pub async fn heavy_off<T: Send + 'static, R: Send + 'static>(v: T, f: impl FnOnce(T) -> R + Send + 'static) -> R {
+    match tokio::task::spawn_blocking(move || f(v)).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Sizes above which [`heavy`] is worth its cost.
 pub const HEAVY_BYTES: usize = 4 << 20;
 

@@ -67,16 +67,6 @@ impl Access {
     }
 }
 
-/// Whether submitting `cmd` to its group takes long enough to be done off
-/// its lane: a model is loaded (and laid out, if large) before it is
-/// logged, and a write too large for one log entry is cut into parts first
-/// (see `Shard::submit`).
-pub(super) fn slow_to_submit(cmd: &NodeCommand) -> bool {
-    matches!(cmd, NodeCommand::ModelStore { .. })
-        // (Logged, it is a few bytes longer.)
-        || postcard::experimental::serialized_size(cmd).unwrap_or(usize::MAX) + 64 > crate::shard::CHUNK_BYTES
-}
-
 impl Kind {
     const ALL: [Kind; 3] = [Kind::Read, Kind::Write, Kind::Exec];
 
