@@ -2,7 +2,11 @@
 //! libtorch tree torch-sys links, and gives binaries an rpath to it.
 use std::path::PathBuf;
 
+// Marks a build without RedisAI's test data (see `tests/build/testdata.rs`).
+include!("../../tests/build/testdata.rs");
+
 fn main() {
+    testdata_cfg();
     // torch-sys (links = "tch") exports its library dir as DEP_TCH_LIBTORCH_LIB.
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
     let root = lib.parent().expect("libtorch root").to_path_buf();

@@ -198,9 +198,16 @@ pub async fn run(
     result?;
     info!("node shutting down: handing leadership to other replicas");
     hand_off_leadership(&state).await;
+    // No command may reach a replica whose Raft has stopped: every router
+    // drains its session first (each command it sent gets its answer, the
+    // rest go to other replicas), and only then do the replicas stop.
+    state.drain.send_replace(true);
+    if tokio::time::timeout(DRAIN_WAIT, state.drain.closed()).await.is_err() {
+        warn!("router sessions not drained in {DRAIN_WAIT:?}; closing them");
+    }
     let _ = stop_tx.send(());
-    // Routers hold long-lived session streams open: give in-flight requests a
-    // moment, then close whatever is left.
+    // Routers of the previous release hold gRPC session streams open: give
+    // in-flight requests a moment, then close whatever is left.
     if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
         info!("closing remaining sessions");
     }
@@ -211,6 +218,9 @@ pub async fn run(
     info!("node stopped");
     Ok(())
 }
+
+/// How long a stopping node waits for its routers to drain their sessions.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts the node's connections: raft links from peers go to the Raft
 /// transport, session links from routers to [`session::serve_link`],
@@ -291,23 +301,33 @@ async fn bootstrap_meta(state: &NodeState) {
     }
 }
 
-/// Before a graceful stop: transfer every group this node leads to another
-/// replica, waiting (bounded) until it has taken over.
+/// Before a graceful stop: transfer every group this node leads to a
+/// replica that holds its whole log, all groups at once, waiting (bounded)
+/// until each has taken over. The node stops calling elections first, and
+/// declines leadership offered to it from now on (`stopping`), so no group
+/// comes back to it on its way out.
 async fn hand_off_leadership(state: &NodeState) {
-    for s in state.hosted().all() {
-        let st = s.status();
-        if !st.is_leader {
-            continue;
-        }
-        let Some(to) = st.members.keys().copied().find(|id| *id != state.node_id) else {
-            continue;
-        };
-        let _ = s.raft.trigger().transfer_leader(to).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while s.status().is_leader && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let hosted = state.hosted();
+    for s in hosted.all() {
+        s.raft.runtime_config().elect(false);
     }
+    let hand_off = |s: Arc<shard::Shard>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while s.is_leader() && tokio::time::Instant::now() < deadline {
+            let st = s.status();
+            let others: Vec<u64> = st.members.keys().copied().filter(|id| *id != state.node_id).collect();
+            // A replica that holds every entry can take over at once.
+            let Some(to) = others.iter().copied().find(|id| s.caught_up(*id)).or(others.first().copied()) else {
+                return;
+            };
+            let _ = s.raft.trigger().transfer_leader(to).await;
+            let retry = tokio::time::Instant::now() + Duration::from_millis(500);
+            while s.is_leader() && tokio::time::Instant::now() < retry.min(deadline) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    futures::future::join_all(hosted.all().cloned().map(hand_off)).await;
 }
 
 /// Removes expired keys through the log, ten times a second, on leaders.

@@ -104,8 +104,14 @@ pub struct NodeState {
     /// One membership operation at a time.
     pub admin_lock: tokio::sync::Mutex<()>,
     pub disk: Arc<DiskGuard>,
-    /// Set when the node shuts down (nothing is reopened any more).
+    /// Set when the node shuts down (nothing is reopened any more, and no
+    /// leadership is taken).
     pub stopping: AtomicBool,
+    /// Set once the node has handed its leaderships away on its way out:
+    /// every router session link is then drained (see
+    /// [`tessera_proto::link::KIND_DRAIN`]). Each link holds a receiver
+    /// while it lives, so the sender sees when the last one has closed.
+    pub drain: tokio::sync::watch::Sender<bool>,
     /// When this node, as leader, last handed a group to its preferred leader.
     pub handed_back: parking_lot::Mutex<HashMap<u32, std::time::Instant>>,
 }
@@ -127,6 +133,7 @@ impl NodeState {
             admin_lock: tokio::sync::Mutex::new(()),
             disk: Arc::new(DiskGuard::new(config.data_dir.clone(), config.min_free_bytes)),
             stopping: AtomicBool::new(false),
+            drain: tokio::sync::watch::Sender::new(false),
             handed_back: Default::default(),
         }
     }

@@ -348,12 +348,17 @@ pub(crate) fn serve(
 /// stream's messages; pings go back as they came. When the router goes
 /// away the session's socket closes at once (commands already running
 /// finish; their replies have nowhere to go).
+///
+/// When the node stops ([`NodeState::drain`]), it asks the router to drain
+/// the session (`KIND_DRAIN`); the router's `KIND_END` ends the requests,
+/// and the session closes once every command read has been answered.
 pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
-    use prost::Message;
-    use tessera_proto::link::{
-        encode_frame, encode_message, tune, FrameReader, Writer, KIND_BATCH, KIND_PING, SESSION, SESSION_FRAME_MAX,
-        SESSION_PACE,
-    };
+    use tessera_proto::link::{encode_message, tune, FrameReader, Writer, KIND_BATCH, SESSION, SESSION_FRAME_MAX};
+    // Held while the session lives: the stopping node waits for them all.
+    let _live = state.drain.subscribe();
+    let mut drain = state.drain.subscribe();
+    // (A session opened once the node is draining is asked at once.)
+    drain.mark_changed();
     tune(&stream, SESSION);
     let peer = stream.peer_addr().ok();
     let stream = Arc::new(stream);
@@ -364,35 +369,21 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     }
     debug!(?peer, "session link opened");
     metrics::gauge!("tessera_node_sessions").increment(1.0);
-    let frames = FrameReader::new(stream, SESSION.len(), SESSION_FRAME_MAX);
-    let inbound = futures::stream::unfold((frames, writer.clone()), move |(mut frames, writer)| async move {
-        loop {
-            let why = match frames.next().await {
-                Ok(f) if f.kind == KIND_PING => match writer.send(&encode_frame(&f)) {
-                    Ok(()) => continue,
-                    Err(why) => why,
-                },
-                Ok(f) => {
-                    let batch = RequestBatch::decode(f.payload).map_err(|e| format!("bad request batch: {e}"));
-                    return Some((batch, (frames, writer)));
-                }
-                Err(why) => why,
-            };
-            // The router went away, or the link broke: the session ends.
-            if why != tessera_proto::link::CLOSED_BY_PEER {
-                metrics::counter!("tessera_node_grpc_errors_total").increment(1);
-                warn!(?peer, error = %why, "session link failed");
-            }
-            writer.close(&why);
-            return None;
-        }
-    });
+    let link = LinkIn {
+        frames: FrameReader::new(stream, SESSION.len(), SESSION_FRAME_MAX),
+        writer: writer.clone(),
+        drain,
+        peer,
+    };
+    let inbound = futures::stream::unfold(link, |mut link| async move { link.next().await.map(|b| (b, link)) });
     let mut responses = std::pin::pin!(serve(state, inbound.boxed(), peer));
     let pump = async {
         while let Some(Ok(batch)) = responses.next().await {
             writer.send(&encode_message(KIND_BATCH, &batch))?;
-            writer.below(SESSION_PACE).await?;
+            writer.below(tessera_proto::link::SESSION_PACE).await?;
         }
+        // Every command read has been answered: out with the last replies.
+        writer.idle().await?;
         Err::<(), _>("session ended".to_owned())
     };
     let why = tokio::select! {
@@ -401,4 +392,52 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     };
     writer.close(&why);
     debug!(?peer, reason = %why, "session link closed");
+}
+
+/// The reading side of a session link.
+struct LinkIn {
+    frames: tessera_proto::link::FrameReader,
+    writer: Arc<tessera_proto::link::Writer>,
+    /// Whether the node is stopping (then the router is asked to drain).
+    drain: tokio::sync::watch::Receiver<bool>,
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl LinkIn {
+    /// The next batch of requests; `None` once the router sends no more:
+    /// it drained the session (`KIND_END`; what it sent is still answered),
+    /// or it went away or broke the link (the socket is closed at once).
+    async fn next(&mut self) -> Option<Result<RequestBatch, String>> {
+        use prost::Message;
+        use tessera_proto::link::{encode_frame, Frame, CLOSED_BY_PEER, KIND_DRAIN, KIND_END, KIND_PING};
+        let peer = self.peer;
+        loop {
+            let next = tokio::select! {
+                f = self.frames.next() => f,
+                // (Once: the value is marked seen.)
+                Ok(()) = self.drain.changed() => {
+                    if *self.drain.borrow_and_update() {
+                        debug!(?peer, "asking the router to drain the session");
+                        let _ = self.writer.send(&encode_frame(&Frame { kind: KIND_DRAIN, ..Default::default() }));
+                    }
+                    continue;
+                }
+            };
+            let why = match next {
+                Ok(f) if f.kind == KIND_PING => match self.writer.send(&encode_frame(&f)) {
+                    Ok(()) => continue,
+                    Err(why) => why,
+                },
+                Ok(f) if f.kind == KIND_END => return None,
+                Ok(f) => return Some(RequestBatch::decode(f.payload).map_err(|e| format!("bad request batch: {e}"))),
+                Err(why) => why,
+            };
+            if why != CLOSED_BY_PEER {
+                metrics::counter!("tessera_node_grpc_errors_total").increment(1);
+                warn!(?peer, error = %why, "session link failed");
+            }
+            self.writer.close(&why);
+            return None;
+        }
+    }
 }

@@ -277,11 +277,24 @@ impl Shard {
         let proposal = Proposal { ts: self.next_ts(), op };
         match self.raft.write(proposal).responder(responder).await {
             Ok(()) => Submitted::Waiting(rx),
-            Err(fatal) => Submitted::Done(Outcome::Reply(Reply::err(format!(
-                "CLUSTERDOWN shard {} replica stopped: {fatal}",
-                self.id
-            )))),
+            // This replica's Raft has stopped (the node is shutting down, or
+            // a storage error stopped it): the write was never proposed.
+            Err(fatal) => {
+                tracing::debug!(shard = self.id, error = %fatal, "write refused by a stopped replica");
+                Submitted::Done(self.not_here())
+            }
         }
+    }
+
+    /// The answer of a replica that cannot serve a command and did not run
+    /// it (its Raft stopped, or it cannot confirm its leadership): the
+    /// leader it knows of, when that is another replica, else none, so the
+    /// router follows the redirect or tries the shard's other replicas.
+    /// Never a fatal error: nothing ran here, so the command is safe to
+    /// send again.
+    fn not_here(&self) -> Outcome {
+        let me = self.raft.metrics().borrow_watched().id;
+        Outcome::Redirect(self.leader().filter(|(id, _)| *id != me))
     }
 
     /// The outcome of a submitted write.
@@ -309,7 +322,13 @@ impl Shard {
         match rx.await {
             Ok(Ok(resp)) => Outcome::Reply(resp.data),
             Ok(Err(ClientWriteError::ForwardToLeader(f))) => forward(&f),
-            Ok(Err(e)) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
+            // An entry this replica logged was replaced (never committed)
+            // or purged under a snapshot (committed or not): unknown here.
+            Ok(Err(e)) => Outcome::Reply(Reply::err(format!(
+                "TRYAGAIN shard {}: {e}; the write may or may not have been applied",
+                self.id
+            ))),
+            // The replica stopped (or lost the entry) before it applied.
             Err(_) => Outcome::Reply(Reply::err(format!(
                 "TRYAGAIN shard {} lost leadership; the write may or may not have been applied",
                 self.id
@@ -319,10 +338,9 @@ impl Shard {
 
     /// A linearizable read.
     pub async fn read(&self, cmd: &NodeCommand) -> Outcome {
-        match self.raft.ensure_linearizable(self.read_policy.clone()).await {
-            Ok(_) => Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms())),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => forward(&f),
-            Err(e) => Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id))),
+        match self.confirm_read().await {
+            Ok(()) => Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms())),
+            Err(o) => o,
         }
     }
 
@@ -337,11 +355,17 @@ impl Shard {
         (m.state == ServerState::Leader && applied_term == Some(m.current_term)).then_some(m.current_term)
     }
 
+    /// Whether this replica may serve a linearizable read now. A replica
+    /// that cannot say (no quorum answered in time, its Raft stopped) has
+    /// read nothing: it answers as one that is not the leader.
     async fn confirm_read(&self) -> Result<(), Outcome> {
         match self.raft.ensure_linearizable(self.read_policy.clone()).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(forward(&f)),
-            Err(e) => Err(Outcome::Reply(Reply::err(format!("TRYAGAIN shard {}: {e}", self.id)))),
+            Err(e) => {
+                tracing::debug!(shard = self.id, error = %e, "read not confirmed");
+                Err(self.not_here())
+            }
         }
     }
 

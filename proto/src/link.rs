@@ -82,6 +82,14 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// notices a node that stopped (as h2's keepalive pings did).
 pub const KIND_BATCH: u8 = 0;
 pub const KIND_PING: u8 = 1;
+/// A node that is stopping asks its router to *drain* the session (node →
+/// router): the router sends nothing more but [`KIND_END`], and fails the
+/// commands it still holds over to other replicas (they never reached the
+/// node). The node answers every command it read before `KIND_END`, then
+/// closes the session: no command is left with an unknown outcome.
+pub const KIND_DRAIN: u8 = 2;
+/// The router's last frame on a session it drains (router → node).
+pub const KIND_END: u8 = 3;
 /// How often a router pings a node on its session, and how long it waits
 /// for any frame before it closes the session (its requests get TRYAGAIN,
 /// new ones go elsewhere).
@@ -291,6 +299,27 @@ impl Writer {
         }
     }
 
+    /// Waits until everything sent so far is written to the socket (none
+    /// queued, none being written): what a sender does before it closes a
+    /// connection cleanly. An error if the connection broke.
+    pub async fn idle(&self) -> Result<(), String> {
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            {
+                let s = self.state.lock();
+                if let Some(e) = &s.broken {
+                    return Err(e.clone());
+                }
+                if !s.flushing {
+                    return Ok(());
+                }
+            }
+            taken.await;
+        }
+    }
+
     /// Writes what sends queued, until the connection fails; returns why.
     pub async fn flush(&self) -> String {
         let mut buf = Vec::new();
@@ -304,6 +333,9 @@ impl Writer {
                     }
                     if s.queued.is_empty() {
                         s.flushing = false;
+                        drop(s);
+                        // (Wakes `idle` too: everything sent is written.)
+                        self.taken.notify_waiters();
                         break;
                     }
                     std::mem::swap(&mut buf, &mut s.queued);

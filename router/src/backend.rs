@@ -43,6 +43,9 @@ pub enum NodeReply {
     Redirect(Option<(u64, String)>),
     /// The request never reached the node (no session): safe to send elsewhere.
     Unreachable(String),
+    /// The request went out, but its session ended before the reply came:
+    /// it may or may not have run. Says so as a `TRYAGAIN` error's text.
+    Lost(String),
 }
 
 struct Queued {
@@ -139,16 +142,32 @@ async fn connection_loop(addr: String, rx: mpsc::Receiver<Queued>, connected: Ar
             // The client was dropped (e.g. a discovery attempt's map): stop.
             return;
         }
-        metrics::counter!("tessera_router_grpc_errors_total", "node" => addr.clone()).increment(1);
-        warn!(node = %addr, error = %e, "node session down; reconnecting");
-        // Requests queued while down fail fast instead of waiting.
-        while let Ok(q) = rx.lock().try_recv() {
-            let _ = q.reply.tx.send(NodeReply::Unreachable(format!("node {addr} is unreachable")));
+        if e.is::<Drained>() {
+            info!(node = %addr, "node is stopping: session drained; reconnecting");
+        } else {
+            metrics::counter!("tessera_router_grpc_errors_total", "node" => addr.clone()).increment(1);
+            warn!(node = %addr, error = %e, "node session down; reconnecting");
         }
+        // Requests queued while down fail fast instead of waiting.
+        refuse_queued(&rx, &addr);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
+
+/// Fails every request still queued for the node as `Unreachable` (none of
+/// them was sent: safe to send elsewhere).
+fn refuse_queued(rx: &Queue, addr: &str) {
+    while let Ok(q) = rx.lock().try_recv() {
+        let _ = q.reply.tx.send(NodeReply::Unreachable(format!("node {addr} is unreachable")));
+    }
+}
+
+/// Why a session ended when its node drained it on its way out (see
+/// [`link::KIND_DRAIN`]): not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the node drained the session: it is stopping")]
+struct Drained;
 
 /// The request side of a session: each poll drains everything queued into
 /// one batch, registering each request's reply slot under a fresh id, with
@@ -244,9 +263,9 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
     };
     // Whatever was sent but not answered has an unknown outcome.
     for (_, Waiter { tx, .. }) in in_flight.lock().drain() {
-        let _ = tx.send(NodeReply::Reply(Reply::err(format!(
+        let _ = tx.send(NodeReply::Lost(format!(
             "TRYAGAIN connection to node {addr} lost; the command may or may not have run"
-        ))));
+        )));
     }
     result
 }
@@ -259,7 +278,7 @@ async fn link_session(
     connected: &AtomicBool,
 ) -> Result<std::convert::Infallible, anyhow::Error> {
     use futures::StreamExt;
-    use link::{KIND_BATCH, KIND_PING, SESSION_FRAME_MAX, SESSION_PACE, SESSION_PING, SESSION_SILENCE_MAX};
+    use link::{KIND_BATCH, KIND_DRAIN, KIND_END, KIND_PING, SESSION_FRAME_MAX, SESSION_PACE};
     use prost::Message;
     let stream = Arc::new(stream);
     let writer = Writer::new(stream.clone());
@@ -269,6 +288,9 @@ async fn link_session(
     let start = tokio::time::Instant::now();
     // When the node last sent anything (ms since `start`).
     let heard = AtomicU64::new(0);
+    // The node asked to drain the session; and `KIND_END` has gone out
+    // (nothing more may be sent, pings included).
+    let (drain, ended) = (tokio::sync::Notify::new(), AtomicBool::new(false));
     let read = async {
         // Long replies arrive in parts (see `tessera_proto::parts`).
         let mut joiner = Joiner::default();
@@ -278,8 +300,13 @@ async fn link_session(
                 Err(why) => return why,
             };
             heard.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-            if frame.kind == KIND_PING {
-                continue;
+            match frame.kind {
+                KIND_PING => continue,
+                KIND_DRAIN => {
+                    drain.notify_one();
+                    continue;
+                }
+                _ => {}
             }
             match ResponseBatch::decode(frame.payload) {
                 Ok(batch) => deliver(batch, in_flight, &mut joiner),
@@ -287,33 +314,25 @@ async fn link_session(
             }
         }
     };
+    let queue = outbound.rx.clone();
+    // Ends with why it stopped, or `None` when the node asked to drain.
     let pump = async {
-        while let Some(batch) = outbound.next().await {
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = drain.notified() => return None,
+                batch = outbound.next() => batch,
+            };
+            let Some(batch) = batch else { return Some("the client was dropped".to_owned()) };
             if let Err(why) = writer.send(&link::encode_message(KIND_BATCH, &batch)) {
-                return why;
+                return Some(why);
             }
             if let Err(why) = writer.below(SESSION_PACE).await {
-                return why;
-            }
-        }
-        "the client was dropped".to_owned()
-    };
-    // A node that stopped (paused, hung) still has its kernel acknowledge
-    // what is sent, so only an answer from the node itself tells.
-    let watchdog = async {
-        let mut tick = tokio::time::interval_at(start + SESSION_PING, SESSION_PING);
-        loop {
-            tick.tick().await;
-            let silent = start.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
-            if silent > SESSION_SILENCE_MAX {
-                return format!("node sent nothing for {} s", silent.as_secs());
-            }
-            let ping = link::Frame { kind: KIND_PING, ..Default::default() };
-            if let Err(why) = writer.send(&link::encode_frame(&ping)) {
-                return why;
+                return Some(why);
             }
         }
     };
+    let watchdog = watchdog(start, &heard, &writer, &ended);
     let (mut read, mut watchdog, flush) = (std::pin::pin!(read), std::pin::pin!(watchdog), writer.flush());
     let mut flush = std::pin::pin!(flush);
     let why = tokio::select! {
@@ -321,6 +340,29 @@ async fn link_session(
         why = &mut watchdog => why,
         why = &mut flush => why,
         why = pump => {
+            let Some(why) = why else {
+                // The node is stopping. New calls go to other replicas at
+                // once; what the session held or had queued never reached
+                // the node, so it fails over the same way (as `outbound`
+                // is dropped). What went out is answered before the node
+                // closes the session.
+                connected.store(false, Ordering::Relaxed);
+                drop(outbound);
+                refuse_queued(&queue, addr);
+                ended.store(true, Ordering::Relaxed);
+                let end = writer.send(&link::encode_frame(&link::Frame { kind: KIND_END, ..Default::default() }));
+                let why = match end {
+                    Err(why) => why,
+                    Ok(()) => tokio::select! {
+                        why = &mut read => why,
+                        why = &mut watchdog => why,
+                        why = &mut flush => why,
+                    },
+                };
+                writer.close(&why);
+                tracing::debug!(node = %addr, reason = %why, "drained session closed");
+                return Err(Drained.into());
+            };
             // Dropped while requests were in flight: their replies still
             // come (as they did when h2 half-closed the stream), within a
             // bound.
@@ -339,6 +381,29 @@ async fn link_session(
     };
     writer.close(&why);
     anyhow::bail!(why)
+}
+
+/// Pings the node on a session link and ends (saying why) when it has sent
+/// nothing for too long: a node that stopped (paused, hung) still has its
+/// kernel acknowledge what is sent, so only an answer from the node itself
+/// tells. No ping goes out once the session's last frame has (`ended`).
+async fn watchdog(start: tokio::time::Instant, heard: &AtomicU64, writer: &Writer, ended: &AtomicBool) -> String {
+    use link::{KIND_PING, SESSION_PING, SESSION_SILENCE_MAX};
+    let mut tick = tokio::time::interval_at(start + SESSION_PING, SESSION_PING);
+    loop {
+        tick.tick().await;
+        let silent = start.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+        if silent > SESSION_SILENCE_MAX {
+            return format!("node sent nothing for {} s", silent.as_secs());
+        }
+        if ended.load(Ordering::Relaxed) {
+            continue;
+        }
+        let ping = link::Frame { kind: KIND_PING, ..Default::default() };
+        if let Err(why) = writer.send(&link::encode_frame(&ping)) {
+            return why;
+        }
+    }
 }
 
 async fn grpc_session(

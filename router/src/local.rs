@@ -348,6 +348,7 @@ async fn ai_config(router: &Router, op: tessera_common::model::AiConfig) -> Repl
         match reply {
             Ok(Ok(NodeReply::Reply(r))) if r.is_error() => first_error = first_error.or(Some(r)),
             Ok(Ok(NodeReply::Reply(_))) => answered += 1,
+            Ok(Ok(NodeReply::Lost(e))) => first_error = first_error.or(Some(Reply::err(e))),
             _ => {}
         }
     }

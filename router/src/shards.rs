@@ -387,9 +387,7 @@ impl ShardMap {
             let (rx, progress) = self.node(node).call_watched(target, command.clone());
             let reply = match wait(rx, timeout, &progress).await {
                 Ok(r) => r.unwrap_or_else(|_| {
-                    NodeReply::Reply(Reply::err(
-                        "TRYAGAIN node request was dropped; the command may or may not have run",
-                    ))
+                    NodeReply::Lost("TRYAGAIN node request was dropped; the command may or may not have run".into())
                 }),
                 Err(_) => {
                     // The node is paused or cut off; look elsewhere next time.
@@ -412,6 +410,14 @@ impl ShardMap {
                     let r = r.clone();
                     shard.leader.store(node, Ordering::Relaxed);
                     return r;
+                }
+                // Sent, then the session ended: a write may have run, so
+                // only the client can decide; a read is asked again elsewhere.
+                NodeReply::Lost(why) if !read_only => return Reply::err(why.clone()),
+                NodeReply::Lost(why) => {
+                    last = why.clone();
+                    down.push(node);
+                    node = next_replica(node);
                 }
                 // A redirect to a node that was just unreachable names a
                 // leader that is gone: the replicas have yet to elect another.

@@ -73,6 +73,7 @@ TESTDATA = __import__("pathlib").Path(
 ) / "redisai"
 
 
+@pytest.mark.skipif(not TESTDATA.is_dir(), reason=f"needs RedisAI's test models ({TESTDATA}, or TESSERA_TESTDATA)")
 def test_redisai_py_models(cluster, plain):
     """redisai-py's model API against RedisAI's own mnist model."""
     import redisai

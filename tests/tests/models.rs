@@ -55,6 +55,7 @@ fn field<'a>(p: &'a [(String, Value)], name: &str) -> &'a Value {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn onnx_mnist_store_get_execute_info_delete() {
     let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
@@ -109,6 +110,7 @@ fn onnx_mnist_store_get_execute_info_delete() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn bad_models_and_bad_runs_are_refused_and_change_nothing() {
     let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
@@ -244,6 +246,7 @@ fn bad_models_and_bad_runs_are_refused_and_change_nothing() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn concurrent_clients_are_batched() {
     let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
@@ -316,6 +319,7 @@ fn concurrent_clients_are_batched() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn a_stored_model_runs_on_the_new_leader_after_a_kill() {
     let _serial = serial();
     let mut c = Cluster::start(3, 1).expect("cluster starts");
@@ -358,6 +362,7 @@ fn a_stored_model_runs_on_the_new_leader_after_a_kill() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn tf_graph_through_the_router() {
     let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");
@@ -411,6 +416,7 @@ fn tf_graph_through_the_router() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn torchscript_model_through_the_router() {
     let _serial = serial();
     let c = Cluster::start(3, 1).expect("cluster starts");

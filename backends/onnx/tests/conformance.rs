@@ -27,6 +27,7 @@ fn one() -> Tensor {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn mnist_reads_a_one() {
     let m = backend().load(&testdata("mnist.onnx"), &LoadOptions::default()).unwrap();
     assert_eq!(m.inputs().len(), 1);
@@ -39,6 +40,7 @@ fn mnist_reads_a_one() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn names_come_from_the_session() {
     let m = backend().load(&testdata("linear_iris.onnx"), &LoadOptions::default()).unwrap();
     assert_eq!(m.inputs(), ["float_input"]);
@@ -49,6 +51,7 @@ fn names_come_from_the_session() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn non_tensor_outputs_are_skipped() {
     // logreg_iris: label (INT64 tensor) and probabilities (a sequence of maps).
     let m = backend().load(&testdata("logreg_iris.onnx"), &LoadOptions::default()).unwrap();
@@ -60,6 +63,7 @@ fn non_tensor_outputs_are_skipped() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn bad_input_gives_clear_errors() {
     let b = backend();
     let e = b.load(b"not a model", &LoadOptions::default()).err().unwrap();
@@ -86,6 +90,7 @@ fn bad_input_gives_clear_errors() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn concurrent_runs_use_several_sessions() {
     let m = backend().load(&testdata("mnist.onnx"), &LoadOptions::default()).unwrap();
     std::thread::scope(|s| {

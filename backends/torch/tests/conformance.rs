@@ -5,6 +5,7 @@ use tessera_backend_torch::TorchBackend;
 use tessera_tests::testdata;
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn pt_minimal_adds() {
     // RedisAI's pt-minimal.pt (saved by libtorch 1.x): forward(a, b) = a + b.
     let m = TorchBackend.load(&testdata("pt-minimal.pt"), &LoadOptions::default()).unwrap();
@@ -28,6 +29,7 @@ fn pt_minimal_adds() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn torch_errors_are_clear() {
     let e = TorchBackend.load(b"not a zip", &LoadOptions::default()).err().unwrap();
     assert!(e.0.contains("PytorchStreamReader") || e.0.contains("zip"), "{e}");

@@ -13,6 +13,7 @@ fn tf_opts(inputs: &[&str], outputs: &[&str]) -> LoadOptions {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn tf_graph_multiplies() {
     let m = TfBackend.load(&testdata("graph.pb"), &tf_opts(&["a", "b"], &["mul"])).unwrap();
     assert_eq!(m.inputs(), ["a", "b"]);
@@ -31,6 +32,7 @@ fn tf_graph_multiplies() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn tf_errors_follow_redisai() {
     let g = testdata("graph.pb");
     let e = TfBackend.load(&g, &tf_opts(&["bad_input", "b"], &["mul"])).err().unwrap();
@@ -47,6 +49,7 @@ fn tf_errors_follow_redisai() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn tflite_quantized_mnist_is_clear_either_way() {
     // RedisAI's quantized mnist: tract has no quantize ops for TFLite; the
     // load must then say so plainly (no panic, no empty message).
@@ -72,6 +75,7 @@ fn tflite_quantized_mnist_is_clear_either_way() {
 }
 
 #[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
 fn tflite_float_model_runs() {
     // A float TFLite model, generated here: RedisAI's graph.pb (a * b)
     // planned for [2]-shaped inputs and written out by tract's TFLite writer.

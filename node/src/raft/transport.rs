@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -112,7 +113,20 @@ impl TransportService {
                 let snapshot = Snapshot { meta, snapshot: SnapshotData::Bytes(bytes) };
                 encode(&raft.install_full_snapshot(vote, snapshot).await)
             }
-            RaftKind::TransferLeader => encode(&raft.handle_transfer_leader(decode(&m.payload).map_err(bad)?).await),
+            RaftKind::TransferLeader => {
+                let req: openraft::raft::TransferLeaderRequest<C> = decode(&m.payload).map_err(bad)?;
+                if *req.to_node_id() == self.state.node_id && self.state.stopping.load(Ordering::Relaxed) {
+                    // A node on its way out takes no leadership (a leader
+                    // handing a group back to its preferred replica may not
+                    // know yet): the leader keeps the group.
+                    tracing::info!(group = m.group, "declining leadership: this node is stopping");
+                    let declined: Result<openraft::raft::TransferLeaderResponse<C>, openraft::errors::Fatal<C>> =
+                        Ok(Ok(()));
+                    encode(&declined)
+                } else {
+                    encode(&raft.handle_transfer_leader(req).await)
+                }
+            }
             RaftKind::Unspecified => return Err(Status::invalid_argument("raft message kind missing")),
         };
         Ok(RaftMessage { group: m.group, kind: m.kind, payload: payload.into(), id: m.id, error: String::new() })
