@@ -344,19 +344,26 @@ async fn link_session(
                 // The node is stopping. New calls go to other replicas at
                 // once; what the session held or had queued never reached
                 // the node, so it fails over the same way (as `outbound`
-                // is dropped). What went out is answered before the node
-                // closes the session.
+                // is dropped). What went out is answered, then the session
+                // closes (at whichever end first).
                 connected.store(false, Ordering::Relaxed);
                 drop(outbound);
                 refuse_queued(&queue, addr);
                 ended.store(true, Ordering::Relaxed);
                 let end = writer.send(&link::encode_frame(&link::Frame { kind: KIND_END, ..Default::default() }));
+                let answered = async {
+                    while !in_flight.lock().is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    "every command sent was answered".to_owned()
+                };
                 let why = match end {
                     Err(why) => why,
                     Ok(()) => tokio::select! {
                         why = &mut read => why,
                         why = &mut watchdog => why,
                         why = &mut flush => why,
+                        why = answered => why,
                     },
                 };
                 writer.close(&why);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tessera_tests::{is_root, Cluster, Resp};
+use tessera_tests::{is_root, shard_leader, Cluster, Resp};
 
 const DISK_MB: u64 = 48;
 
@@ -115,4 +115,54 @@ fn a_full_disk_is_refused_before_it_fills_and_writes_resume_when_space_returns()
 #[test]
 fn a_disk_filled_to_enospc_stops_writes_without_crashing_and_recovers() {
     run(0);
+}
+
+/// A leader whose disk fills stops its replicas (a storage error), and the
+/// others, with room, take over: the commands a client sends meanwhile
+/// succeed, but for a write in flight when the disk filled (outcome
+/// unknown). A stopped replica answers as a follower does, so the router
+/// finds the new leader; it never answers `CLUSTERDOWN`.
+#[test]
+fn when_one_leaders_disk_fills_the_other_replicas_take_over() {
+    if !is_root() {
+        eprintln!("skipped: mounting tmpfs needs root");
+        return;
+    }
+    let dir_holder = std::cell::RefCell::new(None);
+    let prepare = |d: &Path| {
+        mount_disks(d)?;
+        *dir_holder.borrow_mut() = Some(d.to_path_buf());
+        Ok(())
+    };
+    let c = Cluster::start_prepared(3, 1, &[], &["--min-free-mb", "0"], &prepare);
+    let d = dir_holder.borrow().clone().expect("prepared");
+    let _mounts = Mounts((1..=3).map(|n| d.join(format!("node-{n}"))).collect());
+    let c = c.expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    // Keys of shard 0 (slots 0..=5460), and the node that leads it.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("d:{i}"))
+        .filter(|k| tessera_common::slot::key_slot(k.as_bytes()) < 5000)
+        .take(60)
+        .collect();
+    for k in &keys[..10] {
+        assert_eq!(r.cmd(&["SET", k, "before"]).unwrap(), "+OK\r\n");
+    }
+    let leader = shard_leader(&mut r, 0);
+    let filler = fill(&c, leader, None);
+    let (mut ok, mut unknown) = (0, 0);
+    for k in &keys[10..] {
+        let reply = r.cmd(&["SET", k, &"x".repeat(4096)]).unwrap();
+        match reply.as_str() {
+            "+OK\r\n" => ok += 1,
+            e if e.starts_with("-TRYAGAIN") && e.contains("may or may not") => unknown += 1,
+            e => panic!("a write failed while node {leader}'s disk was full: {e}"),
+        }
+    }
+    eprintln!("node {leader} (shard 0's leader) out of disk: {ok} writes acknowledged, {unknown} of unknown outcome");
+    assert!(unknown <= 1, "{unknown} writes of unknown outcome: only one was in flight when the disk filled");
+    std::fs::remove_file(filler).unwrap();
+    for k in &keys[..10] {
+        assert_eq!(r.cmd(&["GET", k]).unwrap(), "$6\r\nbefore\r\n", "{k} lost");
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_tests::{metric, Cluster, Resp};
+use tessera_tests::{metric, shard_leader, Cluster, Resp};
 
 /// Writes unique keys until `stop`, recording what was acknowledged.
 fn writer(
@@ -285,26 +285,6 @@ impl Load {
     }
 }
 
-/// The node that leads `shard`, as the router last saw it (waits until it
-/// knows one).
-fn leader_of(r: &mut Resp, shard: u32) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = r.cmd(&["INFO", "replication"]).unwrap();
-        let leader = info
-            .lines()
-            .find(|l| l.starts_with(&format!("shard{shard}:")))
-            .and_then(|l| l.split(',').find_map(|p| p.strip_prefix("leader_id=")))
-            .and_then(|id| id.parse::<usize>().ok())
-            .filter(|id| *id != 0);
-        if let Some(id) = leader {
-            return id;
-        }
-        assert!(Instant::now() < deadline, "no leader known for shard {shard}:\n{info}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits until node `addr` reports on each of `shards` shards again, within
 /// a few hundred entries of what its leader committed (the load goes on, so
 /// it is seldom exactly level), and every shard knows a leader.
@@ -342,7 +322,7 @@ fn a_rolling_restart_under_load_fails_no_command() {
     let load = Load::start(&c);
     for round in 0..3u32 {
         std::thread::sleep(Duration::from_millis(1000));
-        let node = leader_of(&mut r, round % 3);
+        let node = shard_leader(&mut r, round % 3);
         let at = Instant::now();
         c.stop_node(node);
         eprintln!("round {round}: node {node} (leader of shard {}) stopped in {:?}", round % 3, at.elapsed());
@@ -374,7 +354,7 @@ fn a_killed_node_fails_only_the_writes_in_flight_on_it() {
     let mut kills = Vec::new();
     for round in 0..2u32 {
         std::thread::sleep(Duration::from_millis(1000));
-        let node = leader_of(&mut r, round % 3);
+        let node = shard_leader(&mut r, round % 3);
         kills.push(Instant::now());
         c.kill_node(node);
         std::thread::sleep(Duration::from_millis(1500));

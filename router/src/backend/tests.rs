@@ -259,3 +259,80 @@ async fn commands_held_behind_a_long_one_fail_over_when_the_session_ends() {
         }
     }
 }
+
+/// A node that drains its session (as one that is stopping does): it holds
+/// the reply to the first command it reads, asks the router to drain, and
+/// answers everything it read once the router's last frame came. Reports
+/// the commands it read, and what (if anything) came after that last frame.
+async fn draining_node() -> (String, tokio::sync::oneshot::Receiver<(Vec<Bytes>, Option<String>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (done, report) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        assert_eq!(link::sniff(&s, &[link::SESSION]).await, Some(0));
+        let s = Arc::new(s);
+        let writer = Arc::new(Writer::new(s.clone()));
+        writer.send(link::SESSION).unwrap();
+        let flush = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.flush().await }
+        });
+        let mut frames = FrameReader::new(s, link::SESSION.len(), link::SESSION_FRAME_MAX);
+        let (mut read, mut held) = (Vec::new(), Vec::new());
+        loop {
+            let f = frames.next().await.unwrap();
+            match f.kind {
+                link::KIND_PING => continue,
+                link::KIND_END => break,
+                _ => {}
+            }
+            let batch = RequestBatch::decode(f.payload).unwrap();
+            if read.is_empty() {
+                writer
+                    .send(&link::encode_frame(&link::Frame { kind: link::KIND_DRAIN, ..Default::default() }))
+                    .unwrap();
+            }
+            for r in batch.requests {
+                read.push(r.command.clone());
+                held.push(r);
+            }
+        }
+        let answers = Echo::default().answer(RequestBatch { requests: held });
+        for b in answers {
+            writer.send(&link::encode_message(link::KIND_BATCH, &b)).unwrap();
+        }
+        writer.idle().await.unwrap();
+        // Nothing may follow the router's last frame: it closes once answered.
+        let after = tokio::time::timeout(Duration::from_secs(5), frames.next()).await;
+        let after = match after {
+            Ok(Err(why)) if why == link::CLOSED_BY_PEER => None,
+            other => Some(format!("{other:?}")),
+        };
+        flush.abort();
+        let _ = done.send((read, after));
+    });
+    (addr, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_answers_what_it_read_and_the_rest_fails_over() {
+    let (addr, report) = draining_node().await;
+    let c = NodeClient::spawn(addr);
+    while !c.is_connected() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = c.call(request::Target::Slot(1), "first".into());
+    // Once the node has asked, the router sends it nothing new.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while c.is_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "the router never saw the drain");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let later = c.call(request::Target::Slot(1), "later".into());
+    assert!(matches!(later.await.unwrap(), NodeReply::Unreachable(_)), "a command after the drain must fail over");
+    assert_eq!(first.await.unwrap(), NodeReply::Reply(Reply::bulk(Bytes::from("first"))));
+    let (read, after) = tokio::time::timeout(Duration::from_secs(10), report).await.unwrap().unwrap();
+    assert_eq!(read, vec![Bytes::from("first")], "the node read something after it asked to drain");
+    assert_eq!(after, None, "the router sent more after its last frame, or did not close");
+}
