@@ -249,6 +249,9 @@ async fn accept(
         tokio::spawn(async move {
             match link::sniff(&stream, &[link::RAFT, link::SESSION]).await {
                 Some(0) => transport.serve_link(stream).await,
+                // A stopping node takes no new session: the router's
+                // handshake fails, and what it has queued goes elsewhere.
+                Some(_) if *state.drain.borrow() => drop(stream),
                 Some(_) => session::serve_link(state, stream).await,
                 None => {
                     let _ = grpc.send(Ok(stream)).await;
@@ -314,8 +317,7 @@ async fn hand_off_leadership(state: &NodeState) {
     let hand_off = |s: Arc<shard::Shard>| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while s.is_leader() && tokio::time::Instant::now() < deadline {
-            let st = s.status();
-            let others: Vec<u64> = st.members.keys().copied().filter(|id| *id != state.node_id).collect();
+            let others: Vec<u64> = s.membership().0.into_iter().filter(|id| *id != state.node_id).collect();
             // A replica that holds every entry can take over at once.
             let Some(to) = others.iter().copied().find(|id| s.caught_up(*id)).or(others.first().copied()) else {
                 return;

@@ -52,7 +52,7 @@ pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pe
         Command::Keyed { slot, cmd } => {
             let router = router.clone();
             let bytes = Bytes::from(cmd.to_bytes());
-            let read_only = !cmd.is_write();
+            let read_only = cmd.retry_safe();
             let call = async move { router.shards.call_slot(slot, bytes, read_only).await };
             (Pending::Fut(Box::pin(call)), After::Continue)
         }
@@ -90,7 +90,7 @@ fn shards_in(map: &ShardMap, scope: &SlotScope) -> Vec<(Arc<ShardEntry>, SlotSco
 async fn each_shard(map: &ShardMap, scope: &SlotScope, make: impl Fn(SlotScope) -> NodeCommand) -> Vec<Reply> {
     let calls = shards_in(map, scope).into_iter().map(|(shard, s)| {
         let cmd = make(s);
-        async move { map.call_shard(&shard, Bytes::from(cmd.to_bytes()), !cmd.is_write()).await }
+        async move { map.call_shard(&shard, Bytes::from(cmd.to_bytes()), cmd.retry_safe()).await }
     });
     join_all(calls).await
 }

@@ -427,6 +427,11 @@ impl ShardMap {
                     node = self.node_index(addr).expect("checked");
                     metrics::counter!("tessera_router_redirects_total").increment(1);
                     last = format!("redirected to {addr}");
+                    // Replicas redirecting to each other (a leadership
+                    // transfer under way): pause after each round of them.
+                    if tries.is_multiple_of(shard.replicas.read().len().max(1)) {
+                        tokio::time::sleep(NO_LEADER_PAUSE).await;
+                    }
                 }
                 NodeReply::Redirect(_) | NodeReply::Unreachable(_) => {
                     // No leader known (an election) or the node is down: try

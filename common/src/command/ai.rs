@@ -104,4 +104,26 @@ mod tests {
         let e = parse(argv("AI.MODELEXECUTE m{1} INPUTS 1 a{2} OUTPUTS 1 b{1}"), &ParseLimits::default());
         assert_eq!(e.unwrap_err(), Error::CrossSlot);
     }
+
+    /// The router sends a command again after its outcome was lost only if
+    /// it changes nothing: a model run writes its outputs, so it is not.
+    #[test]
+    fn only_commands_that_change_nothing_are_retry_safe() {
+        let keyed = |s: &str| match parse(argv(s), &ParseLimits::default()).unwrap() {
+            Command::Keyed { cmd, .. } => cmd,
+            other => panic!("{other:?}"),
+        };
+        for safe in ["AI.TENSORGET t{1} META", "GET k", "AI.MODELGET m META"] {
+            assert!(keyed(safe).retry_safe(), "{safe}");
+        }
+        for unsafe_ in [
+            "AI.MODELEXECUTE m{1} INPUTS 1 a{1} OUTPUTS 1 b{1}",
+            "AI.MODELRUN m{1} INPUTS a{1} OUTPUTS b{1}",
+            "AI.TENSORSET t FLOAT 1 VALUES 1",
+            "SET k v",
+            "INCR k",
+        ] {
+            assert!(!keyed(unsafe_).retry_safe(), "{unsafe_}");
+        }
+    }
 }

@@ -178,6 +178,13 @@ impl NodeCommand {
         matches!(self, NodeCommand::ModelExecute { .. })
     }
 
+    /// Whether the router may send this command again when its outcome is
+    /// unknown (its node timed out, or the session ended before the reply):
+    /// only a command that changes nothing. A model run writes its outputs.
+    pub fn retry_safe(&self) -> bool {
+        !self.is_write() && !self.is_exec()
+    }
+
     /// The keys this command writes (for ordering inside a session);
     /// `None` means every key (keyspace-wide commands).
     pub fn written_keys(&self) -> Option<Vec<&Bytes>> {

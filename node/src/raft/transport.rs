@@ -117,8 +117,11 @@ impl TransportService {
                 let req: openraft::raft::TransferLeaderRequest<C> = decode(&m.payload).map_err(bad)?;
                 if *req.to_node_id() == self.state.node_id && self.state.stopping.load(Ordering::Relaxed) {
                     // A node on its way out takes no leadership (a leader
-                    // handing a group back to its preferred replica may not
-                    // know yet): the leader keeps the group.
+                    // handing a group back to its preferred replica does not
+                    // know). The transfer lapses: until the other replicas
+                    // elect a leader (an election timeout), the old leader
+                    // redirects to this node, which redirects back, and the
+                    // router retries; no command fails, some wait.
                     tracing::info!(group = m.group, "declining leadership: this node is stopping");
                     let declined: Result<openraft::raft::TransferLeaderResponse<C>, openraft::errors::Fatal<C>> =
                         Ok(Ok(()));
