@@ -106,15 +106,34 @@ pub async fn serve(router: Arc<Router>, sock: TcpStream, vnode: Option<usize>, m
         local,
         created: Instant::now(),
     };
-    router.stats.connection_opened();
-    router.update_client(&conn);
+    let _admitted = Admitted::new(&router, &conn);
     let span = debug_span!("conn", id, %peer);
     let result = session(&router, &mut conn, sock, &mut shutdown).instrument(span).await;
     if let Err(e) = result {
         debug!(id, %peer, error = %e, "connection ended with an error");
     }
-    router.remove_client(id);
-    router.stats.connection_closed();
+}
+
+/// A connection's place among `--max-clients` and its `CLIENT LIST` entry,
+/// given back however the connection's task ends (a panic included).
+struct Admitted<'a> {
+    router: &'a Router,
+    id: u64,
+}
+
+impl<'a> Admitted<'a> {
+    fn new(router: &'a Router, conn: &ConnState) -> Admitted<'a> {
+        router.stats.connection_opened();
+        router.update_client(conn);
+        Admitted { router, id: conn.id }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.router.remove_client(self.id);
+        self.router.stats.connection_closed();
+    }
 }
 
 async fn session(

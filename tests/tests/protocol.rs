@@ -151,6 +151,27 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
     for (args, want) in cases {
         assert_eq!(&r.cmd(args).unwrap(), want, "{args:?}");
     }
+    // Commands whose arity the table leaves open (-1) are checked by their
+    // parsers before anything is indexed: the connection lives on, and
+    // its place among `--max-clients` is not lost.
+    let clients = |r: &mut Resp| {
+        let info = r.cmd(&["INFO", "clients"]).unwrap();
+        info.lines().find_map(|l| l.strip_prefix("connected_clients:")).map(|n| n.trim().to_owned()).unwrap()
+    };
+    let before = clients(&mut r);
+    for _ in 0..4 {
+        for name in ["AI.MODELSTORE", "AI.MODELSET"] {
+            let mut bare = Resp::connect(c.plain).unwrap();
+            let want = format!("-ERR wrong number of arguments for '{name}' command\r\n");
+            assert_eq!(bare.cmd(&[name]).unwrap(), want);
+            assert_eq!(bare.cmd(&["PING"]).unwrap(), "+PONG\r\n", "the connection closed after a bare {name}");
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while clients(&mut r) != before {
+        assert!(std::time::Instant::now() < deadline, "connected_clients {} after, {before} before", clients(&mut r));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // Nothing stored changed, and the connection still works.
     assert_eq!(r.cmd(&["AI.TENSORGET", "t", "VALUES"]).unwrap(), "*2\r\n:7\r\n:8\r\n");
     assert_eq!(r.cmd(&["GET", "s"]).unwrap(), "$1\r\nv\r\n");

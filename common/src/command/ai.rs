@@ -31,8 +31,9 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             Ok(Command::Keyed { slot, cmd: NodeCommand::TensorGet { key: argv[1].clone(), format } })
         }
         "ai.modelstore" | "ai.modelset" => {
-            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            // (The parsers check the arity before the key is looked at.)
             let model = if spec.name == "ai.modelstore" { parse_modelstore(&argv)? } else { parse_modelset(&argv)? };
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
             Ok(Command::Keyed { slot, cmd: NodeCommand::ModelStore { key: argv[1].clone(), model } })
         }
         "ai.modelget" => {
