@@ -282,27 +282,19 @@ impl Writer {
     /// the rest): a sender of a long stream of frames paces itself with
     /// it, rather than queue them all. An error if the connection broke.
     pub async fn below(&self, limit: usize) -> Result<(), String> {
-        loop {
-            let taken = self.taken.notified();
-            tokio::pin!(taken);
-            taken.as_mut().enable();
-            {
-                let s = self.state.lock();
-                if let Some(e) = &s.broken {
-                    return Err(e.clone());
-                }
-                if s.queued.len() <= limit {
-                    return Ok(());
-                }
-            }
-            taken.await;
-        }
+        self.wait_until(|s| s.queued.len() <= limit).await
     }
 
     /// Waits until everything sent so far is written to the socket (none
     /// queued, none being written): what a sender does before it closes a
     /// connection cleanly. An error if the connection broke.
     pub async fn idle(&self) -> Result<(), String> {
+        self.wait_until(|s| !s.flushing).await
+    }
+
+    /// Waits until `done` holds of the write state, checked each time the
+    /// flusher takes the queue or finishes it; an error if the connection broke.
+    async fn wait_until(&self, done: impl Fn(&WriteState) -> bool) -> Result<(), String> {
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
@@ -312,7 +304,7 @@ impl Writer {
                 if let Some(e) = &s.broken {
                     return Err(e.clone());
                 }
-                if !s.flushing {
+                if done(&s) {
                     return Ok(());
                 }
             }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub mod client;
+pub mod failover;
 pub mod netns;
 pub mod onnx;
 pub mod ports;
@@ -125,26 +126,6 @@ fn log_tail(path: &Path, n: usize) -> String {
 pub fn start_wait() -> Duration {
     let secs: u64 = std::env::var("TESSERA_NODE_WAIT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     Duration::from_secs(secs.max(30) + 15)
-}
-
-/// The node that leads `shard`, as the router last saw it (waits until it
-/// knows one).
-pub fn shard_leader(r: &mut Resp, shard: u32) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = r.cmd(&["INFO", "replication"]).unwrap();
-        let leader = info
-            .lines()
-            .find(|l| l.starts_with(&format!("shard{shard}:")))
-            .and_then(|l| l.split(',').find_map(|p| p.strip_prefix("leader_id=")))
-            .and_then(|id| id.parse::<usize>().ok())
-            .filter(|id| *id != 0);
-        if let Some(id) = leader {
-            return id;
-        }
-        assert!(Instant::now() < deadline, "no leader known for shard {shard}:\n{info}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A file of RedisAI's test data (`redisai/<name>`), from `TESSERA_TESTDATA`

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tessera_tests::{is_root, shard_leader, Cluster, Resp};
+use tessera_tests::failover::shard_leader;
+use tessera_tests::{is_root, Cluster, Resp};
 
 const DISK_MB: u64 = 48;
 
@@ -53,11 +54,10 @@ fn fill(c: &Cluster, n: usize, leave_mb: Option<u64>) -> PathBuf {
     path
 }
 
-fn run(reserve_mb: u64) {
-    if !is_root() {
-        eprintln!("skipped: mounting tmpfs needs root");
-        return;
-    }
+/// A cluster whose nodes each have a data disk of `DISK_MB`, keeping
+/// `reserve_mb` free (`--min-free-mb`); the disks go when the mounts drop
+/// (bound first, so they drop after the cluster).
+fn start_on_small_disks(reserve_mb: u64) -> (Mounts, Cluster) {
     let dir_holder = std::cell::RefCell::new(None);
     let prepare = |d: &Path| {
         mount_disks(d)?;
@@ -67,8 +67,17 @@ fn run(reserve_mb: u64) {
     let reserve = reserve_mb.to_string();
     let c = Cluster::start_prepared(3, 1, &[], &["--min-free-mb", &reserve], &prepare);
     let d = dir_holder.borrow().clone().expect("prepared");
-    let _mounts = Mounts((1..=3).map(|n| d.join(format!("node-{n}"))).collect());
-    let mut c = c.expect("cluster starts");
+    let mounts = Mounts((1..=3).map(|n| d.join(format!("node-{n}"))).collect());
+    let c = c.expect("cluster starts");
+    (mounts, c)
+}
+
+fn run(reserve_mb: u64) {
+    if !is_root() {
+        eprintln!("skipped: mounting tmpfs needs root");
+        return;
+    }
+    let (_mounts, mut c) = start_on_small_disks(reserve_mb);
     let mut r = Resp::connect(c.plain).unwrap();
     for i in 0..50 {
         assert_eq!(r.cmd(&["SET", &format!("k{i}"), "before"]).unwrap(), "+OK\r\n");
@@ -128,16 +137,7 @@ fn when_one_leaders_disk_fills_the_other_replicas_take_over() {
         eprintln!("skipped: mounting tmpfs needs root");
         return;
     }
-    let dir_holder = std::cell::RefCell::new(None);
-    let prepare = |d: &Path| {
-        mount_disks(d)?;
-        *dir_holder.borrow_mut() = Some(d.to_path_buf());
-        Ok(())
-    };
-    let c = Cluster::start_prepared(3, 1, &[], &["--min-free-mb", "0"], &prepare);
-    let d = dir_holder.borrow().clone().expect("prepared");
-    let _mounts = Mounts((1..=3).map(|n| d.join(format!("node-{n}"))).collect());
-    let c = c.expect("cluster starts");
+    let (_mounts, c) = start_on_small_disks(0);
     let mut r = Resp::connect(c.plain).unwrap();
     // Keys of shard 0 (slots 0..=5460), and the node that leads it.
     let keys: Vec<String> = (0..)
