@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tessera_common::reply::Reply;
 
-use crate::shard::now_ms;
+use crate::util::now_ms;
 
 /// How long a free-space reading is reused.
 const RECHECK_MS: i64 = 100;

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
@@ -28,20 +27,28 @@ use tessera_common::slot::SlotRange;
 use tessera_common::tensor::Tensor;
 
 use crate::config::{Config, ReadMode};
+use crate::data::keyspace::Value;
 use crate::disk::DiskGuard;
+use crate::engine::registry::registry;
 use crate::engine::{engine, RunResult};
-use crate::exec::{precheck, read, EMPTY_MODEL};
-use crate::keyspace::Value;
-use crate::meta::ClusterMap;
-use crate::models::registry;
 use crate::raft::network::{NetworkFactory, Peers};
 use crate::raft::sm::{ShardData, StateMachine};
 use crate::raft::store::LogStore;
-use crate::raft::{LogOp, NodeAddr, Proposal, Raft, RaftConfig, C};
-use crate::service::group_dir;
+use crate::raft::{NodeAddr, Raft, RaftConfig, C};
+use crate::state::apply::{precheck, read, EMPTY_MODEL};
+use crate::state::chunks::CHUNK_BYTES;
+use crate::state::meta::ClusterMap;
+use crate::state::{LogOp, Proposal};
+use crate::util::now_ms;
 
-/// Largest log entry a write becomes; larger writes are chunked.
-pub const CHUNK_BYTES: usize = 4 << 20;
+/// A group's folder under the data dir.
+pub fn group_dir(id: u32) -> String {
+    if id == crate::state::meta::META {
+        "meta".into()
+    } else {
+        format!("shard-{id}")
+    }
+}
 
 /// Parts of a chunked write proposed ahead of the oldest one not yet
 /// applied (32 MiB).
@@ -54,10 +61,6 @@ pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(45
 /// On a leader: the last log index replica `id` is known to hold.
 fn matched_index(m: &openraft::RaftMetrics<C>, id: u64) -> Option<u64> {
     m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// What a replica answers.
@@ -199,8 +202,8 @@ impl Shard {
         // Laid out for its runtime in the buffer it arrived in, if it is the
         // buffer's only user (so that the check below copies nothing);
         // logged as the same bytes.
-        if matches!(&cmd, NodeCommand::ModelStore { model, .. } if model.blob.len() > crate::raft::HEAVY_BYTES) {
-            cmd = crate::raft::heavy_off(cmd, crate::models::arrange_command).await;
+        if matches!(&cmd, NodeCommand::ModelStore { model, .. } if model.blob.len() > crate::util::HEAVY_BYTES) {
+            cmd = crate::util::heavy_off(cmd, crate::engine::model::arrange_command).await;
         }
         if let NodeCommand::ModelStore { model, .. } = &cmd {
             // Garbage never enters the log: the model must load here first.
@@ -219,7 +222,7 @@ impl Shard {
             Some(term) => LogOp::Fenced { term, cmd },
             None => LogOp::Command(cmd),
         };
-        let size = crate::raft::encoded_size(&op);
+        let size = crate::state::encoded_size(&op);
         if let Some(full) = self.disk.check(size) {
             return Submitted::Done(Outcome::Reply(full));
         }
@@ -234,7 +237,7 @@ impl Shard {
         // parts share the model's bytes, and this replica applies the write
         // as it is here, with the model as loaded above (`LocalWrite`): a
         // leader holds a model it stores once.
-        let (parts, op) = crate::raft::heavy_off(op, |op| (crate::raft::encode_parts(&op, CHUNK_BYTES), op)).await;
+        let (parts, op) = crate::util::heavy_off(op, |op| (crate::state::encode_parts(&op, CHUNK_BYTES), op)).await;
         let (id, count) = (rand::random::<u64>(), parts.len() as u32);
         self.local.insert(id, op, loaded);
         // At most CHUNK_WINDOW parts in flight: until it is written, each is

@@ -10,12 +10,11 @@
 //! frame to the socket itself when nothing is queued ahead of it, and one
 //! task reads each direction.
 //!
-//! A link starts with an 8-byte magic naming what it carries. The node's
-//! listener tells links from HTTP/2 clients by their first bytes
-//! ([`sniff`]; an h2 client's start with `PRI * HTTP/2.0`) and answers with
-//! the same magic. A process of an earlier release answers otherwise (its
-//! h2 server sends its SETTINGS frame first): [`connect`] reports
-//! [`Answer::Other`] and the caller falls back to gRPC.
+//! A link starts with an 8-byte magic naming what it carries. A node serves
+//! links and gRPC (admin calls, snapshots, large Raft messages) on one port:
+//! its listener tells a link from an HTTP/2 client by the first bytes
+//! ([`sniff`]; an h2 client's start with `PRI * HTTP/2.0`) and answers a
+//! link with the same magic. [`connect`] fails on any other answer.
 
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
@@ -400,19 +399,11 @@ pub async fn sniff(stream: &TcpStream, magics: &[&Magic]) -> Option<usize> {
     }
 }
 
-/// How the far end answered a link's magic.
-pub enum Answer {
-    /// With the same magic: it serves this link.
-    Link(TcpStream),
-    /// With other bytes: a process of an earlier release (an h2 server).
-    Other,
-}
-
 /// How long a new connection waits for the peer's magic.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to `addr`, sends `magic` and reads the answer.
-pub async fn connect(addr: &str, magic: &Magic) -> Result<Answer, String> {
+/// Connects to `addr`, sends `magic` and waits for the same magic back.
+pub async fn connect(addr: &str, magic: &Magic) -> Result<TcpStream, String> {
     // Long enough for a SYN lost once (resent after 1 s).
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
@@ -427,17 +418,15 @@ pub async fn connect(addr: &str, magic: &Magic) -> Result<Answer, String> {
         let mut n = 0;
         while n < got.len() {
             match stream.read(&mut got[n..]).await? {
-                // Closed before answering (a process shutting down, say):
-                // no verdict on its protocol. An h2 server answers with its
-                // own SETTINGS frame first.
+                // Closed before answering (a process shutting down, say).
                 0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 k => n += k,
             }
             if got[..n] != magic[..n] {
-                return Ok(Answer::Other);
+                return Err(std::io::Error::other("the peer does not serve this link"));
             }
         }
-        std::io::Result::Ok(Answer::Link(stream))
+        std::io::Result::Ok(stream)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await

@@ -2,12 +2,13 @@
 //! them is in [`crate::shards`]).
 //!
 //! Each [`NodeClient`] owns one long-lived session with its node: a link
-//! ([`tessera_proto::link`]) where the node serves one, else a gRPC
-//! `Session` stream (a node of the previous release). Callers hand it a
-//! request and get a oneshot for the reply; the request stream batches every
-//! request queued since it was last polled into one message, and the
-//! session's reader completes replies by id. If the stream breaks, in-flight requests fail with `TRYAGAIN` (their
-//! outcome is unknown) and the client reconnects with backoff.
+//! ([`tessera_proto::link::SESSION`]). Callers hand it a request and get a
+//! oneshot for the reply; the request stream batches every request queued
+//! since it was last polled into one message, and the session's reader
+//! completes replies by id. If the link breaks, in-flight requests fail with
+//! `TRYAGAIN` (their outcome is unknown) and the client reconnects with
+//! backoff. gRPC to the node carries only the `Shards` call (see
+//! [`crate::shards`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use futures::Stream;
 use parking_lot::Mutex;
 use tessera_common::reply::Reply;
-use tessera_proto::link::{self, Answer, FrameReader, Writer};
+use tessera_proto::link::{self, FrameReader, Writer};
 use tessera_proto::parts::Joiner;
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
 use tessera_proto::v1::{request, response, RequestBatch, ResponseBatch};
@@ -28,8 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
-/// Largest gRPC message (a 512 MB value plus framing).
-pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Largest gRPC message the router takes (a `Shards` answer).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Most requests, and bytes, one batch carries.
 const BATCH_MAX_REQUESTS: usize = 512;
 const BATCH_MAX_BYTES: usize = 4 << 20;
@@ -172,8 +173,7 @@ struct Drained;
 /// The request side of a session: each poll drains everything queued into
 /// one batch, registering each request's reply slot under a fresh id, with
 /// long commands going in parts between batches (see [`outbound`]). It is
-/// polled by what writes the session (a link's pump, or the HTTP/2
-/// connection itself), so no task sits in between.
+/// polled by the link's pump, which writes what it yields.
 struct BatchStream {
     rx: Queue,
     in_flight: InFlight,
@@ -240,15 +240,9 @@ impl Stream for BatchStream {
     }
 }
 
-/// Runs one session until it fails; the error says why. A link
-/// ([`tessera_proto::link::SESSION`]) where the node serves one, else (a
-/// node of the previous release) the gRPC `Session` stream.
+/// Runs one session until it fails; the error says why.
 async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::convert::Infallible, anyhow::Error> {
-    let link = match link::connect(addr, link::SESSION).await {
-        Ok(Answer::Link(stream)) => Some(stream),
-        Ok(Answer::Other) => None,
-        Err(e) => anyhow::bail!(e),
-    };
+    let stream = link::connect(addr, link::SESSION).await.map_err(anyhow::Error::msg)?;
     let in_flight: InFlight = Arc::default();
     let outbound = BatchStream {
         rx: rx.clone(),
@@ -257,10 +251,7 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
         closed: false,
         outbound: Outbound::default(),
     };
-    let result = match link {
-        Some(stream) => link_session(addr, stream, outbound, &in_flight, connected).await,
-        None => grpc_session(addr, outbound, &in_flight, connected).await,
-    };
+    let result = link_session(addr, stream, outbound, &in_flight, connected).await;
     // Whatever was sent but not answered has an unknown outcome.
     for (_, Waiter { tx, .. }) in in_flight.lock().drain() {
         let _ = tx.send(NodeReply::Lost(format!(
@@ -283,7 +274,7 @@ async fn link_session(
     let stream = Arc::new(stream);
     let writer = Writer::new(stream.clone());
     connected.store(true, Ordering::Relaxed);
-    info!(node = %addr, "node session up (link)");
+    info!(node = %addr, "node session up");
     let mut frames = FrameReader::new(stream, 0, SESSION_FRAME_MAX);
     let start = tokio::time::Instant::now();
     // When the node last sent anything (ms since `start`).
@@ -410,26 +401,6 @@ async fn watchdog(start: tokio::time::Instant, heard: &AtomicU64, writer: &Write
         if let Err(why) = writer.send(&link::encode_frame(&ping)) {
             return why;
         }
-    }
-}
-
-async fn grpc_session(
-    addr: &str,
-    outbound: BatchStream,
-    in_flight: &InFlight,
-    connected: &AtomicBool,
-) -> Result<std::convert::Infallible, anyhow::Error> {
-    let channel = endpoint(addr)?.connect().await?;
-    let mut inbound = grpc(channel).session(outbound).await?.into_inner();
-    connected.store(true, Ordering::Relaxed);
-    info!(node = %addr, "node session up (gRPC)");
-    // Long replies arrive in parts (see `tessera_proto::parts`).
-    let mut joiner = Joiner::default();
-    loop {
-        let Some(batch) = inbound.message().await? else {
-            anyhow::bail!("node closed the session");
-        };
-        deliver(batch, in_flight, &mut joiner);
     }
 }
 

@@ -13,7 +13,7 @@ use tessera_tests::{testdata, Cluster};
 /// own settings pick, with the CUDA provider beside it): GPU models then
 /// store, so the CPU-only refusal does not apply.
 fn onnx_gpu_installed() -> bool {
-    let lib = tessera_node::models::Settings::default().onnx_lib;
+    let lib = tessera_node::engine::registry::Settings::default().onnx_lib;
     lib.parent().is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").exists())
 }
 

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tessera_node::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp};
-use tessera_node::meta::{ClusterMap, META};
+use tessera_node::cluster::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp};
+use tessera_node::state::meta::{ClusterMap, META};
 use tessera_proto::v1::node_client::NodeClient;
 use tessera_proto::v1::ShardsRequest;
 

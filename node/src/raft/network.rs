@@ -24,9 +24,11 @@ use tessera_proto::v1::raft_transport_client::RaftTransportClient;
 use tessera_proto::v1::{RaftKind, RaftMessage};
 use tonic::transport::{Channel, Endpoint};
 
-use super::wire::{CallError, Handshake, Link};
-use super::{decode, encode, NodeAddr, SnapshotData, C};
-use crate::MAX_MESSAGE_BYTES;
+use super::sm::SnapshotData;
+use super::types::{NodeAddr, C};
+use super::wire::{CallError, Link};
+use crate::util::MAX_MESSAGE_BYTES;
+use crate::util::{decode, encode};
 
 /// Channels to peer nodes, by node id.
 #[derive(Clone, Default)]
@@ -172,14 +174,11 @@ impl PeerClient {
                 self.target
             )))
         };
-        let on_link = match msg.payload.len() <= STREAM_MAX_BYTES && self.link.handshake() != Handshake::Legacy {
+        let on_link = match msg.payload.len() <= STREAM_MAX_BYTES {
             false => None,
             true => match self.link.call(msg.clone(), timeout).await {
                 Ok(r) => Some(r),
                 Err(CallError::TimedOut) => return Err(timed_out()),
-                // The link's first handshake found a node of the previous
-                // release: this call, like the ones after it, goes by `Call`.
-                Err(CallError::Broken(_)) if self.link.handshake() == Handshake::Legacy => None,
                 Err(CallError::Broken(e)) => return Err(unreachable(&e)),
             },
         };

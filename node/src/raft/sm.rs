@@ -15,13 +15,45 @@ use tessera_common::command::NodeCommand;
 use tessera_common::model::ModelDef;
 use tessera_common::reply::Reply;
 
-use super::chunks::INTERRUPTED;
-pub use super::chunks::{join, Chunks, LocalWrites};
 use super::logfile::{read_atomic, write_atomic_parts};
-use super::{decode, encode, LogOp, SnapshotData, C};
-use crate::exec;
-use crate::keyspace::Keyspace;
-use crate::meta::ClusterMap;
+use super::types::C;
+use crate::data::keyspace::Keyspace;
+use crate::state::apply as exec;
+use crate::state::chunks::INTERRUPTED;
+pub use crate::state::chunks::{join, Chunks, LocalWrites};
+use crate::state::meta::ClusterMap;
+use crate::state::LogOp;
+use crate::util::{decode, encode};
+
+/// A group's Raft over this state machine.
+pub type Raft = openraft::Raft<C, StateMachine>;
+
+/// A snapshot's payload: in memory (built here, or received), or the
+/// group's snapshot file, read only if a follower needs it sent. openraft
+/// asks for the current snapshot when a group starts, and uses only its
+/// metadata then: read at that point, the payload would hold every model
+/// of the shard once more while they load.
+#[derive(Debug)]
+pub enum SnapshotData {
+    Bytes(Vec<u8>),
+    /// The folder of the group's snapshot file.
+    File(std::path::PathBuf),
+}
+
+impl SnapshotData {
+    /// The payload of the snapshot `meta` describes, read from its file if
+    /// need be (blocking). An error if the file holds another snapshot by
+    /// now (a newer one replaced it: openraft asks again).
+    pub fn into_bytes(self, meta: &openraft::type_config::alias::SnapshotMetaOf<C>) -> std::io::Result<Vec<u8>> {
+        match self {
+            SnapshotData::Bytes(b) => Ok(b),
+            SnapshotData::File(dir) => match read_snapshot(&dir)? {
+                Some((on_disk, payload)) if on_disk == *meta => Ok(payload),
+                _ => Err(std::io::Error::other("the snapshot was replaced by a newer one")),
+            },
+        }
+    }
+}
 
 /// A shard's applied state, shared with the shard handle that serves reads.
 pub struct ShardData {
@@ -37,7 +69,7 @@ pub struct ShardData {
 }
 
 /// Applies `op`, logged in `term`; a fenced command only in its own term.
-fn apply_in_term(ks: &mut crate::keyspace::Keyspace, ts: i64, term: u64, op: LogOp) -> Reply {
+fn apply_in_term(ks: &mut crate::data::keyspace::Keyspace, ts: i64, term: u64, op: LogOp) -> Reply {
     match op {
         LogOp::Fenced { term: fence, cmd } if fence == term => exec::apply(ks, ts, &LogOp::Command(cmd)),
         LogOp::Fenced { .. } => Reply::err(FENCED_OUT),
@@ -86,7 +118,7 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 /// as pieces that share the models' bytes and the writes' parts (the file
 /// is written from them: a shard's models are never copied into one buffer).
 fn snapshot_pieces(d: &ShardData) -> Vec<bytes::Bytes> {
-    let mut out = super::Pieces::default();
+    let mut out = crate::data::Pieces::default();
     out.extend(&d.last_ts.to_le_bytes());
     let map = encode(&d.map);
     out.extend(&(map.len() as u64).to_le_bytes());
@@ -188,11 +220,11 @@ impl StateMachine {
     fn completed(&self, id: u64, parts: Vec<bytes::Bytes>, local: bool) -> (Result<LogOp, Reply>, Option<ModelDef>) {
         let Some(w) = self.local.take(id) else {
             // (A local write's parts were counted, not kept.)
-            return (if local { Err(Reply::err(INTERRUPTED)) } else { super::heavy(|| join(parts)) }, None);
+            return (if local { Err(Reply::err(INTERRUPTED)) } else { crate::util::heavy(|| join(parts)) }, None);
         };
         let mut handed = None;
         if let (Some(m), LogOp::Command(NodeCommand::ModelStore { model, .. })) = (w.loaded, &w.op) {
-            crate::models::registry().hand_over(model, m);
+            crate::engine::registry::registry().hand_over(model, m);
             handed = Some(model.clone());
         }
         (Ok(w.op), handed)
@@ -244,7 +276,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
             state.chunks.fill_local(&self.local);
             (meta, state)
         };
-        let bytes = super::heavy(|| snapshot_pieces(&state));
+        let bytes = crate::util::heavy(|| snapshot_pieces(&state));
         drop(state);
         self.persist(&meta, bytes).await?;
         *self.current.lock() = Some(meta.clone());
@@ -310,7 +342,7 @@ impl RaftStateMachine<C> for StateMachine {
                                         };
                                         // Not taken (the store failed): not kept.
                                         if let Some(def) = handed {
-                                            crate::models::registry().forget_handed(&def);
+                                            crate::engine::registry::registry().forget_handed(&def);
                                         }
                                         reply
                                     }
@@ -344,7 +376,7 @@ impl RaftStateMachine<C> for StateMachine {
         // that does not restore is then on disk: it is an error for this
         // node either way).
         let bytes = self.persist(meta, vec![snapshot.into_bytes(meta)?.into()]).await?.pop().unwrap_or_default();
-        let (ts, map, chunks, ks) = super::heavy(move || load_snapshot_bytes(bytes))?;
+        let (ts, map, chunks, ks) = crate::util::heavy(move || load_snapshot_bytes(bytes))?;
         {
             let mut d = self.data.lock();
             *d = ShardData {
@@ -372,8 +404,8 @@ mod tests {
     use bytes::Bytes;
     use tessera_common::command::NodeCommand;
 
-    use super::super::chunks::tests::parts;
     use super::*;
+    use crate::state::chunks::tests::parts;
 
     #[test]
     fn a_snapshot_shares_its_large_bytes_and_reads_back() {
@@ -383,7 +415,7 @@ mod tests {
         assert!(chunks.add(9, 0, 3, p[0].clone(), 10, 2).is_none());
         assert!(chunks.add(9, 1, 3, p[1].clone(), 10, 2).is_none());
         assert!(chunks.add(4, 0, 5, Bytes::from_static(b"tiny"), 11, 2).is_none());
-        let mut out = crate::raft::Pieces::default();
+        let mut out = crate::data::Pieces::default();
         chunks.encode_to(&mut out);
         let pieces = out.finish();
         assert_eq!(pieces.concat(), encode(&chunks), "postcard's encoding");
@@ -430,9 +462,9 @@ mod tests {
             cond: tessera_common::command::node::SetCond::Always,
             get: false,
         };
-        let mut ks = crate::keyspace::Keyspace::default();
-        let get = |ks: &crate::keyspace::Keyspace| match ks.get(b"k", 0).map(|e| &e.value) {
-            Some(crate::keyspace::Value::Str(s)) => Some(s.clone()),
+        let mut ks = crate::data::keyspace::Keyspace::default();
+        let get = |ks: &crate::data::keyspace::Keyspace| match ks.get(b"k", 0).map(|e| &e.value) {
+            Some(crate::data::keyspace::Value::Str(s)) => Some(s.clone()),
             _ => None,
         };
         assert_eq!(apply_in_term(&mut ks, 0, 5, LogOp::Fenced { term: 5, cmd: set("a") }), Reply::ok());

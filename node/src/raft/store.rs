@@ -27,7 +27,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::logfile::{read_atomic, write_atomic, LogFile, Records};
-use super::{decode, encode, C};
+use super::types::C;
+use crate::util::{decode, encode};
 
 /// Entries whose record is at least this large are dropped from memory once
 /// written.
@@ -453,7 +454,7 @@ mod tests {
     /// after a restart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_entries_spill_to_disk_and_read_back() {
-        use crate::raft::{LogOp, Proposal};
+        use crate::state::{LogOp, Proposal};
         let dir = std::env::temp_dir().join(format!("tessera-spill-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let _cleanup = TempDir(dir.clone());

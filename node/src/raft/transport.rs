@@ -1,33 +1,37 @@
 //! The Raft network, server side: raft links ([`super::wire`]) and
-//! `RaftTransport.Call` hand each message to the group it names;
-//! `RaftTransport.Stream` still serves nodes of the previous release.
+//! `RaftTransport.Call` (large messages) hand each message to the group it
+//! names.
 
 use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use futures::{Stream, StreamExt};
 
 use openraft::storage::Snapshot;
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, VoteOf};
 use tessera_proto::v1::raft_transport_server::RaftTransport;
 use tessera_proto::v1::{RaftKind, RaftMessage};
-use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use parking_lot::Mutex;
 
 use super::network::SnapshotPiece;
-use super::{decode, encode, SnapshotData, C};
-use crate::service::NodeState;
+use super::sm::{Raft, SnapshotData};
+use super::types::C;
+use crate::util::{decode, encode};
+
+/// What the transport needs of the node: the Raft of each group it hosts,
+/// and whether it is on its way out.
+pub trait Groups: Send + Sync + 'static {
+    fn raft(&self, group: u32) -> Option<Raft>;
+    fn node_id(&self) -> u64;
+    fn stopping(&self) -> bool;
+}
 
 #[derive(Clone)]
 pub struct TransportService {
-    pub state: Arc<NodeState>,
+    groups: Arc<dyn Groups>,
     /// Snapshots being received, by group: (the snapshot's last log id,
     /// bytes so far).
-    pub incoming: Arc<Mutex<HashMap<u32, Incoming>>>,
+    incoming: Arc<Mutex<HashMap<u32, Incoming>>>,
 }
 
 /// A snapshot being received: its last log id and the bytes so far.
@@ -66,8 +70,8 @@ fn bad(e: std::io::Error) -> Status {
 }
 
 impl TransportService {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state, incoming: Default::default() }
+    pub fn new(groups: Arc<dyn Groups>) -> Self {
+        Self { groups, incoming: Default::default() }
     }
 
     /// Serves one incoming raft link until it closes.
@@ -93,10 +97,9 @@ impl TransportService {
 
     /// One message to its group, and the group's answer.
     async fn handle(&self, m: RaftMessage) -> Result<RaftMessage, Status> {
-        let Some(shard) = self.state.group(m.group) else {
+        let Some(raft) = self.groups.raft(m.group) else {
             return Err(Status::not_found(format!("this node hosts no replica of group {}", m.group)));
         };
-        let raft = &shard.raft;
         let kind = RaftKind::try_from(m.kind).map_err(|_| Status::invalid_argument("unknown raft message kind"))?;
         let payload = match kind {
             RaftKind::Append => encode(&raft.append_entries(decode(&m.payload).map_err(bad)?).await),
@@ -115,7 +118,7 @@ impl TransportService {
             }
             RaftKind::TransferLeader => {
                 let req: openraft::raft::TransferLeaderRequest<C> = decode(&m.payload).map_err(bad)?;
-                if *req.to_node_id() == self.state.node_id && self.state.stopping.load(Ordering::Relaxed) {
+                if *req.to_node_id() == self.groups.node_id() && self.groups.stopping() {
                     // A node on its way out takes no leadership (a leader
                     // handing a group back to its preferred replica does not
                     // know). The transfer lapses: until the other replicas
@@ -140,24 +143,5 @@ impl TransportService {
 impl RaftTransport for TransportService {
     async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.handle(req.into_inner()).await.map(Response::new)
-    }
-
-    type StreamStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
-
-    /// Every request is handled at once, as concurrent `Call`s would be (a
-    /// slow group never holds up another); replies go back as they finish.
-    async fn stream(&self, req: Request<Streaming<RaftMessage>>) -> Result<Response<Self::StreamStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let this = self.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = inbound.next().await {
-                let (this, tx) = (this.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _ = tx.send(Ok(this.answer(m).await));
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
     }
 }

@@ -1,14 +1,12 @@
 //! [`NodeClient`] against stand-ins for a node: one serving sessions as
-//! links, one serving only the gRPC `Session` stream (the previous
-//! release), and mute ones for the session's pings.
+//! links, one answering the handshake with something else, and mute ones
+//! for the session's pings.
 
 use super::*;
-use futures::StreamExt;
 use prost::Message;
 use std::sync::atomic::AtomicUsize;
 use tessera_proto::parts::Outgoing;
-use tessera_proto::v1::node_server::{Node, NodeServer};
-use tessera_proto::v1::{Response, ResponseBatch, ShardsRequest, ShardsResponse};
+use tessera_proto::v1::{Response, ResponseBatch};
 use tokio::net::TcpListener;
 
 /// A node stand-in that answers each command with itself as a bulk
@@ -83,43 +81,6 @@ async fn link_node(sessions: Arc<AtomicUsize>) -> String {
             });
         }
     });
-    addr
-}
-
-/// Serves only the gRPC `Session` stream, as a node of the previous
-/// release does; counts sessions.
-struct GrpcNode(Arc<AtomicUsize>);
-
-#[tonic::async_trait]
-impl Node for GrpcNode {
-    type SessionStream = Pin<Box<dyn Stream<Item = Result<ResponseBatch, tonic::Status>> + Send>>;
-
-    async fn session(
-        &self,
-        req: tonic::Request<tonic::Streaming<RequestBatch>>,
-    ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        let mut echo = Echo::default();
-        let out = req.into_inner().flat_map(move |b| futures::stream::iter(echo.answer(b.unwrap())).map(Ok));
-        Ok(tonic::Response::new(Box::pin(out)))
-    }
-
-    async fn shards(&self, _: tonic::Request<ShardsRequest>) -> Result<tonic::Response<ShardsResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
-    }
-}
-
-async fn grpc_node(sessions: Arc<AtomicUsize>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let svc = NodeServer::new(GrpcNode(sessions))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
     addr
 }
 
@@ -209,17 +170,32 @@ async fn a_node_that_stops_answering_pings_is_noticed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_goes_by_link_where_the_node_serves_one() {
+async fn commands_round_trip_on_a_session_link() {
     let sessions = Arc::new(AtomicUsize::new(0));
     round_trips(link_node(sessions.clone()).await).await;
     assert_eq!(sessions.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_with_a_node_of_the_previous_release_goes_by_grpc() {
-    let sessions = Arc::new(AtomicUsize::new(0));
-    round_trips(grpc_node(sessions.clone()).await).await;
-    assert_eq!(sessions.load(Ordering::Relaxed), 1);
+async fn a_peer_that_answers_the_handshake_otherwise_gets_no_session() {
+    // What an HTTP/2 server sends first: its SETTINGS frame.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(s)
+            });
+        }
+    });
+    let client = NodeClient::spawn(addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!client.is_connected());
+    let reply = client.call(request::Target::Slot(1), Bytes::from_static(b"x")).await.unwrap();
+    assert!(matches!(reply, NodeReply::Unreachable(_)), "{reply:?}");
 }
 
 /// A node that closes the session as soon as the first part of a long

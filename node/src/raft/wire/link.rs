@@ -2,7 +2,7 @@
 //! and matches replies to calls by id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,27 +10,15 @@ use parking_lot::Mutex;
 use tessera_proto::v1::RaftMessage;
 use tokio::sync::oneshot;
 
-use tessera_proto::link::{Answer, FrameReader, Writer, RAFT};
+use tessera_proto::link::{FrameReader, Writer, RAFT};
 
-use super::{decode, encode, FRAME_MAX};
+use super::frame::{decode, encode, FRAME_MAX};
 
 /// Bytes queued for a peer while its link is being (re)connected; calls
 /// beyond it fail at once rather than pile up behind a dead peer.
 const BACKLOG_MAX: usize = 8 << 20;
 
 type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<RaftMessage, String>>>>>;
-
-/// What a link knows of its peer's protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Handshake {
-    /// Not connected yet.
-    Unknown = 0,
-    /// The peer speaks links.
-    Link = 1,
-    /// The peer answered the handshake with something else (a node of the
-    /// previous release): use unary calls.
-    Legacy = 2,
-}
 
 pub enum CallError {
     TimedOut,
@@ -50,7 +38,6 @@ pub struct Link {
     waiting: Waiting,
     conn: Arc<Mutex<Conn>>,
     next_id: AtomicU64,
-    handshake: Arc<AtomicU8>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -62,10 +49,9 @@ impl Link {
             waiting: Waiting::default(),
             conn: Arc::new(Mutex::new(Conn::Connecting(Vec::new()))),
             next_id: AtomicU64::new(1),
-            handshake: Arc::new(AtomicU8::new(Handshake::Unknown as u8)),
             _stop: stop_tx,
         };
-        let driver = drive(addr, link.waiting.clone(), link.conn.clone(), link.handshake.clone());
+        let driver = drive(addr, link.waiting.clone(), link.conn.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop_rx => {}
@@ -73,14 +59,6 @@ impl Link {
             }
         });
         Arc::new(link)
-    }
-
-    pub fn handshake(&self) -> Handshake {
-        match self.handshake.load(Ordering::Relaxed) {
-            1 => Handshake::Link,
-            2 => Handshake::Legacy,
-            _ => Handshake::Unknown,
-        }
     }
 
     pub async fn call(&self, msg: RaftMessage, timeout: Duration) -> Result<RaftMessage, CallError> {
@@ -118,26 +96,14 @@ impl Link {
 /// enough to start an election.
 const RELINK_MAX: Duration = Duration::from_millis(200);
 
-/// How often a link to a peer of the previous release tries again.
-const LEGACY_RECHECK: Duration = Duration::from_secs(10);
-
 /// Keeps a link connected: connects, sends what waited, reads replies until
 /// the connection fails, fails whatever waits on it, and starts over.
-async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake: Arc<AtomicU8>) {
+async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        let mut wait = None;
         let why = match tessera_proto::link::connect(&addr, RAFT).await {
             Err(e) => e,
-            Ok(Answer::Other) => {
-                handshake.store(Handshake::Legacy as u8, Ordering::Relaxed);
-                // Calls go by `Call` meanwhile; look again now and then (the
-                // peer may be upgraded).
-                wait = Some(LEGACY_RECHECK);
-                format!("{addr} does not serve raft links")
-            }
-            Ok(Answer::Link(stream)) => {
-                handshake.store(Handshake::Link as u8, Ordering::Relaxed);
+            Ok(stream) => {
                 backoff = Duration::from_millis(20);
                 let stream = Arc::new(stream);
                 let writer = Arc::new(Writer::new(stream.clone()));
@@ -182,7 +148,7 @@ async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake
             let _ = tx.send(Err(why.clone()));
         }
         tracing::debug!(peer = %addr, reason = %why, "raft link down");
-        tokio::time::sleep(wait.unwrap_or(backoff)).await;
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RELINK_MAX);
     }
 }
@@ -190,8 +156,8 @@ async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>, handshake
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::wire::frame::tests::msg;
     use crate::raft::wire::serve;
-    use crate::raft::wire::tests::msg;
     use tessera_proto::link::{sniff, QUEUE_MAX, RAFT as MAGIC};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -254,7 +220,6 @@ mod tests {
             }
         });
         futures::future::join_all(calls).await;
-        assert_eq!(link.handshake(), Handshake::Link);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +247,6 @@ mod tests {
         for _ in 0..3 {
             assert!(matches!(link.call(msg(0, 1, b"y"), Duration::from_secs(5)).await, Err(CallError::Broken(_))));
         }
-        assert_eq!(link.handshake(), Handshake::Link);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +294,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_that_closes_during_the_handshake_is_not_taken_for_legacy() {
+    async fn a_peer_that_closes_during_the_handshake_is_tried_again() {
         let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
         let addr = peer(move |s| {
             drop(s);
@@ -341,15 +305,13 @@ mod tests {
         for _ in 0..3 {
             tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.expect("the link retries").unwrap();
         }
-        assert_eq!(link.handshake(), Handshake::Unknown);
         assert!(matches!(link.call(msg(0, 1, b"z"), Duration::from_secs(5)).await, Err(CallError::Broken(_))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_that_answers_otherwise_is_legacy() {
-        // What a node of the previous release (an h2 server) does with a
-        // connection that does not start with its preface: answers with a
-        // frame of its own and closes.
+    async fn a_peer_that_answers_otherwise_fails_calls() {
+        // What an h2 server does with a connection that does not start with
+        // its preface: answers with a frame of its own and closes.
         let addr = peer(|mut s| {
             tokio::spawn(async move {
                 let _ = s.write_all(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00").await;
@@ -357,10 +319,11 @@ mod tests {
         })
         .await;
         let link = Link::open(4, addr);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while link.handshake() != Handshake::Legacy {
-            assert!(tokio::time::Instant::now() < deadline, "never found legacy");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match link.call(msg(0, 1, b"z"), Duration::from_secs(5)).await {
+            Err(CallError::Broken(e)) => assert!(e.contains("not connected") || e.contains("does not serve"), "{e}"),
+            Err(CallError::TimedOut) => panic!("timed out"),
+            Ok(_) => panic!("answered"),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Cluster administration: the `tessera.node.v1.Admin` service and the
 //! membership operations it runs on the meta leader (each node's side of the
-//! map — opening and closing replicas — is in [`crate::reconcile`]).
+//! map — opening and closing replicas — is in [`crate::cluster::reconcile`]).
 //!
 //! Every operation is a sequence of steps that are each safe to repeat, so
 //! an operation cut short (a leader change, a crash) is finished by running
@@ -32,10 +32,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::meta::{meta_seeds, ClusterMap, GroupPlan, MetaOp, NodeStatus, META};
-use crate::raft::{decode, encode, LogOp};
-use crate::service::NodeState;
+use crate::hosted::NodeState;
 use crate::shard::Outcome;
+use crate::state::meta::{meta_seeds, ClusterMap, GroupPlan, MetaOp, NodeStatus, META};
+use crate::state::LogOp;
+use crate::util::{decode, encode};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AdminRequest {
@@ -130,8 +131,8 @@ impl AdminClients {
     /// One call to the node at `addr`.
     pub async fn ask(&self, addr: &str, req: &AdminRequest, timeout: Duration) -> Result<AdminResponse, String> {
         let mut client = AdminClient::new(self.channel(addr)?)
-            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(crate::util::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::util::MAX_MESSAGE_BYTES);
         let msg = AdminMessage { payload: encode(req).into() };
         match tokio::time::timeout(timeout, client.call(msg)).await {
             Err(_) => Err(format!("{addr} did not answer in {timeout:?}")),

@@ -1,7 +1,7 @@
 //! Membership repair, run by the meta leader: finishes or rolls back a
 //! membership operation that was cut short.
 //!
-//! Every admin operation ([`crate::admin`]) is a sequence of idempotent
+//! Every admin operation ([`crate::cluster::admin`]) is a sequence of idempotent
 //! steps, and an operator who reruns it finishes it. Nobody may rerun it,
 //! though (a CLI killed, a meta leader that lost its leadership mid-way), and
 //! then the map and a group's Raft membership stay apart: a learner the map
@@ -26,9 +26,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp, Op};
-use crate::meta::{ClusterMap, GroupPlan, NodeStatus, META, META_VOTERS};
-use crate::service::NodeState;
+use crate::cluster::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp, Op};
+use crate::hosted::NodeState;
+use crate::state::meta::{ClusterMap, GroupPlan, NodeStatus, META, META_VOTERS};
 
 /// How long a difference must stand, with no admin operation seen running,
 /// before it is repaired: longer than any pause between the steps of a

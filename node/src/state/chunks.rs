@@ -9,10 +9,14 @@ use serde::{Deserialize, Serialize};
 use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
 
-use super::{encode, LogOp};
+use super::LogOp;
+use crate::util::encode;
+
+/// Largest log entry a write becomes; larger writes are chunked.
+pub const CHUNK_BYTES: usize = 4 << 20;
 
 /// The answer to a chunked write whose parts can no longer all apply.
-pub(super) const INTERRUPTED: &str = "TRYAGAIN chunked write interrupted; the command did not run";
+pub(crate) const INTERRUPTED: &str = "TRYAGAIN chunked write interrupted; the command did not run";
 
 /// How long the parts of an unfinished chunked write are kept (by entry
 /// timestamps): a leader that died mid-way never logs the rest.
@@ -64,7 +68,7 @@ impl Chunks {
 
     /// Appends this value's encoding (postcard's) to `out`, sharing the
     /// parts' bytes rather than copying them.
-    pub(super) fn encode_to(&self, out: &mut super::Pieces) {
+    pub(crate) fn encode_to(&self, out: &mut crate::data::Pieces) {
         let mut head = Vec::new();
         tessera_common::put_varint(&mut head, self.pending.len() as u64);
         for (id, w) in &self.pending {
@@ -105,7 +109,7 @@ impl Chunks {
     /// it and keeps it whole: its parts are only counted) if this is its
     /// first part. The last part yields the parts and whether it is local.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_part(
+    pub(crate) fn add_part(
         &mut self,
         id: u64,
         part: u32,
@@ -133,7 +137,7 @@ impl Chunks {
 
     /// Gives the local writes among these their parts (from `local`), or
     /// drops them if `local` no longer has them: for a snapshot.
-    pub(super) fn fill_local(&mut self, local: &LocalWrites) {
+    pub(crate) fn fill_local(&mut self, local: &LocalWrites) {
         self.pending.retain(|id, p| {
             if !p.local {
                 return true;
@@ -189,7 +193,7 @@ impl LocalWrites {
     /// write whose first part applied thus stays exactly as long as its
     /// unfinished parts do: whether its last part applies here as proposed
     /// or fails is what it is elsewhere.
-    pub(super) fn applying(&self, part_of: Option<u64>, chunks: &Chunks) {
+    pub(crate) fn applying(&self, part_of: Option<u64>, chunks: &Chunks) {
         let mut m = self.0.lock();
         if m.is_empty() {
             return;
@@ -200,18 +204,18 @@ impl LocalWrites {
         m.retain(|id, w| !w.applied || part_of == Some(*id) || chunks.pending.contains_key(id));
     }
 
-    pub(super) fn take(&self, id: u64) -> Option<LocalWrite> {
+    pub(crate) fn take(&self, id: u64) -> Option<LocalWrite> {
         self.0.lock().remove(&id)
     }
 
-    pub(super) fn contains(&self, id: u64) -> bool {
+    pub(crate) fn contains(&self, id: u64) -> bool {
         self.0.lock().contains_key(&id)
     }
 
     /// The first `n` parts of write `id`, as the leader logged them.
-    pub(super) fn parts_of(&self, id: u64, n: usize) -> Option<Vec<bytes::Bytes>> {
+    pub(crate) fn parts_of(&self, id: u64, n: usize) -> Option<Vec<bytes::Bytes>> {
         let m = self.0.lock();
-        let mut parts = super::encode_parts(&m.get(&id)?.op, crate::shard::CHUNK_BYTES);
+        let mut parts = super::encode_parts(&m.get(&id)?.op, CHUNK_BYTES);
         parts.truncate(n);
         Some(parts)
     }
@@ -220,7 +224,7 @@ impl LocalWrites {
 /// Joins the parts of a chunked write and decodes it. Each part is dropped
 /// once copied, and a model blob in the write stays where the join put it
 /// (a slice, see [`tessera_common::shared`]), laid out there for its
-/// runtime ([`crate::models::arrange`]): about one copy of the write in
+/// runtime ([`crate::engine::model::arrange`]): about one copy of the write in
 /// memory at any time. Takes a while for a large model: the caller holds no
 /// lock.
 pub fn join(parts: Vec<bytes::Bytes>) -> Result<LogOp, Reply> {
@@ -238,13 +242,13 @@ pub fn join(parts: Vec<bytes::Bytes>) -> Result<LogOp, Reply> {
     // The model's bytes are now all that holds the buffer.
     drop(whole);
     if let LogOp::Command(NodeCommand::ModelStore { model, .. }) = &mut op {
-        crate::models::arrange(model);
+        crate::engine::model::arrange(model);
     }
     Ok(op)
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use bytes::Bytes;
 
     use super::*;
@@ -292,7 +296,7 @@ pub(super) mod tests {
     #[test]
     fn a_local_write_keeps_no_parts_and_a_snapshot_gets_them() {
         let op = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from(vec![7u8; 100_000]); 100] });
-        let p = crate::raft::encode_parts(&op, crate::shard::CHUNK_BYTES);
+        let p = crate::state::encode_parts(&op, CHUNK_BYTES);
         assert!(p.len() >= 3);
         let local = LocalWrites::default();
         local.insert(5, op.clone(), None);

@@ -1,4 +1,5 @@
-//! Router sessions of the `tessera.node.v1.Node` service.
+//! Router sessions: links ([`tessera_proto::link::SESSION`]) carrying
+//! `tessera.node.v1` `RequestBatch`es in and `ResponseBatch`es out.
 //!
 //! Each router session is served by a reader task that decodes requests,
 //! checks slot ownership and hands each to the *lane* of its shard (one task
@@ -31,10 +32,9 @@ use tessera_common::reply::Reply;
 use tessera_proto::parts::{Joiner, Outgoing};
 use tessera_proto::v1::{response, Redirect, RequestBatch, ResponseBatch};
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 use tracing::{debug, trace, warn};
 
-use crate::service::NodeState;
+use crate::hosted::NodeState;
 use crate::shard::{Outcome, Shard};
 
 /// What a session sends back: a response, or a long reply's encoding in
@@ -51,7 +51,7 @@ fn response(id: u64, shard: u32, out: Outcome) -> Out {
         Outcome::Reply(r) if r.size_hint() > tessera_proto::parts::PART_BYTES => {
             // (Payloads of 64 KiB or more are pieces of their own: a model
             // laid out for its runtime is many such weights.)
-            let pieces = crate::raft::heavy(|| r.to_parts(64 << 10));
+            let pieces = crate::util::heavy(|| r.to_parts(64 << 10));
             return Out::Long { id, pieces };
         }
         Outcome::Reply(r) => response::Result::Reply(r.to_bytes().into()),
@@ -237,19 +237,19 @@ impl ResponseStream {
 }
 
 impl Stream for ResponseStream {
-    type Item = Result<ResponseBatch, Status>;
+    type Item = ResponseBatch;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if this.part_last || this.longs.is_empty() {
             if let Some(batch) = this.ready_replies(cx) {
                 this.part_last = false;
-                return Poll::Ready(Some(Ok(batch)));
+                return Poll::Ready(Some(batch));
             }
         }
         if let Some(part) = this.next_part() {
             this.part_last = true;
-            return Poll::Ready(Some(Ok(part)));
+            return Poll::Ready(Some(part));
         }
         // Nothing long to send, and no reply ready: `rx` has the waker.
         match this.closed {
@@ -327,16 +327,16 @@ async fn read_session(
     }
 }
 
-/// A session's requests, whatever carries them (a link, or a gRPC stream).
-pub(crate) type Inbound = BoxStream<'static, Result<RequestBatch, String>>;
+/// A session's requests, as its link's reader decodes them.
+type Inbound = BoxStream<'static, Result<RequestBatch, String>>;
 
 /// Serves one router session: its requests are read by a task spawned
 /// here; the stream returned carries the responses back.
-pub(crate) fn serve(
+fn serve(
     state: Arc<NodeState>,
     inbound: Inbound,
     peer: Option<std::net::SocketAddr>,
-) -> impl Stream<Item = Result<ResponseBatch, Status>> + Send {
+) -> impl Stream<Item = ResponseBatch> + Send {
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(read_session(state, inbound, tx, peer));
     ResponseStream { rx, closed: false, longs: VecDeque::new(), part_last: false, _guard: SessionGuard { peer } }
@@ -344,8 +344,8 @@ pub(crate) fn serve(
 
 /// Serves one router session that came as a link
 /// ([`tessera_proto::link::SESSION`], still unread): frames carry
-/// `RequestBatch`es in and `ResponseBatch`es out, as the gRPC `Session`
-/// stream's messages; pings go back as they came. When the router goes
+/// `RequestBatch`es in and `ResponseBatch`es out; pings go back as they
+/// came. When the router goes
 /// away the session's socket closes at once (commands already running
 /// finish; their replies have nowhere to go).
 ///
@@ -378,7 +378,7 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     let inbound = futures::stream::unfold(link, |mut link| async move { link.next().await.map(|b| (b, link)) });
     let mut responses = std::pin::pin!(serve(state, inbound.boxed(), peer));
     let pump = async {
-        while let Some(Ok(batch)) = responses.next().await {
+        while let Some(batch) = responses.next().await {
             writer.send(&encode_message(KIND_BATCH, &batch))?;
             writer.below(tessera_proto::link::SESSION_PACE).await?;
         }

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::admin::{meta_candidates, AdminClients, AdminRequest, AdminResponse, STEP_BUDGET};
-use crate::meta::{meta_seeds, ClusterMap, MetaOp, NodeStatus, META};
-use crate::raft::{LogOp, NodeAddr};
-use crate::service::NodeState;
+use crate::cluster::admin::{meta_candidates, AdminClients, AdminRequest, AdminResponse, STEP_BUDGET};
+use crate::hosted::NodeState;
+use crate::raft::NodeAddr;
+use crate::state::meta::{meta_seeds, ClusterMap, MetaOp, NodeStatus, META};
+use crate::state::LogOp;
 
 /// Keeps this node's replicas matching the cluster map: opens those the map
 /// gives it, closes (and deletes) those it no longer lists, forms the map
@@ -198,7 +199,7 @@ pub async fn rejoin(state: Arc<NodeState>, clients: AdminClients) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    if let Err(e) = crate::write_identity(&state.config) {
+    if let Err(e) = super::identity::write_identity(&state.config) {
         warn!(error = %e, "could not record the node id");
     }
     state.rebuilding.store(false, Ordering::Relaxed);

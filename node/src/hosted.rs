@@ -1,30 +1,26 @@
-//! The `tessera.node.v1.Node` gRPC service: the node's state (the groups it
-//! hosts, the slot → shard table) and the calls routers and admins make.
-//! Router sessions are served in [`crate::session`].
+//! The node's state: the groups it hosts (opened, reopened, closed), the
+//! slot → shard table, and which shard a router's request is for. Served to
+//! routers by [`crate::serve`], changed by [`crate::cluster`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
 use parking_lot::RwLock;
 use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
 use tessera_common::slot::{key_slot, SlotRange, SLOTS};
-use tessera_proto::v1::node_server::Node;
-use tessera_proto::v1::{request, Member, RequestBatch, ResponseBatch, ShardInfo, ShardsRequest, ShardsResponse};
-use tonic::{Request, Response, Status, Streaming};
+use tessera_proto::v1::request;
 use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::disk::DiskGuard;
-use crate::meta::{ClusterMap, META};
 use crate::raft::logfile::{read_atomic, write_atomic};
 use crate::raft::network::Peers;
 use crate::raft::RaftConfig;
-use crate::shard::{Outcome, Shard};
+use crate::shard::{group_dir, Outcome, Shard};
+use crate::state::meta::{ClusterMap, META};
 
 /// The slots a replica folder was created for.
 pub fn read_ranges(dir: &std::path::Path) -> std::io::Result<Option<Vec<SlotRange>>> {
@@ -33,15 +29,6 @@ pub fn read_ranges(dir: &std::path::Path) -> std::io::Result<Option<Vec<SlotRang
         Some(b) => {
             postcard::from_bytes(&b).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         }
-    }
-}
-
-/// A group's folder under the data dir.
-pub fn group_dir(id: u32) -> String {
-    if id == META {
-        "meta".into()
-    } else {
-        format!("shard-{id}")
     }
 }
 
@@ -244,12 +231,12 @@ impl NodeState {
         // stored slice of it would keep alive.
         // (The buffer is dropped once decoded, so that a model's bytes are
         // then all that holds it: see `Shard::submit`.)
-        let heavy = command.len() > crate::raft::HEAVY_BYTES;
+        let heavy = command.len() > crate::util::HEAVY_BYTES;
         let decode = move || match command.len() > tessera_proto::parts::PART_BYTES {
             true => NodeCommand::from_shared(&command),
             false => NodeCommand::from_bytes(&command),
         };
-        let decoded = if heavy { crate::raft::heavy(decode) } else { decode() };
+        let decoded = if heavy { crate::util::heavy(decode) } else { decode() };
         let cmd = decoded.map_err(|e| {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
             Outcome::Reply(Reply::err(format!("ERR node could not decode command: {e}")))
@@ -257,7 +244,7 @@ impl NodeState {
         // A node setting needs no shard: applied here, its reply returned
         // the way errors are.
         if let NodeCommand::AiConfig { op } = &cmd {
-            return Err(Outcome::Reply(crate::models::registry().config(op)));
+            return Err(Outcome::Reply(crate::engine::registry::registry().config(op)));
         }
         let hosted = self.hosted.read().clone();
         let shard = match target {
@@ -279,44 +266,16 @@ impl NodeState {
     }
 }
 
-pub struct NodeService {
-    pub state: Arc<NodeState>,
-}
-
-#[tonic::async_trait]
-impl Node for NodeService {
-    type SessionStream = Pin<Box<dyn Stream<Item = Result<ResponseBatch, Status>> + Send>>;
-
-    async fn session(&self, req: Request<Streaming<RequestBatch>>) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = req.remote_addr();
-        debug!(?peer, "session opened");
-        metrics::gauge!("tessera_node_sessions").increment(1.0);
-        let inbound = req.into_inner().map(|r| r.map_err(|status| status.to_string())).boxed();
-        Ok(Response::new(Box::pin(crate::session::serve(self.state.clone(), inbound, peer))))
+impl crate::raft::transport::Groups for NodeState {
+    fn raft(&self, group: u32) -> Option<crate::raft::Raft> {
+        self.group(group).map(|s| s.raft.clone())
     }
 
-    async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
-        let hosted = self.state.hosted();
-        let shards = hosted
-            .shards
-            .iter()
-            .map(|s| {
-                let st = s.status();
-                ShardInfo {
-                    id: s.id,
-                    slots: s
-                        .ranges
-                        .iter()
-                        .map(|r| tessera_proto::v1::SlotRange { start: r.start.into(), end: r.end.into() })
-                        .collect(),
-                    members: st.members.into_iter().map(|(id, addr)| Member { id, addr }).collect(),
-                    leader_id: st.leader.unwrap_or(0),
-                    term: st.term,
-                    commit_index: st.committed,
-                    applied_index: st.applied,
-                }
-            })
-            .collect();
-        Ok(Response::new(ShardsResponse { node_id: self.state.node_id, shards }))
+    fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -1,20 +1,15 @@
-//! Models on this node: the backends compiled in (each loaded on first use,
+//! The model registry: the backends compiled in (each loaded on first use,
 //! as RedisAI loads its backend libraries lazily), the node's AI settings
-//! (`AI.CONFIG`), and [`StoredModel`] — a model as the keyspace holds it.
-//!
-//! A stored model starts loading in the background the moment a replica
-//! applies it (or restores it from a snapshot), so a replica that becomes
-//! leader serves it at once; a run that arrives mid-load waits for it.
+//! (`AI.CONFIG`), and the loaded instances handed from a leader's check of a
+//! model to the replica's keyspace (see [`super::model`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use tessera_backend::{Backend, BackendKind, Device, LoadOptions, Model};
 use tessera_common::blob::Blob;
-use tessera_common::command::NodeCommand;
 use tessera_common::model::{AiConfig, ModelDef};
 use tessera_common::reply::Reply;
 
@@ -104,7 +99,7 @@ struct PreparedKey {
 
 impl PreparedKey {
     fn of(def: &ModelDef) -> PreparedKey {
-        let hash = crate::raft::heavy(|| {
+        let hash = crate::util::heavy(|| {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             def.blob.parts().iter().for_each(|p| h.update(p));
             h.digest128()
@@ -258,7 +253,7 @@ impl Registry {
     }
 
     /// The validation instance of `def`, if this node loaded one.
-    fn take_prepared(&self, def: &ModelDef) -> Option<Arc<dyn Model>> {
+    pub(super) fn take_prepared(&self, def: &ModelDef) -> Option<Arc<dyn Model>> {
         {
             let mut h = self.handed.lock();
             if let Some(i) = h.iter().position(|(d, at, _)| {
@@ -306,185 +301,5 @@ impl Registry {
             }
         }
         Reply::ok()
-    }
-}
-
-/// [`arrange`] for the model an AI.MODELSTORE carries (any other command
-/// comes back as it is).
-pub fn arrange_command(mut cmd: NodeCommand) -> NodeCommand {
-    if let NodeCommand::ModelStore { model, .. } = &mut cmd {
-        arrange(model);
-    }
-    cmd
-}
-
-/// Lays `def`'s bytes out for its runtime in the memory they lie in, when
-/// nothing else holds that memory: an ONNX model for the CPU whose large
-/// weights lie misaligned (as a real model's do) would otherwise be copied
-/// whole when it loads (see `tessera_backend_onnx::weights`), 1× more for a
-/// moment. Its bytes then become parts of that memory (the same bytes,
-/// with gaps between the parts). Called where a model's bytes were just
-/// assembled into a buffer of their own with room to spare
-/// ([`tessera_common::blob::layout_room`]): a joined chunked write, a
-/// restored snapshot. Other models, and bytes held elsewhere too, stay as
-/// they are (their load copies them, if it must).
-pub fn arrange(def: &mut ModelDef) {
-    #[cfg(feature = "onnx")]
-    if def.backend == BackendKind::Onnx && matches!(def.device, Device::Cpu(_)) {
-        def.blob = match std::mem::take(&mut def.blob).into_vec() {
-            Ok(bytes) => tessera_backend_onnx::weights::arrange(bytes),
-            Err(shared) => shared,
-        };
-    }
-    #[cfg(not(feature = "onnx"))]
-    let _ = def;
-}
-
-/// Run statistics (AI.INFO), in memory on the node that runs the model.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub duration_us: AtomicU64,
-    pub samples: AtomicU64,
-    pub calls: AtomicU64,
-    pub errors: AtomicU64,
-}
-
-impl Stats {
-    pub fn reset(&self) {
-        for a in [&self.duration_us, &self.samples, &self.calls, &self.errors] {
-            a.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-enum LoadState {
-    Loading,
-    Ready(Arc<dyn Model>),
-    Failed(String),
-}
-
-/// A model in the keyspace: its definition (what is replicated and
-/// snapshotted), its bytes, the loaded instance, and its run statistics.
-pub struct StoredModel {
-    /// The definition, without its bytes (in `blob`).
-    pub def: ModelDef,
-    /// The model's bytes: as they came, or the copy the loaded model keeps
-    /// (see [`Model::bytes`]), which takes their place once it loads.
-    blob: RwLock<Blob>,
-    state: Mutex<LoadState>,
-    ready: Condvar,
-    pub stats: Stats,
-    /// Set once a batch padded to BATCHSIZE failed where the unpadded one
-    /// ran (a GPU model whose batch dim is fixed): no more padding.
-    pub no_padding: std::sync::atomic::AtomicBool,
-}
-
-impl std::fmt::Debug for StoredModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredModel").field("backend", &self.def.backend).field("bytes", &self.blob_len()).finish()
-    }
-}
-
-impl PartialEq for StoredModel {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other) || (self.def == other.def && *self.blob.read() == *other.blob.read())
-    }
-}
-
-impl StoredModel {
-    /// A model about to enter the keyspace; loading starts in the background.
-    pub fn new(def: ModelDef) -> Arc<StoredModel> {
-        if let Some(loaded) = registry().take_prepared(&def) {
-            return StoredModel::with_loaded(def, loaded);
-        }
-        let m = Arc::new(StoredModel::loading(def));
-        let bg = m.clone();
-        let spawned = std::thread::Builder::new().name("model-load".into()).spawn(move || {
-            let result = registry().load(&bg.def, &bg.blob());
-            if let Err(e) = &result {
-                // The leader checked this model loads before logging it; a
-                // replica that cannot (a backend missing here) says why.
-                tracing::warn!(backend = %bg.def.backend, error = %e, "stored model does not load on this node");
-            }
-            bg.set(result);
-        });
-        if let Err(e) = spawned {
-            m.set(Err(format!("ERR cannot start a model loader: {e}")));
-        }
-        m
-    }
-
-    /// A model already loaded (the leader's validation instance).
-    pub fn with_loaded(def: ModelDef, model: Arc<dyn Model>) -> Arc<StoredModel> {
-        let m = StoredModel::loading(def);
-        m.set(Ok(model));
-        Arc::new(m)
-    }
-
-    fn loading(mut def: ModelDef) -> StoredModel {
-        let blob = std::mem::take(&mut def.blob);
-        StoredModel {
-            def,
-            blob: RwLock::new(blob),
-            state: Mutex::new(LoadState::Loading),
-            ready: Condvar::new(),
-            stats: Stats::default(),
-            no_padding: Default::default(),
-        }
-    }
-
-    /// The model's bytes.
-    pub fn blob(&self) -> Blob {
-        self.blob.read().clone()
-    }
-
-    /// The size of the model's bytes.
-    pub fn blob_len(&self) -> usize {
-        self.blob.read().len()
-    }
-
-    fn set(&self, result: Result<Arc<dyn Model>, String>) {
-        if let Ok(m) = &result {
-            // The model keeps a copy of its bytes (laid out for its
-            // runtime): that copy replaces the bytes it was loaded from, and
-            // the model is held once.
-            if let Some(copy) = m.bytes() {
-                // (Compared whole only in debug builds, and not under the
-                // write lock: readers go on meanwhile.)
-                let same = {
-                    let blob = self.blob.read();
-                    copy.len() == blob.len() && (!cfg!(debug_assertions) || copy == *blob)
-                };
-                debug_assert!(same, "a model's copy of its bytes differs from them");
-                if same {
-                    *self.blob.write() = copy;
-                }
-            }
-        }
-        *self.state.lock() = match result {
-            Ok(m) => LoadState::Ready(m),
-            Err(e) => LoadState::Failed(e),
-        };
-        self.ready.notify_all();
-    }
-
-    /// The loaded model if it is ready now.
-    pub fn try_loaded(&self) -> Option<Arc<dyn Model>> {
-        match &*self.state.lock() {
-            LoadState::Ready(m) => Some(m.clone()),
-            _ => None,
-        }
-    }
-
-    /// The loaded model, waiting while it loads (blocking).
-    pub fn loaded(&self) -> Result<Arc<dyn Model>, String> {
-        let mut s = self.state.lock();
-        loop {
-            match &*s {
-                LoadState::Ready(m) => return Ok(m.clone()),
-                LoadState::Failed(e) => return Err(e.clone()),
-                LoadState::Loading => self.ready.wait(&mut s),
-            }
-        }
     }
 }

@@ -19,7 +19,7 @@ use tessera_common::tensor::Tensor;
 pub enum Value {
     Str(Bytes),
     Tensor(Tensor),
-    Model(std::sync::Arc<crate::models::StoredModel>),
+    Model(std::sync::Arc<crate::engine::model::StoredModel>),
 }
 
 impl Value {
@@ -262,18 +262,18 @@ impl Keyspace {
     /// raw bytes (a model's, which may be held in parts; none for other
     /// values), each prefixed by its length (u64, little-endian).
     pub fn dump(&self) -> Vec<u8> {
-        let mut out = crate::raft::Pieces::default();
+        let mut out = crate::data::Pieces::default();
         self.dump_to(&mut out);
         out.finish().concat()
     }
 
     /// [`Keyspace::dump`], appended to `out` as pieces: a model's bytes
     /// are shared, not copied.
-    pub fn dump_to(&self, out: &mut crate::raft::Pieces) {
+    pub fn dump_to(&self, out: &mut crate::data::Pieces) {
         out.extend(&DUMP_FORMAT.to_le_bytes());
         out.extend(&(self.len as u64).to_le_bytes());
         self.records().for_each(|(rec, raw)| {
-            let rec = crate::raft::encode(&rec);
+            let rec = crate::util::encode(&rec);
             out.extend(&(rec.len() as u64).to_le_bytes());
             out.extend(&rec);
             out.extend(&(raw.len() as u64).to_le_bytes());
@@ -309,7 +309,7 @@ impl Keyspace {
     /// models are copied into buffers of their own. Models are created last,
     /// once `data` is dropped, so that each one's bytes are all that holds
     /// their buffer, and are laid out there for their runtime
-    /// ([`crate::models::arrange`]).
+    /// ([`crate::engine::model::arrange`]).
     pub fn load_shared(data: Bytes) -> Result<Keyspace, String> {
         let mut ks = Keyspace::new();
         let take = |pos: &mut usize, n: usize| -> Result<std::ops::Range<usize>, String> {
@@ -365,8 +365,8 @@ impl Keyspace {
         }
         drop(data);
         for (key, mut def, expire_at) in models {
-            crate::models::arrange(&mut def);
-            ks.insert(key, Entry { value: Value::Model(crate::models::StoredModel::new(def)), expire_at });
+            crate::engine::model::arrange(&mut def);
+            ks.insert(key, Entry { value: Value::Model(crate::engine::model::StoredModel::new(def)), expire_at });
         }
         Ok(ks)
     }
@@ -446,7 +446,7 @@ mod tests {
         };
         let loaded = tessera_backend::mock::MockBackend.load(b"mock:rows", &LoadOptions::default()).unwrap();
         let mut ks = Keyspace::new();
-        let model = Value::Model(crate::models::StoredModel::with_loaded(def.clone(), loaded));
+        let model = Value::Model(crate::engine::model::StoredModel::with_loaded(def.clone(), loaded));
         ks.insert(Bytes::from_static(b"m"), Entry { value: model.clone(), expire_at: None });
         ks.insert(Bytes::from_static(b"s"), s("x"));
         let dump = Bytes::from(ks.dump());

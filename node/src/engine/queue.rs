@@ -17,7 +17,7 @@ use tessera_backend::batch;
 use tessera_backend::{Device, Tensor};
 use tokio::sync::oneshot;
 
-use crate::models::StoredModel;
+use super::model::StoredModel;
 
 /// What a run answers.
 #[derive(Debug)]
@@ -193,7 +193,7 @@ fn run(batch: Vec<Job>) {
         }
     };
     // MODEL_EXECUTION_TIMEOUT: ONNX Runtime stops a run past it.
-    let limit = Some(Duration::from_millis(crate::models::registry().settings().execution_timeout_ms));
+    let limit = Some(Duration::from_millis(super::registry::registry().settings().execution_timeout_ms));
     let sizes: Vec<usize> = batch.iter().map(|j| batch::batch_size(&j.inputs)).collect();
     // A GPU model with BATCHSIZE runs every batch padded to BATCHSIZE rows
     // (the padding's outputs are dropped). ONNX Runtime's CUDA kernels set

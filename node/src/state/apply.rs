@@ -14,9 +14,10 @@ use tessera_common::model::BackendKind;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SLOTS;
 
-use crate::keyspace::{Entry, Keyspace, Value};
-use crate::models::{registry, StoredModel};
-use crate::raft::LogOp;
+use super::LogOp;
+use crate::data::keyspace::{Entry, Keyspace, Value};
+use crate::engine::model::StoredModel;
+use crate::engine::registry::registry;
 
 const EMPTY_TENSOR: &str = "ERR tensor key is empty or in a different shard";
 pub const EMPTY_MODEL: &str = "ERR model key is empty";
