@@ -166,7 +166,7 @@ impl NodeState {
     pub async fn reopen_group(&self, id: u32) -> std::io::Result<()> {
         let Some(shard) = self.group(id) else { return Ok(()) };
         self.detach(id);
-        let _ = shard.raft.shutdown().await;
+        shard.group.shutdown().await;
         match self.open_group(id, shard.ranges.clone(), shard.placement.clone()).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -202,7 +202,7 @@ impl NodeState {
     pub async fn close_group(&self, id: u32) -> std::io::Result<()> {
         let Some(shard) = self.group(id) else { return Ok(()) };
         self.detach(id);
-        let _ = shard.raft.shutdown().await;
+        shard.group.shutdown().await;
         let dir = self.config.data_dir.join(group_dir(id));
         if dir.exists() {
             // Rename first so a crash mid-delete leaves no half replica behind.
@@ -267,8 +267,8 @@ impl NodeState {
 }
 
 impl crate::raft::transport::Groups for NodeState {
-    fn raft(&self, group: u32) -> Option<crate::raft::Raft> {
-        self.group(group).map(|s| s.raft.clone())
+    fn group(&self, group: u32) -> Option<crate::raft::group::Group> {
+        self.group(group).map(|s| s.group.clone())
     }
 
     fn node_id(&self) -> u64 {

@@ -153,7 +153,7 @@ pub async fn run(
     }
     acceptor.abort();
     for s in state.hosted().all() {
-        let _ = s.raft.shutdown().await;
+        s.group.shutdown().await;
     }
     info!("node stopped");
     Ok(())

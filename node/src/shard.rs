@@ -14,10 +14,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
-use openraft::impls::ProgressResponder;
-use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use parking_lot::Mutex;
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
@@ -31,10 +27,10 @@ use crate::data::keyspace::Value;
 use crate::disk::DiskGuard;
 use crate::engine::registry::registry;
 use crate::engine::{engine, RunResult};
-use crate::raft::network::{NetworkFactory, Peers};
-use crate::raft::sm::{ShardData, StateMachine};
-use crate::raft::store::LogStore;
-use crate::raft::{NodeAddr, Raft, RaftConfig, C};
+use crate::raft::group::{Applied, Group, Pending, Unconfirmed};
+use crate::raft::network::Peers;
+use crate::raft::sm::{LocalWrites, ShardData};
+use crate::raft::{NodeAddr, RaftConfig};
 use crate::state::apply::{precheck, read, EMPTY_MODEL};
 use crate::state::chunks::CHUNK_BYTES;
 use crate::state::meta::ClusterMap;
@@ -53,15 +49,6 @@ pub fn group_dir(id: u32) -> String {
 /// Parts of a chunked write proposed ahead of the oldest one not yet
 /// applied (32 MiB).
 const CHUNK_WINDOW: usize = 8;
-
-/// How long adding a learner waits for it to catch up (within the admin
-/// step budget).
-pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
-
-/// On a leader: the last log index replica `id` is known to hold.
-fn matched_index(m: &openraft::RaftMetrics<C>, id: u64) -> Option<u64> {
-    m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
-}
 
 /// What a replica answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +69,7 @@ enum Executed {
 /// A write that was handed to Raft (in submission order) and is in flight.
 pub enum Submitted {
     Done(Outcome),
-    Waiting(openraft::type_config::alias::OneshotReceiverOf<C, openraft::raft::ClientWriteResult<C>>),
+    Waiting(Pending),
 }
 
 pub struct Shard {
@@ -91,15 +78,14 @@ pub struct Shard {
     /// The replica set the cluster layout assigns (reported until the group's
     /// own membership is known).
     pub placement: BTreeMap<u64, String>,
-    pub raft: Raft,
+    pub group: Group,
     data: Arc<Mutex<ShardData>>,
     /// Highest timestamp handed to a proposal.
     last_ts: AtomicI64,
-    read_policy: ReadPolicy,
     /// Refuses writes that would fill the data disk.
     disk: Arc<DiskGuard>,
     /// Chunked writes this replica proposed, until they apply here.
-    local: crate::raft::sm::LocalWrites,
+    local: LocalWrites,
 }
 
 /// A point-in-time view for INFO, `Shards` and metrics.
@@ -114,10 +100,6 @@ pub struct ShardStatus {
     pub committed: u64,
     pub applied: u64,
     pub members: BTreeMap<u64, String>,
-}
-
-fn forward(f: &ForwardToLeader<C>) -> Outcome {
-    Outcome::Redirect(f.leader_id.map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default())))
 }
 
 impl Shard {
@@ -135,33 +117,15 @@ impl Shard {
         disk: Arc<DiskGuard>,
     ) -> io::Result<Arc<Shard>> {
         let dir = node.data_dir.join(group_dir(id));
-        let store = LogStore::open(&dir, id)?;
-        let sm = StateMachine::open(&dir)?;
-        let (data, local) = (sm.data.clone(), sm.local.clone());
+        let lease = node.read_mode == ReadMode::Lease;
+        let (group, data, local) = Group::open(node.node_id, id, &dir, group_dir(id), raft, peers, lease).await?;
         let last_ts = data.lock().last_ts;
-        let network = NetworkFactory { group: id, peers };
-        // Named after the group, so openraft's log lines say which group speaks.
-        let raft = Arc::new(RaftConfig { cluster_name: group_dir(id), ..(*raft).clone() });
-        let raft = Raft::new(node.node_id, raft, network, store, sm).await.map_err(io::Error::other)?;
-        Ok(Arc::new(Shard {
-            id,
-            ranges,
-            placement,
-            raft,
-            data,
-            local,
-            last_ts: AtomicI64::new(last_ts),
-            read_policy: match node.read_mode {
-                ReadMode::ReadIndex => ReadPolicy::ReadIndex,
-                ReadMode::Lease => ReadPolicy::LeaseRead,
-            },
-            disk,
-        }))
+        Ok(Arc::new(Shard { id, ranges, placement, group, data, local, last_ts: AtomicI64::new(last_ts), disk }))
     }
 
     /// Whether a storage error (or shutdown) stopped this replica's Raft.
     pub fn stopped(&self) -> Option<String> {
-        self.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string())
+        self.group.stopped()
     }
 
     pub fn owns(&self, slot: u16) -> bool {
@@ -170,17 +134,7 @@ impl Shard {
 
     /// Forms the group with `members` if it has never been initialized.
     pub async fn bootstrap(&self, members: BTreeMap<u64, NodeAddr>) -> io::Result<()> {
-        if self.raft.is_initialized().await.map_err(io::Error::other)? {
-            return Ok(());
-        }
-        match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(e)) => {
-                tracing::info!(shard = self.id, error = %e, "group already initialized");
-                Ok(())
-            }
-            Err(e) => Err(io::Error::other(e)),
-        }
+        self.group.bootstrap(members).await
     }
 
     fn next_ts(&self) -> i64 {
@@ -276,10 +230,9 @@ impl Shard {
     }
 
     async fn propose(&self, op: LogOp) -> Submitted {
-        let (responder, rx) = ProgressResponder::complete_only();
         let proposal = Proposal { ts: self.next_ts(), op };
-        match self.raft.write(proposal).responder(responder).await {
-            Ok(()) => Submitted::Waiting(rx),
+        match self.group.propose(proposal).await {
+            Ok(p) => Submitted::Waiting(p),
             // This replica's Raft has stopped (the node is shutting down, or
             // a storage error stopped it): the write was never proposed.
             Err(fatal) => {
@@ -296,7 +249,7 @@ impl Shard {
     /// Never a fatal error: nothing ran here, so the command is safe to
     /// send again.
     fn not_here(&self) -> Outcome {
-        let me = self.raft.metrics().borrow_watched().id;
+        let me = self.group.me();
         Outcome::Redirect(self.leader().filter(|(id, _)| *id != me))
     }
 
@@ -308,8 +261,8 @@ impl Shard {
             // the write is acknowledged once it is queued, before Raft has
             // committed (or even logged) it. Never in a default build.
             #[cfg(feature = "chaos-early-ack")]
-            Submitted::Waiting(rx) => {
-                tokio::spawn(rx);
+            Submitted::Waiting(p) => {
+                tokio::spawn(p.applied());
                 Outcome::Reply(Reply::ok())
             }
             #[cfg(not(feature = "chaos-early-ack"))]
@@ -318,21 +271,18 @@ impl Shard {
     }
 
     /// What Raft answers for a proposal once it applied.
-    async fn outcome(
-        &self,
-        rx: openraft::type_config::alias::OneshotReceiverOf<C, openraft::raft::ClientWriteResult<C>>,
-    ) -> Outcome {
-        match rx.await {
-            Ok(Ok(resp)) => Outcome::Reply(resp.data),
-            Ok(Err(ClientWriteError::ForwardToLeader(f))) => forward(&f),
+    async fn outcome(&self, p: Pending) -> Outcome {
+        match p.applied().await {
+            Applied::Reply(r) => Outcome::Reply(r),
+            Applied::Forward(leader) => Outcome::Redirect(leader),
             // An entry this replica logged was replaced (never committed)
             // or purged under a snapshot (committed or not): unknown here.
-            Ok(Err(e)) => Outcome::Reply(Reply::err(format!(
+            Applied::Unknown(e) => Outcome::Reply(Reply::err(format!(
                 "TRYAGAIN shard {}: {e}; the write may or may not have been applied",
                 self.id
             ))),
             // The replica stopped (or lost the entry) before it applied.
-            Err(_) => Outcome::Reply(Reply::err(format!(
+            Applied::Lost => Outcome::Reply(Reply::err(format!(
                 "TRYAGAIN shard {} lost leadership; the write may or may not have been applied",
                 self.id
             ))),
@@ -347,25 +297,14 @@ impl Shard {
         }
     }
 
-    /// The term this replica leads, if its state already holds every write
-    /// acknowledged before now by it or by earlier leaders: it has applied
-    /// an entry of its own term (its first is the no-op that commits all
-    /// before it), and it acknowledges writes only once applied.
-    fn leading_applied_term(&self) -> Option<u64> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        let applied_term = m.last_applied.as_ref().map(|l| l.committed_leader_id().term);
-        (m.state == ServerState::Leader && applied_term == Some(m.current_term)).then_some(m.current_term)
-    }
-
     /// Whether this replica may serve a linearizable read now. A replica
     /// that cannot say (no quorum answered in time, its Raft stopped) has
     /// read nothing: it answers as one that is not the leader.
     async fn confirm_read(&self) -> Result<(), Outcome> {
-        match self.raft.ensure_linearizable(self.read_policy.clone()).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(forward(&f)),
-            Err(e) => {
+        match self.group.confirm_read().await {
+            Ok(()) => Ok(()),
+            Err(Unconfirmed::Forward(leader)) => Err(Outcome::Redirect(leader)),
+            Err(Unconfirmed::Other(e)) => {
                 tracing::debug!(shard = self.id, error = %e, "read not confirmed");
                 Err(self.not_here())
             }
@@ -383,7 +322,7 @@ impl Shard {
     /// no output written (an error, or a run with no tensor outputs) gets
     /// the quorum round before it goes out instead.
     pub async fn execute(&self, argv: &[Bytes], deprecated: bool) -> Outcome {
-        let fence = self.leading_applied_term();
+        let fence = self.group.leading_applied_term();
         if fence.is_none() {
             if let Err(o) = self.confirm_read().await {
                 return o;
@@ -467,7 +406,7 @@ impl Shard {
     /// On the leader, logs a purge of expired keys once a deadline has passed.
     pub async fn purge_expired(&self) {
         let due = self.data.lock().ks.next_expiry().is_some_and(|t| t <= now_ms());
-        if due && self.raft.metrics().borrow_watched().state == ServerState::Leader {
+        if due && self.group.is_leader() {
             let s = self.propose(LogOp::PurgeExpired).await;
             if let Outcome::Reply(Reply::Int(n)) = self.finish(s).await {
                 metrics::counter!("tessera_node_expired_keys_total").increment(n as u64);
@@ -476,24 +415,20 @@ impl Shard {
     }
 
     pub fn status(&self) -> ShardStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let v = self.group.view();
         let d = self.data.lock();
         ShardStatus {
             keys: d.ks.len(),
             value_bytes: d.ks.value_bytes(),
-            leader: m.current_leader,
-            is_leader: m.state == ServerState::Leader,
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            committed: m.local_committed.map_or(0, |l| l.index),
-            applied: m.last_applied.map_or(0, |l| l.index),
+            leader: v.leader,
+            is_leader: v.is_leader,
+            term: v.term,
+            last_log_index: v.last_log_index,
+            committed: v.committed,
+            applied: v.applied,
             // Until the group's membership comes from its log, report the
             // layout's replica set (an unformed group lists only itself).
-            members: if m.membership_config.log_id().is_none() {
-                self.placement.clone()
-            } else {
-                m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
-            },
+            members: v.members.unwrap_or_else(|| self.placement.clone()),
         }
     }
 
@@ -501,10 +436,12 @@ impl Shard {
     /// linearizable when `fresh` (a read-index round on the leader).
     pub async fn map(&self, fresh: bool) -> Result<ClusterMap, Outcome> {
         if fresh {
-            match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                Ok(_) => {}
-                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => return Err(forward(&f)),
-                Err(e) => return Err(Outcome::Reply(Reply::err(format!("TRYAGAIN meta group: {e}")))),
+            match self.group.confirm_leadership().await {
+                Ok(()) => {}
+                Err(Unconfirmed::Forward(leader)) => return Err(Outcome::Redirect(leader)),
+                Err(Unconfirmed::Other(e)) => {
+                    return Err(Outcome::Reply(Reply::err(format!("TRYAGAIN meta group: {e}"))))
+                }
             }
         }
         Ok(self.data.lock().map.clone())
@@ -515,112 +452,12 @@ impl Shard {
         self.data.lock().map.clone()
     }
 
-    /// On the leader: whether voter `id` holds every entry the leader has.
-    pub fn caught_up(&self, id: u64) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
-        m.last_log_index.is_some_and(|last| matched_index(&m, id) == Some(last))
-    }
-
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().state == ServerState::Leader
-    }
-
-    /// Voters and learners of the group's current membership (as this replica knows it).
-    pub fn membership(&self) -> (Vec<u64>, Vec<u64>) {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let mc = m.membership_config.membership();
-        let voters: Vec<u64> = mc.voter_ids().collect();
-        let learners = mc.learner_ids().collect();
-        (voters, learners)
-    }
-
-    /// Confirms with a quorum that this replica still leads.
-    pub async fn confirm_leadership(&self) -> Result<(), String> {
-        self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| e.to_string())
-    }
-
-    /// Voters and learners of the committed configuration, and whether a
-    /// newer one is still uncommitted.
-    pub fn committed_membership(&self) -> (Vec<u64>, Vec<u64>, bool) {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let c = m.committed_membership_config.membership();
-        let in_flight = m.membership_config.log_id() != m.committed_membership_config.log_id();
-        (c.voter_ids().collect(), c.learner_ids().collect(), in_flight)
-    }
-
-    /// While a joint configuration is in force (a membership change cut
-    /// short between its two steps): the voters it is moving to.
-    pub fn pending_voters(&self) -> Option<Vec<u64>> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let joint = m.membership_config.membership().get_joint_config();
-        (joint.len() > 1).then(|| joint.last().map(|c| c.iter().copied().collect()).unwrap_or_default())
-    }
-
-    /// On the leader: removes learners `ids` from the group.
-    pub async fn remove_learners(&self, ids: Vec<u64>) -> Result<(), String> {
-        let set = ids.into_iter().collect();
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(set), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.membership_error(e))
-    }
-
-    /// On the leader: adds `id` as a learner and waits (at most
-    /// [`CATCH_UP_WAIT`]) until it holds every entry the leader had once the
-    /// learner was added. openraft's own blocking wait is not enough: it
-    /// counts a learner within `replication_lag_threshold` (5000) entries as
-    /// caught up, even one that never answered, and a move would then promote
-    /// an empty, dead node to voter.
-    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), String> {
-        let added = self.raft.add_learner(id, NodeAddr { addr }, false).await.map_err(|e| self.membership_error(e))?;
-        let want = added.log_id.index;
-        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-        loop {
-            let m = self.raft.metrics().borrow_watched().clone();
-            if m.state != ServerState::Leader {
-                return Err(format!("TRYAGAIN group {} changed leader while node {id} was catching up", self.id));
-            }
-            let have = matched_index(&m, id).unwrap_or(0);
-            if have >= want {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "TRYAGAIN node {id} has not caught up with group {} in {CATCH_UP_WAIT:?} (it holds entry {have} of {want})",
-                    self.id
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
-    /// A membership change cut short by a leadership change is worth
-    /// retrying (`TRYAGAIN`: the admin operations are idempotent); before,
-    /// openraft's "has to forward request to: None, None" ended a
-    /// `move-replica` half done (the chaos harness found it).
-    fn membership_error(&self, e: RaftError<C, ClientWriteError<C>>) -> String {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => format!(
-                "TRYAGAIN group {} changed leader ({:?}) during a membership change; run the command again",
-                self.id, f.leader_id
-            ),
-            e => e.to_string(),
-        }
-    }
-
-    /// On the leader: makes `voters` the voter set (joint consensus inside);
-    /// voters left out are removed from the group entirely.
-    pub async fn set_voters(&self, voters: Vec<u64>) -> Result<(), String> {
-        let set: std::collections::BTreeSet<u64> = voters.into_iter().collect();
-        self.raft.change_membership(set, false).await.map(|_| ()).map_err(|e| self.membership_error(e))
+        self.group.is_leader()
     }
 
     /// The leader this replica knows of, with its address.
     pub fn leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let id = m.current_leader?;
-        let addr = m.membership_config.nodes().find(|(n, _)| **n == id).map(|(_, a)| a.addr.clone())?;
-        Some((id, addr))
+        self.group.leader()
     }
 }

@@ -274,20 +274,24 @@ async fn group_step(state: &NodeState, group: u32, op: GroupOp) -> AdminResponse
             // A leader cut off from its group still believes it leads:
             // confirm with a quorum first, and report the committed
             // configuration (what repair may copy into the map).
-            if shard.confirm_leadership().await.is_err() {
+            if shard.group.confirm_leadership().await.is_err() {
                 return not_leader(state, group);
             }
-            let (voters, learners, in_flight) = shard.committed_membership();
-            return AdminResponse::Membership { voters, learners, pending: shard.pending_voters(), in_flight };
+            let (voters, learners, in_flight) = shard.group.committed_membership();
+            return AdminResponse::Membership { voters, learners, pending: shard.group.pending_voters(), in_flight };
         }
-        GroupOp::AddLearner { id, addr } => shard.add_learner(id, addr).await.map(|_| format!("{id} caught up")),
-        GroupOp::SetVoters { voters } => shard.set_voters(voters.clone()).await.map(|_| format!("voters {voters:?}")),
-        GroupOp::RemoveLearner { id } => shard.remove_learners(vec![id]).await.map(|_| format!("learner {id} removed")),
+        GroupOp::AddLearner { id, addr } => shard.group.add_learner(id, addr).await.map(|_| format!("{id} caught up")),
+        GroupOp::SetVoters { voters } => {
+            shard.group.set_voters(voters.clone()).await.map(|_| format!("voters {voters:?}"))
+        }
+        GroupOp::RemoveLearner { id } => {
+            shard.group.remove_learners(vec![id]).await.map(|_| format!("learner {id} removed"))
+        }
         GroupOp::TransferLeader { to } => {
-            if !shard.membership().0.contains(&to) {
+            if !shard.group.membership().0.contains(&to) {
                 return AdminResponse::Error(format!("node {to} is not a voter of group {group}"));
             }
-            let _ = shard.raft.trigger().transfer_leader(to).await;
+            shard.group.transfer_leader(to).await;
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 if shard.leader().is_some_and(|(id, _)| id == to) {

@@ -90,17 +90,17 @@ pub async fn bootstrap_meta(state: &NodeState) {
 pub async fn hand_off_leadership(state: &NodeState) {
     let hosted = state.hosted();
     for s in hosted.all() {
-        s.raft.runtime_config().elect(false);
+        s.group.elect(false);
     }
     let hand_off = |s: Arc<crate::shard::Shard>| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while s.is_leader() && tokio::time::Instant::now() < deadline {
-            let others: Vec<u64> = s.membership().0.into_iter().filter(|id| *id != state.node_id).collect();
+            let others: Vec<u64> = s.group.membership().0.into_iter().filter(|id| *id != state.node_id).collect();
             // A replica that holds every entry can take over at once.
-            let Some(to) = others.iter().copied().find(|id| s.caught_up(*id)).or(others.first().copied()) else {
+            let Some(to) = others.iter().copied().find(|id| s.group.caught_up(*id)).or(others.first().copied()) else {
                 return;
             };
-            let _ = s.raft.trigger().transfer_leader(to).await;
+            s.group.transfer_leader(to).await;
             let retry = tokio::time::Instant::now() + Duration::from_millis(500);
             while s.is_leader() && tokio::time::Instant::now() < retry.min(deadline) {
                 tokio::time::sleep(Duration::from_millis(20)).await;

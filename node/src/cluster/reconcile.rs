@@ -128,7 +128,7 @@ async fn give_leadership_back(state: &NodeState, map: &ClusterMap) {
             state.handed_back.lock().remove(gid);
             continue;
         };
-        if preferred == me || !shard.membership().0.contains(&preferred) || !shard.caught_up(preferred) {
+        if preferred == me || !shard.group.membership().0.contains(&preferred) || !shard.group.caught_up(preferred) {
             continue;
         }
         {
@@ -142,7 +142,7 @@ async fn give_leadership_back(state: &NodeState, map: &ClusterMap) {
             seen.insert(*gid, std::time::Instant::now());
         }
         info!(group = gid, to = preferred, "handing leadership back to the preferred leader");
-        let _ = shard.raft.trigger().transfer_leader(preferred).await;
+        shard.group.transfer_leader(preferred).await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! ([`network`]: client; [`transport`]: server). Nothing outside this module
 //! names an openraft type.
 
+pub mod group;
 pub mod logfile;
 pub mod network;
 pub mod sm;

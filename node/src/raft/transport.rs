@@ -13,15 +13,16 @@ use tonic::{Request, Response, Status};
 
 use parking_lot::Mutex;
 
+use super::group::Group;
 use super::network::SnapshotPiece;
-use super::sm::{Raft, SnapshotData};
+use super::sm::SnapshotData;
 use super::types::C;
 use crate::util::{decode, encode};
 
 /// What the transport needs of the node: the Raft of each group it hosts,
 /// and whether it is on its way out.
 pub trait Groups: Send + Sync + 'static {
-    fn raft(&self, group: u32) -> Option<Raft>;
+    fn group(&self, id: u32) -> Option<Group>;
     fn node_id(&self) -> u64;
     fn stopping(&self) -> bool;
 }
@@ -97,9 +98,10 @@ impl TransportService {
 
     /// One message to its group, and the group's answer.
     async fn handle(&self, m: RaftMessage) -> Result<RaftMessage, Status> {
-        let Some(raft) = self.groups.raft(m.group) else {
+        let Some(group) = self.groups.group(m.group) else {
             return Err(Status::not_found(format!("this node hosts no replica of group {}", m.group)));
         };
+        let raft = group.raft();
         let kind = RaftKind::try_from(m.kind).map_err(|_| Status::invalid_argument("unknown raft message kind"))?;
         let payload = match kind {
             RaftKind::Append => encode(&raft.append_entries(decode(&m.payload).map_err(bad)?).await),

@@ -1,0 +1,337 @@
+//! One Raft group as the rest of the node sees it: open it, propose an
+//! entry and learn what became of it, confirm a read, look at its leader
+//! and members, change its membership. Every openraft call the node makes
+//! goes through here, so nothing above this module names an openraft type.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
+use openraft::type_config::alias::OneshotReceiverOf;
+use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
+use parking_lot::Mutex;
+use tessera_common::reply::Reply;
+
+use super::network::{NetworkFactory, Peers};
+use super::sm::{LocalWrites, Raft, ShardData, StateMachine};
+use super::store::LogStore;
+use super::types::{NodeAddr, C};
+use super::RaftConfig;
+use crate::state::Proposal;
+
+/// How long adding a learner waits for it to catch up (within the admin
+/// step budget).
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(45);
+
+/// A leader this replica knows of: its id and address, when it knows them.
+pub type Leader = Option<(u64, String)>;
+
+/// One group's Raft on this node (cheap to clone).
+#[derive(Clone)]
+pub struct Group {
+    id: u32,
+    raft: Raft,
+    /// Lease reads instead of read-index rounds (`--read-mode lease`).
+    lease: bool,
+}
+
+/// An entry handed to Raft, not yet applied.
+pub struct Pending(OneshotReceiverOf<C, ClientWriteResult<C>>);
+
+/// What became of a proposed entry.
+pub enum Applied {
+    /// Applied: the state machine's answer.
+    Reply(Reply),
+    /// This replica is not the leader: nothing was logged.
+    Forward(Leader),
+    /// The entry was logged here, then replaced or purged: whether it was
+    /// committed is unknown here. Says why.
+    Unknown(String),
+    /// The replica stopped (or lost leadership) before it applied.
+    Lost,
+}
+
+/// Why a read (or leadership) could not be confirmed.
+pub enum Unconfirmed {
+    /// Another replica leads (or none is known).
+    Forward(Leader),
+    /// No quorum answered in time, or the replica stopped. Says why.
+    Other(String),
+}
+
+/// The group as a point-in-time view (INFO, `Shards`, metrics).
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    /// The members of its membership, once that comes from the log.
+    pub members: Option<BTreeMap<u64, String>>,
+}
+
+fn forward(f: &ForwardToLeader<C>) -> Leader {
+    f.leader_id.map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default()))
+}
+
+/// On a leader: the last log index replica `id` is known to hold.
+fn matched_index(m: &RaftMetrics<C>, id: u64) -> Option<u64> {
+    m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
+}
+
+impl Group {
+    /// Opens the log and state machine in `dir` and starts the group's Raft;
+    /// the state machine's data and the chunked writes this replica
+    /// proposes come back with it.
+    pub async fn open(
+        node_id: u64,
+        id: u32,
+        dir: &Path,
+        name: String,
+        config: Arc<RaftConfig>,
+        peers: Peers,
+        lease: bool,
+    ) -> io::Result<(Group, Arc<Mutex<ShardData>>, LocalWrites)> {
+        let store = LogStore::open(dir, id)?;
+        let sm = StateMachine::open(dir)?;
+        let (data, local) = (sm.data.clone(), sm.local.clone());
+        let network = NetworkFactory { group: id, peers };
+        // Named after the group, so openraft's log lines say which group speaks.
+        let config = Arc::new(RaftConfig { cluster_name: name, ..(*config).clone() });
+        let raft = Raft::new(node_id, config, network, store, sm).await.map_err(io::Error::other)?;
+        Ok((Group { id, raft, lease }, data, local))
+    }
+
+    /// For the transport: the group's Raft itself.
+    pub(super) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn metrics(&self) -> RaftMetrics<C> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> u64 {
+        self.raft.metrics().borrow_watched().id
+    }
+
+    /// Whether a storage error (or shutdown) stopped this replica's Raft.
+    pub fn stopped(&self) -> Option<String> {
+        self.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string())
+    }
+
+    /// Forms the group with `members` if it has never been initialized.
+    pub async fn bootstrap(&self, members: BTreeMap<u64, NodeAddr>) -> io::Result<()> {
+        if self.raft.is_initialized().await.map_err(io::Error::other)? {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(group = self.id, error = %e, "group already initialized");
+                Ok(())
+            }
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+
+    /// Hands `p` to Raft; returns once it is queued in the group, so entries
+    /// proposed one after another are logged in that order. An error when
+    /// this replica's Raft has stopped (nothing was proposed).
+    pub async fn propose(&self, p: Proposal) -> Result<Pending, String> {
+        let (responder, rx) = ProgressResponder::complete_only();
+        match self.raft.write(p).responder(responder).await {
+            Ok(()) => Ok(Pending(rx)),
+            Err(fatal) => Err(fatal.to_string()),
+        }
+    }
+
+    /// The term this replica leads, if its state already holds every write
+    /// acknowledged before now by it or by earlier leaders: it has applied
+    /// an entry of its own term (its first is the no-op that commits all
+    /// before it), and it acknowledges writes only once applied.
+    pub fn leading_applied_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let applied_term = m.last_applied.as_ref().map(|l| l.committed_leader_id().term);
+        (m.state == ServerState::Leader && applied_term == Some(m.current_term)).then_some(m.current_term)
+    }
+
+    /// Whether this replica may serve a linearizable read now (read-index
+    /// round, or lease).
+    pub async fn confirm_read(&self) -> Result<(), Unconfirmed> {
+        let policy = if self.lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
+        self.ensure(policy).await
+    }
+
+    /// Confirms with a quorum that this replica still leads.
+    pub async fn confirm_leadership(&self) -> Result<(), Unconfirmed> {
+        self.ensure(ReadPolicy::ReadIndex).await
+    }
+
+    async fn ensure(&self, policy: ReadPolicy) -> Result<(), Unconfirmed> {
+        match self.raft.ensure_linearizable(policy).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(Unconfirmed::Forward(forward(&f)))
+            }
+            Err(e) => Err(Unconfirmed::Other(e.to_string())),
+        }
+    }
+
+    pub fn view(&self) -> View {
+        let m = self.metrics();
+        View {
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed: m.local_committed.map_or(0, |l| l.index),
+            applied: m.last_applied.map_or(0, |l| l.index),
+            members: m
+                .membership_config
+                .log_id()
+                .is_some()
+                .then(|| m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The leader this replica knows of, with its address.
+    pub fn leader(&self) -> Leader {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let addr = m.membership_config.nodes().find(|(n, _)| **n == id).map(|(_, a)| a.addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// On the leader: whether voter `id` holds every entry the leader has.
+    pub fn caught_up(&self, id: u64) -> bool {
+        let m = self.metrics();
+        m.last_log_index.is_some_and(|last| matched_index(&m, id) == Some(last))
+    }
+
+    /// Voters and learners of the group's current membership (as this
+    /// replica knows it).
+    pub fn membership(&self) -> (Vec<u64>, Vec<u64>) {
+        let m = self.metrics();
+        let mc = m.membership_config.membership();
+        (mc.voter_ids().collect(), mc.learner_ids().collect())
+    }
+
+    /// Voters and learners of the committed configuration, and whether a
+    /// newer one is still uncommitted.
+    pub fn committed_membership(&self) -> (Vec<u64>, Vec<u64>, bool) {
+        let m = self.metrics();
+        let c = m.committed_membership_config.membership();
+        let in_flight = m.membership_config.log_id() != m.committed_membership_config.log_id();
+        (c.voter_ids().collect(), c.learner_ids().collect(), in_flight)
+    }
+
+    /// While a joint configuration is in force (a membership change cut
+    /// short between its two steps): the voters it is moving to.
+    pub fn pending_voters(&self) -> Option<Vec<u64>> {
+        let m = self.metrics();
+        let joint = m.membership_config.membership().get_joint_config();
+        (joint.len() > 1).then(|| joint.last().map(|c| c.iter().copied().collect()).unwrap_or_default())
+    }
+
+    /// On the leader: removes learners `ids` from the group.
+    pub async fn remove_learners(&self, ids: Vec<u64>) -> Result<(), String> {
+        let set = ids.into_iter().collect();
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(set), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.membership_error(e))
+    }
+
+    /// On the leader: adds `id` as a learner and waits (at most
+    /// [`CATCH_UP_WAIT`]) until it holds every entry the leader had once the
+    /// learner was added. openraft's own blocking wait is not enough: it
+    /// counts a learner within `replication_lag_threshold` (5000) entries as
+    /// caught up, even one that never answered, and a move would then promote
+    /// an empty, dead node to voter.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), String> {
+        let added = self.raft.add_learner(id, NodeAddr { addr }, false).await.map_err(|e| self.membership_error(e))?;
+        let want = added.log_id.index;
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            let m = self.metrics();
+            if m.state != ServerState::Leader {
+                return Err(format!("TRYAGAIN group {} changed leader while node {id} was catching up", self.id));
+            }
+            let have = matched_index(&m, id).unwrap_or(0);
+            if have >= want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "TRYAGAIN node {id} has not caught up with group {} in {CATCH_UP_WAIT:?} (it holds entry {have} of {want})",
+                    self.id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// On the leader: makes `voters` the voter set (joint consensus inside);
+    /// voters left out are removed from the group entirely.
+    pub async fn set_voters(&self, voters: Vec<u64>) -> Result<(), String> {
+        let set: BTreeSet<u64> = voters.into_iter().collect();
+        self.raft.change_membership(set, false).await.map(|_| ()).map_err(|e| self.membership_error(e))
+    }
+
+    /// A membership change cut short by a leadership change is worth
+    /// retrying (`TRYAGAIN`: the admin operations are idempotent); openraft
+    /// reports it as "has to forward request to: None, None", which would
+    /// end a `move-replica` half done.
+    fn membership_error(&self, e: RaftError<C, ClientWriteError<C>>) -> String {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => format!(
+                "TRYAGAIN group {} changed leader ({:?}) during a membership change; run the command again",
+                self.id, f.leader_id
+            ),
+            e => e.to_string(),
+        }
+    }
+
+    /// Asks replica `to` to take leadership over (it may decline).
+    pub async fn transfer_leader(&self, to: u64) {
+        let _ = self.raft.trigger().transfer_leader(to).await;
+    }
+
+    /// Whether this replica calls elections.
+    pub fn elect(&self, on: bool) {
+        self.raft.runtime_config().elect(on);
+    }
+
+    /// Stops this replica's Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+impl Pending {
+    /// Waits until the entry applied (or cannot).
+    pub async fn applied(self) -> Applied {
+        match self.0.await {
+            Ok(Ok(resp)) => Applied::Reply(resp.data),
+            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Applied::Forward(forward(&f)),
+            Ok(Err(e)) => Applied::Unknown(e.to_string()),
+            Err(_) => Applied::Lost,
+        }
+    }
+}
