@@ -129,6 +129,25 @@ if [ $DEMO = 1 ]; then
   run EXISTS tA
   run TYPE tA
   run AI.TENSORGET tA META VALUES
+  # Inference: RedisAI's mnist on its image of a handwritten one (from
+  # RedisAI's test data, where this checkout has it beside it).
+  DATA="${TESSERA_TESTDATA:-$ROOT/../shared/testdata}/redisai"
+  if [ -f "$DATA/mnist.onnx" ] && [ -f "$DATA/one.raw" ]; then
+    echo
+    echo "Inference (RedisAI's mnist on one.raw, a handwritten 1; keys share the tag {mnist}):"
+    echo "> AI.MODELSTORE {mnist}m ONNX CPU BLOB <mnist.onnx>"
+    redis-cli -c -p 7001 -x AI.MODELSTORE '{mnist}m' ONNX CPU BLOB < "$DATA/mnist.onnx"
+    echo "> AI.TENSORSET {mnist}in FLOAT 1 1 28 28 BLOB <one.raw>"
+    redis-cli -c -p 7001 -x AI.TENSORSET '{mnist}in' FLOAT 1 1 28 28 BLOB < "$DATA/one.raw"
+    run AI.MODELEXECUTE '{mnist}m' INPUTS 1 '{mnist}in' OUTPUTS 1 '{mnist}out'
+    run AI.TENSORGET '{mnist}out' VALUES
+    # The answer is the digit whose score is highest.
+    redis-cli -c -p 7001 AI.TENSORGET '{mnist}out' VALUES |
+      awk '{ if (NR == 1 || $1 + 0 > best) { best = $1 + 0; digit = NR - 1 } } END { print "predicted digit: " digit }'
+  else
+    echo
+    echo "(Inference demo skipped: RedisAI's mnist.onnx and one.raw are not in $DATA; set TESSERA_TESTDATA to a folder holding redisai/.)"
+  fi
   echo
   echo "Cluster map and replicas (tessera-admin status):"
   "$BIN/tessera-admin" --node 127.0.0.1:7101 status
