@@ -96,7 +96,9 @@ impl FrameScanner {
     /// Returns the frame length once complete (`usize::MAX` for an empty array).
     fn scan_multibulk(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, ProtocolError> {
         if self.remaining.is_none() {
-            let Some(eol) = find_crlf(buf, 0) else {
+            // Like a bulk header: its CRLF within the first 32 bytes, so the
+            // verdict does not depend on how the bytes were split into reads.
+            let Some(eol) = find_crlf(&buf[..buf.len().min(32)], 0) else {
                 if buf.len() > 32 {
                     return Err(perr("invalid multibulk length"));
                 }
@@ -293,5 +295,22 @@ mod tests {
         assert_eq!(feed(&[b"*1\r\n:1\r\n"], &l)[0], Err(perr("expected '$', got ':'")));
         assert_eq!(feed(&[b"*x\r\n"], &l)[0], Err(perr("invalid multibulk length")));
         assert_eq!(feed(&[b"*0\r\n"], &l)[0], Ok(Some(vec![])));
+    }
+
+    /// Found by `tests/codec_fuzz.rs`: a zero-padded multibulk count whose
+    /// CRLF lay past the 32-byte header limit was accepted when it arrived in
+    /// one read and refused when it arrived in pieces.
+    #[test]
+    fn long_multibulk_header_refused_however_it_arrives() {
+        let l = Limits::default();
+        let padded = format!("*{}1\r\n$4\r\nPING\r\n", "0".repeat(38));
+        let first_verdict = |r: Vec<Result<Option<Vec<Bytes>>, ProtocolError>>| r.into_iter().find(|r| *r != Ok(None));
+        let whole = feed(&[padded.as_bytes()], &l);
+        let pieces = feed(&padded.as_bytes().chunks(1).collect::<Vec<_>>(), &l);
+        assert_eq!(first_verdict(whole), Some(Err(perr("invalid multibulk length"))));
+        assert_eq!(first_verdict(pieces), Some(Err(perr("invalid multibulk length"))));
+        // A header that fits is read either way.
+        let fits = format!("*{}1\r\n$4\r\nPING\r\n", "0".repeat(28));
+        assert_eq!(first_verdict(feed(&[fits.as_bytes()], &l)), Some(Ok(Some(args(&["PING"])))));
     }
 }

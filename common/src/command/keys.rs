@@ -15,34 +15,50 @@ fn counted(argv: &[Bytes], i: usize) -> Option<std::ops::Range<usize>> {
     (end <= argv.len()).then_some(i + 1..end)
 }
 
-/// `AI.MODELEXECUTE key INPUTS n k.. OUTPUTS m k.. [TIMEOUT t]`: model, inputs, outputs.
-pub(crate) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
-    let mut keys = vec![1];
+/// The `INPUTS n k..` / `OUTPUTS m k..` sections of `AI.MODELEXECUTE`:
+/// whether each is OUTPUTS, and its key indexes.
+fn modelexecute_sections(argv: &[Bytes]) -> Option<Vec<(bool, std::ops::Range<usize>)>> {
     if argv.len() < 2 {
         return None;
     }
+    let mut sections = Vec::new();
     let mut i = 2;
     while i < argv.len() {
         if eq(&argv[i], "INPUTS") || eq(&argv[i], "OUTPUTS") {
             let items = counted(argv, i + 1)?;
+            sections.push((eq(&argv[i], "OUTPUTS"), items.clone()));
             i = items.end;
-            keys.extend(items);
         } else {
             i += 1;
         }
     }
+    Some(sections)
+}
+
+/// `AI.MODELEXECUTE key INPUTS n k.. OUTPUTS m k.. [TIMEOUT t]`: model, inputs, outputs.
+pub(crate) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
+    let mut keys = vec![1];
+    keys.extend(modelexecute_sections(argv)?.into_iter().flat_map(|(_, items)| items));
     Some(keys)
 }
 
-/// `AI.MODELRUN key INPUTS k.. OUTPUTS k..`: the model and every argument
-/// after INPUTS except the word OUTPUTS.
+/// Where `AI.MODELRUN`'s INPUTS word is, and the OUTPUTS word that ends the
+/// inputs: the first one after INPUTS (a later one is an output key, as the
+/// node reads the command).
+fn modelrun_words(argv: &[Bytes]) -> Option<(usize, Option<usize>)> {
+    let inputs = (2..argv.len()).find(|i| eq(&argv[*i], "INPUTS"))?;
+    Some((inputs, (inputs + 1..argv.len()).find(|i| eq(&argv[*i], "OUTPUTS"))))
+}
+
+/// `AI.MODELRUN key [TIMEOUT t] INPUTS k.. OUTPUTS k..`: the model and every
+/// argument after INPUTS except the OUTPUTS word that ends the inputs.
 pub(crate) fn keys_modelrun(argv: &[Bytes]) -> Option<Vec<usize>> {
     if argv.len() < 2 {
         return None;
     }
     let mut keys = vec![1];
-    let start = argv.iter().position(|a| eq(a, "INPUTS"))?;
-    keys.extend((start + 1..argv.len()).filter(|i| !eq(&argv[*i], "OUTPUTS")));
+    let (inputs, outputs) = modelrun_words(argv)?;
+    keys.extend((inputs + 1..argv.len()).filter(|i| Some(*i) != outputs));
     Some(keys)
 }
 
@@ -127,13 +143,41 @@ pub(crate) fn exec_keys(argv: &[Bytes], deprecated: bool) -> Vec<usize> {
     k.unwrap_or_else(|| if argv.len() > 1 { vec![1] } else { Vec::new() })
 }
 
-/// The output keys of a model run.
+/// The output keys of a model run (found the way [`exec_keys`] finds its
+/// keys, so a key named like a keyword is not taken for one).
 pub(crate) fn exec_output_keys(argv: &[Bytes], deprecated: bool) -> Vec<usize> {
-    let Some(out) = argv.iter().position(|a| eq(a, "OUTPUTS")) else {
-        return Vec::new();
-    };
     if deprecated {
-        return (out + 1..argv.len()).collect();
+        return match modelrun_words(argv) {
+            Some((_, Some(out))) => (out + 1..argv.len()).collect(),
+            _ => Vec::new(),
+        };
     }
-    counted(argv, out + 1).map(|r| r.collect()).unwrap_or_default()
+    let sections = modelexecute_sections(argv).unwrap_or_default();
+    sections.into_iter().filter(|(outputs, _)| *outputs).flat_map(|(_, items)| items).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<Bytes> {
+        s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
+    }
+
+    /// Found by `tests/parse_fuzz.rs`: an output key named `OUTPUTS` was
+    /// left out of the keys (so neither routed nor checked for its slot)
+    /// and of the keys a run writes, and an input or model key named
+    /// `OUTPUTS` was taken for the word.
+    #[test]
+    fn keys_named_like_keywords_are_keys() {
+        let run = argv("AI.MODELRUN m TIMEOUT 5 INPUTS a b OUTPUTS OUTPUTS c");
+        assert_eq!(keys_modelrun(&run), Some(vec![1, 5, 6, 8, 9]));
+        assert_eq!(exec_output_keys(&run, true), vec![8, 9]);
+        let run = argv("AI.MODELRUN OUTPUTS INPUTS a OUTPUTS b");
+        assert_eq!(keys_modelrun(&run), Some(vec![1, 3, 5]));
+        assert_eq!(exec_output_keys(&run, true), vec![5]);
+        let exec = argv("AI.MODELEXECUTE OUTPUTS INPUTS 1 OUTPUTS OUTPUTS 1 c");
+        assert_eq!(keys_modelexecute(&exec), Some(vec![1, 4, 7]));
+        assert_eq!(exec_output_keys(&exec, false), vec![7]);
+    }
 }
