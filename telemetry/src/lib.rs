@@ -4,7 +4,7 @@
 //!   filtered by `RUST_LOG` (default `info,openraft=warn`: openraft logs every vote at info);
 //! * [`install_metrics`] — the process-wide Prometheus recorder behind the
 //!   `metrics` facade, with latency buckets suited to a cache;
-//! * [`serve_metrics`] — a minimal HTTP/1.1 endpoint answering `GET /metrics`;
+//! * [`serve_metrics`] — the `GET /metrics` endpoint (an axum service);
 //! * [`record_command`] — the per-command counter and latency histogram,
 //!   through handles cached per thread (it runs for every command);
 //! * [`runtime`], [`shutdown_signal`] — process plumbing both binaries share.
@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -76,63 +75,27 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
-/// Serves `GET /metrics` (Prometheus text format) until `shutdown` resolves.
+/// Serves `GET /metrics` (Prometheus text format; also at `/`) until
+/// `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (mut sock, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // Read the request head (bounded); the body, if any, is ignored.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    let m = sock.read(&mut buf[n..]).await?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = if head.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                handle.run_upkeep();
-                ("200 OK", "text/plain; version=0.0.4", handle.render())
-            } else {
-                ("404 Not Found", "text/plain", "not found\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(render_metrics))
+        .route("/", axum::routing::get(render_metrics))
+        .with_state(handle);
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::warn!(error = %e, "metrics endpoint stopped");
     }
+}
+
+async fn render_metrics(
+    axum::extract::State(handle): axum::extract::State<PrometheusHandle>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    handle.run_upkeep();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
 }
 
 type CommandKey = (&'static str, &'static str, &'static str);

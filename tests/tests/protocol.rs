@@ -331,7 +331,7 @@ fn metrics_endpoint_counts_commands() {
     r.cmd(&["SET", "m", "1"]).unwrap();
     r.cmd(&["GET"]).unwrap();
     let mut s = std::net::TcpStream::connect(c.router_metrics).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
