@@ -3,7 +3,7 @@
 
 use crate::reply::Reply;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// `ERR wrong number of arguments for '<name>' command`.
     #[error("ERR wrong number of arguments for '{0}' command")]
@@ -56,7 +56,27 @@ impl Error {
 
     /// The short code clients match on (`ERR`, `WRONGTYPE`, ...), for metrics.
     pub fn code(&self) -> &'static str {
-        code_of(&self.to_string())
+        match self {
+            Error::WrongType => "WRONGTYPE",
+            Error::CrossSlot => "CROSSSLOT",
+            Error::NoProto => "NOPROTO",
+            Error::ClusterDown(_) => "CLUSTERDOWN",
+            Error::TryAgain(_) => "TRYAGAIN",
+            Error::Busy(_) => "BUSY",
+            Error::Verbatim(text) => code_of(text),
+            Error::Arity(_)
+            | Error::UnknownCommand { .. }
+            | Error::UnknownSubcommand { .. }
+            | Error::Syntax
+            | Error::NotInteger
+            | Error::NotFloat
+            | Error::Overflow
+            | Error::InvalidExpire(_)
+            | Error::SelectNotAllowed
+            | Error::DbIndexOutOfRange
+            | Error::Protocol(_)
+            | Error::ValueTooLarge => "ERR",
+        }
     }
 
     pub fn to_reply(&self) -> Reply {
@@ -67,8 +87,19 @@ impl Error {
 /// The error code of an error text, limited to the codes Tessera sends so a
 /// metrics label never carries client data.
 pub fn code_of(text: &str) -> &'static str {
-    const CODES: &[&str] =
-        &["ERR", "WRONGTYPE", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "NOPROTO", "MOVED", "ASK"];
+    const CODES: &[&str] = &[
+        "ERR",
+        "WRONGTYPE",
+        "CROSSSLOT",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "BUSY",
+        "NOPROTO",
+        "MOVED",
+        "ASK",
+        "MISCONF",
+        "WRONGPASS",
+    ];
     let first = text.split(' ').next().unwrap_or("");
     CODES.iter().find(|c| **c == first).copied().unwrap_or("ERR")
 }

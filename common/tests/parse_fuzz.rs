@@ -288,8 +288,8 @@ fn check(argv: Vec<Bytes>, limits: &ParseLimits) -> TestCaseResult {
             prop_assert_eq!(back.as_ref().ok(), Some(&cmd), "postcard round trip");
             let shared = NodeCommand::from_shared(&Bytes::from(wire));
             prop_assert_eq!(shared.as_ref().ok(), Some(&cmd), "zero-copy round trip");
-            if let NodeCommand::ModelExecute { argv, deprecated } = &cmd {
-                check_model_run(argv, *deprecated, &cmd)?;
+            if let NodeCommand::ModelExecute(run) = &cmd {
+                check_model_run(&argv, run, &cmd)?;
             }
         }
         Ok(_) => {}
@@ -297,18 +297,21 @@ fn check(argv: Vec<Bytes>, limits: &ParseLimits) -> TestCaseResult {
     Ok(())
 }
 
-/// A model run as the node reads it, against models of 1 to 4 inputs and
-/// outputs: no panic, and when it reads, the keys the router routed by hold
-/// its model, inputs and outputs.
-fn check_model_run(argv: &[Bytes], deprecated: bool, cmd: &NodeCommand) -> TestCaseResult {
+/// A model run as the node checks it, against models of 1 to 4 inputs and
+/// outputs: no panic; when it runs, the keys the router routed by hold its
+/// model, inputs and outputs; and the parsed run agrees with the argv's own
+/// parse.
+fn check_model_run(argv: &[Bytes], parsed: &exec::ModelRun, cmd: &NodeCommand) -> TestCaseResult {
     let keys: Vec<&Bytes> = cmd.keys().collect();
     for n_in in 1..=4 {
         for n_out in 1..=4 {
-            let run = if deprecated {
+            let run = if parsed.deprecated {
                 exec::parse_modelrun(argv, n_in, n_out)
             } else {
                 exec::parse_modelexecute(argv, n_in, n_out)
             };
+            let checked = parsed.check(n_in, n_out).err();
+            prop_assert_eq!(run.as_ref().err(), checked.as_ref());
             if let Ok(run) = run {
                 for k in std::iter::once(&argv[1]).chain(&run.inputs).chain(&run.outputs) {
                     prop_assert!(keys.contains(&k), "{:?} is not among the keys routed by: {:?}", k, keys);

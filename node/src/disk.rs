@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use tessera_common::reply::Reply;
+use crate::error::Error;
 
 use crate::util::now_ms;
 
@@ -43,7 +43,7 @@ impl DiskGuard {
     /// (counting it twice: the log, then a snapshot).
     /// A reserve of 0 turns the check off (a full disk then fails the log
     /// append; the replica stops and is reopened once space returns).
-    pub fn check(&self, bytes: usize) -> Option<Reply> {
+    pub fn check(&self, bytes: usize) -> Option<Error> {
         if self.reserve == 0 {
             return None;
         }
@@ -53,11 +53,6 @@ impl DiskGuard {
             return None;
         }
         metrics::counter!("tessera_node_disk_full_rejections_total").increment(1);
-        Some(Reply::err(format!(
-            "MISCONF disk full: {} MiB free on the node's data disk, {} MiB kept in reserve; \
-             writes are refused until space is freed",
-            free >> 20,
-            self.reserve >> 20
-        )))
+        Some(Error::DiskFull { free_mib: free >> 20, reserve_mib: self.reserve >> 20 })
     }
 }

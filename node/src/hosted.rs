@@ -9,13 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use tessera_common::command::NodeCommand;
-use tessera_common::reply::Reply;
 use tessera_common::slot::{key_slot, SlotRange, SLOTS};
 use tessera_proto::v1::request;
 use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::disk::DiskGuard;
+use crate::error::Error;
 use crate::raft::logfile::{read_atomic, write_atomic};
 use crate::raft::network::Peers;
 use crate::raft::RaftConfig;
@@ -102,8 +102,6 @@ pub struct NodeState {
     /// When this node, as leader, last handed a group to its preferred leader.
     pub handed_back: parking_lot::Mutex<HashMap<u32, std::time::Instant>>,
 }
-
-const NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
 
 impl NodeState {
     pub fn new(config: Config, raft_config: Arc<RaftConfig>, peers: Peers) -> Self {
@@ -239,7 +237,7 @@ impl NodeState {
         let decoded = if heavy { crate::util::heavy(decode) } else { decode() };
         let cmd = decoded.map_err(|e| {
             metrics::counter!("tessera_node_decode_errors_total").increment(1);
-            Outcome::Reply(Reply::err(format!("ERR node could not decode command: {e}")))
+            Outcome::Error(Error::Decode(e.to_string()))
         })?;
         // A node setting needs no shard: applied here, its reply returned
         // the way errors are.
@@ -254,13 +252,13 @@ impl NodeState {
         };
         let shard = match (shard, target) {
             (Some(i), _) => hosted.shards[i].clone(),
-            (None, None) => return Err(Outcome::Reply(Reply::err(NOT_SERVED))),
+            (None, None) => return Err(Outcome::Error(Error::NotServed)),
             (None, Some(_)) => return Err(Outcome::Redirect(None)),
         };
         // A stale router can never make this shard store a key it does not own
         // (the state machine of each replica holds only its shard's slots).
         if !cmd.keys().all(|k| shard.owns(key_slot(k))) {
-            return Err(Outcome::Reply(Reply::err(NOT_SERVED)));
+            return Err(Outcome::Error(Error::NotServed));
         }
         Ok((shard, cmd))
     }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod data;
 pub mod disk;
 pub mod engine;
+pub mod error;
 pub mod hosted;
 pub mod raft;
 pub mod serve;

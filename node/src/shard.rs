@@ -13,29 +13,26 @@ use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tessera_common::command::NodeCommand;
-use tessera_common::error::Error;
-use tessera_common::model::{parse_modelexecute, parse_modelrun, BackendKind};
 use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
-use tessera_common::tensor::Tensor;
 
 use crate::config::{Config, ReadMode};
-use crate::data::keyspace::Value;
 use crate::disk::DiskGuard;
 use crate::engine::registry::registry;
-use crate::engine::{engine, RunResult};
+use crate::error::Error as NodeError;
 use crate::raft::group::{Applied, Group, Pending, Unconfirmed};
 use crate::raft::network::Peers;
 use crate::raft::sm::{LocalWrites, ShardData};
 use crate::raft::{NodeAddr, RaftConfig};
-use crate::state::apply::{precheck, read, EMPTY_MODEL};
+use crate::state::apply::{precheck, read};
 use crate::state::chunks::CHUNK_BYTES;
 use crate::state::meta::ClusterMap;
 use crate::state::{LogOp, Proposal};
 use crate::util::now_ms;
+
+mod run;
 
 /// A group's folder under the data dir.
 pub fn group_dir(id: u32) -> String {
@@ -54,16 +51,10 @@ const CHUNK_WINDOW: usize = 8;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Reply(Reply),
+    /// An error this replica answers without logging anything.
+    Error(NodeError),
     /// Not the leader: `(leader id, leader address)` when one is known.
     Redirect(Option<(u64, String)>),
-}
-
-/// What a model run came to.
-enum Executed {
-    /// Its outputs were proposed: the write's outcome.
-    Written(Outcome),
-    /// Answered without a logged write (an error, or no tensor outputs).
-    Unwritten(Reply),
 }
 
 /// A write that was handed to Raft (in submission order) and is in flight.
@@ -165,12 +156,12 @@ impl Shard {
             let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
             match checked {
                 Ok(Ok(m)) => loaded = Some(m),
-                Ok(Err(e)) => return Submitted::Done(Outcome::Reply(Reply::err(e))),
-                Err(e) => return Submitted::Done(Outcome::Reply(Reply::err(format!("ERR model load failed: {e}")))),
+                Ok(Err(e)) => return Submitted::Done(Outcome::Error(NodeError::Model(e))),
+                Err(e) => return Submitted::Done(Outcome::Error(NodeError::LoadFailed(e.to_string()))),
             }
         }
         if let Some(rejected) = precheck(&self.data.lock().ks, &cmd, now_ms()) {
-            return Submitted::Done(Outcome::Reply(rejected));
+            return Submitted::Done(Outcome::Error(rejected));
         }
         let op = match fence {
             Some(term) => LogOp::Fenced { term, cmd },
@@ -178,7 +169,7 @@ impl Shard {
         };
         let size = crate::state::encoded_size(&op);
         if let Some(full) = self.disk.check(size) {
-            return Submitted::Done(Outcome::Reply(full));
+            return Submitted::Done(Outcome::Error(full));
         }
         if size <= CHUNK_BYTES {
             if let (Some(m), LogOp::Command(NodeCommand::ModelStore { model, .. })) = (loaded, &op) {
@@ -277,15 +268,9 @@ impl Shard {
             Applied::Forward(leader) => Outcome::Redirect(leader),
             // An entry this replica logged was replaced (never committed)
             // or purged under a snapshot (committed or not): unknown here.
-            Applied::Unknown(e) => Outcome::Reply(Reply::err(format!(
-                "TRYAGAIN shard {}: {e}; the write may or may not have been applied",
-                self.id
-            ))),
+            Applied::Unknown(why) => Outcome::Error(NodeError::WriteUnknown { shard: self.id, why }),
             // The replica stopped (or lost the entry) before it applied.
-            Applied::Lost => Outcome::Reply(Reply::err(format!(
-                "TRYAGAIN shard {} lost leadership; the write may or may not have been applied",
-                self.id
-            ))),
+            Applied::Lost => Outcome::Error(NodeError::WriteLost(self.id)),
         }
     }
 
@@ -308,98 +293,6 @@ impl Shard {
                 tracing::debug!(shard = self.id, error = %e, "read not confirmed");
                 Err(self.not_here())
             }
-        }
-    }
-
-    /// AI.MODELEXECUTE / AI.MODELRUN: reads the model and its inputs
-    /// (linearizably), runs it on its device's queue, then writes every
-    /// output in one log entry. The session orders it against commands that
-    /// touch the same keys (see `service.rs`).
-    ///
-    /// A leader whose state is current reads without a quorum round first:
-    /// the output write is fenced to its term, and its commit proves that no
-    /// newer leader had acknowledged a write the run missed. An answer with
-    /// no output written (an error, or a run with no tensor outputs) gets
-    /// the quorum round before it goes out instead.
-    pub async fn execute(&self, argv: &[Bytes], deprecated: bool) -> Outcome {
-        let fence = self.group.leading_applied_term();
-        if fence.is_none() {
-            if let Err(o) = self.confirm_read().await {
-                return o;
-            }
-        }
-        match self.execute_in(argv, deprecated, fence).await {
-            Executed::Written(o) => o,
-            Executed::Unwritten(r) if fence.is_none() => Outcome::Reply(r),
-            Executed::Unwritten(r) => match self.confirm_read().await {
-                Ok(()) => Outcome::Reply(r),
-                Err(o) => o,
-            },
-        }
-    }
-
-    async fn execute_in(&self, argv: &[Bytes], deprecated: bool, fence: Option<u64>) -> Executed {
-        let reply = |r: Reply| Executed::Unwritten(r);
-        let model = match self.data.lock().ks.get(&argv[1], now_ms()).map(|e| &e.value) {
-            None => return reply(Reply::err(EMPTY_MODEL)),
-            Some(Value::Model(m)) => m.clone(),
-            Some(_) => return reply(Error::WrongType.to_reply()),
-        };
-        // Input and output counts: TF's are declared; the others' come from
-        // the loaded model (a model still loading on a new leader is waited for).
-        let counts = match model.try_loaded() {
-            _ if model.def.backend == BackendKind::Tf => Ok((model.def.inputs.len(), model.def.outputs.len())),
-            Some(l) => Ok((l.inputs().len(), l.outputs().len())),
-            None => {
-                let m = model.clone();
-                match tokio::task::spawn_blocking(move || m.loaded()).await {
-                    Ok(Ok(l)) => Ok((l.inputs().len(), l.outputs().len())),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(format!("ERR model load failed: {e}")),
-                }
-            }
-        };
-        let (n_in, n_out) = match counts {
-            Ok(c) => c,
-            Err(e) => return reply(Reply::err(e)),
-        };
-        let parsed = if deprecated { parse_modelrun(argv, n_in, n_out) } else { parse_modelexecute(argv, n_in, n_out) };
-        let args = match parsed {
-            Ok(a) => a,
-            Err(e) => return reply(e.to_reply()),
-        };
-        let inputs = {
-            let d = self.data.lock();
-            let now = now_ms();
-            let mut inputs = Vec::with_capacity(args.inputs.len());
-            for k in &args.inputs {
-                match d.ks.get(k, now).map(|e| &e.value) {
-                    Some(Value::Tensor(t)) => inputs.push(t.clone()),
-                    None => return reply(Reply::err("ERR tensor key is empty or in a different shard")),
-                    Some(_) => return reply(Error::WrongType.to_reply()),
-                }
-            }
-            inputs
-        };
-        let threads = registry().settings().threads_per_queue;
-        let timeout = args.timeout_ms.map(std::time::Duration::from_millis);
-        let run = engine().submit(model, inputs, timeout, threads);
-        let outs = match run.await {
-            Ok(RunResult::Done(outs)) => outs,
-            Ok(RunResult::TimedOut) => return reply(Reply::Simple("TIMEDOUT".into())),
-            Ok(RunResult::Failed(e)) => return reply(Reply::err(e)),
-            Err(_) => return reply(Reply::err("ERR model run was dropped")),
-        };
-        // Non-tensor outputs (ONNX maps/sequences) write no key, as in RedisAI.
-        let pairs: Vec<(Bytes, Tensor)> =
-            args.outputs.into_iter().zip(outs).filter_map(|(k, t)| t.map(|t| (k, t))).collect();
-        if pairs.is_empty() {
-            return reply(Reply::ok());
-        }
-        match self.submit_in(NodeCommand::TensorMSet { pairs }, fence).await {
-            // Refused before it was logged (by this replica's state).
-            Submitted::Done(Outcome::Reply(r)) => Executed::Unwritten(r),
-            s => Executed::Written(self.finish(s).await),
         }
     }
 
@@ -439,9 +332,7 @@ impl Shard {
             match self.group.confirm_leadership().await {
                 Ok(()) => {}
                 Err(Unconfirmed::Forward(leader)) => return Err(Outcome::Redirect(leader)),
-                Err(Unconfirmed::Other(e)) => {
-                    return Err(Outcome::Reply(Reply::err(format!("TRYAGAIN meta group: {e}"))))
-                }
+                Err(Unconfirmed::Other(e)) => return Err(Outcome::Error(NodeError::MetaUnconfirmed(e))),
             }
         }
         Ok(self.data.lock().map.clone())

@@ -22,6 +22,8 @@ use futures::Stream;
 use parking_lot::Mutex;
 use tessera_common::reply::Reply;
 use tessera_proto::link::{self, FrameReader, Writer};
+
+use crate::error::Error;
 use tessera_proto::parts::Joiner;
 use tessera_proto::v1::node_client::NodeClient as GrpcClient;
 use tessera_proto::v1::{request, response, RequestBatch, ResponseBatch};
@@ -45,8 +47,8 @@ pub enum NodeReply {
     /// The request never reached the node (no session): safe to send elsewhere.
     Unreachable(String),
     /// The request went out, but its session ended before the reply came:
-    /// it may or may not have run. Says so as a `TRYAGAIN` error's text.
-    Lost(String),
+    /// it may or may not have run (a `TRYAGAIN` error says so).
+    Lost(Error),
 }
 
 struct Queued {
@@ -119,8 +121,7 @@ impl NodeClient {
         if let Err(e) = self.tx.try_send(Queued { target, command, reply }) {
             let q = match e {
                 mpsc::error::TrySendError::Full(q) => {
-                    let _ =
-                        q.reply.tx.send(NodeReply::Reply(Reply::err("BUSY router queue to the node is full, retry")));
+                    let _ = q.reply.tx.send(NodeReply::Reply(Error::QueueFull.into()));
                     return (rx, progress);
                 }
                 mpsc::error::TrySendError::Closed(q) => q,
@@ -254,9 +255,7 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
     let result = link_session(addr, stream, outbound, &in_flight, connected).await;
     // Whatever was sent but not answered has an unknown outcome.
     for (_, Waiter { tx, .. }) in in_flight.lock().drain() {
-        let _ = tx.send(NodeReply::Lost(format!(
-            "TRYAGAIN connection to node {addr} lost; the command may or may not have run"
-        )));
+        let _ = tx.send(NodeReply::Lost(Error::SessionLost(addr.to_owned())));
     }
     result
 }
@@ -417,7 +416,7 @@ fn deliver(batch: ResponseBatch, in_flight: &InFlight, joiner: &mut Joiner) {
                     continue;
                 }
                 Ok(Some(whole)) => Some(response::Result::Reply(whole)),
-                Err(e) => Some(response::Result::Reply(Reply::err(e).to_bytes().into())),
+                Err(e) => Some(response::Result::Reply(Reply::from(Error::Parts(e)).to_bytes().into())),
             },
             other => other,
         };
@@ -427,7 +426,7 @@ fn deliver(batch: ResponseBatch, in_flight: &InFlight, joiner: &mut Joiner) {
                 Some(response::Result::Redirect(rd)) => {
                     NodeReply::Redirect((rd.leader_id != 0).then_some((rd.leader_id, rd.leader_addr)))
                 }
-                None => NodeReply::Reply(Reply::err("ERR empty reply from node")),
+                None => NodeReply::Reply(Error::EmptyReply.into()),
             };
             let _ = tx.send(reply);
         }
@@ -441,7 +440,7 @@ fn decode_reply(b: &bytes::Bytes) -> Reply {
         true => tessera_common::shared::decode::<Reply>(b),
         false => Reply::from_bytes(b),
     };
-    decoded.unwrap_or_else(|e| Reply::err(format!("ERR router could not decode node reply: {e}")))
+    decoded.unwrap_or_else(|e| Error::BadReply(e.to_string()).into())
 }
 
 mod outbound;

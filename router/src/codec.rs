@@ -36,6 +36,8 @@ impl std::fmt::Display for ProtocolError {
     }
 }
 
+impl std::error::Error for ProtocolError {}
+
 fn perr(s: impl Into<String>) -> ProtocolError {
     ProtocolError(s.into())
 }

@@ -28,6 +28,7 @@ use tracing::{debug, debug_span, trace, Instrument};
 
 use crate::codec::FrameScanner;
 use crate::dispatch::{dispatch, After, Pending};
+use crate::error::Error;
 use crate::Router;
 
 /// Per-connection state that commands can change.
@@ -162,7 +163,7 @@ async fn session(
                 Err(e) => {
                     debug!(error = %e, "protocol error; closing");
                     pending.push_back(tagged(
-                        Pending::ready(Reply::err(e.to_string())),
+                        Pending::ready(Error::from(e).into()),
                         conn.proto,
                         After::Close,
                         "protocol",

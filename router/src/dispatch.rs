@@ -14,6 +14,7 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SlotScope, SLOTS};
 
 use crate::conn::ConnState;
+use crate::error::Error;
 use crate::shards::{ShardEntry, ShardMap};
 use crate::Router;
 
@@ -170,7 +171,7 @@ async fn scan(
             break;
         };
         let Some(shard) = map.shard_of(slot) else {
-            return Reply::err("CLUSTERDOWN Hash slot not served");
+            return Error::NotServed.into();
         };
         let cmd = NodeCommand::Scan {
             cursor: slot,
@@ -182,13 +183,13 @@ async fn scan(
         match map.call_shard(&shard, Bytes::from(cmd.to_bytes()), true).await {
             Reply::Array(mut parts) if parts.len() == 2 => {
                 let (Reply::Int(n), Reply::Array(mut k)) = (parts.remove(0), parts.remove(0)) else {
-                    return Reply::err("ERR malformed SCAN reply from node");
+                    return Error::BadScanReply.into();
                 };
                 keys.append(&mut k);
                 next = n as u64;
             }
             err @ Reply::Error(_) => return err,
-            _ => return Reply::err("ERR malformed SCAN reply from node"),
+            _ => return Error::BadScanReply.into(),
         }
         seen_calls += 1;
         if keys.len() >= count || seen_calls >= 64 || next >= u64::from(SLOTS) {

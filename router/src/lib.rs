@@ -19,6 +19,7 @@ pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod dispatch;
+pub mod error;
 pub mod local;
 pub mod shards;
 pub mod stats;

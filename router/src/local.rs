@@ -14,6 +14,7 @@ use tessera_common::reply::{Protocol, Reply};
 
 use crate::conn::ConnState;
 use crate::dispatch::{dbsize, After, Pending};
+use crate::error::Error as RouterError;
 use crate::stats::Stats;
 use crate::Router;
 
@@ -75,10 +76,7 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         }
         Local::Command(c) => ready(command(c)),
         Local::Cluster(c) => ready(cluster(router, conn, c)),
-        Local::NotAvailable(name) => ready(Reply::err(format!(
-            "ERR {} is not available yet in this Tessera build (scripts and DAGs are not implemented)",
-            name.to_ascii_uppercase()
-        ))),
+        Local::NotAvailable(name) => ready(RouterError::NotAvailable(name.to_ascii_uppercase()).into()),
         Local::AiConfig(op) => {
             let router = router.clone();
             (Pending::Fut(Box::pin(async move { ai_config(&router, op).await })), After::Continue)
@@ -159,15 +157,15 @@ fn command(c: CommandCmd) -> Reply {
         }
         CommandCmd::GetKeys(argv) => {
             let Some(spec) = table::lookup(&argv[0]) else {
-                return Reply::err("ERR Invalid command specified");
+                return RouterError::GetKeysUnknownCommand.into();
             };
             if !spec.arity_ok(argv.len()) {
-                return Reply::err("ERR Invalid number of arguments specified for command");
+                return RouterError::GetKeysArity.into();
             }
             match spec.key_indexes(&argv) {
-                Some(idx) if idx.is_empty() => Reply::err("ERR The command has no key arguments"),
+                Some(idx) if idx.is_empty() => RouterError::GetKeysNoKeys.into(),
                 Some(idx) => Reply::Array(idx.iter().map(|i| Reply::Bulk(argv[*i].clone())).collect()),
-                None => Reply::err("ERR Invalid arguments specified for command"),
+                None => RouterError::GetKeysInvalid.into(),
             }
         }
     }
@@ -339,7 +337,7 @@ async fn ai_config(router: &Router, op: tessera_common::model::AiConfig) -> Repl
                 return r;
             }
         }
-        return Reply::err("CLUSTERDOWN no storage node reachable");
+        return RouterError::NoNodeReachable.into();
     }
     // A setting goes to every node at once.
     let mut answered = 0usize;
@@ -348,13 +346,13 @@ async fn ai_config(router: &Router, op: tessera_common::model::AiConfig) -> Repl
         match reply {
             Ok(Ok(NodeReply::Reply(r))) if r.is_error() => first_error = first_error.or(Some(r)),
             Ok(Ok(NodeReply::Reply(_))) => answered += 1,
-            Ok(Ok(NodeReply::Lost(e))) => first_error = first_error.or(Some(Reply::err(e))),
+            Ok(Ok(NodeReply::Lost(e))) => first_error = first_error.or(Some(e.into())),
             _ => {}
         }
     }
     match first_error {
         Some(e) => e,
-        None if answered == 0 => Reply::err("CLUSTERDOWN no storage node reachable"),
+        None if answered == 0 => RouterError::NoNodeReachable.into(),
         None => Reply::ok(),
     }
 }

@@ -16,6 +16,7 @@ use tessera_proto::v1::{request, ShardsRequest, ShardsResponse};
 use tracing::{info, warn};
 
 use crate::backend::{endpoint, grpc, NodeClient, NodeReply};
+use crate::error::Error;
 
 /// Where each slot lives: shard ranges, the nodes holding each shard's
 /// replicas and the leader last seen for it.
@@ -353,7 +354,7 @@ impl ShardMap {
     pub async fn call_slot(&self, slot: u16, command: Bytes, read_only: bool) -> Reply {
         match self.shard_of(slot) {
             Some(s) => self.call(&s, request::Target::Slot(u32::from(slot)), command, read_only).await,
-            None => Reply::err("CLUSTERDOWN Hash slot not served"),
+            None => Error::NotServed.into(),
         }
     }
 
@@ -386,9 +387,7 @@ impl ShardMap {
             tries += 1;
             let (rx, progress) = self.node(node).call_watched(target, command.clone());
             let reply = match wait(rx, timeout, &progress).await {
-                Ok(r) => r.unwrap_or_else(|_| {
-                    NodeReply::Lost("TRYAGAIN node request was dropped; the command may or may not have run".into())
-                }),
+                Ok(r) => r.unwrap_or_else(|_| NodeReply::Lost(Error::RequestDropped)),
                 Err(_) => {
                     // The node is paused or cut off; look elsewhere next time.
                     metrics::counter!("tessera_router_node_timeouts_total").increment(1);
@@ -396,9 +395,7 @@ impl ShardMap {
                     node = next_replica(node);
                     shard.leader.store(node, Ordering::Relaxed);
                     if !read_only {
-                        return Reply::err(format!(
-                            "TRYAGAIN node {addr} did not answer in {timeout:?}; the command may or may not have run"
-                        ));
+                        return Error::NodeTimedOut { addr, after: timeout }.into();
                     }
                     last = format!("node {addr} timed out");
                     continue;
@@ -413,9 +410,9 @@ impl ShardMap {
                 }
                 // Sent, then the session ended: a write may have run, so
                 // only the client can decide; a read is asked again elsewhere.
-                NodeReply::Lost(why) if !read_only => return Reply::err(why.clone()),
+                NodeReply::Lost(why) if !read_only => return why.clone().into(),
                 NodeReply::Lost(why) => {
-                    last = why.clone();
+                    last = why.to_string();
                     down.push(node);
                     node = next_replica(node);
                 }
@@ -447,7 +444,7 @@ impl ShardMap {
                 }
             }
         }
-        Reply::err(format!("CLUSTERDOWN shard {} has no reachable leader ({last})", shard.id))
+        Error::NoLeader { shard: shard.id, last }.into()
     }
 }
 

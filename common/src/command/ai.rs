@@ -7,9 +7,9 @@ use bytes::Bytes;
 use super::node::NodeCommand;
 use super::server::Local;
 use super::table::CommandSpec;
-use super::{arity_name, common_slot, Command, ParseLimits};
+use super::{arity_name, common_slot, keys_slot, Command, ParseLimits};
 use crate::error::{Error, Result};
-use crate::model::{parse_ai_config, parse_modelset, parse_modelstore};
+use crate::model::{parse_ai_config, parse_modelset, parse_modelstore, ModelRun};
 use crate::tensor::{parse_get_format, Tensor};
 
 pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Result<Command> {
@@ -58,9 +58,9 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             if argv.len() < min {
                 return Err(Error::Verbatim(format!("ERR wrong number of arguments for '{name}' command")));
             }
-            let idx = spec.key_indexes(&argv).unwrap_or_else(|| vec![1]);
-            let slot = common_slot(&argv, &idx)?.unwrap_or(0);
-            Ok(Command::Keyed { slot, cmd: NodeCommand::ModelExecute { argv, deprecated } })
+            let run = ModelRun::parse(&argv, deprecated);
+            let slot = keys_slot(run.keys())?.unwrap_or(0);
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ModelExecute(run) })
         }
         "ai.info" => {
             if !(2..=3).contains(&argv.len()) {

@@ -136,26 +136,6 @@ pub(super) fn keys_dag(argv: &[Bytes]) -> Option<Vec<usize>> {
     Some(keys)
 }
 
-/// Every key of a model run (model, inputs, outputs); just the model when
-/// argv is too malformed to tell (the node reports the error).
-pub(crate) fn exec_keys(argv: &[Bytes], deprecated: bool) -> Vec<usize> {
-    let k = if deprecated { keys_modelrun(argv) } else { keys_modelexecute(argv) };
-    k.unwrap_or_else(|| if argv.len() > 1 { vec![1] } else { Vec::new() })
-}
-
-/// The output keys of a model run (found the way [`exec_keys`] finds its
-/// keys, so a key named like a keyword is not taken for one).
-pub(crate) fn exec_output_keys(argv: &[Bytes], deprecated: bool) -> Vec<usize> {
-    if deprecated {
-        return match modelrun_words(argv) {
-            Some((_, Some(out))) => (out + 1..argv.len()).collect(),
-            _ => Vec::new(),
-        };
-    }
-    let sections = modelexecute_sections(argv).unwrap_or_default();
-    sections.into_iter().filter(|(outputs, _)| *outputs).flat_map(|(_, items)| items).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,17 +147,23 @@ mod tests {
     /// Found by `tests/parse_fuzz.rs`: an output key named `OUTPUTS` was
     /// left out of the keys (so neither routed nor checked for its slot)
     /// and of the keys a run writes, and an input or model key named
-    /// `OUTPUTS` was taken for the word.
+    /// `OUTPUTS` was taken for the word. COMMAND GETKEYS and the parsed run
+    /// agree on them.
     #[test]
     fn keys_named_like_keywords_are_keys() {
+        use crate::model::ModelRun;
+        let names = |argv: &[Bytes], idx: Vec<usize>| idx.into_iter().map(|i| argv[i].clone()).collect::<Vec<_>>();
+        let parsed = |argv: &[Bytes], deprecated| ModelRun::parse(argv, deprecated).keys().cloned().collect::<Vec<_>>();
         let run = argv("AI.MODELRUN m TIMEOUT 5 INPUTS a b OUTPUTS OUTPUTS c");
         assert_eq!(keys_modelrun(&run), Some(vec![1, 5, 6, 8, 9]));
-        assert_eq!(exec_output_keys(&run, true), vec![8, 9]);
+        assert_eq!(parsed(&run, true), names(&run, vec![1, 5, 6, 8, 9]));
+        assert_eq!(ModelRun::parse(&run, true).outputs, names(&run, vec![8, 9]));
         let run = argv("AI.MODELRUN OUTPUTS INPUTS a OUTPUTS b");
         assert_eq!(keys_modelrun(&run), Some(vec![1, 3, 5]));
-        assert_eq!(exec_output_keys(&run, true), vec![5]);
+        assert_eq!(ModelRun::parse(&run, true).outputs, names(&run, vec![5]));
         let exec = argv("AI.MODELEXECUTE OUTPUTS INPUTS 1 OUTPUTS OUTPUTS 1 c");
         assert_eq!(keys_modelexecute(&exec), Some(vec![1, 4, 7]));
-        assert_eq!(exec_output_keys(&exec, false), vec![7]);
+        assert_eq!(parsed(&exec, false), names(&exec, vec![1, 4, 7]));
+        assert_eq!(ModelRun::parse(&exec, false).outputs, names(&exec, vec![7]));
     }
 }

@@ -99,9 +99,14 @@ pub fn parse_spec(spec: &'static table::CommandSpec, argv: Vec<Bytes>, limits: &
 
 /// The slot shared by the keys at `indexes`, or CROSSSLOT.
 pub fn common_slot(argv: &[Bytes], indexes: &[usize]) -> Result<Option<u16>> {
+    keys_slot(indexes.iter().map(|&i| &argv[i]))
+}
+
+/// The one slot `keys` share (`None` for no keys); `CROSSSLOT` otherwise.
+pub fn keys_slot<'a>(keys: impl IntoIterator<Item = &'a Bytes>) -> Result<Option<u16>> {
     let mut slot = None;
-    for &i in indexes {
-        let s = key_slot(&argv[i]);
+    for k in keys {
+        let s = key_slot(k);
         match slot {
             None => slot = Some(s),
             Some(prev) if prev != s => return Err(Error::CrossSlot),

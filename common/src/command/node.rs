@@ -132,12 +132,9 @@ pub enum NodeCommand {
     ModelDel {
         key: Bytes,
     },
-    /// AI.MODELEXECUTE (or deprecated AI.MODELRUN): the whole argv, parsed
-    /// on the node once the model (and so its input/output counts) is known.
-    ModelExecute {
-        argv: Vec<Bytes>,
-        deprecated: bool,
-    },
+    /// AI.MODELEXECUTE (or deprecated AI.MODELRUN), parsed; the node checks
+    /// the counts against the model.
+    ModelExecute(crate::model::ModelRun),
     /// AI.INFO on a model: its run statistics (kept by the serving node).
     ModelInfo {
         key: Bytes,
@@ -175,7 +172,7 @@ impl NodeCommand {
     /// Whether this command runs a model: reads its inputs, computes, then
     /// writes its outputs through the log.
     pub fn is_exec(&self) -> bool {
-        matches!(self, NodeCommand::ModelExecute { .. })
+        matches!(self, NodeCommand::ModelExecute(_))
     }
 
     /// Whether the router may send this command again when its outcome is
@@ -189,10 +186,7 @@ impl NodeCommand {
     /// `None` means every key (keyspace-wide commands).
     pub fn written_keys(&self) -> Option<Vec<&Bytes>> {
         match self {
-            NodeCommand::ModelExecute { argv, deprecated } => {
-                let idx = super::keys::exec_output_keys(argv, *deprecated);
-                Some(idx.into_iter().map(|i| &argv[i]).collect())
-            }
+            NodeCommand::ModelExecute(run) => Some(run.outputs.iter().collect()),
             c if c.is_write() && c.has_keys() => Some(c.keys().collect()),
             c if c.is_write() => None,
             _ => Some(Vec::new()),
@@ -230,10 +224,7 @@ impl NodeCommand {
             | C::ModelGet { key, .. }
             | C::ModelDel { key }
             | C::ModelInfo { key, .. } => Box::new(std::iter::once(key)),
-            C::ModelExecute { argv, deprecated } => {
-                let idx = super::keys::exec_keys(argv, *deprecated);
-                Box::new(idx.into_iter().map(move |i| &argv[i]))
-            }
+            C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
             C::AiConfig { .. } => Box::new(std::iter::empty()),
             C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
@@ -274,7 +265,7 @@ impl NodeCommand {
             NodeCommand::ModelStore { .. } => "ai.modelstore",
             NodeCommand::ModelGet { .. } => "ai.modelget",
             NodeCommand::ModelDel { .. } => "ai.modeldel",
-            NodeCommand::ModelExecute { .. } => "ai.modelexecute",
+            NodeCommand::ModelExecute(_) => "ai.modelexecute",
             NodeCommand::ModelInfo { .. } => "ai.info",
             NodeCommand::TensorMSet { .. } => "ai.tensorset",
             NodeCommand::AiConfig { .. } => "ai.config",
@@ -292,7 +283,7 @@ impl NodeCommand {
             NodeCommand::TensorSet { key, tensor, .. } => key.len() + tensor.data.len() + 8 * tensor.shape.len(),
             NodeCommand::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum(),
             NodeCommand::ModelStore { key, model } => key.len() + model.blob.len() + 256,
-            NodeCommand::ModelExecute { argv, .. } => argv.iter().map(|a| a.len() + 2).sum(),
+            NodeCommand::ModelExecute(run) => run.keys().map(|k| k.len() + 2).sum(),
             NodeCommand::TensorMSet { pairs } => pairs.iter().map(|(k, t)| k.len() + t.data.len() + 64).sum(),
             NodeCommand::MGet { keys } | NodeCommand::Del { keys } | NodeCommand::Exists { keys } => {
                 keys.iter().map(|k| k.len() + 2).sum()

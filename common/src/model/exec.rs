@@ -1,6 +1,7 @@
 //! `AI.MODELEXECUTE` and the deprecated `AI.MODELRUN`: their arguments.
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use super::{eq, err};
 use crate::error::{Error, Result};
@@ -39,74 +40,161 @@ enum Section {
     Outputs,
 }
 
-/// One `INPUTS n k..` / `OUTPUTS n k..` section of MODELEXECUTE starting at
-/// `i`, checked against the model's `expected` count: its keys and the
-/// index after it.
-fn exec_section(argv: &[Bytes], i: usize, section: Section, expected: usize) -> Result<(Vec<Bytes>, usize)> {
-    let (word, lower, upper) = match section {
-        Section::Inputs => ("INPUTS", "input", "Input"),
-        Section::Outputs => ("OUTPUTS", "output", "Output"),
-    };
-    if !argv.get(i).is_some_and(|a| eq(a, word)) {
-        return Err(Error::Verbatim(format!("ERR {word} not specified")));
+/// AI.MODELEXECUTE / AI.MODELRUN, parsed once where it arrives (the
+/// router): the model, input and output keys and TIMEOUT, and what is left
+/// to check once the model is found (RedisAI finds the model first, then
+/// reads the arguments, comparing each count with the model's as it
+/// reads it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRun {
+    pub key: Bytes,
+    pub inputs: Vec<Bytes>,
+    pub outputs: Vec<Bytes>,
+    /// Milliseconds from queueing after which a run that has not started
+    /// answers TIMEDOUT.
+    pub timeout_ms: Option<u64>,
+    /// The deprecated AI.MODELRUN (metrics name it as AI.MODELEXECUTE).
+    pub deprecated: bool,
+    /// In RedisAI's order: the counts given, and the first error in the
+    /// arguments, if any (the keys above are then those read before it).
+    pub checks: Vec<Check>,
+}
+
+/// One check of a [`ModelRun`] that needs the model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Check {
+    /// This many inputs were given: the model must take as many.
+    Inputs(usize),
+    /// This many outputs were given: the model must give as many.
+    Outputs(usize),
+    /// The arguments are wrong: this error, once the model is found.
+    Fails(Error),
+}
+
+impl ModelRun {
+    /// Parses `argv` (argv[0] is the command, argv[1] the model key).
+    pub fn parse(argv: &[Bytes], deprecated: bool) -> ModelRun {
+        let mut run = ModelRun {
+            key: argv.get(1).cloned().unwrap_or_default(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            timeout_ms: None,
+            deprecated,
+            checks: Vec::new(),
+        };
+        let failed = match deprecated {
+            true => run.read_modelrun(argv),
+            false => run.read_modelexecute(argv),
+        };
+        if let Err(e) = failed {
+            run.checks.push(Check::Fails(e));
+        }
+        run
     }
-    let n = count(
-        argv.get(i + 1),
-        &format!("ERR Invalid argument for {lower}_count"),
-        &format!("ERR {upper} count must be a positive integer"),
-    )?;
-    if n != expected {
-        return Err(Error::Verbatim(format!("Number of keys given as {word} here does not match model definition")));
+
+    /// `key INPUTS n .. OUTPUTS m .. [TIMEOUT t]`.
+    fn read_modelexecute(&mut self, argv: &[Bytes]) -> Result<()> {
+        let mut i = 2;
+        for section in [Section::Inputs, Section::Outputs] {
+            let (word, lower, upper) = match section {
+                Section::Inputs => ("INPUTS", "input", "Input"),
+                Section::Outputs => ("OUTPUTS", "output", "Output"),
+            };
+            if !argv.get(i).is_some_and(|a| eq(a, word)) {
+                return Err(Error::Verbatim(format!("ERR {word} not specified")));
+            }
+            let n = count(
+                argv.get(i + 1),
+                &format!("ERR Invalid argument for {lower}_count"),
+                &format!("ERR {upper} count must be a positive integer"),
+            )?;
+            self.checks.push(match section {
+                Section::Inputs => Check::Inputs(n),
+                Section::Outputs => Check::Outputs(n),
+            });
+            let start = i + 2;
+            if argv.len() < start + n {
+                return Err(Error::Verbatim(format!(
+                    "ERR number of {lower} keys to AI.MODELEXECUTE command does not match the number of given arguments"
+                )));
+            }
+            let keys = argv[start..start + n].to_vec();
+            match section {
+                Section::Inputs => self.inputs = keys,
+                Section::Outputs => self.outputs = keys,
+            }
+            i = start + n;
+        }
+        if let Some(tok) = argv.get(i) {
+            if !eq(tok, "TIMEOUT") {
+                return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(tok))));
+            }
+            self.timeout_ms = Some(timeout(argv.get(i + 1))?);
+            if let Some(extra) = argv.get(i + 2) {
+                return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(extra))));
+            }
+        }
+        Ok(())
     }
-    let start = i + 2;
-    if argv.len() < start + n {
-        return Err(Error::Verbatim(format!(
-            "ERR number of {lower} keys to AI.MODELEXECUTE command does not match the number of given arguments"
-        )));
+
+    /// `key [TIMEOUT t] INPUTS k.. OUTPUTS k..`: the first OUTPUTS after
+    /// INPUTS ends the inputs.
+    fn read_modelrun(&mut self, argv: &[Bytes]) -> Result<()> {
+        let mut i = 2;
+        if argv.get(i).is_some_and(|a| eq(a, "TIMEOUT")) {
+            self.timeout_ms = Some(timeout(argv.get(i + 1)).map_err(|_| err("ERR Invalid value for TIMEOUT"))?);
+            i += 2;
+        }
+        if !argv.get(i).is_some_and(|a| eq(a, "INPUTS")) {
+            return Err(err("ERR INPUTS not specified"));
+        }
+        let rest = &argv[i + 1..];
+        let out_at = rest.iter().position(|a| eq(a, "OUTPUTS")).unwrap_or(rest.len());
+        self.inputs = rest[..out_at].to_vec();
+        self.outputs = rest.get(out_at + 1..).unwrap_or_default().to_vec();
+        self.checks.push(Check::Inputs(self.inputs.len()));
+        self.checks.push(Check::Outputs(self.outputs.len()));
+        Ok(())
     }
-    Ok((argv[start..start + n].to_vec(), start + n))
+
+    /// The checks against a model with `n_in` inputs and `n_out` outputs,
+    /// in order: the first that fails is the run's answer.
+    pub fn check(&self, n_in: usize, n_out: usize) -> Result<()> {
+        for c in &self.checks {
+            match c {
+                Check::Inputs(n) if *n != n_in => {
+                    return Err(err("Number of keys given as INPUTS here does not match model definition"))
+                }
+                Check::Outputs(n) if *n != n_out => {
+                    return Err(err("Number of keys given as OUTPUTS here does not match model definition"))
+                }
+                Check::Fails(e) => return Err(e.clone()),
+                Check::Inputs(_) | Check::Outputs(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key the run names: model, inputs, outputs.
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.key).chain(&self.inputs).chain(&self.outputs)
+    }
 }
 
 /// `AI.MODELEXECUTE key INPUTS n .. OUTPUTS m .. [TIMEOUT t]` against a
 /// model with `n_in` inputs and `n_out` outputs (argv[0] is the command).
 pub fn parse_modelexecute(argv: &[Bytes], n_in: usize, n_out: usize) -> Result<ExecArgs> {
-    let (inputs, i) = exec_section(argv, 2, Section::Inputs, n_in)?;
-    let (outputs, i) = exec_section(argv, i, Section::Outputs, n_out)?;
-    let mut timeout_ms = None;
-    if let Some(tok) = argv.get(i) {
-        if !eq(tok, "TIMEOUT") {
-            return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(tok))));
-        }
-        timeout_ms = Some(timeout(argv.get(i + 1))?);
-        if let Some(extra) = argv.get(i + 2) {
-            return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(extra))));
-        }
-    }
-    Ok(ExecArgs { inputs, outputs, timeout_ms })
+    checked(ModelRun::parse(argv, false), n_in, n_out)
 }
 
 /// Deprecated `AI.MODELRUN key [TIMEOUT t] INPUTS k.. OUTPUTS k..`.
 pub fn parse_modelrun(argv: &[Bytes], n_in: usize, n_out: usize) -> Result<ExecArgs> {
-    let mut i = 2;
-    let mut timeout_ms = None;
-    if argv.get(i).is_some_and(|a| eq(a, "TIMEOUT")) {
-        timeout_ms = Some(timeout(argv.get(i + 1)).map_err(|_| err("ERR Invalid value for TIMEOUT"))?);
-        i += 2;
-    }
-    if !argv.get(i).is_some_and(|a| eq(a, "INPUTS")) {
-        return Err(err("ERR INPUTS not specified"));
-    }
-    let rest = &argv[i + 1..];
-    let out_at = rest.iter().position(|a| eq(a, "OUTPUTS")).unwrap_or(rest.len());
-    let inputs = rest[..out_at].to_vec();
-    let outputs = rest.get(out_at + 1..).unwrap_or_default().to_vec();
-    if inputs.len() != n_in {
-        return Err(err("Number of keys given as INPUTS here does not match model definition"));
-    }
-    if outputs.len() != n_out {
-        return Err(err("Number of keys given as OUTPUTS here does not match model definition"));
-    }
-    Ok(ExecArgs { inputs, outputs, timeout_ms })
+    checked(ModelRun::parse(argv, true), n_in, n_out)
+}
+
+fn checked(run: ModelRun, n_in: usize, n_out: usize) -> Result<ExecArgs> {
+    run.check(n_in, n_out)?;
+    Ok(ExecArgs { inputs: run.inputs, outputs: run.outputs, timeout_ms: run.timeout_ms })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub mod config;
 pub mod exec;
 
 pub use config::{parse_ai_config, AiConfig};
-pub use exec::{parse_modelexecute, parse_modelrun, ExecArgs};
+pub use exec::{parse_modelexecute, parse_modelrun, Check, ExecArgs, ModelRun};
 
 /// The four RedisAI backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

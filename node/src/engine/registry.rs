@@ -280,7 +280,7 @@ impl Registry {
                 drop(s);
                 return match self.load_from(*kind, path) {
                     Ok(()) => Reply::ok(),
-                    Err(e) => Reply::err(e),
+                    Err(e) => crate::error::Error::Model(e).to_reply(),
                 };
             }
             AiConfig::ModelChunkSize(n) => s.model_chunk_size = *n,

@@ -18,12 +18,12 @@ use tessera_common::reply::Reply;
 use super::logfile::{read_atomic, write_atomic_parts};
 use super::types::C;
 use crate::data::keyspace::Keyspace;
+use crate::error::Error as NodeError;
 use crate::state::apply as exec;
-use crate::state::chunks::INTERRUPTED;
 pub use crate::state::chunks::{join, Chunks, LocalWrites};
 use crate::state::meta::ClusterMap;
-use crate::state::LogOp;
-use crate::util::{decode, encode};
+use crate::state::{snapshot, LogOp};
+use crate::util::encode;
 
 /// A group's Raft over this state machine.
 pub type Raft = openraft::Raft<C, StateMachine>;
@@ -68,18 +68,6 @@ pub struct ShardData {
     pub chunks: Chunks,
 }
 
-/// Applies `op`, logged in `term`; a fenced command only in its own term.
-fn apply_in_term(ks: &mut crate::data::keyspace::Keyspace, ts: i64, term: u64, op: LogOp) -> Reply {
-    match op {
-        LogOp::Fenced { term: fence, cmd } if fence == term => exec::apply(ks, ts, &LogOp::Command(cmd)),
-        LogOp::Fenced { .. } => Reply::err(FENCED_OUT),
-        op => exec::apply(ks, ts, &op),
-    }
-}
-
-/// The answer to a fenced write logged after leadership changed.
-pub const FENCED_OUT: &str = "TRYAGAIN leadership changed while the model ran; its outputs were not written";
-
 /// A snapshot file's layout: its metadata, then its payload (postcard,
 /// written in pieces by [`StateMachine::persist`]).
 #[cfg(test)]
@@ -111,48 +99,6 @@ pub struct StateMachine {
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-}
-
-/// Snapshot payload: `last_ts`, then the cluster map and the unfinished
-/// chunked writes (each a length and its encoding), then the keyspace dump;
-/// as pieces that share the models' bytes and the writes' parts (the file
-/// is written from them: a shard's models are never copied into one buffer).
-fn snapshot_pieces(d: &ShardData) -> Vec<bytes::Bytes> {
-    let mut out = crate::data::Pieces::default();
-    out.extend(&d.last_ts.to_le_bytes());
-    let map = encode(&d.map);
-    out.extend(&(map.len() as u64).to_le_bytes());
-    out.extend(&map);
-    let size = postcard::experimental::serialized_size(&d.chunks).expect("chunks always serialize");
-    out.extend(&(size as u64).to_le_bytes());
-    let before = out.len();
-    d.chunks.encode_to(&mut out);
-    debug_assert_eq!(out.len() - before, size, "chunks encoded as postcard does");
-    d.ks.dump_to(&mut out);
-    out.finish()
-}
-
-/// Restores a snapshot payload; model blobs stay in `b` (slices of it, see
-/// [`Keyspace::load_shared`]).
-fn load_snapshot_bytes(b: bytes::Bytes) -> io::Result<(i64, ClusterMap, Chunks, Keyspace)> {
-    let truncated = || invalid("snapshot is truncated");
-    let word = |at: usize| -> io::Result<u64> {
-        let bytes = b.get(at..at + 8).ok_or_else(truncated)?;
-        Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
-    };
-    let ts = word(0)? as i64;
-    let mut at = 8usize;
-    let mut section = || -> io::Result<&[u8]> {
-        let len = usize::try_from(word(at)?).map_err(invalid)?;
-        let s = b.get(at + 8..(at + 8).saturating_add(len)).ok_or_else(truncated)?;
-        at += 8 + len;
-        Ok(s)
-    };
-    let map = decode(section()?)?;
-    let chunks = decode(section()?)?;
-    let dump = b.slice(at..);
-    drop(b);
-    Ok((ts, map, chunks, Keyspace::load_shared(dump).map_err(invalid)?))
 }
 
 /// The start of a snapshot file: `SnapshotFileRef`'s encoding up to its data.
@@ -192,7 +138,7 @@ impl StateMachine {
         };
         let mut current = None;
         if let Some((meta, payload)) = read_snapshot(dir)? {
-            let (ts, map, chunks, ks) = load_snapshot_bytes(payload.into())?;
+            let (ts, map, chunks, ks) = snapshot::load(payload.into())?;
             data = ShardData {
                 ks,
                 last_applied: meta.last_log_id,
@@ -220,7 +166,14 @@ impl StateMachine {
     fn completed(&self, id: u64, parts: Vec<bytes::Bytes>, local: bool) -> (Result<LogOp, Reply>, Option<ModelDef>) {
         let Some(w) = self.local.take(id) else {
             // (A local write's parts were counted, not kept.)
-            return (if local { Err(Reply::err(INTERRUPTED)) } else { crate::util::heavy(|| join(parts)) }, None);
+            return (
+                if local {
+                    Err(NodeError::ChunkedWriteInterrupted.to_reply())
+                } else {
+                    crate::util::heavy(|| join(parts))
+                },
+                None,
+            );
         };
         let mut handed = None;
         if let (Some(m), LogOp::Command(NodeCommand::ModelStore { model, .. })) = (w.loaded, &w.op) {
@@ -276,7 +229,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
             state.chunks.fill_local(&self.local);
             (meta, state)
         };
-        let bytes = crate::util::heavy(|| snapshot_pieces(&state));
+        let bytes = crate::util::heavy(|| snapshot::pieces(state.last_ts, &state.map, &state.chunks, &state.ks));
         drop(state);
         self.persist(&meta, bytes).await?;
         *self.current.lock() = Some(meta.clone());
@@ -337,7 +290,7 @@ impl RaftStateMachine<C> for StateMachine {
                                         let (op, handed) = self.completed(id, parts, local);
                                         d = self.data.lock();
                                         let reply = match op {
-                                            Ok(op) => apply_in_term(&mut d.ks, ts, term, op),
+                                            Ok(op) => exec::apply_in_term(&mut d.ks, ts, term, op),
                                             Err(e) => e,
                                         };
                                         // Not taken (the store failed): not kept.
@@ -348,7 +301,7 @@ impl RaftStateMachine<C> for StateMachine {
                                     }
                                 }
                             }
-                            op => apply_in_term(&mut d.ks, ts, term, op),
+                            op => exec::apply_in_term(&mut d.ks, ts, term, op),
                         }
                     }
                     EntryPayload::Membership(m) => {
@@ -376,7 +329,7 @@ impl RaftStateMachine<C> for StateMachine {
         // that does not restore is then on disk: it is an error for this
         // node either way).
         let bytes = self.persist(meta, vec![snapshot.into_bytes(meta)?.into()]).await?.pop().unwrap_or_default();
-        let (ts, map, chunks, ks) = crate::util::heavy(move || load_snapshot_bytes(bytes))?;
+        let (ts, map, chunks, ks) = crate::util::heavy(move || snapshot::load(bytes))?;
         {
             let mut d = self.data.lock();
             *d = ShardData {
@@ -400,85 +353,4 @@ impl RaftStateMachine<C> for StateMachine {
 }
 
 #[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-    use tessera_common::command::NodeCommand;
-
-    use super::*;
-    use crate::state::chunks::tests::parts;
-
-    #[test]
-    fn a_snapshot_shares_its_large_bytes_and_reads_back() {
-        let op = LogOp::Command(NodeCommand::Del { keys: vec![Bytes::from(vec![7u8; 100_000]); 3] });
-        let p = parts(&op, 3);
-        let mut chunks = Chunks::default();
-        assert!(chunks.add(9, 0, 3, p[0].clone(), 10, 2).is_none());
-        assert!(chunks.add(9, 1, 3, p[1].clone(), 10, 2).is_none());
-        assert!(chunks.add(4, 0, 5, Bytes::from_static(b"tiny"), 11, 2).is_none());
-        let mut out = crate::data::Pieces::default();
-        chunks.encode_to(&mut out);
-        let pieces = out.finish();
-        assert_eq!(pieces.concat(), encode(&chunks), "postcard's encoding");
-        assert!(pieces.iter().any(|x| x.as_ptr() == p[1].as_ptr()), "a large part is shared, not copied");
-        let mut ks = Keyspace::new();
-        exec::apply(&mut ks, 1, &LogOp::Command(NodeCommand::Del { keys: vec![] }));
-        let d = ShardData {
-            ks,
-            last_applied: None,
-            last_membership: StoredMembership::default(),
-            last_ts: 77,
-            map: ClusterMap::default(),
-            chunks,
-        };
-        let (ts, _, back, _) = load_snapshot_bytes(snapshot_pieces(&d).concat().into()).unwrap();
-        assert_eq!((ts, back.len()), (77, 2));
-        assert_eq!(encode(&back), encode(&d.chunks));
-    }
-
-    #[test]
-    fn the_snapshot_file_is_written_in_pieces_and_read_back_in_place() {
-        let dir = std::env::temp_dir().join(format!("tessera-sm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
-        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
-        super::super::logfile::write_atomic_parts(&dir.join("snapshot"), &[&snapshot_header(&meta, data.len()), &data])
-            .unwrap();
-        // The layout files had before, so they stay readable.
-        let file = read_atomic(&dir.join("snapshot")).unwrap().unwrap();
-        assert_eq!(file, encode(&SnapshotFileRef { meta: &meta, data: &data }));
-        let (back, payload) = read_snapshot(&dir).unwrap().unwrap();
-        assert_eq!((back, payload), (meta, data));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_fenced_write_applies_only_in_its_term() {
-        let set = |v: &str| NodeCommand::Set {
-            key: Bytes::from("k"),
-            value: Bytes::from(v.to_owned()),
-            expire: None,
-            keep_ttl: false,
-            cond: tessera_common::command::node::SetCond::Always,
-            get: false,
-        };
-        let mut ks = crate::data::keyspace::Keyspace::default();
-        let get = |ks: &crate::data::keyspace::Keyspace| match ks.get(b"k", 0).map(|e| &e.value) {
-            Some(crate::data::keyspace::Value::Str(s)) => Some(s.clone()),
-            _ => None,
-        };
-        assert_eq!(apply_in_term(&mut ks, 0, 5, LogOp::Fenced { term: 5, cmd: set("a") }), Reply::ok());
-        assert_eq!(get(&ks), Some(Bytes::from("a")));
-        // Logged by a later leader of the same node: refused, nothing written.
-        assert_eq!(apply_in_term(&mut ks, 0, 6, LogOp::Fenced { term: 5, cmd: set("b") }), Reply::err(FENCED_OUT));
-        assert_eq!(get(&ks), Some(Bytes::from("a")));
-        // Chunked: the assembled operation keeps its fence.
-        let op = LogOp::Fenced { term: 6, cmd: set("c") };
-        let p = parts(&op, 2);
-        let mut c = Chunks::default();
-        assert!(c.add(1, 0, 2, p[0].clone(), 1, 1).is_none());
-        let whole = join(c.add(1, 1, 2, p[1].clone(), 1, 1).unwrap().unwrap()).unwrap();
-        assert_eq!(apply_in_term(&mut ks, 0, 6, whole), Reply::ok());
-        assert_eq!(get(&ks), Some(Bytes::from("c")));
-    }
-}
+mod tests;

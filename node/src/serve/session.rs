@@ -15,261 +15,26 @@
 //! Responses go back as they complete, batched, matched by id. Long
 //! commands and replies travel in parts (see [`tessera_proto::parts`]).
 
-use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Stream, StreamExt};
-use tessera_common::command::NodeCommand;
-use tessera_common::error::code_of;
-use tessera_common::reply::Reply;
-use tessera_proto::parts::{Joiner, Outgoing};
-use tessera_proto::v1::{response, Redirect, RequestBatch, ResponseBatch};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, trace, warn};
+use futures::{Stream, StreamExt};
+use tessera_proto::parts::Joiner;
+use tessera_proto::v1::{RequestBatch, ResponseBatch};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
+use crate::error::Error as NodeError;
 use crate::hosted::NodeState;
 use crate::shard::{Outcome, Shard};
 
-/// What a session sends back: a response, or a long reply's encoding in
-/// pieces (sent in parts, see [`tessera_proto::parts`]).
-enum Out {
-    One(tessera_proto::v1::Response),
-    Long { id: u64, pieces: Vec<Bytes> },
-}
-
-fn response(id: u64, shard: u32, out: Outcome) -> Out {
-    let result = match out {
-        // A long reply (a model's bytes, a large tensor) is not encoded into
-        // one buffer: its large payloads go out as slices of themselves.
-        Outcome::Reply(r) if r.size_hint() > tessera_proto::parts::PART_BYTES => {
-            // (Payloads of 64 KiB or more are pieces of their own: a model
-            // laid out for its runtime is many such weights.)
-            let pieces = crate::util::heavy(|| r.to_parts(64 << 10));
-            return Out::Long { id, pieces };
-        }
-        Outcome::Reply(r) => response::Result::Reply(r.to_bytes().into()),
-        Outcome::Redirect(leader) => {
-            let (leader_id, leader_addr) = leader.unwrap_or_default();
-            response::Result::Redirect(Redirect { shard, leader_id, leader_addr })
-        }
-    };
-    Out::One(tessera_proto::v1::Response { id, result: Some(result), total_len: 0 })
-}
-
-fn record(name: &'static str, out: &Outcome, start: Instant) {
-    let code = match out {
-        Outcome::Reply(Reply::Error(e)) => code_of(e),
-        Outcome::Reply(_) => "ok",
-        Outcome::Redirect(_) => "redirect",
-    };
-    tessera_telemetry::record_command("tessera_node", name, code, start.elapsed());
-}
-
-/// A finished command: its in-flight slot, request id and outcome.
-type Done = (u64, u64, Outcome);
-
-/// The queue into one lane: request id and command.
-type LaneTx = mpsc::Sender<(u64, NodeCommand)>;
-
+mod lane;
 mod order;
-use order::{Access, Flights, Kind};
+mod replies;
 
-/// One shard's share of one session (see the module docs for the ordering
-/// rules): commands start in arrival order; one that touches a key an
-/// earlier, unfinished command writes (or writes a key it reads) waits, and
-/// so does everything behind it.
-async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCommand)>, out: mpsc::Sender<Out>) {
-    let mut queue: VecDeque<(u64, NodeCommand, Access, Instant)> = VecDeque::new();
-    let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
-    let mut flights = Flights::default();
-    let mut next_slot = 0u64;
-    let mut open = true;
-    // Writes are submitted to the group one after another, in arrival order
-    // (so they are logged in that order), each once the one before it has
-    // been: a write that takes long to submit (a model checked before it is
-    // logged, a large value logged in parts) holds up the writes behind it,
-    // but not the lane's reads, runs and replies.
-    let mut submitted_before: Option<oneshot::Receiver<()>> = None;
-    loop {
-        // Start whatever the ordering rules allow, front first.
-        while let Some((_, _, access, _)) = queue.front() {
-            if flights.blocks(access) {
-                break;
-            }
-            let (id, cmd, access, start) = queue.pop_front().expect("front exists");
-            let name = cmd.name();
-            trace!(shard = shard.id, cmd = name, kind = ?access.kind, "command");
-            let slot = next_slot;
-            next_slot += 1;
-            let s = shard.clone();
-            let fut = match access.kind {
-                Kind::Write => {
-                    let before = submitted_before.take();
-                    let (done, after) = oneshot::channel();
-                    submitted_before = Some(after);
-                    async move {
-                        if let Some(before) = before {
-                            // (An error: the write before it was dropped
-                            // with the lane, as this one is about to be.)
-                            let _ = before.await;
-                        }
-                        // (Its long steps, a model's load check and layout
-                        // or cutting a write into parts, run off the lane.)
-                        let submitted = s.submit(cmd).await;
-                        let _ = done.send(());
-                        let o = s.finish(submitted).await;
-                        record(name, &o, start);
-                        (slot, id, o)
-                    }
-                    .boxed()
-                }
-                Kind::Read => async move {
-                    let o = s.read(&cmd).await;
-                    record(name, &o, start);
-                    (slot, id, o)
-                }
-                .boxed(),
-                Kind::Exec => async move {
-                    let o = match &cmd {
-                        NodeCommand::ModelExecute { argv, deprecated } => s.execute(argv, *deprecated).await,
-                        _ => Outcome::Reply(Reply::err("ERR internal: not a model run")),
-                    };
-                    record(name, &o, start);
-                    (slot, id, o)
-                }
-                .boxed(),
-            };
-            flights.insert(slot, access);
-            running.push(fut);
-        }
-        if !open && queue.is_empty() && running.is_empty() {
-            return;
-        }
-        tokio::select! {
-            Some((slot, id, o)) = running.next(), if !running.is_empty() => {
-                flights.remove(slot);
-                if out.send(response(id, shard.id, o)).await.is_err() { return; }
-            }
-            m = rx.recv(), if open => match m {
-                Some((id, cmd)) => {
-                    let access = Access::of(&cmd);
-                    queue.push_back((id, cmd, access, Instant::now()));
-                }
-                None => open = false,
-            },
-        }
-    }
-}
-
-/// Batches every response ready at poll time into one message. Long
-/// replies go in parts (see [`tessera_proto::parts`]), one reply after
-/// another, with the short replies ready by then between their parts.
-struct ResponseStream {
-    rx: mpsc::Receiver<Out>,
-    /// Whether `rx` has closed (every lane and the reader are gone).
-    closed: bool,
-    /// Long replies going out in parts, one after another.
-    longs: VecDeque<Outgoing<()>>,
-    /// Whether the last message was a part: replies ready since then go
-    /// before the next part, so a long reply (a model's bytes) holds up the
-    /// session's other replies by a part at most, not by all of itself.
-    part_last: bool,
-    _guard: SessionGuard,
-}
-
-impl ResponseStream {
-    /// The next part of the long reply in front, alone in a message.
-    fn next_part(&mut self) -> Option<ResponseBatch> {
-        let out = self.longs.front_mut()?;
-        let (part, last) = out.next_part();
-        let r = tessera_proto::v1::Response {
-            id: out.id,
-            result: Some(response::Result::Reply(part)),
-            total_len: out.total,
-        };
-        if last {
-            self.longs.pop_front();
-        }
-        Some(ResponseBatch { responses: vec![r] })
-    }
-
-    /// Every short reply ready now, in one message (long ones join
-    /// `longs`); `None` when none is.
-    fn ready_replies(&mut self, cx: &mut Context<'_>) -> Option<ResponseBatch> {
-        let mut responses = Vec::new();
-        // At most about a part's worth of bytes per message, so the
-        // router's receive buffer stays that small too.
-        let mut bytes = 0;
-        // (With a few long replies waiting, the lanes wait too.)
-        while !self.closed && responses.len() < 1024 && bytes < tessera_proto::parts::PART_BYTES && self.longs.len() < 4
-        {
-            let r = match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Out::One(r))) => r,
-                Poll::Ready(Some(Out::Long { id, pieces })) => {
-                    self.longs.push_back(Outgoing::from_pieces(id, (), pieces));
-                    continue;
-                }
-                Poll::Ready(None) => {
-                    self.closed = true;
-                    break;
-                }
-                Poll::Pending => break,
-            };
-            match r.result {
-                Some(response::Result::Reply(b)) if b.len() > tessera_proto::parts::PART_BYTES => {
-                    self.longs.extend(Outgoing::new(r.id, (), b).ok());
-                    continue;
-                }
-                Some(response::Result::Reply(ref b)) => bytes += b.len(),
-                _ => {}
-            }
-            responses.push(r);
-        }
-        (!responses.is_empty()).then_some(ResponseBatch { responses })
-    }
-}
-
-impl Stream for ResponseStream {
-    type Item = ResponseBatch;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.part_last || this.longs.is_empty() {
-            if let Some(batch) = this.ready_replies(cx) {
-                this.part_last = false;
-                return Poll::Ready(Some(batch));
-            }
-        }
-        if let Some(part) = this.next_part() {
-            this.part_last = true;
-            return Poll::Ready(Some(part));
-        }
-        // Nothing long to send, and no reply ready: `rx` has the waker.
-        match this.closed {
-            true => Poll::Ready(None),
-            false => Poll::Pending,
-        }
-    }
-}
-
-/// Counts open sessions while it lives.
-struct SessionGuard {
-    peer: Option<std::net::SocketAddr>,
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        metrics::gauge!("tessera_node_sessions").decrement(1.0);
-        debug!(peer = ?self.peer, "session closed");
-    }
-}
+use lane::{lane, response, LaneTx, Out};
+use replies::ResponseStream;
 
 async fn read_session(
     state: Arc<NodeState>,
@@ -301,7 +66,7 @@ async fn read_session(
                     Ok(Some(whole)) => whole,
                     Ok(None) => continue,
                     Err(e) => {
-                        let _ = out.send(response(r.id, 0, Outcome::Reply(Reply::err(e)))).await;
+                        let _ = out.send(response(r.id, 0, Outcome::Error(NodeError::Parts(e)))).await;
                         continue;
                     }
                 },
@@ -339,7 +104,7 @@ fn serve(
 ) -> impl Stream<Item = ResponseBatch> + Send {
     let (tx, rx) = mpsc::channel(8192);
     tokio::spawn(read_session(state, inbound, tx, peer));
-    ResponseStream { rx, closed: false, longs: VecDeque::new(), part_last: false, _guard: SessionGuard { peer } }
+    ResponseStream::new(rx, peer)
 }
 
 /// Serves one router session that came as a link

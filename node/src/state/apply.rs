@@ -18,9 +18,7 @@ use super::LogOp;
 use crate::data::keyspace::{Entry, Keyspace, Value};
 use crate::engine::model::StoredModel;
 use crate::engine::registry::registry;
-
-const EMPTY_TENSOR: &str = "ERR tensor key is empty or in a different shard";
-pub const EMPTY_MODEL: &str = "ERR model key is empty";
+use crate::error::Error as NodeError;
 
 fn wrongtype() -> Reply {
     Error::WrongType.to_reply()
@@ -35,38 +33,38 @@ fn deadline(e: Expiry, ts: i64) -> i64 {
 
 /// A write that is certain to fail against the current state, answered
 /// without reaching the log.
-pub fn precheck(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Option<Reply> {
+pub fn precheck(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Option<NodeError> {
     match cmd {
         NodeCommand::TensorSet { key, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Str(_) | Value::Model(_)) => Some(wrongtype()),
+            Some(Value::Str(_) | Value::Model(_)) => Some(Error::WrongType.into()),
             _ => None,
         },
         NodeCommand::IncrBy { key, delta } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Tensor(_) | Value::Model(_)) => Some(wrongtype()),
+            Some(Value::Tensor(_) | Value::Model(_)) => Some(Error::WrongType.into()),
             Some(Value::Str(s)) => match parse_int(s) {
-                None => Some(Error::NotInteger.to_reply()),
-                Some(v) if v.checked_add(*delta).is_none() => Some(Error::Overflow.to_reply()),
+                None => Some(Error::NotInteger.into()),
+                Some(v) if v.checked_add(*delta).is_none() => Some(Error::Overflow.into()),
                 Some(_) => None,
             },
             None => None,
         },
         NodeCommand::Set { key, get: true, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Tensor(_) | Value::Model(_)) => Some(wrongtype()),
+            Some(Value::Tensor(_) | Value::Model(_)) => Some(Error::WrongType.into()),
             _ => None,
         },
         NodeCommand::ModelStore { key, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Str(_) | Value::Tensor(_)) => Some(wrongtype()),
+            Some(Value::Str(_) | Value::Tensor(_)) => Some(Error::WrongType.into()),
             _ => None,
         },
         NodeCommand::ModelDel { key } => match ks.get(key, now).map(|e| &e.value) {
-            None => Some(Reply::err(EMPTY_MODEL)),
-            Some(Value::Str(_) | Value::Tensor(_)) => Some(wrongtype()),
+            None => Some(NodeError::EmptyModel),
+            Some(Value::Str(_) | Value::Tensor(_)) => Some(Error::WrongType.into()),
             Some(Value::Model(_)) => None,
         },
         NodeCommand::TensorMSet { pairs } => pairs
             .iter()
             .any(|(k, _)| matches!(ks.get(k, now).map(|e| &e.value), Some(Value::Str(_) | Value::Model(_))))
-            .then(wrongtype),
+            .then(|| Error::WrongType.into()),
         _ => None,
     }
 }
@@ -81,9 +79,9 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
     let cmd = match op {
         LogOp::PurgeExpired => return Reply::Int(ks.purge_expired(ts) as i64),
         LogOp::Command(c) => c,
-        LogOp::Meta(_) => return Reply::err("ERR cluster map change sent to a shard"),
-        LogOp::Chunk { .. } => return Reply::err("ERR a chunk inside a chunked write"),
-        LogOp::Fenced { .. } => return Reply::err("ERR a fenced write outside the state machine"),
+        LogOp::Meta(_) => return NodeError::Internal("cluster map change sent to a shard").to_reply(),
+        LogOp::Chunk { .. } => return NodeError::Internal("a chunk inside a chunked write").to_reply(),
+        LogOp::Fenced { .. } => return NodeError::Internal("a fenced write outside the state machine").to_reply(),
     };
     match cmd {
         NodeCommand::Set { key, value, expire, keep_ttl, cond, get } => {
@@ -191,7 +189,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
             Reply::ok()
         }
         NodeCommand::ModelDel { key } => match ks.get(key, ts).map(|e| &e.value) {
-            None => Reply::err(EMPTY_MODEL),
+            None => NodeError::EmptyModel.to_reply(),
             Some(Value::Model(_)) => {
                 ks.remove(key);
                 Reply::ok()
@@ -233,12 +231,12 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
             }
         },
         NodeCommand::TensorGet { key, format } => match ks.get(key, now).map(|e| &e.value) {
-            None => Reply::err(EMPTY_TENSOR),
+            None => NodeError::EmptyTensor.to_reply(),
             Some(Value::Str(_) | Value::Model(_)) => wrongtype(),
             Some(Value::Tensor(t)) => t.reply(*format).unwrap_or_else(|e| e.to_reply()),
         },
         NodeCommand::ModelGet { key, meta, blob } => match ks.get(key, now).map(|e| &e.value) {
-            None => Reply::err(EMPTY_MODEL),
+            None => NodeError::EmptyModel.to_reply(),
             Some(Value::Model(m)) => model_reply(m, *meta, *blob),
             Some(_) => wrongtype(),
         },
@@ -248,7 +246,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
                 Reply::ok()
             }
             Some(Value::Model(m)) => info_reply(key, m),
-            _ => Reply::err("ERR cannot find run info for key"),
+            _ => NodeError::NoRunInfo.to_reply(),
         },
         NodeCommand::Keys { pattern, scope } => {
             let all = pattern.as_ref() == b"*";
@@ -307,7 +305,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
         }
         write => {
             // Writes never take this path: `Shard::execute` sends them to `apply`.
-            Reply::err(format!("ERR internal: {} is a write", write.name()))
+            NodeError::NotARead(write.name()).to_reply()
         }
     }
 }
@@ -391,4 +389,13 @@ fn info_reply(key: &Bytes, m: &StoredModel) -> Reply {
         Reply::bulk_str("errors"),
         Reply::Int(s.errors.load(Relaxed) as i64),
     ])
+}
+
+/// Applies `op`, logged in `term`; a fenced command only in its own term.
+pub fn apply_in_term(ks: &mut Keyspace, ts: i64, term: u64, op: LogOp) -> Reply {
+    match op {
+        LogOp::Fenced { term: fence, cmd } if fence == term => apply(ks, ts, &LogOp::Command(cmd)),
+        LogOp::Fenced { .. } => NodeError::FencedOut.to_reply(),
+        op => apply(ks, ts, &op),
+    }
 }

@@ -15,6 +15,7 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
 
 use crate::config::Config;
+use crate::error::Error;
 
 /// The meta group's id (shard ids count up from 0).
 pub const META: u32 = u32::MAX;
@@ -120,14 +121,14 @@ impl ClusterMap {
                     *self = m.clone();
                     Reply::Int(self.epoch as i64)
                 }
-                _ => Reply::err("ERR cluster map not formed yet"),
+                _ => Error::MapNotFormed.to_reply(),
             };
         }
         match op {
             MetaOp::Init(_) => return Reply::Int(self.epoch as i64),
             MetaOp::AddNode { id, addr } => match self.nodes.get(id) {
                 Some(n) if n.addr == *addr && n.status != NodeStatus::Removed => return Reply::Int(self.epoch as i64),
-                Some(_) => return Reply::err(format!("ERR node id {id} is or was in use; ids are never reused")),
+                Some(_) => return Error::NodeIdInUse(*id).to_reply(),
                 None => {
                     self.nodes.insert(*id, NodeInfo { addr: addr.clone(), status: NodeStatus::New });
                 }
@@ -135,26 +136,26 @@ impl ClusterMap {
             MetaOp::Joined { id } => match self.nodes.get_mut(id) {
                 Some(n) if n.status == NodeStatus::New => n.status = NodeStatus::Joined,
                 Some(_) => return Reply::Int(self.epoch as i64),
-                None => return Reply::err(format!("ERR no node {id}")),
+                None => return Error::NoNode(*id).to_reply(),
             },
             MetaOp::RemoveNode { id } => {
                 if let Some(g) = self.groups.iter().find(|(_, g)| g.hosts(*id)) {
-                    return Reply::err(format!("ERR node {id} still holds a replica of group {}", g.0));
+                    return Error::NodeHoldsReplica { node: *id, group: *g.0 }.to_reply();
                 }
                 match self.nodes.get_mut(id) {
                     Some(n) => n.status = NodeStatus::Removed,
-                    None => return Reply::err(format!("ERR no node {id}")),
+                    None => return Error::NoNode(*id).to_reply(),
                 }
             }
             MetaOp::SetGroup { group, voters, learners } => {
                 if let Some(n) = voters.iter().chain(learners).find(|n| !self.is_live(**n)) {
-                    return Reply::err(format!("ERR node {n} is not a member of the cluster"));
+                    return Error::NotAMember(*n).to_reply();
                 }
                 let Some(g) = self.groups.get_mut(group) else {
-                    return Reply::err(format!("ERR no group {group}"));
+                    return Error::NoGroup(*group).to_reply();
                 };
                 if voters.is_empty() {
-                    return Reply::err("ERR a group needs at least one voter");
+                    return Error::NoVoters.to_reply();
                 }
                 g.voters = voters.clone();
                 g.learners = learners.clone();

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod chunks;
 pub mod meta;
+pub mod snapshot;
 
 use std::fmt;
 

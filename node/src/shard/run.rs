@@ -1,0 +1,117 @@
+//! Model runs on a replica: read the model and its inputs, run them on the
+//! model's device queue, write the outputs through the log.
+
+use bytes::Bytes;
+use tessera_common::command::NodeCommand;
+use tessera_common::error::Error;
+use tessera_common::model::{BackendKind, ModelRun};
+use tessera_common::reply::Reply;
+use tessera_common::tensor::Tensor;
+
+use super::{Outcome, Shard, Submitted};
+use crate::data::keyspace::Value;
+use crate::engine::registry::registry;
+use crate::engine::{engine, RunResult};
+use crate::error::Error as NodeError;
+use crate::util::now_ms;
+
+/// What a model run came to.
+enum Executed {
+    /// Its outputs were proposed: the write's outcome.
+    Written(Outcome),
+    /// Answered without a logged write (an error, or no tensor outputs).
+    Unwritten(Outcome),
+}
+
+impl Shard {
+    /// AI.MODELEXECUTE / AI.MODELRUN: reads the model and its inputs
+    /// (linearizably), runs it on its device's queue, then writes every
+    /// output in one log entry. The session orders it against commands that
+    /// touch the same keys (see `service.rs`).
+    ///
+    /// A leader whose state is current reads without a quorum round first:
+    /// the output write is fenced to its term, and its commit proves that no
+    /// newer leader had acknowledged a write the run missed. An answer with
+    /// no output written (an error, or a run with no tensor outputs) gets
+    /// the quorum round before it goes out instead.
+    pub async fn execute(&self, run: &ModelRun) -> Outcome {
+        let fence = self.group.leading_applied_term();
+        if fence.is_none() {
+            if let Err(o) = self.confirm_read().await {
+                return o;
+            }
+        }
+        match self.execute_in(run, fence).await {
+            Executed::Written(o) => o,
+            Executed::Unwritten(o) if fence.is_none() => o,
+            Executed::Unwritten(o) => match self.confirm_read().await {
+                Ok(()) => o,
+                Err(not_here) => not_here,
+            },
+        }
+    }
+
+    async fn execute_in(&self, args: &ModelRun, fence: Option<u64>) -> Executed {
+        let reply = |r: Reply| Executed::Unwritten(Outcome::Reply(r));
+        let error = |e: NodeError| Executed::Unwritten(Outcome::Error(e));
+        let model = match self.data.lock().ks.get(&args.key, now_ms()).map(|e| &e.value) {
+            None => return error(NodeError::EmptyModel),
+            Some(Value::Model(m)) => m.clone(),
+            Some(_) => return error(Error::WrongType.into()),
+        };
+        // Input and output counts: TF's are declared; the others' come from
+        // the loaded model (a model still loading on a new leader is waited for).
+        let counts = match model.try_loaded() {
+            _ if model.def.backend == BackendKind::Tf => Ok((model.def.inputs.len(), model.def.outputs.len())),
+            Some(l) => Ok((l.inputs().len(), l.outputs().len())),
+            None => {
+                let m = model.clone();
+                match tokio::task::spawn_blocking(move || m.loaded()).await {
+                    Ok(Ok(l)) => Ok((l.inputs().len(), l.outputs().len())),
+                    Ok(Err(e)) => Err(NodeError::Model(e)),
+                    Err(e) => Err(NodeError::LoadFailed(e.to_string())),
+                }
+            }
+        };
+        let (n_in, n_out) = match counts {
+            Ok(c) => c,
+            Err(e) => return error(e),
+        };
+        if let Err(e) = args.check(n_in, n_out) {
+            return error(e.into());
+        }
+        let inputs = {
+            let d = self.data.lock();
+            let now = now_ms();
+            let mut inputs = Vec::with_capacity(args.inputs.len());
+            for k in &args.inputs {
+                match d.ks.get(k, now).map(|e| &e.value) {
+                    Some(Value::Tensor(t)) => inputs.push(t.clone()),
+                    None => return error(NodeError::EmptyTensor),
+                    Some(_) => return error(Error::WrongType.into()),
+                }
+            }
+            inputs
+        };
+        let threads = registry().settings().threads_per_queue;
+        let timeout = args.timeout_ms.map(std::time::Duration::from_millis);
+        let run = engine().submit(model, inputs, timeout, threads);
+        let outs = match run.await {
+            Ok(RunResult::Done(outs)) => outs,
+            Ok(RunResult::TimedOut) => return reply(Reply::Simple("TIMEDOUT".into())),
+            Ok(RunResult::Failed(e)) => return error(NodeError::Model(e)),
+            Err(_) => return error(NodeError::RunDropped),
+        };
+        // Non-tensor outputs (ONNX maps/sequences) write no key, as in RedisAI.
+        let pairs: Vec<(Bytes, Tensor)> =
+            args.outputs.iter().cloned().zip(outs).filter_map(|(k, t)| t.map(|t| (k, t))).collect();
+        if pairs.is_empty() {
+            return reply(Reply::ok());
+        }
+        match self.submit_in(NodeCommand::TensorMSet { pairs }, fence).await {
+            // Refused before it was logged (by this replica's state).
+            Submitted::Done(o @ (Outcome::Reply(_) | Outcome::Error(_))) => Executed::Unwritten(o),
+            s => Executed::Written(self.finish(s).await),
+        }
+    }
+}
