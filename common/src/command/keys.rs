@@ -1,6 +1,7 @@
 //! Key extraction for RedisAI's commands with movable keys (`getkeys-api`
 //! in RedisAI): which argv positions name keys, for routing, CROSSSLOT checks
-//! and `COMMAND GETKEYS`. Returns `None` when argv is too malformed to tell.
+//! and `COMMAND GETKEYS` (model runs are routed by their parsed keys,
+//! `model::ModelRun`). Returns `None` when argv is too malformed to tell.
 
 use bytes::Bytes;
 
@@ -44,7 +45,7 @@ pub(crate) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
 
 /// Where `AI.MODELRUN`'s INPUTS word is, and the OUTPUTS word that ends the
 /// inputs: the first one after INPUTS (a later one is an output key, as the
-/// node reads the command).
+/// parsed run, `model::ModelRun`, reads the command).
 fn modelrun_words(argv: &[Bytes]) -> Option<(usize, Option<usize>)> {
     let inputs = (2..argv.len()).find(|i| eq(&argv[*i], "INPUTS"))?;
     Some((inputs, (inputs + 1..argv.len()).find(|i| eq(&argv[*i], "OUTPUTS"))))

@@ -1,9 +1,9 @@
 //! RedisAI models as commands see them: backend and device names, the
 //! stored definition, and the argument rules of AI.MODELSTORE/MODELSET
 //! (parsed where no state is needed: the router); AI.MODELEXECUTE/MODELRUN
-//! (parsed on the node, which knows the model's input and output counts
-//! and must report a missing model first) in [`exec`], AI.CONFIG in
-//! [`config`].
+//! in [`exec`] (parsed on the router too, into a [`ModelRun`] whose counts
+//! the node checks against the model once it has found it, so a missing
+//! model is reported first), AI.CONFIG in [`config`].
 
 use std::fmt;
 

@@ -70,7 +70,7 @@ pub struct Registry {
     /// entry to apply here (so the leader does not load them twice).
     prepared: Mutex<Vec<(PreparedKey, Arc<dyn Model>)>>,
     /// Models the leader loaded, handed over with the very bytes they are
-    /// about to be stored with (see `raft::chunks::LocalWrite`): known by their
+    /// about to be stored with (see `state::chunks::LocalWrite`): known by their
     /// definition and the addresses of those bytes, no hash needed.
     handed: Mutex<Vec<Handed>>,
 }

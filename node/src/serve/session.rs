@@ -47,7 +47,7 @@ async fn read_session(
     // finishes what it has and exits).
     let mut lanes: HashMap<u32, (Arc<Shard>, LaneTx)> = HashMap::new();
     // Room to lay a model out for its runtime where it arrived
-    // (`models::arrange`, before the leader checks that it loads).
+    // (`engine::model::arrange`, before the leader checks that it loads).
     let mut joiner = Joiner::with_room(tessera_common::blob::layout_room);
     loop {
         let batch = match inbound.next().await {

@@ -27,7 +27,7 @@ impl Shard {
     /// AI.MODELEXECUTE / AI.MODELRUN: reads the model and its inputs
     /// (linearizably), runs it on its device's queue, then writes every
     /// output in one log entry. The session orders it against commands that
-    /// touch the same keys (see `service.rs`).
+    /// touch the same keys (see `serve::session`).
     ///
     /// A leader whose state is current reads without a quorum round first:
     /// the output write is fenced to its term, and its commit proves that no
