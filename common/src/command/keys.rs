@@ -16,30 +16,22 @@ fn counted(argv: &[Bytes], i: usize) -> Option<std::ops::Range<usize>> {
     (end <= argv.len()).then_some(i + 1..end)
 }
 
-/// The `INPUTS n k..` / `OUTPUTS m k..` sections of `AI.MODELEXECUTE`:
-/// whether each is OUTPUTS, and its key indexes.
-fn modelexecute_sections(argv: &[Bytes]) -> Option<Vec<(bool, std::ops::Range<usize>)>> {
+/// `AI.MODELEXECUTE key INPUTS n k.. OUTPUTS m k.. [TIMEOUT t]`: model, inputs, outputs.
+pub(crate) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
     if argv.len() < 2 {
         return None;
     }
-    let mut sections = Vec::new();
+    let mut keys = vec![1];
     let mut i = 2;
     while i < argv.len() {
         if eq(&argv[i], "INPUTS") || eq(&argv[i], "OUTPUTS") {
             let items = counted(argv, i + 1)?;
-            sections.push((eq(&argv[i], "OUTPUTS"), items.clone()));
             i = items.end;
+            keys.extend(items);
         } else {
             i += 1;
         }
     }
-    Some(sections)
-}
-
-/// `AI.MODELEXECUTE key INPUTS n k.. OUTPUTS m k.. [TIMEOUT t]`: model, inputs, outputs.
-pub(crate) fn keys_modelexecute(argv: &[Bytes]) -> Option<Vec<usize>> {
-    let mut keys = vec![1];
-    keys.extend(modelexecute_sections(argv)?.into_iter().flat_map(|(_, items)| items));
     Some(keys)
 }
 
