@@ -72,6 +72,82 @@ pub enum Error {
     NoGroup(u32),
     #[error("ERR a group needs at least one voter")]
     NoVoters,
+    #[error("ERR stored keyspace does not decode: {0}")]
+    Corrupt(String),
+    // Backends.
+    #[error("ERR error loading backend")]
+    BackendLoad,
+    #[error("ERR Could not load backend")]
+    BackendFailed,
+    /// A backend this build was compiled without.
+    #[error("ERR Backend not loaded: {0}")]
+    BackendMissing(&'static str),
+    #[error("ERR unsupported device: TPU is not supported by this build")]
+    NoTpu,
+    // Membership operations (tessera-admin, reconcile, repair): run again
+    // when their code is TRYAGAIN (each is safe to repeat).
+    #[error("ERR this node no longer hosts the meta group")]
+    NoMetaGroup,
+    #[error("TRYAGAIN this node no longer leads the meta group; run the command again")]
+    NotMetaLeader,
+    #[error("TRYAGAIN meta leadership moved; run the command again")]
+    MetaMoved,
+    #[error("TRYAGAIN meta leadership handed to node {0}; run the command again")]
+    MetaHandedTo(u64),
+    #[error("TRYAGAIN group {0} has no leader right now; run the command again")]
+    NoLeader(u32),
+    #[error("TRYAGAIN group {group} changed leader ({leader}) during a membership change; run the command again")]
+    MembershipInterrupted { group: u32, leader: String },
+    #[error("TRYAGAIN group {group} changed leader while node {node} was catching up")]
+    LeaderChangedCatchingUp { group: u32, node: u64 },
+    #[error(
+        "TRYAGAIN node {node} has not caught up with group {group} in {waited:?} (it holds entry {have} of {want})"
+    )]
+    NotCaughtUp { node: u64, group: u32, waited: std::time::Duration, have: u64, want: u64 },
+    /// openraft refused a membership change (its words).
+    #[error("ERR membership change refused: {0}")]
+    Membership(String),
+    /// This replica's Raft has stopped (its words).
+    #[error("ERR raft stopped: {0}")]
+    RaftStopped(String),
+    #[error("ERR source and target are the same node")]
+    SameNode,
+    #[error("ERR node {node} holds no replica of group {group}")]
+    NoReplica { node: u64, group: u32 },
+    #[error("ERR node {node} already holds a replica of group {group}")]
+    AlreadyHolds { node: u64, group: u32 },
+    #[error("ERR the meta group has one voter")]
+    OneMetaVoter,
+    #[error("ERR node {node} is not a voter of group {group}")]
+    NotAVoter { node: u64, group: u32 },
+    #[error("ERR node {node} did not take over group {group} in {waited:?}")]
+    NotTakenOver { node: u64, group: u32, waited: std::time::Duration },
+    #[error("ERR no node can take node {node}'s replica of group {group}")]
+    NoTarget { node: u64, group: u32 },
+    #[error("ERR node {node} is the only voter of group {group}: its data is gone")]
+    OnlyVoter { node: u64, group: u32 },
+    #[error("ERR node {0} does not answer; not promoting it now")]
+    NotAnswering(u64),
+    /// Opening, closing or reopening a replica's files failed.
+    #[error("ERR {doing} group {group}: {why}")]
+    GroupFiles { doing: &'static str, group: u32, why: String },
+    // Calls to other nodes' admin service.
+    #[error("ERR bad node address {addr}: {why}")]
+    BadAddress { addr: String, why: String },
+    #[error("ERR {addr} did not answer in {waited:?}")]
+    NoAnswer { addr: String, waited: std::time::Duration },
+    #[error("ERR {addr}: {why}")]
+    Refused { addr: String, why: String },
+    #[error("ERR {0} is not the leader")]
+    NotLeaderAt(String),
+    #[error("ERR no node to ask")]
+    NoCandidate,
+    /// An answer of the wrong kind for its request.
+    #[error("ERR unexpected answer {0}")]
+    Unexpected(String),
+    /// A node's own error, as it answered it (starts with its code).
+    #[error("{0}")]
+    Remote(String),
     /// A state that the node's own code never produces (a log entry of the
     /// wrong kind for where it is applied): says which.
     #[error("ERR {0}")]
@@ -85,13 +161,20 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Command(e) => e.code(),
-            Error::Model(text) | Error::Parts(text) => tessera_common::error::code_of(text),
+            Error::Model(text) | Error::Parts(text) | Error::Remote(text) => tessera_common::error::code_of(text),
             Error::NotServed => "CLUSTERDOWN",
             Error::WriteUnknown { .. }
             | Error::WriteLost(_)
             | Error::MetaUnconfirmed(_)
             | Error::ChunkedWriteInterrupted
-            | Error::FencedOut => "TRYAGAIN",
+            | Error::FencedOut
+            | Error::NotMetaLeader
+            | Error::MetaMoved
+            | Error::MetaHandedTo(_)
+            | Error::NoLeader(_)
+            | Error::MembershipInterrupted { .. }
+            | Error::LeaderChangedCatchingUp { .. }
+            | Error::NotCaughtUp { .. } => "TRYAGAIN",
             Error::DiskFull { .. } => "MISCONF",
             Error::EmptyModel
             | Error::EmptyTensor
@@ -107,6 +190,30 @@ impl Error {
             | Error::NotAMember(_)
             | Error::NoGroup(_)
             | Error::NoVoters
+            | Error::Corrupt(_)
+            | Error::BackendLoad
+            | Error::BackendFailed
+            | Error::BackendMissing(_)
+            | Error::NoTpu
+            | Error::NoMetaGroup
+            | Error::Membership(_)
+            | Error::RaftStopped(_)
+            | Error::SameNode
+            | Error::NoReplica { .. }
+            | Error::AlreadyHolds { .. }
+            | Error::OneMetaVoter
+            | Error::NotAVoter { .. }
+            | Error::NotTakenOver { .. }
+            | Error::NoTarget { .. }
+            | Error::OnlyVoter { .. }
+            | Error::NotAnswering(_)
+            | Error::GroupFiles { .. }
+            | Error::BadAddress { .. }
+            | Error::NoAnswer { .. }
+            | Error::Refused { .. }
+            | Error::NotLeaderAt(_)
+            | Error::NoCandidate
+            | Error::Unexpected(_)
             | Error::Internal(_)
             | Error::NotARead(_) => "ERR",
         }
@@ -154,6 +261,38 @@ mod tests {
             Error::NotAMember(1),
             Error::NoGroup(1),
             Error::NoVoters,
+            Error::Corrupt("x".into()),
+            Error::BackendLoad,
+            Error::BackendFailed,
+            Error::BackendMissing("TF"),
+            Error::NoTpu,
+            Error::NoMetaGroup,
+            Error::NotMetaLeader,
+            Error::MetaMoved,
+            Error::MetaHandedTo(1),
+            Error::NoLeader(1),
+            Error::MembershipInterrupted { group: 1, leader: "None".into() },
+            Error::LeaderChangedCatchingUp { group: 1, node: 2 },
+            Error::NotCaughtUp { node: 1, group: 2, waited: std::time::Duration::from_secs(1), have: 3, want: 4 },
+            Error::Membership("x".into()),
+            Error::RaftStopped("x".into()),
+            Error::SameNode,
+            Error::NoReplica { node: 1, group: 2 },
+            Error::AlreadyHolds { node: 1, group: 2 },
+            Error::OneMetaVoter,
+            Error::NotAVoter { node: 1, group: 2 },
+            Error::NotTakenOver { node: 1, group: 2, waited: std::time::Duration::from_secs(5) },
+            Error::NoTarget { node: 1, group: 2 },
+            Error::OnlyVoter { node: 1, group: 2 },
+            Error::NotAnswering(1),
+            Error::GroupFiles { doing: "reopening", group: 1, why: "x".into() },
+            Error::BadAddress { addr: "a".into(), why: "x".into() },
+            Error::NoAnswer { addr: "a".into(), waited: std::time::Duration::from_secs(1) },
+            Error::Refused { addr: "a".into(), why: "x".into() },
+            Error::NotLeaderAt("a".into()),
+            Error::NoCandidate,
+            Error::Unexpected("x".into()),
+            Error::Remote("TRYAGAIN x".into()),
             Error::Internal("x"),
             Error::NotARead("SET"),
         ];

@@ -156,7 +156,7 @@ impl Shard {
             let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
             match checked {
                 Ok(Ok(m)) => loaded = Some(m),
-                Ok(Err(e)) => return Submitted::Done(Outcome::Error(NodeError::Model(e))),
+                Ok(Err(e)) => return Submitted::Done(Outcome::Error(e)),
                 Err(e) => return Submitted::Done(Outcome::Error(NodeError::LoadFailed(e.to_string()))),
             }
         }
@@ -277,7 +277,10 @@ impl Shard {
     /// A linearizable read.
     pub async fn read(&self, cmd: &NodeCommand) -> Outcome {
         match self.confirm_read().await {
-            Ok(()) => Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms())),
+            Ok(()) => {
+                let chunk = registry().settings().model_chunk_size as usize;
+                Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms(), chunk))
+            }
             Err(o) => o,
         }
     }

@@ -2,14 +2,21 @@
 //! commands, with limits enforced **before** a frame is buffered.
 //!
 //! [`FrameScanner`] walks headers incrementally as bytes arrive (so a 500 MB
-//! frame arriving in 64 KB reads is scanned once, not re-parsed per read) and
+//! frame arriving in 64 KB reads is scanned once, not re-parsed per read),
 //! rejects an oversized array, bulk or inline line as soon as its header is
-//! seen. Once a multibulk frame is complete, the `redis-protocol` crate decodes
-//! it zero-copy into `Bytes` arguments.
+//! seen, and notes where each argument lies; a complete frame is then cut
+//! off the buffer and its arguments are slices of it (no copy).
+//!
+//! Why not `redis-protocol`'s decoder: it re-walks a frame from its start on
+//! every read until the frame is whole, and applies no limits before
+//! buffering, so the limits need this scanner anyway; decoding the frame
+//! again once the scanner has walked it cost more than cutting the slices
+//! the scanner already found (`cargo bench -p tessera-router --bench framing`
+//! measures the three ways side by side; docs/benchmarks.md has the figures).
+//! `redis-protocol` stays the oracle the codec's fuzz tests check replies
+//! against.
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::resp2::decode::decode_bytes_mut;
-use redis_protocol::resp2::types::BytesFrame;
 
 /// Protocol limits (all configurable on the router).
 #[derive(Clone, Debug)]
@@ -49,6 +56,29 @@ pub struct FrameScanner {
     pos: usize,
     /// Elements still to scan in the current multibulk (`None` before its header).
     remaining: Option<usize>,
+    /// Where each argument scanned so far lies in the frame (start, length).
+    spans: Vec<(usize, usize)>,
+}
+
+/// A complete multibulk frame at the front of the buffer, as scanned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scanned {
+    /// `*0` or `*-1` and the bytes its header takes: nothing to run.
+    Empty(usize),
+    /// A frame of `len` bytes whose arguments lie at `spans` (start, length).
+    Frame { len: usize, spans: Vec<(usize, usize)> },
+}
+
+/// At most this many argument spans are reserved ahead from a frame's
+/// header: the header is a claim, not the bytes (up to `max_array_len`).
+const SPANS_RESERVED: usize = 64;
+
+/// What [`FrameScanner::scan_multibulk`] found.
+enum Frame {
+    /// `*0` / `*-1`, whose header takes this many bytes.
+    Empty(usize),
+    /// A frame this many bytes long.
+    Complete(usize),
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
@@ -64,39 +94,40 @@ impl FrameScanner {
     /// empty for `*0` or a blank inline line), `Ok(None)` when more bytes are
     /// needed, or a protocol error.
     pub fn next(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        if buf[0] != b'*' {
+        if buf.first().is_some_and(|b| *b != b'*') {
             return self.inline(buf, limits);
         }
+        Ok(match self.scan(buf, limits)? {
+            None => None,
+            Some(Scanned::Empty(header)) => {
+                buf.advance(header);
+                Some(Vec::new())
+            }
+            Some(Scanned::Frame { len, spans }) => {
+                let frame = buf.split_to(len).freeze();
+                Some(spans.into_iter().map(|(at, n)| frame.slice(at..at + n)).collect())
+            }
+        })
+    }
+
+    /// Scans the multibulk frame at the front of `buf` (which starts with
+    /// `*`), going on from where the last call stopped: `Ok(Some(_))` once it
+    /// is complete (the scanner is then ready for the next frame), `Ok(None)`
+    /// while more bytes are needed. Leaves `buf` as it is.
+    pub fn scan(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<Scanned>, ProtocolError> {
         let Some(len) = self.scan_multibulk(buf, limits)? else {
             return Ok(None);
         };
+        let spans = std::mem::take(&mut self.spans);
         *self = FrameScanner::default();
-        if len == usize::MAX {
-            // `*0` / `*-1`: consumed, nothing to run.
-            let end = find_crlf(buf, 0).map(|i| i + 2).unwrap_or(buf.len());
-            buf.advance(end);
-            return Ok(Some(Vec::new()));
-        }
-        match decode_bytes_mut(buf) {
-            Ok(Some((BytesFrame::Array(items), _, _))) => items
-                .into_iter()
-                .map(|f| match f {
-                    BytesFrame::BulkString(b) => Ok(b),
-                    _ => Err(perr("expected bulk string")),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Ok(Some(_)) => Err(perr("expected '*'")),
-            Ok(None) => Err(perr("incomplete frame after scan")),
-            Err(e) => Err(perr(format!("{e:?}").chars().take(120).collect::<String>())),
-        }
+        Ok(Some(match len {
+            Frame::Empty(header) => Scanned::Empty(header),
+            Frame::Complete(len) => Scanned::Frame { len, spans },
+        }))
     }
 
-    /// Returns the frame length once complete (`usize::MAX` for an empty array).
-    fn scan_multibulk(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, ProtocolError> {
+    /// Returns the frame's length once complete.
+    fn scan_multibulk(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<Frame>, ProtocolError> {
         if self.remaining.is_none() {
             // Like a bulk header: its CRLF within the first 32 bytes, so the
             // verdict does not depend on how the bytes were split into reads.
@@ -108,12 +139,13 @@ impl FrameScanner {
             };
             let n = parse_len(&buf[1..eol]).ok_or_else(|| perr("invalid multibulk length"))?;
             if n <= 0 {
-                return Ok(Some(usize::MAX));
+                return Ok(Some(Frame::Empty(eol + 2)));
             }
             if n as u64 > limits.max_array_len as u64 {
                 return Err(perr("invalid multibulk length"));
             }
             self.remaining = Some(n as usize);
+            self.spans.reserve(SPANS_RESERVED.min(n as usize));
             self.pos = eol + 2;
         }
         while let Some(left) = self.remaining.filter(|l| *l > 0) {
@@ -137,10 +169,14 @@ impl FrameScanner {
             if buf.len() < end {
                 return Ok(None);
             }
+            if buf[end - 2..end] != *b"\r\n" {
+                return Err(perr("expected CRLF after a bulk string"));
+            }
+            self.spans.push((eol + 2, len as usize));
             self.pos = end;
             self.remaining = Some(left - 1);
         }
-        Ok(Some(self.pos))
+        Ok(Some(Frame::Complete(self.pos)))
     }
 
     fn inline(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tessera_node::cluster::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp};
+use tessera_node::error::Error;
 use tessera_node::state::meta::{ClusterMap, META};
 use tessera_proto::v1::node_client::NodeClient;
 use tessera_proto::v1::ShardsRequest;
@@ -61,10 +62,10 @@ fn group_name(id: u32) -> String {
     }
 }
 
-async fn status(clients: &AdminClients, nodes: &[String], budget: Duration) -> Result<String, String> {
+async fn status(clients: &AdminClients, nodes: &[String], budget: Duration) -> Result<String, Error> {
     let map = match clients.ask_leader(nodes, &AdminRequest::Map, budget).await? {
         AdminResponse::Map(m) => m,
-        r => return Err(format!("unexpected answer {r:?}")),
+        r => return Err(Error::Unexpected(format!("{r:?}"))),
     };
     let mut out = print_map(&map);
     // The meta leader: the meta voter that answers a leader-only step.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::cluster::admin::{meta_candidates, AdminClients, AdminRequest, AdminResponse, STEP_BUDGET};
+use crate::error::Error as NodeError;
 use crate::hosted::NodeState;
 use crate::raft::NodeAddr;
 use crate::state::meta::{meta_seeds, ClusterMap, MetaOp, NodeStatus, META};
@@ -31,7 +32,11 @@ pub async fn reconcile_loop(state: Arc<NodeState>, clients: AdminClients) {
     }
 }
 
-async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Result<(), String> {
+fn files(doing: &'static str, group: u32, e: impl std::fmt::Display) -> NodeError {
+    NodeError::GroupFiles { doing, group, why: e.to_string() }
+}
+
+async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Result<(), NodeError> {
     if state.stopping.load(Ordering::Relaxed) {
         return Ok(());
     }
@@ -43,7 +48,7 @@ async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Resul
             if let Some(why) = shard.stopped().filter(|_| !state.stopping.load(Ordering::Relaxed)) {
                 warn!(group = shard.id, error = %why, "replica stopped; reopening it from its files");
                 metrics::counter!("tessera_node_replica_reopens_total").increment(1);
-                state.reopen_group(shard.id).await.map_err(|e| format!("reopening group {}: {e}", shard.id))?;
+                state.reopen_group(shard.id).await.map_err(|e| files("reopening", shard.id, e))?;
             }
         }
     }
@@ -57,8 +62,8 @@ async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Resul
     }
     let map = match clients.ask_leader(&meta_candidates(state), &AdminRequest::Map, Duration::from_secs(2)).await? {
         AdminResponse::Map(m) if m.epoch > 0 => m,
-        AdminResponse::Map(_) => return Err("cluster map not formed yet".into()),
-        r => return Err(format!("unexpected answer {r:?}")),
+        AdminResponse::Map(_) => return Err(NodeError::MapNotFormed),
+        r => return Err(NodeError::Unexpected(format!("{r:?}"))),
     };
     {
         let mut cur = state.map.write();
@@ -87,7 +92,7 @@ async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Resul
             let shard = state
                 .open_group(*gid, plan.ranges.clone(), placement.clone())
                 .await
-                .map_err(|e| format!("opening group {gid}: {e}"))?;
+                .map_err(|e| files("opening", *gid, e))?;
             if plan.generation == 0 && plan.voters.first() == Some(&me) && !rebuilding {
                 let members = placement.into_iter().map(|(id, addr)| (id, NodeAddr { addr })).collect();
                 if let Err(e) = shard.bootstrap(members).await {
@@ -96,12 +101,12 @@ async fn reconcile_once(state: &Arc<NodeState>, clients: &AdminClients) -> Resul
             }
         }
         if !plan.hosts(me) && state.group(*gid).is_some() {
-            state.close_group(*gid).await.map_err(|e| format!("closing group {gid}: {e}"))?;
+            state.close_group(*gid).await.map_err(|e| files("closing", *gid, e))?;
         }
     }
     let stale: Vec<u32> = state.hosted().all().map(|s| s.id).filter(|id| !map.groups.contains_key(id)).collect();
     for gid in stale {
-        state.close_group(gid).await.map_err(|e| format!("closing group {gid}: {e}"))?;
+        state.close_group(gid).await.map_err(|e| files("closing", gid, e))?;
     }
     drop(_changing);
     give_leadership_back(state, &map).await;

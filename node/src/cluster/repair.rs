@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cluster::admin::{AdminClients, AdminRequest, AdminResponse, GroupOp, Op};
+use crate::error::Error as NodeError;
 use crate::hosted::NodeState;
 use crate::state::meta::{ClusterMap, GroupPlan, NodeStatus, META, META_VOTERS};
 
@@ -183,20 +184,20 @@ pub async fn repair_loop(state: Arc<NodeState>, clients: AdminClients) {
     }
 }
 
-async fn needed(op: &Op, map: &ClusterMap, group: u32) -> Result<Option<Repair>, String> {
-    let plan = map.groups.get(&group).ok_or("group gone")?;
+async fn needed(op: &Op, map: &ClusterMap, group: u32) -> Result<Option<Repair>, NodeError> {
+    let plan = map.groups.get(&group).ok_or(NodeError::NoGroup(group))?;
     let raft = match tokio::time::timeout(ASK, op.step(group, GroupOp::Membership)).await {
-        Err(_) => return Err("no answer".into()),
+        Err(_) => return Err(NodeError::NoLeader(group)),
         Ok(Ok(AdminResponse::Membership { voters, learners, pending, in_flight })) => {
             RaftView { voters, learners, pending, in_flight }
         }
-        Ok(Ok(r)) => return Err(format!("unexpected answer {r:?}")),
+        Ok(Ok(r)) => return Err(NodeError::Unexpected(format!("{r:?}"))),
         Ok(Err(e)) => return Err(e),
     };
     Ok(plan_repair(plan, &raft, target(&op.state, map, group)))
 }
 
-async fn apply(op: &Op, group: u32, repair: &Repair) -> Result<(), String> {
+async fn apply(op: &Op, group: u32, repair: &Repair) -> Result<(), NodeError> {
     match repair {
         Repair::FinishJoint { voters } => {
             op.step(group, GroupOp::SetVoters { voters: voters.clone() }).await?;
@@ -207,9 +208,9 @@ async fn apply(op: &Op, group: u32, repair: &Repair) -> Result<(), String> {
         Repair::Promote { learner } => {
             // Catching up holds the admin lock for up to 45 s: not for a
             // node that is down.
-            let addr = op.map()?.addr(*learner).map(str::to_owned).ok_or("learner not in the map")?;
+            let addr = op.map()?.addr(*learner).map(str::to_owned).ok_or(NodeError::NotAMember(*learner))?;
             if !matches!(op.clients.ask(&addr, &AdminRequest::Probe, ASK).await, Ok(AdminResponse::Probe { .. })) {
-                return Err(format!("node {learner} does not answer; not promoting it now"));
+                return Err(NodeError::NotAnswering(*learner));
             }
             op.add_learner(group, *learner).await?;
             let plan = op.plan(group)?;

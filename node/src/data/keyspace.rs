@@ -92,6 +92,14 @@ impl Keyspace {
         self.expiries.len()
     }
 
+    /// Every stored model (expired ones not yet purged included).
+    pub fn models(&self) -> impl Iterator<Item = &std::sync::Arc<crate::engine::model::StoredModel>> {
+        self.slots.iter().flatten().flat_map(|m| m.values()).filter_map(|e| match &e.value {
+            Value::Model(m) => Some(m),
+            _ => None,
+        })
+    }
+
     /// The live entry at `key`.
     pub fn get(&self, key: &[u8], now: i64) -> Option<&Entry> {
         let map = self.slots[usize::from(key_slot(key))].as_deref()?;
@@ -310,7 +318,11 @@ impl Keyspace {
     /// once `data` is dropped, so that each one's bytes are all that holds
     /// their buffer, and are laid out there for their runtime
     /// ([`crate::engine::model::arrange`]).
-    pub fn load_shared(data: Bytes) -> Result<Keyspace, String> {
+    pub fn load_shared(data: Bytes) -> Result<Keyspace, crate::error::Error> {
+        Keyspace::decode(data).map_err(crate::error::Error::Corrupt)
+    }
+
+    fn decode(data: Bytes) -> Result<Keyspace, String> {
         let mut ks = Keyspace::new();
         let take = |pos: &mut usize, n: usize| -> Result<std::ops::Range<usize>, String> {
             let end = pos.checked_add(n).filter(|e| *e <= data.len()).ok_or("snapshot is truncated")?;
@@ -364,6 +376,7 @@ impl Keyspace {
             return Err("trailing bytes after the last key".into());
         }
         drop(data);
+        // Not loaded yet: whoever restores the keyspace starts their loads.
         for (key, mut def, expire_at) in models {
             crate::engine::model::arrange(&mut def);
             ks.insert(key, Entry { value: Value::Model(crate::engine::model::StoredModel::new(def)), expire_at });
@@ -372,7 +385,7 @@ impl Keyspace {
     }
 
     /// [`Keyspace::load_shared`] from a copy of `data`.
-    pub fn load(data: &[u8]) -> Result<Keyspace, String> {
+    pub fn load(data: &[u8]) -> Result<Keyspace, crate::error::Error> {
         Keyspace::load_shared(Bytes::copy_from_slice(data))
     }
 }

@@ -17,6 +17,7 @@ use tessera_common::command::NodeCommand;
 use tessera_common::model::ModelDef;
 
 use super::registry::registry;
+use crate::error::Error;
 
 /// [`arrange`] for the model an AI.MODELSTORE carries (any other command
 /// comes back as it is).
@@ -69,7 +70,7 @@ impl Stats {
 enum LoadState {
     Loading,
     Ready(Arc<dyn Model>),
-    Failed(String),
+    Failed(Error),
 }
 
 /// A model in the keyspace: its definition (what is replicated and
@@ -82,6 +83,8 @@ pub struct StoredModel {
     blob: RwLock<Blob>,
     state: Mutex<LoadState>,
     ready: Condvar,
+    /// Set by the first [`StoredModel::start_loading`].
+    started: std::sync::atomic::AtomicBool,
     pub stats: Stats,
     /// Set once a batch padded to BATCHSIZE failed where the unpadded one
     /// ran (a GPU model whose batch dim is fixed): no more padding.
@@ -101,13 +104,35 @@ impl PartialEq for StoredModel {
 }
 
 impl StoredModel {
-    /// A model about to enter the keyspace; loading starts in the background.
+    /// A model about to enter the keyspace, not loaded yet: whoever puts it
+    /// there starts its load ([`StoredModel::start_loading`]), once the
+    /// write that holds it has applied.
     pub fn new(def: ModelDef) -> Arc<StoredModel> {
-        if let Some(loaded) = registry().take_prepared(&def) {
-            return StoredModel::with_loaded(def, loaded);
+        Arc::new(StoredModel::loading(def))
+    }
+
+    /// A model already loaded (the leader's validation instance).
+    pub fn with_loaded(def: ModelDef, model: Arc<dyn Model>) -> Arc<StoredModel> {
+        let m = StoredModel::loading(def);
+        m.started.store(true, Ordering::Relaxed);
+        m.set(Ok(model));
+        Arc::new(m)
+    }
+
+    /// Makes the model ready to run: with `handed`, the instance this node
+    /// loaded from the very bytes it holds (a leader's check of a chunked
+    /// write), else the one the leader's check kept in the registry, else a
+    /// load in the background. A run that comes meanwhile waits for it. Only
+    /// the first call does anything.
+    pub fn start_loading(self: &Arc<Self>, handed: Option<Arc<dyn Model>>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
         }
-        let m = Arc::new(StoredModel::loading(def));
-        let bg = m.clone();
+        if let Some(loaded) = handed.or_else(|| registry().take_prepared(&self.def, &self.blob())) {
+            self.set(Ok(loaded));
+            return;
+        }
+        let bg = self.clone();
         let spawned = std::thread::Builder::new().name("model-load".into()).spawn(move || {
             let result = registry().load(&bg.def, &bg.blob());
             if let Err(e) = &result {
@@ -118,16 +143,8 @@ impl StoredModel {
             bg.set(result);
         });
         if let Err(e) = spawned {
-            m.set(Err(format!("ERR cannot start a model loader: {e}")));
+            self.set(Err(Error::LoadFailed(format!("cannot start a model loader: {e}"))));
         }
-        m
-    }
-
-    /// A model already loaded (the leader's validation instance).
-    pub fn with_loaded(def: ModelDef, model: Arc<dyn Model>) -> Arc<StoredModel> {
-        let m = StoredModel::loading(def);
-        m.set(Ok(model));
-        Arc::new(m)
     }
 
     fn loading(mut def: ModelDef) -> StoredModel {
@@ -137,6 +154,7 @@ impl StoredModel {
             blob: RwLock::new(blob),
             state: Mutex::new(LoadState::Loading),
             ready: Condvar::new(),
+            started: Default::default(),
             stats: Stats::default(),
             no_padding: Default::default(),
         }
@@ -152,7 +170,7 @@ impl StoredModel {
         self.blob.read().len()
     }
 
-    fn set(&self, result: Result<Arc<dyn Model>, String>) {
+    fn set(&self, result: Result<Arc<dyn Model>, Error>) {
         if let Ok(m) = &result {
             // The model keeps a copy of its bytes (laid out for its
             // runtime): that copy replaces the bytes it was loaded from, and
@@ -185,8 +203,10 @@ impl StoredModel {
         }
     }
 
-    /// The loaded model, waiting while it loads (blocking).
-    pub fn loaded(&self) -> Result<Arc<dyn Model>, String> {
+    /// The loaded model, waiting while it loads (blocking); starting the
+    /// load if nothing did yet.
+    pub fn loaded(self: &Arc<Self>) -> Result<Arc<dyn Model>, Error> {
+        self.start_loading(None);
         let mut s = self.state.lock();
         loop {
             match &*s {

@@ -18,13 +18,14 @@ use tessera_backend::{Device, Tensor};
 use tokio::sync::oneshot;
 
 use super::model::StoredModel;
+use crate::error::Error;
 
 /// What a run answers.
 #[derive(Debug)]
 pub enum RunResult {
     Done(Vec<Option<Tensor>>),
     TimedOut,
-    Failed(String),
+    Failed(Error),
 }
 
 struct Job {
@@ -257,7 +258,7 @@ fn run(batch: Vec<Job>) {
                 stats.calls.fetch_add(1, Ordering::Relaxed);
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 stats.duration_us.fetch_add(took, Ordering::Relaxed);
-                let _ = j.done.send(RunResult::Failed(e.0.clone()));
+                let _ = j.done.send(RunResult::Failed(Error::Model(e.0.clone())));
             }
         }
     }

@@ -13,6 +13,8 @@ use tessera_common::blob::Blob;
 use tessera_common::model::{AiConfig, ModelDef};
 use tessera_common::reply::Reply;
 
+use crate::error::Error;
+
 /// RedisAI's default MODEL_CHUNK_SIZE (511 MiB).
 pub const DEFAULT_CHUNK: u64 = 511 * 1024 * 1024;
 
@@ -69,19 +71,6 @@ pub struct Registry {
     /// Models the leader loaded to validate them, waiting for their log
     /// entry to apply here (so the leader does not load them twice).
     prepared: Mutex<Vec<(PreparedKey, Arc<dyn Model>)>>,
-    /// Models the leader loaded, handed over with the very bytes they are
-    /// about to be stored with (see `state::chunks::LocalWrite`): known by their
-    /// definition and the addresses of those bytes, no hash needed.
-    handed: Mutex<Vec<Handed>>,
-}
-
-/// A handed-over model: its definition without the blob, where its bytes
-/// lie, and the model.
-type Handed = (ModelDef, Vec<(usize, usize)>, Arc<dyn Model>);
-
-/// Where a blob's parts lie in memory.
-fn addresses(blob: &Blob) -> Vec<(usize, usize)> {
-    blob.parts().iter().map(|p| (p.as_ptr() as usize, p.len())).collect()
 }
 
 /// What identifies a validated model until its entry applies: its
@@ -98,15 +87,16 @@ struct PreparedKey {
 }
 
 impl PreparedKey {
-    fn of(def: &ModelDef) -> PreparedKey {
+    /// `def`'s key with `blob` as its bytes (whatever `def.blob` holds).
+    fn of(def: &ModelDef, blob: &Blob) -> PreparedKey {
         let hash = crate::util::heavy(|| {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
-            def.blob.parts().iter().for_each(|p| h.update(p));
+            blob.parts().iter().for_each(|p| h.update(p));
             h.digest128()
         });
         // Cheap: the blob is shared `Bytes`, replaced by an empty one.
         let without_blob = ModelDef { blob: Blob::default(), ..def.clone() };
-        PreparedKey { def: without_blob, len: def.blob.len(), hash }
+        PreparedKey { def: without_blob, len: blob.len(), hash }
     }
 }
 
@@ -121,7 +111,6 @@ pub fn registry() -> &'static Registry {
         settings: RwLock::new(Settings::default()),
         loaded: Mutex::new(HashMap::new()),
         prepared: Mutex::new(Vec::new()),
-        handed: Mutex::new(Vec::new()),
     })
 }
 
@@ -135,7 +124,7 @@ impl Registry {
     }
 
     /// The loaded backend of `kind`, loading it now if needed.
-    pub fn backend(&self, kind: BackendKind) -> Result<Arc<dyn Backend>, String> {
+    pub fn backend(&self, kind: BackendKind) -> Result<Arc<dyn Backend>, Error> {
         let mut loaded = self.loaded.lock();
         if let Some(b) = loaded.get(&kind) {
             return Ok(b.clone());
@@ -145,7 +134,7 @@ impl Registry {
         Ok(b)
     }
 
-    fn load_backend(&self, kind: BackendKind, path: Option<PathBuf>) -> Result<Arc<dyn Backend>, String> {
+    fn load_backend(&self, kind: BackendKind, path: Option<PathBuf>) -> Result<Arc<dyn Backend>, Error> {
         let s = self.settings();
         match kind {
             #[cfg(feature = "onnx")]
@@ -162,7 +151,7 @@ impl Registry {
                 }
                 let b = tessera_backend_onnx::OnnxBackend::load(&lib, s.threads_per_queue.max(1)).map_err(|e| {
                     tracing::error!(error = %e, "cannot load the ONNX backend");
-                    "ERR Could not load backend".to_owned()
+                    Error::BackendFailed
                 })?;
                 Ok(Arc::new(b))
             }
@@ -176,32 +165,32 @@ impl Registry {
             #[allow(unreachable_patterns)]
             other => {
                 let _ = (path, s);
-                Err(format!("ERR Backend not loaded: {}", other.name()))
+                Err(Error::BackendMissing(other.name()))
             }
         }
     }
 
     /// `AI.CONFIG LOADBACKEND`: loads `kind` from `path` (relative paths are
     /// under BACKENDSPATH). A backend already loaded is an error, as in RedisAI.
-    pub fn load_from(&self, kind: BackendKind, path: &str) -> Result<(), String> {
+    pub fn load_from(&self, kind: BackendKind, path: &str) -> Result<(), Error> {
         let mut loaded = self.loaded.lock();
         if loaded.contains_key(&kind) {
-            return Err("ERR error loading backend".into());
+            return Err(Error::BackendLoad);
         }
         let mut p = PathBuf::from(path);
         if p.is_relative() {
             p = PathBuf::from(self.settings().backends_path).join(p);
         }
-        let b = self.load_backend(kind, Some(p)).map_err(|_| "ERR error loading backend".to_owned())?;
+        let b = self.load_backend(kind, Some(p)).map_err(|_| Error::BackendLoad)?;
         loaded.insert(kind, b);
         Ok(())
     }
 
     /// Loads `def`, whose bytes are `blob`, in its backend (blocking: call
     /// off the async runtime).
-    pub fn load(&self, def: &ModelDef, blob: &Blob) -> Result<Arc<dyn Model>, String> {
+    pub fn load(&self, def: &ModelDef, blob: &Blob) -> Result<Arc<dyn Model>, Error> {
         if def.device == Device::Tpu {
-            return Err("ERR unsupported device: TPU is not supported by this build".into());
+            return Err(Error::NoTpu);
         }
         let backend = self.backend(def.backend)?;
         let s = self.settings();
@@ -212,7 +201,7 @@ impl Registry {
             intra_op_threads: s.intra_op,
             inter_op_threads: s.inter_op,
         };
-        backend.load_shared(blob, &opts).map_err(|e| e.0)
+        backend.load_shared(blob, &opts).map_err(|e| Error::Model(e.0))
     }
 
     /// Keeps a model loaded for validation until its entry applies here;
@@ -226,7 +215,7 @@ impl Registry {
         if model.holds_bytes() {
             return;
         }
-        let key = PreparedKey::of(def);
+        let key = PreparedKey::of(def, &def.blob);
         let mut p = self.prepared.lock();
         if p.len() >= PREPARED_KEPT {
             p.remove(0);
@@ -234,38 +223,13 @@ impl Registry {
         p.push((key, model));
     }
 
-    /// Hands over `model`, loaded from `def`'s bytes, for the store of
-    /// `def` about to apply (with the same bytes, in the same memory).
-    pub fn hand_over(&self, def: &ModelDef, model: Arc<dyn Model>) {
-        let key = ModelDef { blob: Blob::default(), ..def.clone() };
-        let mut h = self.handed.lock();
-        if h.len() >= PREPARED_KEPT {
-            h.remove(0);
-        }
-        h.push((key, addresses(&def.blob), model));
-    }
-
-    /// Drops what [`Registry::hand_over`] kept for `def`, if its store did
-    /// not take it.
-    pub fn forget_handed(&self, def: &ModelDef) {
-        let at = addresses(&def.blob);
-        self.handed.lock().retain(|(_, a, _)| *a != at);
-    }
-
-    /// The validation instance of `def`, if this node loaded one.
-    pub(super) fn take_prepared(&self, def: &ModelDef) -> Option<Arc<dyn Model>> {
-        {
-            let mut h = self.handed.lock();
-            if let Some(i) = h.iter().position(|(d, at, _)| {
-                *at == addresses(&def.blob) && *d == ModelDef { blob: Blob::default(), ..def.clone() }
-            }) {
-                return Some(h.remove(i).2);
-            }
-        }
-        if !self.prepared.lock().iter().any(|(k, _)| k.len == def.blob.len()) {
+    /// The validation instance of `def` with the bytes `blob`, if this node
+    /// loaded one.
+    pub(super) fn take_prepared(&self, def: &ModelDef, blob: &Blob) -> Option<Arc<dyn Model>> {
+        if !self.prepared.lock().iter().any(|(k, _)| k.len == blob.len()) {
             return None; // a follower, or another model: no checksum needed
         }
-        let key = PreparedKey::of(def);
+        let key = PreparedKey::of(def, blob);
         let mut p = self.prepared.lock();
         let i = p.iter().position(|(k, _)| *k == key)?;
         Some(p.remove(i).1)
@@ -280,7 +244,7 @@ impl Registry {
                 drop(s);
                 return match self.load_from(*kind, path) {
                     Ok(()) => Reply::ok(),
-                    Err(e) => crate::error::Error::Model(e).to_reply(),
+                    Err(e) => e.to_reply(),
                 };
             }
             AiConfig::ModelChunkSize(n) => s.model_chunk_size = *n,

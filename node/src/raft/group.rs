@@ -23,6 +23,7 @@ use super::sm::{LocalWrites, Raft, ShardData, StateMachine};
 use super::store::LogStore;
 use super::types::{NodeAddr, C};
 use super::RaftConfig;
+use crate::error::Error as NodeError;
 use crate::state::Proposal;
 
 /// How long adding a learner waits for it to catch up (within the admin
@@ -147,11 +148,11 @@ impl Group {
     /// Hands `p` to Raft; returns once it is queued in the group, so entries
     /// proposed one after another are logged in that order. An error when
     /// this replica's Raft has stopped (nothing was proposed).
-    pub async fn propose(&self, p: Proposal) -> Result<Pending, String> {
+    pub async fn propose(&self, p: Proposal) -> Result<Pending, NodeError> {
         let (responder, rx) = ProgressResponder::complete_only();
         match self.raft.write(p).responder(responder).await {
             Ok(()) => Ok(Pending(rx)),
-            Err(fatal) => Err(fatal.to_string()),
+            Err(fatal) => Err(NodeError::RaftStopped(fatal.to_string())),
         }
     }
 
@@ -249,7 +250,7 @@ impl Group {
     }
 
     /// On the leader: removes learners `ids` from the group.
-    pub async fn remove_learners(&self, ids: Vec<u64>) -> Result<(), String> {
+    pub async fn remove_learners(&self, ids: Vec<u64>) -> Result<(), NodeError> {
         let set = ids.into_iter().collect();
         self.raft
             .change_membership(ChangeMembers::RemoveNodes(set), false)
@@ -264,24 +265,21 @@ impl Group {
     /// counts a learner within `replication_lag_threshold` (5000) entries as
     /// caught up, even one that never answered, and a move would then promote
     /// an empty, dead node to voter.
-    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), String> {
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), NodeError> {
         let added = self.raft.add_learner(id, NodeAddr { addr }, false).await.map_err(|e| self.membership_error(e))?;
         let want = added.log_id.index;
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         loop {
             let m = self.metrics();
             if m.state != ServerState::Leader {
-                return Err(format!("TRYAGAIN group {} changed leader while node {id} was catching up", self.id));
+                return Err(NodeError::LeaderChangedCatchingUp { group: self.id, node: id });
             }
             let have = matched_index(&m, id).unwrap_or(0);
             if have >= want {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "TRYAGAIN node {id} has not caught up with group {} in {CATCH_UP_WAIT:?} (it holds entry {have} of {want})",
-                    self.id
-                ));
+                return Err(NodeError::NotCaughtUp { node: id, group: self.id, waited: CATCH_UP_WAIT, have, want });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -289,7 +287,7 @@ impl Group {
 
     /// On the leader: makes `voters` the voter set (joint consensus inside);
     /// voters left out are removed from the group entirely.
-    pub async fn set_voters(&self, voters: Vec<u64>) -> Result<(), String> {
+    pub async fn set_voters(&self, voters: Vec<u64>) -> Result<(), NodeError> {
         let set: BTreeSet<u64> = voters.into_iter().collect();
         self.raft.change_membership(set, false).await.map(|_| ()).map_err(|e| self.membership_error(e))
     }
@@ -298,13 +296,12 @@ impl Group {
     /// retrying (`TRYAGAIN`: the admin operations are idempotent); openraft
     /// reports it as "has to forward request to: None, None", which would
     /// end a `move-replica` half done.
-    fn membership_error(&self, e: RaftError<C, ClientWriteError<C>>) -> String {
+    fn membership_error(&self, e: RaftError<C, ClientWriteError<C>>) -> NodeError {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => format!(
-                "TRYAGAIN group {} changed leader ({:?}) during a membership change; run the command again",
-                self.id, f.leader_id
-            ),
-            e => e.to_string(),
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                NodeError::MembershipInterrupted { group: self.id, leader: format!("{:?}", f.leader_id) }
+            }
+            e => NodeError::Membership(e.to_string()),
         }
     }
 

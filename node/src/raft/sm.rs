@@ -11,15 +11,14 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, StoredMembership};
 use parking_lot::Mutex;
-use tessera_common::command::NodeCommand;
-use tessera_common::model::ModelDef;
+use tessera_backend::Model;
 use tessera_common::reply::Reply;
 
 use super::logfile::{read_atomic, write_atomic_parts};
 use super::types::C;
 use crate::data::keyspace::Keyspace;
 use crate::error::Error as NodeError;
-use crate::state::apply as exec;
+use crate::state::apply::{self as exec, Effect};
 pub use crate::state::chunks::{join, Chunks, LocalWrites};
 use crate::state::meta::ClusterMap;
 use crate::state::{snapshot, LogOp};
@@ -97,6 +96,22 @@ pub struct StateMachine {
     persisted: Arc<Mutex<Option<LogIdOf<C>>>>,
 }
 
+/// Does what applied entries asked of the node ([`Effect`]); `handed` is
+/// the model this replica loaded for the write, if it proposed it (the write
+/// stores at most one model). If that write failed, it goes unused.
+fn carry_out(effects: Vec<Effect>, mut handed: Option<Arc<dyn Model>>) {
+    for effect in effects {
+        match effect {
+            Effect::LoadModel(m) => m.start_loading(handed.take()),
+        }
+    }
+}
+
+/// Starts loading the models of a keyspace restored from a snapshot.
+fn load_models(ks: &Keyspace) {
+    carry_out(ks.models().cloned().map(Effect::LoadModel).collect(), None);
+}
+
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -139,6 +154,7 @@ impl StateMachine {
         let mut current = None;
         if let Some((meta, payload)) = read_snapshot(dir)? {
             let (ts, map, chunks, ks) = snapshot::load(payload.into())?;
+            load_models(&ks);
             data = ShardData {
                 ks,
                 last_applied: meta.last_log_id,
@@ -163,7 +179,12 @@ impl StateMachine {
     /// The write whose last part just applied, and the model handed over
     /// for it if any: the write this replica proposed, as it proposed it,
     /// with its model as loaded then; else the parts joined.
-    fn completed(&self, id: u64, parts: Vec<bytes::Bytes>, local: bool) -> (Result<LogOp, Reply>, Option<ModelDef>) {
+    fn completed(
+        &self,
+        id: u64,
+        parts: Vec<bytes::Bytes>,
+        local: bool,
+    ) -> (Result<LogOp, Reply>, Option<Arc<dyn Model>>) {
         let Some(w) = self.local.take(id) else {
             // (A local write's parts were counted, not kept.)
             return (
@@ -175,12 +196,7 @@ impl StateMachine {
                 None,
             );
         };
-        let mut handed = None;
-        if let (Some(m), LogOp::Command(NodeCommand::ModelStore { model, .. })) = (w.loaded, &w.op) {
-            crate::engine::registry::registry().hand_over(model, m);
-            handed = Some(model.clone());
-        }
-        (Ok(w.op), handed)
+        (Ok(w.op), w.loaded)
     }
 
     /// Writes the snapshot file (laid out as `SnapshotFileRef`) from the
@@ -254,6 +270,9 @@ impl RaftStateMachine<C> for StateMachine {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let _applying = self.applying.lock().await;
+            let mut effects = Vec::new();
+            // The model this replica loaded for the write, if it proposed it.
+            let mut handed = None;
             let reply = {
                 let mut d = self.data.lock();
                 let reply = match entry.payload {
@@ -287,21 +306,17 @@ impl RaftStateMachine<C> for StateMachine {
                                         // replica proposed applies as it was
                                         // proposed, with its model as loaded.
                                         drop(d);
-                                        let (op, handed) = self.completed(id, parts, local);
+                                        let (op, loaded) = self.completed(id, parts, local);
+                                        handed = loaded;
                                         d = self.data.lock();
-                                        let reply = match op {
-                                            Ok(op) => exec::apply_in_term(&mut d.ks, ts, term, op),
+                                        match op {
+                                            Ok(op) => exec::apply_in_term(&mut d.ks, ts, term, op, &mut effects),
                                             Err(e) => e,
-                                        };
-                                        // Not taken (the store failed): not kept.
-                                        if let Some(def) = handed {
-                                            crate::engine::registry::registry().forget_handed(&def);
                                         }
-                                        reply
                                     }
                                 }
                             }
-                            op => exec::apply_in_term(&mut d.ks, ts, term, op),
+                            op => exec::apply_in_term(&mut d.ks, ts, term, op, &mut effects),
                         }
                     }
                     EntryPayload::Membership(m) => {
@@ -312,6 +327,7 @@ impl RaftStateMachine<C> for StateMachine {
                 d.last_applied = Some(entry.log_id);
                 reply
             };
+            carry_out(effects, handed);
             if let Some(r) = responder {
                 r.send(reply);
             }
@@ -330,6 +346,7 @@ impl RaftStateMachine<C> for StateMachine {
         // node either way).
         let bytes = self.persist(meta, vec![snapshot.into_bytes(meta)?.into()]).await?.pop().unwrap_or_default();
         let (ts, map, chunks, ks) = crate::util::heavy(move || snapshot::load(bytes))?;
+        load_models(&ks);
         {
             let mut d = self.data.lock();
             *d = ShardData {

@@ -68,7 +68,7 @@ impl Shard {
                 let m = model.clone();
                 match tokio::task::spawn_blocking(move || m.loaded()).await {
                     Ok(Ok(l)) => Ok((l.inputs().len(), l.outputs().len())),
-                    Ok(Err(e)) => Err(NodeError::Model(e)),
+                    Ok(Err(e)) => Err(e),
                     Err(e) => Err(NodeError::LoadFailed(e.to_string())),
                 }
             }
@@ -99,7 +99,7 @@ impl Shard {
         let outs = match run.await {
             Ok(RunResult::Done(outs)) => outs,
             Ok(RunResult::TimedOut) => return reply(Reply::Simple("TIMEDOUT".into())),
-            Ok(RunResult::Failed(e)) => return error(NodeError::Model(e)),
+            Ok(RunResult::Failed(e)) => return error(e),
             Err(_) => return error(NodeError::RunDropped),
         };
         // Non-tensor outputs (ONNX maps/sequences) write no key, as in RedisAI.

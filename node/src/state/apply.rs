@@ -1,8 +1,11 @@
 //! The state machine: how each command reads or changes a [`Keyspace`].
 //!
 //! [`apply`] runs log entries (writes) with the entry's timestamp as the
-//! clock, so it is deterministic; [`read`] serves reads at the node's clock;
+//! clock, so it is deterministic, and says what else the node must do
+//! ([`Effect`]) rather than doing it; [`read`] serves reads at the node's clock;
 //! [`precheck`] rejects, before anything is logged, writes that would only fail.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -17,8 +20,16 @@ use tessera_common::slot::SLOTS;
 use super::LogOp;
 use crate::data::keyspace::{Entry, Keyspace, Value};
 use crate::engine::model::StoredModel;
-use crate::engine::registry::registry;
 use crate::error::Error as NodeError;
+
+/// What an applied write asks of the node beyond the keyspace: carried out
+/// by the state machine once the entry has applied.
+#[derive(Debug)]
+pub enum Effect {
+    /// A model entered the keyspace: make it ready to run
+    /// ([`StoredModel::start_loading`]).
+    LoadModel(Arc<StoredModel>),
+}
 
 fn wrongtype() -> Reply {
     Error::WrongType.to_reply()
@@ -74,8 +85,9 @@ fn parse_int(s: &[u8]) -> Option<i64> {
 }
 
 /// Applies one logged operation at time `ts` (the entry's timestamp).
-/// Deterministic: depends only on `ks`, `ts` and `op`.
-pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
+/// Deterministic: depends only on `ks`, `ts` and `op`. What the node must
+/// do besides goes to `effects`.
+pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) -> Reply {
     let cmd = match op {
         LogOp::PurgeExpired => return Reply::Int(ks.purge_expired(ts) as i64),
         LogOp::Command(c) => c,
@@ -185,6 +197,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
                 return wrongtype();
             }
             let stored = StoredModel::new(model.clone());
+            effects.push(Effect::LoadModel(stored.clone()));
             ks.insert(key.clone(), Entry { value: Value::Model(stored), expire_at: None });
             Reply::ok()
         }
@@ -200,12 +213,14 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp) -> Reply {
             ks.flush(scope);
             Reply::ok()
         }
-        read_only => read(ks, read_only, ts),
+        // (A read is never logged; one that were would answer as read.)
+        read_only => read(ks, read_only, ts, crate::engine::registry::DEFAULT_CHUNK as usize),
     }
 }
 
-/// Serves a read at time `now`.
-pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
+/// Serves a read at time `now`; a model's bytes are sent in parts of
+/// `model_chunk` bytes (`AI.CONFIG MODEL_CHUNK_SIZE`).
+pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> Reply {
     match cmd {
         NodeCommand::Get { key } => match ks.get(key, now).map(|e| &e.value) {
             None => Reply::Null,
@@ -237,7 +252,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
         },
         NodeCommand::ModelGet { key, meta, blob } => match ks.get(key, now).map(|e| &e.value) {
             None => NodeError::EmptyModel.to_reply(),
-            Some(Value::Model(m)) => model_reply(m, *meta, *blob),
+            Some(Value::Model(m)) => model_reply(m, *meta, *blob, model_chunk),
             Some(_) => wrongtype(),
         },
         NodeCommand::ModelInfo { key, reset } => match ks.get(key, now).map(|e| &e.value) {
@@ -313,9 +328,9 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Reply {
 /// The MODELGET reply: the blob alone, or the labelled array (META and
 /// BLOB, 18 entries; META only, 16). A blob of MODEL_CHUNK_SIZE or more is
 /// an array of chunks (RedisAI's rule, empty last chunk included).
-fn model_reply(m: &StoredModel, meta: bool, blob: bool) -> Reply {
+fn model_reply(m: &StoredModel, meta: bool, blob: bool, chunk: usize) -> Reply {
     let def = &m.def;
-    let chunk = registry().settings().model_chunk_size.max(1) as usize;
+    let chunk = chunk.max(1);
     let blob_reply = || {
         let b = m.blob();
         // As a blob: sent as its parts (a model laid out for its runtime),
@@ -392,10 +407,10 @@ fn info_reply(key: &Bytes, m: &StoredModel) -> Reply {
 }
 
 /// Applies `op`, logged in `term`; a fenced command only in its own term.
-pub fn apply_in_term(ks: &mut Keyspace, ts: i64, term: u64, op: LogOp) -> Reply {
+pub fn apply_in_term(ks: &mut Keyspace, ts: i64, term: u64, op: LogOp, effects: &mut Vec<Effect>) -> Reply {
     match op {
-        LogOp::Fenced { term: fence, cmd } if fence == term => apply(ks, ts, &LogOp::Command(cmd)),
+        LogOp::Fenced { term: fence, cmd } if fence == term => apply(ks, ts, &LogOp::Command(cmd), effects),
         LogOp::Fenced { .. } => NodeError::FencedOut.to_reply(),
-        op => apply(ks, ts, &op),
+        op => apply(ks, ts, &op, effects),
     }
 }

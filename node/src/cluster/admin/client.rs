@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::protocol::{AdminRequest, AdminResponse};
+use crate::error::Error as NodeError;
 use crate::hosted::NodeState;
 use crate::state::meta::{meta_seeds, META};
 use crate::util::{decode, encode};
@@ -22,13 +23,13 @@ pub struct AdminClients {
 }
 
 impl AdminClients {
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    fn channel(&self, addr: &str) -> Result<Channel, NodeError> {
         let mut map = self.channels.lock();
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
         let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| NodeError::BadAddress { addr: addr.to_owned(), why: e.to_string() })?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
             .connect_lazy();
@@ -37,15 +38,16 @@ impl AdminClients {
     }
 
     /// One call to the node at `addr`.
-    pub async fn ask(&self, addr: &str, req: &AdminRequest, timeout: Duration) -> Result<AdminResponse, String> {
+    pub async fn ask(&self, addr: &str, req: &AdminRequest, timeout: Duration) -> Result<AdminResponse, NodeError> {
         let mut client = AdminClient::new(self.channel(addr)?)
             .max_decoding_message_size(crate::util::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::util::MAX_MESSAGE_BYTES);
         let msg = AdminMessage { payload: encode(req).into() };
         match tokio::time::timeout(timeout, client.call(msg)).await {
-            Err(_) => Err(format!("{addr} did not answer in {timeout:?}")),
-            Ok(Err(status)) => Err(format!("{addr}: {}", status.message())),
-            Ok(Ok(r)) => decode(&r.into_inner().payload).map_err(|e| e.to_string()),
+            Err(_) => Err(NodeError::NoAnswer { addr: addr.to_owned(), waited: timeout }),
+            Ok(Err(status)) => Err(NodeError::Refused { addr: addr.to_owned(), why: status.message().to_owned() }),
+            Ok(Ok(r)) => decode(&r.into_inner().payload)
+                .map_err(|e| NodeError::Refused { addr: addr.to_owned(), why: format!("answer does not decode: {e}") }),
         }
     }
 
@@ -56,9 +58,9 @@ impl AdminClients {
         candidates: &[String],
         req: &AdminRequest,
         budget: Duration,
-    ) -> Result<AdminResponse, String> {
+    ) -> Result<AdminResponse, NodeError> {
         let deadline = Instant::now() + budget;
-        let mut last = String::from("no candidate");
+        let mut last = NodeError::NoCandidate;
         loop {
             let mut queue: VecDeque<String> = candidates.iter().cloned().collect();
             let mut tried = Vec::new();
@@ -73,7 +75,7 @@ impl AdminClients {
                 }
                 match self.ask(&addr, req, left).await {
                     Ok(AdminResponse::NotLeader(hints)) => {
-                        last = format!("{addr} is not the leader");
+                        last = NodeError::NotLeaderAt(addr);
                         for h in hints.into_iter().rev() {
                             queue.push_front(h);
                         }

@@ -9,6 +9,7 @@ use tracing::info;
 use super::client::AdminClients;
 use super::protocol::{AdminRequest, AdminResponse, GroupOp, STEP_BUDGET};
 use super::step::group_step;
+use crate::error::Error as NodeError;
 use crate::hosted::NodeState;
 use crate::shard::Outcome;
 use crate::state::meta::{ClusterMap, GroupPlan, MetaOp, NodeStatus, META};
@@ -21,33 +22,33 @@ pub(crate) struct Op {
 }
 
 impl Op {
-    pub(crate) fn map(&self) -> Result<ClusterMap, String> {
-        let meta = self.state.group(META).ok_or("this node no longer hosts the meta group")?;
+    pub(crate) fn map(&self) -> Result<ClusterMap, NodeError> {
+        let meta = self.state.group(META).ok_or(NodeError::NoMetaGroup)?;
         Ok(meta.data_map())
     }
 
-    pub(super) async fn meta(&self, op: MetaOp) -> Result<String, String> {
-        let meta = self.state.group(META).ok_or("this node no longer hosts the meta group")?;
+    pub(super) async fn meta(&self, op: MetaOp) -> Result<String, NodeError> {
+        let meta = self.state.group(META).ok_or(NodeError::NoMetaGroup)?;
         match meta.write_op(LogOp::Meta(op)).await {
             Outcome::Reply(Reply::Int(epoch)) => Ok(format!("epoch {epoch}")),
-            Outcome::Reply(Reply::Error(e)) => Err(e.to_string()),
-            Outcome::Error(e) => Err(e.to_string()),
-            Outcome::Reply(r) => Err(format!("unexpected reply {r:?}")),
-            Outcome::Redirect(_) => Err("TRYAGAIN meta leadership moved; run the command again".into()),
+            Outcome::Reply(Reply::Error(e)) => Err(NodeError::Remote(e.to_string())),
+            Outcome::Error(e) => Err(e),
+            Outcome::Reply(r) => Err(NodeError::Unexpected(format!("{r:?}"))),
+            Outcome::Redirect(_) => Err(NodeError::MetaMoved),
         }
     }
 
     /// The map's current entry for `group`.
-    pub(crate) fn plan(&self, group: u32) -> Result<GroupPlan, String> {
-        self.map()?.groups.get(&group).cloned().ok_or(format!("no group {group}"))
+    pub(crate) fn plan(&self, group: u32) -> Result<GroupPlan, NodeError> {
+        self.map()?.groups.get(&group).cloned().ok_or(NodeError::NoGroup(group))
     }
 
     /// Runs `op` on the leader of `group`, wherever it is (only while this
     /// node still leads the meta group: a deposed meta leader stops between
     /// steps).
-    pub(crate) async fn step(&self, group: u32, op: GroupOp) -> Result<AdminResponse, String> {
+    pub(crate) async fn step(&self, group: u32, op: GroupOp) -> Result<AdminResponse, NodeError> {
         if !self.state.group(META).is_some_and(|m| m.is_leader()) {
-            return Err("TRYAGAIN this node no longer leads the meta group; run the command again".into());
+            return Err(NodeError::NotMetaLeader);
         }
         // This node when it leads the group (the meta group always: this is
         // its leader), else the group's replicas as the map lists them.
@@ -63,37 +64,40 @@ impl Op {
             self.clients.ask_leader(&candidates, &AdminRequest::Group { group, op }, STEP_BUDGET).await?
         };
         match r {
-            AdminResponse::Error(e) => Err(e),
-            AdminResponse::NotLeader(_) => {
-                Err(format!("TRYAGAIN group {group} has no leader right now; run the command again"))
-            }
+            AdminResponse::Error(e) => Err(NodeError::Remote(e)),
+            AdminResponse::NotLeader(_) => Err(NodeError::NoLeader(group)),
             r => Ok(r),
         }
     }
 
-    async fn membership(&self, group: u32) -> Result<(Vec<u64>, Vec<u64>), String> {
+    async fn membership(&self, group: u32) -> Result<(Vec<u64>, Vec<u64>), NodeError> {
         match self.step(group, GroupOp::Membership).await? {
             AdminResponse::Membership { voters, learners, .. } => Ok((voters, learners)),
-            r => Err(format!("unexpected answer {r:?}")),
+            r => Err(NodeError::Unexpected(format!("{r:?}"))),
         }
     }
 
-    fn addr(&self, map: &ClusterMap, id: u64) -> Result<String, String> {
+    fn addr(&self, map: &ClusterMap, id: u64) -> Result<String, NodeError> {
         match map.nodes.get(&id) {
             Some(n) if n.status != NodeStatus::Removed => Ok(n.addr.clone()),
-            _ => Err(format!("node {id} is not a member of the cluster")),
+            _ => Err(NodeError::NotAMember(id)),
         }
     }
 
-    pub(crate) async fn set_group(&self, group: u32, voters: Vec<u64>, learners: Vec<u64>) -> Result<String, String> {
+    pub(crate) async fn set_group(
+        &self,
+        group: u32,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    ) -> Result<String, NodeError> {
         self.meta(MetaOp::SetGroup { group, voters, learners }).await
     }
 
     /// Adds `to` to `group` as a learner (map first, so `to` opens its
     /// replica), then waits for it to catch up.
-    pub(crate) async fn add_learner(&self, group: u32, to: u64) -> Result<(), String> {
+    pub(crate) async fn add_learner(&self, group: u32, to: u64) -> Result<(), NodeError> {
         let map = self.map()?;
-        let plan = map.groups.get(&group).ok_or(format!("no group {group}"))?.clone();
+        let plan = map.groups.get(&group).ok_or(NodeError::NoGroup(group))?.clone();
         let addr = self.addr(&map, to)?;
         if !plan.hosts(to) {
             let mut learners = plan.learners.clone();
@@ -105,28 +109,28 @@ impl Op {
         Ok(())
     }
 
-    pub(super) async fn move_replica(&self, group: u32, from: u64, to: u64) -> Result<String, String> {
+    pub(super) async fn move_replica(&self, group: u32, from: u64, to: u64) -> Result<String, NodeError> {
         let map = self.map()?;
-        let plan = map.groups.get(&group).ok_or(format!("no group {group}"))?.clone();
+        let plan = map.groups.get(&group).ok_or(NodeError::NoGroup(group))?.clone();
         self.addr(&map, to)?;
         if from == to {
-            return Err("source and target are the same node".into());
+            return Err(NodeError::SameNode);
         }
         if !plan.voters.contains(&from) && plan.voters.contains(&to) {
             return Ok(format!("group {group} already moved"));
         }
         if !plan.voters.contains(&from) {
-            return Err(format!("node {from} holds no replica of group {group}"));
+            return Err(NodeError::NoReplica { node: from, group });
         }
         if plan.voters.contains(&to) {
-            return Err(format!("node {to} already holds a replica of group {group}"));
+            return Err(NodeError::AlreadyHolds { node: to, group });
         }
         if group == META && from == self.state.node_id {
             // The meta leader cannot finish an operation that removes it:
             // hand the leadership over first; the caller runs it again there.
-            let to_leader = plan.voters.iter().copied().find(|v| *v != from).ok_or("the meta group has one voter")?;
+            let to_leader = plan.voters.iter().copied().find(|v| *v != from).ok_or(NodeError::OneMetaVoter)?;
             self.step(META, GroupOp::TransferLeader { to: to_leader }).await?;
-            return Err(format!("TRYAGAIN meta leadership handed to node {to_leader}; run the command again"));
+            return Err(NodeError::MetaHandedTo(to_leader));
         }
         self.add_learner(group, to).await?;
         let voters: Vec<u64> = plan.voters.iter().map(|v| if *v == from { to } else { *v }).collect();
@@ -139,10 +143,10 @@ impl Op {
 
     /// Makes `to` the group's leader and its preferred leader (first in the
     /// map's voter list, so leadership returns to it after failovers).
-    pub(super) async fn transfer_leader(&self, group: u32, to: u64) -> Result<String, String> {
+    pub(super) async fn transfer_leader(&self, group: u32, to: u64) -> Result<String, NodeError> {
         let plan = self.plan(group)?;
         if !plan.voters.contains(&to) {
-            return Err(format!("node {to} is not a voter of group {group}"));
+            return Err(NodeError::NotAVoter { node: to, group });
         }
         self.step(group, GroupOp::TransferLeader { to }).await?;
         if plan.voters.first() != Some(&to) {
@@ -153,7 +157,7 @@ impl Op {
         Ok(format!("group {group} led by {to}"))
     }
 
-    pub(super) async fn remove_node(&self, id: u64) -> Result<String, String> {
+    pub(super) async fn remove_node(&self, id: u64) -> Result<String, NodeError> {
         let map = self.map()?;
         if !map.is_live(id) {
             return Ok(format!("node {id} already removed"));
@@ -171,14 +175,14 @@ impl Op {
                 .map(|(n, _)| *n)
                 // A node already catching up (an interrupted run) first.
                 .min_by_key(|n| (!plan.learners.contains(n), load(*n), *n))
-                .ok_or(format!("no node can take node {id}'s replica of group {group}"))?;
+                .ok_or(NodeError::NoTarget { node: id, group: *group })?;
             self.move_replica(*group, id, target).await?;
         }
         self.meta(MetaOp::RemoveNode { id }).await?;
         Ok(format!("node {id} removed; its replicas of groups {groups:?} moved"))
     }
 
-    pub(super) async fn rejoin(&self, id: u64) -> Result<String, String> {
+    pub(super) async fn rejoin(&self, id: u64) -> Result<String, NodeError> {
         let map = self.map()?;
         self.addr(&map, id)?;
         let groups: Vec<u32> = map.groups.iter().filter(|(_, g)| g.hosts(id)).map(|(g, _)| *g).collect();
@@ -194,7 +198,7 @@ impl Op {
             if voters.contains(&id) {
                 let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
                 if rest.is_empty() {
-                    return Err(format!("node {id} is the only voter of group {group}: its data is gone"));
+                    return Err(NodeError::OnlyVoter { node: id, group: *group });
                 }
                 self.step(*group, GroupOp::SetVoters { voters: rest }).await?;
             }

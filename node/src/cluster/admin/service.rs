@@ -62,7 +62,8 @@ async fn handle(state: &Arc<NodeState>, clients: &AdminClients, req: AdminReques
             };
             match result {
                 Ok(msg) => AdminResponse::Done(msg),
-                Err(e) => AdminResponse::Error(e),
+                // (Its words, code first: tessera-admin runs a TRYAGAIN again.)
+                Err(e) => AdminResponse::Error(e.to_string()),
             }
         }
     }

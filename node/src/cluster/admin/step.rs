@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::client::meta_candidates;
 use super::protocol::{AdminResponse, GroupOp};
+use crate::error::Error as NodeError;
 use crate::hosted::NodeState;
 use crate::state::meta::META;
 
@@ -51,16 +52,17 @@ pub(super) async fn group_step(state: &NodeState, group: u32, op: GroupOp) -> Ad
         }
         GroupOp::TransferLeader { to } => {
             if !shard.group.membership().0.contains(&to) {
-                return AdminResponse::Error(format!("node {to} is not a voter of group {group}"));
+                return AdminResponse::Error(NodeError::NotAVoter { node: to, group }.to_string());
             }
             shard.group.transfer_leader(to).await;
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let waited = Duration::from_secs(5);
+            let deadline = Instant::now() + waited;
             loop {
                 if shard.leader().is_some_and(|(id, _)| id == to) {
                     break Ok(format!("group {group} led by {to}"));
                 }
                 if Instant::now() > deadline {
-                    break Err(format!("node {to} did not take over group {group} in 5s"));
+                    break Err(NodeError::NotTakenOver { node: to, group, waited });
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -68,6 +70,6 @@ pub(super) async fn group_step(state: &NodeState, group: u32, op: GroupOp) -> Ad
     };
     match result {
         Ok(m) => AdminResponse::Done(m),
-        Err(e) => AdminResponse::Error(e),
+        Err(e) => AdminResponse::Error(e.to_string()),
     }
 }

@@ -80,7 +80,7 @@ fn a_model_held_in_parts_is_dumped_whole_and_loads_as_a_slice() {
     assert!(Keyspace::load(&dump[..dump.len() - 1]).is_err());
     // The format before (no version word, the count first) is refused
     // with a reason, not misread.
-    let old = Keyspace::load(&dump[8..]).err().unwrap();
+    let old = Keyspace::load(&dump[8..]).err().unwrap().to_string();
     assert!(old.contains("another format"), "{old}");
     // A string whose record is followed by raw bytes is corrupt.
     let mut one = Keyspace::new();

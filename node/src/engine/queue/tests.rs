@@ -112,7 +112,7 @@ fn bad_batch_fails_every_request() {
     wait(blocker);
     for rx in [a, b] {
         let RunResult::Failed(e) = wait(rx) else { panic!() };
-        assert_eq!(e, batch::BAD_BATCH);
+        assert_eq!(e, crate::error::Error::Model(batch::BAD_BATCH.into()));
     }
     assert_eq!(m.stats.errors.load(Ordering::Relaxed), 2);
 }

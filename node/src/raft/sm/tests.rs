@@ -18,7 +18,7 @@ fn a_snapshot_shares_its_large_bytes_and_reads_back() {
     assert_eq!(pieces.concat(), encode(&chunks), "postcard's encoding");
     assert!(pieces.iter().any(|x| x.as_ptr() == p[1].as_ptr()), "a large part is shared, not copied");
     let mut ks = Keyspace::new();
-    exec::apply(&mut ks, 1, &LogOp::Command(NodeCommand::Del { keys: vec![] }));
+    exec::apply(&mut ks, 1, &LogOp::Command(NodeCommand::Del { keys: vec![] }), &mut Vec::new());
     let d = ShardData {
         ks,
         last_applied: None,
@@ -65,11 +65,14 @@ fn a_fenced_write_applies_only_in_its_term() {
         Some(crate::data::keyspace::Value::Str(s)) => Some(s.clone()),
         _ => None,
     };
-    assert_eq!(exec::apply_in_term(&mut ks, 0, 5, LogOp::Fenced { term: 5, cmd: set("a") }), Reply::ok());
+    assert_eq!(
+        exec::apply_in_term(&mut ks, 0, 5, LogOp::Fenced { term: 5, cmd: set("a") }, &mut Vec::new()),
+        Reply::ok()
+    );
     assert_eq!(get(&ks), Some(Bytes::from("a")));
     // Logged by a later leader of the same node: refused, nothing written.
     assert_eq!(
-        exec::apply_in_term(&mut ks, 0, 6, LogOp::Fenced { term: 5, cmd: set("b") }),
+        exec::apply_in_term(&mut ks, 0, 6, LogOp::Fenced { term: 5, cmd: set("b") }, &mut Vec::new()),
         NodeError::FencedOut.to_reply()
     );
     assert_eq!(get(&ks), Some(Bytes::from("a")));
@@ -79,6 +82,6 @@ fn a_fenced_write_applies_only_in_its_term() {
     let mut c = Chunks::default();
     assert!(c.add(1, 0, 2, p[0].clone(), 1, 1).is_none());
     let whole = join(c.add(1, 1, 2, p[1].clone(), 1, 1).unwrap().unwrap()).unwrap();
-    assert_eq!(exec::apply_in_term(&mut ks, 0, 6, whole), Reply::ok());
+    assert_eq!(exec::apply_in_term(&mut ks, 0, 6, whole, &mut Vec::new()), Reply::ok());
     assert_eq!(get(&ks), Some(Bytes::from("c")));
 }
