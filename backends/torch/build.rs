@@ -1,4 +1,4 @@
-//! Compiles the small C++ shim (TorchScript `forward` schema) against the
+//! Compiles the small C++ shims (TorchScript `forward` schema; scripts) against the
 //! libtorch tree torch-sys links, and gives binaries an rpath to it.
 use std::path::PathBuf;
 
@@ -12,6 +12,7 @@ fn main() {
     let root = lib.parent().expect("libtorch root").to_path_buf();
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     println!("cargo:rerun-if-changed=src/shim.cpp");
+    println!("cargo:rerun-if-changed=src/script.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     cc::Build::new()
         .cpp(true)
@@ -23,6 +24,7 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/shim.cpp")
+        .file("src/script.cpp")
         .compile("tessera_torch_shim");
     // torch-sys links torch_cpu/torch/c10 but leaves no rpath in binaries:
     // this crate's tests get one here, dependents' binaries via `links`.

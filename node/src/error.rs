@@ -22,6 +22,8 @@ pub enum Error {
     Model(String),
     #[error("ERR model key is empty")]
     EmptyModel,
+    #[error("ERR script key is empty")]
+    EmptyScript,
     #[error("ERR tensor key is empty or in a different shard")]
     EmptyTensor,
     #[error("ERR cannot find run info for key")]
@@ -177,6 +179,7 @@ impl Error {
             | Error::NotCaughtUp { .. } => "TRYAGAIN",
             Error::DiskFull { .. } => "MISCONF",
             Error::EmptyModel
+            | Error::EmptyScript
             | Error::EmptyTensor
             | Error::NoRunInfo
             | Error::LoadFailed(_)
@@ -240,6 +243,7 @@ mod tests {
             Error::Command(tessera_common::error::Error::WrongType),
             Error::Model("ERR unsupported device".into()),
             Error::EmptyModel,
+            Error::EmptyScript,
             Error::EmptyTensor,
             Error::NoRunInfo,
             Error::LoadFailed("x".into()),

@@ -32,7 +32,9 @@ use crate::state::meta::ClusterMap;
 use crate::state::{LogOp, Proposal};
 use crate::util::now_ms;
 
+mod host;
 mod run;
+mod script;
 
 /// A group's folder under the data dir.
 pub fn group_dir(id: u32) -> String {
@@ -55,6 +57,14 @@ pub enum Outcome {
     Error(NodeError),
     /// Not the leader: `(leader id, leader address)` when one is known.
     Redirect(Option<(u64, String)>),
+}
+
+/// What a model or script run came to.
+enum Executed {
+    /// Its outputs were proposed: the write's outcome.
+    Written(Outcome),
+    /// Answered without a logged write (an error, or no tensor outputs).
+    Unwritten(Outcome),
 }
 
 /// A write that was handed to Raft (in submission order) and is in flight.
@@ -156,6 +166,16 @@ impl Shard {
             let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
             match checked {
                 Ok(Ok(m)) => loaded = Some(m),
+                Ok(Err(e)) => return Submitted::Done(Outcome::Error(e)),
+                Err(e) => return Submitted::Done(Outcome::Error(NodeError::LoadFailed(e.to_string()))),
+            }
+        }
+        if let NodeCommand::ScriptStore { script, .. } = &cmd {
+            // Nor does a script that does not compile (or whose entry
+            // points are wrong). Every replica compiles it again on apply.
+            let def = script.clone();
+            match tokio::task::spawn_blocking(move || registry().compile_script(&def)).await {
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Submitted::Done(Outcome::Error(e)),
                 Err(e) => return Submitted::Done(Outcome::Error(NodeError::LoadFailed(e.to_string()))),
             }

@@ -1,6 +1,7 @@
 //! What every model runtime implements, and what the node needs to know about
 //! runtimes without linking any: backend and device names (RedisAI's rules),
-//! the [`Backend`]/[`Model`] traits, batching along dim 0 ([`batch`]), and a
+//! the [`Backend`]/[`Model`] traits, scripts ([`script`]), batching along
+//! dim 0 ([`batch`]), and a
 //! [`mock`] backend for unit tests of the execution engine.
 //!
 //! Runtimes live in their own crates (`tessera-backend-onnx`, ...) behind
@@ -8,6 +9,7 @@
 
 pub mod batch;
 pub mod mock;
+pub mod script;
 
 use std::fmt;
 use std::sync::Arc;
@@ -79,6 +81,14 @@ pub trait Backend: Send + Sync {
     /// copying the weights they hold.
     fn load_shared(&self, blob: &tessera_common::blob::Blob, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
         self.load(&blob.contiguous(), opts)
+    }
+
+    /// Compiles a script's `source` for `device`, checking that each of
+    /// `entry_points` exists with the entry-point signature. Only the TORCH
+    /// backend runs scripts.
+    fn compile_script(&self, source: &str, device: Device, entry_points: &[String]) -> Result<Arc<dyn script::Script>> {
+        let _ = (source, device, entry_points);
+        Err(BackendError::new(format!("ERR the {} backend does not run scripts", self.kind().name())))
     }
 }
 

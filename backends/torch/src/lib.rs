@@ -7,6 +7,13 @@
 //! C++ shim, as tch does not expose it): RedisAI reports the argument names
 //! and checks MODELEXECUTE's counts against them. Outputs are unnamed (`""`),
 //! as in RedisAI.
+//!
+//! Scripts (AI.SCRIPTSTORE) are compiled from TorchScript source and run by
+//! [`script`], through a second shim.
+
+mod script;
+
+pub use script::TorchScript;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Arc, Once, OnceLock};
@@ -158,6 +165,15 @@ impl Backend for TorchBackend {
         let (inputs, n_out) = forward_schema(blob)?;
         module.set_eval();
         Ok(Arc::new(TorchModel { module, device, inputs, outputs: vec![String::new(); n_out] }))
+    }
+
+    fn compile_script(
+        &self,
+        source: &str,
+        device: Device,
+        entry_points: &[String],
+    ) -> Result<Arc<dyn tessera_backend::script::Script>> {
+        script::compile(source, device, entry_points)
     }
 }
 

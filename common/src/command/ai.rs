@@ -1,4 +1,4 @@
-//! RedisAI commands. Tensors and models are served; the script and DAG
+//! RedisAI commands. Tensors, models and scripts are served; the DAG
 //! commands are known to the table (routing, `COMMAND GETKEYS`, CROSSSLOT) but
 //! answer that they are not available yet.
 
@@ -9,7 +9,9 @@ use super::server::Local;
 use super::table::CommandSpec;
 use super::{arity_name, common_slot, keys_slot, Command, ParseLimits};
 use crate::error::{Error, Result};
-use crate::model::{parse_ai_config, parse_modelset, parse_modelstore, ModelRun};
+use crate::model::{
+    parse_ai_config, parse_modelset, parse_modelstore, parse_scriptset, parse_scriptstore, ModelRun, ScriptRun,
+};
 use crate::tensor::{parse_get_format, Tensor};
 
 pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Result<Command> {
@@ -61,6 +63,38 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             let run = ModelRun::parse(&argv, deprecated);
             let slot = keys_slot(run.keys())?.unwrap_or(0);
             Ok(Command::Keyed { slot, cmd: NodeCommand::ModelExecute(run) })
+        }
+        "ai.scriptstore" | "ai.scriptset" => {
+            let script =
+                if spec.name == "ai.scriptstore" { parse_scriptstore(&argv)? } else { parse_scriptset(&argv)? };
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ScriptStore { key: argv[1].clone(), script } })
+        }
+        "ai.scriptget" => {
+            if !(2..=4).contains(&argv.len()) {
+                return Err(Error::Arity(arity_name(&argv[0])));
+            }
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            let has = |w: &[u8]| argv[2..].iter().any(|a| a.eq_ignore_ascii_case(w));
+            let (meta, source) = (has(b"META"), has(b"SOURCE"));
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ScriptGet { key: argv[1].clone(), meta, source } })
+        }
+        "ai.scriptdel" => {
+            if argv.len() != 2 {
+                return Err(Error::Arity(arity_name(&argv[0])));
+            }
+            let slot = common_slot(&argv, &[1])?.unwrap_or(0);
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ScriptDel { key: argv[1].clone() } })
+        }
+        "ai.scriptexecute" | "ai.scriptrun" => {
+            let deprecated = spec.name == "ai.scriptrun";
+            if argv.len() < 3 {
+                let name = if deprecated { "AI.SCRIPTRUN" } else { "AI.SCRIPTEXECUTE" };
+                return Err(Error::Verbatim(format!("ERR wrong number of arguments for '{name}' command")));
+            }
+            let run = ScriptRun::parse(&argv, deprecated);
+            let slot = keys_slot(run.all_keys())?.unwrap_or(0);
+            Ok(Command::Keyed { slot, cmd: NodeCommand::ScriptExecute(run) })
         }
         "ai.info" => {
             if !(2..=3).contains(&argv.len()) {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AiConfig, ModelDef};
+use crate::model::{AiConfig, ModelDef, ScriptDef, ScriptRun};
 use crate::slot::SlotScope;
 use crate::tensor::{Tensor, TensorFormat};
 
@@ -148,6 +148,34 @@ pub enum NodeCommand {
     AiConfig {
         op: AiConfig,
     },
+    ScriptStore {
+        key: Bytes,
+        script: ScriptDef,
+    },
+    ScriptGet {
+        key: Bytes,
+        meta: bool,
+        source: bool,
+    },
+    ScriptDel {
+        key: Bytes,
+    },
+    /// AI.SCRIPTEXECUTE (or deprecated AI.SCRIPTRUN), parsed.
+    ScriptExecute(ScriptRun),
+    /// What a script run changed (its `redis.execute` writes, then its
+    /// outputs), written as one entry: replicas apply the values, they never
+    /// run the script.
+    Effects {
+        writes: Vec<(Bytes, Written)>,
+    },
+}
+
+/// A key's value after a script run (see [`NodeCommand::Effects`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Written {
+    Str { value: Bytes, expire_at: Option<i64> },
+    Tensor { tensor: Tensor, expire_at: Option<i64> },
+    Deleted,
 }
 
 impl NodeCommand {
@@ -166,13 +194,16 @@ impl NodeCommand {
                 | NodeCommand::ModelStore { .. }
                 | NodeCommand::ModelDel { .. }
                 | NodeCommand::TensorMSet { .. }
+                | NodeCommand::ScriptStore { .. }
+                | NodeCommand::ScriptDel { .. }
+                | NodeCommand::Effects { .. }
         )
     }
 
     /// Whether this command runs a model: reads its inputs, computes, then
     /// writes its outputs through the log.
     pub fn is_exec(&self) -> bool {
-        matches!(self, NodeCommand::ModelExecute(_))
+        matches!(self, NodeCommand::ModelExecute(_) | NodeCommand::ScriptExecute(_))
     }
 
     /// Whether the router may send this command again when its outcome is
@@ -187,6 +218,8 @@ impl NodeCommand {
     pub fn written_keys(&self) -> Option<Vec<&Bytes>> {
         match self {
             NodeCommand::ModelExecute(run) => Some(run.outputs.iter().collect()),
+            // (KEYS: the keys its `redis.execute` calls are declared to use.)
+            NodeCommand::ScriptExecute(run) => Some(run.keys.iter().chain(&run.outputs).collect()),
             c if c.is_write() && c.has_keys() => Some(c.keys().collect()),
             c if c.is_write() => None,
             _ => Some(Vec::new()),
@@ -223,7 +256,12 @@ impl NodeCommand {
             | C::ModelStore { key, .. }
             | C::ModelGet { key, .. }
             | C::ModelDel { key }
-            | C::ModelInfo { key, .. } => Box::new(std::iter::once(key)),
+            | C::ModelInfo { key, .. }
+            | C::ScriptStore { key, .. }
+            | C::ScriptGet { key, .. }
+            | C::ScriptDel { key } => Box::new(std::iter::once(key)),
+            C::ScriptExecute(run) => Box::new(run.all_keys()),
+            C::Effects { writes } => Box::new(writes.iter().map(|(k, _)| k)),
             C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
             C::AiConfig { .. } => Box::new(std::iter::empty()),
@@ -269,6 +307,11 @@ impl NodeCommand {
             NodeCommand::ModelInfo { .. } => "ai.info",
             NodeCommand::TensorMSet { .. } => "ai.tensorset",
             NodeCommand::AiConfig { .. } => "ai.config",
+            NodeCommand::ScriptStore { .. } => "ai.scriptstore",
+            NodeCommand::ScriptGet { .. } => "ai.scriptget",
+            NodeCommand::ScriptDel { .. } => "ai.scriptdel",
+            NodeCommand::ScriptExecute(_) => "ai.scriptexecute",
+            NodeCommand::Effects { .. } => "ai.scriptexecute",
         }
     }
 
@@ -284,6 +327,20 @@ impl NodeCommand {
             NodeCommand::MSet { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum(),
             NodeCommand::ModelStore { key, model } => key.len() + model.blob.len() + 256,
             NodeCommand::ModelExecute(run) => run.keys().map(|k| k.len() + 2).sum(),
+            NodeCommand::ScriptStore { key, script } => key.len() + script.source.len() + 128,
+            NodeCommand::ScriptExecute(run) => run.all_keys().chain(&run.args).map(|k| k.len() + 2).sum(),
+            NodeCommand::Effects { writes } => writes
+                .iter()
+                .map(|(k, w)| {
+                    k.len()
+                        + 16
+                        + match w {
+                            Written::Str { value, .. } => value.len(),
+                            Written::Tensor { tensor, .. } => tensor.data.len() + 8 * tensor.shape.len(),
+                            Written::Deleted => 0,
+                        }
+                })
+                .sum(),
             NodeCommand::TensorMSet { pairs } => pairs.iter().map(|(k, t)| k.len() + t.data.len() + 64).sum(),
             NodeCommand::MGet { keys } | NodeCommand::Del { keys } | NodeCommand::Exists { keys } => {
                 keys.iter().map(|k| k.len() + 2).sum()

@@ -15,9 +15,11 @@ use crate::error::{Error, Result};
 
 pub mod config;
 pub mod exec;
+pub mod script;
 
 pub use config::{parse_ai_config, AiConfig};
 pub use exec::{parse_modelexecute, parse_modelrun, Check, ExecArgs, ModelRun};
+pub use script::{parse_scriptset, parse_scriptstore, ScriptDef, ScriptRun};
 
 /// The four RedisAI backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 use tessera_common::blob::Blob;
-use tessera_common::model::ModelDef;
+use tessera_common::model::{ModelDef, ScriptDef};
 use tessera_common::slot::{key_slot, SlotScope, SLOTS};
 use tessera_common::tensor::Tensor;
 
@@ -20,6 +20,7 @@ pub enum Value {
     Str(Bytes),
     Tensor(Tensor),
     Model(std::sync::Arc<crate::engine::model::StoredModel>),
+    Script(std::sync::Arc<crate::engine::script::StoredScript>),
 }
 
 impl Value {
@@ -28,6 +29,7 @@ impl Value {
             Value::Str(_) => "string",
             Value::Tensor(_) => "AI_TENSOR",
             Value::Model(_) => "AI__MODEL",
+            Value::Script(_) => "AI_SCRIPT",
         }
     }
 
@@ -36,6 +38,7 @@ impl Value {
             Value::Str(b) => b.len(),
             Value::Tensor(t) => t.data.len() + 8 * t.shape.len(),
             Value::Model(m) => m.blob_len() + 64,
+            Value::Script(s) => s.def.source.len() + 64,
         }
     }
 }
@@ -96,6 +99,14 @@ impl Keyspace {
     pub fn models(&self) -> impl Iterator<Item = &std::sync::Arc<crate::engine::model::StoredModel>> {
         self.slots.iter().flatten().flat_map(|m| m.values()).filter_map(|e| match &e.value {
             Value::Model(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// Every stored script (expired ones not yet purged included).
+    pub fn scripts(&self) -> impl Iterator<Item = &std::sync::Arc<crate::engine::script::StoredScript>> {
+        self.slots.iter().flatten().flat_map(|m| m.values()).filter_map(|e| match &e.value {
+            Value::Script(s) => Some(s),
             _ => None,
         })
     }
@@ -248,6 +259,7 @@ enum DumpedValueRef<'a> {
     Tensor(&'a Tensor),
     /// The definition without its bytes.
     Model(&'a ModelDef),
+    Script(&'a ScriptDef),
 }
 
 #[derive(serde::Deserialize)]
@@ -262,6 +274,7 @@ enum DumpedValue {
     Str(Bytes),
     Tensor(Tensor),
     Model(ModelDef),
+    Script(ScriptDef),
 }
 
 impl Keyspace {
@@ -305,6 +318,7 @@ impl Keyspace {
                     Value::Str(b) => (DumpedValueRef::Str(b), Blob::default()),
                     Value::Tensor(t) => (DumpedValueRef::Tensor(t), Blob::default()),
                     Value::Model(m) => (DumpedValueRef::Model(&m.def), m.blob()),
+                    Value::Script(s) => (DumpedValueRef::Script(&s.def), Blob::default()),
                 };
                 (DumpedKeyRef { key, value, expire_at: e.expire_at }, raw)
             })
@@ -355,6 +369,8 @@ impl Keyspace {
             let value = match rec.value {
                 DumpedValue::Str(b) => Value::Str(b),
                 DumpedValue::Tensor(t) => Value::Tensor(t),
+                // Not compiled yet: whoever restores the keyspace starts that.
+                DumpedValue::Script(def) => Value::Script(crate::engine::script::StoredScript::new(def)),
                 DumpedValue::Model(mut def) => {
                     def.blob = match raw.len() >= data.len() / 2 {
                         true => data.slice(raw),

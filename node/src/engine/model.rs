@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::RwLock;
 use tessera_backend::Model;
 #[cfg(feature = "onnx")]
 use tessera_backend::{BackendKind, Device};
@@ -16,6 +16,7 @@ use tessera_common::blob::Blob;
 use tessera_common::command::NodeCommand;
 use tessera_common::model::ModelDef;
 
+use super::ready::Ready;
 use super::registry::registry;
 use crate::error::Error;
 
@@ -67,12 +68,6 @@ impl Stats {
     }
 }
 
-enum LoadState {
-    Loading,
-    Ready(Arc<dyn Model>),
-    Failed(Error),
-}
-
 /// A model in the keyspace: its definition (what is replicated and
 /// snapshotted), its bytes, the loaded instance, and its run statistics.
 pub struct StoredModel {
@@ -81,10 +76,7 @@ pub struct StoredModel {
     /// The model's bytes: as they came, or the copy the loaded model keeps
     /// (see [`Model::bytes`]), which takes their place once it loads.
     blob: RwLock<Blob>,
-    state: Mutex<LoadState>,
-    ready: Condvar,
-    /// Set by the first [`StoredModel::start_loading`].
-    started: std::sync::atomic::AtomicBool,
+    loaded: Ready<Arc<dyn Model>>,
     pub stats: Stats,
     /// Set once a batch padded to BATCHSIZE failed where the unpadded one
     /// ran (a GPU model whose batch dim is fixed): no more padding.
@@ -114,7 +106,6 @@ impl StoredModel {
     /// A model already loaded (the leader's validation instance).
     pub fn with_loaded(def: ModelDef, model: Arc<dyn Model>) -> Arc<StoredModel> {
         let m = StoredModel::loading(def);
-        m.started.store(true, Ordering::Relaxed);
         m.set(Ok(model));
         Arc::new(m)
     }
@@ -125,7 +116,7 @@ impl StoredModel {
     /// load in the background. A run that comes meanwhile waits for it. Only
     /// the first call does anything.
     pub fn start_loading(self: &Arc<Self>, handed: Option<Arc<dyn Model>>) {
-        if self.started.swap(true, Ordering::AcqRel) {
+        if !self.loaded.start() {
             return;
         }
         if let Some(loaded) = handed.or_else(|| registry().take_prepared(&self.def, &self.blob())) {
@@ -152,9 +143,7 @@ impl StoredModel {
         StoredModel {
             def,
             blob: RwLock::new(blob),
-            state: Mutex::new(LoadState::Loading),
-            ready: Condvar::new(),
-            started: Default::default(),
+            loaded: Ready::default(),
             stats: Stats::default(),
             no_padding: Default::default(),
         }
@@ -188,32 +177,18 @@ impl StoredModel {
                 }
             }
         }
-        *self.state.lock() = match result {
-            Ok(m) => LoadState::Ready(m),
-            Err(e) => LoadState::Failed(e),
-        };
-        self.ready.notify_all();
+        self.loaded.set(result);
     }
 
     /// The loaded model if it is ready now.
     pub fn try_loaded(&self) -> Option<Arc<dyn Model>> {
-        match &*self.state.lock() {
-            LoadState::Ready(m) => Some(m.clone()),
-            _ => None,
-        }
+        self.loaded.get()
     }
 
     /// The loaded model, waiting while it loads (blocking); starting the
     /// load if nothing did yet.
     pub fn loaded(self: &Arc<Self>) -> Result<Arc<dyn Model>, Error> {
         self.start_loading(None);
-        let mut s = self.state.lock();
-        loop {
-            match &*s {
-                LoadState::Ready(m) => return Ok(m.clone()),
-                LoadState::Failed(e) => return Err(e.clone()),
-                LoadState::Loading => self.ready.wait(&mut s),
-            }
-        }
+        self.loaded.wait()
     }
 }

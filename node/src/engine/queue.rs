@@ -42,8 +42,21 @@ impl Job {
     }
 }
 
+/// Other work for a device's queue (a script's run): takes whether its
+/// TIMEOUT passed while it was queued (it then only reports that).
+struct Task {
+    run: Box<dyn FnOnce(bool) + Send>,
+    deadline: Option<Instant>,
+}
+
+/// What a queue holds, in order.
+enum Item {
+    Job(Job),
+    Task(Task),
+}
+
 struct Queue {
-    jobs: Mutex<VecDeque<Job>>,
+    jobs: Mutex<VecDeque<Item>>,
     wake: Condvar,
 }
 
@@ -72,7 +85,27 @@ impl Engine {
         let (done, rx) = oneshot::channel();
         let queued = Instant::now();
         let q = self.queue(&model.def.device.queue_name(), threads);
-        q.jobs.lock().push_back(Job { model, inputs, queued, deadline: timeout.map(|t| queued + t), done });
+        q.jobs.lock().push_back(Item::Job(Job { model, inputs, queued, deadline: timeout.map(|t| queued + t), done }));
+        q.wake.notify_one();
+        rx
+    }
+
+    /// Queues `f` on queue `name` (a device's, as [`Device::queue_name`]
+    /// names it), in order with the model runs there; the receiver gets its
+    /// result, or `None` if `timeout` passed before it started.
+    pub fn run_on<R: Send + 'static>(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        threads: usize,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> oneshot::Receiver<Option<R>> {
+        let (done, rx) = oneshot::channel();
+        let run = Box::new(move |timed_out: bool| {
+            let _ = done.send(if timed_out { None } else { Some(f()) });
+        });
+        let q = self.queue(name, threads);
+        q.jobs.lock().push_back(Item::Task(Task { run, deadline: timeout.map(|t| Instant::now() + t) }));
         q.wake.notify_one();
         rx
     }
@@ -103,6 +136,7 @@ impl Engine {
 /// What the worker decided for the front of the queue.
 enum Pick {
     Run(Vec<Job>),
+    Task(Task),
     /// A batch waiting for MINBATCHSIZE: its jobs went to the back.
     NotReady,
     Empty,
@@ -129,14 +163,24 @@ fn worker(q: &Queue) {
                 idle_rounds = 0;
                 run(batch);
             }
+            Pick::Task(t) => {
+                idle_rounds = 0;
+                (t.run)(false);
+            }
         }
     }
 }
 
 /// Pops the front job and, for a batching model, the jobs that join it.
-fn pick(jobs: &mut VecDeque<Job>, now: Instant) -> Pick {
-    let Some(first) = jobs.pop_front() else {
-        return Pick::Empty;
+fn pick(jobs: &mut VecDeque<Item>, now: Instant) -> Pick {
+    let first = match jobs.pop_front() {
+        None => return Pick::Empty,
+        Some(Item::Task(t)) if t.deadline.is_some_and(|d| now >= d) => {
+            (t.run)(true);
+            return Pick::NotReady;
+        }
+        Some(Item::Task(t)) => return Pick::Task(t),
+        Some(Item::Job(j)) => j,
     };
     if first.timed_out(now) {
         let _ = first.done.send(RunResult::TimedOut);
@@ -151,10 +195,11 @@ fn pick(jobs: &mut VecDeque<Job>, now: Instant) -> Pick {
     // Gather matching jobs, front to back, until the batch is full.
     let mut total = own;
     let mut picked = Vec::new();
-    for (i, j) in jobs.iter().enumerate() {
+    for (i, item) in jobs.iter().enumerate() {
         if total >= limit {
             break;
         }
+        let Item::Job(j) = item else { continue };
         if Arc::ptr_eq(&j.model, &first.model) && !j.timed_out(now) && batch::batchable(&first.inputs, &j.inputs) {
             let n = batch::batch_size(&j.inputs);
             if n > 0 {
@@ -168,12 +213,12 @@ fn pick(jobs: &mut VecDeque<Job>, now: Instant) -> Pick {
     let min_timeout = Duration::from_millis(def.minbatchtimeout);
     if min > 0 && total < min && !(def.minbatchtimeout > 0 && waited > min_timeout) {
         // Not enough yet: everyone goes to the back, in order.
-        jobs.push_back(first);
+        jobs.push_back(Item::Job(first));
         return Pick::NotReady;
     }
     let mut batch = vec![first];
     for i in picked.into_iter().rev() {
-        if let Some(j) = jobs.remove(i) {
+        if let Some(Item::Job(j)) = jobs.remove(i) {
             batch.insert(1, j);
         }
     }

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
+use tessera_backend::script::Script;
 use tessera_backend::{Backend, BackendKind, Device, LoadOptions, Model};
 use tessera_common::blob::Blob;
-use tessera_common::model::{AiConfig, ModelDef};
+use tessera_common::model::{AiConfig, ModelDef, ScriptDef};
 use tessera_common::reply::Reply;
 
 use crate::error::Error;
@@ -202,6 +203,13 @@ impl Registry {
             inter_op_threads: s.inter_op,
         };
         backend.load_shared(blob, &opts).map_err(|e| Error::Model(e.0))
+    }
+
+    /// Compiles `def`'s source in the TORCH backend, checking its entry
+    /// points (blocking: call off the async runtime).
+    pub fn compile_script(&self, def: &ScriptDef) -> Result<Arc<dyn Script>, Error> {
+        let backend = self.backend(BackendKind::Torch)?;
+        backend.compile_script(&def.source, def.device, &def.entry_points).map_err(|e| Error::Model(e.0))
     }
 
     /// Keeps a model loaded for validation until its entry applies here;

@@ -103,13 +103,16 @@ fn carry_out(effects: Vec<Effect>, mut handed: Option<Arc<dyn Model>>) {
     for effect in effects {
         match effect {
             Effect::LoadModel(m) => m.start_loading(handed.take()),
+            Effect::CompileScript(s) => s.start_compiling(),
         }
     }
 }
 
-/// Starts loading the models of a keyspace restored from a snapshot.
+/// Starts loading the models, and compiling the scripts, of a keyspace
+/// restored from a snapshot.
 fn load_models(ks: &Keyspace) {
-    carry_out(ks.models().cloned().map(Effect::LoadModel).collect(), None);
+    let models = ks.models().cloned().map(Effect::LoadModel);
+    carry_out(models.chain(ks.scripts().cloned().map(Effect::CompileScript)).collect(), None);
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {

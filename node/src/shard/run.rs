@@ -8,20 +8,12 @@ use tessera_common::model::{BackendKind, ModelRun};
 use tessera_common::reply::Reply;
 use tessera_common::tensor::Tensor;
 
-use super::{Outcome, Shard, Submitted};
+use super::{Executed, Outcome, Shard, Submitted};
 use crate::data::keyspace::Value;
 use crate::engine::registry::registry;
 use crate::engine::{engine, RunResult};
 use crate::error::Error as NodeError;
 use crate::util::now_ms;
-
-/// What a model run came to.
-enum Executed {
-    /// Its outputs were proposed: the write's outcome.
-    Written(Outcome),
-    /// Answered without a logged write (an error, or no tensor outputs).
-    Unwritten(Outcome),
-}
 
 impl Shard {
     /// AI.MODELEXECUTE / AI.MODELRUN: reads the model and its inputs

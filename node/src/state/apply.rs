@@ -13,13 +13,13 @@ use tessera_common::command::node::{ExpireCond, Expiry, SetCond};
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
 use tessera_common::glob;
-use tessera_common::model::BackendKind;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SLOTS;
 
-use super::LogOp;
+use super::{replies, script, LogOp};
 use crate::data::keyspace::{Entry, Keyspace, Value};
 use crate::engine::model::StoredModel;
+use crate::engine::script::StoredScript;
 use crate::error::Error as NodeError;
 
 /// What an applied write asks of the node beyond the keyspace: carried out
@@ -29,6 +29,9 @@ pub enum Effect {
     /// A model entered the keyspace: make it ready to run
     /// ([`StoredModel::start_loading`]).
     LoadModel(Arc<StoredModel>),
+    /// A script entered the keyspace: compile it
+    /// ([`StoredScript::start_compiling`]).
+    CompileScript(Arc<StoredScript>),
 }
 
 fn wrongtype() -> Reply {
@@ -47,11 +50,11 @@ fn deadline(e: Expiry, ts: i64) -> i64 {
 pub fn precheck(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Option<NodeError> {
     match cmd {
         NodeCommand::TensorSet { key, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Str(_) | Value::Model(_)) => Some(Error::WrongType.into()),
+            Some(Value::Str(_) | Value::Model(_) | Value::Script(_)) => Some(Error::WrongType.into()),
             _ => None,
         },
         NodeCommand::IncrBy { key, delta } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Tensor(_) | Value::Model(_)) => Some(Error::WrongType.into()),
+            Some(Value::Tensor(_) | Value::Model(_) | Value::Script(_)) => Some(Error::WrongType.into()),
             Some(Value::Str(s)) => match parse_int(s) {
                 None => Some(Error::NotInteger.into()),
                 Some(v) if v.checked_add(*delta).is_none() => Some(Error::Overflow.into()),
@@ -60,21 +63,32 @@ pub fn precheck(ks: &Keyspace, cmd: &NodeCommand, now: i64) -> Option<NodeError>
             None => None,
         },
         NodeCommand::Set { key, get: true, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Tensor(_) | Value::Model(_)) => Some(Error::WrongType.into()),
+            Some(Value::Tensor(_) | Value::Model(_) | Value::Script(_)) => Some(Error::WrongType.into()),
             _ => None,
         },
         NodeCommand::ModelStore { key, .. } => match ks.get(key, now).map(|e| &e.value) {
-            Some(Value::Str(_) | Value::Tensor(_)) => Some(Error::WrongType.into()),
+            Some(Value::Str(_) | Value::Tensor(_) | Value::Script(_)) => Some(Error::WrongType.into()),
             _ => None,
         },
         NodeCommand::ModelDel { key } => match ks.get(key, now).map(|e| &e.value) {
             None => Some(NodeError::EmptyModel),
-            Some(Value::Str(_) | Value::Tensor(_)) => Some(Error::WrongType.into()),
+            Some(Value::Str(_) | Value::Tensor(_) | Value::Script(_)) => Some(Error::WrongType.into()),
             Some(Value::Model(_)) => None,
+        },
+        NodeCommand::ScriptStore { key, .. } => match ks.get(key, now).map(|e| &e.value) {
+            Some(Value::Str(_) | Value::Tensor(_) | Value::Model(_)) => Some(Error::WrongType.into()),
+            _ => None,
+        },
+        NodeCommand::ScriptDel { key } => match ks.get(key, now).map(|e| &e.value) {
+            None => Some(NodeError::EmptyScript),
+            Some(Value::Script(_)) => None,
+            Some(_) => Some(Error::WrongType.into()),
         },
         NodeCommand::TensorMSet { pairs } => pairs
             .iter()
-            .any(|(k, _)| matches!(ks.get(k, now).map(|e| &e.value), Some(Value::Str(_) | Value::Model(_))))
+            .any(|(k, _)| {
+                matches!(ks.get(k, now).map(|e| &e.value), Some(Value::Str(_) | Value::Model(_) | Value::Script(_)))
+            })
             .then(|| Error::WrongType.into()),
         _ => None,
     }
@@ -100,7 +114,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) 
             let old = ks.get(key, ts);
             let old_value = match old.map(|e| &e.value) {
                 Some(Value::Str(s)) => Reply::Bulk(s.clone()),
-                Some(Value::Tensor(_) | Value::Model(_)) if *get => return wrongtype(),
+                Some(Value::Tensor(_) | Value::Model(_) | Value::Script(_)) if *get => return wrongtype(),
                 _ => Reply::Null,
             };
             let exists = old.is_some();
@@ -162,7 +176,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) 
         NodeCommand::IncrBy { key, delta } => {
             let (cur, expire_at) = match ks.get(key, ts) {
                 None => (0, None),
-                Some(Entry { value: Value::Tensor(_) | Value::Model(_), .. }) => return wrongtype(),
+                Some(Entry { value: Value::Tensor(_) | Value::Model(_) | Value::Script(_), .. }) => return wrongtype(),
                 Some(Entry { value: Value::Str(s), expire_at }) => match parse_int(s) {
                     Some(v) => (v, *expire_at),
                     None => return Error::NotInteger.to_reply(),
@@ -176,14 +190,16 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) 
             Reply::Int(new)
         }
         NodeCommand::TensorSet { key, tensor } => {
-            if let Some(Entry { value: Value::Str(_) | Value::Model(_), .. }) = ks.get(key, ts) {
+            if let Some(Entry { value: Value::Str(_) | Value::Model(_) | Value::Script(_), .. }) = ks.get(key, ts) {
                 return wrongtype();
             }
             ks.insert(key.clone(), Entry { value: Value::Tensor(tensor.clone()), expire_at: None });
             Reply::ok()
         }
         NodeCommand::TensorMSet { pairs } => {
-            let clash = |k: &Bytes| matches!(ks.get(k, ts).map(|e| &e.value), Some(Value::Str(_) | Value::Model(_)));
+            let clash = |k: &Bytes| {
+                matches!(ks.get(k, ts).map(|e| &e.value), Some(Value::Str(_) | Value::Model(_) | Value::Script(_)))
+            };
             if pairs.iter().any(|(k, _)| clash(k)) {
                 return wrongtype();
             }
@@ -193,7 +209,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) 
             Reply::ok()
         }
         NodeCommand::ModelStore { key, model } => {
-            if let Some(Entry { value: Value::Str(_) | Value::Tensor(_), .. }) = ks.get(key, ts) {
+            if let Some(Entry { value: Value::Str(_) | Value::Tensor(_) | Value::Script(_), .. }) = ks.get(key, ts) {
                 return wrongtype();
             }
             let stored = StoredModel::new(model.clone());
@@ -213,6 +229,9 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) 
             ks.flush(scope);
             Reply::ok()
         }
+        NodeCommand::ScriptStore { .. } | NodeCommand::ScriptDel { .. } | NodeCommand::Effects { .. } => {
+            script::apply(ks, ts, cmd, effects)
+        }
         // (A read is never logged; one that were would answer as read.)
         read_only => read(ks, read_only, ts, crate::engine::registry::DEFAULT_CHUNK as usize),
     }
@@ -225,7 +244,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
         NodeCommand::Get { key } => match ks.get(key, now).map(|e| &e.value) {
             None => Reply::Null,
             Some(Value::Str(s)) => Reply::Bulk(s.clone()),
-            Some(Value::Tensor(_) | Value::Model(_)) => wrongtype(),
+            Some(Value::Tensor(_) | Value::Model(_) | Value::Script(_)) => wrongtype(),
         },
         NodeCommand::MGet { keys } => Reply::Array(
             keys.iter()
@@ -247,12 +266,12 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
         },
         NodeCommand::TensorGet { key, format } => match ks.get(key, now).map(|e| &e.value) {
             None => NodeError::EmptyTensor.to_reply(),
-            Some(Value::Str(_) | Value::Model(_)) => wrongtype(),
+            Some(Value::Str(_) | Value::Model(_) | Value::Script(_)) => wrongtype(),
             Some(Value::Tensor(t)) => t.reply(*format).unwrap_or_else(|e| e.to_reply()),
         },
         NodeCommand::ModelGet { key, meta, blob } => match ks.get(key, now).map(|e| &e.value) {
             None => NodeError::EmptyModel.to_reply(),
-            Some(Value::Model(m)) => model_reply(m, *meta, *blob, model_chunk),
+            Some(Value::Model(m)) => replies::model(m, *meta, *blob, model_chunk),
             Some(_) => wrongtype(),
         },
         NodeCommand::ModelInfo { key, reset } => match ks.get(key, now).map(|e| &e.value) {
@@ -260,8 +279,18 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
                 m.stats.reset();
                 Reply::ok()
             }
-            Some(Value::Model(m)) => info_reply(key, m),
+            Some(Value::Model(m)) => replies::model_info(key, m),
+            Some(Value::Script(s)) if *reset => {
+                s.stats.reset();
+                Reply::ok()
+            }
+            Some(Value::Script(s)) => replies::script_info(key, s),
             _ => NodeError::NoRunInfo.to_reply(),
+        },
+        NodeCommand::ScriptGet { key, meta, source } => match ks.get(key, now).map(|e| &e.value) {
+            None => NodeError::EmptyScript.to_reply(),
+            Some(Value::Script(s)) => replies::script(s, *meta, *source),
+            Some(_) => wrongtype(),
         },
         NodeCommand::Keys { pattern, scope } => {
             let all = pattern.as_ref() == b"*";
@@ -323,87 +352,6 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
             NodeError::NotARead(write.name()).to_reply()
         }
     }
-}
-
-/// The MODELGET reply: the blob alone, or the labelled array (META and
-/// BLOB, 18 entries; META only, 16). A blob of MODEL_CHUNK_SIZE or more is
-/// an array of chunks (RedisAI's rule, empty last chunk included).
-fn model_reply(m: &StoredModel, meta: bool, blob: bool, chunk: usize) -> Reply {
-    let def = &m.def;
-    let chunk = chunk.max(1);
-    let blob_reply = || {
-        let b = m.blob();
-        // As a blob: sent as its parts (a model laid out for its runtime),
-        // and decoded by the router as a slice of what it received.
-        let bulk = Reply::Blob;
-        if b.len() < chunk {
-            bulk(b)
-        } else {
-            let n = b.len() / chunk + 1;
-            Reply::Array(
-                (0..n).map(|i| bulk(b.slice((i * chunk).min(b.len())..((i + 1) * chunk).min(b.len())))).collect(),
-            )
-        }
-    };
-    if blob && !meta {
-        return blob_reply();
-    }
-    let names = |v: &[String]| Reply::Array(v.iter().map(|n| Reply::Bulk(Bytes::from(n.clone()))).collect());
-    // TF binds the names given at MODELSTORE; the other runtimes report
-    // their own (empty while the model is still loading on this node).
-    let (inputs, outputs) = match m.try_loaded() {
-        _ if def.backend == BackendKind::Tf => (def.inputs.clone(), def.outputs.clone()),
-        Some(l) => (l.inputs().to_vec(), l.outputs().to_vec()),
-        None => (Vec::new(), Vec::new()),
-    };
-    let mut out = vec![
-        Reply::bulk_str("backend"),
-        Reply::bulk_str(def.backend.name()),
-        Reply::bulk_str("device"),
-        Reply::Bulk(Bytes::from(def.device_name.clone())),
-        Reply::bulk_str("tag"),
-        Reply::Bulk(def.tag.clone()),
-        Reply::bulk_str("batchsize"),
-        Reply::Int(def.batchsize as i64),
-        Reply::bulk_str("minbatchsize"),
-        Reply::Int(def.minbatchsize as i64),
-        Reply::bulk_str("inputs"),
-        names(&inputs),
-        Reply::bulk_str("outputs"),
-        names(&outputs),
-        Reply::bulk_str("minbatchtimeout"),
-        Reply::Int(def.minbatchtimeout as i64),
-    ];
-    if !meta || blob {
-        out.extend([Reply::bulk_str("blob"), blob_reply()]);
-    }
-    Reply::Array(out)
-}
-
-/// The AI.INFO reply (18 entries, with `tag`).
-fn info_reply(key: &Bytes, m: &StoredModel) -> Reply {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &m.stats;
-    Reply::Array(vec![
-        Reply::bulk_str("key"),
-        Reply::Bulk(key.clone()),
-        Reply::bulk_str("type"),
-        Reply::bulk_str("MODEL"),
-        Reply::bulk_str("backend"),
-        Reply::bulk_str(m.def.backend.name()),
-        Reply::bulk_str("device"),
-        Reply::Bulk(Bytes::from(m.def.device_name.clone())),
-        Reply::bulk_str("tag"),
-        Reply::Bulk(m.def.tag.clone()),
-        Reply::bulk_str("duration"),
-        Reply::Int(s.duration_us.load(Relaxed) as i64),
-        Reply::bulk_str("samples"),
-        Reply::Int(s.samples.load(Relaxed) as i64),
-        Reply::bulk_str("calls"),
-        Reply::Int(s.calls.load(Relaxed) as i64),
-        Reply::bulk_str("errors"),
-        Reply::Int(s.errors.load(Relaxed) as i64),
-    ])
 }
 
 /// Applies `op`, logged in `term`; a fenced command only in its own term.

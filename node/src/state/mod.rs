@@ -6,6 +6,8 @@
 pub mod apply;
 pub mod chunks;
 pub mod meta;
+pub mod replies;
+pub mod script;
 pub mod snapshot;
 
 use std::fmt;

@@ -123,7 +123,8 @@ pub(super) async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCom
                 Kind::Exec => async move {
                     let o = match &cmd {
                         NodeCommand::ModelExecute(run) => s.execute(run).await,
-                        _ => Outcome::Error(NodeError::Internal("internal: not a model run")),
+                        NodeCommand::ScriptExecute(run) => s.run_script(run).await,
+                        _ => Outcome::Error(NodeError::Internal("internal: not a model or script run")),
                     };
                     record(name, &o, start);
                     (slot, id, o)

@@ -1,0 +1,130 @@
+//! Script runs on a replica: read the script and its inputs, run the
+//! function on the script's device queue with a [`Host`] for its calls back
+//! into the store, then write what it changed and its outputs through the
+//! log, as one entry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_common::command::node::Written;
+use tessera_common::command::NodeCommand;
+use tessera_common::error::Error;
+use tessera_common::model::ScriptRun;
+use tessera_common::reply::Reply;
+use tessera_common::tensor::Tensor;
+
+use super::host::Host;
+use super::{Executed, Outcome, Shard, Submitted};
+use crate::data::keyspace::Value;
+use crate::engine::engine;
+use crate::engine::registry::registry;
+use crate::error::Error as NodeError;
+use crate::util::now_ms;
+
+impl Shard {
+    /// AI.SCRIPTEXECUTE / AI.SCRIPTRUN, read and fenced as a model run is
+    /// (see [`Shard::execute`]).
+    pub async fn run_script(&self, run: &ScriptRun) -> Outcome {
+        let fence = self.group.leading_applied_term();
+        if fence.is_none() {
+            if let Err(o) = self.confirm_read().await {
+                return o;
+            }
+        }
+        match self.run_script_in(run, fence).await {
+            Executed::Written(o) => o,
+            Executed::Unwritten(o) if fence.is_none() => o,
+            Executed::Unwritten(o) => match self.confirm_read().await {
+                Ok(()) => o,
+                Err(not_here) => not_here,
+            },
+        }
+    }
+
+    async fn run_script_in(&self, run: &ScriptRun, fence: Option<u64>) -> Executed {
+        let error = |e: NodeError| Executed::Unwritten(Outcome::Error(e));
+        let now = now_ms();
+        let (script, inputs) = {
+            let d = self.data.lock();
+            let script = match d.ks.get(&run.key, now).map(|e| &e.value) {
+                None => return error(NodeError::EmptyScript),
+                Some(Value::Script(s)) => s.clone(),
+                Some(_) => return error(Error::WrongType.into()),
+            };
+            if let Some(e) = &run.fails {
+                return error(e.clone().into());
+            }
+            let mut inputs = Vec::with_capacity(run.inputs.len());
+            for k in &run.inputs {
+                match d.ks.get(k, now).map(|e| &e.value) {
+                    Some(Value::Tensor(t)) => inputs.push(t.clone()),
+                    None => return error(NodeError::EmptyTensor),
+                    Some(_) => return error(Error::WrongType.into()),
+                }
+            }
+            (script, inputs)
+        };
+        let slot = tessera_common::slot::key_slot(&run.key);
+        let host = Host::new(self.data.clone(), slot, now);
+        let call = run.clone();
+        let threads = registry().settings().threads_per_queue;
+        let timeout = run.timeout_ms.map(Duration::from_millis);
+        let queue = script.def.device.queue_name();
+        let ran = engine().run_on(&queue, timeout, threads, move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let start = Instant::now();
+            let result = script.compiled().and_then(|compiled| {
+                let c = tessera_backend::script::ScriptCall {
+                    function: &call.function,
+                    inputs: &inputs,
+                    keys: &call.keys,
+                    args: &call.args,
+                    outputs: call.outputs.len(),
+                };
+                compiled.run(&c, &host).map_err(|e| NodeError::Model(e.0))
+            });
+            // (Never 0 µs: RedisAI's clients see the duration grow with each call.)
+            script.stats.duration_us.fetch_add((start.elapsed().as_micros() as u64).max(1), Relaxed);
+            script.stats.calls.fetch_add(1, Relaxed);
+            if result.is_err() {
+                script.stats.errors.fetch_add(1, Relaxed);
+            }
+            result.map(|outputs| (outputs, host))
+        });
+        let (outputs, host) = match ran.await {
+            Ok(Some(Ok(done))) => done,
+            Ok(Some(Err(e))) => return error(e),
+            Ok(None) => return Executed::Unwritten(Outcome::Reply(Reply::Simple("TIMEDOUT".into()))),
+            Err(_) => return error(NodeError::RunDropped),
+        };
+        let writes = match host.effects(run.outputs.iter().cloned().zip(outputs)) {
+            Ok(w) => w,
+            Err(e) => return error(e),
+        };
+        if writes.is_empty() {
+            return Executed::Unwritten(Outcome::Reply(Reply::ok()));
+        }
+        match self.submit_in(NodeCommand::Effects { writes }, fence).await {
+            // Refused before it was logged (by this replica's state).
+            Submitted::Done(o @ (Outcome::Reply(_) | Outcome::Error(_))) => Executed::Unwritten(o),
+            s => Executed::Written(self.finish(s).await),
+        }
+    }
+}
+
+/// The writes of a run: what `host` changed, then the outputs.
+pub(super) fn writes(
+    changed: Vec<(Bytes, Written)>,
+    outputs: impl Iterator<Item = (Bytes, Tensor)>,
+) -> Vec<(Bytes, Written)> {
+    let mut writes = changed;
+    for (key, tensor) in outputs {
+        writes.retain(|(k, _)| *k != key);
+        writes.push((key, Written::Tensor { tensor, expire_at: None }));
+    }
+    writes
+}
+
+/// Shared with the host: nothing here needs the shard.
+pub(super) type Data = Arc<parking_lot::Mutex<crate::raft::sm::ShardData>>;
