@@ -108,6 +108,16 @@ pub async fn fanout(map: &ShardMap, f: Fanout, scope: SlotScope) -> Reply {
             }
             Reply::Array(keys)
         }
+        Fanout::AiScan { scripts } => {
+            let mut found = Vec::new();
+            for r in each_shard(map, &scope, |scope| NodeCommand::AiScan { scripts, scope }).await {
+                match r {
+                    Reply::Array(mut k) => found.append(&mut k),
+                    err => return err,
+                }
+            }
+            Reply::Array(found)
+        }
         Fanout::DbSize => match dbsize(map, &scope).await {
             Ok(n) => Reply::Int(n),
             Err(e) => e,

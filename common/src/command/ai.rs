@@ -96,6 +96,13 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             let slot = keys_slot(run.all_keys())?.unwrap_or(0);
             Ok(Command::Keyed { slot, cmd: NodeCommand::ScriptExecute(run) })
         }
+        "ai._scriptscan" | "ai._modelscan" => {
+            if argv.len() != 1 {
+                let name = if spec.name == "ai._scriptscan" { "AI._SCRIPTSCAN" } else { "AI._MODELSCAN" };
+                return Err(Error::Verbatim(format!("ERR wrong number of arguments for '{name}' command")));
+            }
+            Ok(Command::Fanout(super::Fanout::AiScan { scripts: spec.name == "ai._scriptscan" }))
+        }
         "ai.info" => {
             if !(2..=3).contains(&argv.len()) {
                 return Err(Error::Arity(arity_name(&argv[0])));

@@ -55,6 +55,8 @@ pub enum Fanout {
     DbSize,
     RandomKey,
     Flush,
+    /// AI._SCRIPTSCAN (`scripts`) or AI._MODELSCAN.
+    AiScan { scripts: bool },
 }
 
 /// The name used in arity errors: Redis 7 reports its own commands by their

@@ -168,6 +168,12 @@ pub enum NodeCommand {
     Effects {
         writes: Vec<(Bytes, Written)>,
     },
+    /// AI._SCRIPTSCAN / AI._MODELSCAN on one shard: `[key, tag]` of each
+    /// script (`scripts`) or model in `scope`.
+    AiScan {
+        scripts: bool,
+        scope: SlotScope,
+    },
 }
 
 /// A key's value after a script run (see [`NodeCommand::Effects`]).
@@ -237,6 +243,7 @@ impl NodeCommand {
                 | NodeCommand::Flush { .. }
                 | NodeCommand::CountKeysInSlot { .. }
                 | NodeCommand::GetKeysInSlot { .. }
+                | NodeCommand::AiScan { .. }
         )
     }
 
@@ -273,7 +280,8 @@ impl NodeCommand {
             | C::RandomKey { .. }
             | C::Flush { .. }
             | C::CountKeysInSlot { .. }
-            | C::GetKeysInSlot { .. } => Box::new(std::iter::empty()),
+            | C::GetKeysInSlot { .. }
+            | C::AiScan { .. } => Box::new(std::iter::empty()),
         }
     }
 
@@ -312,6 +320,8 @@ impl NodeCommand {
             NodeCommand::ScriptDel { .. } => "ai.scriptdel",
             NodeCommand::ScriptExecute(_) => "ai.scriptexecute",
             NodeCommand::Effects { .. } => "ai.scriptexecute",
+            NodeCommand::AiScan { scripts: true, .. } => "ai._scriptscan",
+            NodeCommand::AiScan { scripts: false, .. } => "ai._modelscan",
         }
     }
 

@@ -19,7 +19,6 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::key_slot;
 use tessera_common::tensor::Tensor;
 
-use super::script::{writes, Data};
 use crate::data::keyspace::{Keyspace, Value};
 use crate::engine::registry::registry;
 use crate::error::Error as NodeError;
@@ -201,3 +200,19 @@ impl ScriptHost for Host {
         outs.into_iter().take(outputs).map(|t| t.ok_or_else(|| "ERR model output is not a tensor".to_owned())).collect()
     }
 }
+
+/// The writes of a run: what `host` changed, then the outputs.
+fn writes(
+    changed: Vec<(Bytes, Written)>,
+    outputs: impl Iterator<Item = (Bytes, Tensor)>,
+) -> Vec<(Bytes, Written)> {
+    let mut writes = changed;
+    for (key, tensor) in outputs {
+        writes.retain(|(k, _)| *k != key);
+        writes.push((key, Written::Tensor { tensor, expire_at: None }));
+    }
+    writes
+}
+
+/// The shard's state, as the host reads it.
+type Data = std::sync::Arc<Mutex<crate::raft::sm::ShardData>>;

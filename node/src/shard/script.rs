@@ -3,16 +3,12 @@
 //! into the store, then write what it changed and its outputs through the
 //! log, as one entry.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tessera_common::command::node::Written;
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
 use tessera_common::model::ScriptRun;
 use tessera_common::reply::Reply;
-use tessera_common::tensor::Tensor;
 
 use super::host::Host;
 use super::{Executed, Outcome, Shard, Submitted};
@@ -112,19 +108,3 @@ impl Shard {
         }
     }
 }
-
-/// The writes of a run: what `host` changed, then the outputs.
-pub(super) fn writes(
-    changed: Vec<(Bytes, Written)>,
-    outputs: impl Iterator<Item = (Bytes, Tensor)>,
-) -> Vec<(Bytes, Written)> {
-    let mut writes = changed;
-    for (key, tensor) in outputs {
-        writes.retain(|(k, _)| *k != key);
-        writes.push((key, Written::Tensor { tensor, expire_at: None }));
-    }
-    writes
-}
-
-/// Shared with the host: nothing here needs the shard.
-pub(super) type Data = Arc<parking_lot::Mutex<crate::raft::sm::ShardData>>;

@@ -5,8 +5,6 @@
 //! ([`Effect`]) rather than doing it; [`read`] serves reads at the node's clock;
 //! [`precheck`] rejects, before anything is logged, writes that would only fail.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use rand::Rng;
 use tessera_common::command::node::{ExpireCond, Expiry, SetCond};
@@ -16,23 +14,10 @@ use tessera_common::glob;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SLOTS;
 
-use super::{replies, script, LogOp};
+use super::{replies, script, Effect, LogOp};
 use crate::data::keyspace::{Entry, Keyspace, Value};
 use crate::engine::model::StoredModel;
-use crate::engine::script::StoredScript;
 use crate::error::Error as NodeError;
-
-/// What an applied write asks of the node beyond the keyspace: carried out
-/// by the state machine once the entry has applied.
-#[derive(Debug)]
-pub enum Effect {
-    /// A model entered the keyspace: make it ready to run
-    /// ([`StoredModel::start_loading`]).
-    LoadModel(Arc<StoredModel>),
-    /// A script entered the keyspace: compile it
-    /// ([`StoredScript::start_compiling`]).
-    CompileScript(Arc<StoredScript>),
-}
 
 fn wrongtype() -> Reply {
     Error::WrongType.to_reply()
@@ -292,6 +277,20 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
             Some(Value::Script(s)) => replies::script(s, *meta, *source),
             Some(_) => wrongtype(),
         },
+        NodeCommand::AiScan { scripts, scope } => {
+            let mut out = Vec::new();
+            for slot in ks.occupied_slots(scope) {
+                for (k, e) in ks.slot_keys(slot, now) {
+                    let tag = match &e.value {
+                        Value::Script(s) if *scripts => &s.def.tag,
+                        Value::Model(m) if !*scripts => &m.def.tag,
+                        _ => continue,
+                    };
+                    out.push(Reply::Array(vec![Reply::Bulk(k.clone()), Reply::Bulk(tag.clone())]));
+                }
+            }
+            Reply::Array(out)
+        }
         NodeCommand::Keys { pattern, scope } => {
             let all = pattern.as_ref() == b"*";
             let mut out = Vec::new();

@@ -10,6 +10,18 @@ pub mod replies;
 pub mod script;
 pub mod snapshot;
 
+/// What an applied write asks of the node beyond the keyspace: carried out
+/// by the state machine once the entry has applied.
+#[derive(Debug)]
+pub enum Effect {
+    /// A model entered the keyspace: make it ready to run
+    /// ([`crate::engine::model::StoredModel::start_loading`]).
+    LoadModel(std::sync::Arc<crate::engine::model::StoredModel>),
+    /// A script entered the keyspace: compile it
+    /// ([`crate::engine::script::StoredScript::start_compiling`]).
+    CompileScript(std::sync::Arc<crate::engine::script::StoredScript>),
+}
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

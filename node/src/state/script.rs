@@ -7,7 +7,7 @@ use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
 use tessera_common::reply::Reply;
 
-use super::apply::Effect;
+use super::Effect;
 use crate::data::keyspace::{Entry, Keyspace, Value};
 use crate::engine::script::StoredScript;
 use crate::error::Error as NodeError;
