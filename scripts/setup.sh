@@ -30,7 +30,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO pkill -x redis-server >/dev/null 2>&1 || true
 fi
 
-REQS="redis==8.1.0 redisai==1.3.0 pytest==9.2.0 numpy"
+REQS="redis==8.1.0 redisai==1.3.0 smartredis==0.6.1 pytest==9.2.0 numpy==1.26.4"
 STAMP="$VENV/.tessera-reqs"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
   echo "setup: creating Python venv at $VENV"
@@ -38,9 +38,18 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; 
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   # redisai-py pins an old redis-py range; install it without deps and give it
   # the current redis-py (its API use is covered by the tests).
-  "$VENV/bin/pip" install -q redis==8.1.0 pytest==9.2.0 numpy hiredis
+  # numpy stays below 2: SmartRedis 0.6.1 requires numpy<2 (its extension is
+  # built with a pybind11 that predates numpy 2's ABI).
+  "$VENV/bin/pip" install -q redis==8.1.0 pytest==9.2.0 numpy==1.26.4 hiredis
   "$VENV/bin/pip" install -q --no-deps redisai==1.3.0
   "$VENV/bin/pip" install -q Deprecated six
+  # SmartRedis (CrayLabs' RedisAI client): binary wheels for CPython 3.9-3.11
+  # only, its one dependency is numpy (above). On another Python its tests skip.
+  if "$VENV/bin/python" -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))'; then
+    "$VENV/bin/pip" install -q --no-deps --only-binary=:all: smartredis==0.6.1
+  else
+    echo "setup: no SmartRedis wheel for this Python; its tests will skip" >&2
+  fi
   echo "$REQS" > "$STAMP"
 fi
 # Model runtimes (native libraries from PyPI wheels, cached outside the clone).

@@ -155,7 +155,7 @@ fn entry_points_and_legacy_functions_run() {
     let out = run(&s, "bar_variadic", &[a.clone(), c.clone(), a.clone()], &[], &[], 1).unwrap();
     assert_eq!(elements::<f32>(&out[0]), vec![3.0, 4.0]);
     // Tuples flatten; ARGS are strings the script converts; KEYS are a list.
-    let out = run(&s, "pair", &[a.clone()], &["k1", "k2"], &["3"], 2).unwrap();
+    let out = run(&s, "pair", std::slice::from_ref(&a), &["k1", "k2"], &["3"], 2).unwrap();
     assert_eq!(elements::<f32>(&out[0]), vec![6.0, 9.0]);
     assert_eq!(elements::<f32>(&out[1]), vec![4.0, 5.0]);
     // OUTPUTS 0: whatever the function returns is ignored.
@@ -172,11 +172,11 @@ fn entry_points_and_legacy_functions_run() {
     let out = run(&s, "legacy_list", &[a.clone(), c.clone(), a.clone()], &[], &[], 1).unwrap();
     assert_eq!(elements::<f32>(&out[0]), vec![3.0, 4.0]);
     assert_eq!(
-        run(&s, "legacy", &[a.clone()], &[], &[], 1).unwrap_err(),
+        run(&s, "legacy", std::slice::from_ref(&a), &[], &[], 1).unwrap_err(),
         "Wrong number of inputs provided to function: legacy"
     );
     // A run-time error is the interpreter's, on one line.
-    let e = run(&s, "bar", &[a.clone()], &[], &[], 1).unwrap_err();
+    let e = run(&s, "bar", std::slice::from_ref(&a), &[], &[], 1).unwrap_err();
     assert!(e.contains("out of range") && !e.contains('\n'), "{e}");
 }
 

@@ -50,13 +50,22 @@ pub enum Command {
 /// Keyspace-wide commands, before the router scopes them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fanout {
-    Keys { pattern: Bytes },
-    Scan { cursor: u64, pattern: Option<Bytes>, count: usize, kind: Option<Bytes> },
+    Keys {
+        pattern: Bytes,
+    },
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        kind: Option<Bytes>,
+    },
     DbSize,
     RandomKey,
     Flush,
     /// AI._SCRIPTSCAN (`scripts`) or AI._MODELSCAN.
-    AiScan { scripts: bool },
+    AiScan {
+        scripts: bool,
+    },
 }
 
 /// The name used in arity errors: Redis 7 reports its own commands by their

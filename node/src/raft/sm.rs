@@ -19,9 +19,9 @@ use super::types::C;
 use crate::data::keyspace::Keyspace;
 use crate::error::Error as NodeError;
 use crate::state::apply as exec;
-use crate::state::Effect;
 pub use crate::state::chunks::{join, Chunks, LocalWrites};
 use crate::state::meta::ClusterMap;
+use crate::state::Effect;
 use crate::state::{snapshot, LogOp};
 use crate::util::encode;
 

@@ -202,10 +202,7 @@ impl ScriptHost for Host {
 }
 
 /// The writes of a run: what `host` changed, then the outputs.
-fn writes(
-    changed: Vec<(Bytes, Written)>,
-    outputs: impl Iterator<Item = (Bytes, Tensor)>,
-) -> Vec<(Bytes, Written)> {
+fn writes(changed: Vec<(Bytes, Written)>, outputs: impl Iterator<Item = (Bytes, Tensor)>) -> Vec<(Bytes, Written)> {
     let mut writes = changed;
     for (key, tensor) in outputs {
         writes.retain(|(k, _)| *k != key);
