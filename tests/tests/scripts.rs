@@ -43,6 +43,13 @@ def wrongtype(tensors: List[Tensor], keys: List[str], args: List[str]):
     redis.execute('INCR', keys[0])
     return tensors[0]
 
+def hash(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute('HSET', keys[0], 'f', '1')
+    return tensors[0]
+
+def torch_model(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return redisAI.model_execute(keys[0], [tensors[0], tensors[0]], 1)[0]
+
 def spin(tensors: List[Tensor], keys: List[str], args: List[str]):
     s = 0
     for i in range(int(args[0])):
@@ -83,8 +90,20 @@ fn store(con: &mut Connection, key: &str, entry: &[&str], source: &str) -> redis
     cmd.arg("SOURCE").arg(source).query(con)
 }
 
-const ALL: &[&str] =
-    &["bar", "scaled", "counter", "fails_after_a_write", "arity", "elsewhere", "refused", "wrongtype", "spin", "mnist"];
+const ALL: &[&str] = &[
+    "bar",
+    "scaled",
+    "counter",
+    "fails_after_a_write",
+    "arity",
+    "elsewhere",
+    "refused",
+    "wrongtype",
+    "hash",
+    "torch_model",
+    "spin",
+    "mnist",
+];
 
 #[test]
 fn store_get_execute_info_delete() {
@@ -180,7 +199,7 @@ fn store_get_execute_info_delete() {
 #[test]
 fn redis_execute_writes_are_replicated_with_the_outputs() {
     let _serial = serial();
-    let mut c = Cluster::start(3, 1).expect("cluster starts");
+    let c = Cluster::start(3, 1).expect("cluster starts");
     let mut con = connect(&c);
     ok(store(&mut con, "s{1}", ALL, SCRIPT));
     tensor(&mut con, "a{1}", &[1.0]);
@@ -215,26 +234,98 @@ fn redis_execute_writes_are_replicated_with_the_outputs() {
     ok(exec(&mut con, &["SET", "txt{1}", "abc"]));
     let e = err_text(run(&mut con, "wrongtype", &["txt{1}"], &[], &["out{1}"]));
     assert!(e.contains("Redis command returned an error: ERR value is not an integer or out of range"), "{e}");
+    // Tessera's keyspace holds strings and tensors: a hash command is unknown.
+    let e = err_text(run(&mut con, "hash", &["h{1}"], &[], &["out{1}"]));
+    assert!(e.contains("Redis command returned an error: No such file or directory"), "{e}");
+    assert_eq!(exec(&mut con, &["PING"]).unwrap(), Value::SimpleString("PONG".into()));
+}
 
-    // Every replica holds the effects: the values survive the loss of any node.
+#[test]
+fn scripts_run_on_a_new_leader_and_after_a_full_restart() {
+    let _serial = serial();
+    let mut c = Cluster::start(3, 1).expect("cluster starts");
+    let mut con = connect(&c);
+    // Scripts on every shard, so node 1's loss certainly takes a leader.
+    let tags = ["{a}", "{b}", "{c}", "{d}", "{e}"];
+    let counter = |con: &mut Connection, t: &str, from: &str| {
+        let (s, n, seen, a, out) =
+            (format!("s{t}"), format!("n{t}"), format!("seen{t}"), format!("a{t}"), format!("out{t}"));
+        exec(
+            con,
+            &[
+                "AI.SCRIPTEXECUTE",
+                &s,
+                "counter",
+                "KEYS",
+                "2",
+                &n,
+                &seen,
+                "INPUTS",
+                "1",
+                &a,
+                "ARGS",
+                "1",
+                from,
+                "OUTPUTS",
+                "1",
+                &out,
+            ],
+        )
+    };
+    for t in tags {
+        ok(store(&mut con, &format!("s{t}"), ALL, SCRIPT));
+        tensor(&mut con, &format!("a{t}"), &[1.0]);
+    }
+    // Stored, then its leader is lost: the new leader (which compiled the
+    // script when it applied it) runs it, and holds the effects of a run before.
+    ok(counter(&mut con, "{a}", "10"));
     c.kill_node(1);
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut con = connect(&c);
-        match exec(&mut con, &["GET", "n{1}"]) {
-            Ok(v) => {
-                assert_eq!(v, Value::BulkString(b"42".to_vec()));
-                assert_eq!(values(&mut con, "out{1}"), ["42"]);
-                // And the new leader runs the script stored before the failover.
-                ok(run(&mut con, "counter", &["n{1}", "seen{1}"], &["1"], &["out{1}"]));
-                assert_eq!(values(&mut con, "out{1}"), ["2"]);
-                break;
+    for t in tags {
+        loop {
+            let mut con = connect(&c);
+            let before = exec(&mut con, &["GET", &format!("n{t}")]);
+            match before.and_then(|v| counter(&mut con, t, "1").map(|_| v)) {
+                Ok(v) => {
+                    let want = if t == "{a}" { Value::BulkString(b"11".to_vec()) } else { Value::Nil };
+                    assert_eq!(v, want, "{t}");
+                    assert_eq!(values(&mut con, &format!("out{t}")), ["2"]);
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{t}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{t}: no leader ran the script: {e}"),
             }
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("{e}; retrying");
-                std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Every node stops and starts again: the scripts come back from the
+    // log and snapshots, compiled, with what they wrote.
+    c.restart_node(1).expect("node 1 restarts");
+    for id in 1..=3 {
+        c.stop_node(id);
+    }
+    for id in 1..=3 {
+        c.restart_node(id).expect("node restarts");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for t in tags {
+        loop {
+            let mut con = connect(&c);
+            match exec(&mut con, &["GET", &format!("n{t}")]) {
+                Ok(v) => {
+                    assert_eq!(v, Value::BulkString(b"2".to_vec()), "{t}");
+                    ok(counter(&mut con, t, "41"));
+                    assert_eq!(values(&mut con, &format!("out{t}")), ["42"]);
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{t}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Err(e) => panic!("{t}: not served after the restart: {e}"),
             }
-            Err(e) => panic!("no leader after the kill: {e}"),
         }
     }
 }
@@ -338,6 +429,64 @@ fn scripts_run_models_and_redisais_own_scripts() {
         ],
     ));
     assert!(e.contains("ERR model key is empty"), "{e}");
+
+    // A TORCH model from a script: pt-minimal adds its two inputs.
+    ok(redis::cmd("AI.MODELSTORE")
+        .arg("pt{1}")
+        .arg("TORCH")
+        .arg("CPU")
+        .arg("BLOB")
+        .arg(testdata("pt-minimal.pt"))
+        .query(&mut con));
+    tensor(&mut con, "two{1}", &[2.0, 3.0]);
+    ok(exec(
+        &mut con,
+        &[
+            "AI.SCRIPTEXECUTE",
+            "s{1}",
+            "torch_model",
+            "KEYS",
+            "1",
+            "pt{1}",
+            "INPUTS",
+            "1",
+            "two{1}",
+            "OUTPUTS",
+            "1",
+            "sum{1}",
+        ],
+    ));
+    assert_eq!(values(&mut con, "sum{1}"), ["4", "6"]);
+
+    // RedisAI's imagenet pre- and post-processing around a model (mnist:
+    // the image is one.png's pixels, 1x28x28 UINT8, which pre_process_3ch
+    // turns into the 1x1x28x28 floats in 0..1 the model takes).
+    let pixels: Vec<u8> = testdata("one.raw")
+        .chunks_exact(4)
+        .map(|c| (f32::from_le_bytes(c.try_into().unwrap()) * 255.0).round() as u8)
+        .collect();
+    ok(redis::cmd("AI.TENSORSET")
+        .arg("img{1}")
+        .arg("UINT8")
+        .arg(1)
+        .arg(28)
+        .arg(28)
+        .arg("BLOB")
+        .arg(pixels)
+        .query(&mut con));
+    let processing = String::from_utf8(testdata("imagenet/data_processing_script.txt")).unwrap();
+    ok(store(&mut con, "proc{1}", &["pre_process_3ch", "post_process", "ensemble"], &processing));
+    ok(exec(
+        &mut con,
+        &["AI.SCRIPTEXECUTE", "proc{1}", "pre_process_3ch", "INPUTS", "1", "img{1}", "OUTPUTS", "1", "x{1}"],
+    ));
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "m{1}", "INPUTS", "1", "x{1}", "OUTPUTS", "1", "scores{1}"]));
+    ok(exec(
+        &mut con,
+        &["AI.SCRIPTEXECUTE", "proc{1}", "post_process", "INPUTS", "1", "scores{1}", "OUTPUTS", "1", "cls{1}"],
+    ));
+    // (post_process subtracts 1 for a 1001-class model: digit 1 comes out as 0.)
+    assert_eq!(values(&mut con, "cls{1}"), ["0"]);
 
     // RedisAI's script.txt with its own test's calls.
     let source = String::from_utf8(testdata("script.txt")).unwrap();

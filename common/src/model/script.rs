@@ -34,9 +34,19 @@ fn device(name: &Bytes) -> Result<Device> {
     }
 }
 
-fn source(b: &Bytes) -> String {
+/// The largest script source stored (TorchScript functions are text: this
+/// is far beyond any real one, and keeps compiling bounded).
+pub const MAX_SOURCE: usize = 4 << 20;
+
+fn source(b: &Bytes) -> Result<String> {
     let text = b.split(|c| *c == 0).next().unwrap_or_default();
-    String::from_utf8_lossy(text).into_owned()
+    if text.len() > MAX_SOURCE {
+        return Err(Error::Verbatim(format!(
+            "ERR script source is too large: {} bytes, at most {MAX_SOURCE}",
+            text.len()
+        )));
+    }
+    Ok(String::from_utf8_lossy(text).into_owned())
 }
 
 const NO_ENTRY_POINTS: &str = "ERR Insufficient arguments, missing script entry points";
@@ -77,7 +87,7 @@ pub fn parse_scriptstore(argv: &[Bytes]) -> Result<ScriptDef> {
         device_name: argv[2].clone(),
         tag,
         entry_points,
-        source: source(&argv[at + 1]),
+        source: source(&argv[at + 1])?,
     })
 }
 
@@ -100,7 +110,7 @@ pub fn parse_scriptset(argv: &[Bytes]) -> Result<ScriptDef> {
         device_name: argv[2].clone(),
         tag,
         entry_points: Vec::new(),
-        source: source(&argv[i + 1]),
+        source: source(&argv[i + 1])?,
     })
 }
 
@@ -351,6 +361,10 @@ mod tests {
         );
         assert_eq!(p("AI.SCRIPTSET s CPU NOPE src").unwrap_err(), NO_SOURCE);
         assert_eq!(p("AI.SCRIPTSET s CPU SOURCE src x y").unwrap().source, "src");
+        let huge = Bytes::from(vec![b'#'; MAX_SOURCE + 1]);
+        let argv = [Bytes::from("AI.SCRIPTSET"), Bytes::from("s"), Bytes::from("CPU"), Bytes::from("SOURCE"), huge];
+        let e = parse_scriptset(&argv).unwrap_err().to_string();
+        assert_eq!(e, format!("ERR script source is too large: {} bytes, at most {MAX_SOURCE}", MAX_SOURCE + 1));
     }
 
     #[test]
