@@ -6,7 +6,9 @@ AI.TENSORSET/AI.TENSORGET of a 256-float tensor (1 KiB BLOB). redis-server has
 no RedisAI, so tensor commands are compared with SET/GET of the same 1 KiB
 payload on redis-server. Then durable writes: SET 1 KiB with 1 and 50 clients
 against redis-server with `appendfsync always`. Prints requests/s and ratios.
-Tessera's writes are always replicated to 3 fsync'd Raft logs. Last, models:
+Tessera's writes are always replicated to 3 fsync'd Raft logs. Then scripts:
+`tessera-script-bench` (AI.SCRIPTEXECUTE of a tiny TorchScript function through
+the router vs the same function called in-process). Last, models:
 `tessera-model-bench` (TENSORSET -> MODELEXECUTE -> TENSORGET through the
 router vs ONNX Runtime in-process; latency at 1 client, throughput at 64
 with and without BATCHSIZE)."""
@@ -101,6 +103,16 @@ def main():
         finally:
             aof.terminate()
             aof.wait()
+
+        # Scripts: a tiny TorchScript function through the router against
+        # the same compiled function called in-process, in this run.
+        print(flush=True)
+        sb = [os.path.join(a.bin_dir, "tessera-script-bench"), "--router", f"127.0.0.1:{tport}"]
+        sb += ["--requests", "300", "--clients", "16", "--seconds", "3"] if a.quick else \
+              ["--requests", "3000", "--clients", "16", "--seconds", "10"]
+        rc = subprocess.run(sb, timeout=900).returncode
+        if rc != 0:
+            print(f"script benchmark exited with {rc} (see its error above)", flush=True)
 
         # Models: RedisAI-style runs through the router against ONNX Runtime
         # in-process (same library, same thread settings), in this run.

@@ -5,15 +5,15 @@
 //!
 //! * [`config`], [`util`] — flags and the validated [`config::Config`];
 //!   the clock, encoding, heavy work off the runtime;
-//! * [`engine`] — the model registry, stored models and the device queues
-//!   that run them;
+//! * [`engine`] — the model registry, stored models and scripts, and the
+//!   device queues that run them;
 //! * [`data`] — one shard's keys, values, expiry index and snapshot dump;
 //! * [`state`] — what the log says ([`state::LogOp`]) and how it applies,
 //!   chunked writes, the cluster map;
 //! * [`raft`] — everything openraft: durable log, state machine adapter,
 //!   network (no other module names an openraft type);
 //! * [`disk`], [`shard`] — a replica: propose writes, linearizable reads,
-//!   model runs, redirects;
+//!   model and script runs, redirects;
 //! * [`hosted`] — the groups this node hosts and which one a request is for;
 //! * [`serve`] — the listener, router sessions, the `Node` gRPC service;
 //! * [`cluster`] — start-up, admin operations, reconcile and repair loops.

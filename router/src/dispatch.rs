@@ -53,8 +53,8 @@ pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pe
         Command::Keyed { slot, cmd } => {
             let router = router.clone();
             let bytes = Bytes::from(cmd.to_bytes());
-            let read_only = cmd.retry_safe();
-            let call = async move { router.shards.call_slot(slot, bytes, read_only).await };
+            let (read_only, runs) = (cmd.retry_safe(), cmd.is_exec());
+            let call = async move { router.shards.call_slot(slot, bytes, read_only, runs).await };
             (Pending::Fut(Box::pin(call)), After::Continue)
         }
         Command::Fanout(f) => {

@@ -40,7 +40,7 @@ pub enum Error {
     SessionLost(String),
     #[error("TRYAGAIN node request was dropped; the command may or may not have run")]
     RequestDropped,
-    #[error("ERR {0} is not available yet in this Tessera build (scripts and DAGs are not implemented)")]
+    #[error("ERR {0} is not available yet in this Tessera build (DAGs are not implemented)")]
     NotAvailable(String),
     // COMMAND GETKEYS, in Redis's words.
     #[error("ERR Invalid command specified")]

@@ -111,6 +111,10 @@ const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
 /// gives up on it (a paused or partitioned node never answers); large
 /// requests get more.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a model or script run may take (queued and running) before the
+/// router takes its node as gone: a run is not small, and a node that is
+/// busy running one still answers its other requests.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ShardMap {
     /// Asks every node which shards it hosts (retrying until `deadline`) and
@@ -351,25 +355,33 @@ impl ShardMap {
     /// Sends a keyed command to the leader of the shard owning `slot`.
     /// `read_only` commands are retried on another replica after a timeout;
     /// writes are not (their outcome is unknown).
-    pub async fn call_slot(&self, slot: u16, command: Bytes, read_only: bool) -> Reply {
+    pub async fn call_slot(&self, slot: u16, command: Bytes, read_only: bool, runs: bool) -> Reply {
         match self.shard_of(slot) {
-            Some(s) => self.call(&s, request::Target::Slot(u32::from(slot)), command, read_only).await,
+            Some(s) => self.call(&s, request::Target::Slot(u32::from(slot)), command, read_only, runs).await,
             None => Error::NotServed.into(),
         }
     }
 
     /// Sends a command to one shard's leader.
     pub async fn call_shard(&self, shard: &ShardEntry, command: Bytes, read_only: bool) -> Reply {
-        self.call(shard, request::Target::Shard(shard.id), command, read_only).await
+        self.call(shard, request::Target::Shard(shard.id), command, read_only, false).await
     }
 
     /// Sends to the cached leader, following redirects and moving to another
     /// replica when a node is unreachable, for a bounded time. Only requests
     /// that provably did not run (or reads) are sent again.
-    async fn call(&self, shard: &ShardEntry, target: request::Target, command: Bytes, read_only: bool) -> Reply {
+    async fn call(
+        &self,
+        shard: &ShardEntry,
+        target: request::Target,
+        command: Bytes,
+        read_only: bool,
+        runs: bool,
+    ) -> Reply {
         let start = tokio::time::Instant::now();
         // Large values take longer to replicate and fsync: 1 s more per 4 MB.
-        let timeout = REQUEST_TIMEOUT + Duration::from_millis(command.len() as u64 / 4_000);
+        let base = if runs { RUN_TIMEOUT } else { REQUEST_TIMEOUT };
+        let timeout = base + Duration::from_millis(command.len() as u64 / 4_000);
         let mut node = shard.leader.load(Ordering::Relaxed);
         let mut last = String::new();
         let mut tries = 0usize;

@@ -179,8 +179,18 @@ pub enum NodeCommand {
 /// A key's value after a script run (see [`NodeCommand::Effects`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Written {
-    Str { value: Bytes, expire_at: Option<i64> },
-    Tensor { tensor: Tensor, expire_at: Option<i64> },
+    Str {
+        value: Bytes,
+        expire_at: Option<i64>,
+    },
+    Tensor {
+        tensor: Tensor,
+        expire_at: Option<i64>,
+    },
+    /// A new deadline for a key whose value stays (a model or a script).
+    Expiry {
+        expire_at: Option<i64>,
+    },
     Deleted,
 }
 
@@ -347,7 +357,7 @@ impl NodeCommand {
                         + match w {
                             Written::Str { value, .. } => value.len(),
                             Written::Tensor { tensor, .. } => tensor.data.len() + 8 * tensor.shape.len(),
-                            Written::Deleted => 0,
+                            Written::Expiry { .. } | Written::Deleted => 0,
                         }
                 })
                 .sum(),

@@ -95,17 +95,18 @@ impl Host {
         let changed = o
             .written
             .iter()
-            .filter_map(|k| {
+            .map(|k| {
                 let w = match ks.get(k, self.now) {
                     None => Written::Deleted,
                     Some(e) => match &e.value {
                         Value::Str(value) => Written::Str { value: value.clone(), expire_at: e.expire_at },
                         Value::Tensor(tensor) => Written::Tensor { tensor: tensor.clone(), expire_at: e.expire_at },
-                        // (No command a script may run stores these.)
-                        Value::Model(_) | Value::Script(_) => return None,
+                        // No command a script may run stores these; it may
+                        // change when they expire.
+                        Value::Model(_) | Value::Script(_) => Written::Expiry { expire_at: e.expire_at },
                     },
                 };
-                Some((k.clone(), w))
+                (k.clone(), w)
             })
             .collect();
         Ok(writes(changed, outputs.into_iter()))

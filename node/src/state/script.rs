@@ -42,6 +42,9 @@ pub fn apply(ks: &mut Keyspace, ts: i64, cmd: &NodeCommand, effects: &mut Vec<Ef
                     Written::Tensor { tensor, expire_at } => {
                         ks.insert(key.clone(), Entry { value: Value::Tensor(tensor.clone()), expire_at: *expire_at })
                     }
+                    Written::Expiry { expire_at } => {
+                        ks.set_expiry(key, *expire_at, ts);
+                    }
                     Written::Deleted => {
                         ks.remove(key);
                     }
