@@ -401,11 +401,15 @@ impl ShardMap {
             let reply = match wait(rx, timeout, &progress).await {
                 Ok(r) => r.unwrap_or_else(|_| NodeReply::Lost(Error::RequestDropped)),
                 Err(_) => {
-                    // The node is paused or cut off; look elsewhere next time.
+                    // The node is paused or cut off; look elsewhere next time
+                    // (not for a run that outlasted its wait: its node may be
+                    // well, and busy).
                     metrics::counter!("tessera_router_node_timeouts_total").increment(1);
                     let addr = self.node(node).addr.clone();
-                    node = next_replica(node);
-                    shard.leader.store(node, Ordering::Relaxed);
+                    if !runs {
+                        node = next_replica(node);
+                        shard.leader.store(node, Ordering::Relaxed);
+                    }
                     if !read_only {
                         return Error::NodeTimedOut { addr, after: timeout }.into();
                     }

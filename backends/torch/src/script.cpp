@@ -19,6 +19,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -201,6 +202,9 @@ void *tessera_script_compile(const char *src, size_t len, char **err) {
   try {
     auto cu = std::make_shared<CompilationUnit>();
     cu->define(std::nullopt, std::string(src, len), std::make_shared<Resolver>(), nullptr);
+    // A function fills in its schema on first use, unguarded: done here,
+    // before any two threads can run it.
+    for (torch::jit::Function *f : cu->get_functions()) f->getSchema();
     return new std::shared_ptr<CompilationUnit>(std::move(cu));
   } catch (const c10::Error &e) {
     *err = dup(e.what_without_backtrace());
@@ -300,12 +304,15 @@ int tessera_script_run(void *h, const char *fn, size_t fn_len, int entry, int de
     } else {
       return -2;
     }
+    std::vector<std::unique_ptr<at::Tensor>> host;
+    host.reserve(res.size());
+    for (const auto &t : res) host.push_back(std::make_unique<at::Tensor>(t.contiguous().to(at::kCPU)));
     auto arr = static_cast<at::Tensor **>(std::malloc(sizeof(at::Tensor *) * (res.size() ? res.size() : 1)));
     if (!arr) {
       *err = dup("out of memory");
       return -1;
     }
-    for (size_t i = 0; i < res.size(); i++) arr[i] = new at::Tensor(res[i].contiguous().to(at::kCPU));
+    for (size_t i = 0; i < host.size(); i++) arr[i] = host[i].release();
     *outs = arr;
     return static_cast<int>(res.size());
   } catch (const c10::Error &e) {

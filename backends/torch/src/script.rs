@@ -173,6 +173,9 @@ impl TorchScript {
     }
 
     fn check_entry_point(&self, name: &str) -> Result<()> {
+        if name.split('.').any(str::is_empty) {
+            return Err(BackendError::new(format!("Function {name} does not exist in the given script.")));
+        }
         let mut kinds = [0i32; 3];
         // Safety: `kinds` holds 3 entries, as `cap` says.
         let n = unsafe {
@@ -198,6 +201,10 @@ impl TorchScript {
 
 impl Script for TorchScript {
     fn run(&self, call: &ScriptCall<'_>, host: &dyn ScriptHost) -> Result<Vec<Tensor>> {
+        // (libtorch asserts on a qualified name with an empty part.)
+        if call.function.split('.').any(str::is_empty) {
+            return Err(BackendError::new(format!("Function does not exist: {}", call.function)));
+        }
         // Kept alive across the call: C++ borrows them.
         let inputs = call.inputs.iter().map(to_torch).collect::<Result<Vec<_>>>()?;
         let pointers: Vec<*mut C_tensor> = inputs.iter().map(|t| t.as_ptr() as *mut C_tensor).collect();

@@ -86,14 +86,17 @@ pub(super) fn keys_scriptrun(argv: &[Bytes]) -> Option<Vec<usize>> {
     }
     let mut keys = vec![1];
     let mut in_scope = false;
-    for (i, a) in argv.iter().enumerate().skip(3) {
+    let mut i = 3;
+    while let Some(a) = argv.get(i) {
         if eq(a, "INPUTS") || eq(a, "OUTPUTS") {
             in_scope = true;
         } else if eq(a, "TIMEOUT") {
-            in_scope = false;
+            // (Anywhere, as the parser reads it: its value is no key.)
+            i += 1;
         } else if in_scope && a.as_ref() != b"$" {
             keys.push(i);
         }
+        i += 1;
     }
     Some(keys)
 }

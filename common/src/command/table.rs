@@ -501,6 +501,7 @@ mod tests {
         assert_eq!(keys("AI.MODELRUN m INPUTS a b OUTPUTS c"), ["m", "a", "b", "c"]);
         assert_eq!(keys("AI.SCRIPTEXECUTE s fn KEYS 1 k INPUTS 1 i ARGS 2 x y OUTPUTS 1 o"), ["s", "k", "i", "o"]);
         assert_eq!(keys("AI.SCRIPTRUN s fn INPUTS a $ b OUTPUTS c"), ["s", "a", "b", "c"]);
+        assert_eq!(keys("AI.SCRIPTRUN s fn INPUTS a TIMEOUT 5 b OUTPUTS c"), ["s", "a", "b", "c"]);
         assert_eq!(
             keys("AI.DAGEXECUTE LOAD 1 a PERSIST 1 b ROUTING r |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b"),
             ["a", "b", "r", "m"]

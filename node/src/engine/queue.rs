@@ -159,13 +159,15 @@ fn worker(q: &Queue) {
         match pick {
             Pick::Empty => {}
             Pick::NotReady => idle_rounds += 1,
+            // A panic drops the run's reply channel (its caller answers
+            // that the run was dropped); the worker goes on.
             Pick::Run(batch) => {
                 idle_rounds = 0;
-                run(batch);
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(batch)));
             }
             Pick::Task(t) => {
                 idle_rounds = 0;
-                (t.run)(false);
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (t.run)(false)));
             }
         }
     }

@@ -19,7 +19,7 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::key_slot;
 use tessera_common::tensor::Tensor;
 
-use crate::data::keyspace::{Keyspace, Value};
+use crate::data::keyspace::{Entry, Keyspace, Value};
 use crate::engine::registry::registry;
 use crate::error::Error as NodeError;
 use crate::state::apply::{apply, read};
@@ -43,11 +43,13 @@ fn copy_in<'a>(data: &Data, now: i64, o: &mut Overlay, keys: impl Iterator<Item 
     let ks = o.ks.get_or_insert_with(Keyspace::new);
     let mut d = None;
     for k in keys {
-        if o.copied.insert(k.clone()) {
+        if !o.copied.contains_key(k) {
             let d = d.get_or_insert_with(|| data.lock());
-            if let Some(e) = d.ks.get(k, now) {
+            let e = d.ks.get(k, now).cloned();
+            if let Some(e) = &e {
                 ks.insert(k.clone(), e.clone());
             }
+            o.copied.insert(k.clone(), e);
         }
     }
 }
@@ -57,8 +59,8 @@ struct Overlay {
     /// The keys touched so far, as the script left them (made on the first
     /// command: most runs make none).
     ks: Option<Keyspace>,
-    /// Keys copied in from the shard.
-    copied: std::collections::HashSet<Bytes>,
+    /// Keys copied in from the shard, with what they held then.
+    copied: std::collections::HashMap<Bytes, Option<Entry>>,
     /// Keys the script wrote, in the order it first wrote them.
     written: Vec<Bytes>,
 }
@@ -92,9 +94,18 @@ impl Host {
         if outputs.iter().any(|(k, _)| matches!(held(k), Some(Value::Str(_) | Value::Model(_) | Value::Script(_)))) {
             return Err(Error::WrongType.into());
         }
+        // Only what differs from what the shard held: a write that changed
+        // nothing (DEL of a missing key, SET NX of one that exists) is no
+        // write, and does not overwrite what others wrote meanwhile.
+        let same = |a: Option<&Entry>, b: Option<&Entry>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.value == b.value && a.expire_at == b.expire_at,
+            _ => false,
+        };
         let changed = o
             .written
             .iter()
+            .filter(|k| !same(ks.get(k, self.now), o.copied.get(*k).and_then(|e| e.as_ref())))
             .map(|k| {
                 let w = match ks.get(k, self.now) {
                     None => Written::Deleted,

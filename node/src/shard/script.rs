@@ -61,6 +61,16 @@ impl Shard {
             }
             (script, inputs)
         };
+        // Compiled on this replica when its entry applied; a new leader may
+        // still be at it: waited for here, not on the device queue.
+        let compiled = {
+            let s = script.clone();
+            match tokio::task::spawn_blocking(move || s.compiled()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return error(e),
+                Err(e) => return error(NodeError::LoadFailed(e.to_string())),
+            }
+        };
         let slot = tessera_common::slot::key_slot(&run.key);
         let host = Host::new(self.data.clone(), slot, now);
         let call = run.clone();
@@ -70,16 +80,14 @@ impl Shard {
         let ran = engine().run_on(&queue, timeout, threads, move || {
             use std::sync::atomic::Ordering::Relaxed;
             let start = Instant::now();
-            let result = script.compiled().and_then(|compiled| {
-                let c = tessera_backend::script::ScriptCall {
-                    function: &call.function,
-                    inputs: &inputs,
-                    keys: &call.keys,
-                    args: &call.args,
-                    outputs: call.outputs.len(),
-                };
-                compiled.run(&c, &host).map_err(|e| NodeError::Model(e.0))
-            });
+            let c = tessera_backend::script::ScriptCall {
+                function: &call.function,
+                inputs: &inputs,
+                keys: &call.keys,
+                args: &call.args,
+                outputs: call.outputs.len(),
+            };
+            let result = compiled.run(&c, &host).map_err(|e| NodeError::Model(e.0));
             // (Never 0 µs: RedisAI's clients see the duration grow with each call.)
             script.stats.duration_us.fetch_add((start.elapsed().as_micros() as u64).max(1), Relaxed);
             script.stats.calls.fetch_add(1, Relaxed);
