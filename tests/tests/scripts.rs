@@ -47,6 +47,12 @@ def hash(tensors: List[Tensor], keys: List[str], args: List[str]):
     redis.execute('HSET', keys[0], 'f', '1')
     return tensors[0]
 
+def expire_and_noop(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute('EXPIRE', keys[0], '1000')
+    redis.execute('DEL', keys[1])
+    redis.execute('SET', keys[2], 'new', 'NX')
+    return tensors[0]
+
 def torch_model(tensors: List[Tensor], keys: List[str], args: List[str]):
     return redisAI.model_execute(keys[0], [tensors[0], tensors[0]], 1)[0]
 
@@ -100,6 +106,7 @@ const ALL: &[&str] = &[
     "refused",
     "wrongtype",
     "hash",
+    "expire_and_noop",
     "torch_model",
     "spin",
     "mnist",
@@ -234,6 +241,14 @@ fn redis_execute_writes_are_replicated_with_the_outputs() {
     ok(exec(&mut con, &["SET", "txt{1}", "abc"]));
     let e = err_text(run(&mut con, "wrongtype", &["txt{1}"], &[], &["out{1}"]));
     assert!(e.contains("Redis command returned an error: ERR value is not an integer or out of range"), "{e}");
+    // An EXPIRE on a script's key is written (its value stays); a DEL of a
+    // missing key and a SET NX that does not set change nothing.
+    ok(exec(&mut con, &["SET", "kept{1}", "old"]));
+    ok(run(&mut con, "expire_and_noop", &["s{1}", "missing{1}", "kept{1}"], &[], &["out{1}"]));
+    let ttl: i64 = redis::cmd("TTL").arg("s{1}").query(&mut con).unwrap();
+    assert!((990..=1000).contains(&ttl), "{ttl}");
+    assert_eq!(exec(&mut con, &["GET", "kept{1}"]).unwrap(), Value::BulkString(b"old".to_vec()));
+    assert_eq!(exec(&mut con, &["EXISTS", "missing{1}"]).unwrap(), Value::Int(0));
     // Tessera's keyspace holds strings and tensors: a hash command is unknown.
     let e = err_text(run(&mut con, "hash", &["h{1}"], &[], &["out{1}"]));
     assert!(e.contains("Redis command returned an error: No such file or directory"), "{e}");
