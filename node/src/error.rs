@@ -54,6 +54,10 @@ pub enum Error {
     ChunkDecode(String),
     #[error("TRYAGAIN leadership changed while the model ran; its outputs were not written")]
     FencedOut,
+    /// A key a script changed was written by another command while the
+    /// script ran.
+    #[error("TRYAGAIN a key the script changed was written while it ran; nothing was written, run it again")]
+    ScriptRaced,
     #[error(
         "MISCONF disk full: {free_mib} MiB free on the node's data disk, {reserve_mib} MiB kept in reserve; \
          writes are refused until space is freed"
@@ -170,6 +174,7 @@ impl Error {
             | Error::MetaUnconfirmed(_)
             | Error::ChunkedWriteInterrupted
             | Error::FencedOut
+            | Error::ScriptRaced
             | Error::NotMetaLeader
             | Error::MetaMoved
             | Error::MetaHandedTo(_)
@@ -257,6 +262,7 @@ mod tests {
             Error::ChunkedWriteInterrupted,
             Error::ChunkDecode("x".into()),
             Error::FencedOut,
+            Error::ScriptRaced,
             Error::DiskFull { free_mib: 1, reserve_mib: 2 },
             Error::MapNotFormed,
             Error::NodeIdInUse(1),

@@ -167,6 +167,10 @@ pub enum NodeCommand {
     /// run the script.
     Effects {
         writes: Vec<(Bytes, Written)>,
+        /// A digest of what each key the run changed held when the run read
+        /// it (`None`: absent): if any moved before the entry applies, it
+        /// writes nothing (optimistic concurrency; the client runs it again).
+        expected: Vec<(Bytes, Option<u64>)>,
     },
     /// AI._SCRIPTSCAN / AI._MODELSCAN on one shard: `[key, tag]` of each
     /// script (`scripts`) or model in `scope`.
@@ -278,7 +282,7 @@ impl NodeCommand {
             | C::ScriptGet { key, .. }
             | C::ScriptDel { key } => Box::new(std::iter::once(key)),
             C::ScriptExecute(run) => Box::new(run.all_keys()),
-            C::Effects { writes } => Box::new(writes.iter().map(|(k, _)| k)),
+            C::Effects { writes, .. } => Box::new(writes.iter().map(|(k, _)| k)),
             C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
             C::AiConfig { .. } => Box::new(std::iter::empty()),
@@ -349,18 +353,21 @@ impl NodeCommand {
             NodeCommand::ModelExecute(run) => run.keys().map(|k| k.len() + 2).sum(),
             NodeCommand::ScriptStore { key, script } => key.len() + script.source.len() + 128,
             NodeCommand::ScriptExecute(run) => run.all_keys().chain(&run.args).map(|k| k.len() + 2).sum(),
-            NodeCommand::Effects { writes } => writes
-                .iter()
-                .map(|(k, w)| {
-                    k.len()
-                        + 16
-                        + match w {
-                            Written::Str { value, .. } => value.len(),
-                            Written::Tensor { tensor, .. } => tensor.data.len() + 8 * tensor.shape.len(),
-                            Written::Expiry { .. } | Written::Deleted => 0,
-                        }
-                })
-                .sum(),
+            NodeCommand::Effects { writes, expected } => {
+                expected.iter().map(|(k, _)| k.len() + 12).sum::<usize>()
+                    + writes
+                        .iter()
+                        .map(|(k, w)| {
+                            k.len()
+                                + 16
+                                + match w {
+                                    Written::Str { value, .. } => value.len(),
+                                    Written::Tensor { tensor, .. } => tensor.data.len() + 8 * tensor.shape.len(),
+                                    Written::Expiry { .. } | Written::Deleted => 0,
+                                }
+                        })
+                        .sum::<usize>()
+            }
             NodeCommand::TensorMSet { pairs } => pairs.iter().map(|(k, t)| k.len() + t.data.len() + 64).sum(),
             NodeCommand::MGet { keys } | NodeCommand::Del { keys } | NodeCommand::Exists { keys } => {
                 keys.iter().map(|k| k.len() + 2).sum()

@@ -51,6 +51,39 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A digest of the entry, value and deadline, the same on every replica
+    /// (a model's is of its definition and its bytes' length, a script's of
+    /// its definition).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        match &self.value {
+            Value::Str(b) => {
+                h.update(b"s");
+                h.update(b);
+            }
+            Value::Tensor(t) => {
+                h.update(b"t");
+                h.update(t.dtype.name().as_bytes());
+                t.shape.iter().for_each(|d| h.update(&d.to_le_bytes()));
+                h.update(&t.data);
+            }
+            Value::Model(m) => {
+                h.update(b"m");
+                h.update(&crate::util::encode(&m.def));
+                h.update(&(m.blob_len() as u64).to_le_bytes());
+            }
+            Value::Script(s) => {
+                h.update(b"c");
+                h.update(&crate::util::encode(&s.def));
+            }
+        }
+        match self.expire_at {
+            Some(t) => h.update(&t.to_le_bytes()),
+            None => h.update(b"-"),
+        }
+        h.digest()
+    }
+
     fn live(&self, now: i64) -> bool {
         self.expire_at.is_none_or(|t| t > now)
     }

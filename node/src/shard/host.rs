@@ -65,6 +65,14 @@ struct Overlay {
     written: Vec<Bytes>,
 }
 
+/// What a run writes: its log entry's contents (see
+/// [`NodeCommand::Effects`]).
+#[derive(Default)]
+pub struct Effects {
+    pub writes: Vec<(Bytes, Written)>,
+    pub expected: Vec<(Bytes, Option<u64>)>,
+}
+
 pub struct Host {
     data: Data,
     /// The script's slot: the only one its commands may touch.
@@ -82,11 +90,11 @@ impl Host {
     /// What the run changed, then `outputs` (which must go to keys that
     /// hold tensors or nothing, as the run left them): the writes of its
     /// log entry.
-    pub fn effects(self, outputs: impl Iterator<Item = (Bytes, Tensor)>) -> Result<Vec<(Bytes, Written)>, NodeError> {
+    pub fn effects(self, outputs: impl Iterator<Item = (Bytes, Tensor)>) -> Result<Effects, NodeError> {
         let outputs: Vec<(Bytes, Tensor)> = outputs.collect();
         let mut o = self.overlay.into_inner();
         if o.ks.is_none() && outputs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Effects::default());
         }
         copy_in(&self.data, self.now, &mut o, outputs.iter().map(|(k, _)| k));
         let ks = o.ks.as_ref().expect("made by copy_in");
@@ -102,10 +110,17 @@ impl Host {
             (Some(a), Some(b)) => a.value == b.value && a.expire_at == b.expire_at,
             _ => false,
         };
-        let changed = o
+        let changed: Vec<&Bytes> = o
             .written
             .iter()
             .filter(|k| !same(ks.get(k, self.now), o.copied.get(*k).and_then(|e| e.as_ref())))
+            .collect();
+        let expected = changed
+            .iter()
+            .map(|k| ((*k).clone(), o.copied.get(*k).and_then(|e| e.as_ref()).map(Entry::fingerprint)))
+            .collect();
+        let changed = changed
+            .into_iter()
             .map(|k| {
                 let w = match ks.get(k, self.now) {
                     None => Written::Deleted,
@@ -120,7 +135,7 @@ impl Host {
                 (k.clone(), w)
             })
             .collect();
-        Ok(writes(changed, outputs.into_iter()))
+        Ok(Effects { writes: writes(changed, outputs.into_iter()), expected })
     }
 
     fn command(&self, argv: &[Bytes]) -> Result<NodeCommand, String> {

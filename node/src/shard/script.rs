@@ -102,14 +102,15 @@ impl Shard {
             Ok(None) => return Executed::Unwritten(Outcome::Reply(Reply::Simple("TIMEDOUT".into()))),
             Err(_) => return error(NodeError::RunDropped),
         };
-        let writes = match host.effects(run.outputs.iter().cloned().zip(outputs)) {
-            Ok(w) => w,
+        let effects = match host.effects(run.outputs.iter().cloned().zip(outputs)) {
+            Ok(e) => e,
             Err(e) => return error(e),
         };
-        if writes.is_empty() {
+        if effects.writes.is_empty() {
             return Executed::Unwritten(Outcome::Reply(Reply::ok()));
         }
-        match self.submit_in(NodeCommand::Effects { writes }, fence).await {
+        let cmd = NodeCommand::Effects { writes: effects.writes, expected: effects.expected };
+        match self.submit_in(cmd, fence).await {
             // Refused before it was logged (by this replica's state).
             Submitted::Done(o @ (Outcome::Reply(_) | Outcome::Error(_))) => Executed::Unwritten(o),
             s => Executed::Written(self.finish(s).await),
