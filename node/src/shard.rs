@@ -67,6 +67,40 @@ enum Executed {
     Unwritten(Outcome),
 }
 
+impl Shard {
+    /// Runs `run` (a model or script run) so that its answer is
+    /// linearizable. A leader whose state is current reads without a
+    /// quorum round first: the output write is fenced to its term, and its
+    /// commit proves that no newer leader had acknowledged a write the run
+    /// missed. An answer with no output written (an error, or a run with no
+    /// outputs) gets the quorum round before it goes out instead.
+    async fn fenced<F: std::future::Future<Output = Executed>>(&self, run: impl FnOnce(Option<u64>) -> F) -> Outcome {
+        let fence = self.group.leading_applied_term();
+        if fence.is_none() {
+            if let Err(o) = self.confirm_read().await {
+                return o;
+            }
+        }
+        match run(fence).await {
+            Executed::Written(o) => o,
+            Executed::Unwritten(o) if fence.is_none() => o,
+            Executed::Unwritten(o) => match self.confirm_read().await {
+                Ok(()) => o,
+                Err(not_here) => not_here,
+            },
+        }
+    }
+
+    /// Writes a run's outputs (fenced to `fence`), as one entry.
+    async fn write_outputs(&self, cmd: NodeCommand, fence: Option<u64>) -> Executed {
+        match self.submit_in(cmd, fence).await {
+            // Refused before it was logged (by this replica's state).
+            Submitted::Done(o @ (Outcome::Reply(_) | Outcome::Error(_))) => Executed::Unwritten(o),
+            s => Executed::Written(self.finish(s).await),
+        }
+    }
+}
+
 /// A write that was handed to Raft (in submission order) and is in flight.
 pub enum Submitted {
     Done(Outcome),

@@ -8,7 +8,7 @@ use tessera_common::model::{BackendKind, ModelRun};
 use tessera_common::reply::Reply;
 use tessera_common::tensor::Tensor;
 
-use super::{Executed, Outcome, Shard, Submitted};
+use super::{Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::registry::registry;
 use crate::engine::{engine, RunResult};
@@ -21,26 +21,9 @@ impl Shard {
     /// output in one log entry. The session orders it against commands that
     /// touch the same keys (see `serve::session`).
     ///
-    /// A leader whose state is current reads without a quorum round first:
-    /// the output write is fenced to its term, and its commit proves that no
-    /// newer leader had acknowledged a write the run missed. An answer with
-    /// no output written (an error, or a run with no tensor outputs) gets
-    /// the quorum round before it goes out instead.
+    /// Read and fenced as [`Shard::fenced`] says.
     pub async fn execute(&self, run: &ModelRun) -> Outcome {
-        let fence = self.group.leading_applied_term();
-        if fence.is_none() {
-            if let Err(o) = self.confirm_read().await {
-                return o;
-            }
-        }
-        match self.execute_in(run, fence).await {
-            Executed::Written(o) => o,
-            Executed::Unwritten(o) if fence.is_none() => o,
-            Executed::Unwritten(o) => match self.confirm_read().await {
-                Ok(()) => o,
-                Err(not_here) => not_here,
-            },
-        }
+        self.fenced(|fence| self.execute_in(run, fence)).await
     }
 
     async fn execute_in(&self, args: &ModelRun, fence: Option<u64>) -> Executed {
@@ -100,10 +83,6 @@ impl Shard {
         if pairs.is_empty() {
             return reply(Reply::ok());
         }
-        match self.submit_in(NodeCommand::TensorMSet { pairs }, fence).await {
-            // Refused before it was logged (by this replica's state).
-            Submitted::Done(o @ (Outcome::Reply(_) | Outcome::Error(_))) => Executed::Unwritten(o),
-            s => Executed::Written(self.finish(s).await),
-        }
+        self.write_outputs(NodeCommand::TensorMSet { pairs }, fence).await
     }
 }

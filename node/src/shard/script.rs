@@ -11,7 +11,7 @@ use tessera_common::model::ScriptRun;
 use tessera_common::reply::Reply;
 
 use super::host::Host;
-use super::{Executed, Outcome, Shard, Submitted};
+use super::{Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::engine;
 use crate::engine::registry::registry;
@@ -20,22 +20,9 @@ use crate::util::now_ms;
 
 impl Shard {
     /// AI.SCRIPTEXECUTE / AI.SCRIPTRUN, read and fenced as a model run is
-    /// (see [`Shard::execute`]).
+    /// (see [`Shard::fenced`]).
     pub async fn run_script(&self, run: &ScriptRun) -> Outcome {
-        let fence = self.group.leading_applied_term();
-        if fence.is_none() {
-            if let Err(o) = self.confirm_read().await {
-                return o;
-            }
-        }
-        match self.run_script_in(run, fence).await {
-            Executed::Written(o) => o,
-            Executed::Unwritten(o) if fence.is_none() => o,
-            Executed::Unwritten(o) => match self.confirm_read().await {
-                Ok(()) => o,
-                Err(not_here) => not_here,
-            },
-        }
+        self.fenced(|fence| self.run_script_in(run, fence)).await
     }
 
     async fn run_script_in(&self, run: &ScriptRun, fence: Option<u64>) -> Executed {
@@ -110,10 +97,6 @@ impl Shard {
             return Executed::Unwritten(Outcome::Reply(Reply::ok()));
         }
         let cmd = NodeCommand::Effects { writes: effects.writes, expected: effects.expected };
-        match self.submit_in(cmd, fence).await {
-            // Refused before it was logged (by this replica's state).
-            Submitted::Done(o @ (Outcome::Reply(_) | Outcome::Error(_))) => Executed::Unwritten(o),
-            s => Executed::Written(self.finish(s).await),
-        }
+        self.write_outputs(cmd, fence).await
     }
 }
