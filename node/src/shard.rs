@@ -32,6 +32,7 @@ use crate::state::meta::ClusterMap;
 use crate::state::{LogOp, Proposal};
 use crate::util::now_ms;
 
+mod dag;
 mod host;
 mod run;
 mod script;

@@ -40,8 +40,6 @@ pub enum Error {
     SessionLost(String),
     #[error("TRYAGAIN node request was dropped; the command may or may not have run")]
     RequestDropped,
-    #[error("ERR {0} is not available yet in this Tessera build (DAGs are not implemented)")]
-    NotAvailable(String),
     // COMMAND GETKEYS, in Redis's words.
     #[error("ERR Invalid command specified")]
     GetKeysUnknownCommand,
@@ -66,7 +64,6 @@ impl Error {
             | Error::EmptyReply
             | Error::BadReply(_)
             | Error::BadScanReply
-            | Error::NotAvailable(_)
             | Error::GetKeysUnknownCommand
             | Error::GetKeysArity
             | Error::GetKeysNoKeys
@@ -105,7 +102,6 @@ mod tests {
             Error::NodeTimedOut { addr: "a".into(), after: Duration::from_secs(1) },
             Error::SessionLost("a".into()),
             Error::RequestDropped,
-            Error::NotAvailable("AI.SCRIPTSTORE".into()),
             Error::GetKeysUnknownCommand,
             Error::GetKeysArity,
             Error::GetKeysNoKeys,

@@ -76,7 +76,6 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         }
         Local::Command(c) => ready(command(c)),
         Local::Cluster(c) => ready(cluster(router, conn, c)),
-        Local::NotAvailable(name) => ready(RouterError::NotAvailable(name.to_ascii_uppercase()).into()),
         Local::AiConfig(op) => {
             let router = router.clone();
             (Pending::Fut(Box::pin(async move { ai_config(&router, op).await })), After::Continue)

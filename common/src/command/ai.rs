@@ -1,6 +1,5 @@
-//! RedisAI commands. Tensors, models and scripts are served; the DAG
-//! commands are known to the table (routing, `COMMAND GETKEYS`, CROSSSLOT) but
-//! answer that they are not available yet.
+//! RedisAI commands: tensors, models, scripts and DAGs, each parsed into the
+//! [`NodeCommand`] its shard runs.
 
 use bytes::Bytes;
 
@@ -10,7 +9,8 @@ use super::table::CommandSpec;
 use super::{arity_name, common_slot, keys_slot, Command, ParseLimits};
 use crate::error::{Error, Result};
 use crate::model::{
-    parse_ai_config, parse_modelset, parse_modelstore, parse_scriptset, parse_scriptstore, ModelRun, ScriptRun,
+    parse_ai_config, parse_dag, parse_modelset, parse_modelstore, parse_scriptset, parse_scriptstore, DagKind,
+    ModelRun, ScriptRun,
 };
 use crate::tensor::{parse_get_format, Tensor};
 
@@ -112,14 +112,25 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             Ok(Command::Keyed { slot, cmd: NodeCommand::ModelInfo { key: argv[1].clone(), reset } })
         }
         "ai.config" => Ok(Command::Local(Local::AiConfig(parse_ai_config(&argv)?))),
-        _ => {
-            // Still enforce cluster rules, so clients see CROSSSLOT exactly as
-            // they will once the command runs.
+        "ai.dagexecute" | "ai.dagexecute_ro" | "ai.dagrun" | "ai.dagrun_ro" => {
+            let kind = match spec.name {
+                "ai.dagexecute" => DagKind::Execute,
+                "ai.dagexecute_ro" => DagKind::ExecuteRo,
+                "ai.dagrun" => DagKind::Run,
+                _ => DagKind::RunRo,
+            };
+            // Redis Cluster checks the keys COMMAND GETKEYS gives before the
+            // command is parsed.
             if let Some(idx) = spec.key_indexes(&argv) {
                 common_slot(&argv, &idx)?;
             }
-            Ok(Command::Local(Local::NotAvailable(spec.name)))
+            let dag = parse_dag(&argv, kind, limits.max_value_bytes)?;
+            // (A DAGRUN of tensor ops only names no key: any shard runs it.)
+            let slot = keys_slot(dag.keys())?.unwrap_or(0);
+            Ok(Command::Keyed { slot, cmd: NodeCommand::Dag(dag) })
         }
+        // (Every `ai.` entry of the command table is matched above.)
+        _ => Err(super::unknown_command(&argv)),
     }
 }
 

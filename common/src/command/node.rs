@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AiConfig, ModelDef, ScriptDef, ScriptRun};
+use crate::model::{AiConfig, Dag, ModelDef, ScriptDef, ScriptRun};
 use crate::slot::SlotScope;
 use crate::tensor::{Tensor, TensorFormat};
 
@@ -172,6 +172,8 @@ pub enum NodeCommand {
         /// writes nothing (optimistic concurrency; the client runs it again).
         expected: Vec<(Bytes, Option<u64>)>,
     },
+    /// AI.DAGEXECUTE[_RO] / AI.DAGRUN[_RO], parsed.
+    Dag(Dag),
     /// AI._SCRIPTSCAN / AI._MODELSCAN on one shard: `[key, tag]` of each
     /// script (`scripts`) or model in `scope`.
     AiScan {
@@ -223,13 +225,16 @@ impl NodeCommand {
     /// Whether this command runs a model: reads its inputs, computes, then
     /// writes its outputs through the log.
     pub fn is_exec(&self) -> bool {
-        matches!(self, NodeCommand::ModelExecute(_) | NodeCommand::ScriptExecute(_))
+        matches!(self, NodeCommand::ModelExecute(_) | NodeCommand::ScriptExecute(_) | NodeCommand::Dag(_))
     }
 
     /// Whether the router may send this command again when its outcome is
     /// unknown (its node timed out, or the session ended before the reply):
     /// only a command that changes nothing. A model run writes its outputs.
     pub fn retry_safe(&self) -> bool {
+        if let NodeCommand::Dag(dag) = self {
+            return !dag.writes();
+        }
         !self.is_write() && !self.is_exec()
     }
 
@@ -240,6 +245,7 @@ impl NodeCommand {
             NodeCommand::ModelExecute(run) => Some(run.outputs.iter().collect()),
             // (KEYS: the keys its `redis.execute` calls are declared to use.)
             NodeCommand::ScriptExecute(run) => Some(run.keys.iter().chain(&run.outputs).collect()),
+            NodeCommand::Dag(dag) => Some(dag.written_keys().collect()),
             c if c.is_write() && c.has_keys() => Some(c.keys().collect()),
             c if c.is_write() => None,
             _ => Some(Vec::new()),
@@ -282,6 +288,7 @@ impl NodeCommand {
             | C::ScriptGet { key, .. }
             | C::ScriptDel { key } => Box::new(std::iter::once(key)),
             C::ScriptExecute(run) => Box::new(run.all_keys()),
+            C::Dag(dag) => Box::new(dag.keys()),
             C::Effects { writes, .. } => Box::new(writes.iter().map(|(k, _)| k)),
             C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
@@ -334,6 +341,8 @@ impl NodeCommand {
             NodeCommand::ScriptDel { .. } => "ai.scriptdel",
             NodeCommand::ScriptExecute(_) => "ai.scriptexecute",
             NodeCommand::Effects { .. } => "ai.scriptexecute",
+            NodeCommand::Dag(dag) if dag.kind.read_only() => "ai.dagexecute_ro",
+            NodeCommand::Dag(_) => "ai.dagexecute",
             NodeCommand::AiScan { scripts: true, .. } => "ai._scriptscan",
             NodeCommand::AiScan { scripts: false, .. } => "ai._modelscan",
         }
@@ -353,6 +362,7 @@ impl NodeCommand {
             NodeCommand::ModelExecute(run) => run.keys().map(|k| k.len() + 2).sum(),
             NodeCommand::ScriptStore { key, script } => key.len() + script.source.len() + 128,
             NodeCommand::ScriptExecute(run) => run.all_keys().chain(&run.args).map(|k| k.len() + 2).sum(),
+            NodeCommand::Dag(dag) => dag.size_hint(),
             NodeCommand::Effects { writes, expected } => {
                 expected.iter().map(|(k, _)| k.len() + 12).sum::<usize>()
                     + writes

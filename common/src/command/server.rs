@@ -28,8 +28,6 @@ pub enum Local {
     ConfigResetStat,
     Command(CommandCmd),
     Cluster(ClusterCmd),
-    /// A RedisAI command this build cannot run yet.
-    NotAvailable(&'static str),
     /// AI.CONFIG: a setting sent to every node, or GET from one.
     AiConfig(crate::model::AiConfig),
 }

@@ -34,6 +34,9 @@ fn timeout(b: Option<&Bytes>) -> Result<u64> {
         .ok_or_else(|| err("ERR Invalid value for TIMEOUT"))
 }
 
+/// A run inside a DAG takes the DAG's TIMEOUT, not its own.
+pub(crate) const TIMEOUT_IN_DAG: &str = "ERR TIMEOUT not allowed within a DAG command";
+
 #[derive(Clone, Copy)]
 enum Section {
     Inputs,
@@ -74,6 +77,16 @@ pub enum Check {
 impl ModelRun {
     /// Parses `argv` (argv[0] is the command, argv[1] the model key).
     pub fn parse(argv: &[Bytes], deprecated: bool) -> ModelRun {
+        Self::parse_in(argv, deprecated, false)
+    }
+
+    /// Parses one op of a DAG (`argv` is the op's tokens): as
+    /// [`ModelRun::parse`], except that TIMEOUT belongs to the DAG.
+    pub fn parse_in_dag(argv: &[Bytes], deprecated: bool) -> ModelRun {
+        Self::parse_in(argv, deprecated, true)
+    }
+
+    fn parse_in(argv: &[Bytes], deprecated: bool, dag: bool) -> ModelRun {
         let mut run = ModelRun {
             key: argv.get(1).cloned().unwrap_or_default(),
             inputs: Vec::new(),
@@ -83,8 +96,8 @@ impl ModelRun {
             checks: Vec::new(),
         };
         let failed = match deprecated {
-            true => run.read_modelrun(argv),
-            false => run.read_modelexecute(argv),
+            true => run.read_modelrun(argv, dag),
+            false => run.read_modelexecute(argv, dag),
         };
         if let Err(e) = failed {
             run.checks.push(Check::Fails(e));
@@ -93,7 +106,7 @@ impl ModelRun {
     }
 
     /// `key INPUTS n .. OUTPUTS m .. [TIMEOUT t]`.
-    fn read_modelexecute(&mut self, argv: &[Bytes]) -> Result<()> {
+    fn read_modelexecute(&mut self, argv: &[Bytes], dag: bool) -> Result<()> {
         let mut i = 2;
         for section in [Section::Inputs, Section::Outputs] {
             let (word, lower, upper) = match section {
@@ -129,6 +142,9 @@ impl ModelRun {
             if !eq(tok, "TIMEOUT") {
                 return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(tok))));
             }
+            if dag {
+                return Err(err(TIMEOUT_IN_DAG));
+            }
             self.timeout_ms = Some(timeout(argv.get(i + 1))?);
             if let Some(extra) = argv.get(i + 2) {
                 return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(extra))));
@@ -139,9 +155,12 @@ impl ModelRun {
 
     /// `key [TIMEOUT t] INPUTS k.. OUTPUTS k..`: the first OUTPUTS after
     /// INPUTS ends the inputs.
-    fn read_modelrun(&mut self, argv: &[Bytes]) -> Result<()> {
+    fn read_modelrun(&mut self, argv: &[Bytes], dag: bool) -> Result<()> {
         let mut i = 2;
         if argv.get(i).is_some_and(|a| eq(a, "TIMEOUT")) {
+            if dag {
+                return Err(err(TIMEOUT_IN_DAG));
+            }
             self.timeout_ms = Some(timeout(argv.get(i + 1)).map_err(|_| err("ERR Invalid value for TIMEOUT"))?);
             i += 2;
         }

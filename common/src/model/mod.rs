@@ -14,10 +14,12 @@ use crate::blob::Blob;
 use crate::error::{Error, Result};
 
 pub mod config;
+pub mod dag;
 pub mod exec;
 pub mod script;
 
 pub use config::{parse_ai_config, AiConfig};
+pub use dag::{parse_dag, Dag, DagKind, DagOp};
 pub use exec::{parse_modelexecute, parse_modelrun, Check, ExecArgs, ModelRun};
 pub use script::{parse_scriptset, parse_scriptstore, ScriptDef, ScriptRun};
 

@@ -149,6 +149,16 @@ impl ScriptRun {
     /// Parses `argv` (argv[0] is the command, argv[1] the script key,
     /// argv[2] the function; the caller checked there are three).
     pub fn parse(argv: &[Bytes], deprecated: bool) -> ScriptRun {
+        Self::parse_in(argv, deprecated, false)
+    }
+
+    /// Parses one op of a DAG (`argv` is the op's tokens): as
+    /// [`ScriptRun::parse`], except that TIMEOUT belongs to the DAG.
+    pub fn parse_in_dag(argv: &[Bytes], deprecated: bool) -> ScriptRun {
+        Self::parse_in(argv, deprecated, true)
+    }
+
+    fn parse_in(argv: &[Bytes], deprecated: bool, dag: bool) -> ScriptRun {
         let mut run = ScriptRun {
             key: argv.get(1).cloned().unwrap_or_default(),
             function: argv.get(2).map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default(),
@@ -161,8 +171,8 @@ impl ScriptRun {
             fails: None,
         };
         let read = match deprecated {
-            true => run.read_scriptrun(argv),
-            false => run.read_scriptexecute(argv),
+            true => run.read_scriptrun(argv, dag),
+            false => run.read_scriptexecute(argv, dag),
         };
         run.fails = read.err();
         run
@@ -170,7 +180,7 @@ impl ScriptRun {
 
     /// `[KEYS n ..] [INPUTS n ..] [ARGS n ..] [OUTPUTS n ..] [TIMEOUT t]`,
     /// KEYS or INPUTS first, each scope once, TIMEOUT last.
-    fn read_scriptexecute(&mut self, argv: &[Bytes]) -> Result<()> {
+    fn read_scriptexecute(&mut self, argv: &[Bytes], dag: bool) -> Result<()> {
         if !argv.get(3).is_some_and(|a| eq(a, "KEYS") || eq(a, "INPUTS")) {
             return Err(err("ERR KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command"));
         }
@@ -182,6 +192,7 @@ impl ScriptRun {
                 _ if eq(tok, "INPUTS") => Scope::Inputs,
                 _ if eq(tok, "ARGS") => Scope::Args,
                 _ if eq(tok, "OUTPUTS") => Scope::Outputs,
+                _ if eq(tok, "TIMEOUT") && dag => return Err(err(super::exec::TIMEOUT_IN_DAG)),
                 _ if eq(tok, "TIMEOUT") => {
                     let t =
                         argv.get(i + 1).ok_or_else(|| err("ERR No value provided for TIMEOUT in AI.SCRIPTEXECUTE"))?;
@@ -252,13 +263,16 @@ impl ScriptRun {
     /// `[TIMEOUT t] [INPUTS in.. [$ in..]] [OUTPUTS out..]`: one argument per
     /// key, TIMEOUT anywhere. `$` (a variadic list in RedisAI's old
     /// scripts) is checked and otherwise ignored, as in RedisAI 1.2.
-    fn read_scriptrun(&mut self, argv: &[Bytes]) -> Result<()> {
+    fn read_scriptrun(&mut self, argv: &[Bytes], dag: bool) -> Result<()> {
         let mut scope = None;
         let mut dollar = false;
         let mut i = 3;
         while let Some(tok) = argv.get(i) {
             i += 1;
             if eq(tok, "TIMEOUT") {
+                if dag {
+                    return Err(err(super::exec::TIMEOUT_IN_DAG));
+                }
                 if self.timeout_ms.is_some() {
                     return Err(err("ERR Already encountered an TIMEOUT section in SCRIPTRUN"));
                 }

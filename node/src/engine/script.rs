@@ -64,6 +64,11 @@ impl StoredScript {
         }
     }
 
+    /// The compiled script if it is ready now.
+    pub fn try_compiled(&self) -> Option<Arc<dyn Script>> {
+        self.compiled.get()
+    }
+
     /// The compiled script, waiting while it compiles (blocking); starting
     /// that if nothing did yet.
     pub fn compiled(self: &Arc<Self>) -> Result<Arc<dyn Script>, Error> {

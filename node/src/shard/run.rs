@@ -1,6 +1,8 @@
 //! Model runs on a replica: read the model and its inputs, run them on the
 //! model's device queue, write the outputs through the log.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
@@ -10,10 +12,29 @@ use tessera_common::tensor::Tensor;
 
 use super::{Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
+use crate::engine::model::StoredModel;
 use crate::engine::registry::registry;
 use crate::engine::{engine, RunResult};
 use crate::error::Error as NodeError;
 use crate::util::now_ms;
+
+/// A model's input and output counts: TF's are declared; the others' come
+/// from the loaded model (a model still loading on a new leader is waited
+/// for, off the runtime).
+pub(super) async fn counts(model: &Arc<StoredModel>) -> Result<(usize, usize), NodeError> {
+    match model.try_loaded() {
+        _ if model.def.backend == BackendKind::Tf => Ok((model.def.inputs.len(), model.def.outputs.len())),
+        Some(l) => Ok((l.inputs().len(), l.outputs().len())),
+        None => {
+            let m = model.clone();
+            match tokio::task::spawn_blocking(move || m.loaded()).await {
+                Ok(Ok(l)) => Ok((l.inputs().len(), l.outputs().len())),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(NodeError::LoadFailed(e.to_string())),
+            }
+        }
+    }
+}
 
 impl Shard {
     /// AI.MODELEXECUTE / AI.MODELRUN: reads the model and its inputs
@@ -34,21 +55,7 @@ impl Shard {
             Some(Value::Model(m)) => m.clone(),
             Some(_) => return error(Error::WrongType.into()),
         };
-        // Input and output counts: TF's are declared; the others' come from
-        // the loaded model (a model still loading on a new leader is waited for).
-        let counts = match model.try_loaded() {
-            _ if model.def.backend == BackendKind::Tf => Ok((model.def.inputs.len(), model.def.outputs.len())),
-            Some(l) => Ok((l.inputs().len(), l.outputs().len())),
-            None => {
-                let m = model.clone();
-                match tokio::task::spawn_blocking(move || m.loaded()).await {
-                    Ok(Ok(l)) => Ok((l.inputs().len(), l.outputs().len())),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(NodeError::LoadFailed(e.to_string())),
-                }
-            }
-        };
-        let (n_in, n_out) = match counts {
+        let (n_in, n_out) = match counts(&model).await {
             Ok(c) => c,
             Err(e) => return error(e),
         };

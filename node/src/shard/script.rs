@@ -3,20 +3,67 @@
 //! into the store, then write what it changed and its outputs through the
 //! log, as one entry.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tessera_backend::script::Script;
 
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
 use tessera_common::model::ScriptRun;
 use tessera_common::reply::Reply;
+use tessera_common::tensor::Tensor;
 
 use super::host::Host;
 use super::{Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::engine;
+use crate::engine::script::StoredScript;
 use crate::engine::registry::registry;
 use crate::error::Error as NodeError;
 use crate::util::now_ms;
+
+/// The compiled script: compiled on this replica when its entry applied; a
+/// new leader may still be at it: waited for here (off the runtime), not on
+/// the device queue.
+pub(super) async fn compiled(script: &Arc<StoredScript>) -> Result<Arc<dyn Script>, NodeError> {
+    if let Some(c) = script.try_compiled() {
+        return Ok(c);
+    }
+    let s = script.clone();
+    match tokio::task::spawn_blocking(move || s.compiled()).await {
+        Ok(result) => result,
+        Err(e) => Err(NodeError::LoadFailed(e.to_string())),
+    }
+}
+
+/// Calls `run`'s function of `script` (on a device queue's thread),
+/// counting the call in the script's statistics.
+pub(super) fn call_script(
+    script: &StoredScript,
+    compiled: &dyn Script,
+    run: &ScriptRun,
+    inputs: &[Tensor],
+    host: &Host,
+) -> Result<Vec<Tensor>, NodeError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let start = Instant::now();
+    let c = tessera_backend::script::ScriptCall {
+        function: &run.function,
+        inputs,
+        keys: &run.keys,
+        args: &run.args,
+        outputs: run.outputs.len(),
+    };
+    let result = compiled.run(&c, host).map_err(|e| NodeError::Model(e.0));
+    // (Never 0 µs: RedisAI's clients see the duration grow with each call.)
+    script.stats.duration_us.fetch_add((start.elapsed().as_micros() as u64).max(1), Relaxed);
+    script.stats.calls.fetch_add(1, Relaxed);
+    if result.is_err() {
+        script.stats.errors.fetch_add(1, Relaxed);
+    }
+    result
+}
 
 impl Shard {
     /// AI.SCRIPTEXECUTE / AI.SCRIPTRUN, read and fenced as a model run is
@@ -48,15 +95,9 @@ impl Shard {
             }
             (script, inputs)
         };
-        // Compiled on this replica when its entry applied; a new leader may
-        // still be at it: waited for here, not on the device queue.
-        let compiled = {
-            let s = script.clone();
-            match tokio::task::spawn_blocking(move || s.compiled()).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return error(e),
-                Err(e) => return error(NodeError::LoadFailed(e.to_string())),
-            }
+        let compiled = match compiled(&script).await {
+            Ok(c) => c,
+            Err(e) => return error(e),
         };
         let slot = tessera_common::slot::key_slot(&run.key);
         let host = Host::new(self.data.clone(), slot, now);
@@ -65,23 +106,7 @@ impl Shard {
         let timeout = run.timeout_ms.map(Duration::from_millis);
         let queue = script.def.device.queue_name();
         let ran = engine().run_on(&queue, timeout, threads, move || {
-            use std::sync::atomic::Ordering::Relaxed;
-            let start = Instant::now();
-            let c = tessera_backend::script::ScriptCall {
-                function: &call.function,
-                inputs: &inputs,
-                keys: &call.keys,
-                args: &call.args,
-                outputs: call.outputs.len(),
-            };
-            let result = compiled.run(&c, &host).map_err(|e| NodeError::Model(e.0));
-            // (Never 0 µs: RedisAI's clients see the duration grow with each call.)
-            script.stats.duration_us.fetch_add((start.elapsed().as_micros() as u64).max(1), Relaxed);
-            script.stats.calls.fetch_add(1, Relaxed);
-            if result.is_err() {
-                script.stats.errors.fetch_add(1, Relaxed);
-            }
-            result.map(|outputs| (outputs, host))
+            call_script(&script, &*compiled, &call, &inputs, &host).map(|outputs| (outputs, host))
         });
         let (outputs, host) = match ran.await {
             Ok(Some(Ok(done))) => done,
