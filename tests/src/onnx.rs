@@ -220,3 +220,28 @@ pub fn folded_sum(n: usize) -> Vec<u8> {
     }
     scalar_model(&[node(&["W"], "S", "ReduceSum"), node(&["X", "S"], "Y", "Add")], b"folded", &init, FLOAT)
 }
+
+/// The shape of aibench's fraud-detection model (creditcardfraud.pb): a
+/// transaction X FLOAT [1, 30] and a reference window Y FLOAT [1, 256] to
+/// scores Z FLOAT [1, 2], here `Z = X·W1 + Y·W2` with every weight of W1
+/// 0.01 and of W2 0.001 (each score is `0.01 ΣX + 0.001 ΣY`).
+pub fn fraud_shape() -> Vec<u8> {
+    let weights = |name: &str, rows: u64, w: f32| {
+        let mut init = initializer(&[rows, 2], FLOAT, name, b"", 4 * 2 * rows as usize);
+        for _ in 0..2 * rows {
+            init.extend_from_slice(&w.to_le_bytes());
+        }
+        init
+    };
+    let mut graph = Vec::new();
+    bytes(&mut graph, 1, &node(&["X", "W1"], "A", "MatMul"));
+    bytes(&mut graph, 1, &node(&["Y", "W2"], "B", "MatMul"));
+    bytes(&mut graph, 1, &node(&["A", "B"], "Z", "Add"));
+    bytes(&mut graph, 2, b"fraud");
+    bytes(&mut graph, 5, &weights("W1", 30, 0.01));
+    bytes(&mut graph, 5, &weights("W2", 256, 0.001));
+    bytes(&mut graph, 11, &value_info("X", FLOAT, &[1, 30]));
+    bytes(&mut graph, 11, &value_info("Y", FLOAT, &[1, 256]));
+    bytes(&mut graph, 12, &value_info("Z", FLOAT, &[1, 2]));
+    model(&graph)
+}

@@ -114,6 +114,26 @@ impl Dag {
         self.persist.iter().chain(scripts)
     }
 
+    /// Whether every value number is in range and each PERSIST key has
+    /// its value (always so for a DAG [`parse_dag`] made; a shard checks a
+    /// DAG from the wire before indexing with it).
+    pub fn well_formed(&self) -> bool {
+        if self.fails.is_some() {
+            // (Only the LOAD keys are read before the error is answered.)
+            return self.load.len() <= self.values;
+        }
+        let ok = |v: &usize| *v < self.values;
+        let ops = self.ops.iter().all(|op| match op {
+            DagOp::TensorSet { output, .. } => ok(output),
+            DagOp::TensorGet { input, .. } => ok(input),
+            DagOp::Model { inputs, outputs, .. } | DagOp::Script { inputs, outputs, .. } => {
+                inputs.iter().all(ok) && outputs.iter().all(ok)
+            }
+        });
+        let persisted = self.persisted.len() == self.persist.len() && self.persisted.iter().all(ok);
+        self.load.len() <= self.values && ops && persisted
+    }
+
     /// Roughly its encoded size.
     pub fn size_hint(&self) -> usize {
         let ops: usize = self
@@ -173,7 +193,13 @@ pub fn parse_dag(argv: &[Bytes], kind: DagKind, max_value_bytes: usize) -> Resul
     };
     // Until LOAD has been read, an error is the router's to answer.
     let mut loaded = false;
-    let fail = |dag: Dag, loaded: bool, e: Error| if loaded { Ok(Dag { fails: Some(e), ..dag }) } else { Err(e) };
+    let fail = |dag: Dag, loaded: bool, e: Error| {
+        if loaded {
+            Ok(Dag { values: dag.load.len(), fails: Some(e), ..dag })
+        } else {
+            Err(e)
+        }
+    };
     let (mut seen_load, mut seen_persist, mut seen_routing, mut seen_timeout) = (false, false, false, false);
     let mut i = 1;
     while let Some(a) = argv.get(i) {
@@ -270,7 +296,7 @@ pub fn parse_dag(argv: &[Bytes], kind: DagKind, max_value_bytes: usize) -> Resul
         let end = starts.get(n + 1).copied().unwrap_or(rest.len());
         match op(&rest[start + 1..end], kind, max_value_bytes) {
             Ok(op) => dag.ops.push(op),
-            Err(e) => return Ok(Dag { fails: Some(e), ..dag }),
+            Err(e) => return Ok(Dag { values: dag.load.len(), fails: Some(e), ..dag }),
         }
     }
     // Dataflow: each input is the latest value of its name.
@@ -409,5 +435,129 @@ fn op(tokens: &[Bytes], kind: DagKind, max_value_bytes: usize) -> Result<DagOp> 
             Ok(DagOp::Script { run, inputs: Vec::new(), outputs: Vec::new() })
         }
         _ => Err(unsupported()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::argv;
+    use super::*;
+
+    fn dag(s: &str) -> Result<Dag> {
+        let a = argv(s);
+        let kind = match a[0].to_ascii_uppercase().as_slice() {
+            b"AI.DAGEXECUTE" => DagKind::Execute,
+            b"AI.DAGEXECUTE_RO" => DagKind::ExecuteRo,
+            b"AI.DAGRUN" => DagKind::Run,
+            _ => DagKind::RunRo,
+        };
+        parse_dag(&a, kind, 1 << 20)
+    }
+
+    /// The error the router answers (`Err`) or the shard (`fails`).
+    fn error(s: &str) -> String {
+        match dag(s) {
+            Err(e) => format!("router: {e}"),
+            Ok(d) => format!("shard: {}", d.fails.map(|e| e.to_string()).unwrap_or_default()),
+        }
+    }
+
+    #[test]
+    fn values_are_versioned_and_the_last_is_persisted() {
+        let d = dag("AI.DAGEXECUTE LOAD 1 a{t} PERSIST 1 c{t} |> AI.TENSORSET b FLOAT 1 VALUES 2 \
+                     |> AI.MODELEXECUTE m{t} INPUTS 2 a{t} b OUTPUTS 1 c{t} \
+                     |> AI.MODELEXECUTE m{t} INPUTS 2 c{t} b OUTPUTS 1 c{t} |> AI.TENSORGET c{t} VALUES")
+        .unwrap();
+        assert_eq!(d.fails, None);
+        // a = 0 (LOAD), b = 1, c = 2 then 3.
+        assert_eq!(d.values, 4);
+        match (&d.ops[1], &d.ops[2], &d.ops[3]) {
+            (
+                DagOp::Model { inputs: i1, outputs: o1, .. },
+                DagOp::Model { inputs: i2, outputs: o2, .. },
+                DagOp::TensorGet { input, .. },
+            ) => {
+                assert_eq!((i1.as_slice(), o1.as_slice()), (&[0, 1][..], &[2][..]));
+                assert_eq!((i2.as_slice(), o2.as_slice()), (&[2, 1][..], &[3][..]));
+                assert_eq!(*input, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.persisted, vec![3]);
+        assert!(d.writes());
+        assert_eq!(d.keys().map(|k| &k[..]).collect::<Vec<_>>(), [&b"a{t}"[..], b"c{t}", b"m{t}", b"m{t}"]);
+        let ro = dag("AI.DAGEXECUTE_RO ROUTING {t} |> AI.TENSORSET x FLOAT 1 VALUES 1 |> AI.TENSORGET x").unwrap();
+        assert!(!ro.writes() && ro.fails.is_none());
+        assert!(d.well_formed() && ro.well_formed());
+        // What a shard refuses to index with.
+        assert!(!Dag { values: 3, ..d.clone() }.well_formed());
+        assert!(!Dag { persisted: vec![], ..d.clone() }.well_formed());
+        // A DAG that failed after its LOAD keys still reads them.
+        let failed = dag("AI.DAGEXECUTE LOAD 2 a b |> AI.TENSORGET a |>").unwrap();
+        assert!(failed.fails.is_some() && failed.well_formed());
+    }
+
+    #[test]
+    fn errors_in_redisais_words_and_order() {
+        let cases = [
+            ("AI.DAGEXECUTE LOAD 1 a |>", "router: ERR missing arguments for 'AI.DAGEXECUTE' command"),
+            ("AI.DAGRUN_RO |> x", "router: ERR wrong number of arguments for 'AI.DAGRUN_RO' command"),
+            ("AI.DAGEXECUTE LOAD x a |> AI.TENSORGET a", "router: ERR invalid or negative value found in number of keys to LOAD"),
+            ("AI.DAGEXECUTE LOAD -1 a |> AI.TENSORGET a", "router: ERR invalid or negative value found in number of keys to LOAD"),
+            // LOAD's keys are read before the count is found short.
+            ("AI.DAGEXECUTE LOAD 2 a |> AI.TENSORGET a", "shard: ERR number of keys to LOAD into DAG does not match the number of given arguments"),
+            ("AI.DAGEXECUTE PERSIST 2 a a |> AI.TENSORGET a", "router: ERR PERSIST keys must be unique"),
+            ("AI.DAGEXECUTE PERSIST 3 a b |> AI.TENSORGET a", "router: ERR number of keys to PERSIST after DAG execution does not match the number of given arguments"),
+            ("AI.DAGEXECUTE_RO PERSIST 1 a |> AI.TENSORGET a", "router: ERR PERSIST cannot be specified in a read-only DAG"),
+            ("AI.DAGEXECUTE_RO LOAD 1 a PERSIST 1 a |> AI.TENSORGET a", "shard: ERR PERSIST cannot be specified in a read-only DAG"),
+            ("AI.DAGEXECUTE TIMEOUT 5 |> AI.TENSORGET a x", "router: ERR AI.DAGEXECUTE and AI.DAGEXECUTE_RO commands must contain at least one out of ROUTING, LOAD, PERSIST keywords"),
+            ("AI.DAGEXECUTE ROUTING a TIMEOUT x |> AI.TENSORGET a", "router: ERR Invalid value for TIMEOUT"),
+            ("AI.DAGEXECUTE ROUTING a ROUTING b |> AI.TENSORGET a", "router: ERR Invalid DAG command. Unexpected argument:  ROUTING"),
+            ("AI.DAGEXECUTE ROUTING a FOO b c d", "router: ERR Invalid DAG command. Unexpected argument:  FOO"),
+            ("AI.DAGEXECUTE ROUTING a TIMEOUT 5 x", "router: ERR Invalid DAG command. Unexpected argument:  x"),
+            ("AI.DAGEXECUTE ROUTING a TIMEOUT 5 LOAD 0", "router: ERR missing arguments after LOAD keyword in DAG command"),
+            ("AI.DAGEXECUTE LOAD 1 a ROUTING b TIMEOUT 5", "shard: ERR DAG is empty"),
+            ("AI.DAGEXECUTE ROUTING a |> AI.TENSORGET a", "shard: ERR INPUT key cannot be found in DAG"),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.TENSORGET a |>", "shard: Unsupported command within DAG"),
+            ("AI.DAGEXECUTE LOAD 1 a |> SET a b", "shard: Unsupported command within DAG"),
+            ("AI.DAGEXECUTE LOAD 1 a ROUTING a |> AI.TENSORGET", "shard: wrong number of arguments for 'AI.TENSORGET' command"),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.TENSORSET b FLOAT", "shard: wrong number of arguments for 'AI.TENSORSET' command"),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.TENSORSET b FLOAT 1 VALUES x", "shard: ERR invalid value"),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.TENSORGET a FOO", "shard: ERR unsupported data format"),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.MODELRUN m INPUTS a OUTPUTS b", "shard: Deprecated AI.MODELRUN cannot be used in AI.DAGEXECUTE command"),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.SCRIPTRUN s f INPUTS a OUTPUTS b", "shard: Deprecated AI.SCRIPTRUN cannot be used in AI.DAGEXECUTE command"),
+            ("AI.DAGRUN LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b", "shard: AI.MODELEXECUTE cannot be used in a deprecated AI.DAGRUN command"),
+            ("AI.DAGRUN LOAD 1 a |> AI.SCRIPTEXECUTE s f INPUTS 1 a", "shard: AI.SCRIPTEXECUTE cannot be used in a deprecated AI.DAGRUN command"),
+            ("AI.DAGEXECUTE_RO LOAD 1 a |> AI.SCRIPTEXECUTE s f INPUTS 1 a", "shard: ERR AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG"),
+            ("AI.DAGEXECUTE PERSIST 1 z |> AI.TENSORSET a FLOAT 1 VALUES 1", "shard: ERR PERSIST key cannot be found in DAG"),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS", "shard: ERR wrong number of arguments for 'AI.MODELEXECUTE' command"),
+        ];
+        for (cmd, want) in cases {
+            assert_eq!(error(cmd), want, "{cmd}");
+        }
+        // Errors an op's own parse finds wait for its model (the shard
+        // looks it up first); TIMEOUT belongs to the DAG.
+        let d = dag("AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT 5").unwrap();
+        match &d.ops[0] {
+            DagOp::Model { run, .. } => {
+                assert_eq!(run.check(1, 1).unwrap_err().to_string(), "ERR TIMEOUT not allowed within a DAG command")
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = dag("AI.DAGEXECUTE LOAD 1 a |> AI.SCRIPTEXECUTE s f INPUTS 1 a TIMEOUT 5").unwrap();
+        match &d.ops[0] {
+            DagOp::Script { run, .. } => {
+                assert_eq!(run.fails.as_ref().unwrap().to_string(), "ERR TIMEOUT not allowed within a DAG command")
+            }
+            other => panic!("{other:?}"),
+        }
+        // 0 or less: no timeout.
+        assert_eq!(
+            dag("AI.DAGEXECUTE ROUTING a TIMEOUT -5 |> AI.TENSORSET x FLOAT 1 VALUES 1").unwrap().timeout_ms,
+            None
+        );
+        // A DAGRUN needs none of LOAD / PERSIST / ROUTING.
+        let d = dag("AI.DAGRUN |> AI.TENSORSET x FLOAT 1 VALUES 1 |> AI.TENSORGET x VALUES").unwrap();
+        assert!(d.fails.is_none() && d.keys().next().is_none());
     }
 }

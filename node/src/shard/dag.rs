@@ -99,6 +99,9 @@ impl Shard {
 
     async fn run_dag_in(&self, dag: &Dag, fence: Option<u64>, arrived: Instant) -> Executed {
         let error = |e: NodeError| Executed::Unwritten(Outcome::Error(e));
+        if !dag.well_formed() {
+            return error(NodeError::Internal("internal: a DAG whose values are out of range"));
+        }
         let now = now_ms();
         // 1. Check.
         let (mut values, found) = {
@@ -314,9 +317,8 @@ async fn run_ops(
                 (DagOp::Script { run, .. }, Runner::Script(s, c), Some(host)) => {
                     let (s, c, run, host): (_, _, ScriptRun, _) = (s.clone(), c.clone(), run.clone(), host.clone());
                     let queue = s.def.device.queue_name();
-                    let rx = engine().run_on(&queue, remaining, threads, move || {
-                        call_script(&s, &*c, &run, &inputs, &host)
-                    });
+                    let rx =
+                        engine().run_on(&queue, remaining, threads, move || call_script(&s, &*c, &run, &inputs, &host));
                     async move {
                         let ran = match rx.await {
                             Ok(Some(Ok(outs))) => Ran::Done(outs.into_iter().map(Some).collect()),
@@ -328,8 +330,11 @@ async fn run_ops(
                     }
                     .boxed()
                 }
-                _ => futures::future::ready((i, Ran::Failed(NodeError::Internal("internal: a DAG op without its runner"))))
-                    .boxed(),
+                _ => futures::future::ready((
+                    i,
+                    Ran::Failed(NodeError::Internal("internal: a DAG op without its runner")),
+                ))
+                .boxed(),
             };
             states[i] = State::Running;
             running.push(started);

@@ -18,8 +18,8 @@ use super::host::Host;
 use super::{Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::engine;
-use crate::engine::script::StoredScript;
 use crate::engine::registry::registry;
+use crate::engine::script::StoredScript;
 use crate::error::Error as NodeError;
 use crate::util::now_ms;
 
