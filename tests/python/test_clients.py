@@ -101,6 +101,41 @@ def test_redisai_py_models(cluster, plain):
         con.modelget("py:m{1}")
 
 
+def test_redisai_py_dag(cluster, plain):
+    """redisai-py's dag() builder: AI.DAGEXECUTE with LOAD and PERSIST,
+    AI.DAGEXECUTE_RO routed by a tag (intermediate tensors never reach the
+    keyspace), and the deprecated AI.DAGRUN it falls back to without
+    LOAD/PERSIST/ROUTING."""
+    import redisai
+
+    con = redisai.Client(host="127.0.0.1", port=cluster.plain_port)
+    assert con.modelstore("py:m{3}", "ONNX", "CPU", (TESTDATA / "mnist.onnx").read_bytes()) == "OK"
+    one = np.frombuffer((TESTDATA / "one.raw").read_bytes(), dtype=np.float32).reshape(1, 1, 28, 28)
+    con.tensorset("py:in{3}", one)
+
+    dag = con.dag(load=["py:in{3}"], persist=["py:out{3}"])
+    dag.modelexecute("py:m{3}", inputs=["py:in{3}"], outputs=["py:out{3}"])
+    dag.tensorget("py:out{3}")
+    done, scores = dag.execute()
+    assert done == "OK" and scores.shape == (1, 10) and int(np.argmax(scores)) == 1
+    assert int(np.argmax(con.tensorget("py:out{3}"))) == 1
+
+    ro = con.dag(routing="{3}", readonly=True)
+    ro.tensorset("x", one).modelexecute("py:m{3}", inputs="x", outputs="y").tensorget("y")
+    set_ok, run_ok, y = ro.execute()
+    assert (set_ok, run_ok) == ("OK", "OK") and int(np.argmax(y)) == 1
+    assert plain.exists("x") == 0 and plain.exists("y") == 0
+
+    with pytest.warns(DeprecationWarning):
+        old = con.dag()
+    old.tensorset("a", [1, 2, 3], dtype="int8").tensorget("a", as_numpy=False)
+    set_ok, a = old.execute()
+    assert set_ok == "OK" and a == {"dtype": "INT8", "shape": [3], "values": [1, 2, 3]}
+
+    with pytest.raises(redis.exceptions.ResponseError, match="PERSIST cannot be specified in a read-only DAG"):
+        plain.execute_command("AI.DAGEXECUTE_RO", "PERSIST", 1, "py:out{3}", "|>", "AI.TENSORGET", "py:out{3}")
+
+
 # A RedisAI script in the entry-point form (AI.SCRIPTSTORE / AI.SCRIPTEXECUTE):
 # `bar` adds two tensors, `set_incr` writes and increments a string key
 # through redis.execute and returns the result as a 0-d INT64 tensor.
