@@ -275,7 +275,7 @@ pub fn parse_dag(argv: &[Bytes], kind: DagKind, max_value_bytes: usize) -> Resul
             return fail(dag, loaded, Error::Verbatim(e));
         }
     }
-    if !kind.deprecated() && !(seen_load || seen_persist || seen_routing) {
+    if !(kind.deprecated() || seen_load || seen_persist || seen_routing) {
         return fail(
             dag,
             loaded,
