@@ -193,11 +193,7 @@ async fn main() -> Result<()> {
     run.arg(&["mnist{d}", "INPUTS", "1", "in{d}", "OUTPUTS", "1", "out{d}"]);
     line(&label, "AI.MODELEXECUTE alone (run + one logged write)", timed(n, || Ok(run.query::<()>(&mut con)?))?);
     let mnist_in = [("in{d}", &one)];
-    line(
-        &label,
-        "3 calls: TENSORSET, MODELEXECUTE, TENSORGET",
-        timed(n, || calls(&mut con, "mnist{d}", &mnist_in))?,
-    );
+    line(&label, "3 calls: TENSORSET, MODELEXECUTE, TENSORGET", timed(n, || calls(&mut con, "mnist{d}", &mnist_in))?);
     let heads: [(&str, &[&str]); 3] = [
         ("AI.DAGEXECUTE ROUTING, no PERSIST (nothing logged)", &["AI.DAGEXECUTE", "ROUTING", "{d}"]),
         ("AI.DAGEXECUTE_RO ROUTING", &["AI.DAGEXECUTE_RO", "ROUTING", "{d}"]),
@@ -213,7 +209,12 @@ async fn main() -> Result<()> {
                 Ok(())
             })?,
         );
-        println!("{label}{:<52} added p50 {:>7.1} us   p99 {:>7.1} us over in-process", "", p50 - local50, p99 - local99);
+        println!(
+            "{label}{:<52} added p50 {:>7.1} us   p99 {:>7.1} us over in-process",
+            "",
+            p50 - local50,
+            p99 - local99
+        );
     }
 
     println!("== (b) fraud shape (1x30 + 1x256 -> 1x2), {n} runs each");

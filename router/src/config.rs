@@ -49,6 +49,12 @@ pub struct Args {
     /// How long to wait for every node at start-up, in seconds.
     #[arg(long, env = "TESSERA_NODE_WAIT_SECS", default_value_t = 30)]
     pub node_wait_secs: u64,
+    /// Spread AI.DAGEXECUTE_RO and AI.DAGRUN_RO over every replica of their
+    /// shard, not only its leader: a follower runs one once it has applied
+    /// up to the leader's read index (still linearizable). See
+    /// docs/dags.md for when it helps.
+    #[arg(long, env = "TESSERA_FOLLOWER_READS", default_value_t = false)]
+    pub follower_reads: bool,
     #[command(flatten)]
     pub process: ProcessArgs,
 }
@@ -62,6 +68,8 @@ pub struct Config {
     pub node_wait: Duration,
     /// Advertised endpoints; empty means "this router's cluster listeners".
     pub advertise: Vec<SocketAddr>,
+    /// Read-only DAGs go to any replica (`--follower-reads`).
+    pub follower_reads: bool,
 }
 
 impl Args {
@@ -80,6 +88,7 @@ impl Args {
             nodes: self.nodes.clone(),
             node_wait: Duration::from_secs(self.node_wait_secs),
             advertise: self.advertise.clone(),
+            follower_reads: self.follower_reads,
         })
     }
 }

@@ -355,16 +355,21 @@ impl ShardMap {
     /// Sends a keyed command to the leader of the shard owning `slot`.
     /// `read_only` commands are retried on another replica after a timeout;
     /// writes are not (their outcome is unknown).
-    pub async fn call_slot(&self, slot: u16, command: Bytes, read_only: bool, runs: bool) -> Reply {
+    /// Sends a command to the shard owning `slot`: its leader, or when
+    /// `spread`, each replica in turn (a read-only DAG a follower may serve).
+    pub async fn call_slot(&self, slot: u16, command: Bytes, read_only: bool, runs: bool, spread: bool) -> Reply {
         match self.shard_of(slot) {
-            Some(s) => self.call(&s, request::Target::Slot(u32::from(slot)), command, read_only, runs).await,
+            Some(s) => {
+                let target = request::Target::Slot(u32::from(slot));
+                self.call(&s, target, command, read_only, runs, spread).await
+            }
             None => Error::NotServed.into(),
         }
     }
 
     /// Sends a command to one shard's leader.
     pub async fn call_shard(&self, shard: &ShardEntry, command: Bytes, read_only: bool) -> Reply {
-        self.call(shard, request::Target::Shard(shard.id), command, read_only, false).await
+        self.call(shard, request::Target::Shard(shard.id), command, read_only, false, false).await
     }
 
     /// Sends to the cached leader, following redirects and moving to another
@@ -377,12 +382,20 @@ impl ShardMap {
         command: Bytes,
         read_only: bool,
         runs: bool,
+        spread: bool,
     ) -> Reply {
         let start = tokio::time::Instant::now();
         // Large values take longer to replicate and fsync: 1 s more per 4 MB.
         let base = if runs { RUN_TIMEOUT } else { REQUEST_TIMEOUT };
         let timeout = base + Duration::from_millis(command.len() as u64 / 4_000);
         let mut node = shard.leader.load(Ordering::Relaxed);
+        if spread {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let replicas = shard.replicas.read();
+            if !replicas.is_empty() {
+                node = replicas[NEXT.fetch_add(1, Ordering::Relaxed) % replicas.len()];
+            }
+        }
         let mut last = String::new();
         let mut tries = 0usize;
         let mut down: Vec<usize> = Vec::new();

@@ -38,6 +38,8 @@ pub type Leader = Option<(u64, String)>;
 pub struct Group {
     id: u32,
     raft: Raft,
+    /// This node's links to the others (a follower read asks the leader).
+    peers: Peers,
     /// Lease reads instead of read-index rounds (`--read-mode lease`).
     lease: bool,
 }
@@ -104,11 +106,11 @@ impl Group {
         let store = LogStore::open(dir, id)?;
         let sm = StateMachine::open(dir)?;
         let (data, local) = (sm.data.clone(), sm.local.clone());
-        let network = NetworkFactory { group: id, peers };
+        let network = NetworkFactory { group: id, peers: peers.clone() };
         // Named after the group, so openraft's log lines say which group speaks.
         let config = Arc::new(RaftConfig { cluster_name: name, ..(*config).clone() });
         let raft = Raft::new(node_id, config, network, store, sm).await.map_err(io::Error::other)?;
-        Ok((Group { id, raft, lease }, data, local))
+        Ok((Group { id, raft, peers, lease }, data, local))
     }
 
     /// For the transport: the group's Raft itself.
@@ -172,6 +174,40 @@ impl Group {
     pub async fn confirm_read(&self) -> Result<(), Unconfirmed> {
         let policy = if self.lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
         self.ensure(policy).await
+    }
+
+    /// On the leader: the log index a replica must have applied to serve a
+    /// linearizable read now (confirmed as [`Group::confirm_read`] does).
+    pub async fn read_index(&self) -> Result<u64, String> {
+        let policy = if self.lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
+        match self.raft.ensure_linearizable(policy).await {
+            Ok(read) => Ok(read.index()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// On a follower: waits until this replica has applied everything the
+    /// leader had committed when asked (its read index), so that a read here
+    /// is linearizable. `Forward` when no leader is known or it cannot
+    /// confirm it leads.
+    pub async fn follower_read(&self, timeout: Duration) -> Result<(), Unconfirmed> {
+        let Some((leader, addr)) = self.leader() else {
+            return Err(Unconfirmed::Forward(None));
+        };
+        if leader == self.me() {
+            return self.confirm_read().await;
+        }
+        let index = match self.peers.read_index(leader, &addr, self.id, timeout).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!(group = self.id, leader, error = %e, "no read index from the leader");
+                return Err(Unconfirmed::Forward(Some((leader, addr))));
+            }
+        };
+        match self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "follower read").await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Unconfirmed::Other(e.to_string())),
+        }
     }
 
     /// Confirms with a quorum that this replica still leads.

@@ -44,6 +44,20 @@ pub struct Peers {
 type PeerLink = (String, Arc<Link>);
 
 impl Peers {
+    /// Asks `leader` (at `addr`) for group `group`'s read index (see
+    /// [`super::group::Group::follower_read`]), on the link.
+    pub async fn read_index(&self, leader: u64, addr: &str, group: u32, timeout: Duration) -> Result<u64, String> {
+        let msg = RaftMessage { group, kind: RaftKind::ReadIndex as i32, ..Default::default() };
+        let reply = self.link(leader, addr).call(msg, timeout).await.map_err(|e| match e {
+            CallError::TimedOut => format!("timed out after {timeout:?}"),
+            CallError::Broken(why) => why,
+        })?;
+        if !reply.error.is_empty() {
+            return Err(reply.error);
+        }
+        decode::<Result<u64, String>>(&reply.payload).map_err(|e| e.to_string())?
+    }
+
     fn client(&self, id: u64, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
         Self::client_in(&self.channels, id, addr)
     }

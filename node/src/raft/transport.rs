@@ -135,6 +135,7 @@ impl TransportService {
                     encode(&raft.handle_transfer_leader(req).await)
                 }
             }
+            RaftKind::ReadIndex => encode(&group.read_index().await),
             RaftKind::Unspecified => return Err(Status::invalid_argument("raft message kind missing")),
         };
         Ok(RaftMessage { group: m.group, kind: m.kind, payload: payload.into(), id: m.id, error: String::new() })

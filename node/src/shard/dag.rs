@@ -17,7 +17,8 @@
 //!
 //! A DAG that writes nothing (no PERSIST, no script) proposes nothing: it
 //! is a linearizable read, whose confirmation (a read-index round, or the
-//! lease) runs while the ops do.
+//! lease) runs while the ops do. AI.DAGEXECUTE_RO and AI.DAGRUN_RO also run
+//! on a follower, once it has applied up to the leader's read index.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ use crate::engine::registry::registry;
 use crate::engine::script::StoredScript;
 use crate::engine::{engine, RunResult};
 use crate::error::Error as NodeError;
+use crate::raft::group::Unconfirmed;
 use crate::util::now_ms;
 
 /// What a model or script op runs, found before anything runs.
@@ -66,6 +68,10 @@ enum State {
     Failed,
 }
 
+/// How long a follower waits for the leader's read index and for its own
+/// state to reach it before it answers as a replica that cannot serve.
+const FOLLOWER_READ_WAIT: Duration = Duration::from_secs(2);
+
 fn na() -> Reply {
     Reply::Simple("NA".into())
 }
@@ -74,16 +80,30 @@ impl Shard {
     /// Runs a DAG (see the module docs).
     pub async fn run_dag(&self, dag: &Dag) -> Outcome {
         let arrived = Instant::now();
+        let answer = |e: Executed| match e {
+            Executed::Written(o) | Executed::Unwritten(o) => o,
+        };
         if dag.writes() {
             return self.fenced(|fence| self.run_dag_in(dag, fence, arrived)).await;
+        }
+        // AI.DAGEXECUTE_RO / AI.DAGRUN_RO on a follower (a router spreading
+        // read-only DAGs over the replicas sends them here): it waits until
+        // it has applied what the leader had committed when asked, then
+        // runs the DAG on its own copy of the data.
+        if dag.kind.read_only() && !self.group.is_leader() {
+            return match self.group.follower_read(FOLLOWER_READ_WAIT).await {
+                Ok(()) => answer(self.run_dag_in(dag, None, arrived).await),
+                Err(Unconfirmed::Forward(leader)) => Outcome::Redirect(leader),
+                Err(Unconfirmed::Other(e)) => {
+                    tracing::debug!(shard = self.id, error = %e, "follower read not confirmed");
+                    self.not_here()
+                }
+            };
         }
         // Read-only. A leader that has applied an entry of its term has
         // every acknowledged write: it reads at once, and the confirmation
         // that it still leads (started after the command arrived) runs
         // beside the ops. Otherwise it confirms first.
-        let answer = |e: Executed| match e {
-            Executed::Written(o) | Executed::Unwritten(o) => o,
-        };
         if self.group.leading_applied_term().is_none() {
             if let Err(o) = self.confirm_read().await {
                 return o;
