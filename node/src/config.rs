@@ -52,6 +52,14 @@ pub struct Args {
     /// assumes clock drift well below the election timeout).
     #[arg(long, env = "TESSERA_READ_POLICY", value_enum, default_value = "read-index")]
     pub read_policy: ReadMode,
+    /// How read-only DAGs (AI.DAGEXECUTE_RO, and AI.DAGEXECUTE with neither
+    /// PERSIST nor a script) are made linearizable, on the leader and for
+    /// the read index a follower asks it for. `lease` by default: a DAG
+    /// round at concurrency 1 is measured faster with it
+    /// (docs/benchmarks.md), under the clock assumption `--read-policy`
+    /// states.
+    #[arg(long, env = "TESSERA_DAG_READ_POLICY", value_enum, default_value = "lease")]
+    pub dag_read_policy: ReadMode,
     /// Free space (MiB) kept on the data disk: writes that would eat into it
     /// are refused with `MISCONF disk full ...` until space is freed (0 turns
     /// the check off).
@@ -95,6 +103,7 @@ pub struct Config {
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
     pub read_mode: ReadMode,
+    pub dag_read_mode: ReadMode,
     pub min_free_bytes: u64,
 }
 
@@ -150,6 +159,7 @@ impl Args {
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_logs: self.snapshot_logs,
             read_mode: self.read_policy,
+            dag_read_mode: self.dag_read_policy,
             min_free_bytes: self.min_free_mb << 20,
         })
     }

@@ -153,7 +153,7 @@ impl Shard {
         disk: Arc<DiskGuard>,
     ) -> io::Result<Arc<Shard>> {
         let dir = node.data_dir.join(group_dir(id));
-        let lease = node.read_mode == ReadMode::Lease;
+        let lease = (node.read_mode == ReadMode::Lease, node.dag_read_mode == ReadMode::Lease);
         let (group, data, local) = Group::open(node.node_id, id, &dir, group_dir(id), raft, peers, lease).await?;
         let last_ts = data.lock().last_ts;
         Ok(Arc::new(Shard { id, ranges, placement, group, data, local, last_ts: AtomicI64::new(last_ts), disk }))
@@ -337,6 +337,18 @@ impl Shard {
                 Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms(), chunk))
             }
             Err(o) => o,
+        }
+    }
+
+    /// [`Shard::confirm_read`] for a read-only DAG (its own policy).
+    async fn confirm_dag_read(&self) -> Result<(), Outcome> {
+        match self.group.confirm_dag_read().await {
+            Ok(()) => Ok(()),
+            Err(Unconfirmed::Forward(leader)) => Err(Outcome::Redirect(leader)),
+            Err(Unconfirmed::Other(e)) => {
+                tracing::debug!(shard = self.id, error = %e, "read not confirmed");
+                Err(self.not_here())
+            }
         }
     }
 

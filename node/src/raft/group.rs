@@ -40,8 +40,10 @@ pub struct Group {
     raft: Raft,
     /// This node's links to the others (a follower read asks the leader).
     peers: Peers,
-    /// Lease reads instead of read-index rounds (`--read-mode lease`).
+    /// Lease reads instead of read-index rounds (`--read-policy lease`).
     lease: bool,
+    /// The same for read-only DAGs (`--dag-read-policy lease`).
+    dag_lease: bool,
 }
 
 /// An entry handed to Raft, not yet applied.
@@ -101,7 +103,7 @@ impl Group {
         name: String,
         config: Arc<RaftConfig>,
         peers: Peers,
-        lease: bool,
+        (lease, dag_lease): (bool, bool),
     ) -> io::Result<(Group, Arc<Mutex<ShardData>>, LocalWrites)> {
         let store = LogStore::open(dir, id)?;
         let sm = StateMachine::open(dir)?;
@@ -110,7 +112,7 @@ impl Group {
         // Named after the group, so openraft's log lines say which group speaks.
         let config = Arc::new(RaftConfig { cluster_name: name, ..(*config).clone() });
         let raft = Raft::new(node_id, config, network, store, sm).await.map_err(io::Error::other)?;
-        Ok((Group { id, raft, peers, lease }, data, local))
+        Ok((Group { id, raft, peers, lease, dag_lease }, data, local))
     }
 
     /// For the transport: the group's Raft itself.
@@ -177,9 +179,9 @@ impl Group {
     }
 
     /// On the leader: the log index a replica must have applied to serve a
-    /// linearizable read now (confirmed as [`Group::confirm_read`] does).
+    /// read-only DAG now (confirmed as [`Group::confirm_dag_read`] does).
     pub async fn read_index(&self) -> Result<u64, String> {
-        let policy = if self.lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
+        let policy = if self.dag_lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
         match self.raft.ensure_linearizable(policy).await {
             Ok(read) => Ok(read.index()),
             Err(e) => Err(e.to_string()),
@@ -195,7 +197,7 @@ impl Group {
             return Err(Unconfirmed::Forward(None));
         };
         if leader == self.me() {
-            return self.confirm_read().await;
+            return self.confirm_dag_read().await;
         }
         let index = match self.peers.read_index(leader, &addr, self.id, timeout).await {
             Ok(i) => i,
@@ -208,6 +210,12 @@ impl Group {
             Ok(_) => Ok(()),
             Err(e) => Err(Unconfirmed::Other(e.to_string())),
         }
+    }
+
+    /// [`Group::confirm_read`] for a read-only DAG (`--dag-read-policy`).
+    pub async fn confirm_dag_read(&self) -> Result<(), Unconfirmed> {
+        let policy = if self.dag_lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
+        self.ensure(policy).await
     }
 
     /// Confirms with a quorum that this replica still leads.

@@ -105,12 +105,12 @@ impl Shard {
         // that it still leads (started after the command arrived) runs
         // beside the ops. Otherwise it confirms first.
         if self.group.leading_applied_term().is_none() {
-            if let Err(o) = self.confirm_read().await {
+            if let Err(o) = self.confirm_dag_read().await {
                 return o;
             }
             return answer(self.run_dag_in(dag, None, arrived).await);
         }
-        let (confirmed, ran) = tokio::join!(self.confirm_read(), self.run_dag_in(dag, None, arrived));
+        let (confirmed, ran) = tokio::join!(self.confirm_dag_read(), self.run_dag_in(dag, None, arrived));
         match confirmed {
             Ok(()) => answer(ran),
             Err(not_here) => not_here,
