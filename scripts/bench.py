@@ -11,7 +11,13 @@ Tessera's writes are always replicated to 3 fsync'd Raft logs. Then scripts:
 the router vs the same function called in-process). Last, models:
 `tessera-model-bench` (TENSORSET -> MODELEXECUTE -> TENSORGET through the
 router vs ONNX Runtime in-process; latency at 1 client, throughput at 64
-with and without BATCHSIZE)."""
+with and without BATCHSIZE). Then DAGs: `tessera-dag-bench` (the mnist
+round and the fraud shape as one AI.DAGEXECUTE against three or four calls
+and in-process ORT; read-only DAG throughput at 16 and 64 clients), on
+fresh clusters for each setting of read-only DAGs: the default (lease),
+`TESSERA_DAG_READ_POLICY=read-index`, and the router's follower reads
+(`TESSERA_FOLLOWER_READS`); `--quick` runs the default only, `--dags` only
+the DAG part."""
 
 import argparse
 import os
@@ -38,8 +44,52 @@ def bench(port, n, pipeline, args, stdin=None):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="few requests (CI smoke run)")
+    ap.add_argument("--dags", action="store_true", help="only the DAG benchmark")
     ap.add_argument("--bin-dir", default=os.path.expanduser("~/.cache/tessera/target/release"))
     a = ap.parse_args()
+    testdata = os.environ.get("TESSERA_TESTDATA") or os.path.join(ROOT, "..", "shared", "testdata")
+    if a.dags:
+        dag_bench(a, testdata)
+        return
+    try:
+        others(a, testdata)
+    finally:
+        dag_bench(a, testdata)
+
+
+def dag_bench(a, testdata):
+    """tessera-dag-bench on a fresh cluster per setting of read-only DAGs."""
+    print(flush=True)
+    if not os.path.isdir(os.path.join(testdata, "redisai")):
+        print(f"DAG benchmark skipped: it runs RedisAI's mnist, not found in {testdata} (set TESSERA_TESTDATA)",
+              flush=True)
+        return
+    settings = [("lease (default)", {})]
+    if not a.quick:
+        settings += [("read-index", {"TESSERA_DAG_READ_POLICY": "read-index"}),
+                     ("lease, follower reads", {"TESSERA_FOLLOWER_READS": "true"})]
+    for label, env in settings:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        cluster = LocalCluster(bin_dir=a.bin_dir)
+        try:
+            db = [os.path.join(a.bin_dir, "tessera-dag-bench"), "--router", cluster.plain,
+                  "--testdata", os.path.join(testdata, "redisai"), "--label", label]
+            db += ["--requests", "300", "--clients", "16", "--seconds", "2"] if a.quick else \
+                  ["--requests", "2000", "--clients", "16,64", "--seconds", "6"]
+            rc = subprocess.run(db, timeout=900).returncode
+            if rc != 0:
+                print(f"DAG benchmark exited with {rc} (see its error above)", flush=True)
+        finally:
+            cluster.stop()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def others(a, testdata):
     n1, n16 = (20_000, 100_000) if a.quick else (200_000, 1_000_000)
 
     rport = free_port()
@@ -117,7 +167,6 @@ def main():
         # Models: RedisAI-style runs through the router against ONNX Runtime
         # in-process (same library, same thread settings), in this run.
         print(flush=True)
-        testdata = os.environ.get("TESSERA_TESTDATA") or os.path.join(ROOT, "..", "shared", "testdata")
         mb = [os.path.join(a.bin_dir, "tessera-model-bench"), "--router", f"127.0.0.1:{tport}",
               "--testdata", os.path.join(testdata, "redisai")]
         mb += ["--requests", "300", "--clients", "64", "--seconds", "3"] if a.quick else \
