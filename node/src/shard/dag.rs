@@ -197,8 +197,9 @@ impl Shard {
             .iter()
             .enumerate()
             .map(|(i, op)| match op {
-                _ if i > stop => na(),
+                // (It ran when parsed: RedisAI answers OK whatever failed.)
                 DagOp::TensorSet { .. } => Reply::ok(),
+                _ if i > stop => na(),
                 DagOp::TensorGet { input, format, .. } => match &values[*input] {
                     Some(t) => t.reply(*format).unwrap_or_else(|e| e.to_reply()),
                     None => na(),
