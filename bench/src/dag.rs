@@ -194,6 +194,28 @@ async fn main() -> Result<()> {
     line(&label, "AI.MODELEXECUTE alone (run + one logged write)", timed(n, || Ok(run.query::<()>(&mut con)?))?);
     let mnist_in = [("in{d}", &one)];
     line(&label, "3 calls: TENSORSET, MODELEXECUTE, TENSORGET", timed(n, || calls(&mut con, "mnist{d}", &mnist_in))?);
+    // Where a DAG round's time goes: the same round without the model (two
+    // hops, the shard's read and the reply), and a plain read.
+    let mut no_model = redis::cmd("AI.DAGEXECUTE_RO");
+    no_model.arg(&["ROUTING", "{d}", "|>", "AI.TENSORSET"]);
+    tensor_args(&mut no_model, "x", &one);
+    no_model.arg(&["|>", "AI.TENSORGET", "x", "BLOB"]);
+    line(
+        &label,
+        "AI.DAGEXECUTE_RO TENSORSET |> TENSORGET (no model)",
+        timed(n, || {
+            let _: redis::Value = no_model.query(&mut con)?;
+            Ok(())
+        })?,
+    );
+    line(
+        &label,
+        "AI.TENSORGET (a read, --read-policy)",
+        timed(n, || {
+            let _: Vec<u8> = redis::cmd("AI.TENSORGET").arg("in{d}").arg("BLOB").query(&mut con)?;
+            Ok(())
+        })?,
+    );
     let heads: [(&str, &[&str]); 3] = [
         ("AI.DAGEXECUTE ROUTING, no PERSIST (nothing logged)", &["AI.DAGEXECUTE", "ROUTING", "{d}"]),
         ("AI.DAGEXECUTE_RO ROUTING", &["AI.DAGEXECUTE_RO", "ROUTING", "{d}"]),
