@@ -40,6 +40,10 @@ struct Args {
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// A redis-server whose PING, timed by the same client, calibrates the
+    /// round trip of this machine.
+    #[arg(long)]
+    peer: Option<String>,
     /// A label printed with every figure (the cluster's read policy, say).
     #[arg(long, default_value = "")]
     label: String,
@@ -180,12 +184,23 @@ async fn main() -> Result<()> {
     );
     line(
         &label,
-        "PING",
+        "PING, router",
         timed(n, || {
             let _: String = redis::cmd("PING").query(&mut con)?;
             Ok(())
         })?,
     );
+    if let Some(peer) = &a.peer {
+        let mut redis = redis::Client::open(format!("redis://{peer}/"))?.get_connection()?;
+        line(
+            &label,
+            "PING, redis-server (same client)",
+            timed(n, || {
+                let _: String = redis::cmd("PING").query(&mut redis)?;
+                Ok(())
+            })?,
+        );
+    }
     let mut set = redis::cmd("AI.TENSORSET");
     tensor_args(&mut set, "in{d}", &one);
     let _: () = set.query(&mut con)?;
