@@ -191,12 +191,12 @@ async fn main() -> Result<()> {
         })?,
     );
     if let Some(peer) = &a.peer {
-        let mut redis = redis::Client::open(format!("redis://{peer}/"))?.get_connection()?;
+        let mut peer_con = redis::Client::open(format!("redis://{peer}/"))?.get_connection()?;
         line(
             &label,
             "PING, redis-server (same client)",
             timed(n, || {
-                let _: String = redis::cmd("PING").query(&mut redis)?;
+                let _: String = redis::cmd("PING").query(&mut peer_con)?;
                 Ok(())
             })?,
         );
