@@ -173,7 +173,10 @@ async fn main() -> Result<()> {
     let n = a.requests;
 
     println!("== (a) mnist at concurrency 1, {n} runs each");
-    let model = ort.load(&mnist, &LoadOptions::default()).map_err(|e| anyhow::anyhow!(e))?;
+    // One intra-op and one inter-op thread, as a node runs models by default
+    // (RedisAI's INTRA_OP_PARALLELISM and INTER_OP_PARALLELISM).
+    let opts = LoadOptions { intra_op_threads: 1, inter_op_threads: 1, ..Default::default() };
+    let model = ort.load(&mnist, &opts).map_err(|e| anyhow::anyhow!(e))?;
     let (local50, local99) = line(
         &label,
         "in-process ONNX Runtime",
