@@ -2,12 +2,15 @@
 //! client) and record every operation.
 //!
 //! * `reg`: per-key registers with SET/GET of unique values;
-//! * `tensor`: the same with AI.TENSORSET/AI.TENSORGET (INT64 scalars);
+//! * `tensor`: the same with AI.TENSORSET/AI.TENSORGET (INT64 scalars),
+//!   half the reads as read-only DAGs (`AI.DAGEXECUTE_RO LOAD 1 k |>
+//!   AI.TENSORGET k`, linearizable under `--dag-read-policy`);
 //! * `set`: grow-only sets, one key per element under one hash tag (so a
 //!   set lives on one shard), read atomically with MGET;
 //! * `model`: AI.MODELSTORE of an ONNX model `Y = X + version` with
 //!   monotonic versions, and AI.MODELEXECUTE on unique inputs: the output
-//!   tells which version ran, and proves it came from this execution.
+//!   tells which version ran, and proves it came from this execution; half
+//!   the runs as one read-only DAG (TENSORSET |> MODELEXECUTE |> TENSORGET).
 //!
 //! Keys are retired after a bounded number of operations, as Jepsen does, so
 //! every key's history stays small enough to check exhaustively.
@@ -197,8 +200,14 @@ pub fn reg_worker(sh: Arc<Shared>, worker: usize, seed: u64) {
     }
 }
 
-fn tensor_read(c: &mut Client, key: &str) -> Result<OpKind, (OpKind, String)> {
-    match c.query(redis::cmd("AI.TENSORGET").arg(key).arg("VALUES")) {
+/// A read of tensor register `key`: AI.TENSORGET, or (`dag`) a read-only
+/// DAG that LOADs it (its reply `[[value]]`).
+fn tensor_read(c: &mut Client, key: &str, dag: bool) -> Result<OpKind, (OpKind, String)> {
+    let cmd = match dag {
+        false => redis::cmd("AI.TENSORGET").arg(key).arg("VALUES").clone(),
+        true => redis::cmd("AI.DAGEXECUTE_RO").arg(&["LOAD", "1", key, "|>", "AI.TENSORGET", key, "VALUES"]).clone(),
+    };
+    match c.query(&cmd) {
         Ok(v) => match as_u64(&v) {
             Some(n) => Ok(OpKind::Read(Some(n))),
             None => Err((OpKind::Read(None), format!("unexpected {v:?}"))),
@@ -220,8 +229,8 @@ pub fn tensor_worker(sh: Arc<Shared>, worker: usize, seed: u64) {
             let cmd = redis::cmd("AI.TENSORSET").arg(&key).arg("INT64").arg(1).arg("VALUES").arg(v).clone();
             record(&sh, "tensor", worker, key, || expect_ok(&mut c, &cmd, OpKind::Write(v)));
         } else {
-            let k = key.clone();
-            record(&sh, "tensor", worker, key, || tensor_read(&mut c, &k));
+            let (k, dag) = (key.clone(), rng.random_bool(0.5));
+            record(&sh, "tensor", worker, key, || tensor_read(&mut c, &k, dag));
         }
         std::thread::sleep(sh.think);
     }
@@ -320,6 +329,29 @@ pub fn model_reader(sh: Arc<Shared>, worker: usize, seed: u64) {
         let (x, y) = (format!("{tag}x{worker}"), format!("{tag}y{worker}"));
         let nonce = sh.unique();
         let input = nonce as f64 * NONCE_SCALE;
+        if rng.random_bool(0.5) {
+            // The same run as one read-only DAG: nothing is written, the
+            // output comes back in the reply.
+            let call = sh.rec.now();
+            let dag = redis::cmd("AI.DAGEXECUTE_RO")
+                .arg(&["ROUTING", tag, "|>", "AI.TENSORSET", "x", "DOUBLE", "1", "VALUES"])
+                .arg(input)
+                .arg(&["|>", "AI.MODELEXECUTE", &key, "INPUTS", "1", "x", "OUTPUTS", "1", "y", "|>"])
+                .arg(&["AI.TENSORGET", "y", "VALUES"])
+                .clone();
+            let ran = c.query(&dag);
+            let ret = sh.rec.now();
+            // (An error reply, or an op's error inside it: the model may not
+            // exist yet; a read that tells nothing.)
+            let out = match &ran {
+                Ok(Value::Array(ops)) if ops.len() == 3 => as_f64(&ops[2]),
+                _ => None,
+            };
+            if let Some(out) = out {
+                sh.rec.push(model_read(worker, &hist_key, out - input, call, ret));
+            }
+            continue;
+        }
         if c.query(redis::cmd("AI.TENSORSET").arg(&x).arg("DOUBLE").arg(1).arg("VALUES").arg(input)).is_err() {
             continue;
         }
@@ -336,23 +368,28 @@ pub fn model_reader(sh: Arc<Shared>, worker: usize, seed: u64) {
         // acknowledged, and only this worker writes it.
         let Ok(out) = c.query(redis::cmd("AI.TENSORGET").arg(&y).arg("VALUES")) else { continue };
         let Some(out) = as_f64(&out) else { continue };
-        let version = out - input;
-        // An output from another run (or garbage) reads as a version that
-        // was never written, which the checker reports.
-        let seen = if version >= 0.0 && version.fract() == 0.0 && version < NONCE_SCALE {
-            version as u64
-        } else {
-            crate::checker::FOREIGN
-        };
-        sh.rec.push(Op {
-            workload: "model".into(),
-            worker,
-            key: hist_key,
-            kind: OpKind::Read(Some(seen)),
-            call,
-            ret,
-            outcome: Outcome::Ok,
-        });
+        sh.rec.push(model_read(worker, &hist_key, out - input, call, ret));
+    }
+}
+
+/// A read of model register `key` that saw `version` (an output less its
+/// input) between `call` and `ret`.
+fn model_read(worker: usize, key: &str, version: f64, call: u64, ret: u64) -> Op {
+    // An output from another run (or garbage) reads as a version that was
+    // never written, which the checker reports.
+    let seen = if version >= 0.0 && version.fract() == 0.0 && version < NONCE_SCALE {
+        version as u64
+    } else {
+        crate::checker::FOREIGN
+    };
+    Op {
+        workload: "model".into(),
+        worker,
+        key: key.to_owned(),
+        kind: OpKind::Read(Some(seen)),
+        call,
+        ret,
+        outcome: Outcome::Ok,
     }
 }
 
@@ -373,7 +410,7 @@ pub fn final_reads(sh: &Shared, history: &[Op]) -> usize {
         let kind = if workload == "reg" {
             record(sh, "final", 0, key, || get_read(&mut c, &k))
         } else {
-            record(sh, "final", 0, key, || tensor_read(&mut c, &k))
+            record(sh, "final", 0, key, || tensor_read(&mut c, &k, false))
         };
         n += usize::from(kind.ok());
     }
