@@ -43,6 +43,10 @@ pub struct ConnState {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub created: Instant,
+    /// This connection's commands dispatched and not yet answered, when the
+    /// next one is dispatched (a read-only DAG goes to a follower only when
+    /// there are none, so a pipelined write before it stays before it).
+    pub in_flight: usize,
 }
 
 impl ConnState {
@@ -106,6 +110,7 @@ pub async fn serve(router: Arc<Router>, sock: TcpStream, vnode: Option<usize>, m
         peer,
         local,
         created: Instant::now(),
+        in_flight: 0,
     };
     let _admitted = Admitted::new(&router, &conn);
     let span = debug_span!("conn", id, %peer);
@@ -172,6 +177,7 @@ async fn session(
                     break;
                 }
             };
+            conn.in_flight = pending.len();
             let t = handle(router, conn, argv);
             if t.after == After::Close {
                 closing = true;

@@ -388,12 +388,18 @@ impl ShardMap {
         // Large values take longer to replicate and fsync: 1 s more per 4 MB.
         let base = if runs { RUN_TIMEOUT } else { REQUEST_TIMEOUT };
         let timeout = base + Duration::from_millis(command.len() as u64 / 4_000);
-        let mut node = shard.leader.load(Ordering::Relaxed);
+        let leader = shard.leader.load(Ordering::Relaxed);
+        let mut node = leader;
+        // A read-only DAG goes to the next replica in turn if it is
+        // connected; if that one does not answer, to the leader (it is safe
+        // to send again: it changes nothing).
+        let mut spread = spread;
         if spread {
             static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let replicas = shard.replicas.read();
-            if !replicas.is_empty() {
-                node = replicas[NEXT.fetch_add(1, Ordering::Relaxed) % replicas.len()];
+            match replicas.get(NEXT.fetch_add(1, Ordering::Relaxed) % replicas.len().max(1)) {
+                Some(r) if self.node(*r).is_connected() => node = *r,
+                _ => spread = false,
             }
         }
         let mut last = String::new();
@@ -411,8 +417,22 @@ impl ShardMap {
         while start.elapsed() < budget {
             tries += 1;
             let (rx, progress) = self.node(node).call_watched(target, command.clone());
-            let reply = match wait(rx, timeout, &progress).await {
-                Ok(r) => r.unwrap_or_else(|_| NodeReply::Lost(Error::RequestDropped)),
+            let wait_for = if spread { timeout.min(REQUEST_TIMEOUT) } else { timeout };
+            let reply = match wait(rx, wait_for, &progress).await {
+                // (A follower's answer leaves the leader hint as it is.)
+                Ok(Ok(NodeReply::Reply(r))) if spread => return r,
+                // A follower that did not answer in time, or whose session
+                // ended: the leader's turn.
+                Ok(Ok(NodeReply::Lost(_)) | Err(_)) | Err(_) if spread => {
+                    spread = false;
+                    node = leader;
+                    continue;
+                }
+                Ok(r) => {
+                    // (A redirect from a follower is followed as any is.)
+                    spread = false;
+                    r.unwrap_or_else(|_| NodeReply::Lost(Error::RequestDropped))
+                }
                 Err(_) => {
                     // The node is paused or cut off; look elsewhere next time
                     // (not for a run that outlasted its wait: its node may be

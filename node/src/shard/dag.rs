@@ -295,8 +295,11 @@ async fn run_ops(
     loop {
         // Start every op whose inputs are ready (none after a failure: the
         // ops before it still run, as they would have in DAG order).
-        for i in 0..failed_at.unwrap_or(n) {
-            if timed_out || states[i] != State::Waiting || deps[i].iter().any(|d| states[*d] != State::Done) {
+        for i in 0..n {
+            if timed_out || failed_at.is_some_and(|f| i >= f) {
+                break;
+            }
+            if states[i] != State::Waiting || deps[i].iter().any(|d| states[*d] != State::Done) {
                 continue;
             }
             let remaining = match deadline {
@@ -311,7 +314,13 @@ async fn run_ops(
             };
             let (inputs, runner) = match (&dag.ops[i], &runners[i]) {
                 (DagOp::Model { inputs, .. } | DagOp::Script { inputs, .. }, Some(r)) => (inputs, r),
-                _ => continue,
+                // (The check step gives every model and script op its runner.)
+                _ => {
+                    states[i] = State::Failed;
+                    errors[i] = Some(NodeError::Internal("internal: a DAG op without its runner"));
+                    failed_at = Some(failed_at.map_or(i, |f| f.min(i)));
+                    continue;
+                }
             };
             // (A value an op left empty, a model's non-tensor output.)
             let inputs: Option<Vec<Tensor>> = inputs.iter().map(|v| values[*v].clone()).collect();
