@@ -14,7 +14,7 @@ use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError,
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
 use openraft::type_config::alias::OneshotReceiverOf;
-use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
+use openraft::{ChangeMembers, LinearizerOption, RaftMetrics, ReadPolicy, ServerState};
 use parking_lot::Mutex;
 use tessera_common::reply::Reply;
 
@@ -181,8 +181,7 @@ impl Group {
     /// On the leader: the log index a replica must have applied to serve a
     /// read-only DAG now (confirmed as [`Group::confirm_dag_read`] does).
     pub async fn read_index(&self) -> Result<u64, String> {
-        let policy = if self.dag_lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
-        match self.raft.ensure_linearizable(policy).await {
+        match self.raft.ensure_linearizable(self.dag_read_option()).await {
             Ok(read) => Ok(read.index()),
             Err(e) => Err(e.to_string()),
         }
@@ -214,8 +213,18 @@ impl Group {
 
     /// [`Group::confirm_read`] for a read-only DAG (`--dag-read-policy`).
     pub async fn confirm_dag_read(&self) -> Result<(), Unconfirmed> {
-        let policy = if self.dag_lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
-        self.ensure(policy).await
+        self.ensure(self.dag_read_option()).await
+    }
+
+    /// How a read-only DAG's read is confirmed. With the lease: at once while
+    /// a quorum acknowledged this leader within the lease, else after a
+    /// heartbeat round a quorum acknowledges (a new leader's first reads, a
+    /// leader whose acknowledgements lag) — never refused for a stale lease.
+    fn dag_read_option(&self) -> LinearizerOption {
+        match self.dag_lease {
+            true => LinearizerOption::new(None, true),
+            false => ReadPolicy::ReadIndex.into(),
+        }
     }
 
     /// Confirms with a quorum that this replica still leads.
@@ -223,7 +232,7 @@ impl Group {
         self.ensure(ReadPolicy::ReadIndex).await
     }
 
-    async fn ensure(&self, policy: ReadPolicy) -> Result<(), Unconfirmed> {
+    async fn ensure(&self, policy: impl Into<LinearizerOption>) -> Result<(), Unconfirmed> {
         match self.raft.ensure_linearizable(policy).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
