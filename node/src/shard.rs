@@ -342,26 +342,23 @@ impl Shard {
 
     /// [`Shard::confirm_read`] for a read-only DAG (its own policy).
     async fn confirm_dag_read(&self) -> Result<(), Outcome> {
-        match self.group.confirm_dag_read().await {
-            Ok(()) => Ok(()),
-            Err(Unconfirmed::Forward(leader)) => Err(Outcome::Redirect(leader)),
-            Err(Unconfirmed::Other(e)) => {
-                tracing::debug!(shard = self.id, error = %e, "read not confirmed");
-                Err(self.not_here())
-            }
-        }
+        self.group.confirm_dag_read().await.map_err(|u| self.unconfirmed(u))
     }
 
     /// Whether this replica may serve a linearizable read now. A replica
     /// that cannot say (no quorum answered in time, its Raft stopped) has
     /// read nothing: it answers as one that is not the leader.
     async fn confirm_read(&self) -> Result<(), Outcome> {
-        match self.group.confirm_read().await {
-            Ok(()) => Ok(()),
-            Err(Unconfirmed::Forward(leader)) => Err(Outcome::Redirect(leader)),
-            Err(Unconfirmed::Other(e)) => {
+        self.group.confirm_read().await.map_err(|u| self.unconfirmed(u))
+    }
+
+    /// The answer of a replica that could not confirm a read.
+    fn unconfirmed(&self, u: Unconfirmed) -> Outcome {
+        match u {
+            Unconfirmed::Forward(leader) => Outcome::Redirect(leader),
+            Unconfirmed::Other(e) => {
                 tracing::debug!(shard = self.id, error = %e, "read not confirmed");
-                Err(self.not_here())
+                self.not_here()
             }
         }
     }

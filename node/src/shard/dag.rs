@@ -44,7 +44,6 @@ use crate::engine::registry::registry;
 use crate::engine::script::StoredScript;
 use crate::engine::{engine, RunResult};
 use crate::error::Error as NodeError;
-use crate::raft::group::Unconfirmed;
 use crate::util::now_ms;
 
 /// What a model or script op runs, found before anything runs.
@@ -93,11 +92,7 @@ impl Shard {
         if dag.kind.read_only() && !self.group.is_leader() {
             return match self.group.follower_read(FOLLOWER_READ_WAIT).await {
                 Ok(()) => answer(self.run_dag_in(dag, None, arrived).await),
-                Err(Unconfirmed::Forward(leader)) => Outcome::Redirect(leader),
-                Err(Unconfirmed::Other(e)) => {
-                    tracing::debug!(shard = self.id, error = %e, "follower read not confirmed");
-                    self.not_here()
-                }
+                Err(u) => self.unconfirmed(u),
             };
         }
         // Read-only. A leader that has applied an entry of its term has
