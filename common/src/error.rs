@@ -43,6 +43,11 @@ pub enum Error {
     TryAgain(String),
     #[error("BUSY {0}")]
     Busy(String),
+    #[error("ERR Command not allowed inside a transaction")]
+    CommandNotInTransaction,
+    /// A model or script run or a DAG inside MULTI (see the router's `multi`).
+    #[error("ERR {0} is not allowed inside a transaction: its shard runs it before logging what it writes; AI.DAGEXECUTE chains tensor, model and script steps in one call")]
+    RunNotInTransaction(String),
     /// A RedisAI error whose text is sent verbatim (with or without `ERR `).
     #[error("{0}")]
     Verbatim(String),
@@ -75,7 +80,9 @@ impl Error {
             | Error::SelectNotAllowed
             | Error::DbIndexOutOfRange
             | Error::Protocol(_)
-            | Error::ValueTooLarge => "ERR",
+            | Error::ValueTooLarge
+            | Error::CommandNotInTransaction
+            | Error::RunNotInTransaction(_) => "ERR",
         }
     }
 
@@ -99,6 +106,7 @@ pub fn code_of(text: &str) -> &'static str {
         "ASK",
         "MISCONF",
         "WRONGPASS",
+        "EXECABORT",
     ];
     let first = text.split(' ').next().unwrap_or("");
     CODES.iter().find(|c| **c == first).copied().unwrap_or("ERR")

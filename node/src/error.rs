@@ -32,6 +32,8 @@ pub enum Error {
     LoadFailed(String),
     #[error("ERR model run was dropped")]
     RunDropped,
+    #[error("ERR snapshot failed: {0}")]
+    SaveFailed(String),
     #[error("ERR node could not decode command: {0}")]
     Decode(String),
     /// A command sent in parts that do not add up (the parts' own words).
@@ -189,6 +191,7 @@ impl Error {
             | Error::NoRunInfo
             | Error::LoadFailed(_)
             | Error::RunDropped
+            | Error::SaveFailed(_)
             | Error::Decode(_)
             | Error::ChunkDecode(_)
             | Error::MapNotFormed
@@ -253,6 +256,7 @@ mod tests {
             Error::NoRunInfo,
             Error::LoadFailed("x".into()),
             Error::RunDropped,
+            Error::SaveFailed("x".into()),
             Error::Decode("x".into()),
             Error::Parts("ERR message parts overrun".into()),
             Error::NotServed,

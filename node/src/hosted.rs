@@ -219,11 +219,7 @@ impl NodeState {
     /// with a wiped disk, a replica moved away) answers as a replica with no
     /// leader to name, so the router tries the shard's other replicas
     /// instead of handing the client `CLUSTERDOWN`.
-    pub(crate) fn route(
-        &self,
-        target: Option<request::Target>,
-        command: Bytes,
-    ) -> Result<(Arc<Shard>, NodeCommand), Outcome> {
+    pub(crate) fn route(&self, target: Option<request::Target>, command: Bytes) -> Result<Routed, Outcome> {
         // Only a command joined from parts has a buffer of its own: one
         // that came whole is a slice of the stream's receive buffer, which a
         // stored slice of it would keep alive.
@@ -244,6 +240,9 @@ impl NodeState {
         if let NodeCommand::AiConfig { op } = &cmd {
             return Err(Outcome::Reply(crate::engine::registry::registry().config(op)));
         }
+        if let NodeCommand::Save = &cmd {
+            return Ok(Routed::Save);
+        }
         let hosted = self.hosted.read().clone();
         let shard = match target {
             Some(request::Target::Slot(slot)) => hosted.by_slot.get(slot as usize).copied().flatten(),
@@ -260,8 +259,34 @@ impl NodeState {
         if !cmd.keys().all(|k| shard.owns(key_slot(k))) {
             return Err(Outcome::Error(Error::NotServed));
         }
-        Ok((shard, cmd))
+        Ok(Routed::Shard(shard, cmd))
     }
+
+    /// SAVE on this node: a snapshot of every replica it hosts (the meta
+    /// group's included), each of all it has applied, on disk when this
+    /// returns. Snapshots are taken one group after another, so a node with
+    /// many replicas does not build them all at once.
+    pub async fn save(&self) -> Outcome {
+        let hosted = self.hosted.read().clone();
+        let groups = hosted.meta.iter().chain(&hosted.shards);
+        for shard in groups {
+            if let Err(e) = shard.group.snapshot_now(SAVE_TIMEOUT).await {
+                return Outcome::Error(Error::SaveFailed(e));
+            }
+        }
+        Outcome::Reply(tessera_common::reply::Reply::ok())
+    }
+}
+
+/// How long SAVE waits for one replica's snapshot.
+const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Where a command from a router goes.
+pub(crate) enum Routed {
+    /// To this replica of its shard.
+    Shard(Arc<Shard>, NodeCommand),
+    /// SAVE: to every replica on this node (see [`NodeState::save`]).
+    Save,
 }
 
 impl crate::raft::transport::Groups for NodeState {

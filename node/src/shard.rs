@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tessera_common::command::node::TxOp;
 use tessera_common::command::NodeCommand;
 use tessera_common::reply::Reply;
 use tessera_common::slot::SlotRange;
@@ -102,6 +103,25 @@ impl Shard {
     }
 }
 
+/// Garbage never enters the log: a model must load here before its store
+/// is logged (the model loaded is returned, for the apply to use), and a
+/// script must compile, with the entry points it names. Every replica
+/// compiles a script again on apply.
+async fn check_store(cmd: &NodeCommand) -> Result<Option<Arc<dyn tessera_backend::Model>>, NodeError> {
+    let checked = match cmd {
+        NodeCommand::ModelStore { model, .. } => {
+            let def = model.clone();
+            tokio::task::spawn_blocking(move || registry().load(&def, &def.blob).map(Some)).await
+        }
+        NodeCommand::ScriptStore { script, .. } => {
+            let def = script.clone();
+            tokio::task::spawn_blocking(move || registry().compile_script(&def).map(|_| None)).await
+        }
+        _ => return Ok(None),
+    };
+    checked.unwrap_or_else(|e| Err(NodeError::LoadFailed(e.to_string())))
+}
+
 /// A write that was handed to Raft (in submission order) and is in flight.
 pub enum Submitted {
     Done(Outcome),
@@ -188,31 +208,25 @@ impl Shard {
     /// [`submit`](Self::submit), fenced to leadership `term` when given
     /// (see [`LogOp::Fenced`]).
     async fn submit_in(&self, mut cmd: NodeCommand, fence: Option<u64>) -> Submitted {
-        let mut loaded = None;
         // Laid out for its runtime in the buffer it arrived in, if it is the
         // buffer's only user (so that the check below copies nothing);
         // logged as the same bytes.
         if matches!(&cmd, NodeCommand::ModelStore { model, .. } if model.blob.len() > crate::util::HEAVY_BYTES) {
             cmd = crate::util::heavy_off(cmd, crate::engine::model::arrange_command).await;
         }
-        if let NodeCommand::ModelStore { model, .. } = &cmd {
-            // Garbage never enters the log: the model must load here first.
-            let def = model.clone();
-            let checked = tokio::task::spawn_blocking(move || registry().load(&def, &def.blob)).await;
-            match checked {
-                Ok(Ok(m)) => loaded = Some(m),
-                Ok(Err(e)) => return Submitted::Done(Outcome::Error(e)),
-                Err(e) => return Submitted::Done(Outcome::Error(NodeError::LoadFailed(e.to_string()))),
-            }
-        }
-        if let NodeCommand::ScriptStore { script, .. } = &cmd {
-            // Nor does a script that does not compile (or whose entry
-            // points are wrong). Every replica compiles it again on apply.
-            let def = script.clone();
-            match tokio::task::spawn_blocking(move || registry().compile_script(&def)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Submitted::Done(Outcome::Error(e)),
-                Err(e) => return Submitted::Done(Outcome::Error(NodeError::LoadFailed(e.to_string()))),
+        let loaded = match check_store(&cmd).await {
+            Ok(m) => m,
+            Err(e) => return Submitted::Done(Outcome::Error(e)),
+        };
+        if let NodeCommand::Multi(tx) = &mut cmd {
+            // (A store in a transaction that would fail answers its error
+            // in its place in EXEC's reply; the others still run.)
+            for op in &mut tx.ops {
+                if let TxOp::Run(c) = op {
+                    if let Err(e) = check_store(c).await {
+                        *op = TxOp::Refused(e.to_string());
+                    }
+                }
             }
         }
         if let Some(rejected) = precheck(&self.data.lock().ks, &cmd, now_ms()) {

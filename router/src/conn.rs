@@ -47,17 +47,23 @@ pub struct ConnState {
     /// next one is dispatched (a read-only DAG goes to a follower only when
     /// there are none, so a pipelined write before it stays before it).
     pub in_flight: usize,
+    /// The transaction being queued, between MULTI and EXEC.
+    pub tx: Option<crate::multi::Tx>,
+    /// The keys WATCHed since the last EXEC, DISCARD or UNWATCH.
+    pub watching: Option<crate::multi::Watching>,
 }
 
 impl ConnState {
     pub fn info_line(&self) -> String {
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=client user=default redir=-1 resp={}\n",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi={} cmd=client user=default redir=-1 resp={}\n",
             self.id,
             self.peer,
             self.local,
             self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default(),
             self.created.elapsed().as_secs(),
+            if self.tx.is_some() { "x" } else { "N" },
+            self.tx.as_ref().map_or(-1, |t| t.len() as i64),
             if self.proto == Protocol::Resp3 { 3 } else { 2 },
         )
     }
@@ -111,6 +117,8 @@ pub async fn serve(router: Arc<Router>, sock: TcpStream, vnode: Option<usize>, m
         local,
         created: Instant::now(),
         in_flight: 0,
+        tx: None,
+        watching: None,
     };
     let _admitted = Admitted::new(&router, &conn);
     let span = debug_span!("conn", id, %peer);
@@ -240,6 +248,7 @@ fn handle(router: &Arc<Router>, conn: &mut ConnState, argv: Vec<Bytes>) -> Tagge
     };
     let proto_before = conn.proto;
     let (pending, after) = match parsed {
+        parsed if crate::multi::concerns(conn, &parsed) => crate::multi::handle(router, conn, parsed),
         Ok(cmd) => dispatch(router, conn, cmd),
         Err(e) => (Pending::ready(e.to_reply()), After::Continue),
     };

@@ -21,6 +21,8 @@ pub mod conn;
 pub mod dispatch;
 pub mod error;
 pub mod local;
+pub mod multi;
+pub mod save;
 pub mod shards;
 pub mod stats;
 pub mod topology;
@@ -53,6 +55,7 @@ pub struct Router {
     pub started: Instant,
     pub plain_addr: SocketAddr,
     pub run_id: String,
+    pub saves: save::Saves,
     next_id: AtomicU64,
     /// CLIENT LIST lines by client id (a short lock, never held across `.await`).
     clients: Mutex<HashMap<u64, String>>,
@@ -119,6 +122,7 @@ pub async fn run(
         started: Instant::now(),
         plain_addr,
         run_id,
+        saves: save::Saves::default(),
         next_id: AtomicU64::new(0),
         clients: Mutex::new(HashMap::new()),
     });

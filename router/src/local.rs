@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tessera_common::command::server::keyslot;
+use tessera_common::command::server::ModuleCmd;
 use tessera_common::command::table::{self, COMMANDS};
 use tessera_common::command::{ClientCmd, ClusterCmd, CommandCmd, Local};
 use tessera_common::error::Error;
@@ -76,6 +77,13 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         }
         Local::Command(c) => ready(command(c)),
         Local::Cluster(c) => ready(cluster(router, conn, c)),
+        Local::Tx(_) => ready(Reply::err("ERR internal: a transaction command outside a transaction's handling")),
+        Local::Module(m) => ready(module(m)),
+        Local::Save { background } => {
+            let router = router.clone();
+            (Pending::Fut(Box::pin(crate::save::save(router, background))), After::Continue)
+        }
+        Local::LastSave => ready(Reply::Int(router.saves.last_save())),
         Local::AiConfig(op) => {
             let router = router.clone();
             (Pending::Fut(Box::pin(async move { ai_config(&router, op).await })), After::Continue)
@@ -92,8 +100,45 @@ fn hello_reply(conn: &ConnState) -> Reply {
         kv("id", Reply::Int(conn.id as i64)),
         kv("mode", Reply::bulk_str("cluster")),
         kv("role", Reply::bulk_str("master")),
-        kv("modules", Reply::Array(vec![])),
+        kv("modules", module_list()),
     ])
+}
+
+/// The RedisAI version a client probing `MODULE LIST` is told (1.2.7: the
+/// command surface this follows).
+pub const REDISAI_VERSION: i64 = 10207;
+
+/// `MODULE LIST` as a Redis with RedisAI loaded answers it: RedisAI is
+/// built in (no shared object, no load-time arguments), and nothing else
+/// can be loaded.
+fn module_list() -> Reply {
+    Reply::Array(vec![Reply::Map(vec![
+        (Reply::bulk_str("name"), Reply::bulk_str("ai")),
+        (Reply::bulk_str("ver"), Reply::Int(REDISAI_VERSION)),
+        (Reply::bulk_str("path"), Reply::bulk_str("built-in")),
+        (Reply::bulk_str("args"), Reply::Array(vec![])),
+    ])])
+}
+
+fn module(m: ModuleCmd) -> Reply {
+    match m {
+        ModuleCmd::List => module_list(),
+        ModuleCmd::Refused(sub) => Reply::err(format!(
+            "ERR MODULE {sub} is not supported: RedisAI (module 'ai') is built into Tessera and no other module can be loaded or unloaded"
+        )),
+        ModuleCmd::Help => Reply::Array(
+            [
+                "MODULE <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "LIST",
+                "    Return a list of loaded modules (RedisAI, built in).",
+                "LOAD, LOADEX, UNLOAD",
+                "    Refused: no module can be loaded or unloaded.",
+            ]
+            .iter()
+            .map(|l| Reply::Simple((*l).into()))
+            .collect(),
+        ),
+    }
 }
 
 fn client(router: &Router, conn: &mut ConnState, c: ClientCmd) -> Reply {

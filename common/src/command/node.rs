@@ -180,6 +180,59 @@ pub enum NodeCommand {
         scripts: bool,
         scope: SlotScope,
     },
+    /// MULTI … EXEC on one slot: the queued commands run in order as one
+    /// log entry (or, when none writes, as one read), unless a WATCHed key
+    /// moved since WATCH read it.
+    Multi(Transaction),
+    /// WATCH: each key's fingerprint now (nil: absent), for a later EXEC to
+    /// compare against.
+    Watch {
+        keys: Vec<Bytes>,
+    },
+    /// SAVE / BGSAVE, sent to every node: a snapshot of each replica it
+    /// hosts (no shard state; the router sends it with any target).
+    Save,
+}
+
+/// The queued commands of a MULTI and the keys it WATCHes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub ops: Vec<TxOp>,
+    /// Each WATCHed key with its fingerprint when WATCH read it (`None`:
+    /// absent). If any differs when the transaction runs, nothing runs and
+    /// EXEC answers a null array.
+    pub watched: Vec<(Bytes, Option<u64>)>,
+}
+
+/// One queued command of a transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TxOp {
+    Run(NodeCommand),
+    /// A command the leader found could not run before it logged the
+    /// transaction (a model that does not load, a script that does not
+    /// compile): its place in EXEC's reply is this error.
+    Refused(String),
+}
+
+impl TxOp {
+    fn command(&self) -> Option<&NodeCommand> {
+        match self {
+            TxOp::Run(c) => Some(c),
+            TxOp::Refused(_) => None,
+        }
+    }
+}
+
+impl Transaction {
+    /// The commands that will run.
+    pub fn commands(&self) -> impl Iterator<Item = &NodeCommand> {
+        self.ops.iter().filter_map(TxOp::command)
+    }
+
+    /// Whether any queued command writes (the transaction is then logged).
+    pub fn writes(&self) -> bool {
+        self.commands().any(NodeCommand::is_write)
+    }
 }
 
 /// A key's value after a script run (see [`NodeCommand::Effects`]).
@@ -219,7 +272,7 @@ impl NodeCommand {
                 | NodeCommand::ScriptStore { .. }
                 | NodeCommand::ScriptDel { .. }
                 | NodeCommand::Effects { .. }
-        )
+        ) || matches!(self, NodeCommand::Multi(tx) if tx.writes())
     }
 
     /// Whether this command runs a model: reads its inputs, computes, then
@@ -292,7 +345,9 @@ impl NodeCommand {
             C::Effects { writes, .. } => Box::new(writes.iter().map(|(k, _)| k)),
             C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
-            C::AiConfig { .. } => Box::new(std::iter::empty()),
+            C::AiConfig { .. } | C::Save => Box::new(std::iter::empty()),
+            C::Multi(tx) => Box::new(tx.commands().flat_map(|c| c.keys()).chain(tx.watched.iter().map(|(k, _)| k))),
+            C::Watch { keys } => Box::new(keys.iter()),
             C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
             C::MSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
             C::Keys { .. }
@@ -345,6 +400,9 @@ impl NodeCommand {
             NodeCommand::Dag(_) => "ai.dagexecute",
             NodeCommand::AiScan { scripts: true, .. } => "ai._scriptscan",
             NodeCommand::AiScan { scripts: false, .. } => "ai._modelscan",
+            NodeCommand::Multi(_) => "exec",
+            NodeCommand::Watch { .. } => "watch",
+            NodeCommand::Save => "save",
         }
     }
 
@@ -379,8 +437,13 @@ impl NodeCommand {
                         .sum::<usize>()
             }
             NodeCommand::TensorMSet { pairs } => pairs.iter().map(|(k, t)| k.len() + t.data.len() + 64).sum(),
-            NodeCommand::MGet { keys } | NodeCommand::Del { keys } | NodeCommand::Exists { keys } => {
-                keys.iter().map(|k| k.len() + 2).sum()
+            NodeCommand::MGet { keys }
+            | NodeCommand::Del { keys }
+            | NodeCommand::Exists { keys }
+            | NodeCommand::Watch { keys } => keys.iter().map(|k| k.len() + 2).sum(),
+            NodeCommand::Multi(tx) => {
+                tx.commands().map(NodeCommand::size_hint).sum::<usize>()
+                    + tx.watched.iter().map(|(k, _)| k.len() + 10).sum::<usize>()
             }
             _ => 64,
         }

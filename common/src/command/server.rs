@@ -30,6 +30,36 @@ pub enum Local {
     Cluster(ClusterCmd),
     /// AI.CONFIG: a setting sent to every node, or GET from one.
     AiConfig(crate::model::AiConfig),
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the connection's transaction
+    /// (see the router's `multi`).
+    Tx(TxCmd),
+    Module(ModuleCmd),
+    /// SAVE (reply when every replica has a snapshot) or BGSAVE (reply at once).
+    Save {
+        background: bool,
+    },
+    LastSave,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxCmd {
+    Multi,
+    Exec,
+    Discard,
+    /// The keys, all in `slot`.
+    Watch {
+        keys: Vec<Bytes>,
+        slot: u16,
+    },
+    Unwatch,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModuleCmd {
+    List,
+    /// LOAD, LOADEX or UNLOAD: refused (RedisAI is built in; nothing else loads).
+    Refused(String),
+    Help,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +129,35 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, _limits: &ParseLimits) -> Res
             }
         }
         "command" => Local::Command(parse_command(&argv)?),
+        "multi" => Local::Tx(TxCmd::Multi),
+        "exec" => Local::Tx(TxCmd::Exec),
+        "discard" => Local::Tx(TxCmd::Discard),
+        "unwatch" => Local::Tx(TxCmd::Unwatch),
+        "watch" => {
+            let keys = argv[1..].to_vec();
+            let slot = super::keys_slot(&keys)?.expect("WATCH names a key");
+            Local::Tx(TxCmd::Watch { keys, slot })
+        }
+        "module" => {
+            let sub = argv[1].to_ascii_uppercase();
+            match sub.as_slice() {
+                b"LIST" if argv.len() == 2 => Local::Module(ModuleCmd::List),
+                b"HELP" if argv.len() == 2 => Local::Module(ModuleCmd::Help),
+                b"LIST" | b"HELP" => return Err(sub_arity("module", &argv[1])),
+                b"LOAD" | b"LOADEX" | b"UNLOAD" if argv.len() >= 3 => {
+                    Local::Module(ModuleCmd::Refused(String::from_utf8_lossy(&sub).into_owned()))
+                }
+                b"LOAD" | b"LOADEX" | b"UNLOAD" => return Err(sub_arity("module", &argv[1])),
+                _ => return Err(unknown_sub("module", &argv[1])),
+            }
+        }
+        "save" => Local::Save { background: false },
+        "bgsave" => match argv.get(1) {
+            None => Local::Save { background: true },
+            Some(a) if a.eq_ignore_ascii_case(b"SCHEDULE") && argv.len() == 2 => Local::Save { background: true },
+            Some(_) => return Err(Error::Syntax),
+        },
+        "lastsave" => Local::LastSave,
         "cluster" => return parse_cluster(&argv),
         other => unreachable!("{other} is not a server command"),
     };

@@ -363,6 +363,25 @@ impl Group {
         let _ = self.raft.trigger().transfer_leader(to).await;
     }
 
+    /// Takes a snapshot of everything this replica has applied now (SAVE)
+    /// and waits, up to `timeout`, until it is on disk. A replica whose
+    /// latest snapshot already covers it takes none.
+    pub async fn snapshot_now(&self, timeout: Duration) -> Result<(), String> {
+        let m = self.metrics();
+        let Some(target) = m.last_applied.map(|l| l.index) else {
+            return Ok(());
+        };
+        let covered = |m: &RaftMetrics<C>| m.snapshot.as_ref().is_some_and(|s| s.index >= target);
+        if covered(&m) {
+            return Ok(());
+        }
+        self.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+        match self.raft.wait(Some(timeout)).metrics(covered, "snapshot for SAVE").await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("group {}: {e}", self.id)),
+        }
+    }
+
     /// Whether this replica calls elections.
     pub fn elect(&self, on: bool) {
         self.raft.runtime_config().elect(on);

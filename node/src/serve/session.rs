@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::error::Error as NodeError;
-use crate::hosted::NodeState;
+use crate::hosted::{NodeState, Routed};
 use crate::shard::{Outcome, Shard};
 
 mod lane;
@@ -75,7 +75,13 @@ async fn read_session(
                 Err(outcome) => {
                     let _ = out.send(response(r.id, 0, outcome)).await;
                 }
-                Ok((shard, cmd)) => {
+                Ok(Routed::Save) => {
+                    let (state, out, id) = (state.clone(), out.clone(), r.id);
+                    tokio::spawn(async move {
+                        let _ = out.send(response(id, 0, state.save().await)).await;
+                    });
+                }
+                Ok(Routed::Shard(shard, cmd)) => {
                     let current = lanes.get(&shard.id).is_some_and(|(s, _)| Arc::ptr_eq(s, &shard));
                     if !current {
                         let (tx, rx) = mpsc::channel(4096);

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use rand::Rng;
-use tessera_common::command::node::{ExpireCond, Expiry, SetCond};
+use tessera_common::command::node::{ExpireCond, Expiry, SetCond, TxOp};
 use tessera_common::command::NodeCommand;
 use tessera_common::error::Error;
 use tessera_common::glob;
@@ -94,6 +94,11 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) 
         LogOp::Chunk { .. } => return NodeError::Internal("a chunk inside a chunked write").to_reply(),
         LogOp::Fenced { .. } => return NodeError::Internal("a fenced write outside the state machine").to_reply(),
     };
+    apply_command(ks, ts, cmd, effects)
+}
+
+/// Applies one command at time `ts` (see [`apply`]).
+fn apply_command(ks: &mut Keyspace, ts: i64, cmd: &NodeCommand, effects: &mut Vec<Effect>) -> Reply {
     match cmd {
         NodeCommand::Set { key, value, expire, keep_ttl, cond, get } => {
             let old = ks.get(key, ts);
@@ -217,9 +222,27 @@ pub fn apply(ks: &mut Keyspace, ts: i64, op: &LogOp, effects: &mut Vec<Effect>) 
         NodeCommand::ScriptStore { .. } | NodeCommand::ScriptDel { .. } | NodeCommand::Effects { .. } => {
             script::apply(ks, ts, cmd, effects)
         }
+        NodeCommand::Multi(tx) => {
+            if watched_moved(ks, ts, &tx.watched) {
+                return Reply::NullArray;
+            }
+            let chunk = crate::engine::registry::DEFAULT_CHUNK as usize;
+            let replies = tx.ops.iter().map(|op| match op {
+                TxOp::Run(c) if c.is_write() => apply_command(ks, ts, c, effects),
+                TxOp::Run(c) => read(ks, c, ts, chunk),
+                TxOp::Refused(e) => Reply::Error(e.clone()),
+            });
+            Reply::Array(replies.collect())
+        }
         // (A read is never logged; one that were would answer as read.)
         read_only => read(ks, read_only, ts, crate::engine::registry::DEFAULT_CHUNK as usize),
     }
+}
+
+/// Whether a WATCHed key holds something else than WATCH saw (an expired
+/// key counts as absent, as in Redis).
+fn watched_moved(ks: &Keyspace, now: i64, watched: &[(Bytes, Option<u64>)]) -> bool {
+    watched.iter().any(|(k, was)| ks.get(k, now).map(Entry::fingerprint) != *was)
 }
 
 /// Serves a read at time `now`; a model's bytes are sent in parts of
@@ -345,6 +368,19 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
         NodeCommand::CountKeysInSlot { slot } => Reply::Int(ks.count_in_slot(*slot, now) as i64),
         NodeCommand::GetKeysInSlot { slot, count } => {
             Reply::Array(ks.slot_keys(*slot, now).take(*count).map(|(k, _)| Reply::Bulk(k.clone())).collect())
+        }
+        NodeCommand::Watch { keys } => Reply::Array(
+            keys.iter().map(|k| ks.get(k, now).map_or(Reply::Null, |e| Reply::Int(e.fingerprint() as i64))).collect(),
+        ),
+        NodeCommand::Multi(tx) if !tx.writes() => {
+            if watched_moved(ks, now, &tx.watched) {
+                return Reply::NullArray;
+            }
+            let replies = tx.ops.iter().map(|op| match op {
+                TxOp::Run(c) => read(ks, c, now, model_chunk),
+                TxOp::Refused(e) => Reply::Error(e.clone()),
+            });
+            Reply::Array(replies.collect())
         }
         write => {
             // Writes never take this path: `Shard::execute` sends them to `apply`.

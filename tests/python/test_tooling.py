@@ -1,0 +1,154 @@
+"""What Redis tooling takes for granted, with real clients: transactions
+(redis-py pipelines, plain and RedisCluster), WATCH, MODULE LIST, SAVE /
+BGSAVE / LASTSAVE and the INFO sections tools read."""
+
+import time
+
+import pytest
+import redis
+from redis.cluster import RedisCluster, ClusterNode
+
+
+def cluster_client(cluster, protocol=2):
+    return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.cluster_ports],
+                        protocol=protocol)
+
+
+def test_transaction_pipeline_applies_in_order(cluster, plain):
+    pipe = plain.pipeline(transaction=True)
+    pipe.set("{tx}a", "1").incr("{tx}a").get("{tx}a").delete("{tx}b").set("{tx}b", "x", nx=True)
+    pipe.execute_command("AI.TENSORSET", "{tx}t", "FLOAT", 2, "VALUES", 1.5, 2.5)
+    pipe.execute_command("AI.TENSORGET", "{tx}t", "VALUES")
+    pipe.ping()
+    out = pipe.execute()
+    assert out[:5] == [True, 2, b"2", 0, True]
+    assert out[5] in (b"OK", True)
+    assert [float(v) for v in out[6]] == [1.5, 2.5]
+    assert out[7] is True
+
+
+def test_errors_inside_exec_leave_the_rest_applied(cluster, plain):
+    plain.set("{tx}s", "text")
+    pipe = plain.pipeline(transaction=True)
+    pipe.incr("{tx}s").set("{tx}after", "yes").get("{tx}after")
+    out = pipe.execute(raise_on_error=False)
+    assert isinstance(out[0], redis.ResponseError) and "not an integer" in str(out[0])
+    assert out[1:] == [True, b"yes"]
+
+
+def test_queue_time_errors_abort(cluster, plain):
+    c = plain.connection_pool.get_connection("MULTI")
+    try:
+        def call(*args):
+            c.send_command(*args)
+            try:
+                return c.read_response()
+            except redis.ResponseError as e:
+                return e
+        assert call("MULTI") == b"OK"
+        assert call("SET", "{tx}q", "1") == b"QUEUED"
+        assert "hash to the same slot" in str(call("SET", "elsewhere", "1"))
+        assert "wrong number of arguments" in str(call("GET"))
+        assert "nested" in str(call("MULTI"))
+        assert str(call("EXEC")).startswith("Transaction discarded because of previous errors")
+        assert plain.get("{tx}q") is None
+        assert "EXEC without MULTI" in str(call("EXEC"))
+        assert "DISCARD without MULTI" in str(call("DISCARD"))
+        # A model run cannot be part of a transaction: refused, clearly.
+        assert call("MULTI") == b"OK"
+        err = call("AI.MODELEXECUTE", "{tx}m", "INPUTS", 1, "{tx}t", "OUTPUTS", 1, "{tx}o")
+        assert "not allowed inside a transaction" in str(err)
+        assert "Transaction discarded" in str(call("EXEC"))
+        # DISCARD throws the queue away.
+        assert call("MULTI") == b"OK"
+        assert call("SET", "{tx}d", "1") == b"QUEUED"
+        assert call("DISCARD") == b"OK"
+        assert plain.get("{tx}d") is None
+    finally:
+        plain.connection_pool.release(c)
+
+
+def test_watch_aborts_when_a_key_moves(cluster, plain):
+    other = redis.Redis(port=cluster.plain_port)
+    plain.set("{w}n", "1")
+    with plain.pipeline(transaction=True) as pipe:
+        pipe.watch("{w}n")
+        assert pipe.get("{w}n") == b"1"
+        other.set("{w}n", "5")
+        pipe.multi()
+        pipe.set("{w}n", "2")
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert plain.get("{w}n") == b"5"
+    # Unmoved, it applies; WATCH of an absent key that stays absent too.
+    with plain.pipeline(transaction=True) as pipe:
+        pipe.watch("{w}n", "{w}absent")
+        pipe.multi()
+        pipe.incr("{w}n")
+        assert pipe.execute() == [6]
+    # A key that appears meanwhile moved.
+    with plain.pipeline(transaction=True) as pipe:
+        pipe.watch("{w}new")
+        other.set("{w}new", "x")
+        pipe.multi()
+        pipe.set("{w}new", "mine")
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    # The optimistic-increment loop redis-py documents, against a racing writer.
+    def incr(pipe):
+        v = int(pipe.get("{w}n"))
+        pipe.multi()
+        pipe.set("{w}n", v + 1)
+    for _ in range(5):
+        plain.transaction(incr, "{w}n")
+    assert plain.get("{w}n") == b"11"
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_cluster_transaction(cluster, plain, protocol):
+    rc = cluster_client(cluster, protocol)
+    try:
+        with rc.pipeline(transaction=True) as pipe:
+            pipe.set("{rc}a", "1").incrby("{rc}a", 41).get("{rc}a")
+            # (redis-py's cluster transactions return raw replies.)
+            assert pipe.execute() == [b"OK", 42, b"42"]
+        with rc.pipeline(transaction=True) as pipe:
+            pipe.watch("{rc}a")
+            v = int(pipe.get("{rc}a"))
+            pipe.multi()
+            pipe.set("{rc}a", v * 2)
+            assert pipe.execute() == [b"OK"]
+        assert rc.get("{rc}a") == b"84"
+    finally:
+        rc.close()
+
+
+def test_module_list_and_hello(cluster, plain):
+    mods = plain.module_list()
+    assert len(mods) == 1
+    assert mods[0][b"name"] == b"ai" and mods[0][b"ver"] == 10207
+    with pytest.raises(redis.ResponseError, match="built into Tessera"):
+        plain.execute_command("MODULE", "LOAD", "/tmp/redisai.so")
+    r3 = redis.Redis(port=cluster.plain_port, protocol=3)
+    hello = r3.execute_command("HELLO", 3)
+    assert hello[b"modules"][0][b"name"] == b"ai"
+
+
+def test_save_bgsave_lastsave_and_info_persistence(cluster, plain):
+    plain.set("{s}k", "v")
+    before = plain.lastsave()
+    time.sleep(1.1)
+    assert plain.save() is True
+    assert plain.lastsave() > before
+    info = plain.info("persistence")
+    assert info["loading"] == 0 and info["rdb_bgsave_in_progress"] == 0
+    assert info["rdb_last_bgsave_status"] == "ok" and info["aof_enabled"] == 0
+    saved = plain.lastsave()
+    time.sleep(1.1)
+    assert plain.bgsave() is True
+    deadline = time.time() + 60
+    while plain.info("persistence")["rdb_bgsave_in_progress"] == 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert plain.lastsave() > saved
+    assert plain.get("{s}k") == b"v"
