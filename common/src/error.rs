@@ -94,22 +94,24 @@ impl Error {
 /// The error code of an error text, limited to the codes Tessera sends so a
 /// metrics label never carries client data.
 pub fn code_of(text: &str) -> &'static str {
-    const CODES: &[&str] = &[
-        "ERR",
-        "WRONGTYPE",
-        "CROSSSLOT",
-        "CLUSTERDOWN",
-        "TRYAGAIN",
-        "BUSY",
-        "NOPROTO",
-        "MOVED",
-        "ASK",
-        "MISCONF",
-        "WRONGPASS",
-        "EXECABORT",
-    ];
     let first = text.split(' ').next().unwrap_or("");
     CODES.iter().find(|c| **c == first).copied().unwrap_or("ERR")
 }
+
+/// Every error code Tessera sends.
+pub const CODES: &[&str] = &[
+    "ERR",
+    "WRONGTYPE",
+    "CROSSSLOT",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "BUSY",
+    "NOPROTO",
+    "MOVED",
+    "ASK",
+    "MISCONF",
+    "WRONGPASS",
+    "EXECABORT",
+];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -240,6 +240,9 @@ impl NodeState {
         if let NodeCommand::AiConfig { op } = &cmd {
             return Err(Outcome::Reply(crate::engine::registry::registry().config(op)));
         }
+        if let NodeCommand::AiInfo = &cmd {
+            return Err(Outcome::Reply(crate::engine::registry::registry().info()));
+        }
         if let NodeCommand::Save = &cmd {
             return Ok(Routed::Save);
         }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod dispatch;
 pub mod error;
+pub mod info;
 pub mod local;
 pub mod multi;
 pub mod save;

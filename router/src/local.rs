@@ -1,7 +1,6 @@
 //! Commands the router answers itself: connection handshake, CLIENT, INFO,
 //! CONFIG GET, COMMAND and the CLUSTER introspection of the virtual topology.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,9 +13,8 @@ use tessera_common::glob;
 use tessera_common::reply::{Protocol, Reply};
 
 use crate::conn::ConnState;
-use crate::dispatch::{dbsize, After, Pending};
+use crate::dispatch::{After, Pending};
 use crate::error::Error as RouterError;
-use crate::stats::Stats;
 use crate::Router;
 
 /// The Redis version Tessera reports to clients (the command surface it follows).
@@ -43,36 +41,12 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         Local::Quit => (Pending::ready(Reply::ok()), After::Close),
         Local::ReadOnly | Local::ReadWrite | Local::Asking => ready(Reply::ok()),
         Local::Info(sections) => {
-            let router = router.clone();
-            let scope = conn.scope.clone();
-            let clients = router.stats.connected.load(Ordering::Relaxed);
-            (
-                Pending::Fut(Box::pin(async move {
-                    let want = |s: &str| {
-                        sections.is_empty()
-                            || sections.iter().any(|w| w == s || w == "all" || w == "everything" || w == "default")
-                    };
-                    let mut text = router.info_text(&want, clients);
-                    if want("keyspace") {
-                        text.push_str("# Keyspace\r\n");
-                        match dbsize(&router.shards, &scope).await {
-                            Ok(0) => {}
-                            Ok(n) => text.push_str(&format!("db0:keys={n},expires=0,avg_ttl=0\r\n")),
-                            Err(e) => return e,
-                        }
-                    }
-                    Reply::Verbatim(text)
-                })),
-                After::Continue,
-            )
+            let info = crate::info::info(router.clone(), sections, conn.scope.clone(), conn.local.port());
+            (Pending::Fut(Box::pin(info)), After::Continue)
         }
         Local::ConfigGet(patterns) => ready(config_get(router, &patterns)),
         Local::ConfigResetStat => {
-            for c in
-                [&router.stats.commands, &router.stats.errors, &router.stats.connections_total, &router.stats.rejected]
-            {
-                c.store(0, Ordering::Relaxed);
-            }
+            router.stats.reset();
             ready(Reply::ok())
         }
         Local::Command(c) => ready(command(c)),
@@ -248,8 +222,17 @@ impl Router {
     /// `INFO replication`: the Redis fields clients read, then one line per
     /// shard with its leader and term, and per replica its applied index and
     /// lag behind the highest commit index any replica reported.
-    fn replication_lines(&self) -> Vec<String> {
-        let mut lines = vec!["role:master".to_string(), "connected_slaves:0".into(), "master_repl_offset:0".into()];
+    pub(crate) fn replication_lines(&self) -> Vec<String> {
+        let mut lines = [
+            "role:master",
+            "connected_slaves:0",
+            "master_failover_state:no-failover",
+            "master_repl_offset:0",
+            "second_repl_offset:-1",
+            "repl_backlog_active:0",
+        ]
+        .map(String::from)
+        .to_vec();
         for s in &self.shards.shards() {
             let reports = s.reports.lock().clone();
             let commit = reports.values().map(|r| r.commit_index).max().unwrap_or(0);
@@ -280,79 +263,6 @@ impl Router {
             ));
         }
         lines
-    }
-
-    /// INFO text for every wanted section but `keyspace` (which needs the nodes).
-    pub fn info_text(&self, want: &dyn Fn(&str) -> bool, clients: u64) -> String {
-        let s = &self.stats;
-        let mut out = String::new();
-        let mut section = |name: &str, title: &str, lines: Vec<String>| {
-            if want(name) {
-                out.push_str(&format!("# {title}\r\n"));
-                for l in lines {
-                    out.push_str(&l);
-                    out.push_str("\r\n");
-                }
-                out.push_str("\r\n");
-            }
-        };
-        section(
-            "server",
-            "Server",
-            vec![
-                format!("redis_version:{REDIS_VERSION}"),
-                format!("tessera_version:{}", env!("CARGO_PKG_VERSION")),
-                "redis_mode:cluster".into(),
-                format!("os:{} {}", std::env::consts::OS, std::env::consts::ARCH),
-                "arch_bits:64".into(),
-                format!("process_id:{}", std::process::id()),
-                format!("run_id:{}", self.run_id),
-                format!("tcp_port:{}", self.plain_addr.port()),
-                format!("uptime_in_seconds:{}", self.started.elapsed().as_secs()),
-                format!("uptime_in_days:{}", self.started.elapsed().as_secs() / 86400),
-            ],
-        );
-        section(
-            "clients",
-            "Clients",
-            vec![
-                format!("connected_clients:{clients}"),
-                format!("maxclients:{}", self.config.max_clients),
-                "blocked_clients:0".into(),
-            ],
-        );
-        section(
-            "persistence",
-            "Persistence",
-            vec!["loading:0".into(), "aof_enabled:0".into(), "rdb_changes_since_last_save:0".into()],
-        );
-        section(
-            "stats",
-            "Stats",
-            vec![
-                format!("total_connections_received:{}", Stats::get(&s.connections_total)),
-                format!("total_commands_processed:{}", Stats::get(&s.commands)),
-                format!("total_error_replies:{}", Stats::get(&s.errors)),
-                format!("total_net_input_bytes:{}", Stats::get(&s.bytes_in)),
-                format!("total_net_output_bytes:{}", Stats::get(&s.bytes_out)),
-                format!("rejected_connections:{}", Stats::get(&s.rejected)),
-            ],
-        );
-        section("replication", "Replication", self.replication_lines());
-        let nodes = self.shards.nodes();
-        let connected = nodes.iter().filter(|n| n.is_connected()).count();
-        section(
-            "cluster",
-            "Cluster",
-            vec![
-                "cluster_enabled:1".into(),
-                format!("tessera_nodes:{}", nodes.len()),
-                format!("tessera_nodes_connected:{connected}"),
-                format!("tessera_shards:{}", self.shards.shards().len()),
-                format!("tessera_advertised_nodes:{}", self.topology.nodes.len()),
-            ],
-        );
-        out
     }
 }
 

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tessera_common::error::CODES;
+
 #[derive(Default)]
 pub struct Stats {
     pub connections_total: AtomicU64,
@@ -13,6 +15,8 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Error replies by code, in the order of [`CODES`].
+    by_code: [AtomicU64; CODES.len()],
 }
 
 impl Stats {
@@ -38,6 +42,9 @@ impl Stats {
         self.commands.fetch_add(1, Ordering::Relaxed);
         if code != "ok" {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(i) = CODES.iter().position(|c| *c == code) {
+                self.by_code[i].fetch_add(1, Ordering::Relaxed);
+            }
         }
         tessera_telemetry::record_command("tessera_router", cmd, code, took);
     }
@@ -50,6 +57,26 @@ impl Stats {
     pub fn bytes_out(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         metrics::counter!("tessera_router_net_output_bytes_total").increment(n as u64);
+    }
+
+    /// Each error code answered so far with its count, by name (`INFO
+    /// errorstats`).
+    pub fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> =
+            CODES.iter().zip(&self.by_code).map(|(c, n)| (*c, Stats::get(n))).filter(|(_, n)| *n > 0).collect();
+        out.sort();
+        out
+    }
+
+    /// `CONFIG RESETSTAT`.
+    pub fn reset(&self) {
+        for c in
+            [&self.commands, &self.errors, &self.connections_total, &self.rejected, &self.bytes_in, &self.bytes_out]
+                .into_iter()
+                .chain(&self.by_code)
+        {
+            c.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn get(c: &AtomicU64) -> u64 {

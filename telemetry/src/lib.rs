@@ -168,6 +168,48 @@ pub fn release_freed_memory_promptly() {
     }
 }
 
+/// What this process has used, as its allocator (mimalloc) and the OS
+/// report it: what `INFO memory` and `INFO cpu` print.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessInfo {
+    pub user_ms: usize,
+    pub system_ms: usize,
+    pub rss: usize,
+    pub peak_rss: usize,
+    /// Memory the allocator has committed (an upper bound on the live heap).
+    pub commit: usize,
+    pub peak_commit: usize,
+}
+
+#[allow(unsafe_code)]
+pub fn process_info() -> ProcessInfo {
+    let (mut elapsed, mut faults) = (0usize, 0usize);
+    let mut p = ProcessInfo::default();
+    // SAFETY: every pointer is to a live local `usize`, which mimalloc only
+    // writes.
+    unsafe {
+        libmimalloc_sys::mi_process_info(
+            &mut elapsed,
+            &mut p.user_ms,
+            &mut p.system_ms,
+            &mut p.rss,
+            &mut p.peak_rss,
+            &mut p.commit,
+            &mut p.peak_commit,
+            &mut faults,
+        )
+    };
+    p
+}
+
+/// The allocator's name and version, as `INFO memory` prints it.
+#[allow(unsafe_code)]
+pub fn allocator() -> String {
+    // SAFETY: returns a constant.
+    let v = unsafe { libmimalloc_sys::mi_version() };
+    format!("mimalloc-{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+}
+
 #[cfg(test)]
 mod alloc_tests {
     #[test]

@@ -37,7 +37,7 @@ def test_errors_inside_exec_leave_the_rest_applied(cluster, plain):
 
 
 def test_queue_time_errors_abort(cluster, plain):
-    c = plain.connection_pool.get_connection("MULTI")
+    c = plain.connection_pool.get_connection()
     try:
         def call(*args):
             c.send_command(*args)
@@ -152,3 +152,51 @@ def test_save_bgsave_lastsave_and_info_persistence(cluster, plain):
         time.sleep(0.05)
     assert plain.lastsave() > saved
     assert plain.get("{s}k") == b"v"
+
+
+def raw(client, *args):
+    """A command's reply as sent, without redis-py's parsing of it."""
+    c = client.connection_pool.get_connection()
+    try:
+        c.send_command(*args)
+        return c.read_response()
+    finally:
+        client.connection_pool.release(c)
+
+
+def test_info_sections_tools_read(cluster, plain):
+    info = plain.info()
+    for field in ("redis_version", "used_memory", "used_memory_rss", "mem_allocator", "loading",
+                  "rdb_bgsave_in_progress", "aof_enabled", "used_cpu_sys", "cluster_enabled"):
+        assert field in info, field
+    assert info["used_memory"] > 0 and info["maxmemory_policy"] == "noeviction"
+    assert str(info["mem_allocator"]).startswith("mimalloc-")
+    assert not any(k.startswith("ai_") for k in info)
+    text = raw(plain, "INFO", "default").decode()
+    assert text.startswith("# Server\r\n") and not text.endswith("\r\n\r\n")
+    # Errors are counted by code.
+    with pytest.raises(redis.ResponseError):
+        plain.execute_command("AI.TENSORGET", "{i}missing")
+    assert plain.info("errorstats")["errorstat_ERR"]["count"] >= 1
+    assert plain.info("all").get("ai_RedisAI_version") is None
+
+
+def test_info_modules_as_redisai_tests_read_it(cluster, plain):
+    # A model run loads a backend on the node that runs it.
+    plain.execute_command("AI.TENSORSET", "{i}a", "FLOAT", 1, "VALUES", 2)
+    text = raw(plain, "INFO", "MODULES").decode()
+    assert text.startswith("# Modules\r\nmodule:name=ai,ver=10207,api=1,")
+    # RedisAI's test helper: split on '#', section 2+k, fields on whitespace.
+    parts = text.split("#")
+    names = [p.split()[0] for p in parts[2:]]
+    assert names == ["ai_versions", "ai_git", "ai_load_time_configs", "ai_backends_info", "ai_cpu"]
+    def fields(k):
+        return dict(f.split(":", 1) for f in parts[2 + k].split()[1:])
+    assert list(fields(0)) == ["ai_RedisAI_version", "ai_low_level_API_version", "ai_rdb_version"]
+    assert fields(0)["ai_RedisAI_version"] == "1.2.7"
+    assert list(fields(2)) == ["ai_threads_per_queue", "ai_inter_op_parallelism", "ai_intra_op_parallelism",
+                               "ai_model_execution_timeout", "ai_backend_memory_limit"]
+    cpu = fields(4)
+    assert float(cpu["ai_self_used_cpu_user"]) > 0 and "ai_children_used_cpu_sys" in cpu
+    only = raw(plain, "INFO", "ai_cpu").decode()
+    assert only.startswith("# ai_cpu\r\n") and "ai_git" not in only

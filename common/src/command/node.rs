@@ -192,6 +192,9 @@ pub enum NodeCommand {
     /// SAVE / BGSAVE, sent to every node: a snapshot of each replica it
     /// hosts (no shard state; the router sends it with any target).
     Save,
+    /// What `INFO MODULES` reports of a node: its run settings, loaded
+    /// backends and CPU time (no shard state).
+    AiInfo,
 }
 
 /// The queued commands of a MULTI and the keys it WATCHes.
@@ -345,7 +348,7 @@ impl NodeCommand {
             C::Effects { writes, .. } => Box::new(writes.iter().map(|(k, _)| k)),
             C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
-            C::AiConfig { .. } | C::Save => Box::new(std::iter::empty()),
+            C::AiConfig { .. } | C::Save | C::AiInfo => Box::new(std::iter::empty()),
             C::Multi(tx) => Box::new(tx.commands().flat_map(|c| c.keys()).chain(tx.watched.iter().map(|(k, _)| k))),
             C::Watch { keys } => Box::new(keys.iter()),
             C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
@@ -403,6 +406,7 @@ impl NodeCommand {
             NodeCommand::Multi(_) => "exec",
             NodeCommand::Watch { .. } => "watch",
             NodeCommand::Save => "save",
+            NodeCommand::AiInfo => "info",
         }
     }
 

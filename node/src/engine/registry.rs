@@ -243,6 +243,33 @@ impl Registry {
         Some(p.remove(i).1)
     }
 
+    /// What this node tells `INFO MODULES` (see [`NodeCommand::AiInfo`]):
+    /// its run settings, each loaded backend's version, and the CPU time
+    /// this process has used, in microseconds.
+    ///
+    /// [`NodeCommand::AiInfo`]: tessera_common::command::NodeCommand::AiInfo
+    pub fn info(&self) -> Reply {
+        let s = self.settings();
+        let int = |k: &str, v: u64| (Reply::bulk_str(k), Reply::Int(v as i64));
+        let mut out = vec![
+            int("threads_per_queue", s.threads_per_queue as u64),
+            int("inter_op_parallelism", s.inter_op as u64),
+            int("intra_op_parallelism", s.intra_op as u64),
+            int("model_execution_timeout", s.execution_timeout_ms),
+        ];
+        let loaded = self.loaded.lock();
+        for kind in BackendKind::ALL {
+            if let Some(b) = loaded.get(&kind) {
+                out.push((Reply::bulk_str(&format!("backend:{}", kind.name())), Reply::bulk_str(&b.version())));
+            }
+        }
+        drop(loaded);
+        let p = tessera_telemetry::process_info();
+        out.push(int("used_cpu_sys_us", p.system_ms as u64 * 1000));
+        out.push(int("used_cpu_user_us", p.user_ms as u64 * 1000));
+        Reply::Map(out)
+    }
+
     /// Applies an `AI.CONFIG` setting; the reply for a GET.
     pub fn config(&self, op: &AiConfig) -> Reply {
         let mut s = self.settings.write();
