@@ -45,9 +45,6 @@ pub enum Error {
     Busy(String),
     #[error("ERR Command not allowed inside a transaction")]
     CommandNotInTransaction,
-    /// A model or script run or a DAG inside MULTI (see the router's `multi`).
-    #[error("ERR {0} is not allowed inside a transaction: its shard runs it before logging what it writes; AI.DAGEXECUTE chains tensor, model and script steps in one call")]
-    RunNotInTransaction(String),
     /// A RedisAI error whose text is sent verbatim (with or without `ERR `).
     #[error("{0}")]
     Verbatim(String),
@@ -81,8 +78,7 @@ impl Error {
             | Error::DbIndexOutOfRange
             | Error::Protocol(_)
             | Error::ValueTooLarge
-            | Error::CommandNotInTransaction
-            | Error::RunNotInTransaction(_) => "ERR",
+            | Error::CommandNotInTransaction => "ERR",
         }
     }
 

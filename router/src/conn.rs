@@ -248,7 +248,7 @@ fn handle(router: &Arc<Router>, conn: &mut ConnState, argv: Vec<Bytes>) -> Tagge
     };
     let proto_before = conn.proto;
     let (pending, after) = match parsed {
-        parsed if crate::multi::concerns(conn, &parsed) => crate::multi::handle(router, conn, parsed),
+        parsed if crate::multi::concerns(conn, &parsed) => crate::multi::handle(router, conn, name, parsed),
         Ok(cmd) => dispatch(router, conn, cmd),
         Err(e) => (Pending::ready(e.to_reply()), After::Continue),
     };

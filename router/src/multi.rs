@@ -21,9 +21,13 @@
 //! slot, as Redis Cluster requires. Commands answered by the router itself
 //! are queued as their reply when they are read (PING, ECHO, the CLUSTER
 //! and COMMAND introspection…); those that change the connection or span
-//! the keyspace are refused inside MULTI, as are model and script runs and
-//! DAGs (the leader runs them before it logs their outputs, which cannot be
-//! done inside one entry applied by every replica).
+//! the keyspace are refused inside MULTI.
+//!
+//! RedisAI's commands are queued as RedisAI's are in Redis: their argument
+//! errors are answered inside EXEC's reply, not when queued, and model and
+//! script runs and DAGs answer RedisAI's "Cannot run RedisAI command within
+//! a transaction" there (a shard's leader runs them before it logs what
+//! they write, which one entry applied by every replica cannot hold).
 
 use std::sync::Arc;
 
@@ -86,11 +90,21 @@ fn err(msg: &str) -> (Pending, After) {
     ready(Reply::err(msg))
 }
 
-pub fn handle(router: &Arc<Router>, conn: &mut ConnState, parsed: Result<Command>) -> (Pending, After) {
+/// `name` is the command's table name (`unknown` for none).
+pub fn handle(router: &Arc<Router>, conn: &mut ConnState, name: &str, parsed: Result<Command>) -> (Pending, After) {
     let cmd = match parsed {
+        // RedisAI's commands check their arguments when they run (Redis
+        // knows only that they take any number of them): inside MULTI such
+        // an error is queued and answered in its place in EXEC's reply. A
+        // run refuses to run in a transaction before it reads anything.
+        Err(e) if conn.tx.is_some() && name.starts_with("ai.") && e != Error::CrossSlot => {
+            let e = if is_run(name) { Reply::err(RUN_IN_TX) } else { e.to_reply() };
+            return queue_answer(conn, e);
+        }
         Ok(cmd) => cmd,
         Err(e) => {
-            // (Unknown commands and wrong arities abort the transaction.)
+            // (Unknown commands, wrong arities and CROSSSLOT abort the
+            // transaction.)
             if let Some(tx) = &mut conn.tx {
                 tx.aborted = true;
             }
@@ -131,8 +145,14 @@ pub fn handle(router: &Arc<Router>, conn: &mut ConnState, parsed: Result<Command
 /// transaction with it).
 fn queue(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pending, After) {
     let refused = match cmd {
-        Command::Keyed { cmd, .. } if cmd.is_exec() => {
-            Some(Error::RunNotInTransaction(cmd.name().to_ascii_uppercase()))
+        Command::Keyed { slot, cmd } if cmd.is_exec() => {
+            let tx = conn.tx.as_ref().expect("in a transaction");
+            let watched = conn.watching.as_ref().map(|w| w.slot);
+            if [tx.slot, watched].into_iter().flatten().any(|s| s != slot) {
+                Some(Error::CrossSlot)
+            } else {
+                return queue_answer(conn, Reply::err(RUN_IN_TX));
+            }
         }
         Command::Keyed { slot, cmd } => {
             let tx = conn.tx.as_mut().expect("in a transaction");
@@ -163,6 +183,24 @@ fn queue(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pending, 
         }
         None => ready(Reply::Simple("QUEUED".into())),
     }
+}
+
+/// RedisAI's answer to a model or script run or a DAG inside MULTI (in
+/// its place in EXEC's reply).
+const RUN_IN_TX: &str = "ERR Cannot run RedisAI command within a transaction or a LUA script";
+
+fn is_run(name: &str) -> bool {
+    matches!(
+        name,
+        "ai.modelexecute"
+            | "ai.modelrun"
+            | "ai.scriptexecute"
+            | "ai.scriptrun"
+            | "ai.dagexecute"
+            | "ai.dagexecute_ro"
+            | "ai.dagrun"
+            | "ai.dagrun_ro"
+    )
 }
 
 fn queue_answer(conn: &mut ConnState, r: Reply) -> (Pending, After) {

@@ -54,11 +54,16 @@ def test_queue_time_errors_abort(cluster, plain):
         assert plain.get("{tx}q") is None
         assert "EXEC without MULTI" in str(call("EXEC"))
         assert "DISCARD without MULTI" in str(call("DISCARD"))
-        # A model run cannot be part of a transaction: refused, clearly.
+        # As in RedisAI: a run is queued and refused in EXEC's reply, and an
+        # AI command's argument error is answered there too.
         assert call("MULTI") == b"OK"
-        err = call("AI.MODELEXECUTE", "{tx}m", "INPUTS", 1, "{tx}t", "OUTPUTS", 1, "{tx}o")
-        assert "not allowed inside a transaction" in str(err)
-        assert "Transaction discarded" in str(call("EXEC"))
+        assert call("AI.MODELEXECUTE", "{tx}m", "INPUTS", 1, "{tx}t", "OUTPUTS", 1, "{tx}o") == b"QUEUED"
+        assert call("AI.TENSORSET", "{tx}t", "BADTYPE", 1) == b"QUEUED"
+        assert call("SET", "{tx}x", "1") == b"QUEUED"
+        out = call("EXEC")
+        assert "Cannot run RedisAI command within a transaction" in str(out[0])
+        assert "invalid data type" in str(out[1]) and out[2] == b"OK"
+
         # DISCARD throws the queue away.
         assert call("MULTI") == b"OK"
         assert call("SET", "{tx}d", "1") == b"QUEUED"

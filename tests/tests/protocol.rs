@@ -141,6 +141,27 @@ fn bad_input_gets_redis_errors_and_loses_nothing() {
         ),
         (&["AI.TENSORGET", "s"], "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
         (&["AI.TENSORGET", "t", "JSON"], "-ERR unsupported data format\r\n"),
+        // Wrong in two ways at once: RedisAI looks at the key first.
+        (
+            &["AI.TENSORSET", "s", "BADTYPE", "1"],
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        ),
+        (
+            &["AI.TENSORSET", "s", "FLOAT", "-1"],
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        ),
+        (
+            &["AI.TENSORSET", "s", "FLOAT", "2", "VALUES", "1"],
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        ),
+        (&["AI.TENSORGET", "s", "FOO"], "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
+        (&["AI.TENSORGET", "nokey", "FOO"], "-ERR tensor key is empty or in a different shard\r\n"),
+        (&["AI.TENSORGET", "nokey", "BLOB", "VALUES"], "-ERR tensor key is empty or in a different shard\r\n"),
+        (
+            &["AI.TENSORSET", "nokey", "FLOAT", "2", "VALUES", "1"],
+            "-ERR wrong number of values was given in 'AI.TENSORSET' command\r\n",
+        ),
+        (&["AI.TENSORSET", "nokey", "INT8", "2", "VALUES", "x", "300"], "-ERR invalid value\r\n"),
         (&["AI.TENSORGET", "t", "BLOB", "VALUES"], "-ERR both BLOB and VALUES specified\r\n"),
         (&["INCR", "t"], "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
         (&["INCR", "s"], "-ERR value is not an integer or out of range\r\n"),

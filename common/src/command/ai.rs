@@ -21,16 +21,27 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
                 return Err(Error::Arity(arity_name(&argv[0])));
             }
             let slot = common_slot(&argv, &[1])?.unwrap_or(0);
-            let tensor = Tensor::parse_set(&argv[2..], limits.max_value_bytes)?;
-            Ok(Command::Keyed { slot, cmd: NodeCommand::TensorSet { key: argv[1].clone(), tensor } })
+            // (RedisAI opens the key before it reads the arguments: a key
+            // of another type answers WRONGTYPE first, so a wrong argument
+            // is answered by the shard, after it has looked at the key.)
+            let key = argv[1].clone();
+            let cmd = match Tensor::parse_set(&argv[2..], limits.max_value_bytes) {
+                Ok(tensor) => NodeCommand::TensorSet { key, tensor },
+                Err(error) => NodeCommand::TensorArgError { key, get: false, error },
+            };
+            Ok(Command::Keyed { slot, cmd })
         }
         "ai.tensorget" => {
             if !(2..=4).contains(&argv.len()) {
                 return Err(Error::Arity(arity_name(&argv[0])));
             }
             let slot = common_slot(&argv, &[1])?.unwrap_or(0);
-            let format = parse_get_format(&argv[2..])?;
-            Ok(Command::Keyed { slot, cmd: NodeCommand::TensorGet { key: argv[1].clone(), format } })
+            let key = argv[1].clone();
+            let cmd = match parse_get_format(&argv[2..]) {
+                Ok(format) => NodeCommand::TensorGet { key, format },
+                Err(error) => NodeCommand::TensorArgError { key, get: true, error },
+            };
+            Ok(Command::Keyed { slot, cmd })
         }
         "ai.modelstore" | "ai.modelset" => {
             // (The parsers check the arity before the key is looked at.)

@@ -195,6 +195,15 @@ pub enum NodeCommand {
     /// What `INFO MODULES` reports of a node: its run settings, loaded
     /// backends and CPU time (no shard state).
     AiInfo,
+    /// AI.TENSORSET / AI.TENSORGET whose arguments are wrong: RedisAI opens
+    /// the key before it reads them, so the shard answers WRONGTYPE for a
+    /// key of another type, (TENSORGET) the empty-key error for no key,
+    /// and `error` otherwise. Changes nothing.
+    TensorArgError {
+        key: Bytes,
+        get: bool,
+        error: crate::error::Error,
+    },
 }
 
 /// The queued commands of a MULTI and the keys it WATCHes.
@@ -342,7 +351,8 @@ impl NodeCommand {
             | C::ModelInfo { key, .. }
             | C::ScriptStore { key, .. }
             | C::ScriptGet { key, .. }
-            | C::ScriptDel { key } => Box::new(std::iter::once(key)),
+            | C::ScriptDel { key }
+            | C::TensorArgError { key, .. } => Box::new(std::iter::once(key)),
             C::ScriptExecute(run) => Box::new(run.all_keys()),
             C::Dag(dag) => Box::new(dag.keys()),
             C::Effects { writes, .. } => Box::new(writes.iter().map(|(k, _)| k)),
@@ -407,6 +417,8 @@ impl NodeCommand {
             NodeCommand::Watch { .. } => "watch",
             NodeCommand::Save => "save",
             NodeCommand::AiInfo => "info",
+            NodeCommand::TensorArgError { get: true, .. } => "ai.tensorget",
+            NodeCommand::TensorArgError { get: false, .. } => "ai.tensorset",
         }
     }
 

@@ -551,6 +551,84 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Wrong in two ways at once: the whole op is read (and its counts
+        // checked against the model) before TIMEOUT is refused in a DAG.
+        let model_op = |cmd: &str, n_in: usize| match &dag(cmd).unwrap().ops[0] {
+            DagOp::Model { run, .. } => run.check(n_in, 1).unwrap_err().to_string(),
+            other => panic!("{other:?}"),
+        };
+        let script_op = |cmd: &str| match &dag(cmd).unwrap().ops[0] {
+            DagOp::Script { run, .. } => run.fails.as_ref().map(|e| e.to_string()),
+            other => panic!("{other:?}"),
+        };
+        let two_wrongs = [
+            (
+                "AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT",
+                "ERR No value provided for TIMEOUT",
+            ),
+            (
+                "AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT 0",
+                "ERR Invalid value for TIMEOUT",
+            ),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 1 a OUTPUTS 1 b TIMEOUT 5 x", "Invalid argument: x"),
+        ];
+        for (cmd, want) in two_wrongs {
+            assert_eq!(model_op(cmd, 1), want, "{cmd}");
+        }
+        assert_eq!(
+            model_op("AI.DAGEXECUTE LOAD 1 a |> AI.MODELEXECUTE m INPUTS 2 a a OUTPUTS 1 b TIMEOUT 5", 1),
+            "Number of keys given as INPUTS here does not match model definition"
+        );
+        let dagrun = [
+            (
+                "AI.DAGRUN LOAD 1 a |> AI.MODELRUN m TIMEOUT 5 INPUTS a a OUTPUTS b",
+                "Number of keys given as INPUTS here does not match model definition",
+            ),
+            ("AI.DAGRUN LOAD 1 a |> AI.MODELRUN m TIMEOUT 0 INPUTS a OUTPUTS b", "ERR Invalid value for TIMEOUT"),
+            (
+                "AI.DAGRUN LOAD 1 a |> AI.MODELRUN m TIMEOUT 5 INPUTS a OUTPUTS b",
+                "ERR TIMEOUT not allowed within a DAG command",
+            ),
+        ];
+        for (cmd, want) in dagrun {
+            assert_eq!(model_op(cmd, 1), want, "{cmd}");
+        }
+        let scripts = [
+            (
+                "AI.DAGEXECUTE LOAD 1 a |> AI.SCRIPTEXECUTE s f INPUTS 1 a TIMEOUT",
+                Some("ERR No value provided for TIMEOUT in AI.SCRIPTEXECUTE"),
+            ),
+            (
+                "AI.DAGEXECUTE LOAD 1 a |> AI.SCRIPTEXECUTE s f INPUTS 1 a TIMEOUT 0",
+                Some("ERR Invalid value for TIMEOUT"),
+            ),
+            (
+                "AI.DAGEXECUTE LOAD 1 a |> AI.SCRIPTEXECUTE s f INPUTS 1 a TIMEOUT 5 x",
+                Some("ERR Encountered problem parsing AI.SCRIPTEXECUTE"),
+            ),
+            // KEYS or INPUTS first is the stand-alone command's rule only.
+            (
+                "AI.DAGEXECUTE LOAD 1 a |> AI.SCRIPTEXECUTE s f OUTPUTS 1 b FOO",
+                Some("ERR Invalid AI.SCRIPTEXECUTE command. Unexpected argument: FOO"),
+            ),
+            ("AI.DAGEXECUTE LOAD 1 a |> AI.SCRIPTEXECUTE s f ARGS 1 x INPUTS 1 a OUTPUTS 1 b", None),
+            (
+                "AI.DAGRUN LOAD 1 a |> AI.SCRIPTRUN s f TIMEOUT 5 INPUTS a INPUTS b",
+                Some("ERR Already encountered an INPUTS keyword in SCRIPTRUN"),
+            ),
+            ("AI.DAGRUN LOAD 1 a |> AI.SCRIPTRUN s f TIMEOUT 0 INPUTS a", Some("ERR Invalid value for TIMEOUT")),
+            (
+                "AI.DAGRUN LOAD 1 a |> AI.SCRIPTRUN s f TIMEOUT 1 TIMEOUT 2",
+                Some("ERR Already encountered an TIMEOUT section in SCRIPTRUN"),
+            ),
+            (
+                "AI.DAGRUN LOAD 1 a |> AI.SCRIPTRUN s f TIMEOUT 1 INPUTS a",
+                Some("ERR TIMEOUT not allowed within a DAG command"),
+            ),
+        ];
+        for (cmd, want) in scripts {
+            assert_eq!(script_op(cmd).as_deref(), want, "{cmd}");
+        }
         // 0 or less: no timeout.
         assert_eq!(
             dag("AI.DAGEXECUTE ROUTING a TIMEOUT -5 |> AI.TENSORSET x FLOAT 1 VALUES 1").unwrap().timeout_ms,

@@ -142,12 +142,14 @@ impl ModelRun {
             if !eq(tok, "TIMEOUT") {
                 return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(tok))));
             }
-            if dag {
-                return Err(err(TIMEOUT_IN_DAG));
-            }
             self.timeout_ms = Some(timeout(argv.get(i + 1))?);
             if let Some(extra) = argv.get(i + 2) {
                 return Err(Error::Verbatim(format!("Invalid argument: {}", String::from_utf8_lossy(extra))));
+            }
+            // (Refused in a DAG only once the whole op has been read, as
+            // RedisAI does.)
+            if dag {
+                return Err(err(TIMEOUT_IN_DAG));
             }
         }
         Ok(())
@@ -158,9 +160,6 @@ impl ModelRun {
     fn read_modelrun(&mut self, argv: &[Bytes], dag: bool) -> Result<()> {
         let mut i = 2;
         if argv.get(i).is_some_and(|a| eq(a, "TIMEOUT")) {
-            if dag {
-                return Err(err(TIMEOUT_IN_DAG));
-            }
             self.timeout_ms = Some(timeout(argv.get(i + 1)).map_err(|_| err("ERR Invalid value for TIMEOUT"))?);
             i += 2;
         }
@@ -173,6 +172,10 @@ impl ModelRun {
         self.outputs = rest.get(out_at + 1..).unwrap_or_default().to_vec();
         self.checks.push(Check::Inputs(self.inputs.len()));
         self.checks.push(Check::Outputs(self.outputs.len()));
+        // (After the counts are checked against the model.)
+        if dag && self.timeout_ms.is_some() {
+            return Err(err(TIMEOUT_IN_DAG));
+        }
         Ok(())
     }
 

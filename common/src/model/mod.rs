@@ -165,8 +165,8 @@ fn names(args: &[Bytes]) -> Vec<String> {
     args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
-/// `AI.MODELSTORE key backend device [TAG t] [BATCHSIZE n [MINBATCHSIZE m
-/// [MINBATCHTIMEOUT t]]] [INPUTS n .. OUTPUTS n ..] BLOB chunk..`, with
+/// `AI.MODELSTORE key backend device [TAG t] [BATCHSIZE n] [MINBATCHSIZE m]
+/// [MINBATCHTIMEOUT t] [INPUTS n .. OUTPUTS n ..] BLOB chunk..`, with
 /// RedisAI 1.2.7's order of checks and messages. `argv[0]` is the command.
 pub fn parse_modelstore(argv: &[Bytes]) -> Result<ModelDef> {
     if argv.len() < 6 {
@@ -181,31 +181,28 @@ pub fn parse_modelstore(argv: &[Bytes]) -> Result<ModelDef> {
         tag = argv.get(i + 1).cloned().ok_or_else(|| err("ERR Insufficient arguments, missing model BLOB"))?;
         i += 2;
     }
+    // (Three options, each checked as soon as its value is read.)
     let (mut batchsize, mut minbatchsize, mut minbatchtimeout) = (0, 0, 0);
     if at(i, "BATCHSIZE") {
         batchsize =
             argv.get(i + 1).and_then(|a| unsigned(a)).ok_or_else(|| err("ERR Invalid argument for BATCHSIZE"))?;
         i += 2;
-        if at(i, "MINBATCHSIZE") {
-            minbatchsize = argv
-                .get(i + 1)
-                .and_then(|a| unsigned(a))
-                .ok_or_else(|| err("ERR Invalid argument for MINBATCHSIZE"))?;
-            i += 2;
-            if at(i, "MINBATCHTIMEOUT") {
-                minbatchtimeout = argv
-                    .get(i + 1)
-                    .and_then(|a| unsigned(a))
-                    .ok_or_else(|| err("ERR Invalid argument for MINBATCHTIMEOUT"))?;
-                i += 2;
-            }
+    }
+    if at(i, "MINBATCHSIZE") {
+        minbatchsize =
+            argv.get(i + 1).and_then(|a| unsigned(a)).ok_or_else(|| err("ERR Invalid argument for MINBATCHSIZE"))?;
+        i += 2;
+        if batchsize == 0 && minbatchsize > 0 {
+            return Err(err("ERR MINBATCHSIZE specified without BATCHSIZE"));
         }
     }
-    if batchsize == 0 && minbatchsize > 0 {
-        return Err(err("ERR MINBATCHSIZE specified without BATCHSIZE"));
-    }
-    if minbatchsize == 0 && minbatchtimeout > 0 {
-        return Err(err("ERR MINBATCHTIMEOUT specified without MINBATCHSIZE"));
+    if at(i, "MINBATCHTIMEOUT") {
+        minbatchtimeout =
+            argv.get(i + 1).and_then(|a| unsigned(a)).ok_or_else(|| err("ERR Invalid argument for MINBATCHTIMEOUT"))?;
+        i += 2;
+        if minbatchsize == 0 && minbatchtimeout > 0 {
+            return Err(err("ERR MINBATCHTIMEOUT specified without MINBATCHSIZE"));
+        }
     }
     if i >= argv.len() {
         return Err(err("ERR Insufficient arguments, missing model BLOB"));
@@ -308,13 +305,15 @@ pub fn parse_modelset(argv: &[Bytes]) -> Result<ModelDef> {
             argv.get(i + 1).and_then(|a| unsigned(a)).ok_or_else(|| err("ERR Invalid argument for MINBATCHTIMEOUT"))?;
         i += 2;
     }
-    let blob_at = argv[i..].iter().position(|a| eq(a, "BLOB")).map(|p| p + i);
-    let Some(blob_at) = blob_at.filter(|b| b + 1 < argv.len()) else {
+    if i >= argv.len() {
         return Err(err("ERR Insufficient arguments, missing model BLOB"));
-    };
+    }
+    // (A TF model's INPUTS and OUTPUTS, up to BLOB, are checked before
+    // whether a blob follows.)
+    let blob_at = argv[i..].iter().position(|a| eq(a, "BLOB")).map(|p| p + i);
     let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
     if backend == BackendKind::Tf {
-        let io = &argv[i..blob_at];
+        let io = &argv[i..blob_at.unwrap_or(argv.len())];
         if io.is_empty() {
             return Err(err("ERR Insufficient arguments, INPUTS and OUTPUTS not specified"));
         }
@@ -325,6 +324,9 @@ pub fn parse_modelset(argv: &[Bytes]) -> Result<ModelDef> {
         inputs = names(&io[1..out_at]);
         outputs = names(&io[out_at + 1..]);
     }
+    let Some(blob_at) = blob_at.filter(|b| b + 1 < argv.len()) else {
+        return Err(err("ERR Insufficient arguments, missing model BLOB"));
+    };
     Ok(ModelDef {
         backend,
         device_name: String::from_utf8_lossy(dev).into_owned(),
@@ -350,6 +352,59 @@ mod tests {
 
     fn store(s: &str) -> std::result::Result<ModelDef, String> {
         parse_modelstore(&argv(s)).map_err(|e| e.to_string())
+    }
+
+    /// Inputs wrong in two ways at once: the error RedisAI answers first.
+    #[test]
+    fn model_stores_answer_the_first_of_two_errors_as_redisai() {
+        let cases = [
+            ("AI.MODELSTORE m TORCH CPU MINBATCHSIZE 2 BLOB x", "ERR MINBATCHSIZE specified without BATCHSIZE"),
+            (
+                "AI.MODELSTORE m TORCH CPU BATCHSIZE 2 MINBATCHTIMEOUT 1000 BLOB x",
+                "ERR MINBATCHTIMEOUT specified without MINBATCHSIZE",
+            ),
+            ("AI.MODELSTORE m TORCH CPU MINBATCHSIZE x", "ERR Invalid argument for MINBATCHSIZE"),
+            ("AI.MODELSTORE m TORCH CPU MINBATCHSIZE 2", "ERR MINBATCHSIZE specified without BATCHSIZE"),
+            ("AI.MODELSTORE m TORCH CPU MINBATCHTIMEOUT 5", "ERR MINBATCHTIMEOUT specified without MINBATCHSIZE"),
+            (
+                "AI.MODELSTORE m TORCH CPU BATCHSIZE 0 MINBATCHSIZE 2 MINBATCHTIMEOUT x BLOB b",
+                "ERR MINBATCHSIZE specified without BATCHSIZE",
+            ),
+            (
+                "AI.MODELSTORE m TF CPU MINBATCHSIZE 2 INPUTS 1 a OUTPUTS 1 b BLOB x",
+                "ERR MINBATCHSIZE specified without BATCHSIZE",
+            ),
+            ("AI.MODELSTORE m XX bad_device BLOB x", "ERR unsupported backend"),
+            ("AI.MODELSTORE m TORCH bad_device BATCHSIZE x BLOB b", "ERR Invalid DEVICE"),
+            ("AI.MODELSTORE m TORCH CPU BATCHSIZE x", "ERR Invalid argument for BATCHSIZE"),
+            ("AI.MODELSTORE m TORCH CPU BATCHSIZE 2 MINBATCHSIZE x", "ERR Invalid argument for MINBATCHSIZE"),
+            ("AI.MODELSTORE m TF CPU BATCHSIZE 2", "ERR Insufficient arguments, missing model BLOB"),
+            ("AI.MODELSTORE m TF CPU INPUTS 2 a b", "ERR OUTPUTS not specified for TF"),
+            ("AI.MODELSTORE m TORCH CPU INPUTS 1 a", "ERR INPUTS argument should not be specified for this backend"),
+            ("AI.MODELSET m TF CPU BLOB", "ERR Insufficient arguments, INPUTS and OUTPUTS not specified"),
+            ("AI.MODELSET m TF CPU INPUTS a", "ERR OUTPUTS not specified"),
+            ("AI.MODELSET m TF CPU a b OUTPUTS c", "ERR INPUTS not specified"),
+            ("AI.MODELSET m TF CPU NOTINPUTS BLOB", "ERR INPUTS not specified"),
+            ("AI.MODELSET m TORCH BLOB x", "ERR Invalid DEVICE"),
+            ("AI.MODELSET m TFLITE CPU BATCHSIZE x BLOB b", "ERR Auto-batching not supported by the TFLITE backend"),
+            ("AI.MODELSET m ONNX CPU MINBATCHSIZE x BLOB b", "ERR MINBATCHSIZE specified without BATCHSIZE"),
+            (
+                "AI.MODELSET m ONNX CPU BATCHSIZE 2 MINBATCHTIMEOUT x",
+                "ERR MINBATCHTIMEOUT specified without MINBATCHSIZE",
+            ),
+            ("AI.MODELSET m TF CPU BATCHSIZE 2", "ERR Insufficient arguments, missing model BLOB"),
+            ("AI.MODELSET m TF CPU INPUTS a OUTPUTS b BLOB", "ERR Insufficient arguments, missing model BLOB"),
+            ("AI.MODELSET m TF CPU INPUTS a OUTPUTS b", "ERR Insufficient arguments, missing model BLOB"),
+            ("AI.MODELSET m ONNX CPU BATCHSIZE 2 NOT_BLOB", "ERR Insufficient arguments, missing model BLOB"),
+        ];
+        for (cmd, want) in cases {
+            let got = if cmd.starts_with("AI.MODELSTORE") {
+                store(cmd)
+            } else {
+                parse_modelset(&argv(cmd)).map_err(|e| e.to_string())
+            };
+            assert_eq!(got.unwrap_err(), want, "{cmd}");
+        }
     }
 
     #[test]

@@ -181,7 +181,8 @@ impl ScriptRun {
     /// `[KEYS n ..] [INPUTS n ..] [ARGS n ..] [OUTPUTS n ..] [TIMEOUT t]`,
     /// KEYS or INPUTS first, each scope once, TIMEOUT last.
     fn read_scriptexecute(&mut self, argv: &[Bytes], dag: bool) -> Result<()> {
-        if !argv.get(3).is_some_and(|a| eq(a, "KEYS") || eq(a, "INPUTS")) {
+        // (Only stand-alone: inside a DAG the scopes come in any order.)
+        if !dag && !argv.get(3).is_some_and(|a| eq(a, "KEYS") || eq(a, "INPUTS")) {
             return Err(err("ERR KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command"));
         }
         let mut seen = Vec::new();
@@ -192,7 +193,6 @@ impl ScriptRun {
                 _ if eq(tok, "INPUTS") => Scope::Inputs,
                 _ if eq(tok, "ARGS") => Scope::Args,
                 _ if eq(tok, "OUTPUTS") => Scope::Outputs,
-                _ if eq(tok, "TIMEOUT") && dag => return Err(err(super::exec::TIMEOUT_IN_DAG)),
                 _ if eq(tok, "TIMEOUT") => {
                     let t =
                         argv.get(i + 1).ok_or_else(|| err("ERR No value provided for TIMEOUT in AI.SCRIPTEXECUTE"))?;
@@ -200,6 +200,9 @@ impl ScriptRun {
                     self.timeout_ms = Some(t as u64);
                     if argv.len() > i + 2 {
                         return Err(err("ERR Encountered problem parsing AI.SCRIPTEXECUTE"));
+                    }
+                    if dag {
+                        return Err(err(super::exec::TIMEOUT_IN_DAG));
                     }
                     return Ok(());
                 }
@@ -270,9 +273,6 @@ impl ScriptRun {
         while let Some(tok) = argv.get(i) {
             i += 1;
             if eq(tok, "TIMEOUT") {
-                if dag {
-                    return Err(err(super::exec::TIMEOUT_IN_DAG));
-                }
                 if self.timeout_ms.is_some() {
                     return Err(err("ERR Already encountered an TIMEOUT section in SCRIPTRUN"));
                 }
@@ -305,6 +305,9 @@ impl ScriptRun {
                     None => return Err(err("ERR Unrecongnized parameter to SCRIPTRUN")),
                 }
             }
+        }
+        if dag && self.timeout_ms.is_some() {
+            return Err(err(super::exec::TIMEOUT_IN_DAG));
         }
         Ok(())
     }

@@ -369,6 +369,11 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
         NodeCommand::GetKeysInSlot { slot, count } => {
             Reply::Array(ks.slot_keys(*slot, now).take(*count).map(|(k, _)| Reply::Bulk(k.clone())).collect())
         }
+        NodeCommand::TensorArgError { key, get, error } => match ks.get(key, now).map(|e| &e.value) {
+            Some(Value::Str(_) | Value::Model(_) | Value::Script(_)) => wrongtype(),
+            None if *get => NodeError::EmptyTensor.to_reply(),
+            _ => error.to_reply(),
+        },
         NodeCommand::Watch { keys } => Reply::Array(
             keys.iter().map(|k| ks.get(k, now).map_or(Reply::Null, |e| Reply::Int(e.fingerprint() as i64))).collect(),
         ),
