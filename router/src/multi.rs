@@ -154,26 +154,24 @@ fn queue(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pending, 
                 return queue_answer(conn, Reply::err(RUN_IN_TX));
             }
         }
+        // (CLUSTER COUNTKEYSINSLOT / GETKEYSINSLOT: a slot's shard, named
+        // by the slot rather than by a key.)
+        Command::Keyed { cmd, .. } if !cmd.has_keys() => Some(Error::CommandNotInTransaction),
         Command::Keyed { slot, cmd } => {
             let tx = conn.tx.as_mut().expect("in a transaction");
             let watched = conn.watching.as_ref().map(|w| w.slot);
-            let keyed = cmd.has_keys();
-            if keyed && [tx.slot, watched].into_iter().flatten().any(|s| s != slot) {
+            if [tx.slot, watched].into_iter().flatten().any(|s| s != slot) {
                 Some(Error::CrossSlot)
             } else {
-                if keyed {
-                    tx.slot = Some(slot);
-                }
+                tx.slot = Some(slot);
                 tx.queued.push(Queued::Node(cmd));
                 None
             }
         }
-        Command::Local(l) if answered_when_queued(&l) => {
-            let (Pending::Ready(r), _) = crate::local::run(router, conn, l) else {
-                unreachable!("these commands are answered at once");
-            };
-            return queue_answer(conn, r.unwrap_or(Reply::Null));
-        }
+        Command::Local(l) if answered_when_queued(&l) => match crate::local::run(router, conn, l) {
+            (Pending::Ready(r), _) => return queue_answer(conn, r.unwrap_or(Reply::Null)),
+            (Pending::Fut(_), _) => Some(Error::CommandNotInTransaction),
+        },
         Command::Local(_) | Command::Fanout(_) => Some(Error::CommandNotInTransaction),
     };
     match refused {
@@ -274,7 +272,8 @@ fn exec(router: &Arc<Router>, conn: &mut ConnState) -> (Pending, After) {
         // Only router-answered commands (or none): nothing to send.
         let replies = tx.queued.into_iter().map(|q| match q {
             Queued::Answered(r) => r,
-            Queued::Node(_) => unreachable!("no command for a shard was queued"),
+            // (Never: a command for a shard gives the transaction its slot.)
+            Queued::Node(_) => Reply::err("ERR internal: a queued command has no slot"),
         });
         return ready(Reply::Array(replies.collect()));
     };

@@ -205,3 +205,18 @@ def test_info_modules_as_redisai_tests_read_it(cluster, plain):
     assert float(cpu["ai_self_used_cpu_user"]) > 0 and "ai_children_used_cpu_sys" in cpu
     only = raw(plain, "INFO", "ai_cpu").decode()
     assert only.startswith("# ai_cpu\r\n") and "ai_git" not in only
+
+
+def test_slot_commands_are_refused_in_a_transaction(cluster, plain):
+    c = plain.connection_pool.get_connection()
+    try:
+        c.send_command("MULTI")
+        assert c.read_response() == b"OK"
+        c.send_command("CLUSTER", "COUNTKEYSINSLOT", 5)
+        with pytest.raises(redis.ResponseError, match="not allowed inside a transaction"):
+            c.read_response()
+        c.send_command("EXEC")
+        with pytest.raises(redis.ResponseError, match="Transaction discarded"):
+            c.read_response()
+    finally:
+        plain.connection_pool.release(c)

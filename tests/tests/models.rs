@@ -413,6 +413,40 @@ fn tf_graph_through_the_router() {
     assert_eq!(e, "ERR Input node named \"bad_input\" not found in TF graph.");
     // The good model is still there and still runs.
     ok(exec(&mut con, &["AI.MODELEXECUTE", "tf{1}", "INPUTS", "2", "a{1}", "b{1}", "OUTPUTS", "1", "c{1}"]));
+    // RedisAI's benchmark graph (aibench's fraud detection): dropout and
+    // all, it loads and answers a probability row.
+    ok(redis::cmd("AI.MODELSTORE")
+        .arg("fraud{1}")
+        .arg("TF")
+        .arg("CPU")
+        .arg("INPUTS")
+        .arg(2)
+        .arg("transaction")
+        .arg("reference")
+        .arg("OUTPUTS")
+        .arg(1)
+        .arg("output")
+        .arg("BLOB")
+        .arg(&testdata("creditcardfraud.pb")[..])
+        .query(&mut con));
+    let t: Vec<String> = (0..30).map(|i| format!("{}", i as f32 / 30.0 - 0.5)).collect();
+    let mut set = vec!["AI.TENSORSET", "tx{1}", "FLOAT", "1", "30", "VALUES"];
+    set.extend(t.iter().map(String::as_str));
+    ok(exec(&mut con, &set));
+    let r: Vec<String> = (0..256).map(|i| format!("{}", i as f32 / 255.0)).collect();
+    let mut set = vec!["AI.TENSORSET", "ref{1}", "FLOAT", "256", "VALUES"];
+    set.extend(r.iter().map(String::as_str));
+    ok(exec(&mut con, &set));
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "fraud{1}", "INPUTS", "2", "tx{1}", "ref{1}", "OUTPUTS", "1", "p{1}"]));
+    let p: Vec<f32> = redis::cmd("AI.TENSORGET")
+        .arg("p{1}")
+        .arg("VALUES")
+        .query::<Vec<String>>(&mut con)
+        .unwrap()
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(p.len() == 2 && (p[0] + p[1] - 1.0).abs() < 1e-5 && p[1] > 0.5, "{p:?}");
 }
 
 #[test]

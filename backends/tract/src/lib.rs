@@ -15,6 +15,10 @@ use tessera_backend::{Backend, BackendError, BackendKind, DType, Device, LoadOpt
 use tract_tensorflow::prelude::*;
 use tract_tensorflow::tract_hir::internal::DimLike;
 
+mod tf_ops;
+
+pub use tf_ops::ADDED as TF_OPS_ADDED;
+
 pub const TRACT_VERSION: &str = "0.23.9";
 
 /// Plans kept per TF model (one per distinct input signature).
@@ -113,7 +117,8 @@ impl Backend for TfBackend {
 
     fn load(&self, blob: &[u8], opts: &LoadOptions) -> Result<Arc<dyn Model>> {
         check_device(opts.device, "TF")?;
-        let tf = tract_tensorflow::tensorflow();
+        let mut tf = tract_tensorflow::tensorflow();
+        tf_ops::register(&mut tf);
         let graph = tf.proto_model_for_read(&mut &blob[..]).map_err(|_| BackendError::new("Invalid GraphDef"))?;
         for name in &opts.inputs {
             if !graph.node.iter().any(|n| &n.name == name && n.op == "Placeholder") {
