@@ -37,6 +37,7 @@ mod dag;
 mod host;
 mod run;
 mod script;
+mod tx;
 
 /// A group's folder under the data dir.
 pub fn group_dir(id: u32) -> String {

@@ -24,10 +24,13 @@
 //! the keyspace are refused inside MULTI.
 //!
 //! RedisAI's commands are queued as RedisAI's are in Redis: their argument
-//! errors are answered inside EXEC's reply, not when queued, and model and
-//! script runs and DAGs answer RedisAI's "Cannot run RedisAI command within
-//! a transaction" there (a shard's leader runs them before it logs what
-//! they write, which one entry applied by every replica cannot hold).
+//! errors are answered inside EXEC's reply, not when queued. Model and
+//! script runs go further than RedisAI, which refuses them in a
+//! transaction: a transaction that runs one is run by the shard's leader
+//! against an overlay and logged as the one entry of what it changed
+//! (`node/src/shard/tx.rs`), so `TENSORSET; MODELEXECUTE; TENSORGET` in one
+//! MULTI works, all or nothing. A DAG answers RedisAI's "Cannot run RedisAI
+//! command within a transaction" in its place.
 
 use std::sync::Arc;
 
@@ -96,9 +99,9 @@ pub fn handle(router: &Arc<Router>, conn: &mut ConnState, name: &str, parsed: Re
         // RedisAI's commands check their arguments when they run (Redis
         // knows only that they take any number of them): inside MULTI such
         // an error is queued and answered in its place in EXEC's reply. A
-        // run refuses to run in a transaction before it reads anything.
+        // DAG refuses to run in a transaction before it reads anything.
         Err(e) if conn.tx.is_some() && name.starts_with("ai.") && e != Error::CrossSlot => {
-            let e = if is_run(name) { Reply::err(RUN_IN_TX) } else { e.to_reply() };
+            let e = if is_dag(name) { Reply::err(DAG_IN_TX) } else { e.to_reply() };
             return queue_answer(conn, e);
         }
         Ok(cmd) => cmd,
@@ -145,13 +148,13 @@ pub fn handle(router: &Arc<Router>, conn: &mut ConnState, name: &str, parsed: Re
 /// transaction with it).
 fn queue(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pending, After) {
     let refused = match cmd {
-        Command::Keyed { slot, cmd } if cmd.is_exec() => {
+        Command::Keyed { slot, cmd: NodeCommand::Dag(_) } => {
             let tx = conn.tx.as_ref().expect("in a transaction");
             let watched = conn.watching.as_ref().map(|w| w.slot);
             if [tx.slot, watched].into_iter().flatten().any(|s| s != slot) {
                 Some(Error::CrossSlot)
             } else {
-                return queue_answer(conn, Reply::err(RUN_IN_TX));
+                return queue_answer(conn, Reply::err(DAG_IN_TX));
             }
         }
         // (CLUSTER COUNTKEYSINSLOT / GETKEYSINSLOT: a slot's shard, named
@@ -183,22 +186,11 @@ fn queue(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pending, 
     }
 }
 
-/// RedisAI's answer to a model or script run or a DAG inside MULTI (in
-/// its place in EXEC's reply).
-const RUN_IN_TX: &str = "ERR Cannot run RedisAI command within a transaction or a LUA script";
+/// RedisAI's answer to a DAG inside MULTI (in its place in EXEC's reply).
+const DAG_IN_TX: &str = "ERR Cannot run RedisAI command within a transaction or a LUA script";
 
-fn is_run(name: &str) -> bool {
-    matches!(
-        name,
-        "ai.modelexecute"
-            | "ai.modelrun"
-            | "ai.scriptexecute"
-            | "ai.scriptrun"
-            | "ai.dagexecute"
-            | "ai.dagexecute_ro"
-            | "ai.dagrun"
-            | "ai.dagrun_ro"
-    )
+fn is_dag(name: &str) -> bool {
+    matches!(name, "ai.dagexecute" | "ai.dagexecute_ro" | "ai.dagrun" | "ai.dagrun_ro")
 }
 
 fn queue_answer(conn: &mut ConnState, r: Reply) -> (Pending, After) {
@@ -296,8 +288,8 @@ fn exec(router: &Arc<Router>, conn: &mut ConnState) -> (Pending, After) {
             }
         }
         let cmd = NodeCommand::Multi(Transaction { ops, watched });
-        let read_only = cmd.retry_safe();
-        let reply = router.shards.call_slot(slot, Bytes::from(cmd.to_bytes()), read_only, false, false).await;
+        let (read_only, runs) = (cmd.retry_safe(), cmd.is_exec());
+        let reply = router.shards.call_slot(slot, Bytes::from(cmd.to_bytes()), read_only, runs, false).await;
         match reply {
             Reply::Array(mut replies) => {
                 for (i, r) in answered {

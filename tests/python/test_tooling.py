@@ -2,6 +2,8 @@
 (redis-py pipelines, plain and RedisCluster), WATCH, MODULE LIST, SAVE /
 BGSAVE / LASTSAVE and the INFO sections tools read."""
 
+import os
+import pathlib
 import time
 
 import pytest
@@ -54,14 +56,14 @@ def test_queue_time_errors_abort(cluster, plain):
         assert plain.get("{tx}q") is None
         assert "EXEC without MULTI" in str(call("EXEC"))
         assert "DISCARD without MULTI" in str(call("DISCARD"))
-        # As in RedisAI: a run is queued and refused in EXEC's reply, and an
-        # AI command's argument error is answered there too.
+        # As in RedisAI: an AI command's argument error is queued and
+        # answered in its place in EXEC's reply.
         assert call("MULTI") == b"OK"
         assert call("AI.MODELEXECUTE", "{tx}m", "INPUTS", 1, "{tx}t", "OUTPUTS", 1, "{tx}o") == b"QUEUED"
         assert call("AI.TENSORSET", "{tx}t", "BADTYPE", 1) == b"QUEUED"
         assert call("SET", "{tx}x", "1") == b"QUEUED"
         out = call("EXEC")
-        assert "Cannot run RedisAI command within a transaction" in str(out[0])
+        assert "model key is empty" in str(out[0])
         assert "invalid data type" in str(out[1]) and out[2] == b"OK"
 
         # DISCARD throws the queue away.
@@ -220,3 +222,53 @@ def test_slot_commands_are_refused_in_a_transaction(cluster, plain):
             c.read_response()
     finally:
         plain.connection_pool.release(c)
+
+
+TESTDATA = pathlib.Path(
+    os.environ.get("TESSERA_TESTDATA") or pathlib.Path(__file__).resolve().parents[3] / "shared" / "testdata"
+) / "redisai"
+
+SCRIPT = """
+def add(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute('INCR', keys[0])
+    return tensors[0] + tensors[1]
+"""
+
+
+@pytest.mark.skipif(not TESTDATA.is_dir(), reason=f"needs RedisAI's test models ({TESTDATA}, or TESSERA_TESTDATA)")
+def test_model_and_script_runs_inside_a_transaction(cluster, plain):
+    """Beyond RedisAI (which refuses runs in MULTI): TENSORSET, MODELEXECUTE,
+    SCRIPTEXECUTE and TENSORGET in one transaction, each seeing the ones
+    before it, applied as one entry."""
+    graph = (TESTDATA / "graph.pb").read_bytes()
+    plain.execute_command("AI.MODELSTORE", "{m}mul", "TF", "CPU", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "mul",
+                          "BLOB", graph)
+    plain.execute_command("AI.SCRIPTSTORE", "{m}s", "CPU", "ENTRY_POINTS", 1, "add", "SOURCE", SCRIPT)
+    pipe = plain.pipeline(transaction=True)
+    pipe.execute_command("AI.TENSORSET", "{m}a", "FLOAT", 2, "VALUES", 2, 3)
+    pipe.execute_command("AI.MODELEXECUTE", "{m}mul", "INPUTS", 2, "{m}a", "{m}a", "OUTPUTS", 1, "{m}sq")
+    pipe.execute_command("AI.SCRIPTEXECUTE", "{m}s", "add", "KEYS", 1, "{m}n", "INPUTS", 2, "{m}sq", "{m}a",
+                         "OUTPUTS", 1, "{m}sum")
+    pipe.execute_command("AI.TENSORGET", "{m}sum", "VALUES")
+    pipe.get("{m}n")
+    # A run that fails answers its error in place; the rest applies.
+    pipe.execute_command("AI.MODELEXECUTE", "{m}mul", "INPUTS", 2, "{m}a", "{m}none", "OUTPUTS", 1, "{m}x")
+    pipe.execute_command("AI.DAGEXECUTE", "LOAD", 1, "{m}a", "|>", "AI.TENSORGET", "{m}a", "VALUES")
+    out = pipe.execute(raise_on_error=False)
+    assert out[:3] == [b"OK", b"OK", b"OK"]
+    assert [float(v) for v in out[3]] == [6.0, 12.0]
+    assert out[4] == b"1"
+    assert "tensor key is empty" in str(out[5])
+    assert "Cannot run RedisAI command within a transaction" in str(out[6])
+    assert [float(v) for v in plain.execute_command("AI.TENSORGET", "{m}sq", "VALUES")] == [4.0, 9.0]
+    assert plain.exists("{m}x") == 0
+    # WATCH holds for a transaction that runs a model too.
+    other = redis.Redis(port=cluster.plain_port)
+    with plain.pipeline(transaction=True) as p:
+        p.watch("{m}a")
+        other.execute_command("AI.TENSORSET", "{m}a", "FLOAT", 2, "VALUES", 5, 5)
+        p.multi()
+        p.execute_command("AI.MODELEXECUTE", "{m}mul", "INPUTS", 2, "{m}a", "{m}a", "OUTPUTS", 1, "{m}sq")
+        with pytest.raises(redis.WatchError):
+            p.execute()
+    assert [float(v) for v in plain.execute_command("AI.TENSORGET", "{m}sq", "VALUES")] == [4.0, 9.0]

@@ -245,6 +245,12 @@ impl Transaction {
     pub fn writes(&self) -> bool {
         self.commands().any(NodeCommand::is_write)
     }
+
+    /// Whether it runs a model or a script (or holds a DAG): its shard's
+    /// leader then runs it and logs what it changed.
+    pub fn runs(&self) -> bool {
+        self.commands().any(NodeCommand::is_exec)
+    }
 }
 
 /// A key's value after a script run (see [`NodeCommand::Effects`]).
@@ -291,6 +297,7 @@ impl NodeCommand {
     /// writes its outputs through the log.
     pub fn is_exec(&self) -> bool {
         matches!(self, NodeCommand::ModelExecute(_) | NodeCommand::ScriptExecute(_) | NodeCommand::Dag(_))
+            || matches!(self, NodeCommand::Multi(tx) if tx.runs())
     }
 
     /// Whether the router may send this command again when its outcome is
@@ -311,6 +318,7 @@ impl NodeCommand {
             // (KEYS: the keys its `redis.execute` calls are declared to use.)
             NodeCommand::ScriptExecute(run) => Some(run.keys.iter().chain(&run.outputs).collect()),
             NodeCommand::Dag(dag) => Some(dag.written_keys().collect()),
+            NodeCommand::Multi(tx) if tx.runs() => Some(self.keys().collect()),
             c if c.is_write() && c.has_keys() => Some(c.keys().collect()),
             c if c.is_write() => None,
             _ => Some(Vec::new()),

@@ -138,6 +138,41 @@ impl Host {
         Ok(Effects { writes: writes(changed, outputs.into_iter()), expected })
     }
 
+    /// Runs `cmd` (a command of this slot's keys that a replica can apply
+    /// or read) against the overlay: a write changes the overlay only.
+    pub fn run(&self, cmd: &NodeCommand) -> Reply {
+        let mut o = self.overlay.lock();
+        copy_in(&self.data, self.now, &mut o, cmd.keys());
+        let o = &mut *o;
+        let ks = o.ks.as_mut().expect("made by copy_in");
+        if !cmd.is_write() {
+            return read(ks, cmd, self.now, registry().settings().model_chunk_size as usize);
+        }
+        let reply = apply(ks, self.now, &LogOp::Command(cmd.clone()), &mut Vec::new());
+        if !matches!(reply, Reply::Error(_)) {
+            for k in cmd.keys() {
+                if !o.written.contains(k) {
+                    o.written.push(k.clone());
+                }
+            }
+        }
+        reply
+    }
+
+    /// What `key` holds as the run has left it.
+    pub fn get(&self, key: &Bytes) -> Option<Entry> {
+        let mut o = self.overlay.lock();
+        copy_in(&self.data, self.now, &mut o, std::iter::once(key));
+        o.ks.as_ref().and_then(|ks| ks.get(key, self.now).cloned())
+    }
+
+    /// Each key the run has touched (read or written) with the fingerprint
+    /// it had in the shard when first touched (`None`: absent).
+    pub fn touched(&self) -> Vec<(Bytes, Option<u64>)> {
+        let o = self.overlay.lock();
+        o.copied.iter().map(|(k, e)| (k.clone(), e.as_ref().map(Entry::fingerprint))).collect()
+    }
+
     fn command(&self, argv: &[Bytes]) -> Result<NodeCommand, String> {
         let cmd = match parse(argv.to_vec(), &ParseLimits::default()) {
             Ok(Command::Keyed { slot, cmd }) if !cmd.has_keys() || slot == self.slot => cmd,
@@ -189,24 +224,7 @@ fn host_reply(r: Reply) -> Result<HostReply, String> {
 impl ScriptHost for Host {
     fn execute(&self, argv: &[Bytes]) -> Result<HostReply, String> {
         let cmd = self.command(argv)?;
-        let mut o = self.overlay.lock();
-        copy_in(&self.data, self.now, &mut o, cmd.keys());
-        let o = &mut *o;
-        let ks = o.ks.as_mut().expect("made by copy_in");
-        let reply = if cmd.is_write() {
-            let reply = apply(ks, self.now, &LogOp::Command(cmd.clone()), &mut Vec::new());
-            if !matches!(reply, Reply::Error(_)) {
-                for k in cmd.keys() {
-                    if !o.written.contains(k) {
-                        o.written.push(k.clone());
-                    }
-                }
-            }
-            reply
-        } else {
-            read(ks, &cmd, self.now, registry().settings().model_chunk_size as usize)
-        };
-        host_reply(reply)
+        host_reply(self.run(&cmd))
     }
 
     fn model_execute(&self, key: &[u8], inputs: Vec<Tensor>, outputs: usize) -> Result<Vec<Tensor>, String> {

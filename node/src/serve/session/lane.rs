@@ -125,6 +125,7 @@ pub(super) async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCom
                         NodeCommand::ModelExecute(run) => s.execute(run).await,
                         NodeCommand::ScriptExecute(run) => s.run_script(run).await,
                         NodeCommand::Dag(dag) => s.run_dag(dag).await,
+                        NodeCommand::Multi(tx) => s.run_transaction(tx).await,
                         _ => Outcome::Error(NodeError::Internal("internal: not a model or script run")),
                     };
                     record(name, &o, start);
