@@ -66,6 +66,7 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             Ok(Command::Keyed { slot, cmd: NodeCommand::ModelDel { key: argv[1].clone() } })
         }
         "ai.modelexecute" | "ai.modelrun" => {
+            keys_first(spec, &argv)?;
             let deprecated = spec.name == "ai.modelrun";
             let (min, name) = if deprecated { (6, "AI.MODELRUN") } else { (8, "AI.MODELEXECUTE") };
             if argv.len() < min {
@@ -98,6 +99,7 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
             Ok(Command::Keyed { slot, cmd: NodeCommand::ScriptDel { key: argv[1].clone() } })
         }
         "ai.scriptexecute" | "ai.scriptrun" => {
+            keys_first(spec, &argv)?;
             let deprecated = spec.name == "ai.scriptrun";
             if argv.len() < 3 {
                 let name = if deprecated { "AI.SCRIPTRUN" } else { "AI.SCRIPTEXECUTE" };
@@ -145,6 +147,16 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, limits: &ParseLimits) -> Resu
     }
 }
 
+/// Redis Cluster finds a command's keys (RedisAI's run commands report
+/// theirs through a callback) and answers CROSSSLOT before the command
+/// checks its own arguments, its arity included.
+fn keys_first(spec: &CommandSpec, argv: &[Bytes]) -> Result<()> {
+    if let Some(idx) = spec.key_indexes(argv) {
+        common_slot(argv, &idx)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::argv;
@@ -167,6 +179,14 @@ mod tests {
         assert_eq!(e.to_string(), "ERR wrong number of arguments for 'ai.tensorget' command");
         let e = parse(argv("AI.MODELEXECUTE m{1} INPUTS 1 a{2} OUTPUTS 1 b{1}"), &ParseLimits::default());
         assert_eq!(e.unwrap_err(), Error::CrossSlot);
+        // Wrong in two ways: CROSSSLOT comes before the command's own checks.
+        for two_wrongs in [
+            "AI.MODELEXECUTE m{1} INPUTS 1 a{2} OUTPUTS 0",
+            "AI.MODELRUN m{1} INPUTS a{2} OUTPUTS",
+            "AI.SCRIPTEXECUTE s{1} f KEYS 1 k{2} FOO",
+        ] {
+            assert_eq!(parse(argv(two_wrongs), &ParseLimits::default()).unwrap_err(), Error::CrossSlot, "{two_wrongs}");
+        }
     }
 
     /// The router sends a command again after its outcome was lost only if
