@@ -6,11 +6,13 @@
 //!   half the reads as read-only DAGs (`AI.DAGEXECUTE_RO LOAD 1 k |>
 //!   AI.TENSORGET k`, linearizable under `--dag-read-policy`);
 //! * `set`: grow-only sets, one key per element under one hash tag (so a
-//!   set lives on one shard), read atomically with MGET;
+//!   set lives on one shard), read atomically with MGET; half the adds
+//!   inside MULTI … EXEC;
 //! * `model`: AI.MODELSTORE of an ONNX model `Y = X + version` with
 //!   monotonic versions, and AI.MODELEXECUTE on unique inputs: the output
-//!   tells which version ran, and proves it came from this execution; half
-//!   the runs as one read-only DAG (TENSORSET |> MODELEXECUTE |> TENSORGET).
+//!   tells which version ran, and proves it came from this execution; a
+//!   third of the runs as one read-only DAG (TENSORSET |> MODELEXECUTE |>
+//!   TENSORGET), a third as the same three commands in MULTI … EXEC.
 //!
 //! Keys are retired after a bounded number of operations, as Jepsen does, so
 //! every key's history stays small enough to check exhaustively.
@@ -114,6 +116,29 @@ impl Client {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// `cmds` as one MULTI … EXEC: EXEC's reply. On any failure the
+    /// connection is dropped, so no half-queued transaction outlives it.
+    fn transaction(&mut self, cmds: &[redis::Cmd]) -> Result<Value, String> {
+        let queued = |v: &Value| matches!(v, Value::SimpleString(s) if s == "QUEUED");
+        let result = (|| {
+            match self.query(&redis::cmd("MULTI"))? {
+                Value::Okay => {}
+                other => return Err(format!("MULTI answered {other:?}")),
+            }
+            for cmd in cmds {
+                let v = self.query(cmd)?;
+                if !queued(&v) {
+                    return Err(format!("queueing answered {v:?}"));
+                }
+            }
+            self.query(&redis::cmd("EXEC"))
+        })();
+        if result.is_err() {
+            self.con = None;
+        }
+        result
     }
 }
 
@@ -272,7 +297,16 @@ pub fn set_worker(sh: Arc<Shared>, worker: usize, seed: u64) {
             let e = sh.unique();
             sh.sets.lock().expect("sets").entry(gen).or_default().push(e);
             let cmd = redis::cmd("SET").arg(set_element_key(gen, e)).arg(1).clone();
-            record(&sh, "set", worker, set_key(gen), || expect_ok(&mut c, &cmd, OpKind::Add(e)));
+            if rng.random_bool(0.5) {
+                // Half the adds inside MULTI … EXEC (one log entry).
+                record(&sh, "set", worker, set_key(gen), || match c.transaction(&[cmd]) {
+                    Ok(Value::Array(r)) if r == [Value::Okay] => Ok(OpKind::Add(e)),
+                    Ok(other) => Err((OpKind::Add(e), format!("EXEC answered {other:?}"))),
+                    Err(err) => Err((OpKind::Add(e), err)),
+                });
+            } else {
+                record(&sh, "set", worker, set_key(gen), || expect_ok(&mut c, &cmd, OpKind::Add(e)));
+            }
         } else {
             let gen = sh.set_ops.load(Ordering::Relaxed) / ADDS_PER_SET;
             let asked = sh.sets.lock().expect("sets").get(&gen).cloned().unwrap_or_default();
@@ -329,7 +363,36 @@ pub fn model_reader(sh: Arc<Shared>, worker: usize, seed: u64) {
         let (x, y) = (format!("{tag}x{worker}"), format!("{tag}y{worker}"));
         let nonce = sh.unique();
         let input = nonce as f64 * NONCE_SCALE;
-        if rng.random_bool(0.5) {
+        let way = rng.random_range(0..3);
+        if way == 1 {
+            // The same run inside MULTI … EXEC: the leader runs it and logs
+            // its output as one entry that applies only if the model and
+            // input it read are still what it read.
+            let call = sh.rec.now();
+            let ran = c.transaction(&[
+                redis::cmd("AI.TENSORSET").arg(&x).arg("DOUBLE").arg(1).arg("VALUES").arg(input).clone(),
+                redis::cmd("AI.MODELEXECUTE")
+                    .arg(&key)
+                    .arg("INPUTS")
+                    .arg(1)
+                    .arg(&x)
+                    .arg("OUTPUTS")
+                    .arg(1)
+                    .arg(&y)
+                    .clone(),
+                redis::cmd("AI.TENSORGET").arg(&y).arg("VALUES").clone(),
+            ]);
+            let ret = sh.rec.now();
+            let out = match &ran {
+                Ok(Value::Array(r)) if r.len() == 3 && r[1] == Value::Okay => as_f64(&r[2]),
+                _ => None,
+            };
+            if let Some(out) = out {
+                sh.rec.push(model_read(worker, &hist_key, out - input, call, ret));
+            }
+            continue;
+        }
+        if way == 0 {
             // The same run as one read-only DAG: nothing is written, the
             // output comes back in the reply.
             let call = sh.rec.now();
