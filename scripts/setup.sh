@@ -54,6 +54,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; 
 fi
 # Model runtimes (native libraries from PyPI wheels, cached outside the clone).
 ORT_LIB=$("$(dirname "$0")/../native/setup_ort.sh")
+LITERT_LIB=$("$(dirname "$0")/../native/setup_litert.sh")
 # On a machine with an NVIDIA GPU (or with TESSERA_GPU=1) the GPU builds
 # too: ONNX Runtime's GPU build (the node then prefers it), libtorch's CUDA
 # libraries, and the CUDA 13 / cuDNN 9 libraries both need (README: "GPUs").
@@ -65,4 +66,4 @@ if [ "$GPU" = 1 ]; then
 else
   "$(dirname "$0")/../native/fetch_libtorch.sh" "$CACHE/libtorch"
 fi
-echo "setup: ok (venv $VENV, ONNX Runtime $ORT_LIB, libtorch $CACHE/libtorch)"
+echo "setup: ok (venv $VENV, ONNX Runtime $ORT_LIB, LiteRT $LITERT_LIB, libtorch $CACHE/libtorch)"
