@@ -476,3 +476,24 @@ fn torchscript_model_through_the_router() {
     assert!(e.contains("PytorchStreamReader") || e.contains("istream reader failed"), "{e}");
     ok(exec(&mut con, &["AI.MODELEXECUTE", "pt{1}", "INPUTS", "2", "a{1}", "a{1}", "OUTPUTS", "1", "c{1}"]));
 }
+
+/// RedisAI's quantized TFLite mnist through the router, on LiteRT: the
+/// digit in `one.raw` is a 1, as TensorFlow Lite says.
+#[test]
+#[cfg_attr(no_testdata, ignore = "needs RedisAI's test models: ../shared/testdata or TESSERA_TESTDATA")]
+fn quantized_tflite_model_through_the_router() {
+    let _serial = serial();
+    let c = Cluster::start(3, 1).expect("cluster starts");
+    let mut con = connect(&c);
+    let model = testdata("mnist_model_quant.tflite");
+    ok(redis::cmd("AI.MODELSTORE").arg("q{1}").arg("TFLITE").arg("CPU").arg("BLOB").arg(&model[..]).query(&mut con));
+    let x = testdata("one.raw");
+    ok(redis::cmd("AI.TENSORSET").arg("x{1}").arg("FLOAT").arg(&[1, 28, 28]).arg("BLOB").arg(&x[..]).query(&mut con));
+    ok(exec(&mut con, &["AI.MODELEXECUTE", "q{1}", "INPUTS", "1", "x{1}", "OUTPUTS", "2", "digit{1}", "p{1}"]));
+    let digit: Vec<i64> = redis::cmd("AI.TENSORGET").arg("digit{1}").arg("VALUES").query(&mut con).unwrap();
+    assert_eq!(digit, [1]);
+    let p: Vec<String> = redis::cmd("AI.TENSORGET").arg("p{1}").arg("VALUES").query(&mut con).unwrap();
+    assert_eq!(p[1].parse::<f32>().unwrap(), 0.5546875);
+    let info: String = redis::cmd("INFO").arg("ai_backends_info").query(&mut con).unwrap();
+    assert!(info.contains("ai_TensorFlowLite_version:LiteRT-2.3.0"), "{info}");
+}

@@ -30,6 +30,8 @@ pub struct Settings {
     pub execution_timeout_ms: u64,
     /// Where ONNX Runtime's library is loaded from on first use.
     pub onnx_lib: PathBuf,
+    /// Where LiteRT's library (TFLite) is loaded from on first use.
+    pub litert_lib: PathBuf,
     /// CUDA 13 and cuDNN 9 libraries in pip's layout (`cu13/lib`,
     /// `cudnn/lib`), fetched by setup on GPU machines.
     pub nvidia_dir: PathBuf,
@@ -47,6 +49,9 @@ impl Default for Settings {
             inter_op: 1,
             execution_timeout_ms: 5000,
             onnx_lib: default_onnx_lib(&cache),
+            litert_lib: std::env::var_os("TESSERA_LITERT_LIB")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| cache.join("litert/libLiteRt.so")),
             nvidia_dir: cache.join("nvidia"),
         }
     }
@@ -160,7 +165,24 @@ impl Registry {
             BackendKind::Torch => Ok(Arc::new(tessera_backend_torch::TorchBackend)),
             #[cfg(feature = "tract")]
             BackendKind::Tf => Ok(Arc::new(tessera_backend_tract::TfBackend)),
-            #[cfg(feature = "tract")]
+            #[cfg(feature = "litert")]
+            BackendKind::TfLite => {
+                let lib = path.clone().unwrap_or(s.litert_lib);
+                match tessera_backend_litert::LiteRtBackend::load(&lib, s.intra_op.max(1)) {
+                    Ok(b) => Ok(Arc::new(b)),
+                    // (Without the library, tract's TFLite runs float models.)
+                    #[cfg(feature = "tract")]
+                    Err(e) if path.is_none() => {
+                        tracing::warn!(error = %e, "LiteRT not loaded; TFLite models run on tract (no quantized models)");
+                        Ok(Arc::new(tessera_backend_tract::TfLiteBackend))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the TFLite backend (LiteRT)");
+                        Err(Error::BackendFailed)
+                    }
+                }
+            }
+            #[cfg(all(feature = "tract", not(feature = "litert")))]
             BackendKind::TfLite => Ok(Arc::new(tessera_backend_tract::TfLiteBackend)),
             // Reached only when a backend's feature is off.
             #[allow(unreachable_patterns)]
