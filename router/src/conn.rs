@@ -63,7 +63,7 @@ impl ConnState {
             self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default(),
             self.created.elapsed().as_secs(),
             if self.tx.is_some() { "x" } else { "N" },
-            self.tx.as_ref().map_or(-1, |t| t.len() as i64),
+            self.tx.as_ref().map_or(-1, |t| t.queued() as i64),
             if self.proto == Protocol::Resp3 { 3 } else { 2 },
         )
     }

@@ -58,7 +58,7 @@ pub struct Tx {
 
 impl Tx {
     /// Commands queued so far.
-    pub fn len(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.queued.len()
     }
 }

@@ -88,7 +88,7 @@ fn added_logic_operators_give_tensorflows_answers() {
     let out = ne.run(&[a.clone(), c.clone()]).unwrap();
     assert_eq!(out[0].as_ref().unwrap().data.as_ref(), &[0u8, 1, 0, 1]);
     let not = TfBackend.load(&graph("LogicalNot", &[b]), &opts(&["x0"], &["y"])).unwrap();
-    assert_eq!(not.run(&[mask.clone()]).unwrap()[0].as_ref().unwrap().data.as_ref(), &[0u8, 1, 0, 1]);
+    assert_eq!(not.run(std::slice::from_ref(&mask)).unwrap()[0].as_ref().unwrap().data.as_ref(), &[0u8, 1, 0, 1]);
     let select = TfBackend.load(&graph("SelectV2", &[b, f, f]), &opts(&["x0", "x1", "x2"], &["y"])).unwrap();
     let out = select.run(&[mask, a, c]).unwrap();
     assert_eq!(elements::<f32>(out[0].as_ref().unwrap()), vec![1.0, 0.0, 3.0, 5.0]);

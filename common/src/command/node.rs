@@ -217,6 +217,8 @@ pub struct Transaction {
 }
 
 /// One queued command of a transaction.
+// (Nearly every op is a `Run`: boxing it would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum TxOp {
     Run(NodeCommand),
