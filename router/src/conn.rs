@@ -51,6 +51,8 @@ pub struct ConnState {
     pub tx: Option<crate::multi::Tx>,
     /// The keys WATCHed since the last EXEC, DISCARD or UNWATCH.
     pub watching: Option<crate::multi::Watching>,
+    /// A WATCH's read: no later command is dispatched before it is back.
+    pub barrier: Option<crate::multi::WatchRead>,
 }
 
 impl ConnState {
@@ -119,6 +121,7 @@ pub async fn serve(router: Arc<Router>, sock: TcpStream, vnode: Option<usize>, m
         in_flight: 0,
         tx: None,
         watching: None,
+        barrier: None,
     };
     let _admitted = Admitted::new(&router, &conn);
     let span = debug_span!("conn", id, %peer);
@@ -169,6 +172,12 @@ async fn session(
     loop {
         // Dispatch every complete command in the buffer.
         while !closing && pending.len() < max_pipeline {
+            if let Some(b) = &conn.barrier {
+                if b.peek().is_none() {
+                    break;
+                }
+                conn.barrier = None;
+            }
             let argv = match scanner.next(&mut rbuf, &limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => argv,
@@ -216,11 +225,14 @@ async fn session(
             return Ok(());
         }
 
+        let barrier = conn.barrier.clone();
+        let held = barrier.is_some();
         tokio::select! {
+            _ = async { if let Some(b) = barrier { let _ = b.await; } }, if held => {}
             Some(done) = pending.next(), if !pending.is_empty() => {
                 close_after_write |= finish(router, done, &mut wbuf);
             }
-            r = rd.read_buf(&mut rbuf), if !closing && pending.len() < max_pipeline => {
+            r = rd.read_buf(&mut rbuf), if !closing && !held && pending.len() < max_pipeline => {
                 match r? {
                     0 => return Ok(()),
                     n => router.stats.bytes_in(n),

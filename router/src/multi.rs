@@ -77,7 +77,7 @@ pub struct Watching {
     reads: Vec<WatchRead>,
 }
 
-type WatchRead = Shared<BoxFuture<'static, std::result::Result<Vec<(Bytes, Option<u64>)>, Reply>>>;
+pub type WatchRead = Shared<BoxFuture<'static, std::result::Result<Vec<(Bytes, Option<u64>)>, Reply>>>;
 
 /// Whether `parsed` must go through [`handle`]: the connection is in a
 /// transaction, or it is one of the transaction commands.
@@ -241,6 +241,10 @@ fn watch(router: &Arc<Router>, conn: &mut ConnState, keys: Vec<Bytes>, slot: u16
     .boxed()
     .shared();
     conn.watching.get_or_insert_with(|| Watching { slot, reads: Vec::new() }).reads.push(read.clone());
+    // Nothing after WATCH is dispatched until its read is back: an EXEC
+    // waits for it before it sends, and a command pipelined after that
+    // EXEC must not reach the shard first.
+    conn.barrier = Some(read.clone());
     let answer = async move {
         match read.await {
             Ok(_) => Reply::ok(),

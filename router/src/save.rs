@@ -110,19 +110,20 @@ pub async fn save(router: Arc<Router>, background: bool) -> Reply {
     if !router.saves.begin() {
         return in_progress();
     }
+    // (On a task of its own: a SAVE whose client goes away still ends,
+    // and marks the save done.)
+    let task = tokio::spawn(async move {
+        let r = save_all(&router).await;
+        if let Reply::Error(e) = &r {
+            tracing::warn!(error = %e, background, "save failed");
+        }
+        router.saves.end(!r.is_error());
+        r
+    });
     if background {
-        tokio::spawn(async move {
-            let r = save_all(&router).await;
-            if let Reply::Error(e) = &r {
-                tracing::warn!(error = %e, "BGSAVE failed");
-            }
-            router.saves.end(!r.is_error());
-        });
         return Reply::Simple("Background saving started".into());
     }
-    let r = save_all(&router).await;
-    router.saves.end(!r.is_error());
-    r
+    task.await.unwrap_or_else(|e| Reply::err(format!("ERR save failed: {e}")))
 }
 
 /// Asks every storage node to snapshot its replicas; OK once all have.

@@ -272,3 +272,40 @@ def test_model_and_script_runs_inside_a_transaction(cluster, plain):
         with pytest.raises(redis.WatchError):
             p.execute()
     assert [float(v) for v in plain.execute_command("AI.TENSORGET", "{m}sq", "VALUES")] == [4.0, 9.0]
+
+
+def test_pipelined_watch_exec_stays_in_order(cluster, plain):
+    """WATCH … EXEC sent in one write, then a GET: the GET sees EXEC's write."""
+    import socket
+    def cmd(*args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        return out
+    for i in range(20):
+        plain.set("{p}k", "old")
+        s = socket.create_connection(("127.0.0.1", cluster.plain_port))
+        try:
+            s.sendall(cmd("WATCH", "{p}k") + cmd("MULTI") + cmd("SET", "{p}k", f"new{i}") + cmd("EXEC")
+                      + cmd("GET", "{p}k"))
+            want = f"${len(f'new{i}')}\r\nnew{i}\r\n".encode()
+            data = b""
+            deadline = time.time() + 10
+            while not data.endswith(want) and time.time() < deadline:
+                s.settimeout(max(0.01, deadline - time.time()))
+                data += s.recv(65536)
+            assert data == b"+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n" + want, data
+        finally:
+            s.close()
+
+
+def test_a_save_whose_client_leaves_still_ends(cluster, plain):
+    c = plain.connection_pool.get_connection()
+    c.send_command("SAVE")
+    c.disconnect()
+    deadline = time.time() + 60
+    while plain.info("persistence")["rdb_bgsave_in_progress"] == 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert plain.save() is True

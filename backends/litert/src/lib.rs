@@ -163,6 +163,9 @@ fn check(s: Status, what: &str) -> Result<()> {
 struct Runtime {
     api: Api,
     env: Handle,
+    /// Models are created and compiled one at a time (LiteRT does not
+    /// promise that concurrent creation in one environment is safe).
+    creating: Mutex<()>,
 }
 
 // SAFETY: the environment is created once and only read afterwards (models
@@ -196,7 +199,7 @@ impl LiteRtBackend {
         let mut env = null_mut();
         // SAFETY: two valid options; `env` receives the handle.
         check(unsafe { (api.LiteRtCreateEnvironment)(2, options.as_ptr(), &mut env) }, "environment")?;
-        Ok(LiteRtBackend { rt: Arc::new(Runtime { api, env }), threads: threads.max(1) })
+        Ok(LiteRtBackend { rt: Arc::new(Runtime { api, env, creating: Mutex::new(()) }), threads: threads.max(1) })
     }
 }
 
@@ -322,6 +325,7 @@ impl Backend for LiteRtBackend {
             Device::Tpu => return Err(BackendError::new("ERR unsupported device")),
         }
         let (rt, api) = (self.rt.clone(), &self.rt.api);
+        let _one_at_a_time = rt.creating.lock();
         let bytes = Aligned::copy(blob)?;
         let mut handle = null_mut();
         // SAFETY: `bytes` outlives the model (both are owned by the
@@ -374,15 +378,18 @@ impl Backend for LiteRtBackend {
             let mut cpu = null_mut();
             let configured = check((api.LiteRtSetOptionsHardwareAccelerators)(options, HW_CPU), "compiling")
                 .and_then(|()| {
-                    check(
-                        (api.LiteRtCreateOpaqueOptions)(
-                            c"xnnpack".as_ptr(),
-                            payload.into_raw().cast(),
-                            Some(free_cstring),
-                            &mut cpu,
-                        ),
-                        "compiling",
-                    )
+                    let payload = payload.into_raw();
+                    let s = (api.LiteRtCreateOpaqueOptions)(
+                        c"xnnpack".as_ptr(),
+                        payload.cast(),
+                        Some(free_cstring),
+                        &mut cpu,
+                    );
+                    if s != 0 {
+                        // (Not taken: still ours to free.)
+                        drop(CString::from_raw(payload));
+                    }
+                    check(s, "compiling")
                 })
                 // (The options own the CPU options from here.)
                 .and_then(|()| check((api.LiteRtAddOpaqueOptions)(options, cpu), "compiling"));

@@ -130,8 +130,13 @@ pub(crate) fn register_random(tf: &mut Tensorflow) {
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 struct FreshUniform;
 
+/// The most values one RandomUniform draws (a graph asking for more is a
+/// mistake, or an attempt to exhaust the node's memory).
+const MAX_DRAWN: usize = 1 << 26;
+
 fn draw(shape: &[usize]) -> TractResult<TValue> {
-    let n = shape.iter().product();
+    let n = shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d)).filter(|n| *n <= MAX_DRAWN);
+    let Some(n) = n else { bail!("RandomUniform of shape {shape:?} is too large") };
     let values: Vec<f32> = (0..n).map(|_| rand::random::<f32>()).collect();
     Ok(tract_tensorflow::prelude::Tensor::from_shape(shape, &values)?.into_tvalue())
 }

@@ -279,13 +279,15 @@ impl Registry {
             int("intra_op_parallelism", s.intra_op as u64),
             int("model_execution_timeout", s.execution_timeout_ms),
         ];
-        let loaded = self.loaded.lock();
-        for kind in BackendKind::ALL {
-            if let Some(b) = loaded.get(&kind) {
-                out.push((Reply::bulk_str(&format!("backend:{}", kind.name())), Reply::bulk_str(&b.version())));
+        // (Not while a backend is loading, which holds the lock for its
+        // whole load: INFO then leaves the backends out.)
+        if let Some(loaded) = self.loaded.try_lock() {
+            for kind in BackendKind::ALL {
+                if let Some(b) = loaded.get(&kind) {
+                    out.push((Reply::bulk_str(&format!("backend:{}", kind.name())), Reply::bulk_str(&b.version())));
+                }
             }
         }
-        drop(loaded);
         let p = tessera_telemetry::process_info();
         out.push(int("used_cpu_sys_us", p.system_ms as u64 * 1000));
         out.push(int("used_cpu_user_us", p.user_ms as u64 * 1000));

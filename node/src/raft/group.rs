@@ -375,10 +375,20 @@ impl Group {
         if covered(&m) {
             return Ok(());
         }
-        self.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
-        match self.raft.wait(Some(timeout)).metrics(covered, "snapshot for SAVE").await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("group {}: {e}", self.id)),
+        // (A request made while a snapshot is being built is dropped, and
+        // that snapshot may stop short of `target`: asked again until one
+        // covers it.)
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let wait = left.min(Duration::from_secs(1));
+            if self.raft.wait(Some(wait)).metrics(covered, "snapshot for SAVE").await.is_ok() {
+                return Ok(());
+            }
+            if left <= wait {
+                return Err(format!("group {}: no snapshot covering index {target} after {timeout:?}", self.id));
+            }
         }
     }
 

@@ -231,8 +231,10 @@ impl ScriptHost for Host {
         if key_slot(key) != self.slot {
             return Err(Error::CrossSlot.to_string());
         }
-        let model = match self.data.lock().ks.get(key, self.now).map(|e| &e.value) {
-            Some(Value::Model(m)) => m.clone(),
+        // (Through the overlay: what the run did before, and what a
+        // transaction checks at apply, include the model.)
+        let model = match self.get(&Bytes::copy_from_slice(key)).map(|e| e.value) {
+            Some(Value::Model(m)) => m,
             None => return Err(NodeError::EmptyModel.to_string()),
             Some(_) => return Err(Error::WrongType.to_string()),
         };

@@ -100,6 +100,14 @@ impl Shard {
             Err(e) => return Executed::Unwritten(Outcome::Error(e)),
         };
         if effects.writes.is_empty() {
+            // Nothing to log, so nothing checks the reads at apply: they
+            // were made at different moments of the run, and must all
+            // still hold at one (now), or the transaction runs again.
+            let now = now_ms();
+            let d = self.data.lock();
+            if touched.iter().any(|(k, was)| d.ks.get(k, now).map(Entry::fingerprint) != *was) {
+                return Executed::Unwritten(Outcome::Error(NodeError::ScriptRaced));
+            }
             return Executed::Unwritten(Outcome::Reply(Reply::Array(replies)));
         }
         let cmd = NodeCommand::Effects { writes: effects.writes, expected: touched };
