@@ -75,21 +75,33 @@ impl Shard {
             }
             inputs
         };
-        let threads = registry().settings().threads_per_queue;
-        let timeout = args.timeout_ms.map(std::time::Duration::from_millis);
-        let run = engine().submit(model, inputs, timeout, threads);
-        let outs = match run.await {
-            Ok(RunResult::Done(outs)) => outs,
-            Ok(RunResult::TimedOut) => return reply(Reply::Simple("TIMEDOUT".into())),
-            Ok(RunResult::Failed(e)) => return error(e),
-            Err(_) => return error(NodeError::RunDropped),
+        let pairs = match run_model(model, inputs, args).await {
+            Ok(Some(pairs)) => pairs,
+            Ok(None) => return reply(Reply::Simple("TIMEDOUT".into())),
+            Err(e) => return error(e),
         };
-        // Non-tensor outputs (ONNX maps/sequences) write no key, as in RedisAI.
-        let pairs: Vec<(Bytes, Tensor)> =
-            args.outputs.iter().cloned().zip(outs).filter_map(|(k, t)| t.map(|t| (k, t))).collect();
         if pairs.is_empty() {
             return reply(Reply::ok());
         }
         self.write_outputs(NodeCommand::TensorMSet { pairs }, fence).await
     }
+}
+
+/// Runs `model` on `inputs` on its device's queue: each output with the
+/// key `run` writes it to (`None`: the run timed out). Non-tensor outputs
+/// (ONNX maps and sequences) write no key, as in RedisAI.
+pub(super) async fn run_model(
+    model: Arc<StoredModel>,
+    inputs: Vec<Tensor>,
+    run: &ModelRun,
+) -> Result<Option<Vec<(Bytes, Tensor)>>, NodeError> {
+    let threads = registry().settings().threads_per_queue;
+    let timeout = run.timeout_ms.map(std::time::Duration::from_millis);
+    let outs = match engine().submit(model, inputs, timeout, threads).await {
+        Ok(RunResult::Done(outs)) => outs,
+        Ok(RunResult::TimedOut) => return Ok(None),
+        Ok(RunResult::Failed(e)) => return Err(e),
+        Err(_) => return Err(NodeError::RunDropped),
+    };
+    Ok(Some(run.outputs.iter().cloned().zip(outs).filter_map(|(k, t)| t.map(|t| (k, t))).collect()))
 }

@@ -27,12 +27,12 @@ use tessera_common::slot::key_slot;
 use tessera_common::tensor::Tensor;
 
 use super::host::Host;
-use super::run::counts;
+use super::run::{counts, run_model};
 use super::script::{call_script, compiled};
 use super::{Executed, Outcome, Shard};
 use crate::data::keyspace::{Entry, Value};
+use crate::engine::engine;
 use crate::engine::registry::registry;
-use crate::engine::{engine, RunResult};
 use crate::error::Error as NodeError;
 use crate::util::now_ms;
 
@@ -141,16 +141,9 @@ async fn model_in(host: &Host, run: &ModelRun) -> Result<Reply, NodeError> {
     let (n_in, n_out) = counts(&model).await?;
     run.check(n_in, n_out)?;
     let inputs = run.inputs.iter().map(|k| tensor(host, k)).collect::<Result<Vec<_>, _>>()?;
-    let threads = registry().settings().threads_per_queue;
-    let timeout = run.timeout_ms.map(Duration::from_millis);
-    let outs = match engine().submit(model, inputs, timeout, threads).await {
-        Ok(RunResult::Done(outs)) => outs,
-        Ok(RunResult::TimedOut) => return Ok(Reply::Simple("TIMEDOUT".into())),
-        Ok(RunResult::Failed(e)) => return Err(e),
-        Err(_) => return Err(NodeError::RunDropped),
+    let Some(pairs) = run_model(model, inputs, run).await? else {
+        return Ok(Reply::Simple("TIMEDOUT".into()));
     };
-    let pairs: Vec<(Bytes, Tensor)> =
-        run.outputs.iter().cloned().zip(outs).filter_map(|(k, t)| t.map(|t| (k, t))).collect();
     if pairs.is_empty() {
         return Ok(Reply::ok());
     }
