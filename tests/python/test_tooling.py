@@ -4,6 +4,7 @@ BGSAVE / LASTSAVE and the INFO sections tools read."""
 
 import os
 import pathlib
+import subprocess
 import time
 
 import pytest
@@ -309,3 +310,16 @@ def test_a_save_whose_client_leaves_still_ends(cluster, plain):
         assert time.time() < deadline
         time.sleep(0.05)
     assert plain.save() is True
+
+
+def test_redis_cli_sees_the_module_and_transactions(cluster, plain):
+    def cli(*args, stdin=None):
+        out = subprocess.run(["redis-cli", "-p", str(cluster.plain_port), *map(str, args)], input=stdin,
+                             capture_output=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.decode()
+    assert "ai" in cli("MODULE", "LIST").split()
+    assert "ai_RedisAI_version:1.2.7" in cli("INFO", "MODULES")
+    # A transaction typed into redis-cli, as an operator would.
+    out = cli(stdin=b"MULTI\nSET {cli}a 1\nINCR {cli}a\nEXEC\n")
+    assert out.split() == ["OK", "QUEUED", "QUEUED", "OK", "2"], out
