@@ -265,6 +265,33 @@ impl NodeState {
         Ok(Routed::Shard(shard, cmd))
     }
 
+    /// Ready (`/readyz`): the node has read the cluster map, and every
+    /// replica it hosts runs, knows its group's leader and has applied what
+    /// it knows to be committed, give or take [`READY_LAG`] entries. Never
+    /// a quorum round: a probe must answer at once.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("stopping".into());
+        }
+        if self.map().epoch == 0 {
+            return Err("no cluster map yet".into());
+        }
+        let hosted = self.hosted.read().clone();
+        for shard in hosted.meta.iter().chain(&hosted.shards) {
+            if let Some(e) = shard.stopped() {
+                return Err(format!("group {}: stopped: {e}", shard.id));
+            }
+            let v = shard.group.view();
+            if v.leader.is_none() {
+                return Err(format!("group {}: no leader known", shard.id));
+            }
+            if v.applied + READY_LAG < v.committed {
+                return Err(format!("group {}: applied {} of {} committed", shard.id, v.applied, v.committed));
+            }
+        }
+        Ok(())
+    }
+
     /// SAVE on this node: a snapshot of every replica it hosts (the meta
     /// group's included), each of all it has applied, on disk when this
     /// returns. Snapshots are taken one group after another, so a node with
@@ -280,6 +307,9 @@ impl NodeState {
         Outcome::Reply(tessera_common::reply::Reply::ok())
     }
 }
+
+/// Entries a replica may still have to apply and be ready.
+const READY_LAG: u64 = 1000;
 
 /// How long SAVE waits for one replica's snapshot.
 const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);

@@ -62,11 +62,14 @@ use crate::util::MAX_MESSAGE_BYTES;
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    ready: tessera_telemetry::Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let known = has_identity(&config)?;
     let raft_config = crate::raft::raft_config(&config)?;
     let state = Arc::new(NodeState::new(config.clone(), raft_config, Peers::default()));
+    let probe = state.clone();
+    ready.set(Arc::new(move || probe.readiness()));
     let clients = AdminClients::default();
     if known {
         state.has_state.store(true, Ordering::Relaxed);

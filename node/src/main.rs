@@ -19,6 +19,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if args.process.print_ready {
         println!("READY {} {}", listener.local_addr()?, metrics_listener.local_addr()?);
     }
-    tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, std::future::pending()));
-    tessera_node::run(config, listener, tessera_telemetry::shutdown_signal()).await
+    let ready = tessera_telemetry::Readiness::default();
+    tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, ready.clone(), std::future::pending()));
+    tessera_node::run(config, listener, ready, tessera_telemetry::shutdown_signal()).await
 }

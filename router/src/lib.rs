@@ -75,6 +75,24 @@ impl Router {
         self.clients.lock().remove(&id);
     }
 
+    /// Ready (`/readyz`): every slot has a shard, and every shard a leader
+    /// that a replica this router is connected to reports (reports are
+    /// refreshed every second).
+    pub fn readiness(&self) -> Result<(), String> {
+        let unserved = self.shards.unserved_slots();
+        if unserved > 0 {
+            return Err(format!("{unserved} slots have no shard"));
+        }
+        let nodes = self.shards.nodes();
+        let connected = |i: &usize| nodes.get(*i).is_some_and(|n| n.is_connected());
+        for s in self.shards.shards() {
+            if !s.reports.lock().iter().any(|(i, r)| connected(i) && r.leader_id != 0) {
+                return Err(format!("shard {} has no known leader", s.id));
+            }
+        }
+        Ok(())
+    }
+
     pub fn client_list(&self) -> String {
         let clients = self.clients.lock();
         let mut ids: Vec<&u64> = clients.keys().collect();
@@ -93,6 +111,7 @@ pub struct Listeners {
 pub async fn run(
     config: Config,
     listeners: Listeners,
+    ready: tessera_telemetry::Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shards = Arc::new(ShardMap::discover(&config.nodes, config.node_wait).await?);
@@ -128,6 +147,8 @@ pub async fn run(
         clients: Mutex::new(HashMap::new()),
     });
     info!(plain = %plain_addr, cluster = ?cluster_addrs, shards = router.shards.shards().len(), "router serving");
+    let probe = router.clone();
+    ready.set(Arc::new(move || probe.readiness()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = Vec::new();

@@ -31,6 +31,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             metrics_listener.local_addr()?
         );
     }
-    tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, std::future::pending()));
-    tessera_router::run(config, Listeners { plain, cluster }, tessera_telemetry::shutdown_signal()).await
+    let ready = tessera_telemetry::Readiness::default();
+    tokio::spawn(tessera_telemetry::serve_metrics(metrics_listener, metrics, ready.clone(), std::future::pending()));
+    tessera_router::run(config, Listeners { plain, cluster }, ready, tessera_telemetry::shutdown_signal()).await
 }

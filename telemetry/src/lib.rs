@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -75,16 +76,52 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
-/// Serves `GET /metrics` (Prometheus text format; also at `/`) until
-/// `shutdown` resolves.
+/// Whether a process is ready to serve (`GET /readyz`): a check the
+/// process installs once it has the state to answer from; until then it is
+/// not ready.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<parking_lot::RwLock<Option<ReadyCheck>>>);
+
+/// `Ok` when ready, else why not.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+impl Readiness {
+    pub fn set(&self, check: ReadyCheck) {
+        *self.0.write() = Some(check);
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        match &*self.0.read() {
+            Some(c) => c(),
+            None => Err("starting".into()),
+        }
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format; also at `/`), `GET
+/// /livez` (200 while the process serves: it never waits on the cluster)
+/// and `GET /readyz` (200 when `ready` says so, else 503 with the reason),
+/// until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
+    ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let readyz = move || {
+        let ready = ready.clone();
+        async move {
+            match ready.check() {
+                Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
+                Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            }
+        }
+    };
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(render_metrics))
         .route("/", axum::routing::get(render_metrics))
+        .route("/livez", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz))
         .with_state(handle);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::warn!(error = %e, "metrics endpoint stopped");

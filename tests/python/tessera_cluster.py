@@ -68,6 +68,8 @@ class LocalCluster:
         # Nodes must know each other's addresses before they start, so ports
         # are reserved up front rather than taken with port 0.
         addrs = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
+        # Each node's metrics address (`/metrics`, `/livez`, `/readyz`).
+        self.node_metrics = []
         peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(addrs))
         for n, addr in enumerate(addrs):
             p = self._spawn(f"node-{n + 1}", [f"{self.bin}/tessera-node", "--node-id", str(n + 1),
@@ -75,13 +77,14 @@ class LocalCluster:
                                              "--print-ready", "--worker-threads", "1", "--peer", peers,
                                              "--shards", str(nodes * shards_per_node),
                                              "--data-dir", os.path.join(self.dir, f"node-{n + 1}")])
-            _ready(p)
+            self.node_metrics.append(_ready(p)[2])
         p = self._spawn("router", [f"{self.bin}/tessera-router", "--listen", "127.0.0.1:0",
                                    "--cluster-listen", "127.0.0.1:0,127.0.0.1:0",
                                    "--metrics-listen", "127.0.0.1:0", "--print-ready",
                                    "--node", ",".join(addrs)])
         fields = dict(f.split("=", 1) for f in _ready(p)[1:])
         self.plain = fields["plain"]
+        self.metrics = fields["metrics"]
         self.cluster = fields["cluster"].split(",")
         self.plain_port = int(self.plain.rsplit(":", 1)[1])
         self.cluster_ports = [int(a.rsplit(":", 1)[1]) for a in self.cluster]

@@ -323,3 +323,52 @@ def test_redis_cli_sees_the_module_and_transactions(cluster, plain):
     # A transaction typed into redis-cli, as an operator would.
     out = cli(stdin=b"MULTI\nSET {cli}a 1\nINCR {cli}a\nEXEC\n")
     assert out.split() == ["OK", "QUEUED", "QUEUED", "OK", "2"], out
+
+
+def test_health_endpoints(cluster, plain):
+    """/livez answers while the process serves; /readyz once the router knows
+    a leader for every shard, and once a node's replicas are caught up."""
+    import urllib.request
+    def get(addr, path):
+        try:
+            with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+    for addr in [cluster.metrics] + cluster.node_metrics:
+        assert get(addr, "/livez") == (200, "ok\n")
+        deadline = time.time() + 30
+        while get(addr, "/readyz")[0] != 200:
+            assert time.time() < deadline, get(addr, "/readyz")
+            time.sleep(0.1)
+        assert get(addr, "/readyz") == (200, "ok\n")
+
+
+def test_readyz_says_when_a_majority_is_gone():
+    """With two of three nodes gone, no shard has a leader: the router and
+    the surviving node stop being ready, and both stay live."""
+    import urllib.request
+    from tessera_cluster import LocalCluster
+    def status(addr, path):
+        try:
+            with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    c = LocalCluster()
+    try:
+        deadline = time.time() + 30
+        while status(c.metrics, "/readyz") != 200:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        nodes = [p for name, p, _ in c.procs if name.startswith("node-")]
+        for p in nodes[1:]:
+            p.kill()
+            p.wait()
+        deadline = time.time() + 30
+        while status(c.metrics, "/readyz") != 503 or status(c.node_metrics[0], "/readyz") != 503:
+            assert time.time() < deadline, (status(c.metrics, "/readyz"), status(c.node_metrics[0], "/readyz"))
+            time.sleep(0.2)
+        assert status(c.metrics, "/livez") == 200 and status(c.node_metrics[0], "/livez") == 200
+    finally:
+        c.stop()
