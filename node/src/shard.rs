@@ -104,6 +104,17 @@ impl Shard {
     }
 }
 
+/// The tensor a run reads from what its key holds (`value`), or RedisAI's
+/// error for no key or a key of another type.
+fn input_tensor(value: Option<&crate::data::keyspace::Value>) -> Result<tessera_common::tensor::Tensor, NodeError> {
+    use crate::data::keyspace::Value;
+    match value {
+        Some(Value::Tensor(t)) => Ok(t.clone()),
+        None => Err(NodeError::EmptyTensor),
+        Some(_) => Err(tessera_common::error::Error::WrongType.into()),
+    }
+}
+
 /// Garbage never enters the log: a model must load here before its store
 /// is logged (the model loaded is returned, for the apply to use), and a
 /// script must compile, with the entry points it names. Every replica

@@ -148,28 +148,16 @@ pub fn handle(router: &Arc<Router>, conn: &mut ConnState, name: &str, parsed: Re
 /// transaction with it).
 fn queue(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pending, After) {
     let refused = match cmd {
-        Command::Keyed { slot, cmd: NodeCommand::Dag(_) } => {
-            let tx = conn.tx.as_ref().expect("in a transaction");
-            let watched = conn.watching.as_ref().map(|w| w.slot);
-            if [tx.slot, watched].into_iter().flatten().any(|s| s != slot) {
-                Some(Error::CrossSlot)
-            } else {
-                return queue_answer(conn, Reply::err(DAG_IN_TX));
-            }
-        }
         // (CLUSTER COUNTKEYSINSLOT / GETKEYSINSLOT: a slot's shard, named
         // by the slot rather than by a key.)
         Command::Keyed { cmd, .. } if !cmd.has_keys() => Some(Error::CommandNotInTransaction),
+        Command::Keyed { slot, .. } if other_slot(conn, slot) => Some(Error::CrossSlot),
+        Command::Keyed { cmd: NodeCommand::Dag(_), .. } => return queue_answer(conn, Reply::err(DAG_IN_TX)),
         Command::Keyed { slot, cmd } => {
             let tx = conn.tx.as_mut().expect("in a transaction");
-            let watched = conn.watching.as_ref().map(|w| w.slot);
-            if [tx.slot, watched].into_iter().flatten().any(|s| s != slot) {
-                Some(Error::CrossSlot)
-            } else {
-                tx.slot = Some(slot);
-                tx.queued.push(Queued::Node(cmd));
-                None
-            }
+            tx.slot = Some(slot);
+            tx.queued.push(Queued::Node(cmd));
+            None
         }
         Command::Local(l) if answered_when_queued(&l) => match crate::local::run(router, conn, l) {
             (Pending::Ready(r), _) => return queue_answer(conn, r.unwrap_or(Reply::Null)),
@@ -191,6 +179,13 @@ const DAG_IN_TX: &str = "ERR Cannot run RedisAI command within a transaction or 
 
 fn is_dag(name: &str) -> bool {
     matches!(name, "ai.dagexecute" | "ai.dagexecute_ro" | "ai.dagrun" | "ai.dagrun_ro")
+}
+
+/// Whether `slot` is another than the transaction's or its WATCHed keys'.
+fn other_slot(conn: &ConnState, slot: u16) -> bool {
+    let queued = conn.tx.as_ref().and_then(|t| t.slot);
+    let watched = conn.watching.as_ref().map(|w| w.slot);
+    [queued, watched].into_iter().flatten().any(|s| s != slot)
 }
 
 fn queue_answer(conn: &mut ConnState, r: Reply) -> (Pending, After) {

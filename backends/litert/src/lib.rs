@@ -203,19 +203,26 @@ impl LiteRtBackend {
     }
 }
 
+/// LiteRT's element types (TfLiteType's values) and the tensor types they
+/// hold; STRING and the others have no counterpart here.
+const ELEMENT_TYPES: [(c_int, DType); 9] = [
+    (1, DType::Float),
+    (2, DType::Int32),
+    (3, DType::Uint8),
+    (4, DType::Int64),
+    (6, DType::Bool),
+    (7, DType::Int16),
+    (9, DType::Int8),
+    (11, DType::Double),
+    (17, DType::Uint16),
+];
+
 fn dtype_of(element_type: c_int) -> Result<DType> {
-    Ok(match element_type {
-        1 => DType::Float,
-        2 => DType::Int32,
-        3 => DType::Uint8,
-        4 => DType::Int64,
-        6 => DType::Bool,
-        7 => DType::Int16,
-        9 => DType::Int8,
-        11 => DType::Double,
-        17 => DType::Uint16,
-        other => return Err(BackendError::new(format!("ERR TFLite tensor type {other} is not supported"))),
-    })
+    ELEMENT_TYPES
+        .iter()
+        .find(|(e, _)| *e == element_type)
+        .map(|(_, d)| *d)
+        .ok_or_else(|| BackendError::new(format!("ERR TFLite tensor type {element_type} is not supported")))
 }
 
 fn shape_of(t: &RankedTensorType) -> Vec<i64> {
@@ -357,20 +364,26 @@ impl Backend for LiteRtBackend {
             check((api.LiteRtGetNumSignatureInputs)(sig, &mut n_in), "reading the model")?;
             check((api.LiteRtGetNumSignatureOutputs)(sig, &mut n_out), "reading the model")?;
             for i in 0..n_in {
-                let (mut name, mut t, mut ty) = (null(), null_mut(), std::mem::zeroed::<RankedTensorType>());
-                check((api.LiteRtGetSignatureInputName)(sig, i, &mut name), "reading an input")?;
-                check((api.LiteRtGetSignatureInputTensorByIndex)(sig, i, &mut t), "reading an input")?;
-                check((api.LiteRtGetRankedTensorType)(t, &mut ty), "reading an input")?;
-                model.input_names.push(cstr(name));
-                model.input_types.push((dtype_of(ty.element_type)?, shape_of(&ty)));
+                let (name, ty) = signature_tensor(
+                    api,
+                    (api.LiteRtGetSignatureInputName, api.LiteRtGetSignatureInputTensorByIndex),
+                    sig,
+                    i,
+                    "reading an input",
+                )?;
+                model.input_names.push(name);
+                model.input_types.push(ty);
             }
             for i in 0..n_out {
-                let (mut name, mut t, mut ty) = (null(), null_mut(), std::mem::zeroed::<RankedTensorType>());
-                check((api.LiteRtGetSignatureOutputName)(sig, i, &mut name), "reading an output")?;
-                check((api.LiteRtGetSignatureOutputTensorByIndex)(sig, i, &mut t), "reading an output")?;
-                check((api.LiteRtGetRankedTensorType)(t, &mut ty), "reading an output")?;
-                model.output_names.push(cstr(name));
-                model.output_types.push((dtype_of(ty.element_type)?, shape_of(&ty)));
+                let (name, ty) = signature_tensor(
+                    api,
+                    (api.LiteRtGetSignatureOutputName, api.LiteRtGetSignatureOutputTensorByIndex),
+                    sig,
+                    i,
+                    "reading an output",
+                )?;
+                model.output_names.push(name);
+                model.output_types.push(ty);
             }
             let mut options = null_mut();
             check((api.LiteRtCreateOptions)(&mut options), "compiling")?;
@@ -415,22 +428,41 @@ impl Backend for LiteRtBackend {
     }
 }
 
+/// The LiteRT calls naming a signature's `i`th input (or output) and giving
+/// its tensor.
+type SignatureAccess = (
+    unsafe extern "C" fn(Handle, Index, *mut *const c_char) -> Status,
+    unsafe extern "C" fn(Handle, Index, *mut Handle) -> Status,
+);
+
+/// The name, type and shape of tensor `i` of signature `sig`, read with
+/// `access` (its inputs' or its outputs' calls).
+///
+/// # Safety
+/// `sig` is a live signature of a live model.
+unsafe fn signature_tensor(
+    api: &Api,
+    access: SignatureAccess,
+    sig: Handle,
+    i: Index,
+    what: &str,
+) -> Result<(String, (DType, Vec<i64>))> {
+    let (mut name, mut t) = (null(), null_mut());
+    // SAFETY: per this function's contract; out-pointers to locals.
+    let mut ty = unsafe { std::mem::zeroed::<RankedTensorType>() };
+    check(unsafe { (access.0)(sig, i, &mut name) }, what)?;
+    check(unsafe { (access.1)(sig, i, &mut t) }, what)?;
+    check(unsafe { (api.LiteRtGetRankedTensorType)(t, &mut ty) }, what)?;
+    Ok((cstr(name), (dtype_of(ty.element_type)?, shape_of(&ty))))
+}
+
 /// A tensor buffer LiteRT manages, for a tensor of `dtype` and `shape`.
 ///
 /// # Safety
 /// `env` and `req` are live LiteRT handles.
 unsafe fn buffer(api: &Api, env: Handle, dtype: DType, shape: &[i64], req: Handle) -> Result<Handle> {
-    let element_type = match dtype {
-        DType::Float => 1,
-        DType::Int32 => 2,
-        DType::Uint8 => 3,
-        DType::Int64 => 4,
-        DType::Bool => 6,
-        DType::Int16 => 7,
-        DType::Int8 => 9,
-        DType::Double => 11,
-        DType::Uint16 => 17,
-        DType::String => return Err(BackendError::new("ERR TFLite STRING tensors are not supported")),
+    let Some(&(element_type, _)) = ELEMENT_TYPES.iter().find(|(_, d)| *d == dtype) else {
+        return Err(BackendError::new(format!("ERR TFLite {} tensors are not supported", dtype.name())));
     };
     let mut layout = Layout { rank_bits: shape.len() as u32, dimensions: [0; 8], strides: [0; 8] };
     for (d, s) in layout.dimensions.iter_mut().zip(shape) {

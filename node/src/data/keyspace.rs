@@ -145,6 +145,12 @@ impl Keyspace {
     }
 
     /// The live entry at `key`.
+    /// Whether any of `prints` (keys with the fingerprint each had, `None`:
+    /// absent) holds something else at `now` (an expired key is absent).
+    pub fn moved(&self, prints: &[(Bytes, Option<u64>)], now: i64) -> bool {
+        prints.iter().any(|(k, was)| self.get(k, now).map(Entry::fingerprint) != *was)
+    }
+
     pub fn get(&self, key: &[u8], now: i64) -> Option<&Entry> {
         let map = self.slots[usize::from(key_slot(key))].as_deref()?;
         map.get(key).filter(|e| e.live(now))

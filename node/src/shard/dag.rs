@@ -37,7 +37,7 @@ use tessera_common::tensor::Tensor;
 use super::host::Host;
 use super::run::counts;
 use super::script::{call_script, compiled};
-use super::{Executed, Outcome, Shard};
+use super::{input_tensor, Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::model::StoredModel;
 use crate::engine::registry::registry;
@@ -123,10 +123,9 @@ impl Shard {
             let d = self.data.lock();
             let mut values: Vec<Option<Tensor>> = vec![None; dag.values];
             for (v, k) in dag.load.iter().enumerate() {
-                match d.ks.get(k, now).map(|e| &e.value) {
-                    Some(Value::Tensor(t)) => values[v] = Some(t.clone()),
-                    None => return error(NodeError::EmptyTensor),
-                    Some(_) => return error(Error::WrongType.into()),
+                match input_tensor(d.ks.get(k, now).map(|e| &e.value)) {
+                    Ok(t) => values[v] = Some(t),
+                    Err(e) => return error(e),
                 }
             }
             let found: Vec<Option<Result<Value, NodeError>>> = dag

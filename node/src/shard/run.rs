@@ -10,7 +10,7 @@ use tessera_common::model::{BackendKind, ModelRun};
 use tessera_common::reply::Reply;
 use tessera_common::tensor::Tensor;
 
-use super::{Executed, Outcome, Shard};
+use super::{input_tensor, Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::model::StoredModel;
 use crate::engine::registry::registry;
@@ -65,15 +65,15 @@ impl Shard {
         let inputs = {
             let d = self.data.lock();
             let now = now_ms();
-            let mut inputs = Vec::with_capacity(args.inputs.len());
-            for k in &args.inputs {
-                match d.ks.get(k, now).map(|e| &e.value) {
-                    Some(Value::Tensor(t)) => inputs.push(t.clone()),
-                    None => return error(NodeError::EmptyTensor),
-                    Some(_) => return error(Error::WrongType.into()),
-                }
+            match args
+                .inputs
+                .iter()
+                .map(|k| input_tensor(d.ks.get(k, now).map(|e| &e.value)))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(inputs) => inputs,
+                Err(e) => return error(e),
             }
-            inputs
         };
         let pairs = match run_model(model, inputs, args).await {
             Ok(Some(pairs)) => pairs,

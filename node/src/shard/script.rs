@@ -15,7 +15,7 @@ use tessera_common::reply::Reply;
 use tessera_common::tensor::Tensor;
 
 use super::host::Host;
-use super::{Executed, Outcome, Shard};
+use super::{input_tensor, Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::engine;
 use crate::engine::registry::registry;
@@ -85,15 +85,15 @@ impl Shard {
             if let Some(e) = &run.fails {
                 return error(e.clone().into());
             }
-            let mut inputs = Vec::with_capacity(run.inputs.len());
-            for k in &run.inputs {
-                match d.ks.get(k, now).map(|e| &e.value) {
-                    Some(Value::Tensor(t)) => inputs.push(t.clone()),
-                    None => return error(NodeError::EmptyTensor),
-                    Some(_) => return error(Error::WrongType.into()),
-                }
+            match run
+                .inputs
+                .iter()
+                .map(|k| input_tensor(d.ks.get(k, now).map(|e| &e.value)))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(inputs) => (script, inputs),
+                Err(e) => return error(e),
             }
-            (script, inputs)
         };
         let compiled = match compiled(&script).await {
             Ok(c) => c,

@@ -29,7 +29,7 @@ use tessera_common::tensor::Tensor;
 use super::host::Host;
 use super::run::{counts, run_model};
 use super::script::{call_script, compiled};
-use super::{Executed, Outcome, Shard};
+use super::{input_tensor, Executed, Outcome, Shard};
 use crate::data::keyspace::{Entry, Value};
 use crate::engine::engine;
 use crate::engine::registry::registry;
@@ -104,8 +104,7 @@ impl Shard {
             // were made at different moments of the run, and must all
             // still hold at one (now), or the transaction runs again.
             let now = now_ms();
-            let d = self.data.lock();
-            if touched.iter().any(|(k, was)| d.ks.get(k, now).map(Entry::fingerprint) != *was) {
+            if self.data.lock().ks.moved(&touched, now) {
                 return Executed::Unwritten(Outcome::Error(NodeError::ScriptRaced));
             }
             return Executed::Unwritten(Outcome::Reply(Reply::Array(replies)));
@@ -122,11 +121,7 @@ impl Shard {
 
 /// A tensor the transaction reads.
 fn tensor(host: &Host, key: &Bytes) -> Result<Tensor, NodeError> {
-    match host.get(key).map(|e| e.value) {
-        Some(Value::Tensor(t)) => Ok(t),
-        None => Err(NodeError::EmptyTensor),
-        Some(_) => Err(Error::WrongType.into()),
-    }
+    input_tensor(host.get(key).as_ref().map(|e| &e.value))
 }
 
 /// AI.MODELEXECUTE / AI.MODELRUN inside a transaction: inputs from the

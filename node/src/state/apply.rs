@@ -223,7 +223,7 @@ fn apply_command(ks: &mut Keyspace, ts: i64, cmd: &NodeCommand, effects: &mut Ve
             script::apply(ks, ts, cmd, effects)
         }
         NodeCommand::Multi(tx) => {
-            if watched_moved(ks, ts, &tx.watched) {
+            if ks.moved(&tx.watched, ts) {
                 return Reply::NullArray;
             }
             let chunk = crate::engine::registry::DEFAULT_CHUNK as usize;
@@ -237,12 +237,6 @@ fn apply_command(ks: &mut Keyspace, ts: i64, cmd: &NodeCommand, effects: &mut Ve
         // (A read is never logged; one that were would answer as read.)
         read_only => read(ks, read_only, ts, crate::engine::registry::DEFAULT_CHUNK as usize),
     }
-}
-
-/// Whether a WATCHed key holds something else than WATCH saw (an expired
-/// key counts as absent, as in Redis).
-fn watched_moved(ks: &Keyspace, now: i64, watched: &[(Bytes, Option<u64>)]) -> bool {
-    watched.iter().any(|(k, was)| ks.get(k, now).map(Entry::fingerprint) != *was)
 }
 
 /// Serves a read at time `now`; a model's bytes are sent in parts of
@@ -378,7 +372,7 @@ pub fn read(ks: &Keyspace, cmd: &NodeCommand, now: i64, model_chunk: usize) -> R
             keys.iter().map(|k| ks.get(k, now).map_or(Reply::Null, |e| Reply::Int(e.fingerprint() as i64))).collect(),
         ),
         NodeCommand::Multi(tx) if !tx.writes() => {
-            if watched_moved(ks, now, &tx.watched) {
+            if ks.moved(&tx.watched, now) {
                 return Reply::NullArray;
             }
             let replies = tx.ops.iter().map(|op| match op {

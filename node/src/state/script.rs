@@ -34,7 +34,7 @@ pub fn apply(ks: &mut Keyspace, ts: i64, cmd: &NodeCommand, effects: &mut Vec<Ef
             Some(_) => Error::WrongType.to_reply(),
         },
         NodeCommand::Effects { writes, expected } => {
-            if expected.iter().any(|(k, was)| ks.get(k, ts).map(Entry::fingerprint) != *was) {
+            if ks.moved(expected, ts) {
                 return NodeError::ScriptRaced.to_reply();
             }
             for (key, w) in writes {
