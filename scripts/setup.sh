@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything Tessera's run and test commands need on a
 # fresh Debian machine: redis-cli/redis-server/redis-benchmark (apt), a
-# Python venv with the client libraries the tests use (PyPI), and the model
-# runtimes' native libraries (PyPI wheels, see native/). Safe to re-run.
+# Python venv with the client libraries and the manifest validator the tests
+# use (PyPI), and the model runtimes' native libraries (PyPI wheels, see
+# native/). Safe to re-run.
 set -euo pipefail
 
 CACHE="${TESSERA_CACHE:-$HOME/.cache/tessera}"
@@ -30,7 +31,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO pkill -x redis-server >/dev/null 2>&1 || true
 fi
 
-REQS="redis==8.1.0 redisai==1.3.0 smartredis==0.6.1 pytest==9.2.0 numpy==1.26.4"
+REQS="redis==8.1.0 redisai==1.3.0 smartredis==0.6.1 pytest==9.2.0 numpy==1.26.4 kubernetes-validate==1.37.0"
 STAMP="$VENV/.tessera-reqs"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
   echo "setup: creating Python venv at $VENV"
@@ -43,6 +44,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; 
   "$VENV/bin/pip" install -q redis==8.1.0 pytest==9.2.0 numpy==1.26.4 hiredis
   "$VENV/bin/pip" install -q --no-deps redisai==1.3.0
   "$VENV/bin/pip" install -q Deprecated six
+  # Offline schema validation of deploy/k8s (it bundles the Kubernetes API
+  # schemas, and brings PyYAML for deploy/k8s/check_manifests.py).
+  "$VENV/bin/pip" install -q kubernetes-validate==1.37.0
   # SmartRedis (CrayLabs' RedisAI client): binary wheels for CPython 3.9-3.11
   # only, its one dependency is numpy (above). On another Python its tests skip.
   if "$VENV/bin/python" -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))'; then

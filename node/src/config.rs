@@ -20,9 +20,11 @@ pub struct Args {
     /// Prometheus /metrics listen address.
     #[arg(long, env = "TESSERA_NODE_METRICS", default_value = "127.0.0.1:9100")]
     pub metrics_listen: SocketAddr,
-    /// This node's id (a positive integer, never reused for another node).
+    /// This node's id: a positive integer, never reused for another node, or
+    /// `from-hostname` for the StatefulSet ordinal of this host's name (its
+    /// trailing `-N`) plus one, so pod `tessera-storage-0` is node 1.
     #[arg(long, env = "TESSERA_NODE_ID")]
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// The storage nodes the cluster is formed with, as `ID=HOST:PORT`, comma
     /// separated (StatefulSet DNS names work as hosts). The first three host
     /// the meta group. A node started later and not listed registers itself
@@ -75,6 +77,53 @@ pub struct Args {
     pub process: ProcessArgs,
 }
 
+/// `--node-id`: a number, or one derived from the host name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeId {
+    Given(u64),
+    FromHostname,
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NodeId, String> {
+        if s == "from-hostname" {
+            return Ok(NodeId::FromHostname);
+        }
+        s.parse().map(NodeId::Given).map_err(|_| format!("'{s}' is neither a positive integer nor from-hostname"))
+    }
+}
+
+impl NodeId {
+    /// The id, reading the host name (`HOSTNAME`, else the kernel's) when
+    /// asked to.
+    pub fn resolve(self) -> anyhow::Result<u64> {
+        match self {
+            NodeId::Given(id) => Ok(id),
+            NodeId::FromHostname => {
+                let name = match std::env::var("HOSTNAME") {
+                    Ok(h) if !h.is_empty() => h,
+                    _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .context("reading the host name for --node-id from-hostname")?
+                        .trim()
+                        .to_string(),
+                };
+                id_from_hostname(&name)
+            }
+        }
+    }
+}
+
+/// `tessera-storage-2` → 3: the StatefulSet ordinal plus one.
+pub fn id_from_hostname(name: &str) -> anyhow::Result<u64> {
+    let short = name.split('.').next().unwrap_or(name);
+    let ordinal = short
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .with_context(|| format!("--node-id from-hostname: host name '{name}' does not end in -ORDINAL"))?;
+    Ok(ordinal + 1)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReadMode {
     ReadIndex,
@@ -123,7 +172,8 @@ pub fn place(shards: u32, node_ids: &[u64], replicas: usize) -> Vec<ShardSpec> {
 
 impl Args {
     pub fn config(&self) -> anyhow::Result<Config> {
-        if self.node_id == 0 {
+        let node_id = self.node_id.resolve()?;
+        if node_id == 0 {
             bail!("--node-id must be a positive integer");
         }
         let mut peers = BTreeMap::new();
@@ -134,7 +184,7 @@ impl Args {
                 bail!("peer id {id} is zero or given twice");
             }
         }
-        let advertise = match (peers.get(&self.node_id), &self.advertise) {
+        let advertise = match (peers.get(&node_id), &self.advertise) {
             (Some(listed), Some(a)) if listed != a => {
                 bail!("--advertise {a} differs from this node's --peer entry {listed}")
             }
@@ -150,7 +200,7 @@ impl Args {
         }
         let ids: Vec<u64> = peers.keys().copied().collect();
         Ok(Config {
-            node_id: self.node_id,
+            node_id,
             advertise,
             shards: place(self.shards, &ids, self.replicas),
             peers,
@@ -179,5 +229,16 @@ mod tests {
         let p = place(4, &[1, 2, 3, 4, 5], 3);
         assert_eq!(p[3].replicas, [4, 5, 1]);
         assert_eq!(place(2, &[7], 3)[1].replicas, [7]);
+    }
+
+    #[test]
+    fn node_id_from_a_statefulset_host_name() {
+        assert_eq!(id_from_hostname("tessera-storage-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("tessera-storage-11.tessera-storage.ns.svc").unwrap(), 12);
+        assert!(id_from_hostname("storage").is_err());
+        assert!(id_from_hostname("storage-x").is_err());
+        assert_eq!("7".parse::<NodeId>(), Ok(NodeId::Given(7)));
+        assert_eq!("from-hostname".parse::<NodeId>(), Ok(NodeId::FromHostname));
+        assert!("node".parse::<NodeId>().is_err());
     }
 }

@@ -8,6 +8,7 @@ use clap::Parser;
 use tessera_telemetry::ProcessArgs;
 
 use crate::codec::Limits;
+use crate::topology::Endpoint;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tessera-router", version, about = "Tessera router (RESP2/RESP3, Redis Cluster protocol)")]
@@ -22,9 +23,10 @@ pub struct Args {
           default_values_t = vec!["127.0.0.1:7001".parse::<SocketAddr>().unwrap(), "127.0.0.1:7002".parse().unwrap()])]
     pub cluster_listen: Vec<SocketAddr>,
     /// Every advertised endpoint of the router fleet, identical on every
-    /// router (defaults to this router's cluster ports).
+    /// router (defaults to this router's cluster ports): `IP:PORT`, or
+    /// `NAME:PORT` where clients resolve a name (a Kubernetes Service).
     #[arg(long, env = "TESSERA_ROUTER_ADVERTISE", value_delimiter = ',')]
-    pub advertise: Vec<SocketAddr>,
+    pub advertise: Vec<Endpoint>,
     /// Storage nodes' gRPC addresses.
     #[arg(long = "node", env = "TESSERA_ROUTER_NODES", value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
@@ -67,7 +69,7 @@ pub struct Config {
     pub nodes: Vec<String>,
     pub node_wait: Duration,
     /// Advertised endpoints; empty means "this router's cluster listeners".
-    pub advertise: Vec<SocketAddr>,
+    pub advertise: Vec<Endpoint>,
     /// Read-only DAGs go to any replica (`--follower-reads`).
     pub follower_reads: bool,
 }

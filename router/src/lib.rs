@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::conn::ConnState;
 use crate::shards::ShardMap;
 use crate::stats::Stats;
-use crate::topology::Topology;
+use crate::topology::{Endpoint, Topology};
 
 /// State shared by every connection of one router.
 pub struct Router {
@@ -121,7 +121,10 @@ pub async fn run(
         warn!(unserved = shards.unserved_slots(), "some slots have no shard; they answer CLUSTERDOWN");
     }
     let cluster_addrs: Vec<SocketAddr> = listeners.cluster.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
-    let advertised = if config.advertise.is_empty() { cluster_addrs.clone() } else { config.advertise.clone() };
+    let advertised = match config.advertise.is_empty() {
+        true => cluster_addrs.iter().map(|a| Endpoint::from(*a)).collect(),
+        false => config.advertise.clone(),
+    };
     if advertised.is_empty() {
         anyhow::bail!("no advertised endpoint: give --cluster-listen or --advertise");
     }

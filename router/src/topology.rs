@@ -5,16 +5,93 @@
 //! *i*-th of *n* even slot ranges, with a 40-hex id derived from its address.
 //! Every router accepts every slot, so clients are never redirected; the
 //! layout only spreads their connections and scopes keyspace-wide commands.
+//!
+//! An endpoint is an IP address or a host name (Redis 7's
+//! `cluster-announce-hostname` with `cluster-preferred-endpoint-type
+//! hostname`): behind a Kubernetes Service every router advertises the
+//! Service's DNS name, since any router serves any slot.
 
-use std::net::SocketAddr;
+use std::cmp::Ordering;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 
 use tessera_common::reply::Reply;
 use tessera_common::slot::{SlotRange, SlotScope};
 
+/// An advertised endpoint: `HOST:PORT`, the host an IP address or a name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The host as an IP address, when it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// Whether the host is a name rather than an address.
+    pub fn is_name(&self) -> bool {
+        self.ip().is_none()
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Endpoint {
+        Endpoint { host: a.ip().to_string(), port: a.port() }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Endpoint, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(a.into());
+        }
+        let bad = || format!("'{s}' is not HOST:PORT");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        if host.is_empty() || !host.chars().all(valid) {
+            return Err(bad());
+        }
+        Ok(Endpoint { host: host.to_ascii_lowercase(), port })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip() {
+            Some(ip) => SocketAddr::new(ip, self.port).fmt(f),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Addresses in address order (as they always sorted), then names.
+impl Ord for Endpoint {
+    fn cmp(&self, other: &Endpoint) -> Ordering {
+        match (self.ip(), other.ip()) {
+            (Some(a), Some(b)) => SocketAddr::new(a, self.port).cmp(&SocketAddr::new(b, other.port)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => (&self.host, self.port).cmp(&(&other.host, other.port)),
+        }
+    }
+}
+
+impl PartialOrd for Endpoint {
+    fn partial_cmp(&self, other: &Endpoint) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualNode {
     pub id: String,
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub slots: SlotRange,
 }
 
@@ -26,7 +103,7 @@ pub struct Topology {
 
 /// A stable 40-hex-character id for an endpoint (FNV-1a based; ids only need
 /// to be unique and identical on every router).
-pub fn node_id(addr: &SocketAddr) -> String {
+pub fn node_id(addr: &impl fmt::Display) -> String {
     let s = addr.to_string();
     let mut out = String::with_capacity(40);
     let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
@@ -44,7 +121,7 @@ pub fn node_id(addr: &SocketAddr) -> String {
 }
 
 impl Topology {
-    pub fn new(mut advertised: Vec<SocketAddr>) -> Topology {
+    pub fn new(mut advertised: Vec<Endpoint>) -> Topology {
         advertised.sort();
         advertised.dedup();
         let ranges = SlotRange::split_even(advertised.len().max(1));
@@ -58,10 +135,12 @@ impl Topology {
 
     /// The virtual node a connection is talking to, by its local address.
     pub fn node_at(&self, local: SocketAddr) -> Option<usize> {
+        let local = Endpoint::from(local);
         self.nodes.iter().position(|n| n.addr == local).or_else(|| {
-            // Bound to 0.0.0.0 or reached through another local address: match by port.
+            // Bound to 0.0.0.0, advertised by name or reached through
+            // another local address: match by port.
             let by_port: Vec<usize> =
-                self.nodes.iter().enumerate().filter(|(_, n)| n.addr.port() == local.port()).map(|(i, _)| i).collect();
+                self.nodes.iter().enumerate().filter(|(_, n)| n.addr.port == local.port).map(|(i, _)| i).collect();
             (by_port.len() == 1).then(|| by_port[0])
         })
     }
@@ -73,12 +152,18 @@ impl Topology {
         }
     }
 
+    /// A master's entry in `CLUSTER SLOTS`: the preferred endpoint first;
+    /// a name is repeated as the `hostname` metadata, as Redis 7 does.
     fn node_entry(n: &VirtualNode) -> Reply {
+        let meta = match n.addr.is_name() {
+            true => vec![(Reply::bulk_str("hostname"), Reply::bulk_str(&n.addr.host))],
+            false => Vec::new(),
+        };
         Reply::Array(vec![
-            Reply::bulk_str(&n.addr.ip().to_string()),
-            Reply::Int(i64::from(n.addr.port())),
+            Reply::bulk_str(&n.addr.host),
+            Reply::Int(i64::from(n.addr.port)),
             Reply::bulk_str(&n.id),
-            Reply::Map(Vec::new()),
+            Reply::Map(meta),
         ])
     }
 
@@ -103,16 +188,16 @@ impl Topology {
             self.nodes
                 .iter()
                 .map(|n| {
-                    let ip = n.addr.ip().to_string();
-                    let node = Reply::Map(vec![
+                    let fields = vec![
                         kv("id", Reply::bulk_str(&n.id)),
-                        kv("port", Reply::Int(i64::from(n.addr.port()))),
-                        kv("ip", Reply::bulk_str(&ip)),
-                        kv("endpoint", Reply::bulk_str(&ip)),
+                        kv("port", Reply::Int(i64::from(n.addr.port))),
+                        kv(if n.addr.is_name() { "hostname" } else { "ip" }, Reply::bulk_str(&n.addr.host)),
+                        kv("endpoint", Reply::bulk_str(&n.addr.host)),
                         kv("role", Reply::bulk_str("master")),
                         kv("replication-offset", Reply::Int(0)),
                         kv("health", Reply::bulk_str("online")),
-                    ]);
+                    ];
+                    let node = Reply::Map(fields);
                     Reply::Map(vec![
                         kv(
                             "slots",
@@ -135,13 +220,15 @@ impl Topology {
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let flags = if i == me { "myself,master" } else { "master" };
-            let cport = n.addr.port().checked_add(10000).unwrap_or(n.addr.port());
+            let cport = n.addr.port.checked_add(10000).unwrap_or(n.addr.port);
+            let hostname = if n.addr.is_name() { format!(",{}", n.addr.host) } else { String::new() };
             out.push_str(&format!(
-                "{} {}:{}@{} {} - 0 0 {} connected {}-{}\n",
+                "{} {}:{}@{}{} {} - 0 0 {} connected {}-{}\n",
                 n.id,
-                n.addr.ip(),
-                n.addr.port(),
+                n.addr.host,
+                n.addr.port,
                 cport,
+                hostname,
                 flags,
                 self.epoch,
                 n.slots.start,
@@ -181,8 +268,8 @@ mod tests {
     fn layout_is_deterministic_and_covers_all_slots() {
         let a: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:7002".parse().unwrap();
-        let t1 = Topology::new(vec![b, a]);
-        let t2 = Topology::new(vec![a, b]);
+        let t1 = Topology::new(vec![b.into(), a.into()]);
+        let t2 = Topology::new(vec![a.into(), b.into()]);
         assert_eq!(t1.nodes, t2.nodes);
         assert_eq!(t1.nodes[0].slots, SlotRange::new(0, 8191));
         assert_eq!(t1.nodes[1].slots, SlotRange::new(8192, 16383));
@@ -193,5 +280,42 @@ mod tests {
         assert!(text.lines().nth(1).unwrap().contains("myself,master"));
         assert!(text.ends_with('\n'));
         assert!(t1.info_text(Some(0), 16384).starts_with("cluster_state:ok\r\n"));
+        // Ids are those of the address's text, as before names were allowed.
+        assert_eq!(t1.nodes[0].id, node_id(&a));
+    }
+
+    #[test]
+    fn endpoints_by_name() {
+        let e: Endpoint = "Tessera-Router.ns.svc.cluster.local:7001".parse().unwrap();
+        assert_eq!(e, Endpoint { host: "tessera-router.ns.svc.cluster.local".into(), port: 7001 });
+        assert!(e.is_name());
+        assert_eq!(e.to_string(), "tessera-router.ns.svc.cluster.local:7001");
+        assert_eq!("[::1]:7001".parse::<Endpoint>().unwrap().to_string(), "[::1]:7001");
+        for bad in ["router", "router:x", ":7001", "a b:1", "router:70000"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+        let b: Endpoint = "router:7002".parse().unwrap();
+        let a: Endpoint = "router:7001".parse().unwrap();
+        let t = Topology::new(vec![b, a]);
+        assert_eq!(t.nodes[0].addr.port, 7001);
+        // Listening on 0.0.0.0:7002 is the second advertised master.
+        assert_eq!(t.node_at("0.0.0.0:7002".parse().unwrap()), Some(1));
+        let text = t.nodes_text(None);
+        assert!(text.contains(" router:7001@17001,router myself,master "), "{text}");
+        match t.slots_reply() {
+            Reply::Array(ranges) => match &ranges[0] {
+                Reply::Array(r) => assert_eq!(
+                    r[2],
+                    Reply::Array(vec![
+                        Reply::bulk_str("router"),
+                        Reply::Int(7001),
+                        Reply::bulk_str(&t.nodes[0].id),
+                        Reply::Map(vec![(Reply::bulk_str("hostname"), Reply::bulk_str("router"))]),
+                    ])
+                ),
+                r => panic!("{r:?}"),
+            },
+            r => panic!("{r:?}"),
+        }
     }
 }

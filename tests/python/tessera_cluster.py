@@ -120,3 +120,19 @@ class LocalCluster:
             p.wait()
             log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ExternalCluster:
+    """A cluster someone else runs on 127.0.0.1: `PLAIN_PORT,CLUSTER_PORT,...`."""
+
+    def __init__(self, ports):
+        ports = [int(p) for p in ports.split(",")]
+        self.plain_port, self.cluster_ports = ports[0], ports[1:]
+        self.plain = f"127.0.0.1:{self.plain_port}"
+        self.cluster = [f"127.0.0.1:{p}" for p in self.cluster_ports]
+
+    def logs(self):
+        return "(external cluster: see its own logs)"
+
+    def stop(self):
+        pass
