@@ -16,7 +16,8 @@
 //!   model and script runs, redirects;
 //! * [`hosted`] — the groups this node hosts and which one a request is for;
 //! * [`serve`] — the listener, router sessions, the `Node` gRPC service;
-//! * [`cluster`] — start-up, admin operations, reconcile and repair loops.
+//! * [`cluster`] — start-up, admin operations, rebalancing plans, reconcile and
+//!   repair loops.
 //!
 //! [`run`] serves until `shutdown` resolves, then hands leadership away.
 

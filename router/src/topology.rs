@@ -224,15 +224,7 @@ impl Topology {
             let hostname = if n.addr.is_name() { format!(",{}", n.addr.host) } else { String::new() };
             out.push_str(&format!(
                 "{} {}:{}@{}{} {} - 0 0 {} connected {}-{}\n",
-                n.id,
-                n.addr.host,
-                n.addr.port,
-                cport,
-                hostname,
-                flags,
-                self.epoch,
-                n.slots.start,
-                n.slots.end
+                n.id, n.addr.host, n.addr.port, cport, hostname, flags, self.epoch, n.slots.start, n.slots.end
             ));
         }
         out
