@@ -341,6 +341,20 @@ impl Cluster {
         admin(&nodes, 120, args)
     }
 
+    /// Polls `tessera-admin status` until `pred` holds (bounded); the status
+    /// it held for.
+    pub fn wait_status(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.admin(&["status"]).unwrap_or_default();
+            if pred(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}; last status:\n{status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The Prometheus text of node `id`.
     pub fn node_metrics_text(&self, id: usize) -> anyhow::Result<String> {
         http_get(self.node_metrics[id - 1], "/metrics")

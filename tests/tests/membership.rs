@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 
 use tessera_tests::{Cluster, Resp};
 
-/// Polls `tessera-admin status` until `pred` holds (bounded).
-fn wait_status(c: &Cluster, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = c.admin(&["status"]).unwrap_or_default();
-        if pred(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}; last status:\n{status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The voter ids on a `status` group line ("... voters [1, 2, 3] learners ...").
 fn voters(line: &str) -> Vec<u64> {
     let rest = line.split("voters [").nth(1).unwrap_or("");
@@ -57,7 +44,7 @@ fn leader_transfer_moves_a_shard_leader() {
     for to in ["2", "3", "1"] {
         let out = c.admin(&["transfer-leader", "0", to]).expect("transfer");
         assert!(out.contains(&format!("led by {to}")), "{out}");
-        wait_status(&c, "leader change", Duration::from_secs(10), |s| {
+        c.wait_status("leader change", Duration::from_secs(10), |s| {
             s.contains(&format!("node {to} shard 0: leader {to} "))
         });
     }
@@ -82,15 +69,15 @@ fn add_move_and_remove_a_node_under_load() {
 
     let id = c.add_node().expect("node 4 starts");
     assert_eq!(id, 4);
-    wait_status(&c, "node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
+    c.wait_status("node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
     let out = c.admin(&["move-replica", "0", "1", "4"]).expect("move replica");
     assert!(out.contains("moved from node 1 to node 4"), "{out}");
-    wait_status(&c, "node 4 serving shard 0", Duration::from_secs(20), |s| s.contains("node 4 shard 0: leader"));
+    c.wait_status("node 4 serving shard 0", Duration::from_secs(20), |s| s.contains("node 4 shard 0: leader"));
 
     // Node 1 leaves entirely: its other replicas (and its meta replica) move.
     let out = c.admin(&["remove-node", "1"]).expect("remove node");
     assert!(out.contains("node 1 removed"), "{out}");
-    let status = wait_status(&c, "node 1 hosting nothing", Duration::from_secs(20), |s| {
+    let status = c.wait_status("node 1 hosting nothing", Duration::from_secs(20), |s| {
         s.contains("node 1 127.0.0.1") && s.contains("Removed") && !s.contains("node 1 shard")
     });
     for line in status.lines().filter(|l| l.contains("voters")) {
@@ -131,7 +118,7 @@ fn wiped_disk_replica_rejoins_as_a_fresh_replica() {
     // each group is changed, so its generation moves past 0. (Groups are
     // rebuilt one after another: the meta group comes last, and a status
     // taken just before it is touched looks rebuilt but for the generation.)
-    wait_status(&c, "node 3 rebuilt", Duration::from_secs(60), |s| {
+    c.wait_status("node 3 rebuilt", Duration::from_secs(60), |s| {
         let groups: Vec<&str> = s.lines().filter(|l| l.contains("voters")).collect();
         groups.len() == 4
             && groups
@@ -160,12 +147,12 @@ fn wiped_disk_replica_rejoins_as_a_fresh_replica() {
 fn a_move_cut_short_is_rolled_back_by_the_meta_leader() {
     let mut c = Cluster::start(3, 1).expect("cluster starts");
     let id = c.add_node().expect("node 4 starts");
-    wait_status(&c, "node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
+    c.wait_status("node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
     // Node 4 is down: adding it as a learner waits for a catch-up that never comes.
     c.kill_node(id);
     let nodes: Vec<String> = c.node_addrs.iter().map(|a| a.to_string()).collect();
     let mover = std::thread::spawn(move || tessera_tests::admin(&nodes, 5, &["move-replica", "0", "1", "4"]));
-    let status = wait_status(&c, "node 4 listed as learner", Duration::from_secs(20), |s| {
+    let status = c.wait_status("node 4 listed as learner", Duration::from_secs(20), |s| {
         s.lines().any(|l| l.starts_with("shard 0 ") && l.contains("learners [4]")) && s.contains("meta leader ")
     });
     let meta_leader: usize = status
@@ -176,7 +163,7 @@ fn a_move_cut_short_is_rolled_back_by_the_meta_leader() {
     c.kill_node(meta_leader);
     assert!(mover.join().unwrap().is_err(), "the move cannot finish with node 4 down");
     c.restart_node(meta_leader).expect("restart");
-    let status = wait_status(&c, "the cut-short move rolled back", Duration::from_secs(60), |s| {
+    let status = c.wait_status("the cut-short move rolled back", Duration::from_secs(60), |s| {
         s.lines().any(|l| l.starts_with("shard 0 ") && voters(l) == [1, 2, 3] && l.contains("learners []"))
     });
     assert!(status.lines().all(|l| !l.contains("learners [4]")), "{status}");
@@ -204,15 +191,15 @@ fn a_move_cut_short_is_rolled_back_by_the_meta_leader() {
 fn leadership_returns_to_the_preferred_leader_after_a_restart() {
     let mut c = Cluster::start(3, 1).expect("cluster starts");
     // Node 1 is shard 0's preferred leader (first voter of the layout).
-    wait_status(&c, "node 1 leading shard 0", Duration::from_secs(20), |s| s.contains("node 2 shard 0: leader 1 "));
+    c.wait_status("node 1 leading shard 0", Duration::from_secs(20), |s| s.contains("node 2 shard 0: leader 1 "));
     c.kill_node(1);
-    wait_status(&c, "another leader for shard 0", Duration::from_secs(20), |s| {
+    c.wait_status("another leader for shard 0", Duration::from_secs(20), |s| {
         s.contains("node 2 shard 0: leader 2 ") || s.contains("node 2 shard 0: leader 3 ")
     });
     c.restart_node(1).expect("node 1 restarts");
     // Once node 1 has caught up (and a grace period has passed) the group
     // is handed back to it.
-    wait_status(&c, "leadership handed back to node 1", Duration::from_secs(40), |s| {
+    c.wait_status("leadership handed back to node 1", Duration::from_secs(40), |s| {
         s.contains("node 2 shard 0: leader 1 ")
     });
     let mut r = Resp::connect(c.plain).unwrap();

@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 
 use tessera_tests::{Cluster, Resp};
 
-/// Polls `tessera-admin status` until `pred` holds (bounded).
-fn wait_status(c: &Cluster, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = c.admin(&["status"]).unwrap_or_default();
-        if pred(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}; last status:\n{status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Replicas per node on `status`'s group lines (`shard 0 slots [..] voters
 /// [1, 2, 3] ...`, `meta slots [] voters [..] ...`), every node listed
 /// counted (0 when it holds none).
@@ -72,7 +59,7 @@ fn rebalance_gives_a_new_node_its_share_once() {
         assert_eq!(r.cmd(&["SET", k, k]).unwrap(), "+OK\r\n");
     }
     assert_eq!(c.add_node().expect("node 4 starts"), 4);
-    wait_status(&c, "node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
+    c.wait_status("node 4 registering", Duration::from_secs(20), |s| s.contains("node 4 127.0.0.1"));
 
     let plan = c.admin(&["rebalance", "--dry-run"]).expect("dry run");
     let planned = steps(&plan);
@@ -103,7 +90,7 @@ fn rebalance_gives_a_new_node_its_share_once() {
 fn a_node_that_steps_down_leads_nothing() {
     let c = Cluster::start(3, 2).expect("cluster starts");
     let node1 = vec![c.node_addrs[0].to_string()];
-    wait_status(&c, "node 1 leading", Duration::from_secs(20), |s| s.contains("node 1 shard 0: leader 1 "));
+    c.wait_status("node 1 leading", Duration::from_secs(20), |s| s.contains("node 1 shard 0: leader 1 "));
     let out = tessera_tests::admin(&node1, 30, &["step-down"]).expect("step-down");
     eprintln!("step-down:\n{out}");
     assert!(out.contains("handed from node 1"), "{out}");
