@@ -53,8 +53,10 @@ for b in tessera-node tessera-router tessera-admin; do
 done
 runtimes=("$CACHE/ort/libonnxruntime.so" "$CACHE/litert/libLiteRt.so")
 if [ $GPU = 1 ]; then
-  [ -e "$CACHE/ort-gpu/libonnxruntime.so" ] || {
-    echo "image: --gpu needs ONNX Runtime's GPU build; run TESSERA_GPU=1 scripts/setup.sh" >&2; exit 1; }
+  [ -e "$CACHE/ort-gpu/libonnxruntime.so" ] && [ -e "$LIBTORCH/lib/libtorch_cuda.so" ] || {
+    echo "image: --gpu needs ONNX Runtime's GPU build and libtorch's CUDA build; run TESSERA_GPU=1 scripts/setup.sh" >&2
+    exit 1
+  }
 fi
 for r in "${runtimes[@]}"; do
   [ -e "$r" ] || { echo "image: $r is missing; run scripts/setup.sh" >&2; exit 1; }
