@@ -86,7 +86,9 @@ pub struct NodeState {
     /// Set while a node that lost its disk is being rebuilt: it must not act
     /// as the voter it was, only host replicas the map lists it as learner of.
     pub rebuilding: AtomicBool,
-    /// This node has state (answers wiped-disk probes of other nodes).
+    /// This node held state when it started (its identity was on disk).
+    /// With a formed map, this answers wiped-disk probes of other nodes: a
+    /// node that started fresh holds nothing to lose before the map exists.
     pub has_state: AtomicBool,
     /// One membership operation at a time.
     pub admin_lock: tokio::sync::Mutex<()>,

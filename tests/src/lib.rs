@@ -139,6 +139,19 @@ pub fn testdata(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// The order nodes and router start in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Staging {
+    /// Every node in id order, then the router.
+    InOrder,
+    /// Node 1, the router, then the other nodes (the router starts before
+    /// the cluster can form).
+    RouterFirst,
+    /// Every node but node 1 at once, node 1 two seconds later, then the
+    /// router.
+    FirstSeedLast,
+}
+
 impl Cluster {
     pub fn start(nodes: usize, shards_per_node: usize) -> anyhow::Result<Cluster> {
         Self::start_with(nodes, shards_per_node, &[])
@@ -168,23 +181,29 @@ impl Cluster {
         node_args: &[&str],
         prepare: &dyn Fn(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Cluster> {
-        Self::start_staged(nodes, shards_per_node, router_args, node_args, prepare, nodes)
+        Self::start_staged(nodes, shards_per_node, router_args, node_args, prepare, Staging::InOrder)
     }
 
     /// Starts only node 1, then the router, then the other nodes: the router
     /// starts before the cluster can form (its map has no shards yet).
     pub fn start_router_first(nodes: usize, shards_per_node: usize, router_args: &[&str]) -> anyhow::Result<Cluster> {
-        Self::start_staged(nodes, shards_per_node, router_args, &[], &|_| Ok(()), 1)
+        Self::start_staged(nodes, shards_per_node, router_args, &[], &|_| Ok(()), Staging::RouterFirst)
     }
 
-    /// The first `early` nodes start before the router, the rest after it.
+    /// Starts every node but the first seed at once, then node 1 two
+    /// seconds later, then the router: what containers started together,
+    /// with node 1 slowest, do.
+    pub fn start_first_seed_last(nodes: usize, shards_per_node: usize) -> anyhow::Result<Cluster> {
+        Self::start_staged(nodes, shards_per_node, &[], &[], &|_| Ok(()), Staging::FirstSeedLast)
+    }
+
     fn start_staged(
         nodes: usize,
         shards_per_node: usize,
         router_args: &[&str],
         node_args: &[&str],
         prepare: &dyn Fn(&Path) -> anyhow::Result<()>,
-        early: usize,
+        staging: Staging,
     ) -> anyhow::Result<Cluster> {
         let dir = std::env::temp_dir().join(format!("tessera-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
@@ -200,7 +219,7 @@ impl Cluster {
             cluster: Vec::new(),
             router_metrics: "0.0.0.0:0".parse()?,
             node_addrs: node_addrs.clone(),
-            node_metrics: Vec::new(),
+            node_metrics: vec![SocketAddr::from(([0, 0, 0, 0], 0)); nodes],
         };
         for (n, addr) in node_addrs.iter().enumerate() {
             let mut args: Vec<std::ffi::OsString> = vec![
@@ -234,9 +253,28 @@ impl Cluster {
                 bin: bins.join("tessera-node"),
             });
         }
+        // A node's metrics address, from its READY line.
+        let spawn = |p: &mut Proc| -> anyhow::Result<SocketAddr> {
+            Ok(p.spawn()?.split_whitespace().nth(2).context("node metrics addr")?.parse()?)
+        };
+        let early = match staging {
+            Staging::InOrder => nodes,
+            Staging::RouterFirst => 1,
+            Staging::FirstSeedLast => {
+                let started: Vec<anyhow::Result<SocketAddr>> = std::thread::scope(|s| {
+                    let others: Vec<_> = c.procs[1..nodes].iter_mut().map(|p| s.spawn(move || spawn(p))).collect();
+                    others.into_iter().map(|h| h.join().expect("spawn thread")).collect()
+                });
+                for (n, m) in started.into_iter().enumerate() {
+                    c.node_metrics[n + 1] = m?;
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                c.node_metrics[0] = spawn(&mut c.procs[0])?;
+                0
+            }
+        };
         for n in 0..early {
-            let ready = c.procs[n].spawn()?;
-            c.node_metrics.push(ready.split_whitespace().nth(2).context("node metrics addr")?.parse()?);
+            c.node_metrics[n] = spawn(&mut c.procs[n])?;
         }
         let nodes_arg: Vec<String> = c.node_addrs.iter().map(|a| a.to_string()).collect();
         let mut args: Vec<std::ffi::OsString> = vec![
@@ -263,9 +301,10 @@ impl Cluster {
                 _ => {}
             }
         }
-        for n in early..nodes {
-            let ready = c.procs[n].spawn()?;
-            c.node_metrics.push(ready.split_whitespace().nth(2).context("node metrics addr")?.parse()?);
+        if staging == Staging::RouterFirst {
+            for n in early..nodes {
+                c.node_metrics[n] = spawn(&mut c.procs[n])?;
+            }
         }
         c.wait_serving(start_wait())?;
         Ok(c)

@@ -480,6 +480,23 @@ fn large_values_are_chunked_and_survive_failover() {
     }
 }
 
+/// Nodes 2 and 3 start together and both decide the cluster is new before
+/// node 1, the seed that forms the meta group, starts: node 1 must still see
+/// a fresh cluster (it used to take their identities for an existing
+/// cluster's and wait forever for a map nobody would form; seen with
+/// docker-compose starting the containers together).
+#[test]
+fn the_cluster_forms_when_the_first_seed_starts_last() {
+    let c = Cluster::start_first_seed_last(3, 1).expect("cluster starts");
+    let mut r = Resp::connect(c.plain).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r.cmd(&["CLUSTER", "INFO"]).unwrap().contains("cluster_state:ok") {
+        assert!(Instant::now() < deadline, "the cluster never formed; node 1 log:\n{}", c.node_log(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(r.cmd(&["SET", "formed", "yes"]).unwrap(), "+OK\r\n");
+}
+
 /// A router started before the cluster could form (one node of three up)
 /// sees no shards at first; it must learn them from its refresher and serve
 /// every slot once the other nodes start (it used to answer CLUSTERDOWN

@@ -55,8 +55,11 @@ pub async fn start_fresh(state: &Arc<NodeState>, clients: &AdminClients) -> anyh
         tokio::spawn(reconcile::rejoin(state.clone(), clients.clone()));
         return Ok(());
     }
+    // `has_state` stays false: until the map exists, a node that chose a
+    // fresh start holds nothing a wiped seed could lose, and a seed that
+    // starts after two others chose it must still count them as fresh
+    // (otherwise it waits forever for a map only it would form).
     write_identity(&state.config)?;
-    state.has_state.store(true, Ordering::Relaxed);
     let seeds = meta_seeds(&state.config);
     if seeds.contains(&state.node_id) {
         let placement = seeds.iter().map(|id| (*id, state.config.peers[id].clone())).collect();

@@ -36,7 +36,9 @@ impl Admin for AdminService {
 
 async fn handle(state: &Arc<NodeState>, clients: &AdminClients, req: AdminRequest) -> AdminResponse {
     match req {
-        AdminRequest::Probe => AdminResponse::Probe { has_state: state.has_state.load(Ordering::Relaxed) },
+        AdminRequest::Probe => {
+            AdminResponse::Probe { has_state: state.has_state.load(Ordering::Relaxed) || state.map().epoch > 0 }
+        }
         AdminRequest::Group { group, op } => group_step(state, group, op).await,
         req => {
             // Everything else runs on the meta leader, one operation at a time.
