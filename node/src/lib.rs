@@ -19,10 +19,14 @@
 //! * [`cluster`] — start-up, admin operations, rebalancing plans, reconcile and
 //!   repair loops.
 //!
+//! Beside them, [`certs`] makes throwaway TLS certificates (`tessera-admin
+//! certs`, tests) and uses none of them.
+//!
 //! [`run`] serves until `shutdown` resolves, then hands leadership away.
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod data;

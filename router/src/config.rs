@@ -2,12 +2,14 @@
 //! into [`Config`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use tessera_telemetry::ProcessArgs;
 
 use crate::codec::Limits;
+use crate::tls::{AuthClients, TlsSettings};
 use crate::topology::Endpoint;
 
 #[derive(Parser, Debug, Clone)]
@@ -27,6 +29,42 @@ pub struct Args {
     /// `NAME:PORT` where clients resolve a name (a Kubernetes Service).
     #[arg(long, env = "TESSERA_ROUTER_ADVERTISE", value_delimiter = ',')]
     pub advertise: Vec<Endpoint>,
+    /// TLS port beside the plain one (Redis's `tls-port`): the same
+    /// commands over TLS. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "TESSERA_ROUTER_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// TLS cluster ports, one per cluster port and in the same order: the
+    /// i-th serves the same advertised master as the i-th cluster port.
+    /// Cluster clients on a TLS port are given TLS endpoints.
+    #[arg(long = "tls-cluster-listen", env = "TESSERA_ROUTER_TLS_CLUSTER_LISTEN", value_delimiter = ',')]
+    pub tls_cluster_listen: Vec<SocketAddr>,
+    /// Advertised TLS endpoints, paired with --advertise in its order
+    /// (defaults to this router's TLS cluster ports).
+    #[arg(long, env = "TESSERA_ROUTER_TLS_ADVERTISE", value_delimiter = ',')]
+    pub tls_advertise: Vec<Endpoint>,
+    /// Serve TLS only: no plain ports are opened (Redis's `port 0`).
+    #[arg(long, env = "TESSERA_ROUTER_TLS_ONLY")]
+    pub tls_only: bool,
+    /// The router's certificate chain (PEM), for its TLS ports.
+    #[arg(long, env = "TESSERA_ROUTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TESSERA_ROUTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long, env = "TESSERA_ROUTER_TLS_CA_CERT")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// Client certificates: `yes` (required, Redis's default), `optional`
+    /// (checked when offered) or `no`.
+    #[arg(long, env = "TESSERA_ROUTER_TLS_AUTH_CLIENTS", default_value = "yes")]
+    pub tls_auth_clients: AuthClients,
+    /// TLS versions offered, space- or comma-separated.
+    #[arg(long, env = "TESSERA_ROUTER_TLS_PROTOCOLS", default_value = "TLSv1.2 TLSv1.3")]
+    pub tls_protocols: String,
+    /// How often the certificate files are checked for changes, in seconds
+    /// (0: reload only on SIGHUP).
+    #[arg(long, env = "TESSERA_ROUTER_TLS_RELOAD_SECS", default_value_t = 10)]
+    pub tls_reload_secs: u64,
     /// Storage nodes' gRPC addresses.
     #[arg(long = "node", env = "TESSERA_ROUTER_NODES", value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
@@ -72,6 +110,12 @@ pub struct Config {
     pub advertise: Vec<Endpoint>,
     /// Read-only DAGs go to any replica (`--follower-reads`).
     pub follower_reads: bool,
+    /// Advertised TLS endpoints; empty means "this router's TLS cluster listeners".
+    pub tls_advertise: Vec<Endpoint>,
+    /// No plain listeners (`--tls-only`).
+    pub tls_only: bool,
+    /// The TLS ports' certificates and rules, when there are TLS ports.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Args {
@@ -91,6 +135,44 @@ impl Args {
             node_wait: Duration::from_secs(self.node_wait_secs),
             advertise: self.advertise.clone(),
             follower_reads: self.follower_reads,
+            tls_advertise: self.tls_advertise.clone(),
+            tls_only: self.tls_only,
+            tls: self.tls_settings()?,
         })
+    }
+
+    /// Whether any TLS port is asked for.
+    pub fn serves_tls(&self) -> bool {
+        self.tls_listen.is_some() || !self.tls_cluster_listen.is_empty()
+    }
+
+    fn tls_settings(&self) -> anyhow::Result<Option<TlsSettings>> {
+        if !self.serves_tls() {
+            if self.tls_only {
+                anyhow::bail!("--tls-only needs --tls-listen or --tls-cluster-listen");
+            }
+            return Ok(None);
+        }
+        if self.tls_only && !self.advertise.is_empty() {
+            anyhow::bail!("--tls-only advertises TLS endpoints only: give --tls-advertise, not --advertise");
+        }
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            anyhow::bail!("TLS ports need --tls-cert and --tls-key");
+        };
+        let protocols = self
+            .tls_protocols
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--tls-protocols: {e}"))?;
+        Ok(Some(TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca_cert: self.tls_ca_cert.clone(),
+            auth_clients: self.tls_auth_clients,
+            protocols,
+            reload_every: (self.tls_reload_secs > 0).then(|| Duration::from_secs(self.tls_reload_secs)),
+        }))
     }
 }

@@ -21,8 +21,7 @@ use tessera_common::command::{self, table};
 use tessera_common::error::code_of;
 use tessera_common::reply::{Protocol, Reply};
 use tessera_common::slot::SlotScope;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, debug_span, trace, Instrument};
 
@@ -42,6 +41,8 @@ pub struct ConnState {
     pub scope: SlotScope,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Whether the connection came through a TLS port.
+    pub tls: bool,
     pub created: Instant,
     /// This connection's commands dispatched and not yet answered, when the
     /// next one is dispatched (a read-only DAG goes to a follower only when
@@ -103,11 +104,22 @@ impl Future for Tagged {
     }
 }
 
-pub async fn serve(router: Arc<Router>, sock: TcpStream, vnode: Option<usize>, mut shutdown: watch::Receiver<bool>) {
-    let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
-        return;
-    };
-    let _ = sock.set_nodelay(true);
+/// Where a connection came from and through which listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The advertised virtual node of the listener (None: the plain or TLS port).
+    pub vnode: Option<usize>,
+    pub tls: bool,
+}
+
+/// Serves one client on a TCP stream, or a TLS stream after its handshake.
+pub async fn serve<S>(router: Arc<Router>, sock: S, from: Accepted, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Accepted { peer, local, vnode, tls } = from;
     let id = router.next_client_id();
     let mut conn = ConnState {
         id,
@@ -117,6 +129,7 @@ pub async fn serve(router: Arc<Router>, sock: TcpStream, vnode: Option<usize>, m
         scope: router.topology.scope_of(vnode),
         peer,
         local,
+        tls,
         created: Instant::now(),
         in_flight: 0,
         tx: None,
@@ -153,13 +166,14 @@ impl Drop for Admitted<'_> {
     }
 }
 
-async fn session(
+/// The connection's loop. Reads and writes never overlap (replies are
+/// written between reads), so one stream serves both without a split.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     router: &Arc<Router>,
     conn: &mut ConnState,
-    sock: TcpStream,
+    mut sock: S,
     shutdown: &mut watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let (mut rd, mut wr) = sock.into_split();
     let limits = router.config.limits.clone();
     let max_pipeline = router.config.max_pipeline;
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
@@ -213,7 +227,9 @@ async fn session(
             close_after_write |= finish(router, done, &mut wbuf);
         }
         if !wbuf.is_empty() {
-            wr.write_all(&wbuf).await?;
+            sock.write_all(&wbuf).await?;
+            // TLS records leave on flush (a no-op on TCP).
+            sock.flush().await?;
             router.stats.bytes_out(wbuf.len());
             wbuf.clear();
             if wbuf.capacity() > 1 << 20 {
@@ -221,7 +237,7 @@ async fn session(
             }
         }
         if close_after_write || (closing && pending.is_empty()) {
-            let _ = wr.shutdown().await;
+            let _ = sock.shutdown().await;
             return Ok(());
         }
 
@@ -232,7 +248,7 @@ async fn session(
             Some(done) = pending.next(), if !pending.is_empty() => {
                 close_after_write |= finish(router, done, &mut wbuf);
             }
-            r = rd.read_buf(&mut rbuf), if !closing && !held && pending.len() < max_pipeline => {
+            r = sock.read_buf(&mut rbuf), if !closing && !held && pending.len() < max_pipeline => {
                 match r? {
                     0 => return Ok(()),
                     n => router.stats.bytes_in(n),

@@ -7,6 +7,7 @@
 //! * [`dispatch`] — keyed, fan-out and local execution of parsed commands;
 //! * [`local`] — commands the router answers itself (HELLO, CLIENT, INFO, COMMAND, CLUSTER...);
 //! * [`topology`] — the virtual cluster layout advertised to cluster clients;
+//! * [`tls`] — the TLS ports' rustls configuration, reloaded from disk;
 //! * [`backend`] — multiplexed gRPC sessions to nodes and the slot → shard map;
 //! * [`stats`] — counters shared by INFO and /metrics.
 //!
@@ -26,6 +27,7 @@ pub mod multi;
 pub mod save;
 pub mod shards;
 pub mod stats;
+pub mod tls;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -36,15 +38,16 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tessera_common::command::ParseLimits;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::conn::ConnState;
+use crate::conn::{Accepted, ConnState};
 use crate::shards::ShardMap;
 use crate::stats::Stats;
-use crate::topology::{Endpoint, Topology};
+use crate::tls::Tls;
+use crate::topology::{Advertised, Endpoint, Topology};
 
 /// State shared by every connection of one router.
 pub struct Router {
@@ -54,7 +57,12 @@ pub struct Router {
     pub shards: Arc<ShardMap>,
     pub stats: Stats,
     pub started: Instant,
-    pub plain_addr: SocketAddr,
+    /// The plain port's address (None with `--tls-only`).
+    pub plain_addr: Option<SocketAddr>,
+    /// The TLS port's address, when there is one.
+    pub tls_addr: Option<SocketAddr>,
+    /// The TLS ports' configuration, when there are TLS ports.
+    pub tls: Option<Arc<Tls>>,
     pub run_id: String,
     pub saves: save::Saves,
     next_id: AtomicU64,
@@ -101,10 +109,87 @@ impl Router {
     }
 }
 
-/// The sockets a router serves on.
+/// The sockets a router serves on: the plain port and the cluster ports,
+/// and their TLS counterparts (the i-th TLS cluster port serves the same
+/// master as the i-th cluster port).
+#[derive(Default)]
 pub struct Listeners {
-    pub plain: TcpListener,
+    pub plain: Option<TcpListener>,
     pub cluster: Vec<TcpListener>,
+    pub tls: Option<TcpListener>,
+    pub tls_cluster: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds what `args` asks for (no plain ports with `--tls-only`).
+    pub async fn bind(args: &config::Args) -> anyhow::Result<Listeners> {
+        let bind = |a: SocketAddr| async move {
+            TcpListener::bind(a).await.map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))
+        };
+        let mut l = Listeners::default();
+        if !args.tls_only {
+            l.plain = Some(bind(args.listen).await?);
+            for a in &args.cluster_listen {
+                l.cluster.push(bind(*a).await?);
+            }
+        }
+        if let Some(a) = args.tls_listen {
+            l.tls = Some(bind(a).await?);
+        }
+        for a in &args.tls_cluster_listen {
+            l.tls_cluster.push(bind(*a).await?);
+        }
+        Ok(l)
+    }
+
+    /// `plain=A cluster=A,B tls=A tls-cluster=A,B`, each where there is one
+    /// (the start of the `--print-ready` line).
+    pub fn ready_fields(&self) -> std::io::Result<String> {
+        let join = |l: &[TcpListener]| -> std::io::Result<String> {
+            Ok(addrs(l)?.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","))
+        };
+        let mut fields = Vec::new();
+        if let Some(l) = &self.plain {
+            fields.push(format!("plain={}", l.local_addr()?));
+        }
+        if !self.cluster.is_empty() {
+            fields.push(format!("cluster={}", join(&self.cluster)?));
+        }
+        if let Some(l) = &self.tls {
+            fields.push(format!("tls={}", l.local_addr()?));
+        }
+        if !self.tls_cluster.is_empty() {
+            fields.push(format!("tls-cluster={}", join(&self.tls_cluster)?));
+        }
+        Ok(fields.join(" "))
+    }
+}
+
+fn addrs(listeners: &[TcpListener]) -> std::io::Result<Vec<SocketAddr>> {
+    listeners.iter().map(|l| l.local_addr()).collect()
+}
+
+/// The advertised masters: plain and TLS endpoints paired in their order.
+fn advertised(config: &Config, plain: &[SocketAddr], tls: &[SocketAddr]) -> anyhow::Result<Vec<Advertised>> {
+    let pick = |given: &[Endpoint], bound: &[SocketAddr]| match given.is_empty() {
+        true => bound.iter().map(|a| Endpoint::from(*a)).collect::<Vec<_>>(),
+        false => given.to_vec(),
+    };
+    let plain = if config.tls_only { Vec::new() } else { pick(&config.advertise, plain) };
+    let tls = pick(&config.tls_advertise, tls);
+    let out: Vec<Advertised> = match (plain.len(), tls.len()) {
+        (0, 0) => anyhow::bail!("no advertised endpoint: give --cluster-listen or --advertise"),
+        (_, 0) => plain.into_iter().map(|p| Advertised { plain: Some(p), tls: None }).collect(),
+        (0, _) => tls.into_iter().map(|t| Advertised { plain: None, tls: Some(t) }).collect(),
+        (p, t) if p == t => {
+            plain.into_iter().zip(tls).map(|(p, t)| Advertised { plain: Some(p), tls: Some(t) }).collect()
+        }
+        (p, t) => anyhow::bail!(
+            "{p} plain and {t} TLS cluster endpoints: each advertised master has one of each \
+             (--cluster-listen/--advertise pair with --tls-cluster-listen/--tls-advertise)"
+        ),
+    };
+    Ok(out)
 }
 
 /// Discovers the shards, then serves clients until `shutdown` resolves.
@@ -120,22 +205,37 @@ pub async fn run(
     if shards.unserved_slots() > 0 {
         warn!(unserved = shards.unserved_slots(), "some slots have no shard; they answer CLUSTERDOWN");
     }
-    let cluster_addrs: Vec<SocketAddr> = listeners.cluster.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
-    let advertised = match config.advertise.is_empty() {
-        true => cluster_addrs.iter().map(|a| Endpoint::from(*a)).collect(),
-        false => config.advertise.clone(),
-    };
-    if advertised.is_empty() {
-        anyhow::bail!("no advertised endpoint: give --cluster-listen or --advertise");
-    }
-    let topology = Topology::new(advertised);
-    for a in &cluster_addrs {
-        if topology.node_at(*a).is_none() {
-            warn!(addr = %a, "cluster listener is not among the advertised endpoints");
+    let cluster_addrs = addrs(&listeners.cluster)?;
+    let tls_cluster_addrs = addrs(&listeners.tls_cluster)?;
+    let topology = Topology::with_tls(advertised(&config, &cluster_addrs, &tls_cluster_addrs)?);
+    let serving = cluster_addrs.iter().map(|a| (*a, false)).chain(tls_cluster_addrs.iter().map(|a| (*a, true)));
+    for (a, tls) in serving {
+        if topology.node_at(a, tls).is_none() {
+            warn!(addr = %a, tls, "cluster listener is not among the advertised endpoints");
         }
     }
-    let plain_addr = listeners.plain.local_addr()?;
-    let run_id = topology::node_id(&plain_addr);
+    let plain_addr = listeners.plain.as_ref().map(|l| l.local_addr()).transpose()?;
+    let tls_addr = listeners.tls.as_ref().map(|l| l.local_addr()).transpose()?;
+    let Some(first_addr) =
+        plain_addr.or(tls_addr).or(cluster_addrs.first().copied()).or(tls_cluster_addrs.first().copied())
+    else {
+        anyhow::bail!("the router has no port to serve on");
+    };
+    let has_tls = listeners.tls.is_some() || !listeners.tls_cluster.is_empty();
+    let tls = match &config.tls {
+        None if has_tls => anyhow::bail!("TLS ports need --tls-cert and --tls-key"),
+        Some(settings) if has_tls => {
+            let tls = Arc::new(Tls::load(settings.clone())?);
+            // A handler from now on: SIGHUP's default action would stop the router.
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| warn!(error = %e, "no SIGHUP handler; certificates reload on change only"))
+                .ok();
+            tokio::spawn(tls.clone().watch(hangup));
+            Some(tls)
+        }
+        _ => None,
+    };
+    let run_id = topology::node_id(&first_addr);
     let router = Arc::new(Router {
         parse_limits: ParseLimits { max_value_bytes: config.limits.max_bulk_len },
         config,
@@ -144,21 +244,34 @@ pub async fn run(
         stats: Stats::default(),
         started: Instant::now(),
         plain_addr,
+        tls_addr,
+        tls,
         run_id,
         saves: save::Saves::default(),
         next_id: AtomicU64::new(0),
         clients: Mutex::new(HashMap::new()),
     });
-    info!(plain = %plain_addr, cluster = ?cluster_addrs, shards = router.shards.shards().len(), "router serving");
+    info!(plain = ?plain_addr, cluster = ?cluster_addrs, tls = ?tls_addr, tls_cluster = ?tls_cluster_addrs,
+          shards = router.shards.shards().len(), "router serving");
     let probe = router.clone();
     ready.set(Arc::new(move || probe.readiness()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = Vec::new();
-    accept_tasks.push(tokio::spawn(accept_loop(router.clone(), listeners.plain, None, stop_rx.clone())));
+    let mut serve = |l: TcpListener, vnode: Option<usize>, tls: bool| {
+        accept_tasks.push(tokio::spawn(accept_loop(router.clone(), l, vnode, tls, stop_rx.clone())));
+    };
+    if let Some(l) = listeners.plain {
+        serve(l, None, false);
+    }
+    if let Some(l) = listeners.tls {
+        serve(l, None, true);
+    }
     for (l, addr) in listeners.cluster.into_iter().zip(cluster_addrs) {
-        let vnode = router.topology.node_at(addr);
-        accept_tasks.push(tokio::spawn(accept_loop(router.clone(), l, vnode, stop_rx.clone())));
+        serve(l, router.topology.node_at(addr, false), false);
+    }
+    for (l, addr) in listeners.tls_cluster.into_iter().zip(tls_cluster_addrs) {
+        serve(l, router.topology.node_at(addr, true), true);
     }
     shutdown.await;
     info!("router shutting down; draining connections");
@@ -175,7 +288,13 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(router: Arc<Router>, listener: TcpListener, vnode: Option<usize>, stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    router: Arc<Router>,
+    listener: TcpListener,
+    vnode: Option<usize>,
+    tls: bool,
+    stop: watch::Receiver<bool>,
+) {
     loop {
         let sock = match listener.accept().await {
             Ok((s, _)) => s,
@@ -186,16 +305,49 @@ async fn accept_loop(router: Arc<Router>, listener: TcpListener, vnode: Option<u
                 continue;
             }
         };
-        if Stats::get(&router.stats.connected) as usize >= router.config.max_clients {
-            router.stats.connection_rejected();
-            tokio::spawn(reject(sock));
+        let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
             continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let accepted = Accepted { peer, local, vnode, tls };
+        let full = Stats::get(&router.stats.connected) as usize >= router.config.max_clients;
+        if full {
+            router.stats.connection_rejected();
         }
-        tokio::spawn(conn::serve(router.clone(), sock, vnode, stop.clone()));
+        match (tls, &router.tls) {
+            (false, _) if full => drop(tokio::spawn(reject(sock))),
+            (false, _) => drop(tokio::spawn(conn::serve(router.clone(), sock, accepted, stop.clone()))),
+            (true, Some(config)) => {
+                let acceptor = config.acceptor();
+                let router = router.clone();
+                let stop = stop.clone();
+                // The handshake runs in the connection's task, so a slow
+                // client holds up no one else.
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            info!(%peer, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            info!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    match full {
+                        true => reject(stream).await,
+                        false => conn::serve(router, stream, accepted, stop).await,
+                    }
+                });
+            }
+            // `run` refuses TLS listeners without a configuration.
+            (true, None) => {}
+        }
     }
 }
 
-async fn reject(mut sock: TcpStream) {
+async fn reject<S: tokio::io::AsyncWrite + Unpin>(mut sock: S) {
     use tokio::io::AsyncWriteExt;
     let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
     let _ = sock.shutdown().await;

@@ -144,8 +144,9 @@ fn config_get(router: &Router, patterns: &[Bytes]) -> Reply {
         ("proto-max-bulk-len", cfg.limits.max_bulk_len.to_string()),
         ("timeout", "0".into()),
         ("tcp-keepalive", "300".into()),
-        ("port", router.plain_addr.port().to_string()),
-        ("bind", router.plain_addr.ip().to_string()),
+        ("port", router.plain_addr.map_or(0, |a| a.port()).to_string()),
+        ("tls-port", router.tls_addr.map_or(0, |a| a.port()).to_string()),
+        ("bind", router.plain_addr.or(router.tls_addr).map(|a| a.ip().to_string()).unwrap_or_default()),
     ];
     let mut out = Vec::new();
     for (name, value) in params {
@@ -192,9 +193,9 @@ fn command(c: CommandCmd) -> Reply {
 fn cluster(router: &Router, conn: &ConnState, c: ClusterCmd) -> Reply {
     let topo = &router.topology;
     match c {
-        ClusterCmd::Slots => topo.slots_reply(),
+        ClusterCmd::Slots => topo.slots_reply(conn.tls),
         ClusterCmd::Shards => topo.shards_reply(),
-        ClusterCmd::Nodes => Reply::Verbatim(topo.nodes_text(conn.vnode)),
+        ClusterCmd::Nodes => Reply::Verbatim(topo.nodes_text(conn.vnode, conn.tls)),
         ClusterCmd::MyId | ClusterCmd::MyShardId => Reply::bulk_str(&topo.nodes[conn.vnode.unwrap_or(0)].id),
         ClusterCmd::Info => Reply::Verbatim(topo.info_text(conn.vnode, 16384 - router.shards.unserved_slots())),
         ClusterCmd::KeySlot(k) => Reply::Int(keyslot(&k)),

@@ -88,17 +88,39 @@ impl PartialOrd for Endpoint {
     }
 }
 
+/// One advertised master's endpoints: its plain port, its TLS port, or both.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Advertised {
+    pub plain: Option<Endpoint>,
+    pub tls: Option<Endpoint>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualNode {
     pub id: String,
+    /// The plain endpoint; the TLS one where the router serves TLS only.
     pub addr: Endpoint,
+    pub tls: Option<Endpoint>,
     pub slots: SlotRange,
+}
+
+impl VirtualNode {
+    /// The endpoint a client on a TLS (or plain) connection is given, as
+    /// Redis 7 answers with the port of the asking connection's kind.
+    pub fn endpoint(&self, tls: bool) -> &Endpoint {
+        match (tls, &self.tls) {
+            (true, Some(t)) => t,
+            _ => &self.addr,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct Topology {
     pub nodes: Vec<VirtualNode>,
     pub epoch: u64,
+    /// Whether the masters have plain ports (not `--tls-only`).
+    pub plain: bool,
 }
 
 /// A stable 40-hex-character id for an endpoint (FNV-1a based; ids only need
@@ -121,26 +143,48 @@ pub fn node_id(addr: &impl fmt::Display) -> String {
 }
 
 impl Topology {
-    pub fn new(mut advertised: Vec<Endpoint>) -> Topology {
+    /// Masters with plain endpoints only.
+    pub fn new(advertised: Vec<Endpoint>) -> Topology {
+        Topology::with_tls(advertised.into_iter().map(|e| Advertised { plain: Some(e), tls: None }).collect())
+    }
+
+    /// Masters in the order of their plain endpoints (of their TLS ones when
+    /// none has a plain one); ids come from that same endpoint.
+    pub fn with_tls(mut advertised: Vec<Advertised>) -> Topology {
+        advertised.retain(|a| a.plain.is_some() || a.tls.is_some());
         advertised.sort();
         advertised.dedup();
+        let plain = advertised.iter().any(|a| a.plain.is_some());
         let ranges = SlotRange::split_even(advertised.len().max(1));
         let nodes = advertised
             .into_iter()
             .zip(ranges)
-            .map(|(addr, slots)| VirtualNode { id: node_id(&addr), addr, slots })
+            .filter_map(|(a, slots)| {
+                let addr = a.plain.or_else(|| a.tls.clone())?;
+                Some(VirtualNode { id: node_id(&addr), addr, tls: a.tls, slots })
+            })
             .collect();
-        Topology { nodes, epoch: 1 }
+        Topology { nodes, epoch: 1, plain }
     }
 
-    /// The virtual node a connection is talking to, by its local address.
-    pub fn node_at(&self, local: SocketAddr) -> Option<usize> {
+    /// The virtual node a connection is talking to, by its local address
+    /// and whether it came through a TLS listener.
+    pub fn node_at(&self, local: SocketAddr, tls: bool) -> Option<usize> {
         let local = Endpoint::from(local);
-        self.nodes.iter().position(|n| n.addr == local).or_else(|| {
+        let served = |n: &VirtualNode| match tls {
+            true => n.tls.clone(),
+            false => self.plain.then(|| n.addr.clone()),
+        };
+        self.nodes.iter().position(|n| served(n).as_ref() == Some(&local)).or_else(|| {
             // Bound to 0.0.0.0, advertised by name or reached through
             // another local address: match by port.
-            let by_port: Vec<usize> =
-                self.nodes.iter().enumerate().filter(|(_, n)| n.addr.port == local.port).map(|(i, _)| i).collect();
+            let by_port: Vec<usize> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| served(n).is_some_and(|e| e.port == local.port))
+                .map(|(i, _)| i)
+                .collect();
             (by_port.len() == 1).then(|| by_port[0])
         })
     }
@@ -154,20 +198,22 @@ impl Topology {
 
     /// A master's entry in `CLUSTER SLOTS`: the preferred endpoint first;
     /// a name is repeated as the `hostname` metadata, as Redis 7 does.
-    fn node_entry(n: &VirtualNode) -> Reply {
-        let meta = match n.addr.is_name() {
-            true => vec![(Reply::bulk_str("hostname"), Reply::bulk_str(&n.addr.host))],
+    fn node_entry(n: &VirtualNode, tls: bool) -> Reply {
+        let e = n.endpoint(tls);
+        let meta = match e.is_name() {
+            true => vec![(Reply::bulk_str("hostname"), Reply::bulk_str(&e.host))],
             false => Vec::new(),
         };
         Reply::Array(vec![
-            Reply::bulk_str(&n.addr.host),
-            Reply::Int(i64::from(n.addr.port)),
+            Reply::bulk_str(&e.host),
+            Reply::Int(i64::from(e.port)),
             Reply::bulk_str(&n.id),
             Reply::Map(meta),
         ])
     }
 
-    pub fn slots_reply(&self) -> Reply {
+    /// `CLUSTER SLOTS` for a connection that is TLS or not.
+    pub fn slots_reply(&self, tls: bool) -> Reply {
         Reply::Array(
             self.nodes
                 .iter()
@@ -175,7 +221,7 @@ impl Topology {
                     Reply::Array(vec![
                         Reply::Int(i64::from(n.slots.start)),
                         Reply::Int(i64::from(n.slots.end)),
-                        Self::node_entry(n),
+                        Self::node_entry(n, tls),
                     ])
                 })
                 .collect(),
@@ -188,15 +234,21 @@ impl Topology {
             self.nodes
                 .iter()
                 .map(|n| {
-                    let fields = vec![
-                        kv("id", Reply::bulk_str(&n.id)),
-                        kv("port", Reply::Int(i64::from(n.addr.port))),
+                    // Both ports, as Redis 7 lists `port` and `tls-port`.
+                    let mut fields = vec![kv("id", Reply::bulk_str(&n.id))];
+                    if self.plain {
+                        fields.push(kv("port", Reply::Int(i64::from(n.addr.port))));
+                    }
+                    if let Some(t) = &n.tls {
+                        fields.push(kv("tls-port", Reply::Int(i64::from(t.port))));
+                    }
+                    fields.extend([
                         kv(if n.addr.is_name() { "hostname" } else { "ip" }, Reply::bulk_str(&n.addr.host)),
                         kv("endpoint", Reply::bulk_str(&n.addr.host)),
                         kv("role", Reply::bulk_str("master")),
                         kv("replication-offset", Reply::Int(0)),
                         kv("health", Reply::bulk_str("online")),
-                    ];
+                    ]);
                     let node = Reply::Map(fields);
                     Reply::Map(vec![
                         kv(
@@ -214,17 +266,19 @@ impl Topology {
     }
 
     /// `CLUSTER NODES`: LF-terminated lines, `myself` on the connection's node
-    /// (the first one for connections on the plain port).
-    pub fn nodes_text(&self, me: Option<usize>) -> String {
+    /// (the first one for connections on the plain port), with the ports of
+    /// the connection's kind.
+    pub fn nodes_text(&self, me: Option<usize>, tls: bool) -> String {
         let me = me.unwrap_or(0);
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let flags = if i == me { "myself,master" } else { "master" };
-            let cport = n.addr.port.checked_add(10000).unwrap_or(n.addr.port);
-            let hostname = if n.addr.is_name() { format!(",{}", n.addr.host) } else { String::new() };
+            let e = n.endpoint(tls);
+            let cport = e.port.checked_add(10000).unwrap_or(e.port);
+            let hostname = if e.is_name() { format!(",{}", e.host) } else { String::new() };
             out.push_str(&format!(
                 "{} {}:{}@{}{} {} - 0 0 {} connected {}-{}\n",
-                n.id, n.addr.host, n.addr.port, cport, hostname, flags, self.epoch, n.slots.start, n.slots.end
+                n.id, e.host, e.port, cport, hostname, flags, self.epoch, n.slots.start, n.slots.end
             ));
         }
         out
@@ -267,8 +321,9 @@ mod tests {
         assert_eq!(t1.nodes[1].slots, SlotRange::new(8192, 16383));
         assert_eq!(t1.nodes[0].id.len(), 40);
         assert_ne!(t1.nodes[0].id, t1.nodes[1].id);
-        assert_eq!(t1.node_at(b), Some(1));
-        let text = t1.nodes_text(Some(1));
+        assert_eq!(t1.node_at(b, false), Some(1));
+        assert_eq!(t1.node_at(b, true), None);
+        let text = t1.nodes_text(Some(1), false);
         assert!(text.lines().nth(1).unwrap().contains("myself,master"));
         assert!(text.ends_with('\n'));
         assert!(t1.info_text(Some(0), 16384).starts_with("cluster_state:ok\r\n"));
@@ -291,10 +346,10 @@ mod tests {
         let t = Topology::new(vec![b, a]);
         assert_eq!(t.nodes[0].addr.port, 7001);
         // Listening on 0.0.0.0:7002 is the second advertised master.
-        assert_eq!(t.node_at("0.0.0.0:7002".parse().unwrap()), Some(1));
-        let text = t.nodes_text(None);
+        assert_eq!(t.node_at("0.0.0.0:7002".parse().unwrap(), false), Some(1));
+        let text = t.nodes_text(None, false);
         assert!(text.contains(" router:7001@17001,router myself,master "), "{text}");
-        match t.slots_reply() {
+        match t.slots_reply(false) {
             Reply::Array(ranges) => match &ranges[0] {
                 Reply::Array(r) => assert_eq!(
                     r[2],

@@ -38,7 +38,7 @@ pub struct ProcessArgs {
     pub worker_threads: Option<usize>,
     /// Print one `READY ...` line with the bound addresses on stdout once
     /// listening (node: `READY <grpc> <metrics>`; router:
-    /// `READY plain=<addr> cluster=<a,b> metrics=<addr>`).
+    /// `READY plain=<addr> cluster=<a,b> [tls=<addr> tls-cluster=<a,b>] metrics=<addr>`).
     #[arg(long)]
     pub print_ready: bool,
 }

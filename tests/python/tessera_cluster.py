@@ -60,7 +60,7 @@ def _ready(proc, timeout=30):
 
 
 class LocalCluster:
-    def __init__(self, nodes=3, shards_per_node=2, bin_dir=None):
+    def __init__(self, nodes=3, shards_per_node=2, bin_dir=None, router_args=()):
         self.bin = bin_dir or os.environ.get("TESSERA_BIN_DIR",
                                              os.path.expanduser("~/.cache/tessera/target/debug"))
         self.dir = tempfile.mkdtemp(prefix="tessera-py-")
@@ -78,16 +78,16 @@ class LocalCluster:
                                              "--shards", str(nodes * shards_per_node),
                                              "--data-dir", os.path.join(self.dir, f"node-{n + 1}")])
             self.node_metrics.append(_ready(p)[2])
-        p = self._spawn("router", [f"{self.bin}/tessera-router", "--listen", "127.0.0.1:0",
-                                   "--cluster-listen", "127.0.0.1:0,127.0.0.1:0",
-                                   "--metrics-listen", "127.0.0.1:0", "--print-ready",
-                                   "--node", ",".join(addrs)])
-        fields = dict(f.split("=", 1) for f in _ready(p)[1:])
+        self.node_addrs = addrs
+        fields = self.start_router("router", router_args)
         self.plain = fields["plain"]
         self.metrics = fields["metrics"]
         self.cluster = fields["cluster"].split(",")
         self.plain_port = int(self.plain.rsplit(":", 1)[1])
         self.cluster_ports = [int(a.rsplit(":", 1)[1]) for a in self.cluster]
+        # TLS ports, where router_args asked for them.
+        self.tls_port = int(fields["tls"].rsplit(":", 1)[1]) if "tls" in fields else None
+        self.tls_cluster_ports = [int(a.rsplit(":", 1)[1]) for a in fields.get("tls-cluster", "").split(",") if a]
         deadline = time.time() + 30
         while True:
             try:
@@ -97,6 +97,22 @@ class LocalCluster:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def start_router(self, name, extra_args=(), listen=True):
+        """Starts a router in front of this cluster's nodes; returns the
+        fields of its READY line (`plain`, `cluster`, `tls`, `tls-cluster`,
+        `metrics`). With listen=False, only the extra arguments say what it
+        listens on."""
+        argv = [f"{self.bin}/tessera-router", "--metrics-listen", "127.0.0.1:0", "--print-ready",
+                "--node", ",".join(self.node_addrs)]
+        if listen:
+            argv += ["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0,127.0.0.1:0"]
+        p = self._spawn(name, argv + list(extra_args))
+        return dict(f.split("=", 1) for f in _ready(p)[1:])
+
+    def pid(self, name):
+        """The process id of the process started as `name`."""
+        return next(p.pid for n, p, _ in self.procs if n == name)
 
     def _spawn(self, name, argv):
         log = open(os.path.join(self.dir, f"{name}.log"), "wb")

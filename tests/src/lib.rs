@@ -2,6 +2,7 @@
 //! port 0, waits for them to be ready (with deadlines, never fixed sleeps),
 //! and gives tests addresses, raw RESP connections and log dumps on failure.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -94,6 +95,9 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub plain: SocketAddr,
     pub cluster: Vec<SocketAddr>,
+    /// The router's TLS ports, where its flags ask for them.
+    pub tls: Option<SocketAddr>,
+    pub tls_cluster: Vec<SocketAddr>,
     pub router_metrics: SocketAddr,
     pub node_addrs: Vec<SocketAddr>,
     /// Each node's /metrics address (updated when a node restarts).
@@ -219,6 +223,8 @@ impl Cluster {
             dir: dir.clone(),
             plain: "0.0.0.0:0".parse()?,
             cluster: Vec::new(),
+            tls: None,
+            tls_cluster: Vec::new(),
             router_metrics: "0.0.0.0:0".parse()?,
             node_addrs: node_addrs.clone(),
             node_metrics: vec![SocketAddr::from(([0, 0, 0, 0], 0)); nodes],
@@ -299,6 +305,8 @@ impl Cluster {
             match k {
                 "plain" => c.plain = v.parse()?,
                 "cluster" => c.cluster = v.split(',').map(|a| a.parse()).collect::<Result<_, _>>()?,
+                "tls" => c.tls = Some(v.parse()?),
+                "tls-cluster" => c.tls_cluster = v.split(',').map(|a| a.parse()).collect::<Result<_, _>>()?,
                 "metrics" => c.router_metrics = v.parse()?,
                 _ => {}
             }
@@ -310,6 +318,27 @@ impl Cluster {
         }
         c.wait_serving(start_wait())?;
         Ok(c)
+    }
+
+    /// Starts another router in front of the nodes with exactly `args`
+    /// (besides `--node` and `--print-ready`), stopped with the cluster;
+    /// the fields of its READY line (`plain`, `tls`, ...).
+    pub fn add_router(&mut self, name: &str, args: &[&str]) -> anyhow::Result<HashMap<String, String>> {
+        let nodes: Vec<String> = self.node_addrs.iter().map(|a| a.to_string()).collect();
+        let mut argv: Vec<std::ffi::OsString> =
+            vec!["--print-ready".into(), "--metrics-listen".into(), "127.0.0.1:0".into(), "--node".into()];
+        argv.push(nodes.join(",").into());
+        argv.extend(args.iter().map(|a| a.into()));
+        let log = self.dir.join(format!("{name}.log"));
+        let bin = bin_dir().join("tessera-router");
+        self.procs.push(Proc { name: name.into(), child: None, log, args: argv, bin });
+        let ready = self.procs.last_mut().expect("pushed").spawn()?;
+        Ok(ready
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 
     /// The OS process id of node `id` (1-based), while it runs.

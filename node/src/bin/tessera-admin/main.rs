@@ -8,6 +8,7 @@
 //! tessera-admin --node 127.0.0.1:7101 remove-node 1
 //! tessera-admin --node 127.0.0.1:7101 rebalance [--dry-run]
 //! tessera-admin --node 127.0.0.1:7101 step-down
+//! tessera-admin certs --dir ./tls [--host router.example] [--days 365]
 //! ```
 //! Any node will do: requests find the meta leader by themselves, except
 //! `step-down`, which acts on the first `--node`.
@@ -68,6 +69,21 @@ enum Cmd {
     /// Hands every leadership the first `--node` holds to another voter of
     /// the group, and waits until it leads nothing (a preStop hook).
     StepDown,
+    /// Writes a throwaway CA and certificates it signs into a folder, for
+    /// a local or test cluster's TLS: ca.crt/key, server.crt/key (for
+    /// localhost, 127.0.0.1, ::1 and each --host) and client.crt/key.
+    /// Talks to no node.
+    Certs {
+        /// The folder to write (created if missing; files are replaced).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Another name or address the server certificate is valid for.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// How long the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 /// What every command talks to: the nodes given, the admin channels, and
@@ -214,6 +230,10 @@ fn finish(result: Result<(), String>) -> ExitCode {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Cmd::Certs { dir, hosts, days } = &args.cmd {
+        let written = tessera_node::certs::write_set(dir, hosts, *days).map_err(|e| format!("{e:#}"));
+        return finish(written.map(|_| println!("OK certificates in {}", dir.display())));
+    }
     let c = Cluster {
         nodes: args.nodes,
         clients: AdminClients::default(),
@@ -224,6 +244,7 @@ async fn main() -> ExitCode {
         Cmd::Status => return finish(status(&c).await.map(|s| print!("{s}")).map_err(|e| e.to_string())),
         Cmd::Rebalance { dry_run } => return finish(rebalance::rebalance(&c, *dry_run).await),
         Cmd::StepDown => return finish(step_down::step_down(&c).await),
+        Cmd::Certs { .. } => unreachable!("handled above"),
         Cmd::AddNode { id, addr } => AdminRequest::AddNode { id: *id, addr: addr.clone() },
         Cmd::RemoveNode { id } => AdminRequest::RemoveNode { id: *id },
         Cmd::MoveReplica { group, from, to } => match group_id(group) {
