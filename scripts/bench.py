@@ -11,7 +11,10 @@ Tessera's writes are always replicated to 3 fsync'd Raft logs. Then scripts:
 the router vs the same function called in-process). Last, models:
 `tessera-model-bench` (TENSORSET -> MODELEXECUTE -> TENSORGET through the
 router vs ONNX Runtime in-process; latency at 1 client, throughput at 64
-with and without BATCHSIZE). Then DAGs: `tessera-dag-bench` (the mnist
+with and without BATCHSIZE, and through the router's TLS port against its
+plain port). TLS: GET/SET 1 KiB through the router's TLS port against its
+plain port, A/B/A/B (client certificates required, as Redis's default).
+Then DAGs: `tessera-dag-bench` (the mnist
 round and the fraud shape as one AI.DAGEXECUTE against three or four calls
 and in-process ORT; read-only DAG throughput at 16 and 64 clients), on
 fresh clusters for each setting of read-only DAGs: the default (lease),
@@ -21,6 +24,7 @@ the DAG part."""
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,7 +88,12 @@ def dag_run(a, testdata, label, env, rport):
     """One tessera-dag-bench run on a fresh cluster started with `env`."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    cluster = LocalCluster(bin_dir=a.bin_dir)
+    certs = tempfile.mkdtemp(prefix="tessera-bench-tls-")
+    subprocess.run([os.path.join(a.bin_dir, "tessera-admin"), "certs", "--dir", certs], check=True,
+                   capture_output=True)
+    cluster = LocalCluster(bin_dir=a.bin_dir, router_args=[
+        "--tls-listen", "127.0.0.1:0", "--tls-cert", f"{certs}/server.crt", "--tls-key", f"{certs}/server.key",
+        "--tls-ca-cert", f"{certs}/ca.crt"])
     try:
         db = [os.path.join(a.bin_dir, "tessera-dag-bench"), "--router", cluster.plain,
               "--testdata", os.path.join(testdata, "redisai"), "--label", label,
@@ -110,7 +119,12 @@ def others(a, testdata):
     rdir = tempfile.mkdtemp(prefix="tessera-bench-redis-")
     redis_srv = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                                   "--appendonly", "no", "--dir", rdir], stdout=subprocess.DEVNULL)
-    cluster = LocalCluster(bin_dir=a.bin_dir)
+    certs = tempfile.mkdtemp(prefix="tessera-bench-tls-")
+    subprocess.run([os.path.join(a.bin_dir, "tessera-admin"), "certs", "--dir", certs], check=True,
+                   capture_output=True)
+    cluster = LocalCluster(bin_dir=a.bin_dir, router_args=[
+        "--tls-listen", "127.0.0.1:0", "--tls-cert", f"{certs}/server.crt", "--tls-key", f"{certs}/server.key",
+        "--tls-ca-cert", f"{certs}/ca.crt"])
     try:
         for _ in range(100):
             if subprocess.run(["redis-cli", "-p", str(rport), "PING"], capture_output=True).stdout.strip() == b"PONG":
@@ -143,6 +157,19 @@ def others(a, testdata):
         for p, target in ((1, 0.5), (16, 0.3)):
             ratios = [t / r for (_, pp, t, r) in rows if pp == p]
             print(f"P={p}: min ratio {min(ratios):.2f}, mean {sum(ratios) / len(ratios):.2f} (target >= {target})")
+
+        # TLS: the router's TLS port against its plain port, interleaved.
+        tls = ["--tls", "--cacert", f"{certs}/ca.crt", "--cert", f"{certs}/client.crt", "--key", f"{certs}/client.key"]
+        print()
+        for p, n in ((1, n1), (16, n16)):
+            for name, args in (("SET 1KiB", ["-t", "set", "-d", "1024"]), ("GET 1KiB", ["-t", "get", "-d", "1024"])):
+                plain_rps, tls_rps = [], []
+                for _ in range(2):
+                    plain_rps.append(bench(tport, n, p, args))
+                    tls_rps.append(bench(cluster.tls_port, n, p, args + tls))
+                print(f"TLS {name:10s} P={p:<3d} plain {' '.join(f'{r:>8.0f}' for r in plain_rps)} rps   "
+                      f"TLS {' '.join(f'{r:>8.0f}' for r in tls_rps)} rps   "
+                      f"ratio {sum(tls_rps) / sum(plain_rps):5.2f} (target >= 0.8)", flush=True)
 
         # Durable writes: Tessera replicates every write to 3 fsync'd Raft
         # logs before it answers; the fair Redis is one with an fsync'd AOF.
@@ -182,7 +209,8 @@ def others(a, testdata):
         # in-process (same library, same thread settings), in this run.
         print(flush=True)
         mb = [os.path.join(a.bin_dir, "tessera-model-bench"), "--router", f"127.0.0.1:{tport}",
-              "--testdata", os.path.join(testdata, "redisai")]
+              "--testdata", os.path.join(testdata, "redisai"),
+              "--tls-router", f"127.0.0.1:{cluster.tls_port}", "--tls-dir", certs]
         mb += ["--requests", "300", "--clients", "64", "--seconds", "3"] if a.quick else \
               ["--requests", "3000", "--clients", "64", "--seconds", "15"]
         # A smoke run must not fail CI on a loaded box: redis-rs's 500 ms
@@ -199,6 +227,7 @@ def others(a, testdata):
         cluster.stop()
         redis_srv.terminate()
         redis_srv.wait()
+        shutil.rmtree(certs, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 //!     with BATCHSIZE, against ONNX Runtime in-process running the same
 //!     batches (one thread, batch = N).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,27 @@ struct Args {
     /// `cudnn/lib`) to preload for the in-process GPU runs.
     #[arg(long)]
     cuda_libs: Option<PathBuf>,
+    /// The same router's TLS port: adds (c), TLS against plain, A/B/A/B.
+    #[arg(long, requires = "tls_dir")]
+    tls_router: Option<String>,
+    /// `ca.crt`, `client.crt` and `client.key` for --tls-router (the layout
+    /// `tessera-admin certs` writes).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+}
+
+/// A client of a router's plain port, or of its TLS port with the
+/// certificates in `tls_dir`.
+fn redis_client(addr: &str, tls_dir: Option<&Path>) -> Result<redis::Client> {
+    let Some(dir) = tls_dir else {
+        return Ok(redis::Client::open(format!("redis://{addr}/"))?);
+    };
+    let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+    let certs = redis::TlsCertificates {
+        client_tls: Some(redis::ClientTlsConfig { client_cert: read("client.crt")?, client_key: read("client.key")? }),
+        root_cert: Some(read("ca.crt")?),
+    };
+    Ok(redis::Client::build_with_tls(format!("rediss://{addr}/"), certs)?)
 }
 
 struct Case {
@@ -136,8 +157,13 @@ fn config() -> redis::AsyncConnectionConfig {
 }
 
 /// Runs per second with `clients` connections, each looping set/run/get.
-async fn router_throughput(url: &str, model: &str, input: &Tensor, clients: usize, secs: f64) -> Result<f64> {
-    let client = redis::Client::open(url)?;
+async fn router_throughput(
+    client: &redis::Client,
+    model: &str,
+    input: &Tensor,
+    clients: usize,
+    secs: f64,
+) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -203,8 +229,7 @@ async fn main() -> Result<()> {
         Case { name: "linear_iris (tiny)", blob: read("linear_iris.onnx")?, input: iris },
         Case { name: "mnist", blob: read("mnist.onnx")?, input: one.clone() },
     ];
-    let url = format!("redis://{}/", a.router);
-    let client = redis::Client::open(url.as_str())?;
+    let client = redis_client(&a.router, None)?;
     let mut con = client.get_multiplexed_async_connection_with_config(&config()).await?;
 
     println!(
@@ -295,8 +320,8 @@ async fn main() -> Result<()> {
         i += 1;
     }
     let local_varying = samples as f64 / start.elapsed().as_secs_f64();
-    let plain = router_throughput(&url, "bench:plain{t}", &one, a.clients, a.seconds).await?;
-    let with_batch = router_throughput(&url, "bench:batched{t}", &one, a.clients, a.seconds).await?;
+    let plain = router_throughput(&client, "bench:plain{t}", &one, a.clients, a.seconds).await?;
+    let with_batch = router_throughput(&client, "bench:batched{t}", &one, a.clients, a.seconds).await?;
     println!("in-process ORT, batch {:>3}: {:>9.0} samples/s", a.clients, local_batched);
     println!("in-process ORT, batch   1: {:>9.0} samples/s", local_single);
     println!("in-process ORT, batch 1..{}, each size in turn: {:>9.0} samples/s", a.clients, local_varying);
@@ -311,5 +336,40 @@ async fn main() -> Result<()> {
         with_batch,
         with_batch / local_batched
     );
+    if let (Some(tls_addr), Some(dir)) = (&a.tls_router, &a.tls_dir) {
+        tls_against_plain(&a, &client, &redis_client(tls_addr, Some(dir))?, &one).await?;
+    }
+    Ok(())
+}
+
+/// (c) The mnist round at one client and mnist throughput, through the TLS
+/// port and the plain port of the same router, alternating A/B/A/B.
+async fn tls_against_plain(a: &Args, plain: &redis::Client, tls: &redis::Client, one: &Tensor) -> Result<()> {
+    println!("== (c) TLS against plain on the same router, mnist, A/B/A/B");
+    let mut pcon = plain.get_multiplexed_async_connection_with_config(&config()).await?;
+    let mut tcon = tls.get_multiplexed_async_connection_with_config(&config()).await?;
+    let key = "bench:m1{b1}";
+    through_router(&mut tcon, key, one, a.requests / 10, "b1").await?;
+    for round in 1..=2 {
+        let p = through_router(&mut pcon, key, one, a.requests, "b1").await?.total;
+        let t = through_router(&mut tcon, key, one, a.requests, "b1").await?.total;
+        println!(
+            "round {round}: 1 client, plain p50 {:>7.1} us p99 {:>7.1} us | TLS p50 {:>7.1} us p99 {:>7.1} us | rounds/s TLS/plain {:.2}",
+            us(pct(&p, 0.5)),
+            us(pct(&p, 0.99)),
+            us(pct(&t, 0.5)),
+            us(pct(&t, 0.99)),
+            us(pct(&p, 0.5)) / us(pct(&t, 0.5)),
+        );
+        let p = router_throughput(plain, "bench:plain{t}", one, a.clients, a.seconds).await?;
+        let t = router_throughput(tls, "bench:plain{t}", one, a.clients, a.seconds).await?;
+        println!(
+            "round {round}: {} clients, plain {:>8.0} samples/s | TLS {:>8.0} samples/s | TLS/plain {:.2}",
+            a.clients,
+            p,
+            t,
+            t / p
+        );
+    }
     Ok(())
 }

@@ -2,12 +2,15 @@
 # Local Tessera cluster on loopback: 3 storage nodes, 3*S shards each
 # replicated on all three (one Raft group per shard), and one router. Data, logs and pids live under .tessera/ in the repository.
 #
-#   deploy/local/cluster.sh up [--shards-per-node S] [--no-demo] [--debug] [--fresh]
+#   deploy/local/cluster.sh up [--shards-per-node S] [--no-demo] [--debug] [--fresh] [--tls]
 #   deploy/local/cluster.sh down
 #   deploy/local/cluster.sh status
 #
 # Ports: router plain 7000, cluster 7001 and 7002 (advertised masters),
-# metrics 9121; nodes gRPC 7101-7103, metrics 9101-9103.
+# metrics 9121; nodes gRPC 7101-7103, metrics 9101-9103. With --tls the
+# router also serves TLS on 7010 (plain port's twin) and 7011/7012 (cluster
+# ports' twins), with a throwaway CA and certificates made once in
+# .tessera/tls by `tessera-admin certs` (client certificates required).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -17,6 +20,7 @@ SPN=2
 DEMO=1
 FRESH=0
 PROFILE=release
+TLS=0
 CMD="${1:-up}"; shift || true
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,6 +28,7 @@ while [ $# -gt 0 ]; do
     --no-demo) DEMO=0; shift ;;
     --debug) PROFILE=debug; shift ;;
     --fresh) FRESH=1; shift ;;
+    --tls) TLS=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -94,8 +99,15 @@ for ((n = 1; n <= NODES; n++)); do
   NODE_ADDRS+=("127.0.0.1:$port")
 done
 echo "nodes: $PEERS ($SHARDS shards, each replicated on 3 nodes)"
+TLS_ARGS=()
+if [ $TLS = 1 ]; then
+  CERTS="$STATE/tls"
+  [ -f "$CERTS/server.crt" ] || "$BIN/tessera-admin" certs --dir "$CERTS" >/dev/null
+  TLS_ARGS=(--tls-listen 127.0.0.1:7010 --tls-cluster-listen 127.0.0.1:7011,127.0.0.1:7012
+            --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-ca-cert "$CERTS/ca.crt")
+fi
 "$BIN/tessera-router" --listen 127.0.0.1:7000 --cluster-listen 127.0.0.1:7001,127.0.0.1:7002 \
-  --metrics-listen 127.0.0.1:9121 --node "$(IFS=,; echo "${NODE_ADDRS[*]}")" \
+  --metrics-listen 127.0.0.1:9121 --node "$(IFS=,; echo "${NODE_ADDRS[*]}")" "${TLS_ARGS[@]}" \
   >>"$STATE/logs/router.log" 2>&1 &
 echo $! >"$STATE/pids/router.pid"
 
@@ -120,6 +132,12 @@ Data survives restarts: it lives under $STATE/node-*/ (delete it for a fresh clu
   cluster admin:    $BIN/tessera-admin --node 127.0.0.1:7101 status   (also add-node, move-replica, remove-node, transfer-leader)
   stop:             deploy/local/cluster.sh down
 MSG
+if [ $TLS = 1 ]; then
+  cat <<MSG
+  TLS clients:      redis-cli -c -p 7011 --tls --cacert $CERTS/ca.crt --cert $CERTS/client.crt --key $CERTS/client.key
+                    (plain port's twin: 7010; certificates in $CERTS)
+MSG
+fi
 
 if [ $DEMO = 1 ]; then
   echo

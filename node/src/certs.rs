@@ -159,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_set_is_signed_by_its_ca_and_names_loopback() {
+    fn a_set_is_written_in_pem_with_keys_readable_by_the_owner_only() {
         let dir = std::env::temp_dir().join(format!("tessera-certs-{}", std::process::id()));
         write_set(&dir, &["router.example".to_string()], 2).unwrap();
         for f in ["ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key"] {

@@ -365,4 +365,48 @@ mod tests {
             r => panic!("{r:?}"),
         }
     }
+
+    #[test]
+    fn tls_endpoints_pair_with_plain_ones() {
+        let ep = |s: &str| -> Endpoint { s.parse().unwrap() };
+        let pair = |p: &str, t: &str| Advertised { plain: Some(ep(p)), tls: Some(ep(t)) };
+        let t = Topology::with_tls(vec![
+            pair("127.0.0.1:7002", "127.0.0.1:7012"),
+            pair("127.0.0.1:7001", "127.0.0.1:7011"),
+        ]);
+        // Ordered and named by the plain endpoints, as without TLS.
+        let plain_only = Topology::new(vec![ep("127.0.0.1:7001"), ep("127.0.0.1:7002")]);
+        for (n, p) in t.nodes.iter().zip(&plain_only.nodes) {
+            assert_eq!((&n.id, &n.addr, n.slots), (&p.id, &p.addr, p.slots));
+        }
+        assert_eq!(t.nodes[0].tls, Some(ep("127.0.0.1:7011")));
+        assert_eq!(t.node_at("127.0.0.1:7012".parse().unwrap(), true), Some(1));
+        assert_eq!(t.node_at("127.0.0.1:7012".parse().unwrap(), false), None);
+        assert_eq!(t.node_at("0.0.0.0:7011".parse().unwrap(), true), Some(0));
+        let port_of = |r: &Reply| match r {
+            Reply::Array(ranges) => match &ranges[0] {
+                Reply::Array(r) => match &r[2] {
+                    Reply::Array(n) => n[1].clone(),
+                    n => panic!("{n:?}"),
+                },
+                r => panic!("{r:?}"),
+            },
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(port_of(&t.slots_reply(false)), Reply::Int(7001));
+        assert_eq!(port_of(&t.slots_reply(true)), Reply::Int(7011));
+        assert!(t.nodes_text(None, true).contains(" 127.0.0.1:7011@17011 myself,master "));
+        assert!(t.nodes_text(None, false).contains(" 127.0.0.1:7001@17001 myself,master "));
+        let shards = format!("{:?}", t.shards_reply());
+        assert!(shards.contains("\"port\"") && shards.contains("\"tls-port\""), "{shards}");
+
+        // TLS only: the TLS endpoints name the masters, and there is no `port`.
+        let only = Topology::with_tls(vec![Advertised { plain: None, tls: Some(ep("127.0.0.1:7011")) }]);
+        assert!(!only.plain);
+        assert_eq!(only.nodes[0].id, node_id(&ep("127.0.0.1:7011")));
+        assert_eq!(only.node_at("127.0.0.1:7011".parse().unwrap(), true), Some(0));
+        assert_eq!(only.node_at("127.0.0.1:7011".parse().unwrap(), false), None);
+        let shards = format!("{:?}", only.shards_reply());
+        assert!(!shards.contains("\"port\"") && shards.contains("\"tls-port\""), "{shards}");
+    }
 }
