@@ -140,10 +140,11 @@ pub fn write_set(dir: &Path, hosts: &[String], days: u32) -> anyhow::Result<Ca> 
 pub fn write(dir: &Path, name: &str, text: &str, secret: bool) -> anyhow::Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
+    // A fresh file (not one left behind, or a link), so the mode holds.
+    let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(if secret { 0o600 } else { 0o644 })
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;

@@ -151,6 +151,9 @@ impl Args {
             if self.tls_only {
                 anyhow::bail!("--tls-only needs --tls-listen or --tls-cluster-listen");
             }
+            if !self.tls_advertise.is_empty() {
+                anyhow::bail!("--tls-advertise needs TLS ports (--tls-cluster-listen)");
+            }
             return Ok(None);
         }
         if self.tls_only && !self.advertise.is_empty() {

@@ -237,7 +237,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if close_after_write || (closing && pending.is_empty()) {
-            let _ = sock.shutdown().await;
+            // Bounded: on TLS, shutting down writes a close_notify, which a
+            // client that stopped reading would hold up forever.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sock.shutdown()).await;
             return Ok(());
         }
 

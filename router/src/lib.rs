@@ -175,12 +175,19 @@ fn advertised(config: &Config, plain: &[SocketAddr], tls: &[SocketAddr]) -> anyh
         true => bound.iter().map(|a| Endpoint::from(*a)).collect::<Vec<_>>(),
         false => given.to_vec(),
     };
+    if !config.advertise.is_empty() && config.tls_advertise.is_empty() && !tls.is_empty() {
+        anyhow::bail!("--advertise names the fleet's plain endpoints: give --tls-advertise for its TLS ones too");
+    }
     let plain = if config.tls_only { Vec::new() } else { pick(&config.advertise, plain) };
     let tls = pick(&config.tls_advertise, tls);
     let out: Vec<Advertised> = match (plain.len(), tls.len()) {
+        (0, 0) if config.tls_only => {
+            anyhow::bail!("no advertised endpoint: give --tls-cluster-listen or --tls-advertise")
+        }
         (0, 0) => anyhow::bail!("no advertised endpoint: give --cluster-listen or --advertise"),
         (_, 0) => plain.into_iter().map(|p| Advertised { plain: Some(p), tls: None }).collect(),
-        (0, _) => tls.into_iter().map(|t| Advertised { plain: None, tls: Some(t) }).collect(),
+        (0, _) if config.tls_only => tls.into_iter().map(|t| Advertised { plain: None, tls: Some(t) }).collect(),
+        (0, _) => anyhow::bail!("TLS cluster ports pair with plain ones (--cluster-listen), unless --tls-only"),
         (p, t) if p == t => {
             plain.into_iter().zip(tls).map(|(p, t)| Advertised { plain: Some(p), tls: Some(t) }).collect()
         }
@@ -235,6 +242,9 @@ pub async fn run(
         }
         _ => None,
     };
+    if tls_addr.is_some() && topology.nodes.iter().all(|n| n.tls.is_none()) {
+        warn!("no TLS cluster ports: cluster clients on the TLS port are given the plain cluster endpoints");
+    }
     let run_id = topology::node_id(&first_addr);
     let router = Arc::new(Router {
         parse_limits: ParseLimits { max_value_bytes: config.limits.max_bulk_len },
@@ -310,39 +320,72 @@ async fn accept_loop(
         };
         let _ = sock.set_nodelay(true);
         let accepted = Accepted { peer, local, vnode, tls };
-        let full = Stats::get(&router.stats.connected) as usize >= router.config.max_clients;
+        let open = Stats::get(&router.stats.connected) + Stats::get(&router.stats.handshaking);
+        let full = open as usize >= router.config.max_clients;
         if full {
             router.stats.connection_rejected();
         }
         match (tls, &router.tls) {
             (false, _) if full => drop(tokio::spawn(reject(sock))),
             (false, _) => drop(tokio::spawn(conn::serve(router.clone(), sock, accepted, stop.clone()))),
+            // Over the limit, a TLS client is closed before its handshake,
+            // as Redis does: no error can reach it without one.
+            (true, Some(_)) if full => drop(sock),
             (true, Some(config)) => {
                 let acceptor = config.acceptor();
-                let router = router.clone();
+                let handshake = Handshaking::new(router.clone(), peer);
                 let stop = stop.clone();
                 // The handshake runs in the connection's task, so a slow
                 // client holds up no one else.
                 tokio::spawn(async move {
                     let stream = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                         Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            info!(%peer, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            info!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+                        Ok(Err(e)) => return handshake.failed(&e),
+                        Err(_) => return handshake.failed(&"no handshake within 10 s"),
                     };
-                    match full {
-                        true => reject(stream).await,
-                        false => conn::serve(router, stream, accepted, stop).await,
-                    }
+                    let router = handshake.done();
+                    conn::serve(router, stream, accepted, stop).await
                 });
             }
             // `run` refuses TLS listeners without a configuration.
             (true, None) => {}
+        }
+    }
+}
+
+/// A TLS connection in its handshake, counted in `Stats::handshaking`
+/// until it is done or dropped.
+struct Handshaking {
+    router: Option<Arc<Router>>,
+    peer: SocketAddr,
+}
+
+impl Handshaking {
+    fn new(router: Arc<Router>, peer: SocketAddr) -> Handshaking {
+        router.stats.handshaking.fetch_add(1, Ordering::Relaxed);
+        Handshaking { router: Some(router), peer }
+    }
+
+    /// The handshake succeeded: the connection counts as connected from here.
+    fn done(mut self) -> Arc<Router> {
+        let router = self.router.take().expect("taken once");
+        router.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
+        router
+    }
+
+    /// The handshake failed: counted and logged (rate-limited).
+    fn failed(self, why: &dyn std::fmt::Display) {
+        if let Some(r) = &self.router {
+            r.stats.handshake_failed();
+        }
+        tls::log_refused(self.peer, why);
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        if let Some(r) = self.router.take() {
+            r.stats.handshaking.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

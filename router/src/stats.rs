@@ -11,6 +11,9 @@ pub struct Stats {
     pub connections_total: AtomicU64,
     pub connected: AtomicU64,
     pub rejected: AtomicU64,
+    /// TLS connections in their handshake (they count against
+    /// `--max-clients` too).
+    pub handshaking: AtomicU64,
     pub commands: AtomicU64,
     pub errors: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -35,6 +38,11 @@ impl Stats {
     pub fn connection_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tessera_router_rejected_connections_total").increment(1);
+    }
+
+    /// A TLS handshake that failed or timed out.
+    pub fn handshake_failed(&self) {
+        metrics::counter!("tessera_router_tls_handshake_failures_total").increment(1);
     }
 
     /// One command finished with `code` (`ok` or an error code) after `took`.

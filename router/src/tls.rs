@@ -3,10 +3,13 @@
 //!
 //! One configuration serves every TLS listener. A reload builds a new
 //! [`ServerConfig`] and swaps the `Arc` new handshakes take; connections
-//! already open keep the session they negotiated. The session cache and the
-//! ticket key survive reloads, so clients resume across them. A reload that
-//! fails (a half-written file, a key that does not match its certificate)
-//! is logged and the previous configuration stays.
+//! already open keep the session they negotiated. A reload also starts a new
+//! session cache and ticket key: rustls does not check a client certificate
+//! again when a session resumes, so sessions from before a reload (a CA
+//! removed, a client certificate replaced) must not resume after it. A
+//! reload that fails (a half-written file, a key that does not match its
+//! certificate) is logged and the previous configuration stays; it is tried
+//! again when the files change again.
 //!
 //! Client certificates follow Redis's `tls-auth-clients`: `yes` (Redis's
 //! default) refuses a client without a certificate signed by the CA,
@@ -15,6 +18,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -32,7 +36,7 @@ use tracing::{info, warn};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sessions remembered for resumption without tickets (TLS 1.2 clients
-/// that send none), shared by every listener.
+/// that send none), shared by every listener until the next reload.
 const SESSION_CACHE: usize = 4096;
 
 /// `--tls-auth-clients`, as Redis's `tls-auth-clients`.
@@ -106,11 +110,16 @@ impl TlsSettings {
 pub struct Tls {
     settings: TlsSettings,
     provider: Arc<CryptoProvider>,
-    sessions: Arc<dyn StoresServerSessions>,
-    ticketer: Arc<dyn ProducesTickets>,
     current: RwLock<Arc<ServerConfig>>,
-    /// The files' modification times when `current` was built.
-    stamps: Mutex<Vec<Option<SystemTime>>>,
+    stamps: Mutex<Stamps>,
+}
+
+/// The files' modification times at the last reload, and at the last
+/// failed one (not tried again until they change once more).
+#[derive(Default)]
+struct Stamps {
+    loaded: Vec<Option<SystemTime>>,
+    failed: Option<Vec<Option<SystemTime>>>,
 }
 
 impl fmt::Debug for Tls {
@@ -137,11 +146,10 @@ impl Tls {
         // curves are what Redis clients (OpenSSL) negotiate today.
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
-        let ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session tickets")?;
-        let stamps = Mutex::new(stamps(&settings.files()));
-        let config = build(&settings, &provider, &sessions, &ticketer)?;
-        Ok(Tls { settings, provider, sessions, ticketer, current: RwLock::new(Arc::new(config)), stamps })
+        let loaded = stamps(&settings.files());
+        let config = build(&settings, &provider)?;
+        let stamps = Mutex::new(Stamps { loaded, failed: None });
+        Ok(Tls { settings, provider, current: RwLock::new(Arc::new(config)), stamps })
     }
 
     /// The acceptor for the next handshake.
@@ -149,30 +157,30 @@ impl Tls {
         TlsAcceptor::from(self.current.read().clone())
     }
 
-    fn build(&self) -> anyhow::Result<ServerConfig> {
-        build(&self.settings, &self.provider, &self.sessions, &self.ticketer)
-    }
-
     /// Rebuilds the configuration from the files; on error the previous one stays.
     pub fn reload(&self, why: &str) {
-        let files = self.settings.files();
-        let before = stamps(&files);
-        match self.build() {
+        // Read before the files: a change while they are read is seen by
+        // the next check.
+        let now = stamps(&self.settings.files());
+        match build(&self.settings, &self.provider) {
             Ok(config) => {
                 *self.current.write() = Arc::new(config);
-                *self.stamps.lock() = before;
+                *self.stamps.lock() = Stamps { loaded: now, failed: None };
                 info!(why, cert = %self.settings.cert.display(), "TLS certificates reloaded");
             }
             Err(e) => {
-                // Not retried until the files change again.
-                *self.stamps.lock() = before;
+                self.stamps.lock().failed = Some(now);
                 warn!(why, error = format!("{e:#}"), "TLS reload failed; the previous certificates stay");
             }
         }
     }
 
+    /// Whether the files changed since the last reload and since the last
+    /// failed one.
     fn changed_on_disk(&self) -> bool {
-        stamps(&self.settings.files()) != *self.stamps.lock()
+        let now = stamps(&self.settings.files());
+        let s = self.stamps.lock();
+        now != s.loaded && Some(&now) != s.failed.as_ref()
     }
 
     /// Reloads on SIGHUP and, with `reload_every`, when a file's
@@ -194,18 +202,30 @@ impl Tls {
     }
 }
 
+/// Logs a refused handshake: at most [`REFUSALS_LOGGED_PER_SEC`] a second,
+/// so a port scan cannot flood the log (the metric
+/// `tessera_router_tls_handshake_failures_total` counts every one).
+pub fn log_refused(peer: std::net::SocketAddr, why: &dyn fmt::Display) {
+    static SECOND: AtomicU64 = AtomicU64::new(0);
+    static LOGGED: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if SECOND.swap(now, Ordering::Relaxed) != now {
+        LOGGED.store(0, Ordering::Relaxed);
+    }
+    if LOGGED.fetch_add(1, Ordering::Relaxed) < REFUSALS_LOGGED_PER_SEC {
+        info!(%peer, error = %why, "TLS handshake refused");
+    }
+}
+
+const REFUSALS_LOGGED_PER_SEC: u64 = 10;
+
 fn stamps(files: &[&Path]) -> Vec<Option<SystemTime>> {
     files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect()
 }
 
-/// A server configuration from the files, sharing the session cache and
-/// ticket key of the ones before it.
-fn build(
-    s: &TlsSettings,
-    provider: &Arc<CryptoProvider>,
-    sessions: &Arc<dyn StoresServerSessions>,
-    ticketer: &Arc<dyn ProducesTickets>,
-) -> anyhow::Result<ServerConfig> {
+/// A server configuration from the files, with a session cache and ticket
+/// key of its own.
+fn build(s: &TlsSettings, provider: &Arc<CryptoProvider>) -> anyhow::Result<ServerConfig> {
     let versions: Vec<&'static SupportedProtocolVersion> = s.protocols.iter().map(|p| p.version()).collect();
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = match (&s.ca_cert, s.auth_clients) {
@@ -236,7 +256,9 @@ fn build(
     let mut config = builder
         .with_single_cert(certs, key)
         .with_context(|| format!("{} and {}", s.cert.display(), s.key.display()))?;
-    config.session_storage = sessions.clone();
-    config.ticketer = ticketer.clone();
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    // Tickets for TLS 1.2 and 1.3 clients; the key rotates every 6 hours,
+    // which bounds how long a session resumes without a full handshake.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session tickets")?;
     Ok(config)
 }

@@ -268,6 +268,12 @@ def test_bad_tls_settings_stop_the_router_at_start(tls_cluster, certs):
         (["--tls-listen", "127.0.0.1:0", "--tls-cert", good["server.crt"], "--tls-key", good["server.key"],
           "--tls-auth-clients", "no", "--tls-protocols", "TLSv1.1"], "TLSv1.1"),
         (["--tls-only"], "--tls-only needs"),
+        (["--tls-advertise", "127.0.0.1:7011"], "--tls-advertise needs TLS ports"),
+        (["--advertise", "127.0.0.1:7001", "--tls-cluster-listen", "127.0.0.1:0", "--tls-cert", good["server.crt"],
+          "--tls-key", good["server.key"], "--tls-auth-clients", "no"], "give --tls-advertise"),
+        (["--cluster-listen", "127.0.0.1:0,127.0.0.1:0", "--tls-cluster-listen", "127.0.0.1:0",
+          "--tls-cert", good["server.crt"], "--tls-key", good["server.key"], "--tls-auth-clients", "no"],
+         "1 TLS cluster endpoints"),
     ]
     for args, words in cases:
         out = subprocess.run([f"{BIN}/tessera-router", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
