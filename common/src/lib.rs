@@ -6,12 +6,14 @@
 //! * [`tensor`] — RedisAI tensors: dtypes, BLOB/VALUES parsing, TENSORGET replies;
 //! * [`reply`] — protocol-neutral replies and their RESP2/RESP3 encodings;
 //! * [`error`] — every error a command can answer with, with its exact text;
+//! * [`acl`] — ACL users: Redis 7's rules, the permission check, descriptions;
 //! * [`glob`] — Redis glob patterns for KEYS/SCAN/CONFIG GET;
 //! * [`shared`] — decoding large byte fields (model blobs) without a copy;
 //! * [`blob`] — a model's bytes, in one buffer or in parts.
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod blob;
 pub mod command;
 pub mod error;

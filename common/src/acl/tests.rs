@@ -1,0 +1,186 @@
+//! The rules against Redis 7.0.15's answers: each expected refusal below is
+//! what `ACL DRYRUN` gave on a real redis-server for the same user and
+//! command (tests/python/test_acl.py runs such a table against a live
+//! redis-server too).
+
+use super::*;
+
+fn user(rules: &[&str]) -> User {
+    let mut u = User::new("u");
+    u.apply_all(rules).expect("rules apply");
+    u
+}
+
+fn argv(words: &str) -> Vec<Bytes> {
+    words.split_whitespace().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+}
+
+/// `OK` or the DRYRUN refusal.
+fn dryrun(u: &User, words: &str) -> String {
+    let a = argv(words);
+    let spec = crate::command::table::lookup(&a[0]).expect("known command");
+    match u.check(spec, &a) {
+        Ok(()) => "OK".into(),
+        Err(e) => e,
+    }
+}
+
+fn no_key(k: &str) -> String {
+    format!("this user has no permissions to access the '{k}' key")
+}
+
+fn no_cmd(c: &str) -> String {
+    format!("this user has no permissions to run the '{c}' command")
+}
+
+#[test]
+fn the_default_user_may_do_everything() {
+    let d = User::default_user();
+    for c in ["get a", "set a 1", "flushall", "ai.tensorset t FLOAT 1 VALUES 1", "config set x y", "client kill x"] {
+        assert_eq!(dryrun(&d, c), "OK", "{c}");
+    }
+    assert_eq!(d.describe(), "user default on nopass ~* &* +@all");
+    assert!(d.password_ok(b"anything"));
+}
+
+#[test]
+fn read_and_write_key_patterns_follow_the_key_specs() {
+    // Redis: ACL SETUSER u4 on >p +@all %R~r* %W~w*
+    let u = user(&["on", ">p", "+@all", "%R~r*", "%W~w*"]);
+    let table = [
+        ("get w1", no_key("w1")),
+        ("set r1 x", no_key("r1")),
+        ("incr w1", no_key("w1")),
+        ("get r1", "OK".into()),
+        ("set w1 x", "OK".into()),
+        ("set w1 x get", no_key("w1")),
+        ("del w1", "OK".into()),
+        ("exists w1", "OK".into()),
+        ("ttl w1", no_key("w1")),
+        ("expire w1 10", "OK".into()),
+        ("mget r1 w1", no_key("w1")),
+        ("decrby w1 2", no_key("w1")),
+        ("type w1", "OK".into()),
+    ];
+    for (cmd, want) in table {
+        assert_eq!(dryrun(&u, cmd), want, "{cmd}");
+    }
+    assert_eq!(u.keys_text(), "%R~r* %W~w*");
+}
+
+#[test]
+fn a_tenant_limited_to_its_keys_and_to_reads_and_ai() {
+    let u = user(&["on", ">pw", "~{tenant1}*", "+@read", "+@ai", "-AI.MODELSTORE"]);
+    assert_eq!(dryrun(&u, "get {tenant1}a"), "OK");
+    assert_eq!(dryrun(&u, "get {tenant2}a"), no_key("{tenant2}a"));
+    assert_eq!(dryrun(&u, "set {tenant1}a 1"), no_cmd("set"));
+    assert_eq!(dryrun(&u, "ai.tensorget {tenant1}t VALUES"), "OK");
+    assert_eq!(dryrun(&u, "ai.tensorset {tenant1}t FLOAT 1 VALUES 1"), "OK");
+    assert_eq!(dryrun(&u, "ai.tensorset {tenant2}t FLOAT 1 VALUES 1"), no_key("{tenant2}t"));
+    assert_eq!(dryrun(&u, "ai.modelstore {tenant1}m ONNX CPU BLOB x"), no_cmd("ai.modelstore"));
+    assert_eq!(dryrun(&u, "ai.modelexecute {tenant1}m INPUTS 1 {tenant1}i OUTPUTS 1 {tenant2}o"), no_key("{tenant2}o"));
+    // @ai holds every AI.* command, AI.CONFIG too (it is also @dangerous).
+    assert_eq!(dryrun(&u, "ai.config BACKENDSPATH /tmp"), "OK");
+    // AUTH and HELLO need no permission.
+    assert_eq!(dryrun(&u, "hello 3"), "OK");
+    assert_eq!(
+        u.describe(),
+        format!("user u on #{} ~{{tenant1}}* resetchannels -@all +@read +@ai -ai.modelstore", hash_password(b"pw"))
+    );
+}
+
+#[test]
+fn ai_commands_have_categories() {
+    let cats = |n: &str| categories(crate::command::table::lookup(n.as_bytes()).unwrap());
+    assert!(cats("ai.tensorget").contains(&"read") && cats("ai.tensorget").contains(&"ai"));
+    assert!(cats("ai.modelstore").contains(&"ai-write") && cats("ai.modelstore").contains(&"write"));
+    assert!(cats("ai.config").contains(&"dangerous") && cats("ai.config").contains(&"admin"));
+    assert!(cats("flushall").contains(&"dangerous"));
+    let u = user(&["on", "nopass", "~*", "+@all", "-@dangerous"]);
+    assert_eq!(dryrun(&u, "flushall"), no_cmd("flushall"));
+    assert_eq!(dryrun(&u, "ai.config LOADBACKEND TORCH x"), no_cmd("ai.config"));
+    assert_eq!(dryrun(&u, "ai.modelstore m ONNX CPU BLOB x"), "OK");
+}
+
+#[test]
+fn subcommands() {
+    // Redis: ACL SETUSER u9 +@all -client|kill
+    let u = user(&["+@all", "-client|kill", "~*"]);
+    assert_eq!(dryrun(&u, "client kill x"), no_cmd("client|kill"));
+    assert_eq!(dryrun(&u, "client list"), "OK");
+    assert_eq!(u.commands_text(), "+@all -client|kill");
+    // Redis: ACL SETUSER u2 +config|get -config|set
+    let u = user(&["+config|get", "-config|set"]);
+    assert_eq!(dryrun(&u, "config get x"), "OK");
+    assert_eq!(dryrun(&u, "config set x y"), no_cmd("config|set"));
+    // A later +config allows every subcommand again.
+    let u = user(&["+@all", "-config|set", "+config"]);
+    assert_eq!(dryrun(&u, "config set x y"), "OK");
+}
+
+#[test]
+fn rule_errors_in_redis_words_and_nothing_applied() {
+    let mut u = user(&["on", ">a"]);
+    let before = u.clone();
+    let cases = [
+        ("<c", "The password you are trying to remove from the user does not exist"),
+        ("#abc", "The password hash must be exactly 64 characters and contain only lowercase hexadecimal characters"),
+        ("bogus", "Syntax error"),
+        ("+nosuchcmd", "Unknown command or category name in ACL"),
+        ("+@nosuchcat", "Unknown command or category name in ACL"),
+        ("%X~a", "Syntax error"),
+        ("(~x)", "Selectors are not supported"),
+    ];
+    for (rule, reason) in cases {
+        let e = u.apply_all(&[">b", rule]).unwrap_err();
+        assert_eq!(e.message(), format!("ERR Error in ACL SETUSER modifier '{rule}': {reason}"));
+        assert_eq!(u, before, "a failed SETUSER changes nothing");
+    }
+}
+
+#[test]
+fn passwords() {
+    let mut u = user(&[">secret"]);
+    assert!(!u.password_ok(b"secret"), "an 'off' user matches no password");
+    u.apply("on").unwrap();
+    assert!(u.password_ok(b"secret"));
+    assert!(!u.password_ok(b"other"));
+    u.apply(&format!("#{}", hash_password(b"other"))).unwrap();
+    assert!(u.password_ok(b"other"));
+    u.apply("<secret").unwrap();
+    assert!(!u.password_ok(b"secret"));
+    u.apply("nopass").unwrap();
+    assert!(u.password_ok(b"whatever") && u.passwords.is_empty());
+    u.apply(">x").unwrap();
+    assert!(!u.nopass, "a password clears nopass (Redis: SETUSER u8 on nopass >x shows no nopass flag)");
+    u.apply("resetpass").unwrap();
+    assert!(!u.password_ok(b"x"));
+    // Redis's hash of "p".
+    assert_eq!(hash_password(b"p"), "148de9c5a7a44d19e56cd9ae1a554bf67847afb0c58f6e12fa29ac7ddfca9940");
+}
+
+#[test]
+fn descriptions() {
+    assert_eq!(User::new("u1").describe(), "user u1 off resetchannels -@all");
+    let u = user(&["+config|get", "allkeys", "allchannels"]);
+    assert_eq!(u.describe(), "user u off ~* &* -@all +config|get");
+    let mut r = user(&["on", "~a", "+@all"]);
+    r.apply("reset").unwrap();
+    assert_eq!(r.describe(), "user u off sanitize-payload resetchannels -@all");
+    let u = user(&["on", "nopass", "+@all", "-@dangerous", "~*"]);
+    assert_eq!(u.describe(), "user u on nopass ~* resetchannels +@all -@dangerous");
+}
+
+#[test]
+fn acl_files() {
+    let users = parse_file(
+        "# tenants\nuser default on >admin ~* &* +@all\n\nuser t1 on >pw ~{tenant1}* +@read +@ai -ai.modelstore\n",
+    )
+    .unwrap();
+    assert_eq!(users.len(), 2);
+    assert!(users[0].password_ok(b"admin") && !users[0].nopass);
+    assert_eq!(dryrun(&users[1], "set {tenant1}x 1"), no_cmd("set"));
+    assert!(parse_file("usr x on").unwrap_err().contains("line 1"));
+    assert!(parse_file("user a on\nuser a off").unwrap_err().contains("defined twice"));
+    assert!(parse_file("user a on +nosuch").unwrap_err().contains("Unknown command"));
+}
