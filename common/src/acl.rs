@@ -62,6 +62,16 @@ const NO_AUTH: &[&str] = &["auth", "hello"];
 /// commands `ai`, `read` or `write` (and `ai-write`), with `AI.CONFIG` in
 /// `admin` and `dangerous` (it loads libraries).
 pub fn categories(spec: &CommandSpec) -> Vec<&'static str> {
+    // Containers take the categories Redis gives their subcommands: every
+    // CONFIG, MODULE and ACL subcommand is `admin` and `dangerous` (ACL
+    // WHOAMI and CAT aside, which are only `slow` in Redis); CLIENT's are
+    // taken as `connection` (Redis also puts CLIENT LIST and KILL in
+    // `admin`/`dangerous`).
+    match spec.name {
+        "config" | "module" | "acl" => return vec!["admin", "slow", "dangerous"],
+        "client" => return vec!["slow", "connection"],
+        _ => {}
+    }
     let mut out: Vec<&'static str> =
         spec.acl.iter().map(|c| c.trim_start_matches('@')).filter(|c| CATEGORIES.contains(c)).collect();
     if spec.name.starts_with("ai.") {
@@ -131,6 +141,9 @@ pub struct User {
     pub all_channels: bool,
     pub channels: Vec<String>,
     pub sanitize_payload: Option<bool>,
+    /// Every command on every key: the check is skipped (the default user's
+    /// case, on every command of a cluster without users).
+    unrestricted: bool,
 }
 
 /// A rule that could not be applied: Redis's words after the modifier.
@@ -168,6 +181,7 @@ impl User {
             all_channels: false,
             channels: Vec::new(),
             sanitize_payload: None,
+            unrestricted: false,
         }
     }
 
@@ -187,6 +201,17 @@ impl User {
         }
         *self = next;
         Ok(())
+    }
+
+    /// Every command on every key (no check needed).
+    pub fn unrestricted(&self) -> bool {
+        self.unrestricted
+    }
+
+    fn update_unrestricted(&mut self) {
+        self.unrestricted = self.denied_sub.is_empty()
+            && COMMANDS.iter().all(|c| self.allowed.contains(c.name))
+            && self.keys.iter().any(|k| k.read && k.write && k.pattern.as_ref() == b"*");
     }
 
     /// Applies one rule.
@@ -268,6 +293,7 @@ impl User {
                 _ => return Err(err(SYNTAX)),
             },
         }
+        self.update_unrestricted();
         Ok(())
     }
 
@@ -359,11 +385,9 @@ impl User {
         self.passwords.iter().fold(false, |ok, p| ok | constant_time_eq(p.as_bytes(), h.as_bytes()))
     }
 
-    /// Whether the user may run `spec` with `argv` (name included); the
-    /// refusal in the words `ACL DRYRUN` uses (`NOPERM ` goes before them
-    /// in a command's reply).
-    pub fn check(&self, spec: &CommandSpec, argv: &[Bytes]) -> Result<(), String> {
-        if NO_AUTH.contains(&spec.name) {
+    /// Whether the user may run `spec` with `argv` (name included).
+    pub fn check(&self, spec: &CommandSpec, argv: &[Bytes]) -> Result<(), Denied> {
+        if self.unrestricted || NO_AUTH.contains(&spec.name) {
             return Ok(());
         }
         let sub =
@@ -375,8 +399,7 @@ impl User {
             None => self.allowed.contains(spec.name),
         };
         if !allowed {
-            let shown = full.unwrap_or_else(|| spec.name.to_string());
-            return Err(format!("this user has no permissions to run the '{shown}' command"));
+            return Err(Denied::Command(full.unwrap_or_else(|| spec.name.to_string())));
         }
         let Some(idx) = spec.key_indexes(argv) else { return Ok(()) };
         let access = key_access(spec, argv);
@@ -393,10 +416,7 @@ impl User {
                 granted && glob::matches(&k.pattern, key)
             });
             if !ok {
-                return Err(format!(
-                    "this user has no permissions to access the '{}' key",
-                    String::from_utf8_lossy(key)
-                ));
+                return Err(Denied::Key(String::from_utf8_lossy(key).into_owned()));
             }
         }
         Ok(())
@@ -484,6 +504,33 @@ impl User {
             ("channels", GetUserValue::Text(self.channels_text())),
             ("selectors", GetUserValue::List(Vec::new())),
         ]
+    }
+}
+
+/// Why a user may not run a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// The command (`cmd` or `cmd|sub`).
+    Command(String),
+    /// A key it names.
+    Key(String),
+}
+
+impl Denied {
+    /// The command's error reply, in Redis 7.0's words.
+    pub fn noperm(&self) -> String {
+        match self {
+            Denied::Command(c) => format!("NOPERM this user has no permissions to run the '{c}' command"),
+            Denied::Key(_) => "NOPERM this user has no permissions to access one of the keys used as arguments".into(),
+        }
+    }
+
+    /// `ACL DRYRUN`'s answer.
+    pub fn dryrun(&self) -> String {
+        match self {
+            Denied::Command(c) => format!("This user has no permissions to run the '{c}' command"),
+            Denied::Key(k) => format!("This user has no permissions to access the '{k}' key"),
+        }
     }
 }
 

@@ -65,6 +65,14 @@ pub struct Args {
     /// (0: reload only on SIGHUP).
     #[arg(long, env = "TESSERA_ROUTER_TLS_RELOAD_SECS", default_value_t = 10)]
     pub tls_reload_secs: u64,
+    /// The default user's password (Redis's `requirepass`): clients must
+    /// AUTH before any other command.
+    #[arg(long, env = "TESSERA_ROUTER_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<String>,
+    /// Users in Redis's ACL file format (`user <name> <rules...>` per
+    /// line), read at start; give every router the same file.
+    #[arg(long, env = "TESSERA_ROUTER_ACL_FILE")]
+    pub acl_file: Option<PathBuf>,
     /// Storage nodes' gRPC addresses.
     #[arg(long = "node", env = "TESSERA_ROUTER_NODES", value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
@@ -116,6 +124,9 @@ pub struct Config {
     pub tls_only: bool,
     /// The TLS ports' certificates and rules, when there are TLS ports.
     pub tls: Option<TlsSettings>,
+    /// The ACL file's text and the default user's password, when given.
+    pub acl_file: Option<String>,
+    pub requirepass: Option<String>,
 }
 
 impl Args {
@@ -138,6 +149,13 @@ impl Args {
             tls_advertise: self.tls_advertise.clone(),
             tls_only: self.tls_only,
             tls: self.tls_settings()?,
+            acl_file: match &self.acl_file {
+                Some(p) => {
+                    Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("--acl-file {}: {e}", p.display()))?)
+                }
+                None => None,
+            },
+            requirepass: self.requirepass.clone(),
         })
     }
 

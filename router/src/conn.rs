@@ -43,6 +43,10 @@ pub struct ConnState {
     pub local: SocketAddr,
     /// Whether the connection came through a TLS port.
     pub tls: bool,
+    /// The user commands run as, and whether the connection has
+    /// authenticated (or needs not: the default user has no password).
+    pub user: Arc<tessera_common::acl::User>,
+    pub authenticated: bool,
     pub created: Instant,
     /// This connection's commands dispatched and not yet answered, when the
     /// next one is dispatched (a read-only DAG goes to a follower only when
@@ -59,7 +63,7 @@ pub struct ConnState {
 impl ConnState {
     pub fn info_line(&self) -> String {
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi={} cmd=client user=default redir=-1 resp={}\n",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi={} cmd=client user={} redir=-1 resp={}\n",
             self.id,
             self.peer,
             self.local,
@@ -67,6 +71,7 @@ impl ConnState {
             self.created.elapsed().as_secs(),
             if self.tx.is_some() { "x" } else { "N" },
             self.tx.as_ref().map_or(-1, |t| t.queued() as i64),
+            self.user.name,
             if self.proto == Protocol::Resp3 { 3 } else { 2 },
         )
     }
@@ -121,6 +126,7 @@ where
 {
     let Accepted { peer, local, vnode, tls } = from;
     let id = router.next_client_id();
+    let (user, authenticated) = router.users.initial();
     let mut conn = ConnState {
         id,
         proto: Protocol::Resp2,
@@ -130,6 +136,8 @@ where
         peer,
         local,
         tls,
+        user,
+        authenticated,
         created: Instant::now(),
         in_flight: 0,
         tx: None,
@@ -273,7 +281,10 @@ fn handle(router: &Arc<Router>, conn: &mut ConnState, argv: Vec<Bytes>) -> Tagge
     let name = spec.map_or("unknown", |s| s.name);
     trace!(conn = conn.id, cmd = name, args = argv.len(), "command");
     let parsed = match spec {
-        Some(spec) => command::parse_spec(spec, argv, &router.parse_limits),
+        Some(spec) => match crate::acl::check(conn, spec, &argv) {
+            Ok(()) => command::parse_spec(spec, argv, &router.parse_limits),
+            Err(e) => Err(e),
+        },
         None => Err(command::unknown_command(&argv)),
     };
     let proto_before = conn.proto;

@@ -2,6 +2,7 @@
 //! clients and forwards each command to the storage node owning its slot.
 //!
 //! * [`config`] — flags and the validated [`config::Config`];
+//! * [`acl`] — users: AUTH, the NOAUTH/NOPERM check, the ACL command;
 //! * [`codec`] — request framing with limits enforced before buffering;
 //! * [`conn`] — one client connection, pipelining, ordered replies;
 //! * [`dispatch`] — keyed, fan-out and local execution of parsed commands;
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod backend;
 pub mod codec;
 pub mod config;
@@ -63,6 +65,7 @@ pub struct Router {
     pub tls_addr: Option<SocketAddr>,
     /// The TLS ports' configuration, when there are TLS ports.
     pub tls: Option<Arc<Tls>>,
+    pub users: acl::Users,
     pub run_id: String,
     pub saves: save::Saves,
     next_id: AtomicU64,
@@ -245,6 +248,7 @@ pub async fn run(
     if tls_addr.is_some() && topology.nodes.iter().all(|n| n.tls.is_none()) {
         warn!("no TLS cluster ports: cluster clients on the TLS port are given the plain cluster endpoints");
     }
+    let users = acl::Users::load(config.acl_file.as_deref(), config.requirepass.as_deref())?;
     let run_id = topology::node_id(&first_addr);
     let router = Arc::new(Router {
         parse_limits: ParseLimits { max_value_bytes: config.limits.max_bulk_len },
@@ -256,6 +260,7 @@ pub async fn run(
         plain_addr,
         tls_addr,
         tls,
+        users,
         run_id,
         saves: save::Saves::default(),
         next_id: AtomicU64::new(0),

@@ -25,7 +25,13 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
     match cmd {
         Local::Ping(None) => ready(Reply::Simple("PONG".into())),
         Local::Ping(Some(m)) | Local::Echo(m) => ready(Reply::Bulk(m)),
-        Local::Hello { proto, setname } => {
+        Local::Hello { proto, setname, auth } => {
+            if let Some((user, pass)) = auth {
+                if let Err(e) = crate::acl::authenticate(&router.users, conn, Some(&user), &pass) {
+                    return ready(e);
+                }
+                router.update_client(conn);
+            }
             if let Some(p) = proto {
                 conn.proto = if p == 3 { Protocol::Resp3 } else { Protocol::Resp2 };
             }
@@ -35,6 +41,15 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
             router.update_client(conn);
             ready(hello_reply(conn))
         }
+        Local::Auth { user, password } => match crate::acl::authenticate(&router.users, conn, user.as_ref(), &password)
+        {
+            Ok(()) => {
+                router.update_client(conn);
+                ready(Reply::ok())
+            }
+            Err(e) => ready(e),
+        },
+        Local::Acl(c) => ready(crate::acl::run(&router.users, conn, c)),
         Local::Client(c) => ready(client(router, conn, c)),
         Local::Select(0) => ready(Reply::ok()),
         Local::Select(_) => ready(Error::SelectNotAllowed.to_reply()),

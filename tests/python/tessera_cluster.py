@@ -93,6 +93,8 @@ class LocalCluster:
             try:
                 redis.Redis(port=self.plain_port).dbsize()
                 break
+            except redis.AuthenticationError:
+                break  # serving, with users (--acl-file, --requirepass)
             except redis.RedisError:
                 if time.time() > deadline:
                     raise

@@ -21,16 +21,16 @@ fn dryrun(u: &User, words: &str) -> String {
     let spec = crate::command::table::lookup(&a[0]).expect("known command");
     match u.check(spec, &a) {
         Ok(()) => "OK".into(),
-        Err(e) => e,
+        Err(e) => e.dryrun(),
     }
 }
 
 fn no_key(k: &str) -> String {
-    format!("this user has no permissions to access the '{k}' key")
+    format!("This user has no permissions to access the '{k}' key")
 }
 
 fn no_cmd(c: &str) -> String {
-    format!("this user has no permissions to run the '{c}' command")
+    format!("This user has no permissions to run the '{c}' command")
 }
 
 #[test]
@@ -41,6 +41,13 @@ fn the_default_user_may_do_everything() {
     }
     assert_eq!(d.describe(), "user default on nopass ~* &* +@all");
     assert!(d.password_ok(b"anything"));
+    assert!(d.unrestricted);
+    assert!(!user(&["+@all", "~*", "-client|kill"]).unrestricted);
+    assert!(!user(&["+@all", "%R~*"]).unrestricted);
+    assert_eq!(
+        Denied::Key("k".into()).noperm(),
+        "NOPERM this user has no permissions to access one of the keys used as arguments"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::slot::key_slot;
 pub use node::NodeCommand;
-pub use server::{ClientCmd, ClusterCmd, CommandCmd, Local};
+pub use server::{AclCmd, ClientCmd, ClusterCmd, CommandCmd, Local};
 
 /// Limits applied while parsing.
 #[derive(Clone, Debug)]

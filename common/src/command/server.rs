@@ -16,7 +16,15 @@ pub enum Local {
     Hello {
         proto: Option<i64>,
         setname: Option<Bytes>,
+        /// `AUTH <user> <password>`.
+        auth: Option<(Bytes, Bytes)>,
     },
+    /// `AUTH [user] password`.
+    Auth {
+        user: Option<Bytes>,
+        password: Bytes,
+    },
+    Acl(AclCmd),
     Client(ClientCmd),
     Select(i64),
     Quit,
@@ -52,6 +60,22 @@ pub enum TxCmd {
         slot: u16,
     },
     Unwatch,
+}
+
+/// ACL subcommands (users: [`crate::acl`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AclCmd {
+    WhoAmI,
+    List,
+    Users,
+    GetUser(Bytes),
+    Cat(Option<Bytes>),
+    GenPass(Option<i64>),
+    /// The user, then the command's argv.
+    DryRun(Bytes, Vec<Bytes>),
+    SetUser(Bytes, Vec<Bytes>),
+    DelUser(Vec<Bytes>),
+    Help,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +136,12 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, _limits: &ParseLimits) -> Res
         },
         "echo" => Local::Echo(argv[1].clone()),
         "hello" => parse_hello(&argv)?,
+        "auth" => match argv.len() {
+            2 => Local::Auth { user: None, password: argv[1].clone() },
+            3 => Local::Auth { user: Some(argv[1].clone()), password: argv[2].clone() },
+            _ => return Err(Error::Syntax),
+        },
+        "acl" => Local::Acl(parse_acl(&argv)?),
         "client" => parse_client(&argv)?,
         "select" => Local::Select(int_arg(&argv[1])?),
         "quit" => Local::Quit,
@@ -167,6 +197,7 @@ pub fn parse(spec: &CommandSpec, argv: Vec<Bytes>, _limits: &ParseLimits) -> Res
 fn parse_hello(argv: &[Bytes]) -> Result<Local> {
     let mut proto = None;
     let mut setname = None;
+    let mut auth = None;
     let mut i = 1;
     if let Some(v) = argv.get(1) {
         let n =
@@ -180,12 +211,7 @@ fn parse_hello(argv: &[Bytes]) -> Result<Local> {
     while i < argv.len() {
         match argv[i].to_ascii_uppercase().as_slice() {
             b"AUTH" if i + 2 < argv.len() => {
-                // No users are configured: the default user accepts any password.
-                if !argv[i + 1].eq_ignore_ascii_case(b"default") {
-                    return Err(Error::Verbatim(
-                        "WRONGPASS invalid username-password pair or user is disabled.".into(),
-                    ));
-                }
+                auth = Some((argv[i + 1].clone(), argv[i + 2].clone()));
                 i += 3;
             }
             b"SETNAME" if i + 1 < argv.len() => {
@@ -200,7 +226,28 @@ fn parse_hello(argv: &[Bytes]) -> Result<Local> {
             }
         }
     }
-    Ok(Local::Hello { proto, setname })
+    Ok(Local::Hello { proto, setname, auth })
+}
+
+fn parse_acl(argv: &[Bytes]) -> Result<AclCmd> {
+    let sub = argv[1].to_ascii_uppercase();
+    let n = argv.len();
+    let arity = || sub_arity("acl", &argv[1]);
+    Ok(match sub.as_slice() {
+        b"WHOAMI" if n == 2 => AclCmd::WhoAmI,
+        b"LIST" if n == 2 => AclCmd::List,
+        b"USERS" if n == 2 => AclCmd::Users,
+        b"HELP" if n == 2 => AclCmd::Help,
+        b"GETUSER" if n == 3 => AclCmd::GetUser(argv[2].clone()),
+        b"CAT" if n <= 3 => AclCmd::Cat(argv.get(2).cloned()),
+        b"GENPASS" if n <= 3 => AclCmd::GenPass(argv.get(2).map(|b| int_arg(b)).transpose()?),
+        b"DRYRUN" if n >= 4 => AclCmd::DryRun(argv[2].clone(), argv[3..].to_vec()),
+        b"SETUSER" if n >= 3 => AclCmd::SetUser(argv[2].clone(), argv[3..].to_vec()),
+        b"DELUSER" if n >= 3 => AclCmd::DelUser(argv[2..].to_vec()),
+        b"WHOAMI" | b"LIST" | b"USERS" | b"HELP" | b"GETUSER" | b"CAT" | b"GENPASS" | b"DRYRUN" | b"SETUSER"
+        | b"DELUSER" => return Err(arity()),
+        _ => return Err(unknown_sub("acl", &argv[1])),
+    })
 }
 
 fn parse_client(argv: &[Bytes]) -> Result<Local> {
@@ -336,7 +383,7 @@ mod tests {
         assert_eq!(p("HELLO 4").unwrap_err().to_string(), "NOPROTO unsupported protocol version");
         assert_eq!(
             p("HELLO 3 SETNAME app").unwrap(),
-            Command::Local(Local::Hello { proto: Some(3), setname: Some(Bytes::from_static(b"app")) })
+            Command::Local(Local::Hello { proto: Some(3), setname: Some(Bytes::from_static(b"app")), auth: None })
         );
         assert!(p("HELLO 3 AUTH default pw").is_ok());
     }

@@ -1,0 +1,197 @@
+//! Users on the router: who a connection is (`AUTH`, `HELLO ... AUTH`),
+//! the check every command passes before it is parsed (`NOAUTH`,
+//! `NOPERM`), and the ACL commands.
+//!
+//! Users come from `--acl-file` (Redis's ACL file format) and
+//! `--requirepass` (the default user's password), read at start; every
+//! router of a fleet is given the same ones. `ACL SETUSER` and `ACL DELUSER`
+//! are refused until users live in the cluster's meta group, so that a
+//! change reaches every router at once; see docs/security.md.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tessera_common::acl::{self, GetUserValue, User};
+use tessera_common::command::table::{self, CommandSpec};
+use tessera_common::command::AclCmd;
+use tessera_common::error::Error;
+use tessera_common::reply::Reply;
+
+use crate::conn::ConnState;
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const NOAUTH: &str = "NOAUTH Authentication required.";
+const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
+
+/// The users of this router, by name (`default` always among them).
+#[derive(Debug)]
+pub struct Users {
+    users: BTreeMap<String, Arc<User>>,
+}
+
+impl Users {
+    /// From an ACL file's text and a default-user password.
+    pub fn load(acl_file: Option<&str>, requirepass: Option<&str>) -> anyhow::Result<Users> {
+        let mut users = BTreeMap::new();
+        users.insert("default".to_string(), Arc::new(User::default_user()));
+        if let Some(text) = acl_file {
+            for u in acl::parse_file(text).map_err(|e| anyhow::anyhow!("--acl-file: {e}"))? {
+                users.insert(u.name.clone(), Arc::new(u));
+            }
+        }
+        if let Some(pass) = requirepass {
+            if acl_file.is_some_and(|t| acl::parse_file(t).unwrap_or_default().iter().any(|u| u.name == "default")) {
+                anyhow::bail!(
+                    "--requirepass and an --acl-file that defines the default user: give the password in the file"
+                );
+            }
+            let mut d = User::default_user();
+            d.apply_all(&["resetpass", &format!(">{pass}")]).map_err(|e| anyhow::anyhow!(e.message()))?;
+            users.insert("default".to_string(), Arc::new(d));
+        }
+        Ok(Users { users })
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<Arc<User>> {
+        self.users.get(std::str::from_utf8(name).ok()?).cloned()
+    }
+
+    /// The user a new connection starts as, and whether it is
+    /// authenticated (the default user without a password: yes).
+    pub fn initial(&self) -> (Arc<User>, bool) {
+        let d = self.users["default"].clone();
+        let open = d.enabled && d.nopass;
+        (d, open)
+    }
+
+    /// `AUTH [user] password`: the user, or the error reply.
+    pub fn auth(&self, user: Option<&Bytes>, password: &[u8]) -> Result<Arc<User>, Reply> {
+        let name = user.map_or(&b"default"[..], |u| &u[..]);
+        if user.is_none() && self.users["default"].nopass {
+            return Err(Reply::err(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            ));
+        }
+        match self.get(name) {
+            Some(u) if u.password_ok(password) => Ok(u),
+            _ => Err(Reply::err(WRONGPASS)),
+        }
+    }
+}
+
+/// The check before a command is parsed, after its name and arity are
+/// known to be right (Redis's order: unknown command and arity errors
+/// come first, then `NOAUTH`, then `NOPERM`).
+pub fn check(conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]) -> Result<(), Error> {
+    if conn.authenticated && conn.user.unrestricted() {
+        return Ok(());
+    }
+    if !spec.arity_ok(argv.len()) {
+        return Ok(());
+    }
+    if !conn.authenticated {
+        return match spec.name {
+            "auth" | "quit" => Ok(()),
+            "hello" if argv.iter().any(|a| a.eq_ignore_ascii_case(b"AUTH")) => Ok(()),
+            "hello" => Err(Error::Verbatim(NOAUTH_HELLO.into())),
+            _ => Err(Error::Verbatim(NOAUTH.into())),
+        };
+    }
+    conn.user.check(spec, argv).map_err(|d| Error::Verbatim(d.noperm()))
+}
+
+/// AUTH (also HELLO's): on success the connection becomes `user`.
+pub fn authenticate(users: &Users, conn: &mut ConnState, user: Option<&Bytes>, password: &[u8]) -> Result<(), Reply> {
+    let u = users.auth(user, password)?;
+    conn.user = u;
+    conn.authenticated = true;
+    Ok(())
+}
+
+/// The ACL command.
+pub fn run(users: &Users, conn: &ConnState, cmd: AclCmd) -> Reply {
+    match cmd {
+        AclCmd::WhoAmI => Reply::bulk_str(&conn.user.name),
+        AclCmd::Users => Reply::Array(users.users.keys().map(|n| Reply::bulk_str(n)).collect()),
+        AclCmd::List => Reply::Array(users.users.values().map(|u| Reply::bulk_str(&u.describe())).collect()),
+        AclCmd::GetUser(name) => match users.get(&name) {
+            None => Reply::Null,
+            Some(u) => Reply::Map(
+                u.getuser_fields()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            GetUserValue::List(l) => Reply::Array(l.iter().map(|s| Reply::bulk_str(s)).collect()),
+                            GetUserValue::Text(t) => Reply::bulk_str(&t),
+                        };
+                        (Reply::bulk_str(k), v)
+                    })
+                    .collect(),
+            ),
+        },
+        AclCmd::Cat(None) => Reply::Array(acl::CATEGORIES.iter().map(|c| Reply::bulk_str(c)).collect()),
+        AclCmd::Cat(Some(cat)) => {
+            let cat = String::from_utf8_lossy(&cat).to_ascii_lowercase();
+            if !acl::CATEGORIES.contains(&cat.as_str()) {
+                return Reply::err(format!("ERR Unknown category '{cat}'"));
+            }
+            let names = table::COMMANDS.iter().filter(|c| acl::categories(c).contains(&cat.as_str()));
+            Reply::Array(names.map(|c| Reply::bulk_str(c.name)).collect())
+        }
+        AclCmd::GenPass(bits) => match bits.unwrap_or(256) {
+            b @ 1..=4096 => {
+                let hex_chars = (b as usize).div_ceil(4);
+                let mut s = String::with_capacity(hex_chars);
+                while s.len() < hex_chars {
+                    s.push_str(&format!("{:016x}", rand::random::<u64>()));
+                }
+                s.truncate(hex_chars);
+                Reply::bulk_str(&s)
+            }
+            _ => Reply::err("ERR ACL GENPASS argument must be the number of bits for the output password, a positive number up to 4096"),
+        },
+        AclCmd::DryRun(name, argv) => {
+            let Some(u) = users.get(&name) else {
+                return Reply::err(format!("ERR User '{}' not found", String::from_utf8_lossy(&name)));
+            };
+            let Some(spec) = table::lookup(&argv[0]) else {
+                return Reply::err(format!("ERR Command '{}' not found", String::from_utf8_lossy(&argv[0])));
+            };
+            if !spec.arity_ok(argv.len()) {
+                return Reply::err(format!("ERR wrong number of arguments for '{}' command", spec.name));
+            }
+            match u.check(spec, &argv) {
+                Ok(()) => Reply::ok(),
+                Err(d) => Reply::bulk_str(&d.dryrun()),
+            }
+        }
+        AclCmd::SetUser(..) | AclCmd::DelUser(_) => Reply::err(
+            "ERR ACL SETUSER and ACL DELUSER are not available yet: users come from --acl-file and --requirepass, the same on every router",
+        ),
+        AclCmd::Help => Reply::Array(
+            [
+                "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "CAT [<category>]",
+                "    List all commands that belong to <category>, or all command categories",
+                "    when no category is specified.",
+                "DRYRUN <username> <command> [<arg> ...]",
+                "    Returns whether the user can execute the given command without executing the command.",
+                "GETUSER <username>",
+                "    Get the user's details.",
+                "GENPASS [<bits>]",
+                "    Generate a secure 256-bit user password. The optional `bits` argument can",
+                "    be used to specify a different size.",
+                "LIST",
+                "    Show users details in config file format.",
+                "USERS",
+                "    List all the registered usernames.",
+                "WHOAMI",
+                "    Return the current connection username.",
+            ]
+            .iter()
+            .map(|l| Reply::Simple((*l).into()))
+            .collect(),
+        ),
+    }
+}

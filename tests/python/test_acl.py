@@ -1,0 +1,212 @@
+"""AUTH and ACL users with real clients, table-driven against a real
+redis-server (7.0) given the same ACL file: every (user, command) pair must
+be allowed or refused alike, in the same words (NOAUTH, WRONGPASS, NOPERM).
+Users come from --acl-file and --requirepass; a restart keeps them."""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis
+
+from tessera_cluster import LocalCluster, free_port
+
+ACL_FILE = """\
+user default on >adminpw ~* &* +@all
+user tenant1 on >t1pw ~{tenant1}* resetchannels -@all +@read +@connection +@transaction +@ai -ai.modelstore
+user writer on >wpw %R~r* %W~w* resetchannels -@all +@all
+user off1 off >offpw ~* resetchannels -@all +@all
+user nocfg on nopass ~* resetchannels -@all +@all -@dangerous -config|set
+"""
+
+# (user, command): the same outcome expected from redis-server and Tessera.
+TABLE = [
+    ("tenant1", ["GET", "{tenant1}a"]),
+    ("tenant1", ["GET", "{tenant2}a"]),
+    ("tenant1", ["SET", "{tenant1}a", "1"]),
+    ("tenant1", ["MGET", "{tenant1}a", "{tenant1}b"]),
+    ("tenant1", ["EXISTS", "{tenant2}a"]),
+    ("tenant1", ["DEL", "{tenant1}a"]),
+    ("tenant1", ["PING"]),
+    ("tenant1", ["FLUSHALL"]),
+    ("tenant1", ["KEYS", "*"]),
+    ("writer", ["GET", "w1"]),
+    ("writer", ["GET", "r1"]),
+    ("writer", ["SET", "w1", "x"]),
+    ("writer", ["SET", "r1", "x"]),
+    ("writer", ["SET", "w1", "x", "GET"]),
+    ("writer", ["INCR", "w1"]),
+    ("writer", ["DEL", "w1"]),
+    ("writer", ["EXPIRE", "w1", "100"]),
+    ("writer", ["TTL", "w1"]),
+    ("writer", ["TYPE", "r1"]),
+    ("nocfg", ["FLUSHALL"]),
+    ("nocfg", ["CONFIG", "GET", "port"]),
+    ("nocfg", ["SET", "k", "v"]),
+]
+
+# redis-server has no AI commands: its file leaves their rules out.
+REDIS_ACL_FILE = ACL_FILE.replace(" +@ai -ai.modelstore", "")
+
+PASSWORDS = {"tenant1": "t1pw", "writer": "wpw", "nocfg": "x", "default": "adminpw"}
+
+
+def outcome(r, cmd):
+    try:
+        r.execute_command(*cmd)
+        return "OK"
+    except redis.ResponseError as e:
+        return str(e)
+
+
+@pytest.fixture(scope="module")
+def acl_setup(request):
+    if os.environ.get("TESSERA_EXTERNAL_CLUSTER"):
+        pytest.skip("ACL tests start their own cluster")
+    d = tempfile.mkdtemp(prefix="tessera-acl-")
+    path, redis_path = os.path.join(d, "users.acl"), os.path.join(d, "redis.acl")
+    for p, text in ((path, ACL_FILE), (redis_path, REDIS_ACL_FILE)):
+        with open(p, "w") as f:
+            f.write(text)
+    rport = free_port()
+    srv = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no", "--aclfile", redis_path, "--dir", d], stdout=subprocess.DEVNULL)
+    c = LocalCluster(router_args=["--acl-file", path])
+    for _ in range(100):
+        assert srv.poll() is None, "redis-server did not start"
+        try:
+            redis.Redis(port=rport, password="adminpw", retry=None).ping()
+            break
+        except redis.RedisError:
+            time.sleep(0.05)
+    yield c, rport, path
+    if request.session.testsfailed:
+        print(c.logs())
+    c.stop()
+    srv.terminate()
+    srv.wait()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_rules_table_against_redis(acl_setup):
+    c, rport, _ = acl_setup
+    conns = {}
+    for user in {u for u, _ in TABLE}:
+        conns[user] = (redis.Redis(port=rport, username=user, password=PASSWORDS[user]),
+                       redis.Redis(port=c.plain_port, username=user, password=PASSWORDS[user]))
+    mismatches = []
+    for user, cmd in TABLE:
+        ref, ours = conns[user]
+        want, got = outcome(ref, cmd), outcome(ours, cmd)
+        # Values differ between the stores; refusals must match word for word.
+        if (want == "OK") != (got == "OK") or (want != "OK" and want != got):
+            mismatches.append((user, cmd, want, got))
+        # ACL DRYRUN agrees too.
+        admin = redis.Redis(port=c.plain_port, password="adminpw")
+        ref_admin = redis.Redis(port=rport, password="adminpw")
+        d_want = ref_admin.execute_command("ACL", "DRYRUN", user, *cmd)
+        d_got = admin.execute_command("ACL", "DRYRUN", user, *cmd)
+        if d_want != d_got:
+            mismatches.append(("DRYRUN", user, cmd, d_want, d_got))
+    assert not mismatches, "\n".join(map(str, mismatches))
+
+
+def test_auth_words(acl_setup):
+    c, rport, _ = acl_setup
+    for port in (rport, c.plain_port):
+        r = redis.Redis(port=port)
+        with pytest.raises(redis.AuthenticationError, match="Authentication required|HELLO must be called"):
+            r.get("a")
+        # On the wire, one connection: what a client sees before and after AUTH.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            f = sock.makefile("rb")
+
+            def call(*args):
+                sock.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a.encode())
+                                                               for a in args))
+                line = f.readline().decode().rstrip("\r\n")
+                if line.startswith("$") and line != "$-1":
+                    line = f.readline().decode().rstrip("\r\n")
+                return line
+
+            assert call("GET", "a") == "-NOAUTH Authentication required."
+            assert call("HELLO", "3").startswith("-NOAUTH HELLO must be called with the client already authenticated")
+            assert call("AUTH", "default", "wrong") == \
+                "-WRONGPASS invalid username-password pair or user is disabled."
+            assert call("AUTH", "off1", "offpw").startswith("-WRONGPASS")
+            assert call("AUTH", "nosuch", "x").startswith("-WRONGPASS")
+            assert call("AUTH", "a", "b", "c") == "-ERR syntax error"
+            assert call("AUTH", "adminpw") == "+OK"
+            assert call("ACL", "WHOAMI") == "default"
+        # HELLO ... AUTH authenticates and switches protocol at once.
+        r3 = redis.Redis(port=port, protocol=3, username="tenant1", password="t1pw")
+        assert r3.ping()
+        assert r3.get("{tenant1}nothing") is None
+        with pytest.raises(redis.exceptions.NoPermissionError, match="'acl|whoami' command"):
+            r3.acl_whoami()
+
+
+def test_acl_introspection_matches_redis(acl_setup):
+    c, rport, _ = acl_setup
+    ref, ours = redis.Redis(port=rport, password="adminpw"), redis.Redis(port=c.plain_port, password="adminpw")
+    assert sorted(ours.acl_users()) == sorted(ref.acl_users())
+    for user in ["writer", "off1", "default"]:
+        assert ours.execute_command("ACL", "GETUSER", user) == ref.execute_command("ACL", "GETUSER", user), user
+    assert ours.execute_command("ACL", "GETUSER", "nosuch") is None
+    got = {line.split()[1]: line for line in ours.acl_list()}
+    want = {line.split()[1]: line for line in ref.acl_list()}
+    for user in ["default", "writer", "off1"]:
+        assert got[user] == want[user]
+    assert len(ours.acl_genpass()) == 64 and len(ours.acl_genpass(32)) == 8
+    assert set(ref.acl_cat()) <= set(ours.acl_cat()) and "ai" in ours.acl_cat()
+    assert "ai.modelstore" in ours.acl_cat("ai-write")
+    with pytest.raises(redis.ResponseError, match="Unknown category"):
+        ours.acl_cat("nosuch")
+    with pytest.raises(redis.ResponseError, match="not available yet"):
+        ours.acl_setuser("x", enabled=True)
+    # CLIENT LIST names the user.
+    t = redis.Redis(port=c.plain_port, username="tenant1", password="t1pw")
+    t.ping()
+    assert any(cl["user"] == "tenant1" for cl in ours.client_list())
+
+
+def test_tenant_tensors_and_models(acl_setup):
+    c, _, _ = acl_setup
+    t = redis.Redis(port=c.plain_port, username="tenant1", password="t1pw")
+    t.execute_command("AI.TENSORSET", "{tenant1}x", "FLOAT", 2, "VALUES", 1, 2)
+    assert [float(v) for v in t.execute_command("AI.TENSORGET", "{tenant1}x", "VALUES")] == [1.0, 2.0]
+    with pytest.raises(redis.exceptions.NoPermissionError, match="no permissions to access one of the keys"):
+        t.execute_command("AI.TENSORSET", "{tenant2}x", "FLOAT", 1, "VALUES", 1)
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'ai.modelstore' command"):
+        t.execute_command("AI.MODELSTORE", "{tenant1}m", "ONNX", "CPU", "BLOB", b"x")
+    # Inside MULTI a refused command is refused when queued and EXEC
+    # discards the transaction (redis-py raises the queued command's error).
+    pipe = t.pipeline(transaction=True)
+    pipe.execute_command("AI.TENSORSET", "{tenant1}y", "FLOAT", 1, "VALUES", 1).set("{tenant1}a", "1")
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'set' command"):
+        pipe.execute()
+    assert t.exists("{tenant1}y") == 0
+
+
+def test_requirepass(acl_setup):
+    c, _, _ = acl_setup
+    fields = c.start_router("router-requirepass", ["--requirepass", "s3cret"])
+    port = int(fields["plain"].rsplit(":", 1)[1])
+    deadline = time.time() + 30
+    while True:
+        try:
+            redis.Redis(port=port, password="s3cret").ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).get("k")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, password="wrong").ping()
+    assert redis.Redis(port=port, password="s3cret").acl_whoami() == "default"
