@@ -91,14 +91,21 @@ pub fn check(conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]) -> Result<(),
         return Ok(());
     }
     if !conn.authenticated {
+        // HELLO without AUTH is refused when it runs (see `hello_allowed`).
         return match spec.name {
-            "auth" | "quit" => Ok(()),
-            "hello" if argv.iter().any(|a| a.eq_ignore_ascii_case(b"AUTH")) => Ok(()),
-            "hello" => Err(Error::Verbatim(NOAUTH_HELLO.into())),
+            "auth" | "quit" | "hello" => Ok(()),
             _ => Err(Error::Verbatim(NOAUTH.into())),
         };
     }
     conn.user.check(spec, argv).map_err(|d| Error::Verbatim(d.noperm()))
+}
+
+/// HELLO on a connection that has not authenticated must authenticate.
+pub fn hello_allowed(conn: &ConnState, has_auth: bool) -> Result<(), Reply> {
+    match conn.authenticated || has_auth {
+        true => Ok(()),
+        false => Err(Reply::err(NOAUTH_HELLO)),
+    }
 }
 
 /// AUTH (also HELLO's): on success the connection becomes `user`.

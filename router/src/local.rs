@@ -26,6 +26,9 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
         Local::Ping(None) => ready(Reply::Simple("PONG".into())),
         Local::Ping(Some(m)) | Local::Echo(m) => ready(Reply::Bulk(m)),
         Local::Hello { proto, setname, auth } => {
+            if let Err(e) = crate::acl::hello_allowed(conn, auth.is_some()) {
+                return ready(e);
+            }
             if let Some((user, pass)) = auth {
                 if let Err(e) = crate::acl::authenticate(&router.users, conn, Some(&user), &pass) {
                     return ready(e);

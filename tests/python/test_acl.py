@@ -135,6 +135,8 @@ def test_auth_words(acl_setup):
 
             assert call("GET", "a") == "-NOAUTH Authentication required."
             assert call("HELLO", "3").startswith("-NOAUTH HELLO must be called with the client already authenticated")
+            assert call("HELLO", "3", "SETNAME", "auth").startswith("-NOAUTH HELLO must be called")
+            assert call("GET", "a") == "-NOAUTH Authentication required."
             assert call("AUTH", "default", "wrong") == \
                 "-WRONGPASS invalid username-password pair or user is disabled."
             assert call("AUTH", "off1", "offpw").startswith("-WRONGPASS")
