@@ -23,7 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::command::table::{CommandSpec, COMMANDS};
+use crate::command::table::{CommandSpec, KeySpec, COMMANDS};
 use crate::glob;
 
 /// Redis's categories (`ACL CAT`), in its order, then Tessera's own: `ai`
@@ -56,7 +56,7 @@ pub const CATEGORIES: &[&str] = &[
 
 /// Commands every connection may run, authenticated or not, whatever its
 /// user's rules (Redis's `no-auth` commands).
-const NO_AUTH: &[&str] = &["auth", "hello"];
+const NO_AUTH: &[&str] = &["auth", "hello", "quit"];
 
 /// The categories of a command: those of its table entry, and for AI.*
 /// commands `ai`, `read` or `write` (and `ai-write`), with `AI.CONFIG` in
@@ -100,7 +100,7 @@ pub enum KeyAccess {
 /// What `name` does to its keys (Redis 7's key-spec flags).
 pub fn key_access(spec: &CommandSpec, argv: &[Bytes]) -> KeyAccess {
     match spec.name {
-        "exists" | "type" => KeyAccess::Any,
+        "exists" | "type" | "watch" => KeyAccess::Any,
         "incr" | "incrby" | "decr" | "decrby" => KeyAccess::ReadWrite,
         // SET ... GET returns the old value.
         "set" if argv.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"get")) => KeyAccess::ReadWrite,
@@ -339,6 +339,9 @@ impl User {
         let Some(spec) = crate::command::table::lookup(cmd.as_bytes()) else {
             return Err(UNKNOWN);
         };
+        if sub.is_some() && !has_subcommands(spec) {
+            return Err(UNKNOWN);
+        }
         match sub {
             None => self.set_command(allow, spec.name),
             Some(sub) => {
@@ -401,10 +404,21 @@ impl User {
         if !allowed {
             return Err(Denied::Command(full.unwrap_or_else(|| spec.name.to_string())));
         }
+        // Commands whose keys only their parser finds (RedisAI's runs and
+        // DAGs) are checked by `check_keys` once parsed.
+        if matches!(spec.keys, KeySpec::Movable(_)) {
+            return Ok(());
+        }
         let Some(idx) = spec.key_indexes(argv) else { return Ok(()) };
-        let access = key_access(spec, argv);
-        for i in idx {
-            let key = &argv[i];
+        self.check_keys(key_access(spec, argv), idx.into_iter().map(|i| &argv[i]))
+    }
+
+    /// Whether the user may touch each of `keys` as `access` needs.
+    pub fn check_keys<'a>(&self, access: KeyAccess, keys: impl IntoIterator<Item = &'a Bytes>) -> Result<(), Denied> {
+        if self.unrestricted {
+            return Ok(());
+        }
+        for key in keys {
             // One pattern must grant all the access needed (as Redis checks).
             let ok = self.keys.iter().any(|k| {
                 let granted = match access {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tessera_common::acl::{self, GetUserValue, User};
-use tessera_common::command::table::{self, CommandSpec};
-use tessera_common::command::AclCmd;
+use tessera_common::command::table::{self, CommandSpec, KeySpec};
+use tessera_common::command::{self as command, AclCmd, Command, ParseLimits};
 use tessera_common::error::Error;
 use tessera_common::reply::Reply;
 
@@ -100,6 +100,18 @@ pub fn check(conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]) -> Result<(),
     conn.user.check(spec, argv).map_err(|d| Error::Verbatim(d.noperm()))
 }
 
+/// The keys of a command only its parser finds (RedisAI's model, script
+/// and DAG runs: `KeySpec::Movable`), checked once parsed.
+pub fn check_parsed(conn: &ConnState, spec: &CommandSpec, parsed: Result<Command, Error>) -> Result<Command, Error> {
+    if conn.user.unrestricted() || !matches!(spec.keys, KeySpec::Movable(_)) {
+        return parsed;
+    }
+    if let Ok(Command::Keyed { cmd, .. }) = &parsed {
+        conn.user.check_keys(acl::key_access(spec, &[]), cmd.keys()).map_err(|d| Error::Verbatim(d.noperm()))?;
+    }
+    parsed
+}
+
 /// HELLO on a connection that has not authenticated must authenticate.
 pub fn hello_allowed(conn: &ConnState, has_auth: bool) -> Result<(), Reply> {
     match conn.authenticated || has_auth {
@@ -117,7 +129,7 @@ pub fn authenticate(users: &Users, conn: &mut ConnState, user: Option<&Bytes>, p
 }
 
 /// The ACL command.
-pub fn run(users: &Users, conn: &ConnState, cmd: AclCmd) -> Reply {
+pub fn run(users: &Users, limits: &ParseLimits, conn: &ConnState, cmd: AclCmd) -> Reply {
     match cmd {
         AclCmd::WhoAmI => Reply::bulk_str(&conn.user.name),
         AclCmd::Users => Reply::Array(users.users.keys().map(|n| Reply::bulk_str(n)).collect()),
@@ -168,10 +180,22 @@ pub fn run(users: &Users, conn: &ConnState, cmd: AclCmd) -> Reply {
             if !spec.arity_ok(argv.len()) {
                 return Reply::err(format!("ERR wrong number of arguments for '{}' command", spec.name));
             }
-            match u.check(spec, &argv) {
-                Ok(()) => Reply::ok(),
-                Err(d) => Reply::bulk_str(&d.dryrun()),
+            if let Err(d) = u.check(spec, &argv) {
+                return Reply::bulk_str(&d.dryrun());
             }
+            if matches!(spec.keys, KeySpec::Movable(_)) {
+                // Keys only the parser finds: parsed as the command would be.
+                match command::parse_spec(spec, argv, limits) {
+                    Ok(Command::Keyed { cmd, .. }) => {
+                        if let Err(d) = u.check_keys(acl::key_access(spec, &[]), cmd.keys()) {
+                            return Reply::bulk_str(&d.dryrun());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return e.to_reply(),
+                }
+            }
+            Reply::ok()
         }
         AclCmd::SetUser(..) | AclCmd::DelUser(_) => Reply::err(
             "ERR ACL SETUSER and ACL DELUSER are not available yet: users come from --acl-file and --requirepass, the same on every router",

@@ -24,11 +24,26 @@ pub struct Limits {
     pub max_bulk_len: usize,
     pub max_array_len: usize,
     pub max_inline_len: usize,
+    /// Limits for a connection that has not authenticated: errors say so,
+    /// in Redis's words.
+    pub unauthenticated: bool,
+}
+
+impl Limits {
+    /// What a connection may send before it authenticates (Redis's
+    /// limits for unauthenticated clients): 10 arguments of 16 KiB.
+    pub const UNAUTHENTICATED: Limits =
+        Limits { max_bulk_len: 16 * 1024, max_array_len: 10, max_inline_len: 16 * 1024, unauthenticated: true };
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_bulk_len: 512 * 1024 * 1024, max_array_len: 16 * 1024 * 1024, max_inline_len: 64 * 1024 }
+        Self {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_array_len: 16 * 1024 * 1024,
+            max_inline_len: 64 * 1024,
+            unauthenticated: false,
+        }
     }
 }
 
@@ -142,7 +157,10 @@ impl FrameScanner {
                 return Ok(Some(Frame::Empty(eol + 2)));
             }
             if n as u64 > limits.max_array_len as u64 {
-                return Err(perr("invalid multibulk length"));
+                return Err(perr(match limits.unauthenticated {
+                    true => "unauthenticated multibulk length",
+                    false => "invalid multibulk length",
+                }));
             }
             self.remaining = Some(n as usize);
             self.spans.reserve(SPANS_RESERVED.min(n as usize));
@@ -163,7 +181,10 @@ impl FrameScanner {
             };
             let len = parse_len(&buf[self.pos + 1..eol]).ok_or_else(|| perr("invalid bulk length"))?;
             if len < 0 || len as u64 > limits.max_bulk_len as u64 {
-                return Err(perr("invalid bulk length"));
+                return Err(perr(match limits.unauthenticated && len >= 0 {
+                    true => "unauthenticated bulk length",
+                    false => "invalid bulk length",
+                }));
             }
             let end = eol + 2 + len as usize + 2;
             if buf.len() < end {
@@ -326,7 +347,7 @@ mod tests {
 
     #[test]
     fn limits_reject_before_buffering() {
-        let l = Limits { max_bulk_len: 10, max_array_len: 4, max_inline_len: 8 };
+        let l = Limits { max_bulk_len: 10, max_array_len: 4, max_inline_len: 8, unauthenticated: false };
         assert_eq!(feed(&[b"*5\r\n"], &l)[0], Err(perr("invalid multibulk length")));
         assert_eq!(feed(&[b"*1\r\n$11\r\n"], &l)[0], Err(perr("invalid bulk length")));
         assert_eq!(feed(&[b"PINGPINGPING"], &l)[0], Err(perr("too big inline request")));

@@ -139,6 +139,7 @@ impl Args {
                 max_bulk_len: self.max_bulk_len,
                 max_array_len: self.max_array_len,
                 max_inline_len: self.max_inline_len,
+                unauthenticated: false,
             },
             max_clients: self.max_clients,
             max_pipeline: self.max_pipeline,

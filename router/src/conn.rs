@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, debug_span, trace, Instrument};
 
-use crate::codec::FrameScanner;
+use crate::codec::{FrameScanner, Limits};
 use crate::dispatch::{dispatch, After, Pending};
 use crate::error::Error;
 use crate::Router;
@@ -200,7 +200,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 conn.barrier = None;
             }
-            let argv = match scanner.next(&mut rbuf, &limits) {
+            // Before AUTH, Redis's small limits: no one can make the router
+            // buffer a large value without a password.
+            let limits = if conn.authenticated { &limits } else { &Limits::UNAUTHENTICATED };
+            let argv = match scanner.next(&mut rbuf, limits) {
                 Ok(Some(argv)) if argv.is_empty() => continue,
                 Ok(Some(argv)) => argv,
                 Ok(None) => break,
@@ -282,7 +285,7 @@ fn handle(router: &Arc<Router>, conn: &mut ConnState, argv: Vec<Bytes>) -> Tagge
     trace!(conn = conn.id, cmd = name, args = argv.len(), "command");
     let parsed = match spec {
         Some(spec) => match crate::acl::check(conn, spec, &argv) {
-            Ok(()) => command::parse_spec(spec, argv, &router.parse_limits),
+            Ok(()) => crate::acl::check_parsed(conn, spec, command::parse_spec(spec, argv, &router.parse_limits)),
             Err(e) => Err(e),
         },
         None => Err(command::unknown_command(&argv)),

@@ -52,7 +52,7 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
             }
             Err(e) => ready(e),
         },
-        Local::Acl(c) => ready(crate::acl::run(&router.users, conn, c)),
+        Local::Acl(c) => ready(crate::acl::run(&router.users, &router.parse_limits, conn, c)),
         Local::Client(c) => ready(client(router, conn, c)),
         Local::Select(0) => ready(Reply::ok()),
         Local::Select(_) => ready(Error::SelectNotAllowed.to_reply()),

@@ -248,7 +248,7 @@ fn small_limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
         1 => Just(Limits::default()),
         2 => (0usize..80, 0usize..10, 0usize..120)
-            .prop_map(|(b, a, i)| Limits { max_bulk_len: b, max_array_len: a, max_inline_len: i }),
+            .prop_map(|(b, a, i)| Limits { max_bulk_len: b, max_array_len: a, max_inline_len: i, unauthenticated: false }),
     ]
 }
 
@@ -667,6 +667,7 @@ fn oversize_lengths_are_refused_at_the_header() {
         max_bulk_len: b,
         max_array_len: a,
         max_inline_len: i,
+        unauthenticated: false,
     });
     fuzz("oversize", 4000, (limits, vec(arg(), 0..9), case, reads()), |(limits, args, case, reads)| {
         let args: Vec<Vec<u8>> = args

@@ -44,6 +44,7 @@ TABLE = [
     ("writer", ["EXPIRE", "w1", "100"]),
     ("writer", ["TTL", "w1"]),
     ("writer", ["TYPE", "r1"]),
+    ("writer", ["WATCH", "w1"]),
     ("nocfg", ["FLUSHALL"]),
     ("nocfg", ["CONFIG", "GET", "port"]),
     ("nocfg", ["SET", "k", "v"]),
@@ -142,8 +143,15 @@ def test_auth_words(acl_setup):
             assert call("AUTH", "off1", "offpw").startswith("-WRONGPASS")
             assert call("AUTH", "nosuch", "x").startswith("-WRONGPASS")
             assert call("AUTH", "a", "b", "c") == "-ERR syntax error"
+            assert call("ACL", "DRYRUN", "tenant1", "QUIT") == "-NOAUTH Authentication required."
             assert call("AUTH", "adminpw") == "+OK"
             assert call("ACL", "WHOAMI") == "default"
+        # Before AUTH, Redis's small limits for unauthenticated clients.
+        for frame, words in [(b"*1\r\n$20000\r\n", "unauthenticated bulk length"),
+                             (b"*11\r\n", "unauthenticated multibulk length")]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(frame)
+                assert sock.makefile("rb").readline().decode().rstrip() == f"-ERR Protocol error: {words}"
         # HELLO ... AUTH authenticates and switches protocol at once.
         r3 = redis.Redis(port=port, protocol=3, username="tenant1", password="t1pw")
         assert r3.ping()
@@ -185,6 +193,22 @@ def test_tenant_tensors_and_models(acl_setup):
         t.execute_command("AI.TENSORSET", "{tenant2}x", "FLOAT", 1, "VALUES", 1)
     with pytest.raises(redis.exceptions.NoPermissionError, match="'ai.modelstore' command"):
         t.execute_command("AI.MODELSTORE", "{tenant1}m", "ONNX", "CPU", "BLOB", b"x")
+    # A DAG's keys are found by parsing it, wherever LOAD and PERSIST appear.
+    dag = ["AI.DAGEXECUTE", "LOAD", 1, "{tenant2}secret", "PERSIST", 1, "{tenant2}victim", "|>",
+           "AI.TENSORGET", "{tenant2}secret", "VALUES", "|>", "AI.TENSORSET", "{tenant2}victim", "FLOAT", 1, "VALUES",
+           1, "|>", "AI.TENSORSET", "LOAD", "FLOAT", 1, "VALUES", 1]
+    with pytest.raises(redis.exceptions.NoPermissionError, match="one of the keys"):
+        t.execute_command(*dag)
+    admin = redis.Redis(port=c.plain_port, password="adminpw")
+    assert admin.execute_command("ACL", "DRYRUN", "tenant1", *dag).startswith(b"This user has no permissions")
+    # A refused AI command in MULTI aborts the whole transaction too.
+    pipe = t.pipeline(transaction=True)
+    pipe.execute_command("AI.TENSORSET", "{tenant1}z", "FLOAT", 1, "VALUES", 1)
+    pipe.execute_command("AI.TENSORSET", "{tenant1}z", "FLOAT", 1, "VALUES", 1)
+    pipe.execute_command("AI.TENSORGET", "{tenant2}z", "VALUES")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        pipe.execute()
+    assert t.exists("{tenant1}z") == 0
     # Inside MULTI a refused command is refused when queued and EXEC
     # discards the transaction (redis-py raises the queued command's error).
     pipe = t.pipeline(transaction=True)

@@ -15,11 +15,17 @@ fn argv(words: &str) -> Vec<Bytes> {
     words.split_whitespace().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
 }
 
-/// `OK` or the DRYRUN refusal.
+/// `OK` or the DRYRUN refusal; keys only the parser finds are checked
+/// once parsed, as the router does.
 fn dryrun(u: &User, words: &str) -> String {
+    use crate::command::{parse_spec, Command, ParseLimits};
     let a = argv(words);
     let spec = crate::command::table::lookup(&a[0]).expect("known command");
-    match u.check(spec, &a) {
+    let checked = u.check(spec, &a).and_then(|()| match (&spec.keys, parse_spec(spec, a, &ParseLimits::default())) {
+        (KeySpec::Movable(_), Ok(Command::Keyed { cmd, .. })) => u.check_keys(key_access(spec, &[]), cmd.keys()),
+        _ => Ok(()),
+    });
+    match checked {
         Ok(()) => "OK".into(),
         Err(e) => e.dryrun(),
     }
@@ -85,11 +91,19 @@ fn a_tenant_limited_to_its_keys_and_to_reads_and_ai() {
     assert_eq!(dryrun(&u, "ai.tensorset {tenant1}t FLOAT 1 VALUES 1"), "OK");
     assert_eq!(dryrun(&u, "ai.tensorset {tenant2}t FLOAT 1 VALUES 1"), no_key("{tenant2}t"));
     assert_eq!(dryrun(&u, "ai.modelstore {tenant1}m ONNX CPU BLOB x"), no_cmd("ai.modelstore"));
-    assert_eq!(dryrun(&u, "ai.modelexecute {tenant1}m INPUTS 1 {tenant1}i OUTPUTS 1 {tenant2}o"), no_key("{tenant2}o"));
+    assert_eq!(
+        dryrun(&u, "ai.modelexecute {tenant1}m INPUTS 1 {tenant1}i OUTPUTS 1 out{tenant1}"),
+        no_key("out{tenant1}")
+    );
+    // A DAG's keys wherever they are (LOAD and PERSIST as tensor names later on).
+    let dag = "ai.dagexecute LOAD 1 {tenant1}a PERSIST 1 out{tenant1} |> AI.TENSORGET {tenant1}a VALUES \
+               |> AI.TENSORSET out{tenant1} FLOAT 1 VALUES 1 |> AI.TENSORSET LOAD FLOAT 1 VALUES 1";
+    assert_eq!(dryrun(&u, dag), no_key("out{tenant1}"));
     // @ai holds every AI.* command, AI.CONFIG too (it is also @dangerous).
     assert_eq!(dryrun(&u, "ai.config BACKENDSPATH /tmp"), "OK");
-    // AUTH and HELLO need no permission.
+    // AUTH, HELLO and QUIT need no permission.
     assert_eq!(dryrun(&u, "hello 3"), "OK");
+    assert_eq!(dryrun(&u, "quit"), "OK");
     assert_eq!(
         u.describe(),
         format!("user u on #{} ~{{tenant1}}* resetchannels -@all +@read +@ai -ai.modelstore", hash_password(b"pw"))
@@ -137,6 +151,7 @@ fn rule_errors_in_redis_words_and_nothing_applied() {
         ("+@nosuchcat", "Unknown command or category name in ACL"),
         ("%X~a", "Syntax error"),
         ("(~x)", "Selectors are not supported"),
+        ("-get|x", "Unknown command or category name in ACL"),
     ];
     for (rule, reason) in cases {
         let e = u.apply_all(&[">b", rule]).unwrap_err();
