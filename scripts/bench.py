@@ -88,12 +88,7 @@ def dag_run(a, testdata, label, env, rport):
     """One tessera-dag-bench run on a fresh cluster started with `env`."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    certs = tempfile.mkdtemp(prefix="tessera-bench-tls-")
-    subprocess.run([os.path.join(a.bin_dir, "tessera-admin"), "certs", "--dir", certs], check=True,
-                   capture_output=True)
-    cluster = LocalCluster(bin_dir=a.bin_dir, router_args=[
-        "--tls-listen", "127.0.0.1:0", "--tls-cert", f"{certs}/server.crt", "--tls-key", f"{certs}/server.key",
-        "--tls-ca-cert", f"{certs}/ca.crt"])
+    cluster = LocalCluster(bin_dir=a.bin_dir)
     try:
         db = [os.path.join(a.bin_dir, "tessera-dag-bench"), "--router", cluster.plain,
               "--testdata", os.path.join(testdata, "redisai"), "--label", label,
