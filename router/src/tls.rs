@@ -257,8 +257,9 @@ fn build(s: &TlsSettings, provider: &Arc<CryptoProvider>) -> anyhow::Result<Serv
         .with_single_cert(certs, key)
         .with_context(|| format!("{} and {}", s.cert.display(), s.key.display()))?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
-    // Tickets for TLS 1.2 and 1.3 clients; the key rotates every 6 hours,
-    // which bounds how long a session resumes without a full handshake.
+    // Tickets for TLS 1.2 and 1.3 clients; the key rotates every 6 hours
+    // and the previous one is honoured as long again, which bounds how long
+    // a session resumes without a full handshake (up to 12 hours).
     config.ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session tickets")?;
     Ok(config)
 }
