@@ -162,6 +162,8 @@ impl RuleError {
 
 const SYNTAX: &str = "Syntax error";
 const UNKNOWN: &str = "Unknown command or category name in ACL";
+const AFTER_ALLKEYS: &str = "Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and does not have any effect. Try 'resetkeys' to start with an empty list of patterns";
+const AFTER_ALLCHANNELS: &str = "Adding a pattern after the * pattern (or the 'allchannels' flag) is not valid and does not have any effect. Try 'resetchannels' to start with an empty list of channels";
 
 impl User {
     /// A user as `ACL SETUSER <name>` creates one: off, no password, no
@@ -273,16 +275,18 @@ impl User {
                         return Err(err("The password you are trying to remove from the user does not exist"));
                     }
                 }
-                Some(b'~') => self.add_keys(true, true, &rule[1..]),
+                Some(b'~') => self.add_keys(true, true, &rule[1..]).map_err(err)?,
                 Some(b'%') => {
                     let (perms, pat) = rule[1..].split_once('~').ok_or_else(|| err(SYNTAX))?;
                     let perms = perms.to_ascii_uppercase();
-                    if perms.is_empty() || !perms.chars().all(|c| c == 'R' || c == 'W') {
+                    let (r, w) = (perms.matches('R').count(), perms.matches('W').count());
+                    if perms.is_empty() || r > 1 || w > 1 || r + w != perms.len() {
                         return Err(err(SYNTAX));
                     }
-                    self.add_keys(perms.contains('R'), perms.contains('W'), pat);
+                    self.add_keys(r == 1, w == 1, pat).map_err(err)?;
                 }
                 Some(b'&') if &rule[1..] == "*" => self.apply("allchannels")?,
+                Some(b'&') if self.all_channels => return Err(err(AFTER_ALLCHANNELS)),
                 Some(b'&') => {
                     if !self.all_channels && !self.channels.iter().any(|c| c == &rule[1..]) {
                         self.channels.push(rule[1..].to_string());
@@ -297,7 +301,11 @@ impl User {
         Ok(())
     }
 
-    fn add_keys(&mut self, read: bool, write: bool, pattern: &str) {
+    fn add_keys(&mut self, read: bool, write: bool, pattern: &str) -> Result<(), &'static str> {
+        let all = |k: &KeyPattern| k.read && k.write && k.pattern.as_ref() == b"*";
+        if self.keys.iter().any(all) {
+            return Err(AFTER_ALLKEYS);
+        }
         let pattern = Bytes::copy_from_slice(pattern.as_bytes());
         if pattern.as_ref() == b"*" && read && write {
             self.keys.clear();
@@ -308,6 +316,7 @@ impl User {
         } else {
             self.keys.push(KeyPattern { read, write, pattern });
         }
+        Ok(())
     }
 
     fn command_rule(&mut self, allow: bool, what: &str) -> Result<(), &'static str> {

@@ -152,12 +152,29 @@ fn rule_errors_in_redis_words_and_nothing_applied() {
         ("%X~a", "Syntax error"),
         ("(~x)", "Selectors are not supported"),
         ("-get|x", "Unknown command or category name in ACL"),
+        ("%RR~x", "Syntax error"),
     ];
     for (rule, reason) in cases {
         let e = u.apply_all(&[">b", rule]).unwrap_err();
         assert_eq!(e.message(), format!("ERR Error in ACL SETUSER modifier '{rule}': {reason}"));
         assert_eq!(u, before, "a failed SETUSER changes nothing");
     }
+}
+
+#[test]
+fn patterns_after_the_star_pattern() {
+    // Redis 7.0.15's answers.
+    let after_keys = "Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and does not have any effect. Try 'resetkeys' to start with an empty list of patterns";
+    for rules in [&["~*", "~foo"][..], &["allkeys", "%R~x"]] {
+        let e = User::new("u").apply_all(rules).unwrap_err();
+        assert_eq!((e.rule.as_str(), e.reason), (rules[1], after_keys));
+    }
+    let e = User::new("u").apply_all(&["&*", "&foo"]).unwrap_err();
+    assert!(e.reason.starts_with("Adding a pattern after the * pattern (or the 'allchannels' flag)"));
+    assert_eq!(user(&["%R~x", "~*"]).keys_text(), "~*");
+    assert_eq!(user(&["%R~*", "~a"]).keys_text(), "%R~* ~a");
+    assert_eq!(user(&["%W~*", "%R~*"]).keys_text(), "~*");
+    assert_eq!(user(&["~*", "resetkeys", "~a"]).keys_text(), "~a");
 }
 
 #[test]
