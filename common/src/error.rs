@@ -108,6 +108,8 @@ pub const CODES: &[&str] = &[
     "MISCONF",
     "WRONGPASS",
     "EXECABORT",
+    "NOAUTH",
+    "NOPERM",
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

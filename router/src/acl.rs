@@ -33,22 +33,21 @@ pub struct Users {
 impl Users {
     /// From an ACL file's text and a default-user password.
     pub fn load(acl_file: Option<&str>, requirepass: Option<&str>) -> anyhow::Result<Users> {
-        let mut users = BTreeMap::new();
-        users.insert("default".to_string(), Arc::new(User::default_user()));
-        if let Some(text) = acl_file {
-            for u in acl::parse_file(text).map_err(|e| anyhow::anyhow!("--acl-file: {e}"))? {
-                users.insert(u.name.clone(), Arc::new(u));
+        let from_file = acl::parse_file(acl_file.unwrap_or("")).map_err(|e| anyhow::anyhow!("--acl-file: {e}"))?;
+        let mut users: BTreeMap<String, Arc<User>> =
+            from_file.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
+        match (requirepass, users.contains_key("default")) {
+            (Some(_), true) => anyhow::bail!(
+                "--requirepass and an --acl-file that defines the default user: give the password in the file"
+            ),
+            (Some(pass), false) => {
+                let mut d = User::default_user();
+                d.apply_all(&["resetpass", &format!(">{pass}")]).map_err(|e| anyhow::anyhow!(e.message()))?;
+                users.insert("default".to_string(), Arc::new(d));
             }
-        }
-        if let Some(pass) = requirepass {
-            if acl_file.is_some_and(|t| acl::parse_file(t).unwrap_or_default().iter().any(|u| u.name == "default")) {
-                anyhow::bail!(
-                    "--requirepass and an --acl-file that defines the default user: give the password in the file"
-                );
+            (None, _) => {
+                users.entry("default".to_string()).or_insert_with(|| Arc::new(User::default_user()));
             }
-            let mut d = User::default_user();
-            d.apply_all(&["resetpass", &format!(">{pass}")]).map_err(|e| anyhow::anyhow!(e.message()))?;
-            users.insert("default".to_string(), Arc::new(d));
         }
         Ok(Users { users })
     }

@@ -89,12 +89,6 @@ fn ready(r: Reply) -> (Pending, After) {
     (Pending::ready(r), After::Continue)
 }
 
-/// An ACL refusal, which aborts the transaction whatever the command (as
-/// in Redis, where it is refused when queued).
-fn is_noperm(e: &Error) -> bool {
-    matches!(e, Error::Verbatim(s) if s.starts_with("NOPERM"))
-}
-
 fn err(msg: &str) -> (Pending, After) {
     ready(Reply::err(msg))
 }
@@ -105,8 +99,10 @@ pub fn handle(router: &Arc<Router>, conn: &mut ConnState, name: &str, parsed: Re
         // RedisAI's commands check their arguments when they run (Redis
         // knows only that they take any number of them): inside MULTI such
         // an error is queued and answered in its place in EXEC's reply. A
-        // DAG refuses to run in a transaction before it reads anything.
-        Err(e) if conn.tx.is_some() && name.starts_with("ai.") && e != Error::CrossSlot && !is_noperm(&e) => {
+        // DAG refuses to run in a transaction before it reads anything. An
+        // ACL refusal (NOPERM) aborts the transaction whatever the command,
+        // as in Redis, where it is refused when queued.
+        Err(e) if conn.tx.is_some() && name.starts_with("ai.") && e != Error::CrossSlot && e.code() != "NOPERM" => {
             let e = if is_dag(name) { Reply::err(DAG_IN_TX) } else { e.to_reply() };
             return queue_answer(conn, e);
         }
