@@ -279,6 +279,8 @@ impl User {
                         return Err(err("The password you are trying to remove from the user does not exist"));
                     }
                 }
+                // (Patterns are words of an ACL file line: no spaces.)
+                Some(b'~' | b'%' | b'&') if has_spaces(&rule[1..]) => return Err(err(SYNTAX)),
                 Some(b'~') => self.add_keys(true, true, &rule[1..]).map_err(err)?,
                 Some(b'%') => {
                     let (perms, pat) = rule[1..].split_once('~').ok_or_else(|| err(SYNTAX))?;
@@ -480,6 +482,18 @@ impl Denied {
 /// Commands whose first argument is a subcommand (`client|kill`).
 fn has_subcommands(spec: &CommandSpec) -> bool {
     matches!(spec.name, "client" | "cluster" | "config" | "command" | "module" | "acl")
+}
+
+fn has_spaces(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_whitespace() || b == 0)
+}
+
+/// `ACL SETUSER`'s check of a user name: a word of an ACL file line.
+pub fn check_name(name: &[u8]) -> Result<&str, String> {
+    match std::str::from_utf8(name) {
+        Ok(n) if !n.is_empty() && !has_spaces(n) => Ok(n),
+        _ => Err("ERR Usernames can't contain spaces or null characters".into()),
+    }
 }
 
 /// SHA-256 of a password, lower-case hex (what Redis stores and shows).

@@ -248,6 +248,9 @@ impl NodeState {
         if let NodeCommand::Save = &cmd {
             return Ok(Routed::Save);
         }
+        if let NodeCommand::Users(op) = cmd {
+            return Ok(Routed::Users(op));
+        }
         let hosted = self.hosted.read().clone();
         let shard = match target {
             Some(request::Target::Slot(slot)) => hosted.by_slot.get(slot as usize).copied().flatten(),
@@ -265,6 +268,20 @@ impl NodeState {
             return Err(Outcome::Error(Error::NotServed));
         }
         Ok(Routed::Shard(shard, cmd))
+    }
+
+    /// The cluster's users (`ACL LIST` lines, read linearizably) or a change
+    /// to them, on this node's replica of the meta group: its leader
+    /// answers; another replica redirects to it, and a node without one
+    /// answers as a replica that knows no leader (the router tries another).
+    pub async fn users(&self, op: tessera_common::command::UsersCmd) -> Outcome {
+        let Some(meta) = self.hosted.read().meta.clone() else {
+            return Outcome::Redirect(None);
+        };
+        match op {
+            tessera_common::command::UsersCmd::List => meta.users().await,
+            op => meta.write_op(crate::state::LogOp::Meta(crate::state::meta::MetaOp::Users(op))).await,
+        }
     }
 
     /// Ready (`/readyz`): the node has read the cluster map, and every
@@ -324,6 +341,8 @@ pub(crate) enum Routed {
     Shard(Arc<Shard>, NodeCommand),
     /// SAVE: to every replica on this node (see [`NodeState::save`]).
     Save,
+    /// The cluster's users: to the meta group (see [`NodeState::users`]).
+    Users(tessera_common::command::UsersCmd),
 }
 
 impl crate::raft::transport::Groups for NodeState {

@@ -431,6 +431,20 @@ impl Shard {
         Ok(self.data.lock().map.clone())
     }
 
+    /// The cluster's users (meta group only), read linearizably:
+    /// `[version, [line, ...]]`.
+    pub async fn users(&self) -> Outcome {
+        match self.confirm_read().await {
+            Ok(()) => Outcome::Reply(self.data.lock().users.list()),
+            Err(o) => o,
+        }
+    }
+
+    /// The version of the users as applied here (meta group only).
+    pub fn users_version(&self) -> u64 {
+        self.data.lock().users.version
+    }
+
     /// The cluster map as applied here (meta group only; may lag the leader).
     pub fn data_map(&self) -> ClusterMap {
         self.data.lock().map.clone()

@@ -2,16 +2,21 @@
 //! the check every command passes before it is parsed (`NOAUTH`,
 //! `NOPERM`), and the ACL commands.
 //!
-//! Users come from `--acl-file` (Redis's ACL file format) and
-//! `--requirepass` (the default user's password), read at start; every
-//! router of a fleet is given the same ones. `ACL SETUSER` and `ACL DELUSER`
-//! are refused until users live in the cluster's meta group, so that a
-//! change reaches every router at once; see docs/security.md.
+//! The cluster's users are kept by the meta group ([`cluster`]): every
+//! router reads them from it and enforces the same ones, and `ACL SETUSER`,
+//! `DELUSER` and `LOAD` change them there. A router's `--acl-file` and
+//! `--requirepass` are the users a cluster that has none starts with, and
+//! what the router enforces until it has read the cluster's; see
+//! docs/security.md.
+
+pub mod cluster;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 use tessera_common::acl::{self, GetUserValue, User};
 use tessera_common::command::table::{self, CommandSpec, KeySpec};
 use tessera_common::command::{self as command, AclCmd, Command, ParseLimits};
@@ -24,50 +29,107 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 const NOAUTH: &str = "NOAUTH Authentication required.";
 const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
-/// The users of this router, by name (`default` always among them).
+/// The users this router enforces: the cluster's once read, its own
+/// until then. Connections follow a change at their next command (see
+/// [`follow`]).
 #[derive(Debug)]
 pub struct Users {
-    users: BTreeMap<String, Arc<User>>,
+    current: RwLock<Arc<UserSet>>,
+    /// Bumped whenever `current` is replaced.
+    generation: AtomicU64,
+    /// This router's own users as `ACL LIST` lines: what it seeds a
+    /// cluster without users with.
+    own: Vec<String>,
+}
+
+/// Users by name (`default` always among them).
+#[derive(Debug)]
+pub struct UserSet {
+    pub by_name: BTreeMap<String, Arc<User>>,
+    /// The cluster's version of them; 0: this router's own (the cluster
+    /// has none, or has not answered yet).
+    pub version: u64,
 }
 
 impl Users {
     /// From an ACL file's text and a default-user password.
     pub fn load(acl_file: Option<&str>, requirepass: Option<&str>) -> anyhow::Result<Users> {
-        let from_file = acl::parse_file(acl_file.unwrap_or("")).map_err(|e| anyhow::anyhow!("--acl-file: {e}"))?;
-        let mut users: BTreeMap<String, Arc<User>> =
-            from_file.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
-        match (requirepass, users.contains_key("default")) {
-            (Some(_), true) => anyhow::bail!(
-                "--requirepass and an --acl-file that defines the default user: give the password in the file"
-            ),
-            (Some(pass), false) => {
-                let mut d = User::default_user();
-                d.apply_all(&["resetpass", &format!(">{pass}")]).map_err(|e| anyhow::anyhow!(e.message()))?;
-                users.insert("default".to_string(), Arc::new(d));
-            }
-            (None, _) => {
-                users.entry("default".to_string()).or_insert_with(|| Arc::new(User::default_user()));
-            }
+        let users = own_users(acl_file, requirepass)?;
+        let own = users.values().map(|u| u.describe()).collect();
+        Ok(Users {
+            current: RwLock::new(Arc::new(UserSet { by_name: users, version: 0 })),
+            generation: AtomicU64::new(0),
+            own,
+        })
+    }
+
+    /// The users in force now.
+    pub fn current(&self) -> Arc<UserSet> {
+        self.current.read().clone()
+    }
+
+    /// Changes whenever the users in force do.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// This router's own users, as `ACL LIST` lines.
+    pub fn own(&self) -> &[String] {
+        &self.own
+    }
+
+    /// Whether the users in force are the cluster's and not this router's own.
+    pub fn differ_from_own(&self) -> bool {
+        let current = self.current();
+        current.version > 0 && !current.by_name.values().map(|u| u.describe()).eq(self.own.iter().cloned())
+    }
+
+    /// Puts the cluster's users (`ACL LIST` lines) of `version` in force,
+    /// unless newer ones already are. A line that does not parse leaves
+    /// the users as they were.
+    pub fn install(&self, version: u64, lines: &[String]) -> Result<bool, String> {
+        if version <= self.current.read().version {
+            return Ok(false);
         }
-        Ok(Users { users })
+        let mut by_name: BTreeMap<String, Arc<User>> =
+            acl::parse_file(&lines.join("\n"))?.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
+        by_name.entry("default".to_string()).or_insert_with(|| Arc::new(User::default_user()));
+        let mut current = self.current.write();
+        if version <= current.version {
+            return Ok(false);
+        }
+        *current = Arc::new(UserSet { by_name, version });
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(true)
     }
 
     pub fn get(&self, name: &[u8]) -> Option<Arc<User>> {
-        self.users.get(std::str::from_utf8(name).ok()?).cloned()
+        self.current.read().get(name)
     }
 
     /// The user a new connection starts as, and whether it is
     /// authenticated (the default user without a password: yes).
-    pub fn initial(&self) -> (Arc<User>, bool) {
-        let d = self.users["default"].clone();
+    pub fn initial(&self) -> (Arc<User>, bool, u64) {
+        let generation = self.generation();
+        let d = self.current.read().by_name["default"].clone();
         let open = d.enabled && d.nopass;
-        (d, open)
+        (d, open, generation)
     }
 
     /// `AUTH [user] password`: the user, or the error reply.
     pub fn auth(&self, user: Option<&Bytes>, password: &[u8]) -> Result<Arc<User>, Reply> {
+        self.current.read().auth(user, password)
+    }
+}
+
+impl UserSet {
+    pub fn get(&self, name: &[u8]) -> Option<Arc<User>> {
+        self.by_name.get(std::str::from_utf8(name).ok()?).cloned()
+    }
+
+    fn auth(&self, user: Option<&Bytes>, password: &[u8]) -> Result<Arc<User>, Reply> {
         let name = user.map_or(&b"default"[..], |u| &u[..]);
-        if user.is_none() && self.users["default"].nopass {
+        if user.is_none() && self.by_name["default"].nopass {
             return Err(Reply::err(
                 "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
             ));
@@ -77,6 +139,45 @@ impl Users {
             _ => Err(Reply::err(WRONGPASS)),
         }
     }
+}
+
+/// A connection follows a change of the users before its next command: it
+/// runs as its user's new rules, or, if its user was deleted, is closed
+/// (`false`), as Redis closes the clients of a deleted user.
+pub fn follow(users: &Users, conn: &mut ConnState) -> bool {
+    let generation = users.generation();
+    if generation == conn.users_generation {
+        return true;
+    }
+    conn.users_generation = generation;
+    match users.get(conn.user.name.as_bytes()) {
+        Some(u) => {
+            conn.user = u;
+            true
+        }
+        None => false,
+    }
+}
+
+/// A router's own users: its ACL file's, and the default user with
+/// `requirepass` (or Redis's open default user).
+fn own_users(acl_file: Option<&str>, requirepass: Option<&str>) -> anyhow::Result<BTreeMap<String, Arc<User>>> {
+    let from_file = acl::parse_file(acl_file.unwrap_or("")).map_err(|e| anyhow::anyhow!("--acl-file: {e}"))?;
+    let mut users: BTreeMap<String, Arc<User>> = from_file.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
+    match (requirepass, users.contains_key("default")) {
+        (Some(_), true) => anyhow::bail!(
+            "--requirepass and an --acl-file that defines the default user: give the password in the file"
+        ),
+        (Some(pass), false) => {
+            let mut d = User::default_user();
+            d.apply_all(&["resetpass", &format!(">{pass}")]).map_err(|e| anyhow::anyhow!(e.message()))?;
+            users.insert("default".to_string(), Arc::new(d));
+        }
+        (None, _) => {
+            users.entry("default".to_string()).or_insert_with(|| Arc::new(User::default_user()));
+        }
+    }
+    Ok(users)
 }
 
 /// The check before a command is parsed, after its name and arity are
@@ -121,18 +222,22 @@ pub fn hello_allowed(conn: &ConnState, has_auth: bool) -> Result<(), Reply> {
 
 /// AUTH (also HELLO's): on success the connection becomes `user`.
 pub fn authenticate(users: &Users, conn: &mut ConnState, user: Option<&Bytes>, password: &[u8]) -> Result<(), Reply> {
+    let generation = users.generation();
     let u = users.auth(user, password)?;
     conn.user = u;
+    conn.users_generation = generation;
     conn.authenticated = true;
     Ok(())
 }
 
-/// The ACL command.
+/// The ACL command's subcommands that change nothing (the others are in
+/// [`cluster`]).
 pub fn run(users: &Users, limits: &ParseLimits, conn: &ConnState, cmd: AclCmd) -> Reply {
+    let users = users.current();
     match cmd {
         AclCmd::WhoAmI => Reply::bulk_str(&conn.user.name),
-        AclCmd::Users => Reply::Array(users.users.keys().map(|n| Reply::bulk_str(n)).collect()),
-        AclCmd::List => Reply::Array(users.users.values().map(|u| Reply::bulk_str(&u.describe())).collect()),
+        AclCmd::Users => Reply::Array(users.by_name.keys().map(|n| Reply::bulk_str(n)).collect()),
+        AclCmd::List => Reply::Array(users.by_name.values().map(|u| Reply::bulk_str(&u.describe())).collect()),
         AclCmd::GetUser(name) => match users.get(&name) {
             None => Reply::Null,
             Some(u) => Reply::Map(
@@ -196,15 +301,17 @@ pub fn run(users: &Users, limits: &ParseLimits, conn: &ConnState, cmd: AclCmd) -
             }
             Reply::ok()
         }
-        AclCmd::SetUser(..) | AclCmd::DelUser(_) => Reply::err(
-            "ERR ACL SETUSER and ACL DELUSER are not available yet: users come from --acl-file and --requirepass, the same on every router",
-        ),
+        AclCmd::SetUser(..) | AclCmd::DelUser(_) | AclCmd::Load | AclCmd::Save => {
+            Reply::err("ERR internal: an ACL change outside the cluster's handling")
+        }
         AclCmd::Help => Reply::Array(
             [
                 "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 "CAT [<category>]",
                 "    List all commands that belong to <category>, or all command categories",
                 "    when no category is specified.",
+                "DELUSER <username> [<username> ...]",
+                "    Delete a list of users.",
                 "DRYRUN <username> <command> [<arg> ...]",
                 "    Returns whether the user can execute the given command without executing the command.",
                 "GETUSER <username>",
@@ -214,6 +321,12 @@ pub fn run(users: &Users, limits: &ParseLimits, conn: &ConnState, cmd: AclCmd) -
                 "    be used to specify a different size.",
                 "LIST",
                 "    Show users details in config file format.",
+                "LOAD",
+                "    Reload users from the ACL file.",
+                "SAVE",
+                "    Save the current config to the ACL file.",
+                "SETUSER <username> <attribute> [<attribute> ...]",
+                "    Create or modify a user with the specified attributes.",
                 "USERS",
                 "    List all the registered usernames.",
                 "WHOAMI",

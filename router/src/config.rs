@@ -70,7 +70,9 @@ pub struct Args {
     #[arg(long, env = "TESSERA_ROUTER_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,
     /// Users in Redis's ACL file format (`user <name> <rules...>` per
-    /// line), read at start; give every router the same file.
+    /// line): with `--requirepass`, the users a cluster that has none
+    /// starts with; `ACL LOAD` sends it to the cluster again, `ACL SAVE`
+    /// writes the cluster's users to it.
     #[arg(long, env = "TESSERA_ROUTER_ACL_FILE")]
     pub acl_file: Option<PathBuf>,
     /// Storage nodes' gRPC addresses.
@@ -124,7 +126,9 @@ pub struct Config {
     pub tls_only: bool,
     /// The TLS ports' certificates and rules, when there are TLS ports.
     pub tls: Option<TlsSettings>,
-    /// The ACL file's text and the default user's password, when given.
+    /// The ACL file's path and its text at start, and the default user's
+    /// password, when given.
+    pub acl_path: Option<std::path::PathBuf>,
     pub acl_file: Option<String>,
     pub requirepass: Option<String>,
 }
@@ -156,6 +160,7 @@ impl Args {
                 }
                 None => None,
             },
+            acl_path: self.acl_file.clone(),
             requirepass: self.requirepass.clone(),
         })
     }

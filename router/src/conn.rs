@@ -47,6 +47,8 @@ pub struct ConnState {
     /// authenticated (or needs not: the default user has no password).
     pub user: Arc<tessera_common::acl::User>,
     pub authenticated: bool,
+    /// The users' generation `user` was taken from (see `acl::follow`).
+    pub users_generation: u64,
     pub created: Instant,
     /// This connection's commands dispatched and not yet answered, when the
     /// next one is dispatched (a read-only DAG goes to a follower only when
@@ -126,7 +128,7 @@ where
 {
     let Accepted { peer, local, vnode, tls } = from;
     let id = router.next_client_id();
-    let (user, authenticated) = router.users.initial();
+    let (user, authenticated, users_generation) = router.users.initial();
     let mut conn = ConnState {
         id,
         proto: Protocol::Resp2,
@@ -138,6 +140,7 @@ where
         tls,
         user,
         authenticated,
+        users_generation,
         created: Instant::now(),
         in_flight: 0,
         tx: None,
@@ -219,6 +222,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
             };
+            // The users changed: run as the user's new rules, or close if
+            // the user was deleted.
+            if !crate::acl::follow(&router.users, conn) {
+                debug!(user = %conn.user.name, "the connection's user was deleted; closing");
+                closing = true;
+                break;
+            }
             conn.in_flight = pending.len();
             let t = handle(router, conn, argv);
             if t.after == After::Close {

@@ -249,6 +249,14 @@ pub async fn run(
         warn!("no TLS cluster ports: cluster clients on the TLS port are given the plain cluster endpoints");
     }
     let users = acl::Users::load(config.acl_file.as_deref(), config.requirepass.as_deref())?;
+    // The cluster's users, or this router's own ones seeded into a cluster
+    // that has none; if the meta group does not answer, this router's own
+    // until it does.
+    if let Err(e) = acl::cluster::sync(&shards, &users).await {
+        warn!(error = %e, "serving with this router's own users until the cluster's can be read");
+    } else if users.differ_from_own() {
+        warn!("the cluster's users differ from this router's --acl-file/--requirepass: the cluster's are in force (those flags seed only a cluster without users; ACL LOAD sends the file again)");
+    }
     let run_id = topology::node_id(&first_addr);
     let router = Arc::new(Router {
         parse_limits: ParseLimits { max_value_bytes: config.limits.max_bulk_len },
@@ -268,6 +276,7 @@ pub async fn run(
     });
     info!(plain = ?plain_addr, cluster = ?cluster_addrs, tls = ?tls_addr, tls_cluster = ?tls_cluster_addrs,
           shards = router.shards.shards().len(), "router serving");
+    let users_follower = tokio::spawn(acl::cluster::follow_cluster(router.clone()));
     let probe = router.clone();
     ready.set(Arc::new(move || probe.readiness()));
 
@@ -295,6 +304,7 @@ pub async fn run(
         t.abort();
     }
     refresher.abort();
+    users_follower.abort();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Stats::get(&router.stats.connected) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tessera_common::command::server::keyslot;
 use tessera_common::command::server::ModuleCmd;
 use tessera_common::command::table::{self, COMMANDS};
-use tessera_common::command::{ClientCmd, ClusterCmd, CommandCmd, Local};
+use tessera_common::command::{AclCmd, ClientCmd, ClusterCmd, CommandCmd, Local};
 use tessera_common::error::Error;
 use tessera_common::glob;
 use tessera_common::reply::{Protocol, Reply};
@@ -52,6 +52,9 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
             }
             Err(e) => ready(e),
         },
+        Local::Acl(c @ (AclCmd::SetUser(..) | AclCmd::DelUser(_) | AclCmd::Load | AclCmd::Save)) => {
+            (Pending::Fut(Box::pin(crate::acl::cluster::change(router.clone(), c))), After::Continue)
+        }
         Local::Acl(c) => ready(crate::acl::run(&router.users, &router.parse_limits, conn, c)),
         Local::Client(c) => ready(client(router, conn, c)),
         Local::Select(0) => ready(Reply::ok()),

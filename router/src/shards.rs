@@ -27,7 +27,15 @@ pub struct ShardMap {
     /// Replaced whole when the refresher learns a shard (a router started
     /// before the cluster formed serves its slots once it has).
     layout: RwLock<Arc<Layout>>,
+    /// The meta group (it keeps the cluster's users), once a node hosting
+    /// it has answered.
+    meta: RwLock<Option<Arc<ShardEntry>>>,
+    /// The newest users version a meta replica reported, and its change.
+    users_seen: tokio::sync::watch::Sender<u64>,
 }
+
+/// The meta group's id (as the nodes number it).
+pub const META: u32 = u32::MAX;
 
 /// The shards known so far and which of them owns each slot.
 pub struct Layout {
@@ -194,11 +202,75 @@ impl ShardMap {
                 shards.push(Arc::new(ShardEntry::new(s, replicas, me, leader)));
             }
         }
-        Self::new(nodes, shards)
+        let map = Self::new(nodes, shards);
+        for (addr, resp) in &answers {
+            let reporter = map.node_index_or_add(addr);
+            map.learn_meta(resp, reporter);
+        }
+        map
     }
 
     pub fn new(nodes: Vec<Arc<NodeClient>>, shards: Vec<Arc<ShardEntry>>) -> ShardMap {
-        ShardMap { nodes: RwLock::new(nodes), layout: RwLock::new(Arc::new(Layout::new(shards))) }
+        ShardMap {
+            nodes: RwLock::new(nodes),
+            layout: RwLock::new(Arc::new(Layout::new(shards))),
+            meta: RwLock::new(None),
+            users_seen: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// What one node's answer says of the meta group: its replicas and
+    /// leader (the answer from a replica that knows a leader in the newest
+    /// term wins, as for shards), and the users version it has applied.
+    fn learn_meta(&self, resp: &ShardsResponse, reporter: usize) {
+        self.users_seen.send_if_modified(|v| {
+            let newer = resp.users_version > *v;
+            *v = (*v).max(resp.users_version);
+            newer
+        });
+        let Some(m) = resp.meta.as_ref() else { return };
+        let replicas: Vec<usize> =
+            m.members.iter().filter(|x| !x.addr.is_empty()).map(|x| self.node_index_or_add(&x.addr)).collect();
+        let leader = m.members.iter().find(|x| x.id == m.leader_id).and_then(|x| self.node_index(&x.addr));
+        let mut meta = self.meta.write();
+        let Some(entry) = meta.as_ref() else {
+            *meta = Some(Arc::new(ShardEntry::new(m, replicas, reporter, leader.unwrap_or(reporter))));
+            return;
+        };
+        let report = ReplicaReport {
+            leader_id: m.leader_id,
+            term: m.term,
+            commit_index: m.commit_index,
+            applied_index: m.applied_index,
+        };
+        let newest = entry.reports.lock().values().all(|r| (m.term, m.commit_index) >= (r.term, r.commit_index));
+        entry.reports.lock().insert(reporter, report);
+        if let (Some(leader), true) = (leader, newest) {
+            if !replicas.is_empty() && replicas.len() == m.members.len() {
+                *entry.replicas.write() = replicas;
+            }
+            entry.leader.store(leader, Ordering::Relaxed);
+        }
+    }
+
+    /// The meta group's entry, once known.
+    pub fn meta(&self) -> Option<Arc<ShardEntry>> {
+        self.meta.read().clone()
+    }
+
+    /// The newest users version the meta replicas reported (watch it to
+    /// learn of changes).
+    pub fn users_seen(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.users_seen.subscribe()
+    }
+
+    /// Sends a command to the meta group's leader (`read_only`: may be sent
+    /// again when its outcome is unknown).
+    pub async fn call_meta(&self, command: Bytes, read_only: bool) -> Reply {
+        match self.meta() {
+            Some(m) => self.call(&m, request::Target::Shard(META), command, read_only, false, false).await,
+            None => Reply::err("CLUSTERDOWN no storage node hosting the meta group has answered yet"),
+        }
     }
 
     pub fn layout(&self) -> Arc<Layout> {
@@ -274,6 +346,7 @@ impl ShardMap {
                 let Ok(Ok(resp)) = answer else {
                     continue;
                 };
+                self.learn_meta(&resp, node);
                 for s in resp.shards {
                     let Some(entry) = self.shard(s.id) else {
                         self.learn_shard(&s, node);

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import redis
 
@@ -65,6 +66,8 @@ class LocalCluster:
                                              os.path.expanduser("~/.cache/tessera/target/debug"))
         self.dir = tempfile.mkdtemp(prefix="tessera-py-")
         self.procs = []
+        # Each process's command line by name (to start it again).
+        self.argv = {}
         # Nodes must know each other's addresses before they start, so ports
         # are reserved up front rather than taken with port 0.
         addrs = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
@@ -113,10 +116,41 @@ class LocalCluster:
         return dict(f.split("=", 1) for f in _ready(p)[1:])
 
     def pid(self, name):
-        """The process id of the process started as `name`."""
-        return next(p.pid for n, p, _ in self.procs if n == name)
+        """The process id of the process last started as `name`."""
+        return [p.pid for n, p, _ in self.procs if n == name][-1]
+
+    def kill(self, name):
+        """Kills (SIGKILL) the process last started as `name`."""
+        p = [p for n, p, _ in self.procs if n == name][-1]
+        p.kill()
+        p.wait()
+
+    def restart(self, name):
+        """Starts `name` again as it was first started (a node keeps its
+        data directory and address; its metrics address is new)."""
+        fields = _ready(self._spawn(name, self.argv[name]))
+        if name.startswith("node-"):
+            self.node_metrics[int(name[5:]) - 1] = fields[2]
+        return fields
+
+    def meta_leader(self, timeout=30):
+        """The name of the node leading the meta group (from the nodes'
+        `tessera_raft_leader` gauge, refreshed every second)."""
+        deadline = time.time() + timeout
+        while True:
+            for n, addr in enumerate(self.node_metrics):
+                try:
+                    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
+                except OSError:
+                    continue
+                if 'tessera_raft_leader{shard="4294967295"} 1' in text:
+                    return f"node-{n + 1}"
+            if time.time() > deadline:
+                raise TimeoutError("no meta leader reported")
+            time.sleep(0.2)
 
     def _spawn(self, name, argv):
+        self.argv.setdefault(name, argv)
         log = open(os.path.join(self.dir, f"{name}.log"), "wb")
         # (The parent death signal follows the thread that spawns: clusters
         # are started from the main thread.)

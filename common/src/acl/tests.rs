@@ -223,3 +223,39 @@ fn acl_files() {
     assert!(parse_file("user a on\nuser a off").unwrap_err().contains("defined twice"));
     assert!(parse_file("user a on +nosuch").unwrap_err().contains("Unknown command"));
 }
+
+#[test]
+fn descriptions_read_back_as_the_same_user() {
+    // The cluster keeps users as their `ACL LIST` lines: each must parse
+    // back to a user that describes, and checks, the same.
+    let cases: &[&[&str]] = &[
+        &[],
+        &["on", "nopass", "~*", "&*", "+@all"],
+        &["on", ">pw", "~{tenant1}*", "+@read", "+@ai", "-ai.modelstore"],
+        &["on", "%R~r*", "%W~w*", "~rw*", "+@all", "-@dangerous", "+config|get", "-client|kill"],
+        &["off", "#148de9c5a7a44d19e56cd9ae1a554bf67847afb0c58f6e12fa29ac7ddfca9940", "&chan", "-@all", "+get"],
+        &["reset", "on", "allkeys", "allcommands", "-flushall"],
+    ];
+    for rules in cases {
+        let u = user(rules);
+        let line = u.describe();
+        let back = parse_file(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].describe(), line);
+        for cmd in ["get {tenant1}a", "set rw1 v", "get r1", "set w1 v", "flushall", "config get x", "client kill x"] {
+            assert_eq!(dryrun(&back[0], cmd), dryrun(&u, cmd), "{line}: {cmd}");
+        }
+        assert_eq!(back[0].unrestricted(), u.unrestricted(), "{line}");
+    }
+}
+
+#[test]
+fn names_and_patterns_with_spaces_are_refused() {
+    // Redis 7.0.15's answers.
+    assert_eq!(check_name(b"a b").unwrap_err(), "ERR Usernames can't contain spaces or null characters");
+    assert_eq!(check_name(b"alice"), Ok("alice"));
+    for rule in ["~a b", "%R~a b", "&a b"] {
+        let e = User::new("u").apply(rule).unwrap_err();
+        assert_eq!(e.message(), format!("ERR Error in ACL SETUSER modifier '{rule}': Syntax error"));
+    }
+}

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::slot::key_slot;
-pub use node::NodeCommand;
+pub use node::{NodeCommand, UsersCmd};
 pub use server::{AclCmd, ClientCmd, ClusterCmd, CommandCmd, Local};
 
 /// Limits applied while parsing.

@@ -204,6 +204,30 @@ pub enum NodeCommand {
         get: bool,
         error: crate::error::Error,
     },
+    /// The cluster's ACL users, kept by the meta group (no shard state; the
+    /// node hosting the meta group's leader answers, others redirect).
+    Users(UsersCmd),
+}
+
+/// What a router asks of the cluster's users. Users are kept as `ACL LIST`
+/// lines (passwords as SHA-256 only: a router turns `>pass` and `<pass`
+/// into `#hash` and `!hash` before it sends a rule).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UsersCmd {
+    /// Every user: `[version, [line, ...]]` (version 0: the cluster has
+    /// none yet).
+    List,
+    /// Sets these users if the cluster has none yet (a router's
+    /// `--acl-file` and `--requirepass`); else changes nothing. Answers the
+    /// version.
+    Seed(Vec<String>),
+    /// ACL SETUSER: `rules` applied in order to the user (created when
+    /// absent); all or nothing. Answers the version.
+    SetUser { name: String, rules: Vec<String> },
+    /// ACL DELUSER: `[version, deleted]`.
+    DelUser(Vec<String>),
+    /// ACL LOAD: these users replace the cluster's. Answers the version.
+    Load(Vec<String>),
 }
 
 /// The queued commands of a MULTI and the keys it WATCHes.
@@ -306,8 +330,10 @@ impl NodeCommand {
     /// unknown (its node timed out, or the session ended before the reply):
     /// only a command that changes nothing. A model run writes its outputs.
     pub fn retry_safe(&self) -> bool {
-        if let NodeCommand::Dag(dag) = self {
-            return !dag.writes();
+        match self {
+            NodeCommand::Dag(dag) => return !dag.writes(),
+            NodeCommand::Users(c) => return matches!(c, UsersCmd::List),
+            _ => {}
         }
         !self.is_write() && !self.is_exec()
     }
@@ -368,7 +394,7 @@ impl NodeCommand {
             C::Effects { writes, .. } => Box::new(writes.iter().map(|(k, _)| k)),
             C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
-            C::AiConfig { .. } | C::Save | C::AiInfo => Box::new(std::iter::empty()),
+            C::AiConfig { .. } | C::Save | C::AiInfo | C::Users(_) => Box::new(std::iter::empty()),
             C::Multi(tx) => Box::new(tx.commands().flat_map(|c| c.keys()).chain(tx.watched.iter().map(|(k, _)| k))),
             C::Watch { keys } => Box::new(keys.iter()),
             C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
@@ -429,6 +455,7 @@ impl NodeCommand {
             NodeCommand::AiInfo => "info",
             NodeCommand::TensorArgError { get: true, .. } => "ai.tensorget",
             NodeCommand::TensorArgError { get: false, .. } => "ai.tensorset",
+            NodeCommand::Users(_) => "acl",
         }
     }
 

@@ -75,6 +75,8 @@ pub enum AclCmd {
     DryRun(Bytes, Vec<Bytes>),
     SetUser(Bytes, Vec<Bytes>),
     DelUser(Vec<Bytes>),
+    Load,
+    Save,
     Help,
 }
 
@@ -244,8 +246,10 @@ fn parse_acl(argv: &[Bytes]) -> Result<AclCmd> {
         b"DRYRUN" if n >= 4 => AclCmd::DryRun(argv[2].clone(), argv[3..].to_vec()),
         b"SETUSER" if n >= 3 => AclCmd::SetUser(argv[2].clone(), argv[3..].to_vec()),
         b"DELUSER" if n >= 3 => AclCmd::DelUser(argv[2..].to_vec()),
+        b"LOAD" if n == 2 => AclCmd::Load,
+        b"SAVE" if n == 2 => AclCmd::Save,
         b"WHOAMI" | b"LIST" | b"USERS" | b"HELP" | b"GETUSER" | b"CAT" | b"GENPASS" | b"DRYRUN" | b"SETUSER"
-        | b"DELUSER" => return Err(arity()),
+        | b"DELUSER" | b"LOAD" | b"SAVE" => return Err(arity()),
         _ => return Err(unknown_sub("acl", &argv[1])),
     })
 }

@@ -20,7 +20,8 @@ use crate::data::keyspace::Keyspace;
 use crate::error::Error as NodeError;
 use crate::state::apply as exec;
 pub use crate::state::chunks::{join, Chunks, LocalWrites};
-use crate::state::meta::ClusterMap;
+use crate::state::meta::{ClusterMap, MetaOp};
+use crate::state::users::Users;
 use crate::state::Effect;
 use crate::state::{snapshot, LogOp};
 use crate::util::encode;
@@ -62,8 +63,9 @@ pub struct ShardData {
     pub last_membership: StoredMembershipOf<C>,
     /// Timestamp of the last applied proposal: new proposals never go below it.
     pub last_ts: i64,
-    /// The cluster map (meta group only; empty in shards).
+    /// The cluster map and users (meta group only; empty in shards).
     pub map: ClusterMap,
+    pub users: Users,
     /// Chunked writes whose last part is not applied yet.
     pub chunks: Chunks,
 }
@@ -153,19 +155,21 @@ impl StateMachine {
             last_membership: StoredMembership::default(),
             last_ts: 0,
             map: ClusterMap::default(),
+            users: Users::default(),
             chunks: Chunks::default(),
         };
         let mut current = None;
         if let Some((meta, payload)) = read_snapshot(dir)? {
-            let (ts, map, chunks, ks) = snapshot::load(payload.into())?;
-            load_models(&ks);
+            let r = snapshot::load(payload.into())?;
+            load_models(&r.ks);
             data = ShardData {
-                ks,
+                ks: r.ks,
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
-                last_ts: ts,
-                map,
-                chunks,
+                last_ts: r.last_ts,
+                map: r.map,
+                users: r.users,
+                chunks: r.chunks,
             };
             current = Some(meta);
         }
@@ -242,6 +246,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
                 last_membership: d.last_membership.clone(),
                 last_ts: d.last_ts,
                 map: d.map.clone(),
+                users: d.users.clone(),
                 chunks: d.chunks.clone(),
             };
             drop(d);
@@ -249,7 +254,8 @@ impl RaftSnapshotBuilder<C> for StateMachine {
             state.chunks.fill_local(&self.local);
             (meta, state)
         };
-        let bytes = crate::util::heavy(|| snapshot::pieces(state.last_ts, &state.map, &state.chunks, &state.ks));
+        let bytes =
+            crate::util::heavy(|| snapshot::pieces(state.last_ts, &state.map, &state.users, &state.chunks, &state.ks));
         drop(state);
         self.persist(&meta, bytes).await?;
         *self.current.lock() = Some(meta.clone());
@@ -296,6 +302,7 @@ impl RaftStateMachine<C> for StateMachine {
                         let part_of = if let LogOp::Chunk { id, .. } = &p.op { Some(*id) } else { None };
                         self.local.applying(part_of, &d.chunks);
                         match p.op {
+                            LogOp::Meta(MetaOp::Users(op)) => d.users.apply(&op),
                             LogOp::Meta(op) => d.map.apply(&op),
                             LogOp::Chunk { id, part, parts, data } => {
                                 let local = part == 0 && self.local.contains(id);
@@ -349,17 +356,18 @@ impl RaftStateMachine<C> for StateMachine {
         // that does not restore is then on disk: it is an error for this
         // node either way).
         let bytes = self.persist(meta, vec![snapshot.into_bytes(meta)?.into()]).await?.pop().unwrap_or_default();
-        let (ts, map, chunks, ks) = crate::util::heavy(move || snapshot::load(bytes))?;
-        load_models(&ks);
+        let r = crate::util::heavy(move || snapshot::load(bytes))?;
+        load_models(&r.ks);
         {
             let mut d = self.data.lock();
             *d = ShardData {
-                ks,
+                ks: r.ks,
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
-                last_ts: ts,
-                map,
-                chunks,
+                last_ts: r.last_ts,
+                map: r.map,
+                users: r.users,
+                chunks: r.chunks,
             };
         }
         *self.current.lock() = Some(meta.clone());

@@ -66,26 +66,25 @@ pub struct NodeService {
 impl Node for NodeService {
     async fn shards(&self, _req: Request<ShardsRequest>) -> Result<Response<ShardsResponse>, Status> {
         let hosted = self.state.hosted();
-        let shards = hosted
-            .shards
-            .iter()
-            .map(|s| {
-                let st = s.status();
-                ShardInfo {
-                    id: s.id,
-                    slots: s
-                        .ranges
-                        .iter()
-                        .map(|r| tessera_proto::v1::SlotRange { start: r.start.into(), end: r.end.into() })
-                        .collect(),
-                    members: st.members.into_iter().map(|(id, addr)| Member { id, addr }).collect(),
-                    leader_id: st.leader.unwrap_or(0),
-                    term: st.term,
-                    commit_index: st.committed,
-                    applied_index: st.applied,
-                }
-            })
-            .collect();
-        Ok(Response::new(ShardsResponse { node_id: self.state.node_id, shards }))
+        let info = |s: &crate::shard::Shard| {
+            let st = s.status();
+            ShardInfo {
+                id: s.id,
+                slots: s
+                    .ranges
+                    .iter()
+                    .map(|r| tessera_proto::v1::SlotRange { start: r.start.into(), end: r.end.into() })
+                    .collect(),
+                members: st.members.into_iter().map(|(id, addr)| Member { id, addr }).collect(),
+                leader_id: st.leader.unwrap_or(0),
+                term: st.term,
+                commit_index: st.committed,
+                applied_index: st.applied,
+            }
+        };
+        let shards = hosted.shards.iter().map(|s| info(s)).collect();
+        let meta = hosted.meta.as_deref().map(info);
+        let users_version = hosted.meta.as_ref().map_or(0, |m| m.users_version());
+        Ok(Response::new(ShardsResponse { node_id: self.state.node_id, shards, meta, users_version }))
     }
 }

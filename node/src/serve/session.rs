@@ -81,6 +81,12 @@ async fn read_session(
                         let _ = out.send(response(id, 0, state.save().await)).await;
                     });
                 }
+                Ok(Routed::Users(op)) => {
+                    let (state, out, id) = (state.clone(), out.clone(), r.id);
+                    tokio::spawn(async move {
+                        let _ = out.send(response(id, crate::state::meta::META, state.users(op).await)).await;
+                    });
+                }
                 Ok(Routed::Shard(shard, cmd)) => {
                     let current = lanes.get(&shard.id).is_some_and(|(s, _)| Arc::ptr_eq(s, &shard));
                     if !current {

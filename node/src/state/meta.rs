@@ -87,6 +87,8 @@ pub enum MetaOp {
         voters: Vec<u64>,
         learners: Vec<u64>,
     },
+    /// A change to the users (kept beside the map, see [`super::users`]).
+    Users(super::users::UsersOp),
 }
 
 impl ClusterMap {
@@ -126,6 +128,7 @@ impl ClusterMap {
         }
         match op {
             MetaOp::Init(_) => return Reply::Int(self.epoch as i64),
+            MetaOp::Users(_) => return Error::Internal("a users change applied to the cluster map").to_reply(),
             MetaOp::AddNode { id, addr } => match self.nodes.get(id) {
                 Some(n) if n.addr == *addr && n.status != NodeStatus::Removed => return Reply::Int(self.epoch as i64),
                 Some(_) => return Error::NodeIdInUse(*id).to_reply(),

@@ -1,7 +1,7 @@
 //! What a shard's log says and how it changes the data: log operations
 //! ([`LogOp`]), applying them and reading ([`apply`]), writes too large for
-//! one entry ([`chunks`]), and the cluster map the meta group holds
-//! ([`meta`]).
+//! one entry ([`chunks`]), and the cluster map and users the meta group
+//! holds ([`meta`], [`users`]).
 
 pub mod apply;
 pub mod chunks;
@@ -9,6 +9,7 @@ pub mod meta;
 pub mod replies;
 pub mod script;
 pub mod snapshot;
+pub mod users;
 
 /// What an applied write asks of the node beyond the keyspace: carried out
 /// by the state machine once the entry has applied.

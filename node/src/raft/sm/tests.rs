@@ -25,12 +25,32 @@ fn a_snapshot_shares_its_large_bytes_and_reads_back() {
         last_membership: StoredMembership::default(),
         last_ts: 77,
         map: ClusterMap::default(),
+        users: Default::default(),
         chunks,
     };
-    let (ts, _, back, _) =
-        snapshot::load(snapshot::pieces(d.last_ts, &d.map, &d.chunks, &d.ks).concat().into()).unwrap();
-    assert_eq!((ts, back.len()), (77, 2));
-    assert_eq!(encode(&back), encode(&d.chunks));
+    let r = snapshot::load(snapshot::pieces(d.last_ts, &d.map, &d.users, &d.chunks, &d.ks).concat().into()).unwrap();
+    assert_eq!((r.last_ts, r.chunks.len()), (77, 2));
+    assert_eq!(encode(&r.chunks), encode(&d.chunks));
+}
+
+#[test]
+fn users_ride_in_the_map_section_and_older_snapshots_have_none() {
+    use crate::state::users::Users;
+    use tessera_common::command::UsersCmd;
+    let mut users = Users::default();
+    users.apply(&UsersCmd::SetUser { name: "t1".into(), rules: vec!["on".into(), "~{t1}*".into()] });
+    let (map, chunks, ks) = (ClusterMap::default(), Chunks::default(), Keyspace::new());
+    let r = snapshot::load(snapshot::pieces(5, &map, &users, &chunks, &ks).concat().into()).unwrap();
+    assert_eq!(r.users, users);
+    // The layout before users were kept: the map section holds the map only.
+    let mut old = 5i64.to_le_bytes().to_vec();
+    for section in [encode(&map), encode(&chunks)] {
+        old.extend((section.len() as u64).to_le_bytes());
+        old.extend(section);
+    }
+    old.extend(snapshot::pieces(5, &map, &users, &chunks, &ks).concat().split_off(old.len() + encode(&users).len()));
+    let r = snapshot::load(old.into()).unwrap();
+    assert_eq!((r.last_ts, r.users, r.map), (5, Users::default(), map));
 }
 
 #[test]
