@@ -251,6 +251,10 @@ impl NodeState {
         if let NodeCommand::Users(op) = cmd {
             return Ok(Routed::Users(op));
         }
+        // (Only a script run is ever sent for a user.)
+        if matches!(&cmd, NodeCommand::AsUser { cmd, .. } if !cmd.runs_scripts() || !cmd.is_exec()) {
+            return Err(Outcome::Error(Error::Decode("a command for a user that runs no script".into())));
+        }
         let hosted = self.hosted.read().clone();
         let shard = match target {
             Some(request::Target::Slot(slot)) => hosted.by_slot.get(slot as usize).copied().flatten(),

@@ -34,7 +34,7 @@ use crate::state::{LogOp, Proposal};
 use crate::util::now_ms;
 
 mod dag;
-mod host;
+pub(crate) mod host;
 mod run;
 mod script;
 mod tx;

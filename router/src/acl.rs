@@ -19,7 +19,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tessera_common::acl::{self, GetUserValue, User};
 use tessera_common::command::table::{self, CommandSpec, KeySpec};
-use tessera_common::command::{self as command, AclCmd, Command, ParseLimits};
+use tessera_common::command::{self as command, AclCmd, Command, NodeCommand, ParseLimits};
 use tessera_common::error::Error;
 use tessera_common::reply::Reply;
 
@@ -210,6 +210,18 @@ pub fn check_parsed(conn: &ConnState, spec: &CommandSpec, parsed: Result<Command
         conn.user.check_keys(acl::key_access(spec, &[]), cmd.keys()).map_err(|d| Error::Verbatim(d.noperm()))?;
     }
     parsed
+}
+
+/// A command as sent for `user`: one that runs scripts carries the user's
+/// rules when they do not allow everything, and the node checks each
+/// `redis.execute` of its scripts against them.
+pub fn on_behalf(user: Option<&User>, cmd: NodeCommand) -> NodeCommand {
+    match user {
+        Some(u) if !u.unrestricted() && cmd.runs_scripts() => {
+            NodeCommand::AsUser { user: u.describe(), cmd: Box::new(cmd) }
+        }
+        _ => cmd,
+    }
 }
 
 /// HELLO on a connection that has not authenticated must authenticate.

@@ -52,13 +52,13 @@ pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pe
     match cmd {
         Command::Keyed { slot, cmd } => {
             let router = router.clone();
-            let bytes = Bytes::from(cmd.to_bytes());
             let (read_only, runs) = (cmd.retry_safe(), cmd.is_exec());
             // (Only with nothing of this connection in flight: its commands
             // to one shard are ordered by that shard's leader session.)
             let spread = router.config.follower_reads
                 && conn.in_flight == 0
                 && matches!(&cmd, NodeCommand::Dag(d) if d.kind.read_only());
+            let bytes = Bytes::from(crate::acl::on_behalf(Some(conn.user.as_ref()), cmd).to_bytes());
             let call = async move { router.shards.call_slot(slot, bytes, read_only, runs, spread).await };
             (Pending::Fut(Box::pin(call)), After::Continue)
         }

@@ -393,3 +393,53 @@ def test_users_survive_a_meta_leader_kill_and_a_full_restart():
         raise
     finally:
         c.stop()
+
+
+CALLER_SCRIPT = """
+def set_incr(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute('SET', keys[0], args[0])
+    v = redis.execute('INCR', keys[0])
+    return torch.tensor(int(str(v)))
+
+def get_other(tensors: List[Tensor], keys: List[str], args: List[str]):
+    v = redis.execute('GET', args[0])
+    return torch.tensor(1)
+"""
+
+
+def test_scripts_run_with_their_callers_rights(acl_setup):
+    c, _, _ = acl_setup
+    admin = redis.Redis(port=c.plain_port, password="adminpw")
+    admin.execute_command("AI.SCRIPTSTORE", "{s1}script", "CPU", "ENTRY_POINTS", 2, "set_incr", "get_other",
+                          "SOURCE", CALLER_SCRIPT)
+    admin.set("{s1}secret", "x")
+    admin.execute_command("ACL", "SETUSER", "runner", "on", ">rpw", "~{s1}k*", "~{s1}script", "~{s1}out*",
+                          "-@all", "+@ai", "+@read", "+@connection", "+@transaction")
+    runner = redis.Redis(port=c.plain_port, username="runner", password="rpw")
+    run = ["AI.SCRIPTEXECUTE", "{s1}script", "set_incr", "KEYS", 1, "{s1}k", "ARGS", 1, "5", "OUTPUTS", 1, "{s1}out"]
+    # The run is allowed; the script's SET is not: it fails, writing nothing.
+    with pytest.raises(redis.ResponseError, match="NOPERM this user has no permissions to run the 'set' command"):
+        runner.execute_command(*run)
+    assert admin.exists("{s1}k", "{s1}out") == 0
+    # The same run for a user that may SET and INCR those keys (and for the
+    # default user, whose rules allow everything).
+    admin.execute_command("ACL", "SETUSER", "runner", "+set", "+incr")
+    assert runner.execute_command(*run) == b"OK"
+    assert admin.get("{s1}k") == b"6"
+    assert admin.execute_command(*run) == b"OK"
+    # A key of the script's slot outside the user's patterns.
+    other = ["AI.SCRIPTEXECUTE", "{s1}script", "get_other", "KEYS", 1, "{s1}k", "ARGS", 1, "{s1}secret",
+             "OUTPUTS", 1, "{s1}out2"]
+    with pytest.raises(redis.ResponseError, match="NOPERM this user has no permissions to access one of the keys"):
+        runner.execute_command(*other)
+    assert admin.execute_command(*other) == b"OK"
+    assert admin.delete("{s1}out2") == 1
+    # In a DAG, and in a transaction, the same.
+    dag = ["AI.DAGEXECUTE", "ROUTING", "{s1}k", "|>", "AI.SCRIPTEXECUTE", "{s1}script", "get_other", "KEYS", 1,
+           "{s1}k", "ARGS", 1, "{s1}secret", "OUTPUTS", 1, "t"]
+    reply = runner.execute_command(*dag)
+    assert any("no permissions to access one of the keys" in str(r) for r in reply), reply
+    pipe = runner.pipeline(transaction=True)
+    pipe.execute_command(*other)
+    assert "no permissions to access one of the keys" in str(pipe.execute(raise_on_error=False)[0])
+    assert admin.exists("{s1}out2") == 0

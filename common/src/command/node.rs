@@ -207,6 +207,14 @@ pub enum NodeCommand {
     /// The cluster's ACL users, kept by the meta group (no shard state; the
     /// node hosting the meta group's leader answers, others redirect).
     Users(UsersCmd),
+    /// A command that runs scripts (see [`NodeCommand::runs_scripts`]),
+    /// sent for a user whose rules do not allow everything: each
+    /// `redis.execute` (and `redisAI.model_execute`) inside is checked
+    /// against `user`, the user's `ACL LIST` line.
+    AsUser {
+        user: String,
+        cmd: Box<NodeCommand>,
+    },
 }
 
 /// What a router asks of the cluster's users. Users are kept as `ACL LIST`
@@ -300,6 +308,9 @@ pub enum Written {
 impl NodeCommand {
     /// Whether this command changes state (goes through the command log).
     pub fn is_write(&self) -> bool {
+        if let NodeCommand::AsUser { cmd, .. } = self {
+            return cmd.is_write();
+        }
         matches!(
             self,
             NodeCommand::Set { .. }
@@ -324,6 +335,19 @@ impl NodeCommand {
     pub fn is_exec(&self) -> bool {
         matches!(self, NodeCommand::ModelExecute(_) | NodeCommand::ScriptExecute(_) | NodeCommand::Dag(_))
             || matches!(self, NodeCommand::Multi(tx) if tx.runs())
+            || matches!(self, NodeCommand::AsUser { cmd, .. } if cmd.is_exec())
+    }
+
+    /// Whether it runs a script: a script run, a DAG with a script step, or
+    /// a transaction holding either (what [`NodeCommand::AsUser`] wraps).
+    pub fn runs_scripts(&self) -> bool {
+        match self {
+            NodeCommand::ScriptExecute(_) => true,
+            NodeCommand::Dag(dag) => dag.ops.iter().any(|op| matches!(op, crate::model::DagOp::Script { .. })),
+            NodeCommand::Multi(tx) => tx.commands().any(NodeCommand::runs_scripts),
+            NodeCommand::AsUser { cmd, .. } => cmd.runs_scripts(),
+            _ => false,
+        }
     }
 
     /// Whether the router may send this command again when its outcome is
@@ -333,6 +357,7 @@ impl NodeCommand {
         match self {
             NodeCommand::Dag(dag) => return !dag.writes(),
             NodeCommand::Users(c) => return matches!(c, UsersCmd::List),
+            NodeCommand::AsUser { cmd, .. } => return cmd.retry_safe(),
             _ => {}
         }
         !self.is_write() && !self.is_exec()
@@ -347,6 +372,7 @@ impl NodeCommand {
             NodeCommand::ScriptExecute(run) => Some(run.keys.iter().chain(&run.outputs).collect()),
             NodeCommand::Dag(dag) => Some(dag.written_keys().collect()),
             NodeCommand::Multi(tx) if tx.runs() => Some(self.keys().collect()),
+            NodeCommand::AsUser { cmd, .. } => cmd.written_keys(),
             c if c.is_write() && c.has_keys() => Some(c.keys().collect()),
             c if c.is_write() => None,
             _ => Some(Vec::new()),
@@ -365,7 +391,7 @@ impl NodeCommand {
                 | NodeCommand::CountKeysInSlot { .. }
                 | NodeCommand::GetKeysInSlot { .. }
                 | NodeCommand::AiScan { .. }
-        )
+        ) && !matches!(self, NodeCommand::AsUser { cmd, .. } if !cmd.has_keys())
     }
 
     /// The keys this command names (the node checks it owns each one).
@@ -395,6 +421,7 @@ impl NodeCommand {
             C::ModelExecute(run) => Box::new(run.keys()),
             C::TensorMSet { pairs } => Box::new(pairs.iter().map(|(k, _)| k)),
             C::AiConfig { .. } | C::Save | C::AiInfo | C::Users(_) => Box::new(std::iter::empty()),
+            C::AsUser { cmd, .. } => cmd.keys(),
             C::Multi(tx) => Box::new(tx.commands().flat_map(|c| c.keys()).chain(tx.watched.iter().map(|(k, _)| k))),
             C::Watch { keys } => Box::new(keys.iter()),
             C::MGet { keys } | C::Del { keys } | C::Exists { keys } => Box::new(keys.iter()),
@@ -456,6 +483,7 @@ impl NodeCommand {
             NodeCommand::TensorArgError { get: true, .. } => "ai.tensorget",
             NodeCommand::TensorArgError { get: false, .. } => "ai.tensorset",
             NodeCommand::Users(_) => "acl",
+            NodeCommand::AsUser { cmd, .. } => cmd.name(),
         }
     }
 

@@ -34,7 +34,7 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::key_slot;
 use tessera_common::tensor::Tensor;
 
-use super::host::Host;
+use super::host::{Caller, Host};
 use super::run::counts;
 use super::script::{call_script, compiled};
 use super::{input_tensor, Executed, Outcome, Shard};
@@ -77,13 +77,15 @@ fn na() -> Reply {
 
 impl Shard {
     /// Runs a DAG (see the module docs).
-    pub async fn run_dag(&self, dag: &Dag) -> Outcome {
+    /// `caller`: the user its scripts' `redis.execute` calls are checked
+    /// against (none: every command allowed).
+    pub async fn run_dag(&self, dag: &Dag, caller: Option<Caller>) -> Outcome {
         let arrived = Instant::now();
         let answer = |e: Executed| match e {
             Executed::Written(o) | Executed::Unwritten(o) => o,
         };
         if dag.writes() {
-            return self.fenced(|fence| self.run_dag_in(dag, fence, arrived)).await;
+            return self.fenced(|fence| self.run_dag_in(dag, fence, arrived, caller.clone())).await;
         }
         // AI.DAGEXECUTE_RO / AI.DAGRUN_RO on a follower (a router spreading
         // read-only DAGs over the replicas sends them here): it waits until
@@ -91,7 +93,7 @@ impl Shard {
         // runs the DAG on its own copy of the data.
         if dag.kind.read_only() && !self.group.is_leader() {
             return match self.group.follower_read(FOLLOWER_READ_WAIT).await {
-                Ok(()) => answer(self.run_dag_in(dag, None, arrived).await),
+                Ok(()) => answer(self.run_dag_in(dag, None, arrived, caller).await),
                 Err(u) => self.unconfirmed(u),
             };
         }
@@ -103,16 +105,16 @@ impl Shard {
             if let Err(o) = self.confirm_dag_read().await {
                 return o;
             }
-            return answer(self.run_dag_in(dag, None, arrived).await);
+            return answer(self.run_dag_in(dag, None, arrived, caller).await);
         }
-        let (confirmed, ran) = tokio::join!(self.confirm_dag_read(), self.run_dag_in(dag, None, arrived));
+        let (confirmed, ran) = tokio::join!(self.confirm_dag_read(), self.run_dag_in(dag, None, arrived, caller));
         match confirmed {
             Ok(()) => answer(ran),
             Err(not_here) => not_here,
         }
     }
 
-    async fn run_dag_in(&self, dag: &Dag, fence: Option<u64>, arrived: Instant) -> Executed {
+    async fn run_dag_in(&self, dag: &Dag, fence: Option<u64>, arrived: Instant, caller: Option<Caller>) -> Executed {
         let error = |e: NodeError| Executed::Unwritten(Outcome::Error(e));
         if !dag.well_formed() {
             return error(NodeError::Internal("internal: a DAG whose values are out of range"));
@@ -177,7 +179,9 @@ impl Shard {
         }
         // 2. Run.
         let host = dag.ops.iter().find_map(|op| match op {
-            DagOp::Script { run, .. } => Some(Arc::new(Host::new(self.data.clone(), key_slot(&run.key), now))),
+            DagOp::Script { run, .. } => {
+                Some(Arc::new(Host::new(self.data.clone(), key_slot(&run.key), now).for_caller(caller.clone())))
+            }
             _ => None,
         });
         let deadline = dag.timeout_ms.map(|t| arrived + Duration::from_millis(t));

@@ -7,12 +7,18 @@
 //! script runs; once it has run, [`Host::effects`] gives the values of the
 //! keys it changed, written with its outputs as one log entry (a script
 //! that fails writes nothing). A command may only touch keys of the
-//! script's own slot.
+//! script's own slot, and, for a caller whose ACL rules do not allow
+//! everything, only what those rules allow (the router checked the run
+//! itself; each command the script runs is checked here).
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::sync::Arc;
 use tessera_backend::script::{HostReply, ScriptHost};
 use tessera_common::command::node::Written;
+
+use tessera_common::acl::{self, KeyAccess, User};
+use tessera_common::command::table;
 use tessera_common::command::{parse, Command, NodeCommand, ParseLimits};
 use tessera_common::error::Error;
 use tessera_common::reply::Reply;
@@ -73,8 +79,22 @@ pub struct Effects {
     pub expected: Vec<(Bytes, Option<u64>)>,
 }
 
+/// The user a run is for, when its rules do not allow everything.
+pub type Caller = Arc<User>;
+
+/// The caller a router named (its `ACL LIST` line).
+pub fn caller(line: &str) -> Result<Caller, NodeError> {
+    match acl::parse_file(line) {
+        Ok(mut users) if users.len() == 1 => Ok(Arc::new(users.remove(0))),
+        Ok(_) => Err(NodeError::Decode(format!("not one user: {line}"))),
+        Err(e) => Err(NodeError::Decode(format!("the caller's rules: {e}"))),
+    }
+}
+
 pub struct Host {
     data: Data,
+    /// Whose rules each command is checked against (none: all allowed).
+    caller: Option<Caller>,
     /// The script's slot: the only one its commands may touch.
     slot: u16,
     /// The run's clock (expiry deadlines are absolute: replicas agree).
@@ -84,7 +104,24 @@ pub struct Host {
 
 impl Host {
     pub fn new(data: Data, slot: u16, now: i64) -> Host {
-        Host { data, slot, now, overlay: Mutex::new(Overlay::default()) }
+        Host { data, caller: None, slot, now, overlay: Mutex::new(Overlay::default()) }
+    }
+
+    /// Checks each command the script runs against `caller`'s rules.
+    pub fn for_caller(mut self, caller: Option<Caller>) -> Host {
+        self.caller = caller;
+        self
+    }
+
+    /// Whether the caller may run `argv` (unknown commands and wrong
+    /// arities are answered as for anyone, by [`Host::command`]). A refusal
+    /// is Redis's NOPERM words, raised as the script's error.
+    fn permitted(&self, argv: &[Bytes]) -> Result<(), String> {
+        let Some(user) = &self.caller else { return Ok(()) };
+        match table::lookup(&argv[0]) {
+            Some(spec) if spec.arity_ok(argv.len()) => user.check(spec, argv).map_err(|d| failed(&d.noperm())),
+            _ => Ok(()),
+        }
     }
 
     /// What the run changed, then `outputs` (which must go to keys that
@@ -223,6 +260,7 @@ fn host_reply(r: Reply) -> Result<HostReply, String> {
 
 impl ScriptHost for Host {
     fn execute(&self, argv: &[Bytes]) -> Result<HostReply, String> {
+        self.permitted(argv)?;
         let cmd = self.command(argv)?;
         host_reply(self.run(&cmd))
     }
@@ -230,6 +268,14 @@ impl ScriptHost for Host {
     fn model_execute(&self, key: &[u8], inputs: Vec<Tensor>, outputs: usize) -> Result<Vec<Tensor>, String> {
         if key_slot(key) != self.slot {
             return Err(Error::CrossSlot.to_string());
+        }
+        // As AI.MODELEXECUTE would be: the command, and reading the model.
+        if let Some(user) = &self.caller {
+            let spec = table::lookup(b"ai.modelexecute").expect("in the command table");
+            let key = Bytes::copy_from_slice(key);
+            user.check(spec, &[Bytes::from_static(b"ai.modelexecute")])
+                .and_then(|()| user.check_keys(KeyAccess::Read, [&key]))
+                .map_err(|d| d.noperm())?;
         }
         // (Through the overlay: what the run did before, and what a
         // transaction checks at apply, include the model.)

@@ -14,7 +14,7 @@ use tessera_common::model::ScriptRun;
 use tessera_common::reply::Reply;
 use tessera_common::tensor::Tensor;
 
-use super::host::Host;
+use super::host::{Caller, Host};
 use super::{input_tensor, Executed, Outcome, Shard};
 use crate::data::keyspace::Value;
 use crate::engine::engine;
@@ -68,11 +68,13 @@ pub(super) fn call_script(
 impl Shard {
     /// AI.SCRIPTEXECUTE / AI.SCRIPTRUN, read and fenced as a model run is
     /// (see [`Shard::fenced`]).
-    pub async fn run_script(&self, run: &ScriptRun) -> Outcome {
-        self.fenced(|fence| self.run_script_in(run, fence)).await
+    /// `caller`: the user its `redis.execute` calls are checked against
+    /// (none: every command allowed).
+    pub async fn run_script(&self, run: &ScriptRun, caller: Option<Caller>) -> Outcome {
+        self.fenced(|fence| self.run_script_in(run, fence, caller.clone())).await
     }
 
-    async fn run_script_in(&self, run: &ScriptRun, fence: Option<u64>) -> Executed {
+    async fn run_script_in(&self, run: &ScriptRun, fence: Option<u64>, caller: Option<Caller>) -> Executed {
         let error = |e: NodeError| Executed::Unwritten(Outcome::Error(e));
         let now = now_ms();
         let (script, inputs) = {
@@ -100,7 +102,7 @@ impl Shard {
             Err(e) => return error(e),
         };
         let slot = tessera_common::slot::key_slot(&run.key);
-        let host = Host::new(self.data.clone(), slot, now);
+        let host = Host::new(self.data.clone(), slot, now).for_caller(caller);
         let call = run.clone();
         let threads = registry().settings().threads_per_queue;
         let timeout = run.timeout_ms.map(Duration::from_millis);

@@ -26,7 +26,7 @@ use tessera_common::reply::Reply;
 use tessera_common::slot::key_slot;
 use tessera_common::tensor::Tensor;
 
-use super::host::Host;
+use super::host::{Caller, Host};
 use super::run::{counts, run_model};
 use super::script::{call_script, compiled};
 use super::{input_tensor, Executed, Outcome, Shard};
@@ -45,21 +45,23 @@ const DAG_IN_TX: &str = "ERR Cannot run RedisAI command within a transaction or 
 impl Shard {
     /// EXEC of a transaction that runs a model or a script (see the module
     /// docs), read and fenced as a model run is ([`Shard::fenced`]).
-    pub async fn run_transaction(&self, tx: &Transaction) -> Outcome {
+    /// `caller`: the user its scripts' `redis.execute` calls are checked
+    /// against (none: every command allowed).
+    pub async fn run_transaction(&self, tx: &Transaction, caller: Option<Caller>) -> Outcome {
         for _ in 1..ATTEMPTS {
-            match self.fenced(|fence| self.transaction_in(tx, fence)).await {
+            match self.fenced(|fence| self.transaction_in(tx, fence, caller.clone())).await {
                 Outcome::Error(NodeError::ScriptRaced) => continue,
                 Outcome::Reply(Reply::Error(e)) if e.starts_with("TRYAGAIN") => continue,
                 done => return done,
             }
         }
-        self.fenced(|fence| self.transaction_in(tx, fence)).await
+        self.fenced(|fence| self.transaction_in(tx, fence, caller.clone())).await
     }
 
-    async fn transaction_in(&self, tx: &Transaction, fence: Option<u64>) -> Executed {
+    async fn transaction_in(&self, tx: &Transaction, fence: Option<u64>, caller: Option<Caller>) -> Executed {
         let now = now_ms();
         let slot = tx.commands().flat_map(NodeCommand::keys).next().map_or(0, |k| key_slot(k));
-        let mut host = Host::new(self.data.clone(), slot, now);
+        let mut host = Host::new(self.data.clone(), slot, now).for_caller(caller);
         if tx.watched.iter().any(|(k, was)| host.get(k).as_ref().map(Entry::fingerprint) != *was) {
             return Executed::Unwritten(Outcome::Reply(Reply::NullArray));
         }

@@ -121,12 +121,21 @@ pub(super) async fn lane(shard: Arc<Shard>, mut rx: mpsc::Receiver<(u64, NodeCom
                 }
                 .boxed(),
                 Kind::Exec => async move {
-                    let o = match &cmd {
-                        NodeCommand::ModelExecute(run) => s.execute(run).await,
-                        NodeCommand::ScriptExecute(run) => s.run_script(run).await,
-                        NodeCommand::Dag(dag) => s.run_dag(dag).await,
-                        NodeCommand::Multi(tx) => s.run_transaction(tx).await,
-                        _ => Outcome::Error(NodeError::Internal("internal: not a model or script run")),
+                    // (A run for a user whose rules its scripts' commands
+                    // are checked against.)
+                    let (cmd, caller) = match cmd {
+                        NodeCommand::AsUser { user, cmd } => (*cmd, Some(crate::shard::host::caller(&user))),
+                        cmd => (cmd, None),
+                    };
+                    let o = match caller.transpose() {
+                        Err(e) => Outcome::Error(e),
+                        Ok(caller) => match &cmd {
+                            NodeCommand::ModelExecute(run) => s.execute(run).await,
+                            NodeCommand::ScriptExecute(run) => s.run_script(run, caller).await,
+                            NodeCommand::Dag(dag) => s.run_dag(dag, caller).await,
+                            NodeCommand::Multi(tx) => s.run_transaction(tx, caller).await,
+                            _ => Outcome::Error(NodeError::Internal("internal: not a model or script run")),
+                        },
                     };
                     record(name, &o, start);
                     (slot, id, o)
