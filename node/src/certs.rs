@@ -118,7 +118,10 @@ impl Ca {
 
 /// Writes `ca.crt`/`ca.key`, `server.crt`/`server.key` (servers and peers:
 /// both key usages) and `client.crt`/`client.key` into `dir`, keys readable by
-/// the owner only. Returns the CA, to issue more from.
+/// the owner only; and the cluster's own set for TLS inside the cluster
+/// (`cluster-ca.crt`/`cluster-ca.key`, `cluster.crt`/`cluster.key`: a CA of
+/// its own, so no client certificate passes for a member). Returns the
+/// client-facing CA, to issue more from.
 pub fn write_set(dir: &Path, hosts: &[String], days: u32) -> anyhow::Result<Ca> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let valid = Validity::days(days);
@@ -133,6 +136,13 @@ pub fn write_set(dir: &Path, hosts: &[String], days: u32) -> anyhow::Result<Ca> 
     let client = ca.issue("tessera-client", &[], Role::Client, valid)?;
     write(dir, "client.crt", &client.cert_pem, false)?;
     write(dir, "client.key", &client.key_pem, true)?;
+    let cluster_ca = Ca::generate(&format!("Tessera throwaway cluster CA {:016x}", rand::random::<u64>()), valid)?;
+    write(dir, "cluster-ca.crt", cluster_ca.cert_pem(), false)?;
+    write(dir, "cluster-ca.key", &cluster_ca.key_pem(), true)?;
+    let member =
+        cluster_ca.issue("tessera-cluster", &[tessera_proto::tls::SERVER_NAME.to_string()], Role::Peer, valid)?;
+    write(dir, "cluster.crt", &member.cert_pem, false)?;
+    write(dir, "cluster.key", &member.key_pem, true)?;
     Ok(ca)
 }
 

@@ -74,6 +74,8 @@ pub struct Args {
     #[arg(long, env = "TESSERA_NODE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     #[command(flatten)]
+    pub cluster_tls: tessera_proto::tls::ClusterTlsArgs,
+    #[command(flatten)]
     pub process: ProcessArgs,
 }
 

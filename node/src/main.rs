@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     tessera_telemetry::init_tracing(args.process.log_format);
+    args.cluster_tls.install().map_err(anyhow::Error::msg)?;
     let config = args.config()?;
     let metrics = tessera_telemetry::install_metrics()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

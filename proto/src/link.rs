@@ -15,8 +15,12 @@
 //! its listener tells a link from an HTTP/2 client by the first bytes
 //! ([`sniff`]; an h2 client's start with `PRI * HTTP/2.0`) and answers a
 //! link with the same magic. [`connect`] fails on any other answer.
+//!
+//! On a cluster with TLS ([`crate::tls`]) a link is a TLS session over its
+//! socket ([`Conn`]): senders encrypt into it and write the records
+//! themselves, as they write plain frames, and the reader decrypts.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,19 +178,115 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Str
 /// Why [`FrameReader::next`] ended when the peer closed the connection.
 pub const CLOSED_BY_PEER: &str = "connection closed by peer";
 
+/// A link's connection: its socket and, on a cluster with TLS, the TLS
+/// session over it, which the link's reader and senders share.
+#[derive(Clone)]
+pub struct Conn {
+    pub stream: Arc<TcpStream>,
+    tls: Option<Arc<Mutex<rustls::Connection>>>,
+}
+
+impl From<Arc<TcpStream>> for Conn {
+    fn from(stream: Arc<TcpStream>) -> Conn {
+        Conn { stream, tls: None }
+    }
+}
+
+impl From<TcpStream> for Conn {
+    fn from(stream: TcpStream) -> Conn {
+        Conn { stream: Arc::new(stream), tls: None }
+    }
+}
+
+impl Conn {
+    /// A link over a TLS session whose handshake is done (the socket and
+    /// the session, taken apart: see `tokio_rustls`'s `into_inner`).
+    pub fn tls(stream: TcpStream, session: rustls::Connection) -> Conn {
+        let mut session = session;
+        // (Bounded by the link's own queue: see `Writer::send`.)
+        session.set_buffer_limit(None);
+        Conn { stream: Arc::new(stream), tls: Some(Arc::new(Mutex::new(session))) }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// The socket as `std::io` sees it, for rustls: never blocks
+/// (`WouldBlock` when the socket has nothing, or no room).
+struct Sock<'a>(&'a TcpStream);
+
+impl Read for Sock<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for Sock<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes what `session` has encrypted to the socket, until it has nothing
+/// left or the socket has no room: whether something is left.
+fn write_tls(session: &mut rustls::Connection, stream: &TcpStream) -> std::io::Result<bool> {
+    while session.wants_write() {
+        match session.write_tls(&mut Sock(stream)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
 /// Reads one connection's frames in order.
 pub struct FrameReader {
     stream: Arc<TcpStream>,
+    tls: Option<Arc<Mutex<rustls::Connection>>>,
     buf: BytesMut,
     skip: usize,
     max: usize,
 }
 
 impl FrameReader {
-    /// Frames from `stream` after its first `skip` bytes (a magic already
+    /// Frames from `conn` after its first `skip` bytes (a magic already
     /// looked at), each at most `max` bytes.
-    pub fn new(stream: Arc<TcpStream>, skip: usize, max: usize) -> FrameReader {
-        FrameReader { stream, buf: BytesMut::with_capacity(64 << 10), skip, max }
+    pub fn new(conn: impl Into<Conn>, skip: usize, max: usize) -> FrameReader {
+        let Conn { stream, tls } = conn.into();
+        FrameReader { stream, tls, buf: BytesMut::with_capacity(64 << 10), skip, max }
+    }
+
+    /// Decrypts what the TLS session has into the buffer (up to 64 KiB):
+    /// whether it had anything. An error once the peer closed the session.
+    fn take_plaintext(&mut self, session: &mut rustls::Connection) -> Result<bool, String> {
+        let at = self.buf.len();
+        self.buf.resize(at + (64 << 10), 0);
+        let r = session.reader().read(&mut self.buf[at..]);
+        match r {
+            Ok(0) => {
+                self.buf.truncate(at);
+                Err(CLOSED_BY_PEER.into())
+            }
+            Ok(n) => {
+                self.buf.truncate(at + n);
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.buf.truncate(at);
+                Ok(false)
+            }
+            Err(e) => {
+                self.buf.truncate(at);
+                Err(e.to_string())
+            }
+        }
     }
 
     /// The next frame; an error once the connection ends, saying why.
@@ -205,6 +305,29 @@ impl FrameReader {
             if self.buf.capacity() - self.buf.len() < 16 << 10 {
                 self.buf.reserve(64 << 10);
             }
+            if let Some(tls) = self.tls.clone() {
+                // What the session holds decrypted first; then the socket.
+                if self.take_plaintext(&mut tls.lock())? {
+                    continue;
+                }
+                self.stream.readable().await.map_err(|e| e.to_string())?;
+                let mut session = tls.lock();
+                match session.read_tls(&mut Sock(&self.stream)) {
+                    Ok(0) => return Err(CLOSED_BY_PEER.into()),
+                    Ok(_) => {
+                        if let Err(e) = session.process_new_packets() {
+                            // (The alert that says why goes to the peer.)
+                            let _ = write_tls(&mut session, &self.stream);
+                            return Err(format!("TLS: {e}"));
+                        }
+                        // (A reply rustls owes the peer, a key update's.)
+                        write_tls(&mut session, &self.stream).map_err(|e| e.to_string())?;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                continue;
+            }
             self.stream.readable().await.map_err(|e| e.to_string())?;
             match self.stream.try_read_buf(&mut self.buf) {
                 Ok(0) => return Err(CLOSED_BY_PEER.into()),
@@ -221,6 +344,9 @@ impl FrameReader {
 /// does not take goes to a queue that [`Writer::flush`] writes in order.
 pub struct Writer {
     stream: Arc<TcpStream>,
+    /// With TLS: frames are encrypted into the session, whose records are
+    /// written as plain frames are; what is queued is plaintext.
+    tls: Option<Arc<Mutex<rustls::Connection>>>,
     state: Mutex<WriteState>,
     wake: Notify,
     /// Told each time the flusher takes the queue, and when the connection
@@ -238,8 +364,17 @@ struct WriteState {
 }
 
 impl Writer {
-    pub fn new(stream: Arc<TcpStream>) -> Writer {
-        Writer { stream, state: Mutex::default(), wake: Notify::new(), taken: Notify::new() }
+    pub fn new(conn: impl Into<Conn>) -> Writer {
+        let Conn { stream, tls } = conn.into();
+        Writer { stream, tls, state: Mutex::default(), wake: Notify::new(), taken: Notify::new() }
+    }
+
+    /// Encrypts `data` into the TLS session and writes what the socket
+    /// takes: whether records are left for the flusher.
+    fn send_tls(&self, tls: &Mutex<rustls::Connection>, data: &[u8]) -> std::io::Result<bool> {
+        let mut session = tls.lock();
+        session.writer().write_all(data)?;
+        write_tls(&mut session, &self.stream)
     }
 
     pub fn send(&self, frame: &[u8]) -> Result<(), String> {
@@ -262,13 +397,25 @@ impl Writer {
             s.queued.extend_from_slice(frame);
             return Ok(());
         }
-        match self.stream.try_write(frame) {
-            Ok(n) if n == frame.len() => return Ok(()),
-            Ok(n) => s.queued.extend_from_slice(&frame[n..]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => s.queued.extend_from_slice(frame),
-            Err(e) => {
-                s.broken = Some(e.to_string());
-                return Err(e.to_string());
+        if let Some(tls) = &self.tls {
+            match self.send_tls(tls, frame) {
+                Ok(false) => return Ok(()),
+                // (Encrypted, left in the session for the flusher.)
+                Ok(true) => {}
+                Err(e) => {
+                    s.broken = Some(e.to_string());
+                    return Err(e.to_string());
+                }
+            }
+        } else {
+            match self.stream.try_write(frame) {
+                Ok(n) if n == frame.len() => return Ok(()),
+                Ok(n) => s.queued.extend_from_slice(&frame[n..]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => s.queued.extend_from_slice(frame),
+                Err(e) => {
+                    s.broken = Some(e.to_string());
+                    return Err(e.to_string());
+                }
             }
         }
         s.flushing = true;
@@ -317,6 +464,11 @@ impl Writer {
         loop {
             self.wake.notified().await;
             loop {
+                // With TLS, the records already encrypted go first.
+                if let Err(e) = self.drain_tls().await {
+                    self.close(&e.to_string());
+                    return e.to_string();
+                }
                 {
                     let mut s = self.state.lock();
                     if let Some(why) = &s.broken {
@@ -332,6 +484,18 @@ impl Writer {
                     std::mem::swap(&mut buf, &mut s.queued);
                 }
                 self.taken.notify_waiters();
+                if let Some(tls) = &self.tls {
+                    // Encrypted now; written by `drain_tls` at the top.
+                    if let Err(e) = tls.lock().writer().write_all(&buf) {
+                        self.close(&e.to_string());
+                        return e.to_string();
+                    }
+                    buf.clear();
+                    if buf.capacity() > 4 << 20 {
+                        buf = Vec::new();
+                    }
+                    continue;
+                }
                 let mut at = 0;
                 while at < buf.len() {
                     let r = match self.stream.writable().await {
@@ -355,6 +519,15 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Writes the TLS session's records until none are left.
+    async fn drain_tls(&self) -> std::io::Result<()> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        while write_tls(&mut tls.lock(), &self.stream)? {
+            self.stream.writable().await?;
+        }
+        Ok(())
     }
 
     /// Marks the writer broken and shuts the socket down: tasks still
@@ -402,36 +575,78 @@ pub async fn sniff(stream: &TcpStream, magics: &[&Magic]) -> Option<usize> {
 /// How long a new connection waits for the peer's magic.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to `addr`, sends `magic` and waits for the same magic back.
-pub async fn connect(addr: &str, magic: &Magic) -> Result<TcpStream, String> {
+/// Connects to `addr`, sends `magic` and waits for the same magic back:
+/// inside a TLS session on a cluster with TLS ([`crate::tls`]).
+pub async fn connect(addr: &str, magic: &Magic) -> Result<Conn, String> {
     // Long enough for a SYN lost once (resent after 1 s).
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     tune(&stream, magic);
-    let exchange = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = stream;
-        stream.write_all(magic).await?;
-        let mut got = [0u8; 8];
-        let mut n = 0;
-        while n < got.len() {
-            match stream.read(&mut got[n..]).await? {
-                // Closed before answering (a process shutting down, say).
-                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                k => n += k,
-            }
-            if got[..n] != magic[..n] {
-                return Err(std::io::Error::other("the peer does not serve this link"));
-            }
+    match crate::tls::get() {
+        None => {
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange(stream, magic))
+                .await
+                .map_err(|_| format!("{addr} did not answer the link handshake"))?
+                .map_err(|e| format!("link handshake with {addr}: {e}"))?;
+            Ok(stream.into())
         }
-        std::io::Result::Ok(stream)
-    };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        Some(tls) => {
+            let stream = tls.connect_link(stream).await.map_err(|e| format!("TLS with {addr}: {e}"))?;
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange(stream, magic))
+                .await
+                .map_err(|_| format!("{addr} did not answer the link handshake"))?
+                .map_err(|e| format!("link handshake with {addr}: {e}"))?;
+            let (stream, session) = stream.into_inner();
+            Ok(Conn::tls(stream, rustls::Connection::Client(session)))
+        }
+    }
+}
+
+/// Sends `magic` and waits for the same magic back.
+async fn exchange<S>(mut stream: S, magic: &Magic) -> std::io::Result<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(magic).await?;
+    stream.flush().await?;
+    let mut got = [0u8; 8];
+    let mut n = 0;
+    while n < got.len() {
+        match stream.read(&mut got[n..]).await? {
+            // Closed before answering (a process shutting down, say).
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            k => n += k,
+        }
+        if got[..n] != magic[..n] {
+            return Err(std::io::Error::other("the peer does not serve this link"));
+        }
+    }
+    Ok(stream)
+}
+
+/// Accepts a link inside a TLS session a node accepted (ALPN
+/// [`crate::tls::ALPN_LINK`]): reads its magic, which must be one of
+/// `magics`. The magic's index and the link (its magic not yet answered).
+pub async fn accept_tls(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    magics: &[&Magic],
+) -> Result<(usize, Conn), String> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = stream;
+    let mut got = [0u8; 8];
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut got))
         .await
-        .map_err(|_| format!("{addr} did not answer the link handshake"))?
-        .map_err(|e| format!("link handshake with {addr}: {e}"))
+        .map_err(|_| "no link magic in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let Some(i) = magics.iter().position(|m| **m == got) else {
+        return Err("not a link this node serves".into());
+    };
+    let (stream, session) = stream.into_inner();
+    tune(&stream, magics[i]);
+    Ok((i, Conn::tls(stream, rustls::Connection::Server(session))))
 }
 
 #[cfg(test)]
@@ -545,5 +760,131 @@ mod tests {
         assert!(most <= (3 << 20) + 64, "{most} bytes were queued");
         w.close("done");
         assert_eq!(flusher.await.unwrap(), "done");
+    }
+
+    /// A cluster CA and a member certificate it signed, in a folder of
+    /// their own (`ca.crt`, `c.crt`, `c.key`).
+    fn cluster_files() -> std::path::PathBuf {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![crate::tls::SERVER_NAME.to_string()]).unwrap();
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let unique = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+        let dir = std::env::temp_dir().join(format!("tessera-link-tls-{}-{unique:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("c.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("c.key"), key.serialize_pem()).unwrap();
+        dir
+    }
+
+    fn load(dir: &std::path::Path) -> crate::tls::ClusterTls {
+        crate::tls::ClusterTls::load(&dir.join("c.crt"), &dir.join("c.key"), &dir.join("ca.crt")).unwrap()
+    }
+
+    /// Serves one TLS link on `listener` as a node does: handshake, ALPN,
+    /// magic, echo of the magic; then sends back each frame it reads.
+    async fn echo_tls(listener: TcpListener, tls: crate::tls::ClusterTls) -> Result<(), String> {
+        let (s, _) = listener.accept().await.unwrap();
+        let stream = tls.acceptor().accept(s).await.map_err(|e| e.to_string())?;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(crate::tls::ALPN_LINK));
+        let (which, conn) = accept_tls(stream, &[RAFT, SESSION]).await?;
+        let w = Arc::new(Writer::new(conn.clone()));
+        w.send(if which == 0 { RAFT } else { SESSION })?;
+        let flusher = tokio::spawn({
+            let w = w.clone();
+            async move { w.flush().await }
+        });
+        let mut r = FrameReader::new(conn, 0, 4 << 20);
+        let result = loop {
+            match r.next().await {
+                Ok(f) => {
+                    if let Err(e) = w.send(&encode_frame(&f)) {
+                        break Err(e);
+                    }
+                }
+                Err(e) if e == CLOSED_BY_PEER => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        flusher.abort();
+        result
+    }
+
+    /// A client's side of a TLS link: the handshake and the magic.
+    async fn open_tls(addr: std::net::SocketAddr, tls: &crate::tls::ClusterTls) -> std::io::Result<Conn> {
+        let stream = tls.connect_link(TcpStream::connect(addr).await?).await?;
+        let (stream, session) = exchange(stream, SESSION).await?.into_inner();
+        Ok(Conn::tls(stream, rustls::Connection::Client(session)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_cross_a_tls_link_both_ways_whole_and_in_order() {
+        let dir = cluster_files();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(echo_tls(listener, load(&dir)));
+        let conn = open_tls(addr, &load(&dir)).await.unwrap();
+        assert!(conn.is_tls());
+        let w = Arc::new(Writer::new(conn.clone()));
+        let flusher = tokio::spawn({
+            let w = w.clone();
+            async move { w.flush().await }
+        });
+        // Small frames and frames larger than the socket takes at once (the
+        // flusher writes their records), sent while the replies come back.
+        let sizes: Vec<usize> = (0..200).map(|i| if i % 10 == 0 { 1 << 20 } else { i * 37 }).collect();
+        let sender = tokio::spawn({
+            let (w, sizes) = (w.clone(), sizes.clone());
+            async move {
+                for (i, n) in sizes.iter().enumerate() {
+                    w.send(&encode_frame(&frame(i as u64, 1, &vec![i as u8; *n]))).unwrap();
+                    w.below(4 << 20).await.unwrap();
+                }
+            }
+        });
+        let mut r = FrameReader::new(conn.clone(), 0, 4 << 20);
+        for (i, n) in sizes.iter().enumerate() {
+            let f = r.next().await.unwrap();
+            assert_eq!((f.id, f.payload.len()), (i as u64, *n));
+            assert!(f.payload.iter().all(|b| *b == i as u8));
+        }
+        sender.await.unwrap();
+        w.idle().await.unwrap();
+        w.close("done");
+        flusher.abort();
+        assert_eq!(server.await.unwrap(), Ok(()), "the server saw the link close");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_with_a_certificate_from_another_ca_gets_no_link() {
+        let (ours, theirs) = (cluster_files(), cluster_files());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(echo_tls(listener, load(&ours)));
+        // (TLS 1.3: the client's handshake ends before the server has
+        // checked its certificate; the server's refusal ends the link.)
+        assert!(open_tls(addr, &load(&theirs)).await.is_err(), "the server's echo never comes");
+        assert!(server.await.unwrap().is_err(), "the server refused the handshake");
+        // A client that trusts the server, with a certificate the server's
+        // CA did not sign: the server refuses it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(echo_tls(listener, load(&ours)));
+        let intruder =
+            crate::tls::ClusterTls::load(&theirs.join("c.crt"), &theirs.join("c.key"), &ours.join("ca.crt")).unwrap();
+        assert!(open_tls(addr, &intruder).await.is_err(), "no magic comes back");
+        let refused = server.await.unwrap().unwrap_err();
+        assert!(refused.contains("UnknownIssuer") || refused.contains("certificate"), "{refused}");
+        for d in [ours, theirs] {
+            std::fs::remove_dir_all(&d).unwrap();
+        }
     }
 }

@@ -262,7 +262,7 @@ async fn session(addr: &str, rx: &Queue, connected: &AtomicBool) -> Result<std::
 
 async fn link_session(
     addr: &str,
-    stream: tokio::net::TcpStream,
+    stream: link::Conn,
     mut outbound: BatchStream,
     in_flight: &InFlight,
     connected: &AtomicBool,
@@ -270,7 +270,6 @@ async fn link_session(
     use futures::StreamExt;
     use link::{KIND_BATCH, KIND_DRAIN, KIND_END, KIND_PING, SESSION_FRAME_MAX, SESSION_PACE};
     use prost::Message;
-    let stream = Arc::new(stream);
     let writer = Writer::new(stream.clone());
     connected.store(true, Ordering::Relaxed);
     info!(node = %addr, "node session up");

@@ -106,6 +106,8 @@ pub struct Args {
     #[arg(long, env = "TESSERA_FOLLOWER_READS", default_value_t = false)]
     pub follower_reads: bool,
     #[command(flatten)]
+    pub cluster_tls: tessera_proto::tls::ClusterTlsArgs,
+    #[command(flatten)]
     pub process: ProcessArgs,
 }
 

@@ -154,7 +154,7 @@ impl ShardMap {
         for addr in addrs {
             let resp = loop {
                 let attempt = async {
-                    let ch = endpoint(addr)?.connect().await?;
+                    let ch = tessera_proto::tls::channel(endpoint(addr)?).await?;
                     anyhow::Ok(grpc(ch).shards(ShardsRequest {}).await?.into_inner())
                 };
                 match attempt.await {
@@ -332,7 +332,7 @@ impl ShardMap {
                 let addr = self.node(node).addr.clone();
                 async move {
                     let answer = async {
-                        let ch = endpoint(&addr)?.connect().await?;
+                        let ch = tessera_proto::tls::channel(endpoint(&addr)?).await?;
                         anyhow::Ok(grpc(ch).shards(ShardsRequest {}).await?.into_inner())
                     };
                     (node, tokio::time::timeout(every, answer).await)

@@ -61,7 +61,7 @@ def _ready(proc, timeout=30):
 
 
 class LocalCluster:
-    def __init__(self, nodes=3, shards_per_node=2, bin_dir=None, router_args=()):
+    def __init__(self, nodes=3, shards_per_node=2, bin_dir=None, router_args=(), node_args=()):
         self.bin = bin_dir or os.environ.get("TESSERA_BIN_DIR",
                                              os.path.expanduser("~/.cache/tessera/target/debug"))
         self.dir = tempfile.mkdtemp(prefix="tessera-py-")
@@ -79,7 +79,7 @@ class LocalCluster:
                                              "--listen", addr, "--metrics-listen", "127.0.0.1:0",
                                              "--print-ready", "--worker-threads", "1", "--peer", peers,
                                              "--shards", str(nodes * shards_per_node),
-                                             "--data-dir", os.path.join(self.dir, f"node-{n + 1}")])
+                                             "--data-dir", os.path.join(self.dir, f"node-{n + 1}")] + list(node_args))
             self.node_metrics.append(_ready(p)[2])
         self.node_addrs = addrs
         fields = self.start_router("router", router_args)

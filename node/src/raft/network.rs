@@ -87,15 +87,16 @@ impl Peers {
         let channel = match map.get(&id) {
             Some((a, ch)) if a == addr => ch.clone(),
             _ => {
-                let ch = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| e.to_string())?
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_secs(1))
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .initial_connection_window_size(Some(16 << 20))
-                    .initial_stream_window_size(Some(16 << 20))
-                    .connect_lazy();
+                let ch = tessera_proto::tls::lazy_channel(
+                    Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| e.to_string())?
+                        .tcp_nodelay(true)
+                        .connect_timeout(Duration::from_secs(1))
+                        .http2_keep_alive_interval(Duration::from_secs(5))
+                        .keep_alive_timeout(Duration::from_secs(10))
+                        .initial_connection_window_size(Some(16 << 20))
+                        .initial_stream_window_size(Some(16 << 20)),
+                );
                 map.insert(id, (addr.to_owned(), ch.clone()));
                 ch
             }

@@ -75,9 +75,10 @@ impl TransportService {
         Self { groups, incoming: Default::default() }
     }
 
-    /// Serves one incoming raft link until it closes.
-    pub async fn serve_link(self, stream: tokio::net::TcpStream) {
-        super::wire::serve(stream, move |m| {
+    /// Serves one incoming raft link until it closes (`skip`: its magic's
+    /// length when still unread).
+    pub async fn serve_link(self, stream: tessera_proto::link::Conn, skip: usize) {
+        super::wire::serve(stream, skip, move |m| {
             let this = self.clone();
             async move { this.answer(m).await }
         })

@@ -129,16 +129,15 @@ fn serve(
 /// When the node stops ([`NodeState::drain`]), it asks the router to drain
 /// the session (`KIND_DRAIN`); the router's `KIND_END` ends the requests,
 /// and the session closes once every command read has been answered.
-pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
+pub async fn serve_link(state: Arc<NodeState>, stream: tessera_proto::link::Conn, skip: usize) {
     use tessera_proto::link::{encode_message, tune, FrameReader, Writer, KIND_BATCH, SESSION, SESSION_FRAME_MAX};
     // Held while the session lives: the stopping node waits for them all.
     let _live = state.drain.subscribe();
     let mut drain = state.drain.subscribe();
     // (A session opened once the node is draining is asked at once.)
     drain.mark_changed();
-    tune(&stream, SESSION);
-    let peer = stream.peer_addr().ok();
-    let stream = Arc::new(stream);
+    tune(&stream.stream, SESSION);
+    let peer = stream.stream.peer_addr().ok();
     let writer = Arc::new(Writer::new(stream.clone()));
     if let Err(e) = writer.send(SESSION) {
         debug!(?peer, error = %e, "session link closed before its handshake");
@@ -146,12 +145,8 @@ pub async fn serve_link(state: Arc<NodeState>, stream: tokio::net::TcpStream) {
     }
     debug!(?peer, "session link opened");
     metrics::gauge!("tessera_node_sessions").increment(1.0);
-    let link = LinkIn {
-        frames: FrameReader::new(stream, SESSION.len(), SESSION_FRAME_MAX),
-        writer: writer.clone(),
-        drain,
-        peer,
-    };
+    let link =
+        LinkIn { frames: FrameReader::new(stream, skip, SESSION_FRAME_MAX), writer: writer.clone(), drain, peer };
     let inbound = futures::stream::unfold(link, |mut link| async move { link.next().await.map(|b| (b, link)) });
     let mut responses = std::pin::pin!(serve(state, inbound.boxed(), peer));
     let pump = async {

@@ -41,6 +41,10 @@ struct Args {
     /// while); for `rebalance`, for each of its steps.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// On a cluster with TLS inside it, the cluster's certificate: the
+    /// nodes answer no one else.
+    #[command(flatten)]
+    cluster_tls: tessera_proto::tls::ClusterTlsArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -136,10 +140,11 @@ impl Cluster {
             match channels.get(addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| e.to_string())?
-                        .connect_timeout(Duration::from_secs(1))
-                        .connect_lazy();
+                    let c = tessera_proto::tls::lazy_channel(
+                        Endpoint::from_shared(format!("http://{addr}"))
+                            .map_err(|e| e.to_string())?
+                            .connect_timeout(Duration::from_secs(1)),
+                    );
                     channels.insert(addr.to_owned(), c.clone());
                     c
                 }
@@ -233,6 +238,9 @@ async fn main() -> ExitCode {
     if let Cmd::Certs { dir, hosts, days } = &args.cmd {
         let written = tessera_node::certs::write_set(dir, hosts, *days).map_err(|e| format!("{e:#}"));
         return finish(written.map(|_| println!("OK certificates in {}", dir.display())));
+    }
+    if let Err(e) = args.cluster_tls.install() {
+        return finish(Err(e));
     }
     let c = Cluster {
         nodes: args.nodes,

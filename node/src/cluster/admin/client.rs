@@ -28,11 +28,12 @@ impl AdminClients {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| NodeError::BadAddress { addr: addr.to_owned(), why: e.to_string() })?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
+        let ch = tessera_proto::tls::lazy_channel(
+            Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| NodeError::BadAddress { addr: addr.to_owned(), why: e.to_string() })?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(1)),
+        );
         map.insert(addr.to_owned(), ch.clone());
         Ok(ch)
     }

@@ -105,7 +105,6 @@ async fn drive(addr: String, waiting: Waiting, conn: Arc<Mutex<Conn>>) {
             Err(e) => e,
             Ok(stream) => {
                 backoff = Duration::from_millis(20);
-                let stream = Arc::new(stream);
                 let writer = Arc::new(Writer::new(stream.clone()));
                 let up = {
                     let mut c = conn.lock();

@@ -11,9 +11,8 @@
 
 use std::sync::Arc;
 
-use tessera_proto::link::{tune, FrameReader, Writer, RAFT};
+use tessera_proto::link::{tune, Conn, FrameReader, Writer, RAFT};
 use tessera_proto::v1::RaftMessage;
-use tokio::net::TcpStream;
 
 mod frame;
 pub mod link;
@@ -21,23 +20,24 @@ pub mod link;
 use frame::{decode, encode, FRAME_MAX};
 pub use link::{CallError, Link};
 
-/// Serves one incoming link (its magic still unread): each request is
-/// handled at once by `handle` on a task of its own (a slow group never
-/// holds up another) and its reply written as soon as it is ready.
-pub async fn serve<H, F>(stream: TcpStream, handle: H)
+/// Serves one incoming link (the first `skip` bytes its magic, still
+/// unread; none over TLS, where it was read to accept the link): each
+/// request is handled at once by `handle` on a task of its own (a slow
+/// group never holds up another) and its reply written as soon as it is
+/// ready.
+pub async fn serve<H, F>(stream: Conn, skip: usize, handle: H)
 where
     H: Fn(RaftMessage) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = RaftMessage> + Send + 'static,
 {
-    tune(&stream, RAFT);
-    let stream = Arc::new(stream);
+    tune(&stream.stream, RAFT);
     let writer = Arc::new(Writer::new(stream.clone()));
     if let Err(e) = writer.send(RAFT) {
         tracing::debug!(error = %e, "raft link closed before its handshake");
         return;
     }
     let handle = Arc::new(handle);
-    let mut frames = FrameReader::new(stream, RAFT.len(), FRAME_MAX);
+    let mut frames = FrameReader::new(stream, skip, FRAME_MAX);
     let read = async {
         loop {
             let m = match frames.next().await {

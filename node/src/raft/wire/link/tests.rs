@@ -28,7 +28,7 @@ where
         let handle = handle.clone();
         tokio::spawn(async move {
             if sniff(&s, &[MAGIC]).await == Some(0) {
-                serve(s, handle).await;
+                serve(s.into(), tessera_proto::link::RAFT.len(), handle).await;
             }
         });
     })
