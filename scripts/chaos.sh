@@ -5,8 +5,10 @@
 #   scripts/chaos.sh                 # 150 s of faults, random seed
 #   scripts/chaos.sh --seed 42       # replay a seed
 #   scripts/chaos.sh --soak 30       # 30 minutes
-#   scripts/chaos.sh --quick         # CI: a short seeded run, then the
-#                                    # broken-build proof (below)
+#   scripts/chaos.sh --quick         # CI: a short seeded run, a shorter one
+#                                    # with TLS inside the cluster
+#                                    # (--cluster-tls), then the broken-build
+#                                    # proof (below)
 #   scripts/chaos.sh --broken        # only the proof: a node built with the
 #                                    # test-only `chaos-early-ack` feature
 #                                    # (acks writes before commit) must FAIL
@@ -47,6 +49,12 @@ if [ $BROKEN = 0 ]; then
   if [ -n "$SOAK" ]; then args+=(--soak "$SOAK"); else args+=(--secs "$SECS"); fi
   echo "== chaos: ${args[*]} ${EXTRA[*]}"
   "$REL/tessera-chaos" "${args[@]}" "${EXTRA[@]}"
+fi
+
+if [ $QUICK = 1 ]; then
+  # The same faults with mutual TLS on every link inside the cluster.
+  echo "== chaos: a short run with TLS inside the cluster"
+  "$REL/tessera-chaos" --bin-dir "$REL" --out "$OUT/tls" --seed "$SEED" --secs 45 --cluster-tls "${EXTRA[@]}"
 fi
 
 if [ $BROKEN = 1 ] || [ $QUICK = 1 ]; then

@@ -70,6 +70,11 @@ struct Args {
     /// Extra flags for every node (e.g. `--read-policy=lease`).
     #[arg(long, allow_hyphen_values = true)]
     node_arg: Vec<String>,
+    /// Mutual TLS inside the cluster: throwaway certificates from
+    /// `tessera-admin certs` (in the report folder), given to every node,
+    /// router and `tessera-admin` call through TESSERA_CLUSTER_TLS_*.
+    #[arg(long)]
+    cluster_tls: bool,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +101,20 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let mut rng = StdRng::seed_from_u64(seed);
     eprintln!("tessera-chaos: seed {seed}, {secs} s of faults, binaries from {}", bin_dir.display());
 
+    if args.cluster_tls {
+        let certs = args.out.join("certs");
+        let made = std::process::Command::new(bin_dir.join("tessera-admin"))
+            .args(["certs", "--dir"])
+            .arg(&certs)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(made.success(), "tessera-admin certs failed");
+        // (Every process the harness starts inherits them.)
+        std::env::set_var("TESSERA_CLUSTER_TLS_CERT", certs.join("cluster.crt"));
+        std::env::set_var("TESSERA_CLUSTER_TLS_KEY", certs.join("cluster.key"));
+        std::env::set_var("TESSERA_CLUSTER_TLS_CA", certs.join("cluster-ca.crt"));
+        eprintln!("tessera-chaos: mutual TLS inside the cluster (certificates in {})", certs.display());
+    }
     let node_args: Vec<&str> = args.node_arg.iter().map(String::as_str).collect();
     let netns = match args.driver.as_str() {
         "netns" => true,

@@ -10,7 +10,9 @@
 # metrics 9121; nodes gRPC 7101-7103, metrics 9101-9103. With --tls the
 # router also serves TLS on 7010 (plain port's twin) and 7011/7012 (cluster
 # ports' twins), with a throwaway CA and certificates made once in
-# .tessera/tls by `tessera-admin certs` (client certificates required).
+# .tessera/tls by `tessera-admin certs` (client certificates required), and
+# every connection inside the cluster is mutual TLS with a cluster CA of its
+# own (--cluster-tls-*).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -88,26 +90,29 @@ mkdir -p "$STATE/pids" "$STATE/logs"
 SHARDS=$((NODES * SPN))
 PEERS=""
 for ((n = 1; n <= NODES; n++)); do PEERS="${PEERS:+$PEERS,}$n=127.0.0.1:$((7100 + n))"; done
+TLS_ARGS=()
+CLUSTER_TLS=()
+if [ $TLS = 1 ]; then
+  CERTS="$STATE/tls"
+  [ -f "$CERTS/cluster.crt" ] || "$BIN/tessera-admin" certs --dir "$CERTS" >/dev/null
+  TLS_ARGS=(--tls-listen 127.0.0.1:7010 --tls-cluster-listen 127.0.0.1:7011,127.0.0.1:7012
+            --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-ca-cert "$CERTS/ca.crt")
+  CLUSTER_TLS=(--cluster-tls-cert "$CERTS/cluster.crt" --cluster-tls-key "$CERTS/cluster.key"
+               --cluster-tls-ca "$CERTS/cluster-ca.crt")
+fi
 NODE_ADDRS=()
 for ((n = 1; n <= NODES; n++)); do
   port=$((7100 + n))
   mkdir -p "$STATE/node-$n"
   "$BIN/tessera-node" --node-id "$n" --listen "127.0.0.1:$port" --worker-threads 1 \
     --metrics-listen "127.0.0.1:$((9100 + n))" --peer "$PEERS" --shards "$SHARDS" \
-    --data-dir "$STATE/node-$n" >>"$STATE/logs/node-$n.log" 2>&1 &
+    --data-dir "$STATE/node-$n" "${CLUSTER_TLS[@]}" >>"$STATE/logs/node-$n.log" 2>&1 &
   echo $! >"$STATE/pids/node-$n.pid"
   NODE_ADDRS+=("127.0.0.1:$port")
 done
 echo "nodes: $PEERS ($SHARDS shards, each replicated on 3 nodes)"
-TLS_ARGS=()
-if [ $TLS = 1 ]; then
-  CERTS="$STATE/tls"
-  [ -f "$CERTS/server.crt" ] || "$BIN/tessera-admin" certs --dir "$CERTS" >/dev/null
-  TLS_ARGS=(--tls-listen 127.0.0.1:7010 --tls-cluster-listen 127.0.0.1:7011,127.0.0.1:7012
-            --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-ca-cert "$CERTS/ca.crt")
-fi
 "$BIN/tessera-router" --listen 127.0.0.1:7000 --cluster-listen 127.0.0.1:7001,127.0.0.1:7002 \
-  --metrics-listen 127.0.0.1:9121 --node "$(IFS=,; echo "${NODE_ADDRS[*]}")" "${TLS_ARGS[@]}" \
+  --metrics-listen 127.0.0.1:9121 --node "$(IFS=,; echo "${NODE_ADDRS[*]}")" "${TLS_ARGS[@]}" "${CLUSTER_TLS[@]}" \
   >>"$STATE/logs/router.log" 2>&1 &
 echo $! >"$STATE/pids/router.pid"
 
@@ -136,6 +141,8 @@ if [ $TLS = 1 ]; then
   cat <<MSG
   TLS clients:      redis-cli -c -p 7011 --tls --cacert $CERTS/ca.crt --cert $CERTS/client.crt --key $CERTS/client.key
                     (plain port's twin: 7010; certificates in $CERTS)
+  inside the cluster: mutual TLS; tessera-admin needs the cluster certificate:
+                    $BIN/tessera-admin --node 127.0.0.1:7101 ${CLUSTER_TLS[*]} status
 MSG
 fi
 
