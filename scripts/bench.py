@@ -13,7 +13,9 @@ the router vs the same function called in-process). Last, models:
 router vs ONNX Runtime in-process; latency at 1 client, throughput at 64
 with and without BATCHSIZE, and through the router's TLS port against its
 plain port). TLS: GET/SET 1 KiB through the router's TLS port against its
-plain port, A/B/A/B (client certificates required, as Redis's default).
+plain port, A/B/A/B (client certificates required, as Redis's default);
+and the same through a second cluster with mutual TLS inside it (router
+sessions, Raft) against the plain one, A/B/A/B.
 Then DAGs: `tessera-dag-bench` (the mnist
 round and the fraud shape as one AI.DAGEXECUTE against three or four calls
 and in-process ORT; read-only DAG throughput at 16 and 64 clients), on
@@ -165,6 +167,26 @@ def others(a, testdata):
                 print(f"TLS {name:10s} P={p:<3d} plain {' '.join(f'{r:>8.0f}' for r in plain_rps)} rps   "
                       f"TLS {' '.join(f'{r:>8.0f}' for r in tls_rps)} rps   "
                       f"ratio {sum(tls_rps) / sum(plain_rps):5.2f} (target >= 0.8)", flush=True)
+
+        # TLS inside the cluster: a second cluster whose sessions and Raft
+        # links are mutual TLS, against the plain one, interleaved.
+        ctls = ["--cluster-tls-cert", f"{certs}/cluster.crt", "--cluster-tls-key", f"{certs}/cluster.key",
+                "--cluster-tls-ca", f"{certs}/cluster-ca.crt"]
+        inside = LocalCluster(bin_dir=a.bin_dir, node_args=ctls, router_args=ctls)
+        try:
+            print()
+            for p, n in ((1, n1), (16, n16)):
+                for name, args in (("SET 1KiB", ["-t", "set", "-d", "1024"]),
+                                   ("GET 1KiB", ["-t", "get", "-d", "1024"])):
+                    plain_rps, tls_rps = [], []
+                    for _ in range(2):
+                        plain_rps.append(bench(tport, n, p, args))
+                        tls_rps.append(bench(inside.plain_port, n, p, args))
+                    print(f"cluster TLS {name:10s} P={p:<3d} plain {' '.join(f'{r:>8.0f}' for r in plain_rps)} rps   "
+                          f"TLS inside {' '.join(f'{r:>8.0f}' for r in tls_rps)} rps   "
+                          f"ratio {sum(tls_rps) / sum(plain_rps):5.2f}", flush=True)
+        finally:
+            inside.stop()
 
         # Durable writes: Tessera replicates every write to 3 fsync'd Raft
         # logs before it answers; the fair Redis is one with an fsync'd AOF.

@@ -263,29 +263,25 @@ impl FrameReader {
         FrameReader { stream, tls, buf: BytesMut::with_capacity(64 << 10), skip, max }
     }
 
-    /// Decrypts what the TLS session has into the buffer (up to 64 KiB):
-    /// whether it had anything. An error once the peer closed the session.
+    /// Takes what the TLS session has decrypted into the buffer: whether
+    /// it had anything. An error once the peer closed the session.
     fn take_plaintext(&mut self, session: &mut rustls::Connection) -> Result<bool, String> {
-        let at = self.buf.len();
-        self.buf.resize(at + (64 << 10), 0);
-        let r = session.reader().read(&mut self.buf[at..]);
-        match r {
-            Ok(0) => {
-                self.buf.truncate(at);
-                Err(CLOSED_BY_PEER.into())
-            }
-            Ok(n) => {
-                self.buf.truncate(at + n);
-                Ok(true)
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                self.buf.truncate(at);
-                Ok(false)
-            }
-            Err(e) => {
-                self.buf.truncate(at);
-                Err(e.to_string())
-            }
+        use std::io::BufRead;
+        let mut took = false;
+        let mut reader = session.reader();
+        loop {
+            let n = match reader.fill_buf() {
+                Ok([]) if took => return Ok(true),
+                Ok([]) => return Err(CLOSED_BY_PEER.into()),
+                Ok(chunk) => {
+                    self.buf.extend_from_slice(chunk);
+                    chunk.len()
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(took),
+                Err(e) => return Err(e.to_string()),
+            };
+            reader.consume(n);
+            took = true;
         }
     }
 

@@ -209,6 +209,23 @@ pub async fn run(
     ready: tessera_telemetry::Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Settings first: a bad certificate or ACL file stops the router at
+    // once, not after it waited for the nodes.
+    let has_tls = listeners.tls.is_some() || !listeners.tls_cluster.is_empty();
+    let tls = match &config.tls {
+        None if has_tls => anyhow::bail!("TLS ports need --tls-cert and --tls-key"),
+        Some(settings) if has_tls => {
+            let tls = Arc::new(Tls::load(settings.clone())?);
+            // A handler from now on: SIGHUP's default action would stop the router.
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| warn!(error = %e, "no SIGHUP handler; certificates reload on change only"))
+                .ok();
+            tokio::spawn(tls.clone().watch(hangup));
+            Some(tls)
+        }
+        _ => None,
+    };
+    let users = acl::Users::load(config.acl_file.as_deref(), config.requirepass.as_deref())?;
     let shards = Arc::new(ShardMap::discover(&config.nodes, config.node_wait).await?);
     shards.wait_connected(config.node_wait).await?;
     let refresher = tokio::spawn(shards.clone().refresh_loop(Duration::from_secs(1)));
@@ -231,24 +248,9 @@ pub async fn run(
     else {
         anyhow::bail!("the router has no port to serve on");
     };
-    let has_tls = listeners.tls.is_some() || !listeners.tls_cluster.is_empty();
-    let tls = match &config.tls {
-        None if has_tls => anyhow::bail!("TLS ports need --tls-cert and --tls-key"),
-        Some(settings) if has_tls => {
-            let tls = Arc::new(Tls::load(settings.clone())?);
-            // A handler from now on: SIGHUP's default action would stop the router.
-            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| warn!(error = %e, "no SIGHUP handler; certificates reload on change only"))
-                .ok();
-            tokio::spawn(tls.clone().watch(hangup));
-            Some(tls)
-        }
-        _ => None,
-    };
     if tls_addr.is_some() && topology.nodes.iter().all(|n| n.tls.is_none()) {
         warn!("no TLS cluster ports: cluster clients on the TLS port are given the plain cluster endpoints");
     }
-    let users = acl::Users::load(config.acl_file.as_deref(), config.requirepass.as_deref())?;
     // The cluster's users, or this router's own ones seeded into a cluster
     // that has none; if the meta group does not answer, this router's own
     // until it does.
