@@ -10,6 +10,7 @@
 //! docs/security.md.
 
 pub mod cluster;
+pub mod log;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,8 @@ pub struct Users {
     /// This router's own users as `ACL LIST` lines: what it seeds a
     /// cluster without users with.
     own: Vec<String>,
+    /// What this router refused (`ACL LOG`).
+    pub log: log::AclLog,
 }
 
 /// Users by name (`default` always among them).
@@ -60,6 +63,7 @@ impl Users {
             current: RwLock::new(Arc::new(UserSet { by_name: users, version: 0 })),
             generation: AtomicU64::new(0),
             own,
+            log: log::AclLog::default(),
         })
     }
 
@@ -183,7 +187,7 @@ fn own_users(acl_file: Option<&str>, requirepass: Option<&str>) -> anyhow::Resul
 /// The check before a command is parsed, after its name and arity are
 /// known to be right (Redis's order: unknown command and arity errors
 /// come first, then `NOAUTH`, then `NOPERM`).
-pub fn check(conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]) -> Result<(), Error> {
+pub fn check(users: &Users, conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]) -> Result<(), Error> {
     if conn.authenticated && conn.user.unrestricted() {
         return Ok(());
     }
@@ -197,17 +201,33 @@ pub fn check(conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]) -> Result<(),
             _ => Err(Error::Verbatim(NOAUTH.into())),
         };
     }
-    conn.user.check(spec, argv).map_err(|d| Error::Verbatim(d.noperm()))
+    conn.user.check(spec, argv).map_err(|d| refused(users, conn, &d))
+}
+
+/// A refusal: logged (`ACL LOG`), and its NOPERM error.
+fn refused(users: &Users, conn: &ConnState, d: &acl::Denied) -> Error {
+    let (reason, object) = match d {
+        acl::Denied::Command(c) => (log::Reason::Command, c.as_str()),
+        acl::Denied::Key(k) => (log::Reason::Key, k.as_str()),
+    };
+    let context = if conn.tx.is_some() { "multi" } else { "toplevel" };
+    users.log.record(reason, context, object, &conn.user.name, || conn.info_line());
+    Error::Verbatim(d.noperm())
 }
 
 /// The keys of a command only its parser finds (RedisAI's model, script
 /// and DAG runs: `KeySpec::Movable`), checked once parsed.
-pub fn check_parsed(conn: &ConnState, spec: &CommandSpec, parsed: Result<Command, Error>) -> Result<Command, Error> {
+pub fn check_parsed(
+    users: &Users,
+    conn: &ConnState,
+    spec: &CommandSpec,
+    parsed: Result<Command, Error>,
+) -> Result<Command, Error> {
     if conn.user.unrestricted() || !matches!(spec.keys, KeySpec::Movable(_)) {
         return parsed;
     }
     if let Ok(Command::Keyed { cmd, .. }) = &parsed {
-        conn.user.check_keys(acl::key_access(spec, &[]), cmd.keys()).map_err(|d| Error::Verbatim(d.noperm()))?;
+        conn.user.check_keys(acl::key_access(spec, &[]), cmd.keys()).map_err(|d| refused(users, conn, &d))?;
     }
     parsed
 }
@@ -232,10 +252,23 @@ pub fn hello_allowed(conn: &ConnState, has_auth: bool) -> Result<(), Reply> {
     }
 }
 
-/// AUTH (also HELLO's): on success the connection becomes `user`.
-pub fn authenticate(users: &Users, conn: &mut ConnState, user: Option<&Bytes>, password: &[u8]) -> Result<(), Reply> {
+/// AUTH (also HELLO's: `via` names the command, for `ACL LOG`): on
+/// success the connection becomes `user`.
+pub fn authenticate(
+    users: &Users,
+    conn: &mut ConnState,
+    via: &str,
+    user: Option<&Bytes>,
+    password: &[u8],
+) -> Result<(), Reply> {
     let generation = users.generation();
-    let u = users.auth(user, password)?;
+    let u = users.auth(user, password).inspect_err(|e| {
+        if matches!(e, Reply::Error(m) if m.starts_with("WRONGPASS")) {
+            let name = user.map_or("default".into(), |u| String::from_utf8_lossy(u).into_owned());
+            let context = if conn.tx.is_some() { "multi" } else { "toplevel" };
+            users.log.record(log::Reason::Auth, context, via, &name, || conn.info_line());
+        }
+    })?;
     conn.user = u;
     conn.users_generation = generation;
     conn.authenticated = true;
@@ -245,6 +278,7 @@ pub fn authenticate(users: &Users, conn: &mut ConnState, user: Option<&Bytes>, p
 /// The ACL command's subcommands that change nothing (the others are in
 /// [`cluster`]).
 pub fn run(users: &Users, limits: &ParseLimits, conn: &ConnState, cmd: AclCmd) -> Reply {
+    let users_log = &users.log;
     let users = users.current();
     match cmd {
         AclCmd::WhoAmI => Reply::bulk_str(&conn.user.name),
@@ -313,6 +347,11 @@ pub fn run(users: &Users, limits: &ParseLimits, conn: &ConnState, cmd: AclCmd) -
             }
             Reply::ok()
         }
+        AclCmd::Log(None) => {
+            users_log.reset();
+            Reply::ok()
+        }
+        AclCmd::Log(Some(count)) => users_log.reply(count),
         AclCmd::SetUser(..) | AclCmd::DelUser(_) | AclCmd::Load | AclCmd::Save => {
             Reply::err("ERR internal: an ACL change outside the cluster's handling")
         }
@@ -335,6 +374,8 @@ pub fn run(users: &Users, limits: &ParseLimits, conn: &ConnState, cmd: AclCmd) -
                 "    Show users details in config file format.",
                 "LOAD",
                 "    Reload users from the ACL file.",
+                "LOG [<count> | RESET]",
+                "    Show the ACL log entries.",
                 "SAVE",
                 "    Save the current config to the ACL file.",
                 "SETUSER <username> <attribute> [<attribute> ...]",

@@ -294,8 +294,13 @@ fn handle(router: &Arc<Router>, conn: &mut ConnState, argv: Vec<Bytes>) -> Tagge
     let name = spec.map_or("unknown", |s| s.name);
     trace!(conn = conn.id, cmd = name, args = argv.len(), "command");
     let parsed = match spec {
-        Some(spec) => match crate::acl::check(conn, spec, &argv) {
-            Ok(()) => crate::acl::check_parsed(conn, spec, command::parse_spec(spec, argv, &router.parse_limits)),
+        Some(spec) => match crate::acl::check(&router.users, conn, spec, &argv) {
+            Ok(()) => crate::acl::check_parsed(
+                &router.users,
+                conn,
+                spec,
+                command::parse_spec(spec, argv, &router.parse_limits),
+            ),
             Err(e) => Err(e),
         },
         None => Err(command::unknown_command(&argv)),

@@ -30,7 +30,7 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
                 return ready(e);
             }
             if let Some((user, pass)) = auth {
-                if let Err(e) = crate::acl::authenticate(&router.users, conn, Some(&user), &pass) {
+                if let Err(e) = crate::acl::authenticate(&router.users, conn, "HELLO", Some(&user), &pass) {
                     return ready(e);
                 }
                 router.update_client(conn);
@@ -44,14 +44,15 @@ pub fn run(router: &Arc<Router>, conn: &mut ConnState, cmd: Local) -> (Pending, 
             router.update_client(conn);
             ready(hello_reply(conn))
         }
-        Local::Auth { user, password } => match crate::acl::authenticate(&router.users, conn, user.as_ref(), &password)
-        {
-            Ok(()) => {
-                router.update_client(conn);
-                ready(Reply::ok())
+        Local::Auth { user, password } => {
+            match crate::acl::authenticate(&router.users, conn, "AUTH", user.as_ref(), &password) {
+                Ok(()) => {
+                    router.update_client(conn);
+                    ready(Reply::ok())
+                }
+                Err(e) => ready(e),
             }
-            Err(e) => ready(e),
-        },
+        }
         Local::Acl(c @ (AclCmd::SetUser(..) | AclCmd::DelUser(_) | AclCmd::Load | AclCmd::Save)) => {
             (Pending::Fut(Box::pin(crate::acl::cluster::change(router.clone(), c))), After::Continue)
         }

@@ -443,3 +443,31 @@ def test_scripts_run_with_their_callers_rights(acl_setup):
     pipe.execute_command(*other)
     assert "no permissions to access one of the keys" in str(pipe.execute(raise_on_error=False)[0])
     assert admin.exists("{s1}out2") == 0
+
+
+def test_acl_log_against_redis(acl_setup):
+    c, rport, _ = acl_setup
+    ref, ours = redis.Redis(port=rport, password="adminpw"), redis.Redis(port=c.plain_port, password="adminpw")
+    keep = ("count", "reason", "context", "object", "username")
+    logs = []
+    for port, admin in ((rport, ref), (c.plain_port, ours)):
+        admin.execute_command("ACL", "LOG", "RESET")
+        t = redis.Redis(port=port, username="tenant1", password="t1pw")
+        for cmd in (["GET", "{tenant2}a"], ["SET", "{tenant1}a", "1"], ["GET", "{tenant2}a"]):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                t.execute_command(*cmd)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, username="writer", password="wrong").ping()
+        pipe = t.pipeline(transaction=True)
+        pipe.execute_command("GET", "{tenant1}a").execute_command("FLUSHALL")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            pipe.execute()
+        entries = [{(k.decode() if isinstance(k, bytes) else k): v for k, v in e.items()}
+                   for e in admin.execute_command("ACL", "LOG")]
+        assert all("client-info" in e and "age-seconds" in e for e in entries), entries
+        logs.append([{k: e[k] for k in keep} for e in entries])
+        assert len(admin.execute_command("ACL", "LOG", 1)) == 1
+    ref_log, our_log = logs
+    assert our_log == ref_log
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        ours.execute_command("ACL", "LOG", "x")

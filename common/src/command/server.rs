@@ -77,6 +77,8 @@ pub enum AclCmd {
     DelUser(Vec<Bytes>),
     Load,
     Save,
+    /// ACL LOG [count | RESET]: `None` is RESET's.
+    Log(Option<Option<i64>>),
     Help,
 }
 
@@ -247,9 +249,12 @@ fn parse_acl(argv: &[Bytes]) -> Result<AclCmd> {
         b"SETUSER" if n >= 3 => AclCmd::SetUser(argv[2].clone(), argv[3..].to_vec()),
         b"DELUSER" if n >= 3 => AclCmd::DelUser(argv[2..].to_vec()),
         b"LOAD" if n == 2 => AclCmd::Load,
+        b"LOG" if n == 2 => AclCmd::Log(Some(None)),
+        b"LOG" if n == 3 && argv[2].eq_ignore_ascii_case(b"RESET") => AclCmd::Log(None),
+        b"LOG" if n == 3 => AclCmd::Log(Some(Some(int_arg(&argv[2])?))),
         b"SAVE" if n == 2 => AclCmd::Save,
         b"WHOAMI" | b"LIST" | b"USERS" | b"HELP" | b"GETUSER" | b"CAT" | b"GENPASS" | b"DRYRUN" | b"SETUSER"
-        | b"DELUSER" | b"LOAD" | b"SAVE" => return Err(arity()),
+        | b"DELUSER" | b"LOAD" | b"SAVE" | b"LOG" => return Err(arity()),
         _ => return Err(unknown_sub("acl", &argv[1])),
     })
 }
