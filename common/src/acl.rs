@@ -347,6 +347,8 @@ impl User {
             return Ok(());
         }
         let (cmd, sub) = match what.split_once('|') {
+            // (No subcommand has a space: Redis finds none such.)
+            Some((_, s)) if has_spaces(s) => return Err(UNKNOWN),
             Some((c, s)) if !s.is_empty() && !s.contains('|') => (c, Some(s)),
             Some(_) => return Err(SYNTAX),
             None => (what, None),
@@ -484,8 +486,9 @@ fn has_subcommands(spec: &CommandSpec) -> bool {
     matches!(spec.name, "client" | "cluster" | "config" | "command" | "module" | "acl")
 }
 
+/// Whether `s` could not be one word of an ACL file line.
 fn has_spaces(s: &str) -> bool {
-    s.bytes().any(|b| b.is_ascii_whitespace() || b == 0)
+    s.chars().any(|c| c.is_whitespace() || c == '\0')
 }
 
 /// `ACL SETUSER`'s check of a user name: a word of an ACL file line.

@@ -279,13 +279,37 @@ impl NodeState {
     /// answers; another replica redirects to it, and a node without one
     /// answers as a replica that knows no leader (the router tries another).
     pub async fn users(&self, op: tessera_common::command::UsersCmd) -> Outcome {
+        use crate::state::users::MOVED;
+        use tessera_common::reply::Reply;
         let Some(meta) = self.hosted.read().meta.clone() else {
             return Outcome::Redirect(None);
         };
-        match op {
-            tessera_common::command::UsersCmd::List => meta.users().await,
-            op => meta.write_op(crate::state::LogOp::Meta(crate::state::meta::MetaOp::Users(op))).await,
+        if let tessera_common::command::UsersCmd::List = op {
+            return match meta.users().await {
+                Ok(users) => Outcome::Reply(users.list()),
+                Err(o) => o,
+            };
         }
+        // Worked out on the users as they are (read linearizably), then
+        // logged; a change that came between is seen by `apply` and the
+        // change is planned again. One at a time on this node.
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = ONE_AT_A_TIME.lock().await;
+        for _ in 0..3 {
+            let users = match meta.users().await {
+                Ok(u) => u,
+                Err(o) => return o,
+            };
+            let planned = match users.plan(&op) {
+                Ok(p) => p,
+                Err(e) => return Outcome::Reply(e),
+            };
+            match meta.write_op(crate::state::LogOp::Meta(crate::state::meta::MetaOp::Users(planned))).await {
+                Outcome::Reply(Reply::Error(e)) if e == MOVED => continue,
+                done => return done,
+            }
+        }
+        Outcome::Reply(Reply::err(MOVED))
     }
 
     /// Ready (`/readyz`): the node has read the cluster map, and every

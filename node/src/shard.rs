@@ -431,13 +431,10 @@ impl Shard {
         Ok(self.data.lock().map.clone())
     }
 
-    /// The cluster's users (meta group only), read linearizably:
-    /// `[version, [line, ...]]`.
-    pub async fn users(&self) -> Outcome {
-        match self.confirm_read().await {
-            Ok(()) => Outcome::Reply(self.data.lock().users.list()),
-            Err(o) => o,
-        }
+    /// The cluster's users (meta group only), read linearizably.
+    pub async fn users(&self) -> Result<crate::state::users::Users, Outcome> {
+        self.confirm_read().await?;
+        Ok(self.data.lock().users.clone())
     }
 
     /// The version of the users as applied here (meta group only).

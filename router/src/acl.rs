@@ -6,8 +6,8 @@
 //! router reads them from it and enforces the same ones, and `ACL SETUSER`,
 //! `DELUSER` and `LOAD` change them there. A router's `--acl-file` and
 //! `--requirepass` are the users a cluster that has none starts with, and
-//! what the router enforces until it has read the cluster's; see
-//! docs/security.md.
+//! nothing else: until the router has read the cluster's users it answers
+//! `LOADING` (it fails closed); see docs/security.md.
 
 pub mod cluster;
 pub mod log;
@@ -28,6 +28,7 @@ use crate::conn::ConnState;
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 const NOAUTH: &str = "NOAUTH Authentication required.";
+const LOADING: &str = "LOADING Tessera is reading the cluster's users";
 const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
 /// The users this router enforces: the cluster's once read, its own
@@ -38,6 +39,8 @@ pub struct Users {
     current: RwLock<Arc<UserSet>>,
     /// Bumped whenever `current` is replaced.
     generation: AtomicU64,
+    /// The cluster's users are in force (read once at least).
+    ready: std::sync::atomic::AtomicBool,
     /// This router's own users as `ACL LIST` lines: what it seeds a
     /// cluster without users with.
     own: Vec<String>,
@@ -62,6 +65,7 @@ impl Users {
         Ok(Users {
             current: RwLock::new(Arc::new(UserSet { by_name: users, version: 0 })),
             generation: AtomicU64::new(0),
+            ready: std::sync::atomic::AtomicBool::new(false),
             own,
             log: log::AclLog::default(),
         })
@@ -104,7 +108,14 @@ impl Users {
         }
         *current = Arc::new(UserSet { by_name, version });
         self.generation.fetch_add(1, Ordering::Release);
+        self.ready.store(true, Ordering::Release);
         Ok(true)
+    }
+
+    /// Whether the cluster's users are in force: until then every command
+    /// but QUIT answers `LOADING`.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     pub fn get(&self, name: &[u8]) -> Option<Arc<User>> {
@@ -116,7 +127,7 @@ impl Users {
     pub fn initial(&self) -> (Arc<User>, bool, u64) {
         let generation = self.generation();
         let d = self.current.read().by_name["default"].clone();
-        let open = d.enabled && d.nopass;
+        let open = d.enabled && d.nopass && self.ready();
         (d, open, generation)
     }
 
@@ -147,13 +158,23 @@ impl UserSet {
 
 /// A connection follows a change of the users before its next command: it
 /// runs as its user's new rules, or, if its user was deleted, is closed
-/// (`false`), as Redis closes the clients of a deleted user.
+/// (`false`), as Redis closes the clients of a deleted user. A connection
+/// opened before the cluster's users were read (it could run nothing)
+/// becomes what a new connection is now.
 pub fn follow(users: &Users, conn: &mut ConnState) -> bool {
     let generation = users.generation();
     if generation == conn.users_generation {
         return true;
     }
     conn.users_generation = generation;
+    if !conn.authenticated && users.ready() {
+        let (user, open, _) = users.initial();
+        if open {
+            conn.user = user;
+            conn.authenticated = true;
+            return true;
+        }
+    }
     match users.get(conn.user.name.as_bytes()) {
         Some(u) => {
             conn.user = u;
@@ -188,6 +209,9 @@ fn own_users(acl_file: Option<&str>, requirepass: Option<&str>) -> anyhow::Resul
 /// known to be right (Redis's order: unknown command and arity errors
 /// come first, then `NOAUTH`, then `NOPERM`).
 pub fn check(users: &Users, conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]) -> Result<(), Error> {
+    if !users.ready() && spec.name != "quit" {
+        return Err(Error::Verbatim(LOADING.into()));
+    }
     if conn.authenticated && conn.user.unrestricted() {
         return Ok(());
     }

@@ -90,6 +90,9 @@ impl Router {
     /// that a replica this router is connected to reports (reports are
     /// refreshed every second).
     pub fn readiness(&self) -> Result<(), String> {
+        if !self.users.ready() {
+            return Err("the cluster's users are not read yet".into());
+        }
         let unserved = self.shards.unserved_slots();
         if unserved > 0 {
             return Err(format!("{unserved} slots have no shard"));
@@ -255,7 +258,7 @@ pub async fn run(
     // that has none; if the meta group does not answer, this router's own
     // until it does.
     if let Err(e) = acl::cluster::sync(&shards, &users).await {
-        warn!(error = %e, "serving with this router's own users until the cluster's can be read");
+        warn!(error = %e, "the cluster's users could not be read: commands answer LOADING until they are");
     } else if users.differ_from_own() {
         warn!("the cluster's users differ from this router's --acl-file/--requirepass: the cluster's are in force (those flags seed only a cluster without users; ACL LOAD sends the file again)");
     }

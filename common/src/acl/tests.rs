@@ -254,7 +254,13 @@ fn names_and_patterns_with_spaces_are_refused() {
     // Redis 7.0.15's answers.
     assert_eq!(check_name(b"a b").unwrap_err(), "ERR Usernames can't contain spaces or null characters");
     assert_eq!(check_name(b"alice"), Ok("alice"));
-    for rule in ["~a b", "%R~a b", "&a b"] {
+    assert!(check_name("a\u{2003}b".as_bytes()).is_err(), "any white space");
+    let e = User::new("u").apply("+config|get x").unwrap_err();
+    assert_eq!(
+        e.message(),
+        "ERR Error in ACL SETUSER modifier '+config|get x': Unknown command or category name in ACL"
+    );
+    for rule in ["~a b", "%R~a b", "&a b", "~a\u{2003}b"] {
         let e = User::new("u").apply(rule).unwrap_err();
         assert_eq!(e.message(), format!("ERR Error in ACL SETUSER modifier '{rule}': Syntax error"));
     }

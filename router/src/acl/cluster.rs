@@ -151,11 +151,15 @@ async fn save(router: &Router) -> Result<Reply, Reply> {
 }
 
 /// Writes `path` through a temporary file and a rename, synced, so that a
-/// crash leaves the old file or the new one.
+/// crash leaves the old file or the new one; with the old file's mode (a
+/// new one: readable by its owner only).
 fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o777);
     let tmp = path.with_extension("tmp-tessera");
-    let mut f = std::fs::File::create(&tmp)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

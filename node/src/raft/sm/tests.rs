@@ -36,9 +36,9 @@ fn a_snapshot_shares_its_large_bytes_and_reads_back() {
 #[test]
 fn users_ride_in_the_map_section_and_older_snapshots_have_none() {
     use crate::state::users::Users;
-    use tessera_common::command::UsersCmd;
+    use crate::state::users::UsersOp;
     let mut users = Users::default();
-    users.apply(&UsersCmd::SetUser { name: "t1".into(), rules: vec!["on".into(), "~{t1}*".into()] });
+    users.apply(&UsersOp::Put { name: "t1".into(), line: "user t1 on ~{t1}* resetchannels -@all".into(), version: 0 });
     let (map, chunks, ks) = (ClusterMap::default(), Chunks::default(), Keyspace::new());
     let r = snapshot::load(snapshot::pieces(5, &map, &users, &chunks, &ks).concat().into()).unwrap();
     assert_eq!(r.users, users);
