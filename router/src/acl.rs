@@ -37,10 +37,9 @@ const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already 
 #[derive(Debug)]
 pub struct Users {
     current: RwLock<Arc<UserSet>>,
-    /// Bumped whenever `current` is replaced.
+    /// Bumped whenever `current` is replaced: only by the cluster's users
+    /// (0: this router's own are in force, see [`Users::ready`]).
     generation: AtomicU64,
-    /// The cluster's users are in force (read once at least).
-    ready: std::sync::atomic::AtomicBool,
     /// This router's own users as `ACL LIST` lines: what it seeds a
     /// cluster without users with.
     own: Vec<String>,
@@ -65,7 +64,6 @@ impl Users {
         Ok(Users {
             current: RwLock::new(Arc::new(UserSet { by_name: users, version: 0 })),
             generation: AtomicU64::new(0),
-            ready: std::sync::atomic::AtomicBool::new(false),
             own,
             log: log::AclLog::default(),
         })
@@ -108,14 +106,13 @@ impl Users {
         }
         *current = Arc::new(UserSet { by_name, version });
         self.generation.fetch_add(1, Ordering::Release);
-        self.ready.store(true, Ordering::Release);
         Ok(true)
     }
 
     /// Whether the cluster's users are in force: until then every command
     /// but QUIT answers `LOADING`.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.generation() > 0
     }
 
     pub fn get(&self, name: &[u8]) -> Option<Arc<User>> {
@@ -228,14 +225,22 @@ pub fn check(users: &Users, conn: &ConnState, spec: &CommandSpec, argv: &[Bytes]
     conn.user.check(spec, argv).map_err(|d| refused(users, conn, &d))
 }
 
+/// Where a refusal happened, as `ACL LOG` says it.
+fn log_context(conn: &ConnState) -> &'static str {
+    if conn.tx.is_some() {
+        "multi"
+    } else {
+        "toplevel"
+    }
+}
+
 /// A refusal: logged (`ACL LOG`), and its NOPERM error.
 fn refused(users: &Users, conn: &ConnState, d: &acl::Denied) -> Error {
     let (reason, object) = match d {
         acl::Denied::Command(c) => (log::Reason::Command, c.as_str()),
         acl::Denied::Key(k) => (log::Reason::Key, k.as_str()),
     };
-    let context = if conn.tx.is_some() { "multi" } else { "toplevel" };
-    users.log.record(reason, context, object, &conn.user.name, || conn.info_line());
+    users.log.record(reason, log_context(conn), object, &conn.user.name, || conn.info_line());
     Error::Verbatim(d.noperm())
 }
 
@@ -259,12 +264,10 @@ pub fn check_parsed(
 /// A command as sent for `user`: one that runs scripts carries the user's
 /// rules when they do not allow everything, and the node checks each
 /// `redis.execute` of its scripts against them.
-pub fn on_behalf(user: Option<&User>, cmd: NodeCommand) -> NodeCommand {
-    match user {
-        Some(u) if !u.unrestricted() && cmd.runs_scripts() => {
-            NodeCommand::AsUser { user: u.describe(), cmd: Box::new(cmd) }
-        }
-        _ => cmd,
+pub fn on_behalf(user: &User, cmd: NodeCommand) -> NodeCommand {
+    match !user.unrestricted() && cmd.runs_scripts() {
+        true => NodeCommand::AsUser { user: user.describe(), cmd: Box::new(cmd) },
+        false => cmd,
     }
 }
 
@@ -287,10 +290,9 @@ pub fn authenticate(
 ) -> Result<(), Reply> {
     let generation = users.generation();
     let u = users.auth(user, password).inspect_err(|e| {
-        if matches!(e, Reply::Error(m) if m.starts_with("WRONGPASS")) {
+        if matches!(e, Reply::Error(m) if m == WRONGPASS) {
             let name = user.map_or("default".into(), |u| String::from_utf8_lossy(u).into_owned());
-            let context = if conn.tx.is_some() { "multi" } else { "toplevel" };
-            users.log.record(log::Reason::Auth, context, via, &name, || conn.info_line());
+            users.log.record(log::Reason::Auth, log_context(conn), via, &name, || conn.info_line());
         }
     })?;
     conn.user = u;

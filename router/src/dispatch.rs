@@ -58,7 +58,7 @@ pub fn dispatch(router: &Arc<Router>, conn: &mut ConnState, cmd: Command) -> (Pe
             let spread = router.config.follower_reads
                 && conn.in_flight == 0
                 && matches!(&cmd, NodeCommand::Dag(d) if d.kind.read_only());
-            let bytes = Bytes::from(crate::acl::on_behalf(Some(conn.user.as_ref()), cmd).to_bytes());
+            let bytes = Bytes::from(crate::acl::on_behalf(&conn.user, cmd).to_bytes());
             let call = async move { router.shards.call_slot(slot, bytes, read_only, runs, spread).await };
             (Pending::Fut(Box::pin(call)), After::Continue)
         }

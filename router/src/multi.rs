@@ -271,7 +271,7 @@ fn exec(router: &Arc<Router>, conn: &mut ConnState) -> (Pending, After) {
         return ready(Reply::Array(replies.collect()));
     };
     let router = router.clone();
-    let user = (!conn.user.unrestricted()).then(|| conn.user.clone());
+    let user = conn.user.clone();
     let run = async move {
         let mut watched = Vec::new();
         for read in watching.map(|w| w.reads).unwrap_or_default() {
@@ -291,7 +291,7 @@ fn exec(router: &Arc<Router>, conn: &mut ConnState) -> (Pending, After) {
         }
         let cmd = NodeCommand::Multi(Transaction { ops, watched });
         let (read_only, runs) = (cmd.retry_safe(), cmd.is_exec());
-        let cmd = crate::acl::on_behalf(user.as_deref(), cmd);
+        let cmd = crate::acl::on_behalf(&user, cmd);
         let reply = router.shards.call_slot(slot, Bytes::from(cmd.to_bytes()), read_only, runs, false).await;
         match reply {
             Reply::Array(mut replies) => {

@@ -11,13 +11,13 @@
 //! everything, only what those rules allow (the router checked the run
 //! itself; each command the script runs is checked here).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::sync::Arc;
 use tessera_backend::script::{HostReply, ScriptHost};
-use tessera_common::command::node::Written;
-
 use tessera_common::acl::{self, KeyAccess, User};
+use tessera_common::command::node::Written;
 use tessera_common::command::table;
 use tessera_common::command::{parse, Command, NodeCommand, ParseLimits};
 use tessera_common::error::Error;
@@ -269,17 +269,17 @@ impl ScriptHost for Host {
         if key_slot(key) != self.slot {
             return Err(Error::CrossSlot.to_string());
         }
+        let key = Bytes::copy_from_slice(key);
         // As AI.MODELEXECUTE would be: the command, and reading the model.
         if let Some(user) = &self.caller {
             let spec = table::lookup(b"ai.modelexecute").expect("in the command table");
-            let key = Bytes::copy_from_slice(key);
             user.check(spec, &[Bytes::from_static(b"ai.modelexecute")])
                 .and_then(|()| user.check_keys(KeyAccess::Read, [&key]))
                 .map_err(|d| d.noperm())?;
         }
         // (Through the overlay: what the run did before, and what a
         // transaction checks at apply, include the model.)
-        let model = match self.get(&Bytes::copy_from_slice(key)).map(|e| e.value) {
+        let model = match self.get(&key).map(|e| e.value) {
             Some(Value::Model(m)) => m,
             None => return Err(NodeError::EmptyModel.to_string()),
             Some(_) => return Err(Error::WrongType.to_string()),
