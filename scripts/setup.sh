@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything Tessera's run and test commands need on a
-# fresh Debian machine: redis-cli/redis-server/redis-benchmark (apt), a
+# fresh Debian machine: redis-cli/redis-server/redis-benchmark and etcd (apt), a
 # Python venv with the client libraries and the manifest validator the tests
 # use (PyPI), and the model runtimes' native libraries (PyPI wheels, see
 # native/). Safe to re-run.
@@ -20,6 +20,12 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+# The benchmark's Raft peer (etcd, three members on loopback) and protoc for
+# the etcd-client crate's build, with the well-known types it imports (the
+# node's own protos use a vendored protoc).
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from apt"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -29,6 +35,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # The package starts a system redis-server on 6379; the project never uses it.
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
   $SUDO pkill -x redis-server >/dev/null 2>&1 || true
+  # etcd-server's package starts a system etcd on 2379 the same way.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+  $SUDO pkill -x etcd >/dev/null 2>&1 || true
 fi
 
 REQS="redis==8.1.0 redisai==1.3.0 smartredis==0.6.1 pytest==9.2.0 numpy==1.26.4 kubernetes-validate==1.37.0"

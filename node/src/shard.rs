@@ -359,7 +359,7 @@ impl Shard {
     pub async fn read(&self, cmd: &NodeCommand) -> Outcome {
         match self.confirm_read().await {
             Ok(()) => {
-                let chunk = registry().settings().model_chunk_size as usize;
+                let chunk = registry().model_chunk_size();
                 Outcome::Reply(read(&self.data.lock().ks, cmd, now_ms(), chunk))
             }
             Err(o) => o,

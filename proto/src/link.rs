@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -329,7 +330,21 @@ impl FrameReader {
                 continue;
             }
             self.stream.readable().await.map_err(|e| e.to_string())?;
-            match self.stream.try_read_buf(&mut self.buf) {
+            // A read that does not fill the buffer has emptied the socket:
+            // say so (WouldBlock), and tokio clears the readiness it had
+            // when the read began, as its own `poll_read` does. Otherwise
+            // the next wait would return at once to a read that finds
+            // nothing: one wasted syscall per frame.
+            let spare = self.buf.capacity() - self.buf.len();
+            let mut got = 0;
+            let read = self.stream.try_io(Interest::READABLE, || {
+                got = self.stream.try_read_buf(&mut self.buf)?;
+                if got > 0 && got < spare {
+                    return Err(ErrorKind::WouldBlock.into());
+                }
+                Ok(got)
+            });
+            match read {
                 Ok(0) => return Err(CLOSED_BY_PEER.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}

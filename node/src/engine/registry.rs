@@ -125,6 +125,11 @@ impl Registry {
         self.settings.read().clone()
     }
 
+    /// `MODEL_CHUNK_SIZE` alone, without copying the settings (every read asks).
+    pub fn model_chunk_size(&self) -> usize {
+        self.settings.read().model_chunk_size as usize
+    }
+
     pub fn set(&self, f: impl FnOnce(&mut Settings)) {
         f(&mut self.settings.write());
     }

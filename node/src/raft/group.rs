@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use tessera_common::reply::Reply;
 
 use super::network::{NetworkFactory, Peers};
+use super::read_gate::ReadGate;
 use super::sm::{LocalWrites, Raft, ShardData, StateMachine};
 use super::store::LogStore;
 use super::types::{NodeAddr, C};
@@ -44,6 +45,8 @@ pub struct Group {
     lease: bool,
     /// The same for read-only DAGs (`--dag-read-policy lease`).
     dag_lease: bool,
+    /// Reads that arrive together share one confirmation.
+    reads: Arc<ReadGate<(), Unconfirmed>>,
 }
 
 /// An entry handed to Raft, not yet applied.
@@ -63,6 +66,7 @@ pub enum Applied {
 }
 
 /// Why a read (or leadership) could not be confirmed.
+#[derive(Clone)]
 pub enum Unconfirmed {
     /// Another replica leads (or none is known).
     Forward(Leader),
@@ -112,7 +116,8 @@ impl Group {
         // Named after the group, so openraft's log lines say which group speaks.
         let config = Arc::new(RaftConfig { cluster_name: name, ..(*config).clone() });
         let raft = Raft::new(node_id, config, network, store, sm).await.map_err(io::Error::other)?;
-        Ok((Group { id, raft, peers, lease, dag_lease }, data, local))
+        let reads = Arc::default();
+        Ok((Group { id, raft, peers, lease, dag_lease, reads }, data, local))
     }
 
     /// For the transport: the group's Raft itself.
@@ -172,10 +177,11 @@ impl Group {
     }
 
     /// Whether this replica may serve a linearizable read now (read-index
-    /// round, or lease).
+    /// round, or lease), confirmed by a round that began after this call;
+    /// concurrent reads share rounds ([`ReadGate`]).
     pub async fn confirm_read(&self) -> Result<(), Unconfirmed> {
         let policy = if self.lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
-        self.ensure(policy).await
+        self.reads.confirm(|| self.ensure(policy)).await
     }
 
     /// On the leader: the log index a replica must have applied to serve a

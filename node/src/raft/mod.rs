@@ -7,6 +7,7 @@
 pub mod group;
 pub mod logfile;
 pub mod network;
+mod read_gate;
 pub mod sm;
 pub mod store;
 pub mod transport;

@@ -76,8 +76,6 @@ enum WriterCmd {
     Append(Vec<Record>, IOFlushed<C>),
     /// Reads records back from the file (entries no longer in memory).
     Read(Vec<u64>, oneshot::Sender<io::Result<Records>>),
-    /// The newest committed log id, encoded.
-    Committed(Vec<u8>),
     Truncate(u64, oneshot::Sender<io::Result<()>>),
     Purge(u64, oneshot::Sender<io::Result<()>>),
 }
@@ -162,34 +160,59 @@ impl LogStore {
 /// hint (a restarted replica re-learns commitment from its leader, and
 /// openraft takes the snapshot's index when the hint is older), so it is
 /// not worth a file replacement per write: that cost four syscalls on every
-/// replica for every commit.
+/// replica for every commit. Nor is it worth a wake-up of this thread per
+/// commit: the writer reads the committed index from memory (where
+/// `save_committed` puts it) after a batch it writes, and again every
+/// `HINT_EVERY` until the batch's entries are committed (see [`Hint`]).
 const HINT_EVERY: Duration = Duration::from_millis(200);
+const HINT_TRIES: u32 = 25;
 
-fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_path: PathBuf, mem: Arc<Mutex<Mem>>) {
-    // The newest committed index not yet written, and when one last was.
-    let mut hint: Option<Vec<u8>> = None;
-    let mut hinted = Instant::now();
-    let write_hint_now = |hint: &mut Option<Vec<u8>>, hinted: &mut Instant| {
-        if let Some(c) = hint.take() {
-            if let Err(e) = write_hint(&committed_path, &c) {
+/// The committed-index hint file, as the log writer keeps it.
+struct Hint {
+    path: PathBuf,
+    /// What the file holds, and when the writer last looked.
+    written: Option<LogIdOf<C>>,
+    looked: Instant,
+    /// The last index the writer wrote; while the committed index is behind
+    /// it, the writer looks again every HINT_EVERY (at most HINT_TRIES
+    /// times: entries a new leader replaces are never committed).
+    appended: u64,
+    tries: u32,
+}
+
+impl Hint {
+    /// Writes the committed index if it moved; whether to look again.
+    fn update(&mut self, mem: &Mutex<Mem>) -> bool {
+        let c = mem.lock().committed;
+        if c != self.written {
+            if let Err(e) = write_hint(&self.path, &encode_log_id(c)) {
                 tracing::warn!(error = %e, "could not record the committed index");
             }
-            *hinted = Instant::now();
+            self.written = c;
         }
-    };
+        self.looked = Instant::now();
+        self.tries += 1;
+        c.map_or(0, |c| c.index + 1) <= self.appended && self.tries < HINT_TRIES
+    }
+}
+
+fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_path: PathBuf, mem: Arc<Mutex<Mem>>) {
+    let written = mem.lock().committed;
+    let mut hint = Hint { path: committed_path, written, looked: Instant::now(), appended: 0, tries: 0 };
+    let mut due = false;
     loop {
-        let first = match hint {
-            None => rx.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
-            Some(_) => rx.recv_timeout(HINT_EVERY.saturating_sub(hinted.elapsed())),
+        let first = match due {
+            false => rx.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+            true => rx.recv_timeout(HINT_EVERY.saturating_sub(hint.looked.elapsed())),
         };
         let first = match first {
             Ok(cmd) => cmd,
             Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                write_hint_now(&mut hint, &mut hinted);
+                due = hint.update(&mem);
                 continue;
             }
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                write_hint_now(&mut hint, &mut hinted);
+                hint.update(&mem);
                 return;
             }
         };
@@ -198,9 +221,10 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
             pending.push(more);
         }
         let mut batch: Vec<Record> = Vec::new();
-        let mut committed: Option<Vec<u8>> = None;
         let mut callbacks: Vec<IOFlushed<C>> = Vec::new();
         let mut failed = false;
+        // The last index this batch writes (0: it writes none).
+        let mut last = 0u64;
         let mut flush = |file: &mut LogFile, batch: &mut Vec<Record>, callbacks: &mut Vec<IOFlushed<C>>| {
             let res = file.append(batch.iter().map(|r| (r.index, r.bytes.as_slice())));
             if let Err(e) = &res {
@@ -227,10 +251,10 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
         for cmd in pending {
             match cmd {
                 WriterCmd::Append(records, cb) => {
+                    last = records.iter().fold(last, |l, r| l.max(r.index));
                     batch.extend(records);
                     callbacks.push(cb);
                 }
-                WriterCmd::Committed(c) => committed = Some(c),
                 WriterCmd::Read(indexes, done) => {
                     // Only records already written are ever asked for.
                     let mut out = Vec::with_capacity(indexes.len());
@@ -258,12 +282,12 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
             }
         }
         flush(&mut file, &mut batch, &mut callbacks);
-        if let Some(c) = committed.filter(|_| !failed) {
-            // Only the newest value, off openraft's path, and not fsync'd
-            // on its own (see HINT_EVERY).
-            hint = Some(c);
-            if hinted.elapsed() >= HINT_EVERY {
-                write_hint_now(&mut hint, &mut hinted);
+        if !failed && last > 0 {
+            // Off openraft's path, and not fsync'd on its own (see HINT_EVERY).
+            (hint.appended, hint.tries) = (last, 0);
+            due = true;
+            if hint.looked.elapsed() >= HINT_EVERY {
+                due = hint.update(&mem);
             }
         }
     }
@@ -374,8 +398,9 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        // The log writer copies it to the hint file (see HINT_EVERY).
         self.mem.lock().committed = committed;
-        self.send(WriterCmd::Committed(encode_log_id(committed)))
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {

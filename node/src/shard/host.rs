@@ -183,7 +183,7 @@ impl Host {
         let o = &mut *o;
         let ks = o.ks.as_mut().expect("made by copy_in");
         if !cmd.is_write() {
-            return read(ks, cmd, self.now, registry().settings().model_chunk_size as usize);
+            return read(ks, cmd, self.now, registry().model_chunk_size());
         }
         let reply = apply(ks, self.now, &LogOp::Command(cmd.clone()), &mut Vec::new());
         if !matches!(reply, Reply::Error(_)) {

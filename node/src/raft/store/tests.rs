@@ -59,6 +59,35 @@ async fn large_entries_spill_to_disk_and_read_back() {
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(want[2].log_id));
 }
 
+/// The committed index reaches the hint file without a message to the
+/// writer per commit: the writer reads it after the batch it wrote, and a
+/// restarted store reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_index_reaches_the_hint_after_a_batch() {
+    use crate::state::{LogOp, Proposal};
+    let dir = std::env::temp_dir().join(format!("tessera-hint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = TempDir(dir.clone());
+    let leader = openraft::vote::leader_id_adv::LeaderId { term: 1, node_id: 1 };
+    let entry = |index: u64| EntryOf::<C> {
+        log_id: openraft::LogId::new(leader, index),
+        payload: openraft::EntryPayload::Normal(Proposal { ts: 0, op: LogOp::PurgeExpired }),
+    };
+    let mut log = LogStore::open(&dir, 0).unwrap();
+    log.append(vec![entry(1), entry(2)], IOFlushed::noop()).await.unwrap();
+    let committed = Some(entry(2).log_id);
+    log.save_committed(committed).await.unwrap();
+    // Within HINT_EVERY of the batch; the deadline only bounds a failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while read_log_id(&dir.join("committed")).unwrap() != committed {
+        assert!(std::time::Instant::now() < deadline, "the committed index never reached the hint file");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(log);
+    let mut log = LogStore::open(&dir, 0).unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), committed);
+}
+
 /// Removes the test's folder when dropped.
 struct TempDir(PathBuf);
 
