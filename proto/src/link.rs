@@ -332,14 +332,16 @@ impl FrameReader {
             self.stream.readable().await.map_err(|e| e.to_string())?;
             // A read that does not fill the buffer has emptied the socket:
             // say so (WouldBlock), and tokio clears the readiness it had
-            // when the read began, as its own `poll_read` does. Otherwise
-            // the next wait would return at once to a read that finds
-            // nothing: one wasted syscall per frame.
+            // when the read began, as its own `poll_read` does on
+            // edge-triggered pollers (data that comes after the read is a
+            // new edge; a peer's close is never cleared). Otherwise the next
+            // wait would return at once to a read that finds nothing: one
+            // wasted syscall per frame.
             let spare = self.buf.capacity() - self.buf.len();
             let mut got = 0;
             let read = self.stream.try_io(Interest::READABLE, || {
                 got = self.stream.try_read_buf(&mut self.buf)?;
-                if got > 0 && got < spare {
+                if cfg!(not(windows)) && got > 0 && got < spare {
                     return Err(ErrorKind::WouldBlock.into());
                 }
                 Ok(got)

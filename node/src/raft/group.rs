@@ -12,6 +12,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
+use openraft::raft::linearizable_read::Linearizer;
 use openraft::raft::ClientWriteResult;
 use openraft::type_config::alias::OneshotReceiverOf;
 use openraft::{ChangeMembers, LinearizerOption, RaftMetrics, ReadPolicy, ServerState};
@@ -46,7 +47,7 @@ pub struct Group {
     /// The same for read-only DAGs (`--dag-read-policy lease`).
     dag_lease: bool,
     /// Reads that arrive together share one confirmation.
-    reads: Arc<ReadGate<(), Unconfirmed>>,
+    reads: Arc<ReadGate<Linearizer<C>, Unconfirmed>>,
 }
 
 /// An entry handed to Raft, not yet applied.
@@ -63,6 +64,14 @@ pub enum Applied {
     Unknown(String),
     /// The replica stopped (or lost leadership) before it applied.
     Lost,
+}
+
+/// Why a read could not be confirmed, from openraft's error.
+fn unconfirmed(e: RaftError<C, LinearizableReadError<C>>) -> Unconfirmed {
+    match e {
+        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => Unconfirmed::Forward(forward(&f)),
+        e => Unconfirmed::Other(e.to_string()),
+    }
 }
 
 /// Why a read (or leadership) could not be confirmed.
@@ -176,12 +185,21 @@ impl Group {
         (m.state == ServerState::Leader && applied_term == Some(m.current_term)).then_some(m.current_term)
     }
 
-    /// Whether this replica may serve a linearizable read now (read-index
-    /// round, or lease), confirmed by a round that began after this call;
-    /// concurrent reads share rounds ([`ReadGate`]).
+    /// Whether this replica may serve a linearizable read now: confirmed by
+    /// a round (read-index, or lease) that began after this call — shared
+    /// with the reads that arrived with it ([`ReadGate`]) — and everything
+    /// committed when it began applied here.
     pub async fn confirm_read(&self) -> Result<(), Unconfirmed> {
         let policy = if self.lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
-        self.reads.confirm(|| self.ensure(policy)).await
+        let raft = self.raft.clone();
+        let round = move || async move { raft.get_read_linearizer(policy).await.map_err(unconfirmed) };
+        let linearizer = self.reads.confirm(round).await?;
+        // Each read waits for the apply itself: one that arrived later does
+        // not wait for the rounds before it to apply.
+        match linearizer.await_ready(&self.raft).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Unconfirmed::Other(e.to_string())),
+        }
     }
 
     /// On the leader: the log index a replica must have applied to serve a
@@ -239,13 +257,7 @@ impl Group {
     }
 
     async fn ensure(&self, policy: impl Into<LinearizerOption>) -> Result<(), Unconfirmed> {
-        match self.raft.ensure_linearizable(policy).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(Unconfirmed::Forward(forward(&f)))
-            }
-            Err(e) => Err(Unconfirmed::Other(e.to_string())),
-        }
+        self.raft.ensure_linearizable(policy).await.map(|_| ()).map_err(unconfirmed)
     }
 
     pub fn view(&self) -> View {

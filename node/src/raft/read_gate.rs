@@ -2,22 +2,26 @@
 //!
 //! A linearizable read on the leader needs a confirmation (a read-index
 //! round, or a lease check) that *began after the read arrived*: then every
-//! write acknowledged before the read is in what the round waits to apply.
-//! Any round that begins later serves every read that arrived before it
-//! began. So a shard runs at most one round at a time: a read that arrives
-//! while one is under way waits for it to end and joins the next, which one
-//! of the waiting reads starts. Under load one round serves every read that
-//! arrived during the last, where each read used to send its own request to
-//! the Raft core (a message, a wake-up and a heartbeat broadcast per read).
+//! write acknowledged before the read is in the log index the round returns,
+//! which the read waits to see applied. Any round that begins later serves
+//! every read that arrived before it began. So a shard runs at most one
+//! round at a time: a read that arrives while one is under way waits for it
+//! to end and joins the next, which the first read to see the gate open
+//! starts. Under load one round serves every read that arrived during the
+//! last, where each read used to send its own request to the Raft core.
+//!
+//! A round runs in a task of its own, so a read whose caller stops polling
+//! it (a session blocked on a slow client) holds up no other read.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub struct ReadGate<T, E> {
     state: Mutex<State<T, E>>,
-    /// Told when a round ends (or its driver is dropped).
+    /// Told when a round ends.
     ended: Notify,
 }
 
@@ -30,22 +34,23 @@ struct State<T, E> {
     result: Option<Result<T, E>>,
 }
 
-impl<T: Clone, E: Clone> Default for ReadGate<T, E> {
+impl<T, E> Default for ReadGate<T, E> {
     fn default() -> Self {
         ReadGate { state: Mutex::new(State { begun: 0, running: false, ended: 0, result: None }), ended: Notify::new() }
     }
 }
 
-impl<T: Clone, E: Clone> ReadGate<T, E> {
-    /// The result of a round `round` would run that begins after this call:
-    /// runs it, or shares one another read runs.
-    pub async fn confirm<F, Fut>(&self, round: F) -> Result<T, E>
+impl<T: Clone + Send + 'static, E: Clone + Send + 'static> ReadGate<T, E> {
+    /// The result of a round (`round()`) that begins after this call: one
+    /// this read starts, or one another read started.
+    pub async fn confirm<F, Fut>(self: &Arc<Self>, round: F) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         // The first round this read may use: the next to begin.
         let first = self.state.lock().begun + 1;
+        let mut round = Some(round);
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
@@ -53,14 +58,16 @@ impl<T: Clone, E: Clone> ReadGate<T, E> {
             ended.as_mut().enable();
             // (Decided under the lock, acted on after it: the guard is not
             // held across an await.)
-            let mine = {
+            let begin = {
                 let mut s = self.state.lock();
                 if s.ended >= first {
                     if let Some(r) = &s.result {
                         return r.clone();
                     }
                 }
-                match s.running {
+                // (A read whose round was dropped unfinished, at shutdown,
+                // leaves the next to another read.)
+                match s.running || round.is_none() {
                     true => None,
                     false => {
                         s.running = true;
@@ -69,40 +76,39 @@ impl<T: Clone, E: Clone> ReadGate<T, E> {
                     }
                 }
             };
-            if let Some(mine) = mine {
-                return self.drive(mine, round).await;
+            if let Some(n) = begin {
+                // The round this read starts is one it may use (n >= first).
+                let f = round.take().expect("checked above");
+                self.spawn(n, f());
             }
             ended.await;
         }
     }
 
-    async fn drive<F, Fut>(&self, mine: u64, round: F) -> Result<T, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        // Dropped before the round ends (the read was cancelled): the gate
-        // opens for the next read without a result.
-        struct Abandoned<'a, T, E>(Option<&'a ReadGate<T, E>>);
-        impl<T, E> Drop for Abandoned<'_, T, E> {
+    fn spawn(self: &Arc<Self>, n: u64, round: impl Future<Output = Result<T, E>> + Send + 'static) {
+        // Dropped before the round ends (the runtime is shutting down): the
+        // gate opens for the next read without a result.
+        struct Open<T, E>(Option<Arc<ReadGate<T, E>>>);
+        impl<T, E> Drop for Open<T, E> {
             fn drop(&mut self) {
-                if let Some(g) = self.0 {
+                if let Some(g) = self.0.take() {
                     g.state.lock().running = false;
                     g.ended.notify_waiters();
                 }
             }
         }
-        let mut guard = Abandoned(Some(self));
-        let r = round().await;
-        guard.0 = None;
-        {
-            let mut s = self.state.lock();
-            s.running = false;
-            s.ended = mine;
-            s.result = Some(r.clone());
-        }
-        self.ended.notify_waiters();
-        r
+        let mut open = Open(Some(self.clone()));
+        tokio::spawn(async move {
+            let r = round.await;
+            let gate = open.0.take().expect("set until the round ends");
+            {
+                let mut s = gate.state.lock();
+                s.running = false;
+                s.ended = n;
+                s.result = Some(r);
+            }
+            gate.ended.notify_waiters();
+        });
     }
 }
 
@@ -127,10 +133,11 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_micros(i * 150)).await;
                 let arrived = clock.fetch_add(1, Ordering::SeqCst);
+                let (r, c) = (rounds.clone(), clock.clone());
                 let began = gate
-                    .confirm(|| async {
-                        rounds.fetch_add(1, Ordering::SeqCst);
-                        let began = clock.fetch_add(1, Ordering::SeqCst);
+                    .confirm(move || async move {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let began = c.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         Ok(began)
                     })
@@ -151,23 +158,33 @@ mod tests {
     #[tokio::test]
     async fn errors_are_shared_and_not_kept() {
         let gate = ReadGate::<(), String>::default();
+        let gate = Arc::new(gate);
         assert_eq!(gate.confirm(|| async { Err("not leader".to_string()) }).await, Err("not leader".into()));
         assert_eq!(gate.confirm(|| async { Ok(()) }).await, Ok(()));
     }
 
-    /// A read dropped while it runs the round does not leave the gate shut.
+    /// A read dropped while its round runs stops no other read: the round
+    /// ends in its own task and serves the reads that wait for it.
     #[tokio::test]
-    async fn a_dropped_driver_opens_the_gate() {
+    async fn a_dropped_read_does_not_hold_up_others() {
         let gate = Arc::new(ReadGate::<(), String>::default());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
         let g = gate.clone();
-        let stuck = tokio::spawn(async move { g.confirm(std::future::pending).await });
+        let first = tokio::spawn(async move {
+            g.confirm(|| async move {
+                let _ = released.await;
+                Ok(())
+            })
+            .await
+        });
         tokio::time::sleep(Duration::from_millis(10)).await;
         let waiting = {
             let g = gate.clone();
             tokio::spawn(async move { g.confirm(|| async { Ok(()) }).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
-        stuck.abort();
+        first.abort();
+        let _ = release.send(());
         let r = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("waiter stuck").unwrap();
         assert_eq!(r, Ok(()));
     }

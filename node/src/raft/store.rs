@@ -283,12 +283,14 @@ fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_p
         }
         flush(&mut file, &mut batch, &mut callbacks);
         if !failed && last > 0 {
-            // Off openraft's path, and not fsync'd on its own (see HINT_EVERY).
             (hint.appended, hint.tries) = (last, 0);
             due = true;
-            if hint.looked.elapsed() >= HINT_EVERY {
-                due = hint.update(&mem);
-            }
+        }
+        // Off openraft's path, and not fsync'd on its own (see HINT_EVERY).
+        // (Also after batches of reads: a steady stream of them never lets
+        // the wait above time out.)
+        if due && hint.looked.elapsed() >= HINT_EVERY {
+            due = hint.update(&mem);
         }
     }
 }
