@@ -126,15 +126,12 @@ def dag_bench(a, testdata):
         settings += [("read-index", {"TESSERA_DAG_READ_POLICY": "read-index"}),
                      ("lease, follower reads", {"TESSERA_FOLLOWER_READS": "true"})]
     # A redis-server for the round trip's calibration: PING by the same client.
-    rport = free_port()
-    peer = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    peer = bench_cost.RedisServer(free_port(), "--appendonly", "no")
     try:
         for label, env in settings:
-            dag_run(a, testdata, label, env, rport)
+            dag_run(a, testdata, label, env, peer.port)
     finally:
-        peer.terminate()
-        peer.wait()
+        peer.stop()
 
 
 def dag_run(a, testdata, label, env, rport):

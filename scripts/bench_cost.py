@@ -13,8 +13,8 @@ scripts/bench.py; see docs/benchmarks.md).
    (redis-rs) and a three-member etcd cluster on loopback (etcd-client, at
    its leader): put/SET and get/GET of 1 KiB at 1..200 clients.
 
-Every run also records each server process's CPU time per request (from
-/proc/<pid>/stat, all threads) and the load generator's (rusage of children).
+Every run also records each server process's CPU time and context switches
+per request (from /proc, all threads) and the load generator's CPU.
 """
 
 import json
@@ -104,6 +104,11 @@ def wait_ping(port):
     raise RuntimeError(f"no redis-server on {port}")
 
 
+def cluster_procs(cluster):
+    """A LocalCluster's processes by name: its router and three nodes."""
+    return {"router": cluster.pid("router"), **{f"node-{i}": cluster.pid(f"node-{i}") for i in (1, 2, 3)}}
+
+
 class RedisServer:
     def __init__(self, port, *args):
         self.dir = tempfile.mkdtemp(prefix="tessera-bench-redis-")
@@ -162,15 +167,15 @@ class Etcd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def sweep(cluster, redis_port, quick, rows):
+def sweep(cluster, redis, quick, rows):
     """redis-benchmark against the router and redis-server, A/B/A/B."""
     tport = cluster.plain_port
-    procs_t = {"router": cluster.pid("router"), **{f"node-{i}": cluster.pid(f"node-{i}") for i in (1, 2, 3)}}
-    procs_r = {"redis-server": redis_port[1]}
+    procs_t = cluster_procs(cluster)
+    procs_r = {"redis-server": redis.proc.pid}
     blob = b"\x41" * 1024  # 256 float32; no NUL or newline (redis-benchmark -x reads text)
     subprocess.run(["redis-cli", "-p", str(tport), "-x", "AI.TENSORSET", "bench:t", "FLOAT", "256", "BLOB"],
                    input=blob, capture_output=True, check=True)
-    subprocess.run(["redis-cli", "-p", str(redis_port[0]), "-x", "SET", "bench:t"], input=blob,
+    subprocess.run(["redis-cli", "-p", str(redis.port), "-x", "SET", "bench:t"], input=blob,
                    capture_output=True, check=True)
     commands = [
         ("GET", ["-t", "get", "-d", "1024"], ["-t", "get", "-d", "1024"], None),
@@ -187,7 +192,7 @@ def sweep(cluster, redis_port, quick, rows):
         for clients, pipeline in points:
             for rnd in range(rounds):
                 for side, port, args, procs in (("tessera", tport, targs, procs_t),
-                                                ("redis", redis_port[0], rargs, procs_r)):
+                                                ("redis", redis.port, rargs, procs_r)):
                     est = rate.get((side, name), 2000)
                     n = int(min(max(est * secs, 200 * pipeline, 2 * clients * pipeline), 2_000_000))
                     m = Meter(procs)
@@ -230,8 +235,7 @@ def raft_anchor(cluster, bin_dir, free_port, quick, rows):
     etcd = Etcd(free_port)
     try:
         targets = [
-            ("tessera", f"redis://{cluster.plain}/",
-             {"router": cluster.pid("router"), **{f"node-{i}": cluster.pid(f"node-{i}") for i in (1, 2, 3)}}),
+            ("tessera", f"redis://{cluster.plain}/", cluster_procs(cluster)),
             ("redis-aof", f"redis://127.0.0.1:{aport}/", {"redis-server": aof.proc.pid}),
             ("etcd", etcd.target, etcd.pids),
         ]
@@ -268,22 +272,19 @@ def idle(procs, secs, rows):
 
 
 def run(cluster, bin_dir, free_port, quick, out_dir):
-    """Both parts; writes results.json in out_dir and returns the rows."""
+    """Both parts; writes results.json in out_dir."""
     rows = []
-    rport = free_port()
-    redis_srv = RedisServer(rport, "--appendonly", "no")
+    redis_srv = RedisServer(free_port(), "--appendonly", "no")
     try:
         time.sleep(1)  # past start-up (elections, the first heartbeats)
-        idle({"router": cluster.pid("router"), **{f"node-{i}": cluster.pid(f"node-{i}") for i in (1, 2, 3)},
-              "redis-server": redis_srv.proc.pid}, 1.0 if quick else 3.0, rows)
-        sweep(cluster, (rport, redis_srv.proc.pid), quick, rows)
+        idle({**cluster_procs(cluster), "redis-server": redis_srv.proc.pid}, 1.0 if quick else 3.0, rows)
+        sweep(cluster, redis_srv, quick, rows)
         print(flush=True)
         raft_anchor(cluster, bin_dir, free_port, quick, rows)
     finally:
         redis_srv.stop()
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump({"machine": machine(), "quick": quick, "rows": rows}, f, indent=1)
-    return rows
 
 
 def machine():

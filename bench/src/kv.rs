@@ -81,16 +81,26 @@ enum Conn {
 
 enum Target {
     Redis(Box<redis::Client>),
+    /// The endpoint of the member that leads.
     Etcd(String),
 }
 
 impl Target {
-    fn parse(s: &str) -> Result<Target> {
+    /// `--target`; for etcd, asks each member in turn which one leads.
+    async fn open(s: &str) -> Result<Target> {
         if s.starts_with("redis://") {
             return Ok(Target::Redis(Box::new(redis::Client::open(s)?)));
         }
         let Some(members) = s.strip_prefix("etcd://") else { bail!("--target: redis://... or etcd://..., not {s}") };
-        Ok(Target::Etcd(members.to_string()))
+        for m in members.split(',') {
+            let ep = format!("http://{m}");
+            let Ok(mut c) = etcd_client::Client::connect([&ep], None).await else { continue };
+            let Ok(st) = c.status().await else { continue };
+            if st.header().map(|h| h.member_id()) == Some(st.leader()) {
+                return Ok(Target::Etcd(ep));
+            }
+        }
+        bail!("no etcd member among {members} says it leads")
     }
 
     fn name(&self) -> &'static str {
@@ -100,29 +110,15 @@ impl Target {
         }
     }
 
-    /// The etcd member that leads, asked of each member in turn.
-    async fn etcd_leader(members: &str) -> Result<String> {
-        for m in members.split(',') {
-            let ep = format!("http://{m}");
-            let Ok(mut c) = etcd_client::Client::connect([&ep], None).await else { continue };
-            let Ok(st) = c.status().await else { continue };
-            if st.header().map(|h| h.member_id()) == Some(st.leader()) {
-                return Ok(ep);
-            }
-        }
-        bail!("no etcd member among {members} says it leads")
-    }
-
-    async fn connect(&self, leader: Option<&str>) -> Result<Conn> {
+    async fn connect(&self) -> Result<Conn> {
         Ok(match self {
             Target::Redis(c) => {
                 // No response timeout: a slow answer is a figure, not an error.
                 let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
                 Conn::Redis(c.get_multiplexed_async_connection_with_config(&cfg).await?)
             }
-            Target::Etcd(_) => {
-                let ep = leader.context("etcd leader")?;
-                Conn::Etcd(Box::new(etcd_client::Client::connect([ep], None).await?.kv_client()))
+            Target::Etcd(leader) => {
+                Conn::Etcd(Box::new(etcd_client::Client::connect([leader], None).await?.kv_client()))
             }
         })
     }
@@ -168,43 +164,34 @@ impl Conn {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let target = Target::parse(&a.target)?;
-    if a.pipeline > 1 && matches!(target, Target::Etcd(_)) {
+    if a.pipeline > 1 && a.target.starts_with("etcd://") {
         bail!("--pipeline: etcd's API has no pipelining (one request per round trip)");
     }
     if a.clients == 0 || a.pipeline == 0 || a.keys == 0 {
         bail!("--clients, --pipeline and --keys must be at least 1");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let report = rt.block_on(run(&a, target))?;
+    let report = rt.block_on(run(&a))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
-async fn run(a: &Args, target: Target) -> Result<Report> {
-    let leader = match &target {
-        Target::Etcd(m) => Some(Target::etcd_leader(m).await?),
-        Target::Redis(_) => None,
-    };
+async fn run(a: &Args) -> Result<Report> {
+    let target = Target::open(&a.target).await?;
     let value = vec![b'v'; a.size];
     if a.fill {
         // Every key a get can draw exists, written by one client in rounds of 100.
-        let mut con = target.connect(leader.as_deref()).await?;
-        let mut i = 0;
-        while i < a.keys {
-            let n = if matches!(con, Conn::Etcd(_)) { 1 } else { 100.min(a.keys - i) };
-            let mut k = i;
-            let next = || {
-                k += 1;
-                k - 1
-            };
-            con.round(Op::Put, n, &value, next).await.context("writing the keys")?;
-            i += n;
+        let mut con = target.connect().await?;
+        let per_round = if matches!(con, Conn::Etcd(_)) { 1 } else { 100 };
+        let mut keys = 0..a.keys;
+        while !keys.is_empty() {
+            let n = per_round.min(keys.len());
+            con.round(Op::Put, n, &value, || keys.next().expect("n keys left")).await.context("writing the keys")?;
         }
     }
     let mut conns = Vec::with_capacity(a.clients);
     for _ in 0..a.clients {
-        conns.push(target.connect(leader.as_deref()).await?);
+        conns.push(target.connect().await?);
     }
     let measure_from = Instant::now() + Duration::from_secs_f64(a.warmup);
     let end = measure_from + Duration::from_secs_f64(a.seconds);

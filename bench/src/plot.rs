@@ -50,12 +50,18 @@ fn f(row: &Value, k: &str) -> f64 {
     row[k].as_f64().unwrap_or(f64::NAN)
 }
 
-/// Mean of `y` over rounds, keyed by (side, x), for rows `keep` selects.
-fn series(rows: &[Value], keep: impl Fn(&Value) -> bool, x: &str, y: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
+/// Mean of `y` (times `scale`) over rounds, keyed by (side, x), for rows
+/// `keep` selects.
+fn series(
+    rows: &[Value],
+    keep: impl Fn(&Value) -> bool,
+    x: &str,
+    (y, scale): (&str, f64),
+) -> BTreeMap<String, Vec<(f64, f64)>> {
     let mut acc: BTreeMap<(String, u64), (f64, u32)> = BTreeMap::new();
     for r in rows.iter().filter(|r| keep(r)) {
         let e = acc.entry((r["side"].as_str().unwrap_or("?").to_string(), f(r, x) as u64)).or_default();
-        e.0 += f(r, y);
+        e.0 += f(r, y) * scale;
         e.1 += 1;
     }
     let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -144,7 +150,7 @@ fn throughput(rows: &[Value], path: &Path, x: &str, title: &str) -> Result<()> {
                 && r["command"] == *cmd
                 && if x == "clients" { r["pipeline"] == 1 } else { r["clients"] == 50 }
         };
-        let s = series(rows, keep, x, "rps");
+        let s = series(rows, keep, x, ("rps", 1.0));
         if s.is_empty() {
             continue; // nothing measured for this command
         }
@@ -165,11 +171,8 @@ fn latency(rows: &[Value], path: &Path) -> Result<()> {
     head.titled("Latency of 1 KiB puts and linearizable gets (ms; p50 thick, p99 thin)", ("sans-serif", 22))?;
     for (op, area) in ["put", "get"].iter().zip(body.split_evenly((1, 2))) {
         let keep = |r: &Value| r["part"] == "kv" && r["op"] == *op;
-        let to_ms = |s: BTreeMap<String, Vec<(f64, f64)>>| -> BTreeMap<String, Vec<(f64, f64)>> {
-            s.into_iter().map(|(k, v)| (k, v.into_iter().map(|(x, y)| (x, y / 1000.0)).collect())).collect()
-        };
         let (p50, p99) =
-            (to_ms(series(rows, keep, "clients", "p50_us")), to_ms(series(rows, keep, "clients", "p99_us")));
+            (series(rows, keep, "clients", ("p50_us", 1e-3)), series(rows, keep, "clients", ("p99_us", 1e-3)));
         if p50.is_empty() {
             continue;
         }
