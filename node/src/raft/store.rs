@@ -139,9 +139,11 @@ impl LogStore {
         let (tx, rx) = std_mpsc::channel();
         let mem = Arc::new(Mutex::new(mem));
         std::thread::Builder::new().name(format!("raft-log-{group}")).spawn({
-            let committed_path = dir.join("committed");
+            // What the hint file holds: read here, not when the thread
+            // starts (openraft may have saved a newer index by then).
+            let hint = Hint::new(dir.join("committed"), mem.lock().committed);
             let mem = mem.clone();
-            move || writer_loop(file, rx, committed_path, mem)
+            move || writer_loop(file, rx, hint, mem)
         })?;
         Ok(LogStore { dir: dir.to_path_buf(), mem, writer: tx })
     }
@@ -181,6 +183,10 @@ struct Hint {
 }
 
 impl Hint {
+    fn new(path: PathBuf, written: Option<LogIdOf<C>>) -> Hint {
+        Hint { path, written, looked: Instant::now(), appended: 0, tries: 0 }
+    }
+
     /// Writes the committed index if it moved; whether to look again.
     fn update(&mut self, mem: &Mutex<Mem>) -> bool {
         let c = mem.lock().committed;
@@ -196,9 +202,7 @@ impl Hint {
     }
 }
 
-fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, committed_path: PathBuf, mem: Arc<Mutex<Mem>>) {
-    let written = mem.lock().committed;
-    let mut hint = Hint { path: committed_path, written, looked: Instant::now(), appended: 0, tries: 0 };
+fn writer_loop(mut file: LogFile, rx: std_mpsc::Receiver<WriterCmd>, mut hint: Hint, mem: Arc<Mutex<Mem>>) {
     let mut due = false;
     loop {
         let first = match due {
