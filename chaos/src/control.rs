@@ -34,6 +34,14 @@ pub trait Control {
     /// Drops traffic between each pair in `cut`, and `loss_percent` of the
     /// rest between nodes; replaces earlier network faults.
     fn network(&mut self, cut: &[(usize, usize)], loss_percent: u32) -> anyhow::Result<()>;
+    /// Whether each node runs on a clock of its own ([`Control::clock_rate`]).
+    fn can_skew_clocks(&self) -> bool {
+        false
+    }
+    /// Makes node `id`'s clocks run at `rate` × real time (1: real time).
+    fn clock_rate(&mut self, _id: usize, _rate: f64) -> anyhow::Result<()> {
+        bail!("the {} driver runs every node on the real clock", self.driver())
+    }
     fn logs(&self) -> String;
 }
 
@@ -77,6 +85,12 @@ impl Control for Netns {
     }
     fn network(&mut self, cut: &[(usize, usize)], loss_percent: u32) -> anyhow::Result<()> {
         self.0.partition(cut, loss_percent)
+    }
+    fn can_skew_clocks(&self) -> bool {
+        self.0.fakes_clocks()
+    }
+    fn clock_rate(&mut self, id: usize, rate: f64) -> anyhow::Result<()> {
+        self.0.set_clock_rate(id, rate)
     }
     fn logs(&self) -> String {
         self.0.logs()

@@ -51,7 +51,8 @@ struct Args {
     nodes: usize,
     /// Comma-separated nemeses (default: every one the driver supports):
     /// kill, kill-leader, pause, pause-leader, partition, isolate-leader,
-    /// bridge, lossy, wipe-rejoin, move-under-kill.
+    /// bridge, lossy, wipe-rejoin, move-under-kill, slow-clock-leader (netns
+    /// driver with libfaketime: the nodes then run on clocks of their own).
     #[arg(long, value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Where the report, the history and the timeline go.
@@ -70,6 +71,9 @@ struct Args {
     /// Extra flags for every node (e.g. `--read-policy=lease`).
     #[arg(long, allow_hyphen_values = true)]
     node_arg: Vec<String>,
+    /// Extra flags for the router (e.g. `--follower-reads`).
+    #[arg(long, allow_hyphen_values = true)]
+    router_arg: Vec<String>,
     /// Mutual TLS inside the cluster: throwaway certificates from
     /// `tessera-admin certs` (in the report folder), given to every node,
     /// router and `tessera-admin` call through TESSERA_CLUSTER_TLS_*.
@@ -116,16 +120,24 @@ fn run(args: Args) -> anyhow::Result<bool> {
         eprintln!("tessera-chaos: mutual TLS inside the cluster (certificates in {})", certs.display());
     }
     let node_args: Vec<&str> = args.node_arg.iter().map(String::as_str).collect();
+    let router_args: Vec<&str> = args.router_arg.iter().map(String::as_str).collect();
     let netns = match args.driver.as_str() {
         "netns" => true,
         "loopback" => false,
         "auto" => tessera_tests::is_root(),
         d => anyhow::bail!("unknown driver {d} (netns, loopback, auto)"),
     };
+    // Clocks of their own for the nodes only where a nemesis skews them.
+    let skew = Kind::SlowClockLeader.name();
+    let fake_clocks = netns
+        && (args.nemesis.iter().any(|k| k == skew)
+            || (args.nemesis.is_empty() && tessera_tests::clock::FakeClocks::library().is_some()));
     let mut ctl: Box<dyn Control> = if netns {
-        Box::new(Netns(tessera_tests::netns::NetCluster::start_with(args.nodes, 1, &node_args)?))
+        let cluster =
+            tessera_tests::netns::NetCluster::start_with(args.nodes, 1, &router_args, &node_args, fake_clocks)?;
+        Box::new(Netns(cluster))
     } else {
-        Box::new(Loopback(tessera_tests::Cluster::start_full(args.nodes, 1, &[], &node_args)?))
+        Box::new(Loopback(tessera_tests::Cluster::start_full(args.nodes, 1, &router_args, &node_args)?))
     };
     let kinds: Vec<Kind> = if args.nemesis.is_empty() {
         Kind::ALL.into_iter().filter(|k| k.possible(ctl.as_ref())).collect()
@@ -137,9 +149,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         ks
     };
     eprintln!(
-        "tessera-chaos: {} nodes ({} driver), nemeses: {}",
+        "tessera-chaos: {} nodes ({} driver{}), nemeses: {}",
         args.nodes,
         ctl.driver(),
+        if ctl.can_skew_clocks() { ", each on a clock of its own" } else { "" },
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
     );
 

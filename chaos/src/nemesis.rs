@@ -39,6 +39,12 @@ pub enum Kind {
     WipeRejoin,
     /// Move a replica to another node while a third node is down.
     MoveUnderKill,
+    /// Slow the clocks of the leader of a random shard (0.5–0.9 × real
+    /// time), then cut it off from every other node: a leader that measures
+    /// its lease on a slow clock goes on trusting it after its followers'
+    /// own clocks let them elect another. Lease reads are built to be safe
+    /// down to half speed (node/src/raft/group.rs, `lease_option`).
+    SlowClockLeader,
 }
 
 impl Kind {
@@ -54,10 +60,11 @@ impl Kind {
             Kind::Lossy => "lossy",
             Kind::WipeRejoin => "wipe-rejoin",
             Kind::MoveUnderKill => "move-under-kill",
+            Kind::SlowClockLeader => "slow-clock-leader",
         }
     }
 
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Kill,
         Kind::KillLeader,
         Kind::Pause,
@@ -68,6 +75,7 @@ impl Kind {
         Kind::Lossy,
         Kind::WipeRejoin,
         Kind::MoveUnderKill,
+        Kind::SlowClockLeader,
     ];
 
     pub fn parse(s: &str) -> anyhow::Result<Kind> {
@@ -81,6 +89,7 @@ impl Kind {
             Kind::Partition | Kind::IsolateLeader | Kind::Lossy => ctl.can_partition() && n >= 3,
             Kind::Bridge => ctl.can_partition() && n >= 5,
             Kind::MoveUnderKill => n >= 5,
+            Kind::SlowClockLeader => ctl.can_partition() && ctl.can_skew_clocks() && n >= 3,
             _ => true,
         }
     }
@@ -193,6 +202,8 @@ impl Topology {
 struct Active {
     killed: Vec<usize>,
     paused: Vec<usize>,
+    /// Nodes whose clocks run slow.
+    slowed: Vec<usize>,
     network: bool,
     mover: Option<std::thread::JoinHandle<anyhow::Result<String>>>,
     /// Wiped node and its groups' generations before the wipe.
@@ -333,6 +344,23 @@ impl Nemesis {
                 event.led_shards = led;
                 event.detail = format!("node {node} cut off from its peers");
             }
+            Kind::SlowClockLeader => {
+                let (node, led) = self.pick_leader(topo, n);
+                let rate = f64::from(self.rng.random_range(50u8..=90)) / 100.0;
+                ctl.clock_rate(node, rate)?;
+                active.slowed.push(node);
+                // The node picks the rate up within a second; the leases it
+                // takes from then on run on the slow clock.
+                std::thread::sleep(Duration::from_millis(1_500));
+                // The fault, for failover times, is the cut.
+                event.start = self.now();
+                let cut: Vec<(usize, usize)> = (1..=n).filter(|&o| o != node).map(|o| (node, o)).collect();
+                active.network = true;
+                ctl.network(&cut, 0)?;
+                event.nodes = vec![node];
+                event.led_shards = led;
+                event.detail = format!("node {node}'s clocks at {rate}x, then cut off from its peers");
+            }
             Kind::Bridge => {
                 let mut nodes: Vec<usize> = (1..=n).collect();
                 nodes.shuffle(&mut self.rng);
@@ -413,6 +441,11 @@ impl Nemesis {
         }
         for id in active.paused.drain(..) {
             ctl.pause(id, false);
+        }
+        for id in active.slowed.drain(..) {
+            if let Err(e) = ctl.clock_rate(id, 1.0) {
+                self.unhealthy.push(format!("could not put node {id}'s clocks back on real time: {e:#}"));
+            }
         }
         for id in active.killed.drain(..) {
             if let Err(e) = ctl.restart(id) {

@@ -48,18 +48,20 @@ pub struct Args {
     /// Raft election timeout (lower bound; the upper bound is twice it), ms.
     #[arg(long, env = "TESSERA_ELECTION_TIMEOUT_MS", default_value_t = 400)]
     pub election_timeout_ms: u64,
-    /// How reads are made linearizable: `read-index` (the leader confirms its
-    /// leadership with a quorum for every batch of reads; no clock
-    /// assumption) or `lease` (no round trip while the leader's lease holds;
-    /// assumes clock drift well below the election timeout).
-    #[arg(long, env = "TESSERA_READ_POLICY", value_enum, default_value = "read-index")]
+    /// How reads are made linearizable: `lease` (no round trip while a
+    /// quorum acknowledged the leader within half its lease; assumes the
+    /// leader's clock runs at least half as fast as its followers') or
+    /// `read-index` (the leader confirms its leadership with a quorum for
+    /// every batch of reads; no clock assumption). `lease` by default: it
+    /// held under the chaos suite's pauses and slowed leader clocks, and
+    /// answers a third more GETs at one request per round trip
+    /// (docs/replication.md#lease-reads).
+    #[arg(long, env = "TESSERA_READ_POLICY", value_enum, default_value = "lease")]
     pub read_policy: ReadMode,
     /// How read-only DAGs (AI.DAGEXECUTE_RO, and AI.DAGEXECUTE with neither
     /// PERSIST nor a script) are made linearizable, on the leader and for
-    /// the read index a follower asks it for. `lease` by default: a DAG
-    /// round at concurrency 1 is measured faster with it
-    /// (docs/benchmarks.md), under the clock assumption `--read-policy`
-    /// states.
+    /// the read index a follower asks it for; `lease` by default, as for
+    /// `--read-policy`.
     #[arg(long, env = "TESSERA_DAG_READ_POLICY", value_enum, default_value = "lease")]
     pub dag_read_policy: ReadMode,
     /// Free space (MiB) kept on the data disk: writes that would eat into it

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub mod client;
+pub mod clock;
 pub mod failover;
 pub mod netns;
 pub mod onnx;
@@ -38,20 +39,31 @@ struct Proc {
     log: PathBuf,
     args: Vec<std::ffi::OsString>,
     bin: PathBuf,
+    /// Extra environment (a faked clock).
+    env: Vec<(String, std::ffi::OsString)>,
+    /// When the running process was spawned.
+    started: Option<Instant>,
 }
 
 impl Proc {
+    fn new(name: String, bin: PathBuf, args: Vec<std::ffi::OsString>, log: PathBuf) -> Proc {
+        Proc { name, child: None, log, args, bin, env: Vec::new(), started: None }
+    }
+
     fn spawn(&mut self) -> anyhow::Result<String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let started = Instant::now();
         let mut child = Command::new(&self.bin)
             .args(&self.args)
             .env("RUST_LOG", std::env::var("TESSERA_TEST_RUST_LOG").unwrap_or_else(|_| "info,openraft=info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;
         let ready = read_ready(&mut child, start_wait());
         self.child = Some(child);
+        self.started = Some(started);
         ready.with_context(|| {
             format!("{} did not start; the end of {}:\n{}", self.name, self.log.display(), log_tail(&self.log, 20))
         })
@@ -253,13 +265,7 @@ impl Cluster {
             ];
             args.extend(node_args.iter().map(|a| a.into()));
             let log = dir.join(format!("node-{}.log", n + 1));
-            c.procs.push(Proc {
-                name: format!("node-{}", n + 1),
-                child: None,
-                log,
-                args,
-                bin: bins.join("tessera-node"),
-            });
+            c.procs.push(Proc::new(format!("node-{}", n + 1), bins.join("tessera-node"), args, log));
         }
         // A node's metrics address, from its READY line.
         let spawn = |p: &mut Proc| -> anyhow::Result<SocketAddr> {
@@ -298,7 +304,7 @@ impl Cluster {
         ];
         args.extend(router_args.iter().map(|a| a.into()));
         let log = dir.join("router.log");
-        c.procs.push(Proc { name: "router".into(), child: None, log, args, bin: bins.join("tessera-router") });
+        c.procs.push(Proc::new("router".into(), bins.join("tessera-router"), args, log));
         let ready = c.procs.last_mut().expect("pushed").spawn()?;
         for part in ready.split_whitespace().skip(1) {
             let (k, v) = part.split_once('=').context("READY field")?;
@@ -331,7 +337,7 @@ impl Cluster {
         argv.extend(args.iter().map(|a| a.into()));
         let log = self.dir.join(format!("{name}.log"));
         let bin = bin_dir().join("tessera-router");
-        self.procs.push(Proc { name: name.into(), child: None, log, args: argv, bin });
+        self.procs.push(Proc::new(name.into(), bin, argv, log));
         let ready = self.procs.last_mut().expect("pushed").spawn()?;
         Ok(ready
             .split_whitespace()
@@ -390,7 +396,7 @@ impl Cluster {
         args.extend(["--advertise".into(), addr.to_string().into()]);
         let bin = self.procs[0].bin.clone();
         let log = self.dir.join(format!("node-{id}.log"));
-        self.procs.insert(id - 1, Proc { name: format!("node-{id}"), child: None, log, args, bin });
+        self.procs.insert(id - 1, Proc::new(format!("node-{id}"), bin, args, log));
         self.node_addrs.push(addr);
         self.node_metrics.push("0.0.0.0:0".parse()?);
         self.restart_node(id)?;

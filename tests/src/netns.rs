@@ -8,6 +8,7 @@
 //! and removes them when dropped, with the namespaces and the bridge.
 
 use super::*;
+use crate::clock::FakeClocks;
 
 pub use super::is_root;
 
@@ -28,6 +29,8 @@ pub struct NetCluster {
     nodes: Vec<(String, String)>,
     veths: Vec<String>,
     forward_rules: bool,
+    /// Each node's own clock, when the nodes run under libfaketime.
+    clocks: Option<FakeClocks>,
 }
 
 const NODE_PORT: u16 = 7100;
@@ -36,11 +39,19 @@ impl NetCluster {
     /// Starts `n` nodes (each in its own namespace) with `shards_per_node`
     /// shards each, and a router in the host namespace.
     pub fn start(n: usize, shards_per_node: usize) -> anyhow::Result<NetCluster> {
-        Self::start_with(n, shards_per_node, &[])
+        Self::start_with(n, shards_per_node, &[], &[], false)
     }
 
-    /// Like [`NetCluster::start`], with extra node flags (later ones win).
-    pub fn start_with(n: usize, shards_per_node: usize, node_args: &[&str]) -> anyhow::Result<NetCluster> {
+    /// Like [`NetCluster::start`], with extra router and node flags (later
+    /// ones win), and with `fake_clocks` each node under a clock of its own
+    /// ([`NetCluster::set_clock_rate`]; needs libfaketime).
+    pub fn start_with(
+        n: usize,
+        shards_per_node: usize,
+        router_args: &[&str],
+        node_args: &[&str],
+        fake_clocks: bool,
+    ) -> anyhow::Result<NetCluster> {
         let id = std::process::id() % 10_000;
         let u = unique() % 100;
         let subnet = format!("10.{}.{}", 200 + (u % 50), id % 250);
@@ -54,7 +65,12 @@ impl NetCluster {
             nodes: Vec::new(),
             veths: Vec::new(),
             forward_rules: false,
+            clocks: None,
         };
+        if fake_clocks {
+            let clocks = FakeClocks::new(&dir).context("no libfaketime (apt install libfaketime)")?;
+            c.clocks = Some(clocks);
+        }
         sh(&["ip", "link", "add", &c.bridge, "type", "bridge"])?;
         sh(&["ip", "addr", "add", &format!("{subnet}.1/24"), "dev", &c.bridge])?;
         sh(&["ip", "link", "set", &c.bridge, "up"])?;
@@ -105,11 +121,15 @@ impl NetCluster {
             ];
             args.extend(node_args.iter().map(|a| a.into()));
             let log = dir.join(format!("node-{}.log", i + 1));
-            c.procs.push(Proc { name: format!("node-{}", i + 1), child: None, log, args, bin: "ip".into() });
+            let mut node = Proc::new(format!("node-{}", i + 1), "ip".into(), args, log);
+            if let Some(clocks) = &c.clocks {
+                node.env = clocks.env(i + 1)?;
+            }
+            c.procs.push(node);
             c.procs.last_mut().expect("pushed").spawn()?;
         }
         let nodes_arg: Vec<String> = c.nodes.iter().map(|(_, ip)| format!("{ip}:{NODE_PORT}")).collect();
-        let args: Vec<std::ffi::OsString> = vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--cluster-listen".into(),
@@ -120,8 +140,9 @@ impl NetCluster {
             "--node".into(),
             nodes_arg.join(",").into(),
         ];
+        args.extend(router_args.iter().map(|a| a.into()));
         let log = dir.join("router.log");
-        c.procs.push(Proc { name: "router".into(), child: None, log, args, bin: bins.join("tessera-router") });
+        c.procs.push(Proc::new("router".into(), bins.join("tessera-router"), args, log));
         let ready = c.procs.last_mut().expect("pushed").spawn()?;
         for part in ready.split_whitespace().skip(1) {
             if let Some(v) = part.strip_prefix("plain=") {
@@ -243,6 +264,18 @@ impl NetCluster {
         assert!(self.procs[id - 1].child.is_none(), "wipe a stopped node only");
         std::fs::remove_dir_all(self.dir.join(format!("node-{id}")))?;
         Ok(())
+    }
+
+    /// Makes node `id`'s clocks run at `rate` × real time from about now
+    /// (within a second); 1 puts them back on real time.
+    pub fn set_clock_rate(&self, id: usize, rate: f64) -> anyhow::Result<()> {
+        let clocks = self.clocks.as_ref().context("the nodes run on the real clock")?;
+        let running = self.procs[id - 1].started.map(|s| s.elapsed()).context("node not running")?;
+        clocks.set_rate(id, rate, running)
+    }
+
+    pub fn fakes_clocks(&self) -> bool {
+        self.clocks.is_some()
     }
 
     /// What node `id` logged.

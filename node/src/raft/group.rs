@@ -46,6 +46,9 @@ pub struct Group {
     lease: bool,
     /// The same for read-only DAGs (`--dag-read-policy lease`).
     dag_lease: bool,
+    /// How recent a quorum's acknowledgement must be for a lease read
+    /// ([`Group::lease_option`]).
+    lease_age: Duration,
     /// Reads that arrive together share one confirmation.
     reads: Arc<ReadGate<Linearizer<C>, Unconfirmed>>,
 }
@@ -124,9 +127,10 @@ impl Group {
         let network = NetworkFactory { group: id, peers: peers.clone() };
         // Named after the group, so openraft's log lines say which group speaks.
         let config = Arc::new(RaftConfig { cluster_name: name, ..(*config).clone() });
+        let lease_age = Duration::from_millis(config.election_timeout_max / 2);
         let raft = Raft::new(node_id, config, network, store, sm).await.map_err(io::Error::other)?;
         let reads = Arc::default();
-        Ok((Group { id, raft, peers, lease, dag_lease, reads }, data, local))
+        Ok((Group { id, raft, peers, lease, dag_lease, lease_age, reads }, data, local))
     }
 
     /// For the transport: the group's Raft itself.
@@ -190,7 +194,7 @@ impl Group {
     /// with the reads that arrived with it ([`ReadGate`]) — and everything
     /// committed when it began applied here.
     pub async fn confirm_read(&self) -> Result<(), Unconfirmed> {
-        let policy = if self.lease { ReadPolicy::LeaseRead } else { ReadPolicy::ReadIndex };
+        let policy = if self.lease { self.lease_option() } else { ReadPolicy::ReadIndex.into() };
         let raft = self.raft.clone();
         let round = move || async move { raft.get_read_linearizer(policy).await.map_err(unconfirmed) };
         let linearizer = self.reads.confirm(round).await?;
@@ -240,15 +244,30 @@ impl Group {
         self.ensure(self.dag_read_option()).await
     }
 
-    /// How a read-only DAG's read is confirmed. With the lease: at once while
-    /// a quorum acknowledged this leader within the lease, else after a
-    /// heartbeat round a quorum acknowledges (a new leader's first reads, a
-    /// leader whose acknowledgements lag) — never refused for a stale lease.
+    /// How a read-only DAG's read is confirmed ([`Group::lease_option`] or
+    /// a read-index round).
     fn dag_read_option(&self) -> LinearizerOption {
         match self.dag_lease {
-            true => LinearizerOption::new(None, true),
+            true => self.lease_option(),
             false => ReadPolicy::ReadIndex.into(),
         }
+    }
+
+    /// A lease read: at once while a quorum acknowledged this leader within
+    /// half the lease, else after a heartbeat round a quorum acknowledges (a
+    /// new leader's first reads, a leader whose acknowledgements lag) —
+    /// never refused for a stale lease.
+    ///
+    /// Why half: a follower grants no vote for the lease (the maximum
+    /// election timeout) after the leader's last heartbeat, on its own
+    /// clock, while the leader measures its lease from when it sent that
+    /// heartbeat, on its clock. With the whole lease a leader whose clock
+    /// runs any slower than a follower's could serve a read after another
+    /// leader was elected; with half, only one whose clock runs at under
+    /// half the follower's rate (NTP keeps rates within 0.05 % of each
+    /// other). docs/replication.md has the chaos runs that probe it.
+    fn lease_option(&self) -> LinearizerOption {
+        LinearizerOption::new(Some(self.lease_age), true)
     }
 
     /// Confirms with a quorum that this replica still leads.
