@@ -79,3 +79,53 @@ impl FakeClocks {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn clocks(test: &str) -> Option<(FakeClocks, PathBuf)> {
+        let dir = std::env::temp_dir().join(format!("tessera-clock-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        match FakeClocks::new(&dir) {
+            Some(c) => Some((c, dir)),
+            None => {
+                eprintln!("skipped: no libfaketime (apt install libfaketime)");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn the_offset_keeps_the_clock_from_going_back() {
+        let Some((c, dir)) = clocks("offset") else { return };
+        c.set_rate(3, 0.25, Duration::from_secs(9)).expect("write");
+        // Continuous at 9 s + the 1 s the node may keep the old contents.
+        assert_eq!(std::fs::read_to_string(dir.join("node-3.faketime")).unwrap(), "+7.500 x0.25\n");
+        c.set_rate(3, 1.0, Duration::from_secs(20)).expect("write");
+        assert_eq!(std::fs::read_to_string(dir.join("node-3.faketime")).unwrap(), "+0 x1\n");
+        assert!(c.set_rate(3, 0.0, Duration::ZERO).is_err());
+        assert!(c.set_rate(3, 1.5, Duration::ZERO).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A process started with a node's environment keeps the time its file
+    /// says: a half-speed `sleep 0.4` takes 0.8 s.
+    #[test]
+    fn a_slowed_process_sleeps_longer() {
+        let Some((c, dir)) = clocks("sleep") else { return };
+        let env = c.env(1).expect("env");
+        c.set_rate(1, 0.5, Duration::ZERO).expect("rate");
+        let started = Instant::now();
+        let status = std::process::Command::new("sleep")
+            .arg("0.4")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .status()
+            .expect("sleep runs");
+        assert!(status.success());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(750), "sleep 0.4 at half speed took {took:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
