@@ -68,7 +68,7 @@ struct Args {
     /// How long the cluster may take to serve again after the final heal.
     #[arg(long, default_value_t = 60)]
     liveness_secs: u64,
-    /// Extra flags for every node (e.g. `--read-policy=lease`).
+    /// Extra flags for every node (e.g. `--read-policy=read-index`).
     #[arg(long, allow_hyphen_values = true)]
     node_arg: Vec<String>,
     /// Extra flags for the router (e.g. `--follower-reads`).

@@ -349,9 +349,9 @@ impl Nemesis {
                 let rate = f64::from(self.rng.random_range(50u8..=90)) / 100.0;
                 ctl.clock_rate(node, rate)?;
                 active.slowed.push(node);
-                // The node picks the rate up within a second; the leases it
-                // takes from then on run on the slow clock.
-                std::thread::sleep(Duration::from_millis(1_500));
+                // The node picks the rate up within `REREAD`; the leases
+                // it takes from then on run on the slow clock.
+                std::thread::sleep(tessera_tests::clock::REREAD + Duration::from_millis(500));
                 // The fault, for failover times, is the cut.
                 event.start = self.now();
                 let cut: Vec<(usize, usize)> = (1..=n).filter(|&o| o != node).map(|o| (node, o)).collect();

@@ -55,7 +55,7 @@ use crate::cluster::admin::{AdminClients, AdminService};
 use crate::cluster::identity::has_identity;
 use crate::cluster::lifecycle::{bootstrap_meta, hand_off_leadership, open_local_groups, start_fresh};
 use crate::cluster::{reconcile, repair};
-use crate::config::Config;
+use crate::config::{Config, ReadMode};
 use crate::hosted::NodeState;
 use crate::raft::network::Peers;
 use crate::raft::transport::TransportService;
@@ -85,7 +85,12 @@ pub async fn run(
     let node_svc = NodeServer::new(NodeService { state: state.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let transport = TransportService::new(state.clone());
+    // Lease reads (node/src/raft/group.rs) need a restarted replica to
+    // keep the lease it granted: no vote for the lease (the maximum
+    // election timeout) after start.
+    let leases = config.read_mode == ReadMode::Lease || config.dag_read_mode == ReadMode::Lease;
+    let hold_votes = if leases { 2 * config.election_timeout } else { Duration::ZERO };
+    let transport = TransportService::new(state.clone(), hold_votes);
     let raft_svc = RaftTransportServer::new(transport.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

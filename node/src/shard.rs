@@ -3,7 +3,8 @@
 //!
 //! Writes: precheck against the current state → propose (with the leader's
 //! timestamp) → committed on a quorum (fsync'd logs) → applied → reply.
-//! Reads: the leader confirms it still leads (read-index) and waits until its
+//! Reads: the leader confirms it still leads (its lease, or a read-index
+//! round: `--read-policy`) and waits until its
 //! state machine has applied everything committed before the read arrived,
 //! then reads locally. A replica that is not the leader answers
 //! [`Outcome::Redirect`] and executes nothing.

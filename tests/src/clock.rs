@@ -4,9 +4,12 @@
 //! run slow while it runs.
 //!
 //! libfaketime computes a clock as `start + offset + (real - start) × rate`,
-//! `start` being when the process loaded it, and rereads the file at most
-//! once a second (`FAKETIME_CACHE_DURATION`; rereading it on every clock
-//! read costs a file read per `Instant::now`). Changing the rate alone would
+//! `start` being when the process loaded it, and rereads the file once its
+//! copy is more than a second old, counted in whole seconds: up to two
+//! seconds after a change (`FAKETIME_CACHE_DURATION`; rereading it on every
+//! clock read costs a file read per `Instant::now`). The multi-threaded
+//! build (`libfaketimeMT`) is used: the other reads offset and rate without
+//! a lock, so a thread could pair a new offset with the old rate. Changing the rate alone would
 //! send a clock back by the time already run × (1 − rate), and libfaketime's
 //! own `FAKETIME_XRESET` sent `CLOCK_MONOTONIC` back by over a second when
 //! tried (0.9.10). So [`FakeClocks::set_rate`] writes the offset that keeps the
@@ -19,8 +22,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long libfaketime may keep using a file's old contents, seconds.
-const REREAD_SECS: u64 = 1;
+/// libfaketime's `FAKETIME_CACHE_DURATION`, seconds.
+const CACHE_SECS: u64 = 1;
+
+/// How long after a change a node may still use a file's old contents.
+pub const REREAD: Duration = Duration::from_secs(CACHE_SECS + 1);
 
 pub struct FakeClocks {
     lib: PathBuf,
@@ -34,7 +40,7 @@ impl FakeClocks {
             return Some(p.into());
         }
         let arches = std::fs::read_dir("/usr/lib").ok()?;
-        arches.flatten().map(|d| d.path().join("faketime/libfaketime.so.1")).find(|p| p.is_file())
+        arches.flatten().map(|d| d.path().join("faketime/libfaketimeMT.so.1")).find(|p| p.is_file())
     }
 
     /// Clocks whose files live in `dir`; `None` without libfaketime.
@@ -52,13 +58,11 @@ impl FakeClocks {
         Ok(vec![
             ("LD_PRELOAD".into(), self.lib.clone().into()),
             ("FAKETIME_TIMESTAMP_FILE".into(), self.file(id).into()),
-            ("FAKETIME_CACHE_DURATION".into(), REREAD_SECS.to_string().into()),
-            // No shared-memory segments: they would outlive a kill -9.
-            ("FAKETIME_DISABLE_SHM".into(), "1".into()),
+            ("FAKETIME_CACHE_DURATION".into(), CACHE_SECS.to_string().into()),
         ])
     }
 
-    /// From about now on (within [`REREAD_SECS`]), node `id`'s clocks run at
+    /// From about now on (within [`REREAD`]), node `id`'s clocks run at
     /// `rate` × real time; 1 puts them back on real time. `running` is how
     /// long the node's process has run (a little more is safe: the clock
     /// steps forward by the excess × (1 − rate)).
@@ -67,8 +71,17 @@ impl FakeClocks {
         if rate == 1.0 {
             return self.write(id, "+0 x1");
         }
-        let latest = running.as_secs_f64() + REREAD_SECS as f64;
+        let latest = (running + REREAD).as_secs_f64();
         self.write(id, &format!("+{:.3} x{rate}", latest * (1.0 - rate)))
+    }
+
+    /// Removes the shared-memory segment and semaphore libfaketime made for
+    /// process `pid`, which a kill -9 (or the `exec` from `ip netns exec`)
+    /// leaves behind: a later process given the same pid would fail to make
+    /// its own.
+    pub(crate) fn forget(pid: u32) {
+        let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
+        let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
     }
 
     /// Replaces a node's file whole, so it never reads half of one.
@@ -101,8 +114,8 @@ mod tests {
     fn the_offset_keeps_the_clock_from_going_back() {
         let Some((c, dir)) = clocks("offset") else { return };
         c.set_rate(3, 0.25, Duration::from_secs(9)).expect("write");
-        // Continuous at 9 s + the 1 s the node may keep the old contents.
-        assert_eq!(std::fs::read_to_string(dir.join("node-3.faketime")).unwrap(), "+7.500 x0.25\n");
+        // Continuous at 9 s + the 2 s the node may keep the old contents.
+        assert_eq!(std::fs::read_to_string(dir.join("node-3.faketime")).unwrap(), "+8.250 x0.25\n");
         c.set_rate(3, 1.0, Duration::from_secs(20)).expect("write");
         assert_eq!(std::fs::read_to_string(dir.join("node-3.faketime")).unwrap(), "+0 x1\n");
         assert!(c.set_rate(3, 0.0, Duration::ZERO).is_err());
@@ -124,6 +137,7 @@ mod tests {
             .status()
             .expect("sleep runs");
         assert!(status.success());
+        // (`sleep` exits normally: libfaketime removes its own segment.)
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(750), "sleep 0.4 at half speed took {took:?}");
         let _ = std::fs::remove_dir_all(dir);

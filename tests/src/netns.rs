@@ -246,7 +246,11 @@ impl NetCluster {
 
     /// SIGKILLs node `id`.
     pub fn kill_node(&mut self, id: usize) {
+        let pid = self.procs[id - 1].child.as_ref().map(|c| c.id());
         self.procs[id - 1].kill();
+        if let (Some(pid), Some(_)) = (pid, &self.clocks) {
+            FakeClocks::forget(pid);
+        }
     }
 
     /// Starts node `id` again with the same flags and data folder.
@@ -267,7 +271,7 @@ impl NetCluster {
     }
 
     /// Makes node `id`'s clocks run at `rate` × real time from about now
-    /// (within a second); 1 puts them back on real time.
+    /// (within [`crate::clock::REREAD`]); 1 puts them back on real time.
     pub fn set_clock_rate(&self, id: usize, rate: f64) -> anyhow::Result<()> {
         let clocks = self.clocks.as_ref().context("the nodes run on the real clock")?;
         let running = self.procs[id - 1].started.map(|s| s.elapsed()).context("node not running")?;
@@ -291,7 +295,11 @@ impl NetCluster {
 
 impl Drop for NetCluster {
     fn drop(&mut self) {
+        let pids: Vec<u32> = self.procs.iter().filter_map(|p| p.child.as_ref().map(|c| c.id())).collect();
         stop_all(&mut self.procs, &self.dir);
+        if self.clocks.is_some() {
+            pids.into_iter().for_each(FakeClocks::forget);
+        }
         for (ns, _) in &self.nodes {
             let _ = sh(&["ip", "netns", "del", ns]);
         }

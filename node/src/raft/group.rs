@@ -255,8 +255,9 @@ impl Group {
 
     /// A lease read: at once while a quorum acknowledged this leader within
     /// half the lease, else after a heartbeat round a quorum acknowledges (a
-    /// new leader's first reads, a leader whose acknowledgements lag) —
-    /// never refused for a stale lease.
+    /// new leader's first reads, a leader whose acknowledgements lag); it
+    /// fails only when none does within the lease, as a read-index round
+    /// would.
     ///
     /// Why half: a follower grants no vote for the lease (the maximum
     /// election timeout) after the leader's last heartbeat, on its own
@@ -265,7 +266,10 @@ impl Group {
     /// runs any slower than a follower's could serve a read after another
     /// leader was elected; with half, only one whose clock runs at under
     /// half the follower's rate (NTP keeps rates within 0.05 % of each
-    /// other). docs/replication.md has the chaos runs that probe it.
+    /// other). A follower's promise lives in its memory only: a restarted
+    /// node casts no vote for the lease after it starts (`hold_votes` in
+    /// [`super::transport::TransportService::new`]). docs/replication.md has
+    /// the chaos runs that probe it.
     fn lease_option(&self) -> LinearizerOption {
         LinearizerOption::new(Some(self.lease_age), true)
     }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::storage::Snapshot;
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, VoteOf};
@@ -33,6 +34,8 @@ pub struct TransportService {
     /// Snapshots being received, by group: (the snapshot's last log id,
     /// bytes so far).
     incoming: Arc<Mutex<HashMap<u32, Incoming>>>,
+    /// No vote is cast before this ([`TransportService::new`]).
+    votes_from: tokio::time::Instant,
 }
 
 /// A snapshot being received: its last log id and the bytes so far.
@@ -71,8 +74,15 @@ fn bad(e: std::io::Error) -> Status {
 }
 
 impl TransportService {
-    pub fn new(groups: Arc<dyn Groups>) -> Self {
-        Self { groups, incoming: Default::default() }
+    /// `hold_votes`: how long after start this node answers no vote
+    /// request. A follower refuses votes for a lease after each message of
+    /// its leader, a promise lease reads rely on, but openraft keeps it in
+    /// memory only: a replica that restarted could vote at once for a
+    /// candidate the old leader cannot see while that leader still serves
+    /// lease reads. Holding every vote for the lease after a start keeps the
+    /// promise across restarts.
+    pub fn new(groups: Arc<dyn Groups>, hold_votes: Duration) -> Self {
+        Self { groups, incoming: Default::default(), votes_from: tokio::time::Instant::now() + hold_votes }
     }
 
     /// Serves one incoming raft link until it closes (`skip`: its magic's
@@ -106,7 +116,11 @@ impl TransportService {
         let kind = RaftKind::try_from(m.kind).map_err(|_| Status::invalid_argument("unknown raft message kind"))?;
         let payload = match kind {
             RaftKind::Append => encode(&raft.append_entries(decode(&m.payload).map_err(bad)?).await),
-            RaftKind::Vote => encode(&raft.vote(decode(&m.payload).map_err(bad)?).await),
+            RaftKind::Vote => {
+                let request = decode(&m.payload).map_err(bad)?;
+                tokio::time::sleep_until(self.votes_from).await;
+                encode(&raft.vote(request).await)
+            }
             RaftKind::SnapshotChunk => {
                 let piece: SnapshotPiece = decode(&m.payload).map_err(bad)?;
                 match self.receive_piece(m.group, piece)? {
