@@ -335,31 +335,26 @@ impl Nemesis {
                 event.nodes = minority.clone();
                 event.detail = format!("{minority:?} | {majority:?}");
             }
-            Kind::IsolateLeader => {
+            Kind::IsolateLeader | Kind::SlowClockLeader => {
                 let (node, led) = self.pick_leader(topo, n);
+                let mut detail = format!("node {node} cut off from its peers");
+                if kind == Kind::SlowClockLeader {
+                    let rate = f64::from(self.rng.random_range(50u8..=90)) / 100.0;
+                    ctl.clock_rate(node, rate)?;
+                    active.slowed.push(node);
+                    // The node picks the rate up within `REREAD`; the leases
+                    // it takes from then on run on the slow clock.
+                    std::thread::sleep(tessera_tests::clock::REREAD + Duration::from_millis(500));
+                    // The fault, for failover times, is the cut.
+                    event.start = self.now();
+                    detail = format!("node {node}'s clocks at {rate}x, then cut off from its peers");
+                }
                 let cut: Vec<(usize, usize)> = (1..=n).filter(|&o| o != node).map(|o| (node, o)).collect();
                 active.network = true;
                 ctl.network(&cut, 0)?;
                 event.nodes = vec![node];
                 event.led_shards = led;
-                event.detail = format!("node {node} cut off from its peers");
-            }
-            Kind::SlowClockLeader => {
-                let (node, led) = self.pick_leader(topo, n);
-                let rate = f64::from(self.rng.random_range(50u8..=90)) / 100.0;
-                ctl.clock_rate(node, rate)?;
-                active.slowed.push(node);
-                // The node picks the rate up within `REREAD`; the leases
-                // it takes from then on run on the slow clock.
-                std::thread::sleep(tessera_tests::clock::REREAD + Duration::from_millis(500));
-                // The fault, for failover times, is the cut.
-                event.start = self.now();
-                let cut: Vec<(usize, usize)> = (1..=n).filter(|&o| o != node).map(|o| (node, o)).collect();
-                active.network = true;
-                ctl.network(&cut, 0)?;
-                event.nodes = vec![node];
-                event.led_shards = led;
-                event.detail = format!("node {node}'s clocks at {rate}x, then cut off from its peers");
+                event.detail = detail;
             }
             Kind::Bridge => {
                 let mut nodes: Vec<usize> = (1..=n).collect();
